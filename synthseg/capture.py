@@ -1,0 +1,249 @@
+"""Capture a diffusers UNet's multi-scale block outputs and cross-attention maps at one denoising step.
+
+The grounding module reads features from late in denoising (the paper's t≈5). `FeatureCapture` is a
+context manager around any pipeline call that runs a `UNet2DConditionModel`:
+
+    step = CaptureStep(timestep=5).resolve(pipe.scheduler, num_inference_steps=50)
+    with FeatureCapture(pipe.unet, step.timestep, classifier_free_guidance=True) as capture:
+        pipe(prompt, num_inference_steps=50, guidance_scale=7.5)
+    capture.features.blocks["up_blocks.2"]        # (B, C, H, W), conditional half only
+
+How it works: a forward pre-hook on the UNet reads each call's timestep. Only on the call whose timestep
+is the chosen one does it swap the cross-attention processors for recording ones (diffusers'
+attention-processor seam) and turn on the block hooks; the post-hook swaps the original (SDPA)
+processors back at once, so every other step runs the fast path. On exit every hook is removed and
+the original processor objects are restored, also after an exception.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from diffusers.models.attention_processor import Attention
+
+from .errors import SynthsegError
+
+
+@dataclass(frozen=True)
+class CaptureStep:
+    """Which denoising step to capture, chosen by scheduler timestep or by step index.
+
+    By timestep (the default, the paper's t=5): the step whose scheduler timestep is nearest to
+    `timestep`, the later step on a tie. For DDIM with 50 steps and SD's "leading" spacing the
+    timesteps are 981, 961, ..., 1, so t=5 picks the last step (t=1); with "trailing" spacing they
+    end at 19, so it picks t=19. By index: `index` counts denoising steps from 0; negative values
+    count from the end (-1 is the last step). Exactly one of the two is used: `index` wins if set.
+    """
+
+    timestep: int = 5
+    index: int | None = None
+
+    def resolve(self, scheduler, num_inference_steps: int) -> "ResolvedStep":
+        """Map the choice onto the timesteps `scheduler` uses for `num_inference_steps` steps.
+
+        The scheduler is copied from its config, so the caller's scheduler state is untouched.
+        """
+        schedule = scheduler.__class__.from_config(scheduler.config)
+        schedule.set_timesteps(num_inference_steps)
+        timesteps = [int(t) for t in schedule.timesteps]
+        if self.index is not None:
+            if not -len(timesteps) <= self.index < len(timesteps):
+                raise SynthsegError(
+                    f"capture step index {self.index} is outside the {len(timesteps)} denoising steps"
+                )
+            index = self.index % len(timesteps)
+        else:
+            distances = [abs(t - self.timestep) for t in timesteps]
+            best = min(distances)
+            index = max(i for i, d in enumerate(distances) if d == best)
+        return ResolvedStep(index=index, timestep=timesteps[index])
+
+
+@dataclass(frozen=True)
+class ResolvedStep:
+    """A capture step as (step index, scheduler timestep) for one scheduler and step count."""
+
+    index: int
+    timestep: int
+
+
+@dataclass
+class CapturedFeatures:
+    """What one capture recorded, conditional half only (the unconditional CFG half is dropped).
+
+    blocks: ordered {"down_blocks.0": (B, C, H, W), ..., "mid_block": ..., "up_blocks.N": ...}.
+    cross_attention: {processor name: (B, h, w, T) float32}: softmax probabilities of each latent
+        position over the T prompt tokens, averaged over heads. Empty if attention was not captured.
+    timestep: the scheduler timestep of the captured call.
+    """
+
+    blocks: dict[str, torch.Tensor] = field(default_factory=dict)
+    cross_attention: dict[str, torch.Tensor] = field(default_factory=dict)
+    timestep: int | None = None
+
+    def block_list(self) -> list[torch.Tensor]:
+        """Block outputs in UNet order (down, mid, up): the grounding module's input."""
+        return list(self.blocks.values())
+
+
+def unet_feature_blocks(unet) -> dict[str, torch.nn.Module]:
+    """The UNet blocks whose outputs are captured, in forward order (down, mid, up)."""
+    blocks = {f"down_blocks.{i}": b for i, b in enumerate(unet.down_blocks)}
+    if getattr(unet, "mid_block", None) is not None:
+        blocks["mid_block"] = unet.mid_block
+    blocks.update({f"up_blocks.{i}": b for i, b in enumerate(unet.up_blocks)})
+    return blocks
+
+
+def unet_feature_layout(unet) -> tuple[list[int], list[int]]:
+    """(channels, stride relative to the latent) of each captured block output, in capture order.
+
+    Read off the modules, so it holds for any `UNet2DConditionModel` config without running it.
+    """
+    channels, strides, stride = [], [], 1
+    for name, block in unet_feature_blocks(unet).items():
+        if name.startswith("down") and getattr(block, "downsamplers", None):
+            stride *= 2
+        if name.startswith("up") and getattr(block, "upsamplers", None):
+            stride //= 2
+        channels.append(block.resnets[-1].out_channels)
+        strides.append(stride)
+    return channels, strides
+
+
+class _RecordingAttnProcessor:
+    """Eager cross-attention that also records head-averaged probabilities (diffusers' AttnProcessor math)."""
+
+    def __init__(self, capture: "FeatureCapture", name: str):
+        self.capture = capture
+        self.name = name
+
+    def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        input_ndim = hidden_states.ndim
+        if input_ndim == 4:
+            batch_size, channel, height, width = hidden_states.shape
+            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+        batch_size, sequence_length, _ = (
+            hidden_states.shape if encoder_hidden_states is None else encoder_hidden_states.shape
+        )
+        attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        query = attn.to_q(hidden_states)
+        if encoder_hidden_states is None:
+            encoder_hidden_states = hidden_states
+        elif attn.norm_cross:
+            encoder_hidden_states = attn.norm_encoder_hidden_states(encoder_hidden_states)
+        key = attn.head_to_batch_dim(attn.to_k(encoder_hidden_states))
+        value = attn.head_to_batch_dim(attn.to_v(encoder_hidden_states))
+        query = attn.head_to_batch_dim(query)
+
+        probs = attn.get_attention_scores(query, key, attention_mask)
+        self.capture._record_attention(self.name, probs, attn.heads)
+
+        hidden_states = attn.batch_to_head_dim(torch.bmm(probs, value))
+        hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
+        if input_ndim == 4:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+
+class FeatureCapture:
+    """Context manager recording one denoising step's UNet features; see the module docstring.
+
+    Args:
+        unet: a diffusers `UNet2DConditionModel`.
+        timestep: the scheduler timestep to capture (see `CaptureStep.resolve`). The first UNet call
+            with this timestep is captured; later calls are left alone.
+        classifier_free_guidance: whether the pipeline batches [unconditional, conditional] through
+            the UNet (diffusers' SD pipelines do when guidance_scale > 1). Then the conditional half
+            is kept, by chunking the batch in two.
+        attention: also record cross-attention probabilities (costs one eager attention step).
+        dtype: store tensors in this dtype (e.g. torch.float16 to halve memory); default unchanged.
+    """
+
+    def __init__(self, unet, timestep: int, *, classifier_free_guidance: bool, attention: bool = True, dtype: torch.dtype | None = None):
+        self.unet = unet
+        self.timestep = int(timestep)
+        self.classifier_free_guidance = classifier_free_guidance
+        self.attention = attention
+        self.dtype = dtype
+        self.features = CapturedFeatures()
+        self._handles: list = []
+        self._active = False
+        self._latent_hw: tuple[int, int] | None = None
+        self._original_processors: dict | None = None
+        self._cross_attention = {
+            name: module
+            for name, module in unet.named_modules()
+            if isinstance(module, Attention) and module.is_cross_attention
+        }
+
+    @property
+    def captured(self) -> bool:
+        """Whether the chosen step has been seen."""
+        return self.features.timestep is not None
+
+    def __enter__(self) -> "FeatureCapture":
+        self._original_processors = dict(self.unet.attn_processors)
+        self._handles.append(self.unet.register_forward_pre_hook(self._before_unet, with_kwargs=True))
+        self._handles.append(self.unet.register_forward_hook(self._after_unet))
+        for name, block in unet_feature_blocks(self.unet).items():
+            self._handles.append(block.register_forward_hook(self._block_hook(name)))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._active = False
+        self.unet.set_attn_processor(dict(self._original_processors))
+
+    def _before_unet(self, module, args, kwargs):
+        if self.captured:
+            return
+        timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
+        if timestep is None or int(torch.as_tensor(timestep).flatten()[0]) != self.timestep:
+            return
+        sample = kwargs.get("sample", args[0] if args else None)
+        self._latent_hw = tuple(sample.shape[-2:])
+        self._active = True
+        if self.attention:
+            for name, attn in self._cross_attention.items():
+                attn.set_processor(_RecordingAttnProcessor(self, name))
+
+    def _after_unet(self, module, args, output):
+        if not self._active:
+            return
+        self._active = False
+        self.features.timestep = self.timestep
+        if self.attention:
+            for name, attn in self._cross_attention.items():
+                attn.set_processor(self._original_processors[name + ".processor"])
+
+    def _conditional(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The conditional half of a CFG batch (batch dim 0), detached."""
+        return (tensor.chunk(2)[1] if self.classifier_free_guidance else tensor).detach()
+
+    def _block_hook(self, name: str):
+        def hook(module, args, output):
+            if self._active:
+                hidden = self._conditional(output[0] if isinstance(output, tuple) else output)
+                self.features.blocks[name] = hidden.to(self.dtype) if self.dtype is not None else hidden
+
+        return hook
+
+    def _record_attention(self, name: str, probs: torch.Tensor, heads: int) -> None:
+        """probs: (batch * heads, h * w, T) softmax over tokens -> stored as (B, h, w, T)."""
+        batch_heads, positions, tokens = probs.shape
+        probs = probs.reshape(batch_heads // heads, heads, positions, tokens)
+        latent_h, latent_w = self._latent_hw
+        factor = round((latent_h * latent_w / positions) ** 0.5)
+        mean = self._conditional(probs).float().mean(dim=1)
+        self.features.cross_attention[name] = mean.reshape(-1, latent_h // factor, latent_w // factor, tokens)

@@ -1,0 +1,88 @@
+"""Configs and recipes: dataclasses read from JSON or YAML, checked in one place.
+
+`load_config(cls, data, source)` turns a mapping into `cls`, refusing unknown and missing keys and
+values of the wrong type with one-line errors that name the file, then runs the dataclass's own
+`validate()` for the checks that depend on several fields.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+
+import yaml
+
+from .errors import SynthsegError
+
+
+def _coerce(value, hint, where: str):
+    origin = typing.get_origin(hint)
+    if origin in (types.UnionType, typing.Union):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        errors = []
+        for option in (o for o in options if o is not type(None)):
+            try:
+                return _coerce(value, option, where)
+            except SynthsegError as error:
+                errors.append(error)
+        raise errors[0]
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise SynthsegError(f"{where}: expected a list, got {value!r}")
+        (item,) = set(typing.get_args(hint)) - {Ellipsis} or {typing.Any}
+        return origin(_coerce(v, item, f"{where}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise SynthsegError(f"{where}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is typing.Any:
+        return value
+    if dataclasses.is_dataclass(hint):
+        return load_config(hint, value, where)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and (not isinstance(value, hint) or (hint is int and isinstance(value, bool))):
+        raise SynthsegError(f"{where}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def load_config(cls, data, source: str = "config"):
+    """Build dataclass `cls` from a mapping, validating keys, types and the class's own rules."""
+    if not isinstance(data, dict):
+        raise SynthsegError(f"{source}: expected a mapping of {cls.__name__} fields, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    unknown = sorted(set(data) - set(fields))
+    if unknown:
+        raise SynthsegError(f"{source}: unknown {cls.__name__} field(s) {unknown}; known: {sorted(fields)}")
+    missing = [
+        name for name, f in fields.items()
+        if name not in data and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+    ]
+    if missing:
+        raise SynthsegError(f"{source}: missing {cls.__name__} field(s) {missing}")
+    config = cls(**{name: _coerce(value, hints[name], f"{source}: {name}") for name, value in data.items()})
+    validate = getattr(config, "validate", None)
+    if validate is not None:
+        validate(source)
+    return config
+
+
+def read_mapping(path: str | Path) -> dict:
+    """Read a JSON or YAML file into a dict, with one-line errors for a missing or corrupt file."""
+    path = Path(path)
+    if not path.is_file():
+        raise SynthsegError(f"{path}: file not found")
+    try:
+        text = path.read_text()
+        data = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (UnicodeDecodeError, json.JSONDecodeError, yaml.YAMLError) as error:
+        raise SynthsegError(f"{path}: corrupt {path.suffix.lstrip('.') or 'config'} file ({type(error).__name__})") from None
+    if not isinstance(data, dict):
+        raise SynthsegError(f"{path}: expected a mapping at the top level")
+    return data

@@ -1,0 +1,193 @@
+"""The grounding module: UNet features + class-name text embeddings -> one mask per class.
+
+Architecture (Li et al. 2023, "Guiding Text-to-Image Diffusion Model Towards Grounded Generation"):
+
+- Visual encoder. Each captured block output gets a 1x1 projection to `fuse_dim`; outputs of the
+  same stride are summed, then the scales are fused coarse to fine (upsample, add, residual block)
+  into a per-pixel map at the finest stride, projected to `mask_dim`: the per-pixel embedding.
+- Text queries: the class-name token states of the prompt (see `synthseg.text`), projected to
+  `hidden_dim`.
+- Decoder: a `num_layers`-layer pre-norm transformer decoder. Queries are the text embeddings; keys
+  and values are visual tokens, non-overlapping `token_patch` x `token_patch` patches of the fused
+  map. Attention never mixes images of a batch (the reference code's `(b n)` flattening did).
+- Mask: an MLP maps each query to a `mask_dim` mask embedding; its dot product with the per-pixel
+  embedding is that class's mask logit map. Train with `grounding_loss` (BCE); predict with sigmoid.
+
+Saved as a folder with `config.json` and `model.safetensors` (`save_pretrained`/`from_pretrained`).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .capture import unet_feature_layout
+from .config import load_config, read_mapping
+from .errors import SynthsegError
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+
+
+@dataclass
+class GroundingConfig:
+    """Shape of a grounding module. `feature_*` and `text_dim` must match the pipeline it reads.
+
+    feature_channels / feature_strides: channels and stride (relative to the latent) of each
+        captured UNet block output, in capture order (see `capture.unet_feature_layout`).
+    text_dim: the text encoder's hidden size (768 for SD 1.x's CLIP).
+    """
+
+    feature_channels: list[int]
+    feature_strides: list[int]
+    text_dim: int
+    fuse_dim: int = 128
+    mask_dim: int = 240
+    hidden_dim: int = 512
+    num_layers: int = 3
+    num_heads: int = 8
+    ffn_dim: int = 2048
+    token_patch: int = 4
+
+    def validate(self, source: str = "grounding config") -> None:
+        if len(self.feature_channels) != len(self.feature_strides) or not self.feature_channels:
+            raise SynthsegError(f"{source}: feature_channels and feature_strides must be non-empty and of equal length")
+        bad = [k for k, v in asdict(self).items() if (min(v) if isinstance(v, list) else v) < 1]
+        if bad:
+            raise SynthsegError(f"{source}: {bad} must be positive")
+        if self.fuse_dim % 8:
+            raise SynthsegError(f"{source}: fuse_dim must be a multiple of 8 (GroupNorm with 8 groups)")
+        if self.hidden_dim % self.num_heads:
+            raise SynthsegError(f"{source}: hidden_dim {self.hidden_dim} is not divisible by num_heads {self.num_heads}")
+
+    @classmethod
+    def for_pipeline(cls, pipe, **overrides) -> "GroundingConfig":
+        """A config that matches `pipe`'s UNet features and text encoder; other fields from `overrides`."""
+        channels, strides = unet_feature_layout(pipe.unet)
+        data = dict(feature_channels=channels, feature_strides=strides, text_dim=pipe.text_encoder.config.hidden_size)
+        return load_config(cls, {**data, **overrides}, "grounding config")
+
+    def check_pipeline(self, pipe) -> None:
+        """Raise a one-line error if `pipe`'s UNet or text encoder does not fit this config."""
+        channels, strides = unet_feature_layout(pipe.unet)
+        if (channels, strides) != (list(self.feature_channels), list(self.feature_strides)):
+            raise SynthsegError(
+                f"grounding module expects UNet feature channels {self.feature_channels} at strides "
+                f"{self.feature_strides}, but the pipeline's UNet gives {channels} at {strides}"
+            )
+        text_dim = pipe.text_encoder.config.hidden_size
+        if text_dim != self.text_dim:
+            raise SynthsegError(f"grounding module expects text_dim {self.text_dim}, but the pipeline's text encoder has {text_dim}")
+
+
+class _ResBlock(nn.Module):
+    def __init__(self, dim: int):
+        super().__init__()
+        self.body = nn.Sequential(
+            nn.GroupNorm(8, dim), nn.SiLU(), nn.Conv2d(dim, dim, 3, padding=1),
+            nn.GroupNorm(8, dim), nn.SiLU(), nn.Conv2d(dim, dim, 3, padding=1),
+        )
+
+    def forward(self, x):
+        return x + self.body(x)
+
+
+class GroundingModule(nn.Module):
+    """See the module docstring. Build with a `GroundingConfig`; load with `from_pretrained`."""
+
+    def __init__(self, config: GroundingConfig):
+        super().__init__()
+        config.validate()
+        self.config = config
+        self.scales = sorted(set(config.feature_strides), reverse=True)  # coarse to fine
+        self.project = nn.ModuleList(nn.Conv2d(c, config.fuse_dim, 1) for c in config.feature_channels)
+        self.fuse = nn.ModuleList(_ResBlock(config.fuse_dim) for _ in self.scales)
+        self.pixel_embed = nn.Conv2d(config.fuse_dim, config.mask_dim, 1)
+        self.tokens = nn.Conv2d(config.fuse_dim, config.hidden_dim, config.token_patch, stride=config.token_patch)
+        self.text_proj = nn.Linear(config.text_dim, config.hidden_dim)
+        layer = nn.TransformerDecoderLayer(
+            config.hidden_dim, config.num_heads, config.ffn_dim, dropout=0.0, batch_first=True, norm_first=True
+        )
+        self.decoder = nn.TransformerDecoder(layer, config.num_layers, norm=nn.LayerNorm(config.hidden_dim))
+        self.mask_mlp = nn.Sequential(
+            nn.Linear(config.hidden_dim, config.hidden_dim), nn.ReLU(), nn.Linear(config.hidden_dim, config.mask_dim)
+        )
+
+    def fuse_features(self, features: list[torch.Tensor]) -> torch.Tensor:
+        """Block outputs [(B, C_i, H_i, W_i)] in capture order -> fused map (B, fuse_dim, H, W) at the finest stride."""
+        if len(features) != len(self.project):
+            raise SynthsegError(f"grounding module expects {len(self.project)} feature maps, got {len(features)}")
+        fused = None
+        for scale, block in zip(self.scales, self.fuse):
+            level = sum(
+                proj(f.to(proj.weight.dtype))
+                for proj, f, s in zip(self.project, features, self.config.feature_strides)
+                if s == scale
+            )
+            if fused is not None:
+                level = level + F.interpolate(fused, size=level.shape[-2:], mode="bilinear", align_corners=False)
+            fused = block(level)
+        return fused
+
+    def forward(self, features: list[torch.Tensor], queries: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
+        """Mask logits (B, Q, H, W) at the finest feature resolution.
+
+        features: captured block outputs in capture order. queries: (B, Q, text_dim) class-name
+        embeddings. query_mask: (B, Q) bool, True where a query is a real class (not padding).
+        """
+        fused = self.fuse_features(features)
+        pixels = self.pixel_embed(fused)
+        memory = self.tokens(fused).flatten(2).transpose(1, 2)
+        hidden = self.decoder(self.text_proj(queries.to(fused.dtype)), memory, tgt_key_padding_mask=~query_mask)
+        return torch.einsum("bqc,bchw->bqhw", self.mask_mlp(hidden), pixels)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write `config.json` and `model.safetensors` into `directory`."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, directory / WEIGHTS_NAME, metadata={"format": "pt"})
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path) -> "GroundingModule":
+        """Load a folder written by `save_pretrained`; one-line errors for a missing or corrupt file."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise SynthsegError(f"no grounding module at {directory}: expected a folder with {CONFIG_NAME} and {WEIGHTS_NAME}")
+        config = load_config(GroundingConfig, read_mapping(directory / CONFIG_NAME), str(directory / CONFIG_NAME))
+        weights = directory / WEIGHTS_NAME
+        if not weights.is_file():
+            raise SynthsegError(f"{weights}: file not found")
+        try:
+            state = load_file(weights)
+        except (SafetensorError, OSError) as error:
+            raise SynthsegError(f"{weights}: corrupt safetensors file ({error})") from None
+        module = cls(config)
+        try:
+            module.load_state_dict(state)
+        except RuntimeError:
+            raise SynthsegError(f"{weights}: weights do not match {CONFIG_NAME} (missing, extra or mis-shaped tensors)") from None
+        return module.eval()
+
+
+def grounding_loss(logits: torch.Tensor, targets: torch.Tensor, query_mask: torch.Tensor, missing: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean per-pixel BCE over the (image, class) pairs that count.
+
+    logits: (B, Q, h, w), upsampled to the targets' size if needed. targets: (B, Q, H, W) in [0, 1].
+    query_mask: (B, Q) bool, real classes. missing: (B, Q) bool, classes the annotator did not find;
+    they give no loss ("training without zero masks"). To train with zero masks instead, pass
+    missing=None and all-zero targets for those classes.
+    """
+    if logits.shape[-2:] != targets.shape[-2:]:
+        logits = F.interpolate(logits, size=targets.shape[-2:], mode="bilinear", align_corners=False)
+    counts = query_mask if missing is None else query_mask & ~missing
+    per_mask = F.binary_cross_entropy_with_logits(logits, targets.to(logits.dtype), reduction="none").mean(dim=(-2, -1))
+    return (per_mask * counts).sum() / counts.sum().clamp(min=1)
