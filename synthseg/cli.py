@@ -69,3 +69,36 @@ def generate(
         capture_step=CaptureStep(timestep=capture_timestep, index=capture_index),
     )
     _stderr.print(f"wrote {len(result.images)} images and masks to {result.save(out)}")
+
+
+@_command
+def train_world_model(
+    recipe: Annotated[Path, typer.Option(help="World model recipe (YAML).")] = Path("recipes/world-t2i.yaml"),
+    workdir: Annotated[Path, typer.Option(help="Checkpoints; an interrupted run resumes from here.")] = Path("runs/world-t2i"),
+    output: Annotated[Path, typer.Option(help="Where the trained pipeline parts are saved.")] = Path("runs/world-t2i/pipeline"),
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop each stage after this many steps (a sitting).")] = None,
+) -> None:
+    """Train the miniature world's text-to-image model (VAE, then latent UNet) from a recipe."""
+    from .worldmodel import load_recipe, train_world_model as train
+
+    _stderr.print(f"saved {train(load_recipe(recipe), workdir, output, max_steps)}")
+
+
+@_command
+def train_world_annotator(
+    recipe: Annotated[Path, typer.Option(help="Annotator recipe (YAML).")] = Path("recipes/world-annotator.yaml"),
+    workdir: Annotated[Path, typer.Option(help="Checkpoints; an interrupted run resumes from here.")] = Path("runs/world-annotator"),
+    output: Annotated[Path, typer.Option(help="Where the trained annotator is saved.")] = Path("runs/world-annotator/annotator"),
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (a sitting).")] = None,
+) -> None:
+    """Train the miniature world's Mask R-CNN annotator, then score its mask AP on held-out scenes."""
+    import json
+
+    from .annotators import WorldAnnotatorRecipe, train_world_annotator as train, world_mask_ap
+    from .config import load_config, read_mapping
+
+    config = load_config(WorldAnnotatorRecipe, read_mapping(recipe), str(recipe))
+    annotator = train(config, workdir, output, max_steps)
+    metrics = world_mask_ap(annotator, config.eval_scenes)
+    (output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    _stderr.print(f"saved {output}; mask AP {metrics['mask_ap']:.3f} (AP50 {metrics['mask_ap50']:.3f}) on {config.eval_scenes} held-out scenes")

@@ -1,0 +1,289 @@
+"""Annotators: an image and the class names of interest in, instances (mask, class, score) out.
+
+The paper labels generated images with an off-the-shelf instance segmenter (COCO Mask R-CNN). Two
+implementations share one class, `MaskRCNNAnnotator`:
+
+- `MaskRCNNAnnotator.coco()`: torchvision's COCO-pretrained Mask R-CNN (ResNet-50 FPN v2), through
+  torchvision's weights API. Recipe class names map onto COCO's (aeroplane -> airplane, ...).
+- `MaskRCNNAnnotator.from_pretrained(dir)`: a saved Mask R-CNN, such as the miniature world's small
+  one (`synthseg/assets/world/annotator`), trained on rendered scenes by `train_world_annotator`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from .config import load_config, read_mapping
+from .errors import SynthsegError
+
+# Recipe (PASCAL VOC) names whose COCO category is spelled differently.
+COCO_NAME_MAP = {
+    "aeroplane": "airplane", "tvmonitor": "tv", "motorbike": "motorcycle", "sofa": "couch",
+    "diningtable": "dining table", "pottedplant": "potted plant",
+}
+
+
+@dataclass
+class Instance:
+    """One detected object. mask: HW bool at the image's size; class_name: the caller's name for it."""
+
+    mask: np.ndarray
+    class_name: str
+    score: float
+
+
+@dataclass
+class MaskRCNNConfig:
+    """A torchvision Mask R-CNN built from scratch (no downloads): the world annotator's shape.
+
+    categories: label names; label id k is categories[k-1] (0 is background).
+    image_size: images are resized to this square size inside the model's transform.
+    anchor_sizes: one anchor size per FPN level (3 backbone levels + the pooled level).
+    """
+
+    categories: list[str]
+    backbone: str = "resnet18"
+    fpn_channels: int = 128
+    image_size: int = 128
+    anchor_sizes: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
+
+    def validate(self, source: str) -> None:
+        if len(self.anchor_sizes) != 4:
+            raise SynthsegError(f"{source}: anchor_sizes needs 4 sizes (FPN levels 2-4 and the pooled level)")
+
+
+def build_maskrcnn(config: MaskRCNNConfig) -> nn.Module:
+    """A small torchvision `MaskRCNN` with random weights, sized for CPU training on 64-128 px scenes.
+
+    ResNet (GroupNorm) -> FPN with `fpn_channels` channels on layers 2-4, thin box and mask heads,
+    and fewer RoIs per image than the COCO defaults (128 sampled, 300 kept after NMS).
+    """
+    from torchvision.models import resnet
+    from torchvision.models.detection import MaskRCNN
+    from torchvision.models.detection.anchor_utils import AnchorGenerator
+    from torchvision.models.detection.backbone_utils import BackboneWithFPN
+    from torchvision.models.detection.faster_rcnn import FastRCNNPredictor, TwoMLPHead
+    from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+    from torchvision.ops import MultiScaleRoIAlign
+
+    trunk = getattr(resnet, config.backbone)(weights=None, norm_layer=lambda c: nn.GroupNorm(16, c))
+    widths = [planes * type(trunk.layer4[-1]).expansion for planes in (128, 256, 512)]
+    c = config.fpn_channels
+    backbone = BackboneWithFPN(trunk, {"layer2": "0", "layer3": "1", "layer4": "2"}, widths, c)
+    anchors = AnchorGenerator(tuple((s,) for s in config.anchor_sizes), ((0.5, 1.0, 2.0),) * len(config.anchor_sizes))
+    levels = ["0", "1", "2"]
+    classes = len(config.categories) + 1
+    return MaskRCNN(
+        backbone, min_size=config.image_size, max_size=config.image_size, rpn_anchor_generator=anchors,
+        rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100,
+        box_batch_size_per_image=128, box_detections_per_img=20,
+        box_roi_pool=MultiScaleRoIAlign(levels, output_size=7, sampling_ratio=2),
+        box_head=TwoMLPHead(c * 49, 256), box_predictor=FastRCNNPredictor(256, classes),
+        mask_roi_pool=MultiScaleRoIAlign(levels, output_size=14, sampling_ratio=2),
+        mask_head=MaskRCNNHeads(c, (c,) * 4, 1), mask_predictor=MaskRCNNPredictor(c, c, classes),
+    )
+
+
+class MaskRCNNAnnotator:
+    """Annotate images with a torchvision Mask R-CNN.
+
+    model: a torchvision MaskRCNN. categories: its label names (id k -> categories[k-1]).
+    name_map: recipe name -> category name, for names spelled differently (COCO_NAME_MAP).
+    Detections below `score_threshold` are dropped; mask probabilities above `mask_threshold` are in.
+    """
+
+    def __init__(self, model: nn.Module, categories: list[str], *, score_threshold: float = 0.5,
+                 mask_threshold: float = 0.5, name_map: dict[str, str] | None = None, config: MaskRCNNConfig | None = None):
+        self.model = model.eval()
+        self.categories = list(categories)
+        self.score_threshold = score_threshold
+        self.mask_threshold = mask_threshold
+        self.name_map = dict(name_map or {})
+        self.config = config
+
+    def category_of(self, class_name: str) -> int:
+        """Label id of a recipe class name; a name with no category is refused with the reason."""
+        name = self.name_map.get(class_name, class_name)
+        if name not in self.categories:
+            raise SynthsegError(
+                f"the annotator cannot label {class_name!r}: it has no category {name!r} "
+                f"(it knows {len([c for c in self.categories if c not in ('__background__', 'N/A')])} categories, "
+                f"e.g. {', '.join(self.categories[1:6])}); map it in the recipe or drop the class"
+            )
+        return self.categories.index(name) + 1
+
+    @classmethod
+    def coco(cls, weights: str | None = "DEFAULT", **kwargs) -> "MaskRCNNAnnotator":
+        """torchvision's COCO Mask R-CNN (ResNet-50 FPN v2). weights=None gives random weights (tests).
+
+        Offline with no cached weights, this raises a one-line error naming the file to fetch.
+        """
+        from torchvision.models.detection import MaskRCNN_ResNet50_FPN_V2_Weights, maskrcnn_resnet50_fpn_v2
+
+        spec = MaskRCNN_ResNet50_FPN_V2_Weights.DEFAULT
+        categories = spec.meta["categories"][1:]  # drop __background__: id k -> categories[k-1]
+        if weights is None:
+            model = maskrcnn_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=len(categories) + 1)
+        else:
+            spec = MaskRCNN_ResNet50_FPN_V2_Weights[weights] if isinstance(weights, str) else weights
+            cached = Path(torch.hub.get_dir()) / "checkpoints" / os.path.basename(spec.url)
+            try:
+                model = maskrcnn_resnet50_fpn_v2(weights=spec, weights_backbone=None)
+            except (OSError, RuntimeError) as error:
+                raise SynthsegError(
+                    f"cannot load COCO Mask R-CNN weights: {cached} is not there and {spec.url} cannot be "
+                    f"downloaded ({type(error).__name__}); fetch that file where there is network and copy it to {cached}"
+                ) from None
+        return cls(model, categories, name_map=COCO_NAME_MAP, **kwargs)
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        """Write config.json (model config and thresholds) and model.safetensors."""
+        if self.config is None:
+            raise SynthsegError("only annotators built from a MaskRCNNConfig can be saved")
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        meta = dict(model=asdict(self.config), score_threshold=self.score_threshold, mask_threshold=self.mask_threshold)
+        (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
+        save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, directory / "model.safetensors")
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, **overrides) -> "MaskRCNNAnnotator":
+        """Load a folder from `save_pretrained`; `overrides` replace the saved thresholds."""
+        directory = Path(directory)
+        if not directory.is_dir():
+            raise SynthsegError(f"no annotator at {directory}: expected a folder with config.json and model.safetensors")
+        meta = read_mapping(directory / "config.json")
+        config = load_config(MaskRCNNConfig, meta.get("model"), str(directory / "config.json"))
+        model = build_maskrcnn(config)
+        try:
+            model.load_state_dict(load_file(directory / "model.safetensors"))
+        except (SafetensorError, OSError, RuntimeError) as error:
+            raise SynthsegError(f"{directory / 'model.safetensors'}: missing, corrupt or not matching config.json ({type(error).__name__})") from None
+        thresholds = {k: meta[k] for k in ("score_threshold", "mask_threshold") if k in meta}
+        return cls(model, config.categories, config=config, **{**thresholds, **overrides})
+
+    @torch.no_grad()
+    def annotate(self, images: list, class_names: list[list[str]]) -> list[list[Instance]]:
+        """Instances of the named classes in each image, best score first.
+
+        images: HW3 uint8 arrays or PIL images. class_names[i]: the classes wanted in image i.
+        """
+        wanted = [{self.category_of(n): n for n in names} for names in class_names]
+        device = next(self.model.parameters()).device
+        batch = [torch.from_numpy(np.array(im, dtype=np.float32)).permute(2, 0, 1).div(255).to(device) for im in images]
+        results = []
+        for output, lookup in zip(self.model(batch), wanted):
+            keep = (output["scores"] >= self.score_threshold).cpu().numpy()
+            labels = output["labels"].cpu().numpy()
+            masks = (output["masks"][:, 0] > self.mask_threshold).cpu().numpy()
+            scores = output["scores"].cpu().numpy()
+            results.append([
+                Instance(masks[i], lookup[int(labels[i])], float(scores[i]))
+                for i in np.flatnonzero(keep) if int(labels[i]) in lookup and masks[i].any()
+            ])
+        return results
+
+
+@dataclass
+class WorldAnnotatorRecipe:
+    """Recipe of `train_world_annotator`; see recipes/world-annotator.yaml."""
+
+    model: MaskRCNNConfig
+    seed: int = 0
+    steps: int = 3000
+    batch_size: int = 8
+    lr: float = 3e-4
+    warmup_steps: int = 200
+    checkpoint_every: int = 250
+    score_threshold: float = 0.5
+    mask_threshold: float = 0.5
+    eval_scenes: int = 500
+
+
+def scene_targets(scene) -> dict:
+    """torchvision detection targets of a rendered scene: XYXY boxes, labels 1..K, (N, H, W) masks."""
+    from .world import WORLD_CLASSES
+
+    masks = torch.from_numpy(scene.masks)
+    boxes = []
+    for mask in scene.masks:
+        ys, xs = np.nonzero(mask)
+        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+    labels = [WORLD_CLASSES.index(c) + 1 for c in scene.classes]
+    return dict(boxes=torch.tensor(boxes, dtype=torch.float32), labels=torch.tensor(labels), masks=masks.to(torch.uint8))
+
+
+def train_world_annotator(recipe: WorldAnnotatorRecipe, workdir: Path, output: Path, max_steps: int | None = None) -> MaskRCNNAnnotator:
+    """Train the world's Mask R-CNN on rendered scenes (even seeds; odd seeds are held out).
+
+    Resumes from workdir/annotator.ckpt; the batch of step s is drawn from default_rng([seed, s]).
+    """
+    from .training import load_checkpoint, loss_progress, save_checkpoint, warmup_cosine
+    from .world import render_scene
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    torch.manual_seed(recipe.seed)
+    model = build_maskrcnn(recipe.model).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(recipe.warmup_steps, recipe.steps))
+    ckpt = workdir / "annotator.ckpt"
+    start, losses = load_checkpoint(ckpt, model=model, optimizer=optimizer, lr=schedule)
+    end = min(recipe.steps, max_steps or recipe.steps)
+    with loss_progress("annotator", recipe.steps, start) as advance:
+        for step in range(start, end):
+            rng = np.random.default_rng([recipe.seed, step])
+            scenes = [render_scene(2 * int(rng.integers(2**30))) for _ in range(recipe.batch_size)]
+            images = [torch.from_numpy(s.image).permute(2, 0, 1).float() / 255 for s in scenes]
+            loss = sum(model(images, [scene_targets(s) for s in scenes]).values())
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.item())
+            advance(step + 1, losses)
+            if (step + 1) % recipe.checkpoint_every == 0 or step + 1 == end:
+                save_checkpoint(ckpt, step + 1, losses, model=model, optimizer=optimizer, lr=schedule)
+    annotator = MaskRCNNAnnotator(model, recipe.model.categories, score_threshold=recipe.score_threshold,
+                                  mask_threshold=recipe.mask_threshold, config=recipe.model)
+    annotator.save_pretrained(output)
+    return annotator
+
+
+def world_mask_ap(annotator: MaskRCNNAnnotator, count: int = 500) -> dict:
+    """COCO mask AP (pycocotools COCOeval "segm") on `count` held-out rendered scenes (odd seeds)."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    from .formats import coco_annotation, coco_document
+    from .world import WORLD_CLASSES, render_scene
+
+    threshold, annotator.score_threshold = annotator.score_threshold, 0.05  # AP ranks all detections
+    images, truth, detections = [], [], []
+    try:
+        for image_id in range(1, count + 1):
+            scene = render_scene(2 * image_id + 1)
+            images.append(dict(id=image_id, width=scene.image.shape[1], height=scene.image.shape[0], file_name=f"{image_id}.png"))
+            for mask, name in zip(scene.masks, scene.classes):
+                truth.append(coco_annotation(len(truth) + 1, image_id, WORLD_CLASSES.index(name) + 1, mask))
+            for inst in annotator.annotate([scene.image], [list(WORLD_CLASSES)])[0]:
+                detections.append(coco_annotation(len(detections) + 1, image_id, WORLD_CLASSES.index(inst.class_name) + 1, inst.mask, inst.score))
+    finally:
+        annotator.score_threshold = threshold
+    gt = COCO()
+    gt.dataset = coco_document(images, truth, WORLD_CLASSES, "held-out world scenes")
+    gt.createIndex()
+    evaluator = COCOeval(gt, gt.loadRes(detections) if detections else COCO(), "segm")
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+    return dict(mask_ap=float(evaluator.stats[0]), mask_ap50=float(evaluator.stats[1]), mask_ap75=float(evaluator.stats[2]), scenes=count)

@@ -1,0 +1,69 @@
+"""What every synthseg training loop shares: resumable checkpoints, the LR schedule, loss progress."""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+from pathlib import Path
+
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from .errors import SynthsegError
+
+
+def warmup_cosine(warmup: int, total: int):
+    """LambdaLR factor: linear warm-up over `warmup` steps, then cosine decay to 0 at `total`."""
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+
+    return factor
+
+
+def save_checkpoint(path: Path, step: int, losses: list[float], **objects) -> None:
+    """Atomically write the state_dict of each of `objects` (model, optimizer, ...) with step and losses."""
+    state = {name: obj.state_dict() for name, obj in objects.items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(dict(state, step=step, losses=losses), tmp)
+    os.replace(tmp, path)
+
+
+def load_checkpoint(path: Path, **objects) -> tuple[int, list[float]]:
+    """Restore `objects` from `path` if it exists; returns (step, losses), (0, []) for a fresh start."""
+    if not path.is_file():
+        return 0, []
+    try:
+        state = torch.load(path, weights_only=True)
+        for name, obj in objects.items():
+            obj.load_state_dict(state[name])
+    except (RuntimeError, KeyError, EOFError, OSError) as error:
+        raise SynthsegError(f"{path}: corrupt or incompatible checkpoint ({type(error).__name__}); delete it to start over") from None
+    return state["step"], state["losses"]
+
+
+@contextlib.contextmanager
+def loss_progress(description: str, total: int, completed: int = 0, log_every: int = 50):
+    """A rich progress bar with the running loss; yields `advance(step, losses)`.
+
+    Where stderr is not a terminal (logs, CI), a plain line is printed every `log_every` steps instead.
+    """
+    console = Console(stderr=True)
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+               TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn())
+    with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
+        task = progress.add_task(description, total=total, completed=completed, loss=float("nan"))
+
+        def advance(step: int, losses: list[float]) -> None:
+            recent = losses[-log_every:]
+            loss = sum(recent) / max(1, len(recent))
+            progress.update(task, completed=step, loss=loss)
+            if not console.is_terminal and step % log_every == 0:
+                console.print(f"{description} step {step}/{total} loss {loss:.4f}", highlight=False)
+
+        yield advance

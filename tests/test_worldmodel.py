@@ -1,0 +1,80 @@
+"""The world's text-to-image model: recipes train, resume exactly, and load through the general loader."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+from synthseg import SynthsegError, load_pipeline
+from synthseg.worldmodel import (
+    UNetRecipe, VAERecipe, WorldModelRecipe, build_unet, caption_states, diffusion_loss, load_recipe, load_text_encoder,
+    noise_scheduler, sample_scenes, train_unet, train_vae, train_world_model, world_pipeline_dir,
+)
+
+
+def tiny_recipe(**unet) -> WorldModelRecipe:
+    return WorldModelRecipe(
+        image_size=32, checkpoint_every=1000,
+        vae=VAERecipe(block_out_channels=[16, 32, 32], steps=12, batch_size=4, lr=2e-3),
+        unet=UNetRecipe(block_out_channels=[16, 32, 32], steps=12, batch_size=4, warmup_steps=2, **unet),
+    )
+
+
+def test_shipped_recipe_is_valid():
+    recipe = load_recipe("recipes/world-t2i.yaml")
+    assert recipe.image_size == 64 and recipe.unet.prediction_type == "v_prediction"
+
+
+def test_bad_recipe_values(tmp_path):
+    (tmp_path / "r.yaml").write_text("image_size: 30\n")
+    with pytest.raises(SynthsegError, match="multiple of 4"):
+        load_recipe(tmp_path / "r.yaml")
+    (tmp_path / "r.yaml").write_text("unet: {prediction_type: sample}\n")
+    with pytest.raises(SynthsegError, match="epsilon or v_prediction"):
+        load_recipe(tmp_path / "r.yaml")
+
+
+def test_vae_training_lowers_the_loss_and_resumes_exactly(tmp_path):
+    recipe = tiny_recipe()
+    straight = train_vae(recipe, tmp_path / "a")
+    losses = torch.load(tmp_path / "a" / "vae.ckpt", weights_only=True)["losses"]
+    assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
+    train_vae(recipe, tmp_path / "b", max_steps=5)
+    resumed = train_vae(recipe, tmp_path / "b")
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(a, b), name
+
+
+def test_unet_training_lowers_the_loss(tmp_path):
+    unet_recipe = UNetRecipe(block_out_channels=[16, 32, 32], steps=20, batch_size=8, warmup_steps=2, lr=2e-3, ema_decay=0.0)
+    recipe = dataclasses.replace(tiny_recipe(), unet=unet_recipe)
+    vae = train_vae(recipe, tmp_path, max_steps=2)
+    tokenizer, encoder = load_text_encoder(recipe.max_tokens)
+    images, captions = sample_scenes(recipe, 12345, 16)
+    latents = vae.encode(images).latent_dist.mean.detach() * vae.config.scaling_factor
+    text = caption_states(tokenizer, encoder, captions)
+
+    def held_out_loss(unet):  # fixed scenes, noise and timesteps
+        with torch.no_grad():
+            return diffusion_loss(unet, noise_scheduler(recipe), latents, text, torch.Generator().manual_seed(0)).item()
+
+    torch.manual_seed(recipe.seed + 1)
+    before = held_out_loss(build_unet(recipe, 384, 4))
+    trained, _, _, _ = train_unet(recipe, vae, tmp_path)
+    assert held_out_loss(trained) < 0.8 * before
+
+
+def test_trained_model_loads_through_the_general_loader(tmp_path):
+    output = train_world_model(tiny_recipe(), tmp_path / "work", tmp_path / "t2i", max_steps=2)
+    assert sorted(p.name for p in output.iterdir()) == ["model_index.json", "scheduler", "tokenizer", "unet", "vae"]
+    folder = world_pipeline_dir(output, cache=tmp_path / "cache")
+    assert world_pipeline_dir(output, cache=tmp_path / "cache") == folder  # assembled once
+    pipe = load_pipeline(folder)
+    assert type(pipe.text_encoder).__name__ == "BertModel" and pipe.text_encoder.config.hidden_size == 384
+    pipe.set_progress_bar_config(disable=True)
+    images = [pipe("a photograph of a star", num_inference_steps=3, guidance_scale=2.0, generator=torch.Generator().manual_seed(0), output_type="np").images
+              for _ in range(2)]
+    assert images[0].shape == (1, 32, 32, 3) and np.array_equal(images[0], images[1])
+    with pytest.raises(SynthsegError, match="no world model at"):
+        world_pipeline_dir(tmp_path / "missing", cache=tmp_path / "cache")
