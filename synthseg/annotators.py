@@ -287,3 +287,15 @@ def world_mask_ap(annotator: MaskRCNNAnnotator, count: int = 500) -> dict:
     evaluator.accumulate()
     evaluator.summarize()
     return dict(mask_ap=float(evaluator.stats[0]), mask_ap50=float(evaluator.stats[1]), mask_ap75=float(evaluator.stats[2]), scenes=count)
+
+
+WORLD_ANNOTATOR = Path(__file__).with_name("assets") / "world" / "annotator"
+
+
+def load_annotator(spec: str, **thresholds) -> MaskRCNNAnnotator:
+    """"world" (the bundled world annotator), "coco" (torchvision COCO Mask R-CNN) or a saved folder."""
+    if spec == "coco":
+        return MaskRCNNAnnotator.coco(**thresholds)
+    if spec == "world" and not WORLD_ANNOTATOR.is_dir():
+        raise SynthsegError(f"the world annotator is not shipped yet at {WORLD_ANNOTATOR}: train one with `synthseg train-world-annotator`")
+    return MaskRCNNAnnotator.from_pretrained(WORLD_ANNOTATOR if spec == "world" else spec, **thresholds)

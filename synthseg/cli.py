@@ -102,3 +102,47 @@ def train_world_annotator(
     metrics = world_mask_ap(annotator, config.eval_scenes)
     (output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     _stderr.print(f"saved {output}; mask AP {metrics['mask_ap']:.3f} (AP50 {metrics['mask_ap50']:.3f}) on {config.eval_scenes} held-out scenes")
+
+
+@_command
+def make_triplets(
+    recipe: Annotated[Path, typer.Option(help="Grounding recipe (YAML) with a `triplets` section.")] = Path("recipes/world-grounding.yaml"),
+    out: Annotated[Path, typer.Option(help="Triplet shard folder; a rerun resumes it.")] = Path("runs/world-triplets"),
+    model: Annotated[Optional[str], typer.Option(help="Pipeline (hub id, folder or 'world'); default from the recipe.")] = None,
+    annotator: Annotated[Optional[str], typer.Option(help="Annotator ('world', 'coco' or a folder); default from the recipe.")] = None,
+    count: Annotated[Optional[int], typer.Option(help="Number of triplets; default from the recipe.")] = None,
+    device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
+) -> None:
+    """Make {UNet features, masks, prompt} triplets from seen classes, labelled by an annotator."""
+    from .annotators import load_annotator
+    from .pipeline import load_pipeline
+    from .train_grounding import load_grounding_recipe
+    from .triplets import make_triplets as make
+    from .worldmodel import resolve_model
+
+    config = load_grounding_recipe(recipe)
+    if count is not None:
+        config.triplets.count = count
+    labeller = load_annotator(annotator or config.annotator)
+    labeller.model.to(device)
+    pipe = load_pipeline(resolve_model(model or config.pipeline), device=device)
+    _stderr.print(f"wrote triplets to {make(pipe, labeller, config.triplets, out)}")
+
+
+@_command
+def train_grounding(
+    recipe: Annotated[Path, typer.Option(help="Grounding recipe (YAML).")] = Path("recipes/world-grounding.yaml"),
+    triplets: Annotated[Path, typer.Option(help="Triplet shard folder from make-triplets.")] = Path("runs/world-triplets"),
+    workdir: Annotated[Path, typer.Option(help="Checkpoints; rerunning the command resumes from here.")] = Path("runs/world-grounding"),
+    output: Annotated[Path, typer.Option(help="save_pretrained folder of the trained module.")] = Path("runs/world-grounding/module"),
+    zero_masks: Annotated[Optional[bool], typer.Option("--zero-masks/--no-zero-masks", help="Train missed classes towards empty masks (ablation).")] = None,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (a sitting).")] = None,
+) -> None:
+    """Train the grounding module on a triplet cache (default: without zero masks)."""
+    from .train_grounding import load_grounding_recipe, train_grounding as train
+
+    config = load_grounding_recipe(recipe)
+    if zero_masks is not None:
+        config.train.zero_masks = zero_masks
+    train(config, triplets, workdir, output, max_steps)
+    _stderr.print(f"saved {output}")

@@ -48,14 +48,14 @@ def load_checkpoint(path: Path, **objects) -> tuple[int, list[float]]:
 
 
 @contextlib.contextmanager
-def loss_progress(description: str, total: int, completed: int = 0, log_every: int = 50):
-    """A rich progress bar with the running loss; yields `advance(step, losses)`.
+def loss_progress(description: str, total: int, completed: int = 0, log_every: int = 50, metric: str = "loss"):
+    """A rich progress bar with the running mean of `metric` (the loss); yields `advance(step, values)`.
 
     Where stderr is not a terminal (logs, CI), a plain line is printed every `log_every` steps instead.
     """
     console = Console(stderr=True)
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TextColumn("loss {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn())
+               TextColumn(metric + " {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn())
     with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
         task = progress.add_task(description, total=total, completed=completed, loss=float("nan"))
 
@@ -64,6 +64,6 @@ def loss_progress(description: str, total: int, completed: int = 0, log_every: i
             loss = sum(recent) / max(1, len(recent))
             progress.update(task, completed=step, loss=loss)
             if not console.is_terminal and step % log_every == 0:
-                console.print(f"{description} step {step}/{total} loss {loss:.4f}", highlight=False)
+                console.print(f"{description} step {step}/{total} {metric} {loss:.4f}", highlight=False)
 
         yield advance

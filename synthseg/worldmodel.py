@@ -282,3 +282,8 @@ def train_world_model(recipe: WorldModelRecipe, workdir: Path, output: Path, max
     shutil.rmtree(output, ignore_errors=True)
     os.replace(staging, output)
     return output
+
+
+def resolve_model(spec: str) -> str:
+    """A pipeline argument: "world" means the bundled world model's folder; anything else passes through."""
+    return str(world_pipeline_dir()) if spec == "world" else spec

@@ -12,7 +12,7 @@ def test_help_lists_only_working_commands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
     commands = re.findall(r"│ (\S+)\s{2,}", result.output.split("Commands")[1])
-    assert commands == ["generate", "train-world-model", "train-world-annotator"]
+    assert commands == ["generate", "train-world-model", "train-world-annotator", "make-triplets", "train-grounding"]
 
 
 def test_generate_end_to_end(pipe_dir, grounding, tmp_path):
@@ -39,3 +39,27 @@ def test_generate_errors_are_one_line_with_exit_1(pipe_dir, grounding, tmp_path)
     result = runner.invoke(app, base + ["--grounding", str(tmp_path / "grounding"), "--prompt", "a dog", "--classes", "cat"])
     assert result.exit_code == 1 and "error: class 'cat' does not occur in prompt 'a dog'" in result.output
     assert not (tmp_path / "out").exists()
+
+
+def test_make_triplets_and_train_grounding_end_to_end(pipe_dir, tmp_path):
+    from synthseg.annotators import MaskRCNNAnnotator, MaskRCNNConfig, build_maskrcnn
+
+    config = MaskRCNNConfig(categories=["dog", "cat", "bus", "horse"], fpn_channels=16, image_size=32, anchor_sizes=[4, 8, 16, 32])
+    MaskRCNNAnnotator(build_maskrcnn(config), config.categories, score_threshold=0.0, config=config).save_pretrained(tmp_path / "ann")
+    (tmp_path / "r.yaml").write_text(
+        "split: voc-15-5\n"
+        "triplets: {seen: [dog, cat, bus, horse], count: 4, shard_size: 2, batch_size: 2, num_inference_steps: 2, guidance_scale: 2.0}\n"
+        "model: {fuse_dim: 16, mask_dim: 16, hidden_dim: 32, num_heads: 4, ffn_dim: 64, token_patch: 2}\n"
+        "train: {steps: 3, batch_size: 2, warmup_steps: 1}\n"
+    )
+    common = ["--recipe", str(tmp_path / "r.yaml")]
+    result = runner.invoke(app, ["make-triplets", *common, "--out", str(tmp_path / "t"), "--model", str(pipe_dir), "--annotator", str(tmp_path / "ann")])
+    assert result.exit_code == 0, result.output
+    assert len(list((tmp_path / "t").glob("shard-*.jsonl"))) == 2
+    result = runner.invoke(app, ["train-grounding", *common, "--triplets", str(tmp_path / "t"), "--workdir", str(tmp_path / "w"), "--output", str(tmp_path / "g")])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["generate", "--model", str(pipe_dir), "--grounding", str(tmp_path / "g"), "--steps", "2",
+                                 "--prompt", "a photograph of a sofa", "--classes", "sofa", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["make-triplets", *common, "--out", str(tmp_path / "t2"), "--model", str(pipe_dir), "--annotator", str(tmp_path / "nope")])
+    assert result.exit_code == 1 and "no annotator at" in result.output

@@ -1,0 +1,104 @@
+"""Train the grounding module on a triplet cache (see `synthseg.triplets`), resumably.
+
+Default: "training without zero masks": a prompted class the annotator missed adds no loss. With
+`zero_masks: true` it is trained towards an empty mask instead (the paper's ablation).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+
+from .classes import get_split
+from .config import load_config, read_mapping
+from .errors import SynthsegError
+from .grounding import GroundingConfig, GroundingModule, grounding_loss
+from .training import load_checkpoint, loss_progress, save_checkpoint, warmup_cosine
+from .triplets import TripletRecipe, TripletShards
+
+
+@dataclass
+class TrainRecipe:
+    steps: int = 3000
+    batch_size: int = 16
+    lr: float = 1e-4
+    warmup_steps: int = 100
+    weight_decay: float = 1e-4
+    zero_masks: bool = False
+    checkpoint_every: int = 250
+    seed: int = 0
+
+
+@dataclass
+class GroundingRecipe:
+    """recipes/*-grounding.yaml: the split, how triplets are made, the module's size, training."""
+
+    split: str
+    pipeline: str = "world"
+    annotator: str = "world"
+    triplets: TripletRecipe = field(default_factory=TripletRecipe)
+    model: dict = field(default_factory=dict)
+    train: TrainRecipe = field(default_factory=TrainRecipe)
+
+    def validate(self, source: str) -> None:
+        leaked = sorted(set(self.triplets.seen) - set(get_split(self.split).seen))
+        if leaked:
+            raise SynthsegError(f"{source}: triplet prompts would name classes that are not seen in split {self.split!r}: {leaked}")
+        known = set(GroundingConfig.__dataclass_fields__) - {"feature_channels", "feature_strides", "text_dim"}
+        unknown = sorted(set(self.model) - known)
+        if unknown:
+            raise SynthsegError(f"{source}: unknown model field(s) {unknown}; known: {sorted(known)}")
+
+
+def load_grounding_recipe(path: str | Path) -> GroundingRecipe:
+    """Read a grounding recipe; triplet prompts default to the split's seen classes."""
+    data = read_mapping(path)
+    triplets = data.setdefault("triplets", {})
+    if isinstance(triplets, dict) and not triplets.get("seen") and isinstance(data.get("split"), str):
+        triplets["seen"] = get_split(data["split"]).seen
+    return load_config(GroundingRecipe, data, str(path))
+
+
+def train_grounding(recipe: GroundingRecipe, triplets: Path, workdir: Path, output: Path, max_steps: int | None = None) -> GroundingModule:
+    """Train on the shards in `triplets`; checkpoints in `workdir`; `save_pretrained` into `output`."""
+    layout = read_mapping(Path(triplets) / "layout.json")
+    config = load_config(GroundingConfig, {**layout, **recipe.model}, str(Path(triplets) / "layout.json"))
+    t = recipe.train
+    torch.manual_seed(t.seed)
+    module = GroundingModule(config).train()
+    optimizer = torch.optim.AdamW(module.parameters(), lr=t.lr, weight_decay=t.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(t.warmup_steps, t.steps))
+    ckpt = workdir / "grounding.ckpt"
+    start, losses = load_checkpoint(ckpt, model=module, optimizer=optimizer, lr=schedule)
+    data = TripletShards(triplets, seed=t.seed)
+    data.epoch = start * t.batch_size // len(data)  # a resumed run continues with a fresh epoch order
+    end = min(t.steps, max_steps or t.steps)
+    batches = _forever(data, t.batch_size)
+    with loss_progress("grounding", t.steps, start) as advance:
+        for step in range(start, end):
+            batch = next(batches)
+            logits = module(batch["features"], batch["queries"], batch["valid"])
+            if t.zero_masks:
+                loss = grounding_loss(logits, batch["masks"], batch["valid"])
+            else:
+                loss = grounding_loss(logits, batch["masks"], batch["valid"], batch["missing"])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            schedule.step()
+            losses.append(loss.item())
+            advance(step + 1, losses)
+            if (step + 1) % t.checkpoint_every == 0 or step + 1 == end:
+                save_checkpoint(ckpt, step + 1, losses, model=module, optimizer=optimizer, lr=schedule)
+    module.eval().save_pretrained(output)
+    (Path(output) / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2) + "\n")
+    return module
+
+
+def _forever(data: TripletShards, batch_size: int):
+    """Endless batches over epochs of the streamed shards."""
+    while True:
+        yield from torch.utils.data.DataLoader(data, batch_size=batch_size, drop_last=True)

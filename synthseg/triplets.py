@@ -1,0 +1,211 @@
+"""Training triplets {UNet features, masks, prompt}, made without human labels, stored as shards.
+
+`make_triplets` builds prompts from the *seen* classes only (one or two classes, the recipe's
+templates), generates each image with feature capture, and labels it with an annotator:
+
+- target mask of a class: the union of its detected instances (`target="union"`, the default, so a
+  one-class prompt that drew two dogs gets both), or the top-scoring instance only (`target="top"`,
+  the reference code's choice);
+- a prompted class the annotator did not find is marked *missing*: with "training without zero
+  masks" it then adds no loss (see `grounding_loss`).
+
+Storage: `layout.json` (the UNet feature layout and text width, for building a grounding module),
+`shard-NNNNN.safetensors` holds `shard_size` triplets (block features in fp16 by default,
+class-query embeddings, uint8 masks, missing and valid flags) and `shard-NNNNN.jsonl` one record per
+triplet (prompt, seed, classes, missing, scores). Each shard is written atomically and a run skips
+shards that already exist, so a killed job resumes where it stopped; prompts and seeds depend only on
+the triplet index, so the result is the same. Cost on disk: see `TripletShards.bytes_per_triplet`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from .annotators import Instance
+from .capture import CaptureStep, FeatureCapture, unet_feature_layout
+from .errors import SynthsegError
+from .formats import write_atomic
+from .generate import uses_cfg
+from .prompts import PAPER_TEMPLATES, fill_template
+from .text import class_queries, class_token_spans
+from .training import loss_progress
+
+MAX_CLASSES = 2  # templates name one or two classes
+
+
+@dataclass
+class TripletRecipe:
+    """How triplets are made. `seen`: the classes prompts may name."""
+
+    seen: list[str] = field(default_factory=list)
+    count: int = 1000
+    seed: int = 0
+    templates: list[str] = field(default_factory=lambda: list(PAPER_TEMPLATES))
+    pair_fraction: float = 0.5
+    num_inference_steps: int = 50
+    guidance_scale: float = 7.5
+    capture_timestep: int = 5
+    capture_index: int | None = None
+    target: str = "union"
+    shard_size: int = 64
+    batch_size: int = 8
+    feature_dtype: str = "float16"
+
+    def validate(self, source: str) -> None:
+        if not self.seen:
+            raise SynthsegError(f"{source}: no seen classes to build prompts from")
+        if self.target not in ("union", "top"):
+            raise SynthsegError(f"{source}: target must be 'union' or 'top', got {self.target!r}")
+        if self.feature_dtype not in ("float16", "bfloat16", "float32"):
+            raise SynthsegError(f"{source}: feature_dtype must be float16, bfloat16 or float32")
+        if self.shard_size % self.batch_size:
+            raise SynthsegError(f"{source}: shard_size must be a multiple of batch_size")
+        slots = {t.count("{}") for t in self.templates}
+        if not slots <= {1, 2} or (1 not in slots):
+            raise SynthsegError(f"{source}: templates need one-class ('{{}}') and optionally two-class slots")
+        if self.pair_fraction > 0 and 2 not in slots:
+            raise SynthsegError(f"{source}: pair_fraction > 0 needs a two-class template")
+
+
+def triplet_prompt(recipe: TripletRecipe, index: int) -> tuple[str, list[str], int]:
+    """(prompt, classes, seed) of triplet `index`; depends only on the recipe's seed and the index."""
+    rng = np.random.default_rng([recipe.seed, index])
+    count = 2 if len(recipe.seen) > 1 and rng.random() < recipe.pair_fraction else 1
+    names = [recipe.seen[i] for i in rng.choice(len(recipe.seen), size=count, replace=False)]
+    templates = [t for t in recipe.templates if t.count("{}") == count]
+    template = templates[int(rng.integers(len(templates)))]
+    return fill_template(template, names), names, int(rng.integers(2**31))
+
+
+def target_masks(instances: list[Instance], names: list[str], size: tuple[int, int], mode: str):
+    """(Q, H, W) uint8 targets, (Q,) missing flags and per-class scores from annotator instances."""
+    masks = np.zeros((len(names), *size), dtype=np.uint8)
+    missing, scores = [], []
+    for q, name in enumerate(names):
+        found = sorted((i for i in instances if i.class_name == name), key=lambda i: -i.score)
+        if mode == "top":
+            found = found[:1]
+        for inst in found:
+            masks[q] |= inst.mask.astype(np.uint8)
+        missing.append(not found)
+        scores.append(found[0].score if found else 0.0)
+    return masks, missing, scores
+
+
+@torch.no_grad()
+def make_triplets(pipe, annotator, recipe: TripletRecipe, directory: str | Path) -> Path:
+    """Write `recipe.count` triplets as shards into `directory`, skipping shards already written."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    channels, strides = unet_feature_layout(pipe.unet)
+    layout = dict(feature_channels=channels, feature_strides=strides, text_dim=pipe.text_encoder.config.hidden_size)
+    write_atomic(directory / "layout.json", json.dumps(layout) + "\n")
+    cfg = uses_cfg(pipe, recipe.guidance_scale)
+    step = CaptureStep(recipe.capture_timestep, recipe.capture_index).resolve(pipe.scheduler, recipe.num_inference_steps)
+    dtype = getattr(torch, recipe.feature_dtype)
+    shards = range((recipe.count + recipe.shard_size - 1) // recipe.shard_size)
+    pipe.set_progress_bar_config(disable=True)
+    missing: list[float] = []  # one flag per prompted class, for the progress display
+    with loss_progress("triplets", recipe.count, log_every=recipe.shard_size, metric="missing") as advance:
+        for shard in shards:
+            stem = directory / f"shard-{shard:05d}"
+            indices = list(range(shard * recipe.shard_size, min(recipe.count, (shard + 1) * recipe.shard_size)))
+            if stem.with_suffix(".jsonl").is_file():
+                records = [json.loads(line) for line in stem.with_suffix(".jsonl").open()]
+            else:
+                rows = [_generate_batch(pipe, annotator, recipe, indices[i : i + recipe.batch_size], step, cfg, dtype)
+                        for i in range(0, len(indices), recipe.batch_size)]
+                _write_shard(stem, rows)
+                records = [r for batch in rows for r in batch["records"]]
+            missing += [float(m) for r in records for m in r["missing"]]
+            advance(indices[-1] + 1, missing)
+    return directory
+
+
+def _generate_batch(pipe, annotator, recipe, indices, step, cfg, dtype) -> dict:
+    prompts, names, seeds = zip(*(triplet_prompt(recipe, i) for i in indices))
+    spans = class_token_spans(pipe.tokenizer, list(prompts), list(names))
+    embeds, negative = pipe.encode_prompt(list(prompts), pipe.device, 1, cfg)
+    with FeatureCapture(pipe.unet, step.timestep, classifier_free_guidance=cfg, attention=False, dtype=dtype) as capture:
+        images = pipe(prompt_embeds=embeds, negative_prompt_embeds=negative, num_inference_steps=recipe.num_inference_steps,
+                      guidance_scale=recipe.guidance_scale, generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
+                      output_type="np").images
+    images = (images * 255).round().astype(np.uint8)
+    queries, valid = class_queries(embeds, spans)
+    detected = annotator.annotate(list(images), [list(n) for n in names])
+    width = MAX_CLASSES
+    masks = np.zeros((len(indices), width, *images.shape[1:3]), dtype=np.uint8)
+    missing = np.zeros((len(indices), width), dtype=bool)
+    records = []
+    for b, (index, prompt, classes, seed, found) in enumerate(zip(indices, prompts, names, seeds, detected)):
+        m, miss, scores = target_masks(found, list(classes), images.shape[1:3], recipe.target)
+        masks[b, : len(classes)], missing[b, : len(classes)] = m, miss
+        records.append(dict(index=index, prompt=prompt, seed=seed, classes=list(classes), missing=miss, scores=scores))
+    padded = torch.zeros(len(indices), width, queries.shape[-1])
+    padded[:, : queries.shape[1]] = queries.float()
+    flags = torch.zeros(len(indices), width, dtype=torch.bool)
+    flags[:, : valid.shape[1]] = valid
+    tensors = {f"features.{k}": v.cpu().contiguous() for k, v in capture.features.blocks.items()}
+    tensors.update(queries=padded.to(dtype), valid=flags, masks=torch.from_numpy(masks), missing=torch.from_numpy(missing))
+    return dict(tensors=tensors, records=records)
+
+
+def _write_shard(stem: Path, rows: list[dict]) -> None:
+    """Tensors first, then the jsonl: a shard counts as written once its jsonl exists."""
+    tensors = {k: torch.cat([r["tensors"][k] for r in rows]) for k in rows[0]["tensors"]}
+    tmp = stem.with_name(stem.name + ".safetensors.tmp")
+    save_file(tensors, tmp)
+    tmp.replace(stem.with_suffix(".safetensors"))
+    write_atomic(stem.with_suffix(".jsonl"), "".join(json.dumps(r) + "\n" for batch in rows for r in batch["records"]))
+
+
+class TripletShards(torch.utils.data.IterableDataset):
+    """Streams triplets shard by shard (one shard in memory at a time), shuffled with `seed` per epoch.
+
+    Yields dicts: features (list of (C,H,W) float32, capture order), queries (Q,D), valid (Q,),
+    masks (Q,H,W) float32, missing (Q,).
+    """
+
+    def __init__(self, directory: str | Path, seed: int = 0):
+        self.directory = Path(directory)
+        self.shards = sorted(p for p in self.directory.glob("shard-*.safetensors") if p.with_suffix(".jsonl").is_file())
+        if not self.shards:
+            raise SynthsegError(f"no triplet shards in {self.directory}: run make-triplets first")
+        self.seed = seed
+        self.epoch = 0
+
+    def __len__(self) -> int:
+        return sum(1 for p in self.shards for _ in p.with_suffix(".jsonl").open())
+
+    def records(self) -> list[dict]:
+        return [json.loads(line) for p in self.shards for line in p.with_suffix(".jsonl").open()]
+
+    def bytes_per_triplet(self) -> float:
+        return sum(p.stat().st_size + p.with_suffix(".jsonl").stat().st_size for p in self.shards) / len(self)
+
+    def __iter__(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        self.epoch += 1
+        for shard in (self.shards[i] for i in rng.permutation(len(self.shards))):
+            with safe_open(shard, framework="pt") as f:
+                data = {k: f.get_tensor(k) for k in f.keys()}
+            names = sorted((k for k in data if k.startswith("features.")), key=_capture_order)
+            for row in rng.permutation(len(data["valid"])):
+                yield dict(
+                    features=[data[k][row].float() for k in names], queries=data["queries"][row].float(),
+                    valid=data["valid"][row], masks=data["masks"][row].float(), missing=data["missing"][row],
+                )
+
+
+def _capture_order(key: str) -> tuple[int, int]:
+    """Sort key restoring UNet order (down, mid, up) of "features.<block>" names."""
+    block = key.removeprefix("features.")
+    kind, _, number = block.partition(".")
+    return ({"down_blocks": 0, "mid_block": 1, "up_blocks": 2}[kind], int(number or 0))

@@ -1,0 +1,126 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from synthseg import SynthsegError, grounding_loss, unet_feature_layout
+from synthseg.annotators import Instance
+from synthseg.config import load_config
+from synthseg.triplets import TripletRecipe, TripletShards, make_triplets, target_masks, triplet_prompt
+
+SEEN = ["dog", "cat", "train", "horse"]
+
+
+class FakeAnnotator:
+    """Finds the first prompted class as the left half of the image, never the second."""
+
+    def annotate(self, images, class_names):
+        out = []
+        for image, names in zip(images, class_names):
+            mask = np.zeros(image.shape[:2], dtype=bool)
+            mask[:, : image.shape[1] // 2] = True
+            out.append([Instance(mask, names[0], 0.9)])
+        return out
+
+
+def recipe(**overrides):
+    base = dict(seen=SEEN, count=10, shard_size=4, batch_size=2, num_inference_steps=2, guidance_scale=2.0, seed=3)
+    return load_config(TripletRecipe, {**base, **overrides}, "recipe")
+
+
+def test_prompts_use_seen_classes_and_are_deterministic():
+    r = recipe(count=200)
+    prompts = [triplet_prompt(r, i) for i in range(200)]
+    assert prompts == [triplet_prompt(r, i) for i in range(200)]
+    assert {c for _, names, _ in prompts for c in names} == set(SEEN)
+    pairs = sum(len(names) == 2 for _, names, _ in prompts)
+    assert 70 < pairs < 130
+    prompt, names, _ = next(p for p in prompts if len(p[1]) == 2)
+    assert prompt == f"a photograph of a {names[0]} and a {names[1]}"
+
+
+def test_target_masks_union_top_and_missing():
+    a, b = np.zeros((4, 4), bool), np.zeros((4, 4), bool)
+    a[0], b[1] = True, True
+    found = [Instance(a, "dog", 0.6), Instance(b, "dog", 0.9)]
+    union, missing, scores = target_masks(found, ["dog", "cat"], (4, 4), "union")
+    top, _, _ = target_masks(found, ["dog", "cat"], (4, 4), "top")
+    assert union[0].sum() == 8 and top[0].sum() == 4 and top[0][1].all()
+    assert missing == [False, True] and scores == [0.9, 0.0] and union[1].sum() == 0
+
+
+def test_shards_write_resume_and_stream(pipe, tmp_path):
+    r = recipe()
+    make_triplets(pipe, FakeAnnotator(), r, tmp_path / "a")
+    files = sorted(p.name for p in (tmp_path / "a").iterdir())
+    assert files == ["layout.json"] + [f"shard-0000{i}.{ext}" for i in range(3) for ext in ("jsonl", "safetensors")]
+    data = TripletShards(tmp_path / "a")
+    assert len(data) == 10 and data.bytes_per_triplet() > 0
+    records = data.records()
+    assert [rec["index"] for rec in records] == list(range(10))
+    for rec in records:
+        assert rec["missing"][0] is False and all(rec["missing"][1:])
+
+    # Kill after the first shard: delete the others, rerun, same bytes.
+    first = (tmp_path / "a" / "shard-00001.safetensors").read_bytes()
+    for p in (tmp_path / "a").glob("shard-0000[12].*"):
+        p.unlink()
+    (tmp_path / "a" / "shard-00001.safetensors").write_bytes(b"partial")  # a torn write without its jsonl
+    stamp = (tmp_path / "a" / "shard-00000.safetensors").stat().st_mtime_ns
+    make_triplets(pipe, FakeAnnotator(), r, tmp_path / "a")
+    assert (tmp_path / "a" / "shard-00000.safetensors").stat().st_mtime_ns == stamp  # not redone
+    assert (tmp_path / "a" / "shard-00001.safetensors").read_bytes() == first
+
+    items = list(data)
+    assert len(items) == 10 and sorted(len(list(data)) for _ in range(2)) == [10, 10]
+    item = items[0]
+    assert item["masks"].shape == (2, 32, 32) and item["queries"].shape == (2, 32)
+    channels, strides = unet_feature_layout(pipe.unet)
+    assert [tuple(f.shape) for f in item["features"]] == [(c, 16 // s, 16 // s) for c, s in zip(channels, strides)]
+
+
+def test_streamed_batches_train_a_grounding_module(pipe, grounding, tmp_path):
+    make_triplets(pipe, FakeAnnotator(), recipe(count=4, shard_size=4), tmp_path)
+    batch = torch.utils.data.default_collate(list(TripletShards(tmp_path)))
+    logits = grounding(batch["features"], batch["queries"], batch["valid"])
+    loss = grounding_loss(logits, batch["masks"], batch["valid"], batch["missing"])
+    loss.backward()
+    assert torch.isfinite(loss) and loss > 0
+
+
+def test_bad_recipes():
+    with pytest.raises(SynthsegError, match="target must be 'union' or 'top'"):
+        recipe(target="all")
+    with pytest.raises(SynthsegError, match="multiple of batch_size"):
+        recipe(shard_size=5)
+    with pytest.raises(SynthsegError, match="no triplet shards"):
+        TripletShards("/nonexistent")
+
+
+def test_train_grounding_lowers_the_loss_and_resumes(pipe, tmp_path):
+    from synthseg.train_grounding import GroundingRecipe, TrainRecipe, load_grounding_recipe, train_grounding
+
+    make_triplets(pipe, FakeAnnotator(), recipe(count=8, shard_size=4), tmp_path / "t")
+    model = dict(fuse_dim=16, mask_dim=16, hidden_dim=32, num_heads=4, ffn_dim=64, token_patch=2)
+    r = GroundingRecipe(split="voc-15-5", model=model, train=TrainRecipe(steps=30, batch_size=4, lr=3e-3, warmup_steps=2, checkpoint_every=10))
+    straight = train_grounding(r, tmp_path / "t", tmp_path / "w1", tmp_path / "g1")
+    losses = torch.load(tmp_path / "w1" / "grounding.ckpt", weights_only=True)["losses"]
+    assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
+    train_grounding(r, tmp_path / "t", tmp_path / "w2", tmp_path / "g2", max_steps=10)
+    resumed = train_grounding(r, tmp_path / "t", tmp_path / "w2", tmp_path / "g2")
+    assert resumed.config == straight.config and (tmp_path / "g2" / "recipe.json").is_file()
+    assert torch.load(tmp_path / "w2" / "grounding.ckpt", weights_only=True)["step"] == 30
+
+
+def test_grounding_recipe_validation(tmp_path):
+    from synthseg.train_grounding import load_grounding_recipe
+
+    (tmp_path / "r.yaml").write_text("split: voc-15-5\ntriplets: {seen: [dog, sofa]}\n")
+    with pytest.raises(SynthsegError, match=r"not seen in split 'voc-15-5': \['sofa'\]"):
+        load_grounding_recipe(tmp_path / "r.yaml")
+    (tmp_path / "r.yaml").write_text("split: voc-15-5\nmodel: {fuse: 3}\n")
+    with pytest.raises(SynthsegError, match="unknown model field"):
+        load_grounding_recipe(tmp_path / "r.yaml")
+    (tmp_path / "r.yaml").write_text("split: voc-15-5\n")
+    assert "sofa" not in load_grounding_recipe(tmp_path / "r.yaml").triplets.seen
