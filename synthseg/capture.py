@@ -113,9 +113,12 @@ def unet_feature_layout(unet) -> tuple[list[int], list[int]]:
 
 
 class _RecordingAttnProcessor:
-    """Eager cross-attention that also records head-averaged probabilities (diffusers' AttnProcessor math)."""
+    """Eager cross-attention that also records head-averaged probabilities (diffusers' AttnProcessor math).
 
-    def __init__(self, capture: "FeatureCapture", name: str):
+    `capture` receives `_record_attention(name, probs, heads)` with probs (batch * heads, h * w, T).
+    """
+
+    def __init__(self, capture, name: str):
         self.capture = capture
         self.name = name
 
@@ -247,3 +250,67 @@ class FeatureCapture:
         factor = round((latent_h * latent_w / positions) ** 0.5)
         mean = self._conditional(probs).float().mean(dim=1)
         self.features.cross_attention[name] = mean.reshape(-1, latent_h // factor, latent_w // factor, tokens)
+
+
+class CrossAttentionMaps:
+    """Context manager: DAAM-style token heat maps, summed over every step, cross-attention layer and head.
+
+    Unlike `FeatureCapture` it records at every denoising step (it is the training-free baseline, and
+    replaces the SDPA processors for the whole run), but it keeps only a running sum at latent
+    resolution, not per-step tensors, and it is correct for any batch size with or without CFG.
+
+    heat_maps(): (B, T, H, W) float32, each layer's maps upsampled (bicubic, as DAAM) to the latent
+    size before summing. `normalised_maps(token_spans)` turns them into per-class maps in [0, 1].
+    """
+
+    def __init__(self, unet, *, classifier_free_guidance: bool):
+        self.unet = unet
+        self.classifier_free_guidance = classifier_free_guidance
+        self._sum: torch.Tensor | None = None
+        self._latent_hw: tuple[int, int] | None = None
+        self._handles: list = []
+        self._original_processors: dict | None = None
+
+    def __enter__(self) -> "CrossAttentionMaps":
+        self._original_processors = dict(self.unet.attn_processors)
+        self._handles.append(self.unet.register_forward_pre_hook(self._before_unet, with_kwargs=True))
+        for name, module in self.unet.named_modules():
+            if isinstance(module, Attention) and module.is_cross_attention:
+                module.set_processor(_RecordingAttnProcessor(self, name))
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self.unet.set_attn_processor(dict(self._original_processors))
+
+    def _before_unet(self, module, args, kwargs):
+        sample = kwargs.get("sample", args[0] if args else None)
+        self._latent_hw = tuple(sample.shape[-2:])
+
+    def _record_attention(self, name: str, probs: torch.Tensor, heads: int) -> None:
+        batch_heads, positions, tokens = probs.shape
+        probs = probs.reshape(batch_heads // heads, heads, positions, tokens)
+        if self.classifier_free_guidance:
+            probs = probs.chunk(2)[1]
+        latent_h, latent_w = self._latent_hw
+        factor = round((latent_h * latent_w / positions) ** 0.5)
+        maps = probs.detach().float().sum(dim=1).reshape(-1, latent_h // factor, latent_w // factor, tokens).permute(0, 3, 1, 2)
+        maps = torch.nn.functional.interpolate(maps, size=(latent_h, latent_w), mode="bicubic", align_corners=False).clamp_(min=0)
+        self._sum = maps if self._sum is None else self._sum + maps
+
+    def heat_maps(self) -> torch.Tensor:
+        if self._sum is None:
+            raise SynthsegError("no cross-attention was recorded: run the pipeline inside the context")
+        return self._sum
+
+    def normalised_maps(self, spans: list[list[slice]]) -> list[torch.Tensor]:
+        """Per image (K_i, H, W): each class's token maps summed over its sub-words, scaled to [0, 1]."""
+        out = []
+        for maps, row in zip(self.heat_maps(), spans):
+            per_class = torch.stack([maps[span].sum(0) for span in row])
+            low = per_class.flatten(1).min(1).values[:, None, None]
+            high = per_class.flatten(1).max(1).values[:, None, None]
+            out.append((per_class - low) / (high - low).clamp(min=1e-8))
+        return out

@@ -146,3 +146,37 @@ def train_grounding(
         config.train.zero_masks = zero_masks
     train(config, triplets, workdir, output, max_steps)
     _stderr.print(f"saved {output}")
+
+
+@_command
+def evaluate_grounding(
+    grounding: Annotated[Path, typer.Option(help="Grounding module folder.")],
+    recipe: Annotated[Path, typer.Option(help="Grounding recipe: split, templates, steps, guidance, capture step.")] = Path("recipes/world-grounding.yaml"),
+    model: Annotated[Optional[str], typer.Option(help="Pipeline (hub id, folder or 'world'); default from the recipe.")] = None,
+    annotator: Annotated[Optional[str], typer.Option(help="Annotator ('world', 'coco' or a folder); default from the recipe.")] = None,
+    per_class: Annotated[int, typer.Option(help="One-class test prompts per class.")] = 10,
+    pairs: Annotated[int, typer.Option(help="Two-class test prompts.")] = 50,
+    out: Annotated[Path, typer.Option(help="Markdown table (a .json is written beside it).")] = Path("runs/protocol_i.md"),
+    device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
+) -> None:
+    """Protocol i: mIoU of the module's masks vs the cross-attention baseline, seen vs unseen classes."""
+    from .annotators import load_annotator
+    from .capture import CaptureStep
+    from .classes import get_split
+    from .evaluation import evaluate_grounding as evaluate
+    from .grounding import GroundingModule
+    from .pipeline import load_pipeline
+    from .train_grounding import load_grounding_recipe
+    from .worldmodel import resolve_model
+
+    config = load_grounding_recipe(recipe)
+    t = config.triplets
+    module = GroundingModule.from_pretrained(grounding).to(device)
+    labeller = load_annotator(annotator or config.annotator)
+    labeller.model.to(device)
+    pipe = load_pipeline(resolve_model(model or config.pipeline), device=device)
+    result = evaluate(pipe, module, labeller, get_split(config.split), per_class=per_class, pairs=pairs, templates=t.templates,
+                      num_inference_steps=t.num_inference_steps, guidance_scale=t.guidance_scale,
+                      capture_step=CaptureStep(t.capture_timestep, t.capture_index), batch_size=t.batch_size)
+    result.save(out)
+    print(result.markdown())

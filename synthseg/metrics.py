@@ -45,3 +45,29 @@ def split_miou(iou: np.ndarray, seen: list[int], unseen: list[int]) -> dict:
     u = float(np.nanmean(iou[unseen])) if unseen and not np.all(np.isnan(iou[unseen])) else float("nan")
     h = 2 * s * u / (s + u) if s + u > 0 else float("nan")
     return dict(seen=s, unseen=u, harmonic=h)
+
+
+class MaskIoU:
+    """Per-class sums of intersection and union over binary masks: IoU_k = sum(I) / sum(U) (Protocol i)."""
+
+    def __init__(self, class_names: list[str] | tuple[str, ...]):
+        self.class_names = list(class_names)
+        self.intersection = np.zeros(len(self.class_names), dtype=np.int64)
+        self.union = np.zeros(len(self.class_names), dtype=np.int64)
+        self.count = np.zeros(len(self.class_names), dtype=np.int64)
+
+    def update(self, class_name: str, prediction: np.ndarray, truth: np.ndarray) -> None:
+        """Add one HW bool prediction and ground truth of `class_name`."""
+        k = self.class_names.index(class_name)
+        self.intersection[k] += np.logical_and(prediction, truth).sum()
+        self.union[k] += np.logical_or(prediction, truth).sum()
+        self.count[k] += 1
+
+    def iou(self) -> dict[str, float]:
+        """{class: IoU}, NaN for classes never scored."""
+        return {n: (i / u if u else float("nan")) for n, i, u in zip(self.class_names, self.intersection, self.union)}
+
+    def mean(self, names: list[str]) -> float:
+        """Mean IoU over `names`, skipping classes never scored; NaN if none was."""
+        values = [v for n, v in self.iou().items() if n in names and not np.isnan(v)]
+        return float(np.mean(values)) if values else float("nan")

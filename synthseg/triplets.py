@@ -102,6 +102,8 @@ def target_masks(instances: list[Instance], names: list[str], size: tuple[int, i
 @torch.no_grad()
 def make_triplets(pipe, annotator, recipe: TripletRecipe, directory: str | Path) -> Path:
     """Write `recipe.count` triplets as shards into `directory`, skipping shards already written."""
+    for name in recipe.seen:  # refuse a class the annotator cannot label before any work
+        annotator.category_of(name)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     channels, strides = unet_feature_layout(pipe.unet)

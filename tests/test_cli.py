@@ -12,7 +12,7 @@ def test_help_lists_only_working_commands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
     commands = re.findall(r"│ (\S+)\s{2,}", result.output.split("Commands")[1])
-    assert commands == ["generate", "train-world-model", "train-world-annotator", "make-triplets", "train-grounding"]
+    assert commands == ["generate", "train-world-model", "train-world-annotator", "make-triplets", "train-grounding", "evaluate-grounding"]
 
 
 def test_generate_end_to_end(pipe_dir, grounding, tmp_path):
@@ -44,7 +44,9 @@ def test_generate_errors_are_one_line_with_exit_1(pipe_dir, grounding, tmp_path)
 def test_make_triplets_and_train_grounding_end_to_end(pipe_dir, tmp_path):
     from synthseg.annotators import MaskRCNNAnnotator, MaskRCNNConfig, build_maskrcnn
 
-    config = MaskRCNNConfig(categories=["dog", "cat", "bus", "horse"], fpn_channels=16, image_size=32, anchor_sizes=[4, 8, 16, 32])
+    from synthseg.classes import VOC_CLASSES
+
+    config = MaskRCNNConfig(categories=list(VOC_CLASSES), fpn_channels=16, image_size=32, anchor_sizes=[4, 8, 16, 32])
     MaskRCNNAnnotator(build_maskrcnn(config), config.categories, score_threshold=0.0, config=config).save_pretrained(tmp_path / "ann")
     (tmp_path / "r.yaml").write_text(
         "split: voc-15-5\n"
@@ -61,5 +63,9 @@ def test_make_triplets_and_train_grounding_end_to_end(pipe_dir, tmp_path):
     result = runner.invoke(app, ["generate", "--model", str(pipe_dir), "--grounding", str(tmp_path / "g"), "--steps", "2",
                                  "--prompt", "a photograph of a sofa", "--classes", "sofa", "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["evaluate-grounding", *common, "--grounding", str(tmp_path / "g"), "--model", str(pipe_dir),
+                                 "--annotator", str(tmp_path / "ann"), "--per-class", "1", "--pairs", "1", "--out", str(tmp_path / "p1.md")])
+    assert result.exit_code == 0, result.output
+    assert "| Grounding module |" in (tmp_path / "p1.md").read_text()
     result = runner.invoke(app, ["make-triplets", *common, "--out", str(tmp_path / "t2"), "--model", str(pipe_dir), "--annotator", str(tmp_path / "nope")])
     assert result.exit_code == 1 and "no annotator at" in result.output
