@@ -227,32 +227,22 @@ def train_world_annotator(recipe: WorldAnnotatorRecipe, workdir: Path, output: P
 
     Resumes from workdir/annotator.ckpt; the batch of step s is drawn from default_rng([seed, s]).
     """
-    from .training import load_checkpoint, loss_progress, save_checkpoint, warmup_cosine
+    from .training import train_loop, warmup_cosine
     from .world import render_scene
 
-    workdir.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(recipe.seed)
     model = build_maskrcnn(recipe.model).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(recipe.warmup_steps, recipe.steps))
-    ckpt = workdir / "annotator.ckpt"
-    start, losses = load_checkpoint(ckpt, model=model, optimizer=optimizer, lr=schedule)
-    end = min(recipe.steps, max_steps or recipe.steps)
-    with loss_progress("annotator", recipe.steps, start) as advance:
-        for step in range(start, end):
-            rng = np.random.default_rng([recipe.seed, step])
-            scenes = [render_scene(2 * int(rng.integers(2**30))) for _ in range(recipe.batch_size)]
-            images = [torch.from_numpy(s.image).permute(2, 0, 1).float() / 255 for s in scenes]
-            loss = sum(model(images, [scene_targets(s) for s in scenes]).values())
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 10.0)
-            optimizer.step()
-            schedule.step()
-            losses.append(loss.item())
-            advance(step + 1, losses)
-            if (step + 1) % recipe.checkpoint_every == 0 or step + 1 == end:
-                save_checkpoint(ckpt, step + 1, losses, model=model, optimizer=optimizer, lr=schedule)
+
+    def step_loss(step: int) -> torch.Tensor:
+        rng = np.random.default_rng([recipe.seed, step])
+        scenes = [render_scene(2 * int(rng.integers(2**30))) for _ in range(recipe.batch_size)]
+        images = [torch.from_numpy(s.image).permute(2, 0, 1).float() / 255 for s in scenes]
+        return sum(model(images, [scene_targets(s) for s in scenes]).values())
+
+    train_loop("annotator", step_loss, model=model, optimizer=optimizer, checkpoint=workdir / "annotator.ckpt",
+               steps=recipe.steps, checkpoint_every=recipe.checkpoint_every, max_steps=max_steps, schedule=schedule, clip_norm=10.0)
     annotator = MaskRCNNAnnotator(model, recipe.model.categories, score_threshold=recipe.score_threshold,
                                   mask_threshold=recipe.mask_threshold, config=recipe.model)
     annotator.save_pretrained(output)

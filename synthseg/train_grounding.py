@@ -16,7 +16,7 @@ from .classes import get_split
 from .config import load_config, read_mapping
 from .errors import SynthsegError
 from .grounding import GroundingConfig, GroundingModule, grounding_loss
-from .training import load_checkpoint, loss_progress, save_checkpoint, warmup_cosine
+from .training import train_loop, warmup_cosine
 from .triplets import TripletRecipe, TripletShards
 
 
@@ -71,28 +71,21 @@ def train_grounding(recipe: GroundingRecipe, triplets: Path, workdir: Path, outp
     module = GroundingModule(config).train()
     optimizer = torch.optim.AdamW(module.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(t.warmup_steps, t.steps))
-    ckpt = workdir / "grounding.ckpt"
-    start, losses = load_checkpoint(ckpt, model=module, optimizer=optimizer, lr=schedule)
     data = TripletShards(triplets, seed=t.seed)
-    data.epoch = start * t.batch_size // len(data)  # a resumed run continues with a fresh epoch order
-    end = min(t.steps, max_steps or t.steps)
-    batches = _forever(data, t.batch_size)
-    with loss_progress("grounding", t.steps, start) as advance:
-        for step in range(start, end):
-            batch = next(batches)
-            logits = module(batch["features"], batch["queries"], batch["valid"])
-            if t.zero_masks:
-                loss = grounding_loss(logits, batch["masks"], batch["valid"])
-            else:
-                loss = grounding_loss(logits, batch["masks"], batch["valid"], batch["missing"])
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            schedule.step()
-            losses.append(loss.item())
-            advance(step + 1, losses)
-            if (step + 1) % t.checkpoint_every == 0 or step + 1 == end:
-                save_checkpoint(ckpt, step + 1, losses, model=module, optimizer=optimizer, lr=schedule)
+    batches = None
+
+    def step_loss(step: int) -> torch.Tensor:
+        nonlocal batches
+        if batches is None:  # a resumed run continues with a fresh epoch order
+            data.epoch = step * t.batch_size // len(data)
+            batches = _forever(data, t.batch_size)
+        batch = next(batches)
+        logits = module(batch["features"], batch["queries"], batch["valid"])
+        missing = None if t.zero_masks else batch["missing"]
+        return grounding_loss(logits, batch["masks"], batch["valid"], missing)
+
+    train_loop("grounding", step_loss, model=module, optimizer=optimizer, checkpoint=workdir / "grounding.ckpt",
+               steps=t.steps, checkpoint_every=t.checkpoint_every, max_steps=max_steps, schedule=schedule)
     module.eval().save_pretrained(output)
     (Path(output) / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2) + "\n")
     return module

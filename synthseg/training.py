@@ -67,3 +67,36 @@ def loss_progress(description: str, total: int, completed: int = 0, log_every: i
                 console.print(f"{description} step {step}/{total} {metric} {loss:.4f}", highlight=False)
 
         yield advance
+
+
+def train_loop(description: str, step_loss, *, model, optimizer, checkpoint: Path, steps: int, checkpoint_every: int,
+               max_steps: int | None = None, schedule=None, ema=None, clip_norm: float | None = None) -> list[float]:
+    """The loop every synthseg trainer runs: resume, step, log, checkpoint.
+
+    step_loss(step) returns the loss of step `step` (its batch must depend only on the step, so a
+    resumed run repeats an uninterrupted one). Each step: backward, optional gradient clipping,
+    optimiser and LR-schedule steps, EMA update, progress; a checkpoint of model, optimizer,
+    schedule ("lr") and ema every `checkpoint_every` steps and at the end. Stops after `max_steps`
+    (for runs in several sittings) or `steps`. Returns all losses so far.
+    """
+    objects = dict(model=model, optimizer=optimizer)
+    objects.update({k: v for k, v in (("lr", schedule), ("ema", ema)) if v is not None})
+    start, losses = load_checkpoint(checkpoint, **objects)
+    end = min(steps, max_steps or steps)
+    with loss_progress(description, steps, start) as advance:
+        for step in range(start, end):
+            loss = step_loss(step)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if clip_norm is not None:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
+            optimizer.step()
+            if schedule is not None:
+                schedule.step()
+            if ema is not None:
+                ema.update_parameters(model)
+            losses.append(loss.item())
+            advance(step + 1, losses)
+            if (step + 1) % checkpoint_every == 0 or step + 1 == end:
+                save_checkpoint(checkpoint, step + 1, losses, **objects)
+    return losses

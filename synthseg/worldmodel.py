@@ -32,7 +32,7 @@ from transformers import AutoTokenizer, BertModel
 from .config import load_config, read_mapping
 from .errors import SynthsegError
 from .prompts import PAPER_TEMPLATES, caption
-from .training import load_checkpoint, loss_progress, save_checkpoint, warmup_cosine
+from .training import train_loop, warmup_cosine
 from .world import WORLD_CLASSES, render_scene
 
 ASSETS = Path(__file__).with_name("assets") / "world"
@@ -177,22 +177,15 @@ def train_vae(recipe: WorldModelRecipe, workdir: Path, max_steps: int | None = N
     torch.manual_seed(recipe.seed)
     vae = build_vae(recipe)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=recipe.vae.lr)
-    ckpt = workdir / "vae.ckpt"
-    start, losses = load_checkpoint(ckpt, model=vae, optimizer=optimizer)
-    end = min(recipe.vae.steps, max_steps or recipe.vae.steps)
-    with loss_progress("vae", recipe.vae.steps, start) as advance:
-        for step in range(start, end):
-            images, _ = sample_scenes(recipe, 10_000_000 + step, recipe.vae.batch_size)
-            posterior = vae.encode(images).latent_dist
-            recon = vae.decode(posterior.sample(generator=torch.Generator().manual_seed(step))).sample
-            loss = F.l1_loss(recon, images) + F.mse_loss(recon, images) + recipe.vae.kl_weight * posterior.kl().mean()
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            losses.append(loss.item())
-            advance(step + 1, losses)
-            if (step + 1) % recipe.checkpoint_every == 0 or step + 1 == end:
-                save_checkpoint(ckpt, step + 1, losses, model=vae, optimizer=optimizer)
+
+    def step_loss(step: int) -> torch.Tensor:
+        images, _ = sample_scenes(recipe, 10_000_000 + step, recipe.vae.batch_size)
+        posterior = vae.encode(images).latent_dist
+        recon = vae.decode(posterior.sample(generator=torch.Generator().manual_seed(step))).sample
+        return F.l1_loss(recon, images) + F.mse_loss(recon, images) + recipe.vae.kl_weight * posterior.kl().mean()
+
+    train_loop("vae", step_loss, model=vae, optimizer=optimizer, checkpoint=workdir / "vae.ckpt",
+               steps=recipe.vae.steps, checkpoint_every=recipe.checkpoint_every, max_steps=max_steps)
     return vae.eval()
 
 
@@ -230,34 +223,24 @@ def train_unet(recipe: WorldModelRecipe, vae: AutoencoderKL, workdir: Path, max_
     optimizer = torch.optim.AdamW(unet.parameters(), lr=recipe.unet.lr, weight_decay=0.0)
     lr = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(recipe.unet.warmup_steps, recipe.unet.steps))
     scheduler = noise_scheduler(recipe)
-    ckpt = workdir / "unet.ckpt"
-    start, losses = load_checkpoint(ckpt, model=unet, ema=ema, optimizer=optimizer, lr=lr)
     cache: dict[str, torch.Tensor] = {}
-    end = min(recipe.unet.steps, max_steps or recipe.unet.steps)
     unet.train()
-    with loss_progress("unet", recipe.unet.steps, start) as advance:
-        for step in range(start, end):
-            images, captions = sample_scenes(recipe, step, recipe.unet.batch_size)
-            g = torch.Generator().manual_seed(recipe.seed * 1_000_003 + step)
-            drop = torch.rand(len(captions), generator=g) < recipe.unet.caption_dropout
-            captions = ["" if d else c for c, d in zip(captions, drop)]
-            missing = [c for c in set(captions) if c not in cache]
-            if missing:
-                cache.update(zip(missing, caption_states(tokenizer, encoder, missing)))
-            text = torch.stack([cache[c] for c in captions])
-            with torch.no_grad():
-                latents = vae.encode(images).latent_dist.sample(generator=g) * scaling
-            loss = diffusion_loss(unet, scheduler, latents, text, g)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(unet.parameters(), 1.0)
-            optimizer.step()
-            lr.step()
-            ema.update_parameters(unet)
-            losses.append(loss.item())
-            advance(step + 1, losses)
-            if (step + 1) % recipe.checkpoint_every == 0 or step + 1 == end:
-                save_checkpoint(ckpt, step + 1, losses, model=unet, ema=ema, optimizer=optimizer, lr=lr)
+
+    def step_loss(step: int) -> torch.Tensor:
+        images, captions = sample_scenes(recipe, step, recipe.unet.batch_size)
+        g = torch.Generator().manual_seed(recipe.seed * 1_000_003 + step)
+        drop = torch.rand(len(captions), generator=g) < recipe.unet.caption_dropout
+        captions = ["" if d else c for c, d in zip(captions, drop)]
+        missing = [c for c in set(captions) if c not in cache]
+        if missing:
+            cache.update(zip(missing, caption_states(tokenizer, encoder, missing)))
+        with torch.no_grad():
+            latents = vae.encode(images).latent_dist.sample(generator=g) * scaling
+        return diffusion_loss(unet, scheduler, latents, torch.stack([cache[c] for c in captions]), g)
+
+    losses = train_loop("unet", step_loss, model=unet, optimizer=optimizer, checkpoint=workdir / "unet.ckpt",
+                        steps=recipe.unet.steps, checkpoint_every=recipe.checkpoint_every, max_steps=max_steps,
+                        schedule=lr, ema=ema, clip_norm=1.0)
     return ema.module.eval(), tokenizer, encoder, losses
 
 

@@ -44,6 +44,7 @@ def small_recipe(steps=8) -> WorldAnnotatorRecipe:
     return WorldAnnotatorRecipe(model=model, steps=steps, batch_size=2, warmup_steps=2, lr=1e-3, checkpoint_every=100)
 
 
+@pytest.mark.slow
 def test_short_training_lowers_the_loss_and_round_trips(tmp_path):
     recipe = small_recipe()
     scenes = [render_scene(2 * i + 1) for i in range(4)]

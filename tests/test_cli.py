@@ -1,6 +1,8 @@
 import json
 import re
 
+import pytest
+
 from typer.testing import CliRunner
 
 from synthseg.cli import app
@@ -41,6 +43,7 @@ def test_generate_errors_are_one_line_with_exit_1(pipe_dir, grounding, tmp_path)
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
 def test_make_triplets_and_train_grounding_end_to_end(pipe_dir, tmp_path):
     from synthseg.annotators import MaskRCNNAnnotator, MaskRCNNConfig, build_maskrcnn
 

@@ -63,6 +63,7 @@ class LeftHalf:
         return [[Instance(mask, n, 1.0) for n in names] for names in class_names]
 
 
+@pytest.mark.slow
 def test_protocol_i_end_to_end(pipe, grounding, tmp_path):
     split = Split(classes="voc", unseen=["dog"], name="test")
     split.all_classes = ("dog", "cat", "cow")

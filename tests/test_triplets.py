@@ -101,6 +101,7 @@ def test_bad_recipes():
         TripletShards("/nonexistent")
 
 
+@pytest.mark.slow
 def test_train_grounding_lowers_the_loss_and_resumes(pipe, tmp_path):
     from synthseg.train_grounding import GroundingRecipe, TrainRecipe, load_grounding_recipe, train_grounding
 

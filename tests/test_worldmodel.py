@@ -35,6 +35,7 @@ def test_bad_recipe_values(tmp_path):
         load_recipe(tmp_path / "r.yaml")
 
 
+@pytest.mark.slow
 def test_vae_training_lowers_the_loss_and_resumes_exactly(tmp_path):
     recipe = tiny_recipe()
     straight = train_vae(recipe, tmp_path / "a")
@@ -46,6 +47,7 @@ def test_vae_training_lowers_the_loss_and_resumes_exactly(tmp_path):
         assert torch.equal(a, b), name
 
 
+@pytest.mark.slow
 def test_unet_training_lowers_the_loss(tmp_path):
     unet_recipe = UNetRecipe(block_out_channels=[16, 32, 32], steps=20, batch_size=8, warmup_steps=2, lr=2e-3, ema_decay=0.0)
     recipe = dataclasses.replace(tiny_recipe(), unet=unet_recipe)
@@ -65,6 +67,7 @@ def test_unet_training_lowers_the_loss(tmp_path):
     assert held_out_loss(trained) < 0.8 * before
 
 
+@pytest.mark.slow
 def test_trained_model_loads_through_the_general_loader(tmp_path):
     output = train_world_model(tiny_recipe(), tmp_path / "work", tmp_path / "t2i", max_steps=2)
     assert sorted(p.name for p in output.iterdir()) == ["model_index.json", "scheduler", "tokenizer", "unet", "vae"]
