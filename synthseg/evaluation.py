@@ -102,7 +102,8 @@ def evaluate_grounding(pipe, grounding, annotator, split: Split, *, per_class: i
                     module[n].update(name, result.masks[i][q].numpy() > 0.5, truth[q].astype(bool))
                     for t in THRESHOLDS:
                         daam[n, t].update(name, heat[i][q].numpy() > t, truth[q].astype(bool))
-            advance(min(start + batch_size, len(prompts)), [np.nanmean([module[1].mean(classes), module[2].mean(classes)])])
+            scored = [v for v in (module[1].mean(classes), module[2].mean(classes)) if not np.isnan(v)]
+            advance(min(start + batch_size, len(prompts)), [float(np.mean(scored)) if scored else 0.0])
     best = max(THRESHOLDS, key=lambda t: np.nanmean([daam[n, t].mean(split.seen) for n in (1, 2)]))
     groups = {"seen": split.seen, "unseen": split.unseen}
     table = {
