@@ -40,21 +40,23 @@ def check_names(names: list[str] | tuple[str, ...], known: tuple[str, ...], what
         if name not in known:
             close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
             hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else f"; known: {', '.join(known)}"
-            raise SynthsegError(f"unknown {what} class {name!r}{hint}")
+            raise SynthsegError(f"unknown {what + ' ' if what else ''}class {name!r}{hint}")
     duplicates = sorted({n for n in names if list(names).count(n) > 1})
     if duplicates:
-        raise SynthsegError(f"{what} classes listed twice: {duplicates}")
+        raise SynthsegError(f"{what + ' ' if what else ''}classes listed twice: {duplicates}")
+
+
+KNOWN_CLASSES = tuple(dict.fromkeys(VOC_CLASSES + COCO_CLASSES + WORLD_CLASSES))
 
 
 def resolve_classes(spec: str) -> tuple[str, ...]:
-    """"voc", "coco" or "world"; or a comma-separated list of names (spaces around commas ignored)."""
+    """"voc", "coco" or "world"; or comma-separated names from those sets (spaces around commas ignored)."""
     if spec in CLASS_SETS:
         return CLASS_SETS[spec]
     names = tuple(n.strip() for n in spec.split(",") if n.strip())
     if not names:
         raise SynthsegError(f"no class names in {spec!r}")
-    if len(set(names)) != len(names):
-        raise SynthsegError(f"classes listed twice in {spec!r}")
+    check_names(names, KNOWN_CLASSES, "")
     return names
 
 

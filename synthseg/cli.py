@@ -180,3 +180,49 @@ def evaluate_grounding(
                       capture_step=CaptureStep(t.capture_timestep, t.capture_index), batch_size=t.batch_size)
     result.save(out)
     print(result.markdown())
+
+
+@_command
+def make_dataset(
+    classes: Annotated[str, typer.Option(help="'voc', 'coco', 'world', or comma-separated class names.")] = "world",
+    out: Annotated[Path, typer.Option(help="Dataset folder; rerunning the same command resumes it.")] = Path("out/dataset"),
+    recipe: Annotated[Optional[Path], typer.Option(help="Dataset recipe (YAML); the options below override it.")] = None,
+    model: Annotated[str, typer.Option(help="Pipeline: hub id, folder, or 'world'.")] = "world",
+    grounding: Annotated[Optional[Path], typer.Option(help="Grounding module folder; default: the world's.")] = None,
+    per_class: Annotated[Optional[int], typer.Option(help="Images per class.")] = None,
+    per_pair: Annotated[Optional[int], typer.Option(help="Images per co-occurring pair.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of the whole dataset.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Denoising steps.")] = None,
+    guidance: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale.")] = None,
+    num_shards: Annotated[int, typer.Option(help="Split the items over this many jobs.")] = 1,
+    shard_index: Annotated[int, typer.Option(help="This job's shard.")] = 0,
+    device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
+) -> None:
+    """Generate a labelled dataset: images, COCO instances, palette masks, metadata and a card."""
+    from .config import load_config, read_mapping
+    from .dataset import DatasetRecipe, make_dataset as make, provenance
+    from .grounding import GroundingModule
+    from .pipeline import load_pipeline
+    from .worldmodel import WORLD_GROUNDING, resolve_model
+
+    data = read_mapping(recipe) if recipe else {"classes": classes}
+    overrides = dict(per_class=per_class, per_pair=per_pair, seed=seed, num_inference_steps=steps, guidance_scale=guidance)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    config = load_config(DatasetRecipe, data, str(recipe or "make-dataset"))
+    module_dir = grounding or WORLD_GROUNDING
+    module = GroundingModule.from_pretrained(module_dir).to(device)
+    pipe = load_pipeline(resolve_model(model), device=device)
+    summary = make(pipe, module, config, out, provenance(model, module_dir), num_shards=num_shards, shard_index=shard_index)
+    _stderr.print(f"{out}: " + (f"{summary['images']} images, {summary['instances']} instances" if summary else "shard done; other shards pending"))
+
+
+@_command
+def show(
+    dataset: Annotated[Path, typer.Argument(help="A dataset folder written by make-dataset.")],
+    out: Annotated[Optional[Path], typer.Option(help="PNG to write; default DATASET/contact_sheet.png.")] = None,
+    count: Annotated[int, typer.Option(help="Images on the sheet.")] = 16,
+) -> None:
+    """Write a contact sheet of a dataset: images with their masks overlaid and class names."""
+    from .show import contact_sheet
+
+    _stderr.print(f"wrote {contact_sheet(dataset, out, count)}")

@@ -270,3 +270,6 @@ def train_world_model(recipe: WorldModelRecipe, workdir: Path, output: Path, max
 def resolve_model(spec: str) -> str:
     """A pipeline argument: "world" means the bundled world model's folder; anything else passes through."""
     return str(world_pipeline_dir()) if spec == "world" else spec
+
+
+WORLD_GROUNDING = ASSETS / "grounding"

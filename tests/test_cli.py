@@ -14,7 +14,7 @@ def test_help_lists_only_working_commands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
     commands = re.findall(r"│ (\S+)\s{2,}", result.output.split("Commands")[1])
-    assert commands == ["generate", "train-world-model", "train-world-annotator", "make-triplets", "train-grounding", "evaluate-grounding"]
+    assert commands == ["generate", "train-world-model", "train-world-annotator", "make-triplets", "train-grounding", "evaluate-grounding", "make-dataset", "show"]
 
 
 def test_generate_end_to_end(pipe_dir, grounding, tmp_path):
@@ -72,3 +72,23 @@ def test_make_triplets_and_train_grounding_end_to_end(pipe_dir, tmp_path):
     assert "| Grounding module |" in (tmp_path / "p1.md").read_text()
     result = runner.invoke(app, ["make-triplets", *common, "--out", str(tmp_path / "t2"), "--model", str(pipe_dir), "--annotator", str(tmp_path / "nope")])
     assert result.exit_code == 1 and "no annotator at" in result.output
+
+
+@pytest.mark.slow
+def test_make_dataset_and_show(pipe_dir, grounding, tmp_path):
+    from PIL import Image
+
+    grounding.save_pretrained(tmp_path / "g")
+    args = ["make-dataset", "--classes", "dog,cat", "--per-class", "2", "--per-pair", "1", "--steps", "2", "--guidance", "2.0",
+            "--model", str(pipe_dir), "--grounding", str(tmp_path / "g"), "--out", str(tmp_path / "ds")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    assert (tmp_path / "ds" / "annotations.json").is_file() and (tmp_path / "ds" / "README.md").is_file()
+    result = runner.invoke(app, ["show", str(tmp_path / "ds")])
+    assert result.exit_code == 0, result.output
+    sheet = Image.open(tmp_path / "ds" / "contact_sheet.png")
+    assert sheet.size[0] == 4 * 64
+    result = runner.invoke(app, ["make-dataset", "--classes", "dog,catt", "--out", str(tmp_path / "bad"), "--model", "nowhere"])
+    assert result.exit_code == 1 and "unknown class 'catt'; did you mean 'cat'" in result.output and not (tmp_path / "bad").exists()
+    result = runner.invoke(app, ["show", str(tmp_path / "nothing")])
+    assert result.exit_code == 1 and "not a finished synthseg dataset" in result.output

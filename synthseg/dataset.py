@@ -1,0 +1,258 @@
+"""Writing a labelled synthetic dataset from grounded generation: the product's main job.
+
+Layout of a dataset folder:
+
+    images/NNNNNN.png            generated RGB images
+    masks/NNNNNN.png             semantic label maps, mode "P", VOC palette: 0 background,
+                                 k = k-th class of the dataset, 255 = ignore (uncertain pixels)
+    annotations.json             COCO instances: RLE masks, categories 1..K, iscrowd 0
+    metadata.jsonl               one line per image: file_name, mask_file_name (HF imagefolder),
+                                 prompt, seed, classes, scores, model and module hashes, versions
+    README.md                    dataset card
+    records/NNNNNN.json          per-image records; the three files above are built from them
+
+Labels: at each pixel the most probable prompted class wins if its probability is at least
+`0.5 + band/2`; pixels whose best probability is at most `0.5 - band/2` are background; pixels in
+between are 255 (ignore). Instances are the connected components (8-connectivity) of each class's
+region, dropping components smaller than `min_instance_area` pixels. With `require_all_classes`,
+an image where a prompted class got no pixel is dropped, and the count goes into the card.
+
+Kill-safety: each image's files are written first and its record last, each atomically; a rerun
+skips indices that have a record, so a run killed at any point and rerun equals an uninterrupted
+one. Items are planned from the recipe and seed alone and generated in fixed batches of
+`batch_size` consecutive items (batched float arithmetic differs in the last bit between batch
+compositions, so the batches never change); `--num-shards/--shard-index` deals those batches round
+robin, and `finalize` builds the shared files from all records, so shards merge into exactly the
+dataset a single process writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import platform
+from dataclasses import asdict, dataclass, field
+from itertools import combinations
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from scipy import ndimage
+
+from .classes import check_names, resolve_classes
+from .errors import SynthsegError
+from .formats import IGNORE, coco_annotation, coco_document, voc_palette, write_atomic, write_json_atomic
+from .prompts import PAPER_TEMPLATES, caption
+
+
+@dataclass
+class DatasetRecipe:
+    """What to generate. `classes`: "voc", "coco", "world" or comma-separated names."""
+
+    classes: str
+    per_class: int = 10
+    per_pair: int = 0
+    pairs: list[list[str]] = field(default_factory=list)
+    templates: list[str] = field(default_factory=lambda: list(PAPER_TEMPLATES))
+    seed: int = 0
+    num_inference_steps: int = 50
+    guidance_scale: float = 7.5
+    band: float = 0.2
+    min_instance_area: int = 4
+    require_all_classes: bool = True
+    batch_size: int = 8
+
+    def validate(self, source: str) -> None:
+        names = resolve_classes(self.classes)
+        for pair in self.pairs:
+            if len(pair) != 2 or pair[0] == pair[1]:
+                raise SynthsegError(f"{source}: a pair names two different classes, got {pair}")
+            check_names(pair, names, f"{source}: pair")
+        if not 0 <= self.band < 1:
+            raise SynthsegError(f"{source}: band must lie in [0, 1)")
+        slots = {t.count("{}") for t in self.templates}
+        if 1 not in slots or (self.per_pair and 2 not in slots):
+            raise SynthsegError(f"{source}: templates need a one-class slot ('{{}}'), and a two-class one when per_pair > 0")
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return resolve_classes(self.classes)
+
+
+def plan(recipe: DatasetRecipe) -> list[dict]:
+    """Every item of the dataset, in index order: per_class images of each class, then per_pair of each pair.
+
+    An item's seed depends only on the recipe seed and its index.
+    """
+    pairs = recipe.pairs or ([list(p) for p in combinations(recipe.class_names, 2)] if recipe.per_pair else [])
+    groups = [[c] for c in recipe.class_names for _ in range(recipe.per_class)]
+    groups += [list(p) for p in pairs for _ in range(recipe.per_pair)]
+    items = []
+    for index, names in enumerate(groups):
+        rng = np.random.default_rng([recipe.seed, index])
+        items.append(dict(index=index, classes=names, prompt=caption(names, tuple(recipe.templates)), seed=int(rng.integers(2**31))))
+    return items
+
+
+def label_map(probs: np.ndarray, class_ids: list[int], band: float) -> np.ndarray:
+    """(K, H, W) probabilities of the prompted classes -> HW uint8 labels (class_ids[k], 0 or 255)."""
+    best = probs.max(axis=0)
+    labels = np.asarray(class_ids, dtype=np.uint8)[probs.argmax(axis=0)]
+    labels[best <= 0.5 - band / 2] = 0
+    labels[(best > 0.5 - band / 2) & (best < 0.5 + band / 2)] = IGNORE
+    return labels
+
+
+def instances(labels: np.ndarray, class_id: int, min_area: int) -> list[np.ndarray]:
+    """Connected components (8-connectivity) of one class's region, largest first, as HW bool masks."""
+    components, count = ndimage.label(labels == class_id, structure=np.ones((3, 3)))
+    masks = [components == i for i in range(1, count + 1)]
+    return sorted((m for m in masks if m.sum() >= min_area), key=lambda m: -int(m.sum()))
+
+
+def file_hash(path: str | Path) -> str:
+    """sha256 of a file, or of all files under a folder (sorted by relative path)."""
+    path = Path(path)
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    digest = hashlib.sha256()
+    for f in files:
+        digest.update(str(f.relative_to(path) if path.is_dir() else f.name).encode())
+        digest.update(f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _png_bytes(image: Image.Image) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def write_item(directory: Path, item: dict, image: Image.Image, probs: torch.Tensor, recipe: DatasetRecipe, provenance: dict) -> None:
+    """Write one image, its label map and (last) its record."""
+    names = recipe.class_names
+    ids = [names.index(c) + 1 for c in item["classes"]]
+    labels = label_map(probs.numpy(), ids, recipe.band)
+    present = [bool((labels == i).any()) for i in ids]
+    stem = f"{item['index']:06d}"
+    record = dict(item, file_name=f"images/{stem}.png", mask_file_name=f"masks/{stem}.png",
+                  scores={c: float(p.max()) for c, p in zip(item["classes"], probs)},
+                  dropped=None if all(present) or not recipe.require_all_classes else "a prompted class has no confident pixel",
+                  **provenance)
+    if record["dropped"] is None:
+        write_atomic(directory / record["file_name"], _png_bytes(image))
+        label_image = Image.fromarray(labels)
+        label_image.putpalette(voc_palette())
+        write_atomic(directory / record["mask_file_name"], _png_bytes(label_image))
+        record["instances"] = [
+            coco_annotation(0, 0, class_id, mask) for class_id in ids for mask in instances(labels, class_id, recipe.min_instance_area)
+        ]
+        record["width"], record["height"] = image.size
+    write_json_atomic(directory / "records" / f"{stem}.json", record)
+
+
+def finalize(directory: str | Path, recipe: DatasetRecipe) -> dict:
+    """Build annotations.json, metadata.jsonl and README.md from every record; fails if any is missing."""
+    directory = Path(directory)
+    items = plan(recipe)
+    missing = [i["index"] for i in items if not (directory / "records" / f"{i['index']:06d}.json").is_file()]
+    if missing:
+        raise SynthsegError(f"{directory}: {len(missing)} of {len(items)} images are not written yet (first: {missing[0]}); run the remaining shards")
+    for sub in ("images", "masks", "records"):  # temporary files of writes that a kill interrupted
+        for stale in (directory / sub).glob(".*.tmp*"):
+            stale.unlink()
+    images, annotations, metadata, dropped = [], [], [], {}
+    for item in items:
+        record = json.loads((directory / "records" / f"{item['index']:06d}.json").read_text())
+        if record["dropped"]:
+            dropped[record["dropped"]] = dropped.get(record["dropped"], 0) + 1
+            continue
+        image_id = len(images) + 1
+        images.append(dict(id=image_id, file_name=record["file_name"], width=record["width"], height=record["height"]))
+        for ann in record.pop("instances"):
+            annotations.append(dict(ann, id=len(annotations) + 1, image_id=image_id))
+        metadata.append({k: v for k, v in record.items() if k not in ("dropped", "width", "height")})
+    write_json_atomic(directory / "annotations.json", coco_document(images, annotations, recipe.class_names, "synthseg synthetic dataset"))
+    write_atomic(directory / "metadata.jsonl", "".join(json.dumps(m, sort_keys=True) + "\n" for m in metadata))
+    summary = dict(images=len(images), instances=len(annotations), planned=len(items), dropped=dropped)
+    write_atomic(directory / "README.md", _card(recipe, summary, metadata[0] if metadata else {}))
+    return summary
+
+
+def _card(recipe: DatasetRecipe, summary: dict, example: dict) -> str:
+    classes = ", ".join(recipe.class_names)
+    return f"""# synthseg synthetic segmentation dataset
+
+Generated by grounded generation (Li et al. 2023): each image comes with a grounding module's
+masks of the classes named in its prompt. No human labelled it.
+
+- images: {summary['images']} kept of {summary['planned']} planned; dropped: {json.dumps(summary['dropped'])}
+- instances: {summary['instances']}
+- classes ({len(recipe.class_names)}, label k = k-th): {classes}
+- model: {example.get('model', '?')} ({example.get('model_hash', '?')}); grounding module hash {example.get('grounding_hash', '?')}
+
+## Files
+- `images/`: PNG images. `masks/`: palette PNG label maps (0 background, 255 ignore).
+- `annotations.json`: COCO instances (RLE), categories 1..K in the order above.
+- `metadata.jsonl`: per image prompt, seed, classes and scores; `file_name` and `mask_file_name`
+  make `datasets.load_dataset("imagefolder", data_dir=...)` give image and mask columns.
+
+## Recipe
+```json
+{json.dumps(asdict(recipe), indent=2)}
+```
+"""
+
+
+def provenance(model: str, grounding_dir: str | Path) -> dict:
+    """What made the dataset: model id and hash, grounding module hash, library versions."""
+    import diffusers
+
+    from . import __version__
+
+    local = Path(model)
+    return dict(
+        model=model, model_hash=file_hash(local) if local.exists() else None, grounding_hash=file_hash(grounding_dir),
+        versions=dict(synthseg=__version__, diffusers=diffusers.__version__, torch=torch.__version__, python=platform.python_version()),
+    )
+
+
+def make_dataset(pipe, grounding, recipe: DatasetRecipe, directory: str | Path, provenance: dict, *, num_shards: int = 1, shard_index: int = 0) -> dict | None:
+    """Generate this shard's items into `directory`, skipping written ones; finalize when all are there.
+
+    Returns the summary once the whole dataset is complete, else None (other shards still pending).
+    """
+    from .generate import generate_grounded
+    from .training import loss_progress
+
+    if not 0 <= shard_index < num_shards:
+        raise SynthsegError(f"shard index {shard_index} is outside 0..{num_shards - 1}")
+    directory = Path(directory)
+    for sub in ("images", "masks", "records"):
+        (directory / sub).mkdir(parents=True, exist_ok=True)
+    def done(item: dict) -> bool:
+        return (directory / "records" / f"{item['index']:06d}.json").is_file()
+
+    items = plan(recipe)
+    batches = [items[i : i + recipe.batch_size] for i in range(0, len(items), recipe.batch_size)]
+    mine = batches[shard_index::num_shards]
+    todo = [batch for batch in mine if not all(done(item) for item in batch)]
+    total = sum(len(b) for b in mine)
+    skipped = total - sum(len(b) for b in todo)
+    pipe.set_progress_bar_config(disable=True)
+    with loss_progress("make-dataset", total, skipped, log_every=recipe.batch_size, metric="kept") as advance:
+        kept: list[float] = []
+        for batch in todo:
+            # Whole batches, always the same ones: an image's pixels do not depend on how a run was split.
+            result = generate_grounded(pipe, grounding, [i["prompt"] for i in batch], [i["classes"] for i in batch],
+                                       [i["seed"] for i in batch], guidance_scale=recipe.guidance_scale,
+                                       num_inference_steps=recipe.num_inference_steps)
+            for item, image, probs in zip(batch, result.images, result.masks):
+                if not done(item):
+                    write_item(directory, item, image, probs, recipe, provenance)
+                kept.append(float((directory / "images" / f"{item['index']:06d}.png").is_file()))
+            advance(skipped + len(kept), kept)
+    if all(done(item) for item in items):
+        return finalize(directory, recipe)
+    return None

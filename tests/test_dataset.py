@@ -1,0 +1,149 @@
+import json
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+from pycocotools.coco import COCO
+from pycocotools.cocoeval import COCOeval
+
+from synthseg import SynthsegError
+from synthseg.config import load_config
+from synthseg.dataset import DatasetRecipe, instances, label_map, make_dataset, plan
+
+PROVENANCE = dict(model="tiny", model_hash=None, grounding_hash="0", versions={})
+
+
+def recipe(**overrides):
+    base = dict(classes="dog,cat,cow", per_class=2, per_pair=1, pairs=[["dog", "cat"]], num_inference_steps=2,
+                guidance_scale=2.0, band=0.0, require_all_classes=False, batch_size=3, seed=1)
+    return load_config(DatasetRecipe, {**base, **overrides}, "recipe")
+
+
+def test_label_map_thresholds_and_ignore_band():
+    probs = np.array([[[0.9, 0.55, 0.2, 0.45]], [[0.1, 0.3, 0.3, 0.1]]])  # 2 classes, 1x4 image
+    assert label_map(probs, [3, 7], band=0.2).tolist() == [[3, 255, 0, 255]]
+    assert label_map(probs, [3, 7], band=0.0).tolist() == [[3, 3, 0, 0]]
+
+
+def test_instances_are_connected_components():
+    labels = np.zeros((8, 8), np.uint8)
+    labels[0:2, 0:2] = 5
+    labels[5:8, 5:8] = 5
+    labels[4, 0] = 5  # a single pixel, below min_area
+    found = instances(labels, 5, min_area=2)
+    assert [m.sum() for m in found] == [9, 4]
+
+
+def test_plan_is_deterministic_and_counts():
+    items = plan(recipe())
+    assert len(items) == 2 * 3 + 1
+    assert items[-1]["classes"] == ["dog", "cat"] and items[-1]["prompt"] == "a photograph of a dog and a cat"
+    assert items == plan(recipe())
+    assert len(plan(recipe(pairs=[], per_pair=2))) == 6 + 3 * 2
+
+
+def files(directory):
+    return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.slow
+def test_dataset_is_valid_deterministic_resumable_and_shardable(pipe, grounding, tmp_path):
+    r = recipe()
+    summary = make_dataset(pipe, grounding, r, tmp_path / "a", PROVENANCE)
+    assert summary["planned"] == 7 and summary["images"] == 7
+    coco = COCO(str(tmp_path / "a" / "annotations.json"))
+    data = coco.dataset
+    assert data["info"] and data["licenses"] == [] and [c["id"] for c in data["categories"]] == [1, 2, 3]
+    assert data["annotations"], "the random module should label some pixels"
+    # detectron2's load_coco_json rules
+    ids = [a["id"] for a in data["annotations"]]
+    assert len(ids) == len(set(ids))
+    image_ids = {im["id"] for im in data["images"]}
+    for ann in data["annotations"]:
+        assert ann["image_id"] in image_ids and ann["iscrowd"] == 0
+        assert len(ann["bbox"]) == 4 and ann["bbox"][2] > 0 and ann["bbox"][3] > 0
+        assert isinstance(ann["segmentation"]["counts"], str)
+    for im in data["images"]:
+        assert Image.open(tmp_path / "a" / im["file_name"]).size == (im["width"], im["height"])
+    evaluator = COCOeval(coco, coco.loadRes([dict(a, score=1.0) for a in data["annotations"]]), "segm")
+    evaluator.evaluate(), evaluator.accumulate(), evaluator.summarize()
+    assert evaluator.stats[0] == pytest.approx(1.0)
+    mask = Image.open(tmp_path / "a" / "masks" / "000000.png")
+    assert mask.mode == "P" and set(np.unique(np.array(mask))) <= {0, 1, 2, 3, 255}
+    meta = [json.loads(line) for line in (tmp_path / "a" / "metadata.jsonl").read_text().splitlines()]
+    assert meta[0]["file_name"] == "images/000000.png" and meta[0]["mask_file_name"] == "masks/000000.png"
+    assert {"prompt", "seed", "classes", "scores", "model", "grounding_hash", "versions"} <= set(meta[0])
+
+    # Determinism: a second run writes byte-identical files.
+    make_dataset(pipe, grounding, r, tmp_path / "b", PROVENANCE)
+    assert files(tmp_path / "a") == files(tmp_path / "b")
+
+    # Resumption: as if killed after some records, with a torn temporary file left behind.
+    shutil.rmtree(tmp_path / "b")
+    shutil.copytree(tmp_path / "a", tmp_path / "b")
+    for name in ("annotations.json", "metadata.jsonl", "README.md", "records/000004.json", "records/000005.json", "records/000006.json"):
+        (tmp_path / "b" / name).unlink()
+    (tmp_path / "b" / "images" / "000005.png").write_bytes(b"torn")
+    (tmp_path / "b" / "records" / ".000006.json.tmp123").write_text("{")
+    make_dataset(pipe, grounding, r, tmp_path / "b", PROVENANCE)
+    assert files(tmp_path / "a") == files(tmp_path / "b")
+
+    # Shards: two jobs into one folder give the single-process dataset.
+    assert make_dataset(pipe, grounding, r, tmp_path / "c", PROVENANCE, num_shards=2, shard_index=1) is None
+    make_dataset(pipe, grounding, r, tmp_path / "c", PROVENANCE, num_shards=2, shard_index=0)
+    assert files(tmp_path / "a") == files(tmp_path / "c")
+
+    # Hugging Face datasets opens it as an imagefolder with image and mask columns.
+    from datasets import load_dataset
+
+    shutil.rmtree(tmp_path / "a" / "records")
+    loaded = load_dataset("imagefolder", data_dir=str(tmp_path / "a"), split="train")
+    assert len(loaded) == 7 and {"image", "mask"} <= set(loaded.column_names)
+    assert np.array(loaded[0]["mask"]).shape == (32, 32)
+
+
+def test_bad_inputs():
+    with pytest.raises(SynthsegError, match="unknown class 'dgo'; did you mean 'dog'"):
+        recipe(classes="dgo,cat")
+    with pytest.raises(SynthsegError, match="a pair names two different classes"):
+        recipe(pairs=[["dog", "dog"]])
+    with pytest.raises(SynthsegError, match="pair class 'horse'; known: dog, cat, cow"):
+        recipe(pairs=[["dog", "horse"]])
+    with pytest.raises(SynthsegError, match="band must lie in"):
+        recipe(band=1.5)
+    with pytest.raises(SynthsegError, match="two-class one when per_pair > 0"):
+        recipe(templates=["a photo of a {}"])
+
+
+@pytest.mark.slow
+def test_sigkill_at_several_points_then_rerun_equals_an_uninterrupted_run(pipe_dir, grounding, tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    grounding.save_pretrained(tmp_path / "g")
+
+    def command(out):
+        return [sys.executable, "-c", "from synthseg.cli import app; app()", "make-dataset", "--classes", "dog,cat,cow",
+                "--per-class", "3", "--steps", "2", "--guidance", "2.0", "--model", str(pipe_dir),
+                "--grounding", str(tmp_path / "g"), "--out", str(out)]
+
+    def written(out):
+        return len(list((out / "records").glob("*.json"))) if (out / "records").is_dir() else 0
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    subprocess.run(command(tmp_path / "reference"), check=True, env=env, capture_output=True)
+    for after in (1, 5):  # records written before the kill
+        out = tmp_path / f"killed{after}"
+        process = subprocess.Popen(command(out), env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 300
+        while written(out) < after and time.time() < deadline:
+            time.sleep(0.05)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        assert not (out / "annotations.json").exists()
+        subprocess.run(command(out), check=True, env=env, capture_output=True)
+        assert files(tmp_path / "reference") == files(out)
