@@ -14,6 +14,9 @@ setup: $(VENV)/.installed
 
 quickstart: $(VENV)/.installed
 	$(PY) examples/grounded_generation.py --out out/quickstart
+	$(VENV)/bin/synthseg make-dataset --classes dog,cat --per-class 4 --per-pair 2 --steps 10 --guidance 2.0 \
+		--model out/quickstart/pipeline --grounding out/quickstart/grounding --out out/quickstart/dataset
+	$(VENV)/bin/synthseg show out/quickstart/dataset
 
 test: $(VENV)/.installed
 	$(PY) -m pytest -q
