@@ -104,6 +104,17 @@ def train_world_annotator(
     _stderr.print(f"saved {output}; mask AP {metrics['mask_ap']:.3f} (AP50 {metrics['mask_ap50']:.3f}) on {config.eval_scenes} held-out scenes")
 
 
+def _recipe_models(config, model: str | None, annotator: str | None, device: str):
+    """(pipeline, annotator) of a grounding recipe, each overridable, on `device`."""
+    from .annotators import load_annotator
+    from .pipeline import load_pipeline
+    from .worldmodel import resolve_model
+
+    labeller = load_annotator(annotator or config.annotator)
+    labeller.model.to(device)
+    return load_pipeline(resolve_model(model or config.pipeline), device=device), labeller
+
+
 @_command
 def make_triplets(
     recipe: Annotated[Path, typer.Option(help="Grounding recipe (YAML) with a `triplets` section.")] = Path("recipes/world-grounding.yaml"),
@@ -114,18 +125,13 @@ def make_triplets(
     device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
 ) -> None:
     """Make {UNet features, masks, prompt} triplets from seen classes, labelled by an annotator."""
-    from .annotators import load_annotator
-    from .pipeline import load_pipeline
     from .train_grounding import load_grounding_recipe
     from .triplets import make_triplets as make
-    from .worldmodel import resolve_model
 
     config = load_grounding_recipe(recipe)
     if count is not None:
         config.triplets.count = count
-    labeller = load_annotator(annotator or config.annotator)
-    labeller.model.to(device)
-    pipe = load_pipeline(resolve_model(model or config.pipeline), device=device)
+    pipe, labeller = _recipe_models(config, model, annotator, device)
     _stderr.print(f"wrote triplets to {make(pipe, labeller, config.triplets, out)}")
 
 
@@ -160,21 +166,16 @@ def evaluate_grounding(
     device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
 ) -> None:
     """Protocol i: mIoU of the module's masks vs the cross-attention baseline, seen vs unseen classes."""
-    from .annotators import load_annotator
     from .capture import CaptureStep
     from .classes import get_split
     from .evaluation import evaluate_grounding as evaluate
     from .grounding import GroundingModule
-    from .pipeline import load_pipeline
     from .train_grounding import load_grounding_recipe
-    from .worldmodel import resolve_model
 
     config = load_grounding_recipe(recipe)
     t = config.triplets
     module = GroundingModule.from_pretrained(grounding).to(device)
-    labeller = load_annotator(annotator or config.annotator)
-    labeller.model.to(device)
-    pipe = load_pipeline(resolve_model(model or config.pipeline), device=device)
+    pipe, labeller = _recipe_models(config, model, annotator, device)
     result = evaluate(pipe, module, labeller, get_split(config.split), per_class=per_class, pairs=pairs, templates=t.templates,
                       num_inference_steps=t.num_inference_steps, guidance_scale=t.guidance_scale,
                       capture_step=CaptureStep(t.capture_timestep, t.capture_index), batch_size=t.batch_size)

@@ -1,4 +1,3 @@
-import json
 
 import numpy as np
 import pytest
@@ -103,7 +102,7 @@ def test_bad_recipes():
 
 @pytest.mark.slow
 def test_train_grounding_lowers_the_loss_and_resumes(pipe, tmp_path):
-    from synthseg.train_grounding import GroundingRecipe, TrainRecipe, load_grounding_recipe, train_grounding
+    from synthseg.train_grounding import GroundingRecipe, TrainRecipe, train_grounding
 
     make_triplets(pipe, FakeAnnotator(), recipe(count=8, shard_size=4), tmp_path / "t")
     model = dict(fuse_dim=16, mask_dim=16, hidden_dim=32, num_heads=4, ffn_dim=64, token_patch=2)
