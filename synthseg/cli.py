@@ -227,3 +227,54 @@ def show(
     from .show import contact_sheet
 
     _stderr.print(f"wrote {contact_sheet(dataset, out, count)}")
+
+
+@_command
+def train_segmenter(
+    data: Annotated[Path, typer.Option(help="Training data: a synthseg dataset, or a COCO or VOC-layout folder.")] = Path("out/dataset"),
+    recipe: Annotated[Path, typer.Option(help="Segmenter recipe (YAML).")] = Path("recipes/segmenter-tiny.yaml"),
+    out: Annotated[Path, typer.Option(help="Where the trained model (save_pretrained) goes.")] = Path("runs/segmenter"),
+    workdir: Annotated[Optional[Path], typer.Option(help="Checkpoints; default OUT/../OUT.name-work.")] = None,
+    backbone: Annotated[Optional[str], typer.Option(help="Backbone architecture, e.g. resnet-101, resnet-50, resnet-tiny.")] = None,
+    pretrained_backbone: Annotated[Optional[bool], typer.Option("--pretrained-backbone/--no-pretrained-backbone",
+                                                                help="Start from ImageNet weights (hub), or from scratch.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Training iterations.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Images per iteration (over all processes).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue from WORKDIR's checkpoint; without it an existing one is refused.")] = False,
+    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (a sitting).")] = None,
+) -> None:
+    """Train MaskFormer on a labelled dataset (Protocol ii); several GPUs with `accelerate launch`."""
+    from .readers import open_data
+    from .segmenter import load_segmenter_recipe, train_segmenter as train
+
+    config = load_segmenter_recipe(recipe, backbone=backbone, pretrained_backbone=pretrained_backbone, steps=steps, batch_size=batch_size)
+    workdir = workdir or out.with_name(out.name + "-work")
+    if (workdir / "segmenter.ckpt").exists() and not resume:
+        raise SynthsegError(f"{workdir / 'segmenter.ckpt'} exists; pass --resume to continue it, or remove it")
+    _stderr.print(f"saved {train(config, open_data('auto', data), out, workdir, max_steps)}")
+
+
+@_command
+def benchmark(
+    dataset: Annotated[str, typer.Option(help="voc2012, world, coco-json, voc-layout or synthseg.")] = "voc2012",
+    model: Annotated[Path, typer.Option(help="A segmenter folder from train-segmenter.")] = Path("runs/segmenter"),
+    data_root: Annotated[Optional[Path], typer.Option(help="The dataset's folder (VOCdevkit for voc2012; a JSON for coco-json).")] = None,
+    split: Annotated[Optional[str], typer.Option(help="Seen/unseen split from recipes/splits.yaml; default voc-15-5 on voc2012, world on world.")] = None,
+    image_set: Annotated[str, typer.Option(help="VOC image set (ImageSets/Segmentation/<name>.txt).")] = "val",
+    background: Annotated[bool, typer.Option("--background/--no-background", help="Count background as a seen class.")] = True,
+    count: Annotated[int, typer.Option(help="Rendered scenes for --dataset world.")] = 500,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for benchmark.json and benchmark.md; default MODEL/benchmark-DATASET.")] = None,
+    device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
+) -> None:
+    """Score a segmenter zero-shot: per-class IoU and seen, unseen and harmonic mIoU (Protocol ii)."""
+    from .benchmark import benchmark as score
+    from .classes import get_split
+    from .readers import open_data
+    from .segmenter import Segmenter
+
+    split = split or {"voc2012": "voc-15-5", "world": "world"}.get(dataset)
+    chosen = get_split(split) if split else None
+    data = open_data(dataset, data_root, image_set, count)
+    result = score(Segmenter.from_pretrained(model, device), data, chosen, background, model_name=str(model))
+    result.save(out or model / f"benchmark-{dataset}")
+    print(result.markdown())

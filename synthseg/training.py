@@ -25,6 +25,11 @@ def warmup_cosine(warmup: int, total: int):
     return factor
 
 
+def poly(total: int, power: float = 0.9):
+    """LambdaLR factor (1 - step/total)^power: MaskFormer's (detectron2 WarmupPolyLR without warm-up)."""
+    return lambda step: max(0.0, 1 - step / total) ** power
+
+
 def save_checkpoint(path: Path, step: int, losses: list[float], **objects) -> None:
     """Atomically write the state_dict of each of `objects` (model, optimizer, ...) with step and losses."""
     state = {name: obj.state_dict() for name, obj in objects.items()}
@@ -70,7 +75,8 @@ def loss_progress(description: str, total: int, completed: int = 0, log_every: i
 
 
 def train_loop(description: str, step_loss, *, model, optimizer, checkpoint: Path, steps: int, checkpoint_every: int,
-               max_steps: int | None = None, schedule=None, ema=None, clip_norm: float | None = None) -> list[float]:
+               max_steps: int | None = None, schedule=None, ema=None, clip_norm: float | None = None,
+               accelerator=None) -> list[float]:
     """The loop every synthseg trainer runs: resume, step, log, checkpoint.
 
     step_loss(step) returns the loss of step `step` (its batch must depend only on the step, so a
@@ -78,16 +84,25 @@ def train_loop(description: str, step_loss, *, model, optimizer, checkpoint: Pat
     optimiser and LR-schedule steps, EMA update, progress; a checkpoint of model, optimizer,
     schedule ("lr") and ema every `checkpoint_every` steps and at the end. Stops after `max_steps`
     (for runs in several sittings) or `steps`. Returns all losses so far.
+
+    With an `accelerate.Accelerator` (model and optimizer already prepared), gradients go through
+    it, so several processes train one model; only the main process writes checkpoints.
     """
     objects = dict(model=model, optimizer=optimizer)
     objects.update({k: v for k, v in (("lr", schedule), ("ema", ema)) if v is not None})
+    if accelerator is not None:
+        objects["model"] = accelerator.unwrap_model(model)
     start, losses = load_checkpoint(checkpoint, **objects)
     end = min(steps, max_steps or steps)
-    with loss_progress(description, steps, start) as advance:
+    main = accelerator is None or accelerator.is_main_process
+    with loss_progress(description, steps, start) if main else contextlib.nullcontext(lambda *_: None) as advance:
         for step in range(start, end):
             loss = step_loss(step)
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            if accelerator is None:
+                loss.backward()
+            else:
+                accelerator.backward(loss)
             if clip_norm is not None:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), clip_norm)
             optimizer.step()
@@ -97,6 +112,6 @@ def train_loop(description: str, step_loss, *, model, optimizer, checkpoint: Pat
                 ema.update_parameters(model)
             losses.append(loss.item())
             advance(step + 1, losses)
-            if (step + 1) % checkpoint_every == 0 or step + 1 == end:
+            if main and ((step + 1) % checkpoint_every == 0 or step + 1 == end):
                 save_checkpoint(checkpoint, step + 1, losses, **objects)
     return losses

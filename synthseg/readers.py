@@ -1,0 +1,193 @@
+"""Reading labelled segmentation data: synthseg datasets, VOC layout, COCO JSON, rendered world scenes.
+
+Every reader returns a `SegmentationData`: a sequence of (RGB PIL image, HW uint8 labels) where 0 is
+background, k is `class_names[k - 1]` and 255 is ignore. Label PNGs are read as indices, never
+converted to RGB. A missing or wrong layout is refused with the tree that was expected.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from .classes import VOC_CLASSES
+from .errors import SynthsegError
+from .formats import IGNORE
+
+VOC_TREE = """expected a VOC layout:
+  ROOT/JPEGImages/<id>.jpg
+  ROOT/SegmentationClass/<id>.png          palette PNGs, 0..20 classes, 255 void
+  ROOT/ImageSets/Segmentation/<split>.txt  one id per line"""
+SYNTHSEG_TREE = """expected a synthseg dataset:
+  ROOT/metadata.jsonl   ROOT/annotations.json   ROOT/images/   ROOT/masks/"""
+COCO_TREE = """expected a COCO instances JSON (or a folder holding annotations.json) whose
+  images[].file_name are relative to the JSON's folder or to its images/ folder"""
+
+
+@dataclass
+class SegmentationData:
+    """`len(data)` items; `data[i]` is (RGB PIL image, HW uint8 labels). `ids[i]` names item i."""
+
+    name: str
+    class_names: tuple[str, ...]
+    ids: list[str]
+    load: Callable[[int], tuple[Image.Image, np.ndarray]]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int) -> tuple[Image.Image, np.ndarray]:
+        if not 0 <= index < len(self.ids):
+            raise IndexError(index)
+        return self.load(index)
+
+
+def read_labels(path: Path) -> np.ndarray:
+    """HW uint8 label indices of a palette ("P") or greyscale ("L") PNG; anything else is refused."""
+    try:
+        image = Image.open(path)
+        image.load()
+    except (OSError, SyntaxError) as error:
+        raise SynthsegError(f"{path}: unreadable label image ({error})") from None
+    if image.mode not in ("P", "L"):
+        raise SynthsegError(f"{path}: label images must be palette or greyscale PNGs of class indices, got mode {image.mode}")
+    return np.array(image)
+
+
+def _open_rgb(path: Path) -> Image.Image:
+    try:
+        return Image.open(path).convert("RGB")
+    except (OSError, SyntaxError) as error:
+        raise SynthsegError(f"{path}: unreadable image ({error})") from None
+
+
+def read_voc(root: str | Path, split: str = "val", class_names: tuple[str, ...] = VOC_CLASSES) -> SegmentationData:
+    """A VOC-layout folder (`VOC_TREE`): the ids of ImageSets/Segmentation/<split>.txt."""
+    root = Path(root)
+    ids_file = root / "ImageSets" / "Segmentation" / f"{split}.txt"
+    missing = [p for p in (root / "JPEGImages", root / "SegmentationClass", ids_file) if not p.exists()]
+    if missing:
+        raise SynthsegError(f"{root}: missing {', '.join(str(p.relative_to(root)) for p in missing)}; {VOC_TREE}")
+    ids = [line.strip() for line in ids_file.read_text().splitlines() if line.strip()]
+    absent = [i for i in ids if not (root / "SegmentationClass" / f"{i}.png").is_file()]
+    if not ids or absent:
+        raise SynthsegError(f"{ids_file}: " + (f"{len(absent)} ids have no SegmentationClass PNG, e.g. {absent[0]}" if absent else "no ids") + f"; {VOC_TREE}")
+
+    def load(index: int):
+        stem = ids[index]
+        image = _open_rgb(next((root / "JPEGImages").glob(f"{stem}.*"), root / "JPEGImages" / f"{stem}.jpg"))
+        labels = read_labels(root / "SegmentationClass" / f"{stem}.png")
+        if labels.shape != (image.height, image.width):
+            raise SynthsegError(f"{stem}: label map {labels.shape} and image {image.height}x{image.width} differ in size")
+        return image, labels
+
+    return SegmentationData(f"voc-layout:{root}:{split}", tuple(class_names), ids, load)
+
+
+def read_voc2012(root: str | Path, split: str = "val") -> SegmentationData:
+    """PASCAL VOC 2012 from `root` = VOCdevkit/VOC2012, VOCdevkit, or the folder holding VOCdevkit."""
+    root = Path(root)
+    for candidate in (root, root / "VOC2012", root / "VOCdevkit" / "VOC2012"):
+        if (candidate / "ImageSets" / "Segmentation").is_dir():
+            data = read_voc(candidate, split)
+            data.name = f"voc2012:{split}"
+            return data
+    raise SynthsegError(f"{root}: no VOCdevkit/VOC2012 found; {VOC_TREE.replace('ROOT', 'VOCdevkit/VOC2012')}")
+
+
+def read_synthseg(root: str | Path) -> SegmentationData:
+    """A folder written by `synthseg make-dataset` (`SYNTHSEG_TREE`); dropped images are skipped."""
+    root = Path(root)
+    if not (root / "metadata.jsonl").is_file() or not (root / "annotations.json").is_file():
+        raise SynthsegError(f"{root}: not a finished synthseg dataset; {SYNTHSEG_TREE}")
+    try:
+        records = [json.loads(line) for line in (root / "metadata.jsonl").read_text().splitlines() if line.strip()]
+        categories = json.loads((root / "annotations.json").read_text())["categories"]
+    except (json.JSONDecodeError, KeyError) as error:
+        raise SynthsegError(f"{root}: corrupt metadata.jsonl or annotations.json ({error})") from None
+    names = tuple(c["name"] for c in sorted(categories, key=lambda c: c["id"]))
+
+    def load(index: int):
+        record = records[index]
+        return _open_rgb(root / record["file_name"]), read_labels(root / record["mask_file_name"])
+
+    return SegmentationData(f"synthseg:{root}", names, [r["file_name"] for r in records], load)
+
+
+def read_coco(path: str | Path) -> SegmentationData:
+    """COCO instances as semantic maps: category k-th by id -> label k; larger instances are painted
+    first so smaller ones stay visible; crowd regions are 255."""
+    from pycocotools.coco import COCO
+
+    path = Path(path)
+    json_path = path / "annotations.json" if path.is_dir() else path
+    if not json_path.is_file():
+        raise SynthsegError(f"{path}: no COCO JSON; {COCO_TREE}")
+    try:
+        coco = COCO(str(json_path))
+    except (json.JSONDecodeError, KeyError, TypeError, AssertionError) as error:
+        raise SynthsegError(f"{json_path}: not a COCO instances JSON ({error})") from None
+    category_ids = sorted(coco.getCatIds())
+    label_of = {c: i + 1 for i, c in enumerate(category_ids)}
+    names = tuple(coco.loadCats(c)[0]["name"] for c in category_ids)
+    image_ids = sorted(coco.getImgIds())
+
+    def load(index: int):
+        info = coco.loadImgs(image_ids[index])[0]
+        folder = json_path.parent
+        file = next((p for p in (folder / info["file_name"], folder / "images" / info["file_name"]) if p.is_file()), None)
+        if file is None:
+            raise SynthsegError(f"{json_path}: image {info['file_name']} not found; {COCO_TREE}")
+        image = _open_rgb(file)
+        labels = np.zeros((info["height"], info["width"]), dtype=np.uint8)
+        annotations = sorted(coco.loadAnns(coco.getAnnIds(imgIds=info["id"])), key=lambda a: -a["area"])
+        for annotation in annotations:
+            mask = coco.annToMask(annotation).astype(bool)
+            labels[mask] = IGNORE if annotation.get("iscrowd", 0) else label_of[annotation["category_id"]]
+        return image, labels
+
+    return SegmentationData(f"coco-json:{json_path}", names, [str(i) for i in image_ids], load)
+
+
+def read_world(count: int = 500, size: int = 64, offset: int = 0) -> SegmentationData:
+    """`count` held-out rendered scenes of the miniature world (odd seeds 2i+1 from `offset`), exact masks."""
+    from .world import WORLD_CLASSES, render_scene
+
+    def load(index: int):
+        scene = render_scene(2 * (offset + index) + 1, size=size)
+        return Image.fromarray(scene.image), scene.semantic()
+
+    return SegmentationData(f"world:{count}", WORLD_CLASSES, [f"scene-{2 * (offset + i) + 1}" for i in range(count)], load)
+
+
+def detect_layout(path: str | Path) -> str:
+    """'synthseg', 'voc-layout' or 'coco-json' for a training-data folder; anything else is refused."""
+    path = Path(path)
+    if (path / "metadata.jsonl").is_file() and (path / "masks").is_dir():
+        return "synthseg"
+    if (path / "SegmentationClass").is_dir():
+        return "voc-layout"
+    if (path / "annotations.json").is_file() or path.suffix == ".json":
+        return "coco-json"
+    raise SynthsegError(f"{path}: not a synthseg, VOC-layout or COCO dataset;\n{SYNTHSEG_TREE}\n{VOC_TREE}\n{COCO_TREE}")
+
+
+def open_data(kind: str, path: str | Path | None = None, split: str = "val", count: int = 500) -> SegmentationData:
+    """One reader by name: voc2012, voc-layout, coco-json, synthseg, world, or 'auto' (`detect_layout`)."""
+    if kind == "world":
+        return read_world(count)
+    if path is None:
+        raise SynthsegError(f"--dataset {kind} needs --data-root")
+    if not Path(path).exists():
+        raise SynthsegError(f"{path}: no such file or folder")
+    kind = detect_layout(path) if kind == "auto" else kind
+    readers = {"voc2012": lambda: read_voc2012(path, split), "voc-layout": lambda: read_voc(path, split),
+               "coco-json": lambda: read_coco(path), "synthseg": lambda: read_synthseg(path)}
+    if kind not in readers:
+        raise SynthsegError(f"unknown dataset kind {kind!r}; known: {', '.join([*readers, 'world', 'auto'])}")
+    return readers[kind]()

@@ -1,0 +1,234 @@
+"""The segmenter of Protocol ii: MaskFormer (transformers) trained on semantic label maps.
+
+Labels: the model's label 0 is "background" and label k is the data's k-th class, so the image
+processor runs with `do_reduce_labels=False` (set explicitly: transformers 5 ignores the old
+`reduce_labels`) and `ignore_index=255`. Augmentation follows MaskFormer's semantic recipe: the
+short side is scaled to `crop_size * U(scale_range)`, then a random `crop_size` crop (padded with
+ignore where the image is smaller) and a random horizontal flip. Optimiser: AdamW, backbone LR x0.1,
+poly schedule (power 0.9), gradient clipping at 0.01, as MaskFormer's detectron2 configs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from PIL import Image
+
+from .errors import SynthsegError
+from .formats import IGNORE
+from .readers import SegmentationData
+
+BACKGROUND = "background"
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+# ResNet architectures built from configs; ImageNet weights for them come from the hub ids below.
+BACKBONES = {
+    "resnet-tiny": dict(layer_type="basic", depths=[1, 1, 1, 1], hidden_sizes=[16, 32, 64, 128], embedding_size=16),
+    "resnet-18": dict(layer_type="basic", depths=[2, 2, 2, 2], hidden_sizes=[64, 128, 256, 512], embedding_size=64),
+    "resnet-50": dict(layer_type="bottleneck", depths=[3, 4, 6, 3], hidden_sizes=[256, 512, 1024, 2048], embedding_size=64),
+    "resnet-101": dict(layer_type="bottleneck", depths=[3, 4, 23, 3], hidden_sizes=[256, 512, 1024, 2048], embedding_size=64),
+}
+BACKBONE_WEIGHTS = {"resnet-18": "microsoft/resnet-18", "resnet-50": "microsoft/resnet-50", "resnet-101": "microsoft/resnet-101"}
+STAGES = ["stage1", "stage2", "stage3", "stage4"]
+
+
+@dataclass
+class SegmenterRecipe:
+    """MaskFormer and its training. `backbone`: a name of BACKBONES; `backbone_weights`: hub id or
+    folder of ImageNet weights (default: the name's microsoft/resnet-* id; ignored without
+    `pretrained_backbone`)."""
+
+    backbone: str = "resnet-101"
+    pretrained_backbone: bool = True
+    backbone_weights: str | None = None
+    fpn_feature_size: int = 256
+    mask_feature_size: int = 256
+    decoder_layers: int = 6
+    decoder_dim: int = 256
+    decoder_heads: int = 8
+    decoder_ffn: int = 2048
+    num_queries: int = 100
+    steps: int = 40000
+    batch_size: int = 8
+    crop_size: int = 512
+    scale_range: list[float] = field(default_factory=lambda: [0.5, 2.0])
+    lr: float = 1e-4
+    backbone_lr_multiplier: float = 0.1
+    weight_decay: float = 1e-4
+    poly_power: float = 0.9
+    clip_norm: float = 0.01
+    seed: int = 0
+    checkpoint_every: int = 1000
+
+    def validate(self, source: str) -> None:
+        if self.backbone not in BACKBONES:
+            raise SynthsegError(f"{source}: unknown backbone {self.backbone!r}; known: {', '.join(BACKBONES)}")
+        if self.pretrained_backbone and not (self.backbone_weights or self.backbone in BACKBONE_WEIGHTS):
+            raise SynthsegError(f"{source}: {self.backbone} has no ImageNet weights; set pretrained_backbone: false")
+        if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
+            raise SynthsegError(f"{source}: scale_range is [low, high] with 0 < low <= high")
+        if min(self.steps, self.batch_size, self.crop_size, self.num_queries) < 1:
+            raise SynthsegError(f"{source}: steps, batch_size, crop_size and num_queries must be positive")
+
+
+def load_segmenter_recipe(path: str | Path, **overrides) -> SegmenterRecipe:
+    """A recipe file (YAML/JSON) with `overrides` (None values ignored), validated."""
+    from .config import load_config, read_mapping
+
+    data = read_mapping(path)
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return load_config(SegmenterRecipe, data, str(path))
+
+
+def image_processor(recipe: SegmenterRecipe):
+    """MaskFormer's processor: inference resizes the short side to `crop_size`; labels 0..K, 255 ignore."""
+    from transformers import MaskFormerImageProcessor
+
+    return MaskFormerImageProcessor(
+        do_resize=True, size={"shortest_edge": recipe.crop_size, "longest_edge": 4 * recipe.crop_size}, size_divisor=0,
+        do_normalize=True, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD, do_reduce_labels=False, ignore_index=IGNORE,
+    )
+
+
+def build_maskformer(recipe: SegmenterRecipe, class_names: tuple[str, ...]):
+    """MaskFormerForInstanceSegmentation over ["background", *class_names], ImageNet backbone if asked."""
+    from transformers import MaskFormerConfig, MaskFormerForInstanceSegmentation, ResNetConfig
+
+    labels = (BACKGROUND, *class_names)
+    config = MaskFormerConfig(
+        backbone_config=ResNetConfig(**BACKBONES[recipe.backbone], out_features=STAGES),
+        decoder_config=dict(model_type="detr", decoder_layers=recipe.decoder_layers, d_model=recipe.decoder_dim,
+                            decoder_attention_heads=recipe.decoder_heads, decoder_ffn_dim=recipe.decoder_ffn,
+                            num_queries=recipe.num_queries),
+        fpn_feature_size=recipe.fpn_feature_size, mask_feature_size=recipe.mask_feature_size, num_labels=len(labels),
+        id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
+    )
+    model = MaskFormerForInstanceSegmentation(config)
+    if recipe.pretrained_backbone:
+        load_backbone_weights(model, recipe.backbone_weights or BACKBONE_WEIGHTS[recipe.backbone])
+    return model
+
+
+def load_backbone_weights(model, source: str) -> None:
+    """Copy an ImageNet ResNet (hub id or folder) into MaskFormer's encoder; offline, say what to do."""
+    from transformers import ResNetBackbone
+
+    try:
+        pretrained = ResNetBackbone.from_pretrained(source, out_features=STAGES)
+    except (OSError, ValueError) as error:
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        raise SynthsegError(f"cannot load the ImageNet backbone {source!r} ({reason}); download it into the Hugging Face "
+                            "cache or pass a local folder as backbone_weights, or train from scratch with --no-pretrained-backbone") from None
+    encoder = model.model.pixel_level_module.encoder
+    mismatch = encoder.load_state_dict(pretrained.state_dict(), strict=False)
+    if mismatch.missing_keys:
+        raise SynthsegError(f"backbone weights {source!r} do not fit the configured backbone (missing {mismatch.missing_keys[0]})")
+
+
+def augment(image: Image.Image, labels: np.ndarray, rng: np.random.Generator, crop: int, scale_range: list[float]):
+    """Random scale, pad-and-crop to `crop`, random flip -> (crop x crop x 3 uint8, crop x crop uint8)."""
+    short = crop * rng.uniform(*scale_range)
+    factor = short / min(image.size)
+    size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
+    pixels = np.asarray(image.resize(size, Image.BILINEAR))
+    target = np.asarray(Image.fromarray(labels).resize(size, Image.NEAREST))
+    height, width = max(crop, size[1]), max(crop, size[0])
+    padded = np.zeros((height, width, 3), dtype=np.uint8)
+    padded_labels = np.full((height, width), IGNORE, dtype=np.uint8)
+    padded[: size[1], : size[0]], padded_labels[: size[1], : size[0]] = pixels, target
+    top, left = int(rng.integers(height - crop + 1)), int(rng.integers(width - crop + 1))
+    pixels, target = padded[top : top + crop, left : left + crop], padded_labels[top : top + crop, left : left + crop]
+    if rng.random() < 0.5:
+        pixels, target = pixels[:, ::-1], target[:, ::-1]
+    return np.ascontiguousarray(pixels), np.ascontiguousarray(target)
+
+
+def train_segmenter(recipe: SegmenterRecipe, data: SegmentationData, output: str | Path, workdir: str | Path,
+                    max_steps: int | None = None) -> Path:
+    """Train MaskFormer on `data`, resuming from workdir/segmenter.ckpt; save_pretrained to `output`.
+
+    The batch and dropout of step s are drawn from default_rng([seed, s, process]), so a resumed run repeats an
+    uninterrupted one. Run under `accelerate launch` for several GPUs: each process takes
+    batch_size / num_processes images of every step.
+    """
+    from accelerate import Accelerator
+
+    from .training import poly, train_loop
+
+    if len(data) == 0:
+        raise SynthsegError(f"{data.name}: no images to train on")
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    if recipe.batch_size % accelerator.num_processes:
+        raise SynthsegError(f"batch_size {recipe.batch_size} does not split over {accelerator.num_processes} processes")
+    torch.manual_seed(recipe.seed)
+    model = build_maskformer(recipe, data.class_names).train()
+    processor = image_processor(recipe)
+    backbone = [p for n, p in model.named_parameters() if ".pixel_level_module.encoder." in n]
+    others = [p for n, p in model.named_parameters() if ".pixel_level_module.encoder." not in n]
+    optimizer = torch.optim.AdamW([dict(params=backbone, lr=recipe.lr * recipe.backbone_lr_multiplier), dict(params=others)],
+                                  lr=recipe.lr, weight_decay=recipe.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, poly(recipe.steps, recipe.poly_power))
+    model, optimizer = accelerator.prepare(model, optimizer)
+    per_process = recipe.batch_size // accelerator.num_processes
+
+    def step_loss(step: int) -> torch.Tensor:
+        rng = np.random.default_rng([recipe.seed, step, accelerator.process_index])
+        torch.manual_seed(int(rng.integers(2**31)))  # dropout: a resumed run draws the same masks
+        crops = [augment(*data[int(i)], rng, recipe.crop_size, recipe.scale_range) for i in rng.integers(len(data), size=per_process)]
+        batch = processor(images=[c[0] for c in crops], segmentation_maps=[c[1] for c in crops], do_resize=False, return_tensors="pt")
+        device = accelerator.device
+        return model(pixel_values=batch["pixel_values"].to(device), mask_labels=[m.to(device) for m in batch["mask_labels"]],
+                     class_labels=[c.to(device) for c in batch["class_labels"]]).loss
+
+    workdir = Path(workdir)
+    train_loop("segmenter", step_loss, model=model, optimizer=optimizer, checkpoint=workdir / "segmenter.ckpt",
+               steps=recipe.steps, checkpoint_every=recipe.checkpoint_every, max_steps=max_steps, schedule=schedule,
+               clip_norm=recipe.clip_norm, accelerator=accelerator)
+    output = Path(output)
+    if accelerator.is_main_process:
+        accelerator.unwrap_model(model).save_pretrained(output)
+        processor.save_pretrained(output)
+        (output / "synthseg-segmenter.yaml").write_text(yaml.safe_dump(dict(recipe=asdict(recipe), trained_on=data.name)))
+    accelerator.wait_for_everyone()
+    return output
+
+
+class Segmenter:
+    """A trained MaskFormer with its processor; `predict` gives HW int64 label maps in model labels."""
+
+    def __init__(self, model, processor):
+        self.model = model.eval()
+        self.processor = processor
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str = "cpu") -> "Segmenter":
+        from transformers import MaskFormerForInstanceSegmentation, MaskFormerImageProcessor
+
+        directory = Path(directory)
+        if not (directory / "config.json").is_file() or not (directory / "preprocessor_config.json").is_file():
+            raise SynthsegError(f"{directory}: not a trained segmenter (config.json and preprocessor_config.json expected; "
+                                "make one with synthseg train-segmenter)")
+        try:
+            model = MaskFormerForInstanceSegmentation.from_pretrained(directory).to(device)
+            processor = MaskFormerImageProcessor.from_pretrained(directory)
+        except (OSError, ValueError) as error:
+            raise SynthsegError(f"{directory}: corrupt segmenter ({str(error).splitlines()[0]})") from None
+        return cls(model, processor)
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """Label names in label order; label 0 is "background"."""
+        labels = self.model.config.id2label
+        return tuple(labels[i] for i in range(len(labels)))
+
+    @torch.no_grad()
+    def predict(self, image: Image.Image) -> np.ndarray:
+        """HW int64 labels of one RGB image at its own size."""
+        inputs = self.processor(images=[np.array(image)], return_tensors="pt")
+        outputs = self.model(pixel_values=inputs["pixel_values"].to(self.model.device))
+        (labels,) = self.processor.post_process_semantic_segmentation(outputs, target_sizes=[(image.height, image.width)])
+        return labels.cpu().numpy()

