@@ -142,15 +142,24 @@ def train_grounding(
     workdir: Annotated[Path, typer.Option(help="Checkpoints; rerunning the command resumes from here.")] = Path("runs/world-grounding"),
     output: Annotated[Path, typer.Option(help="save_pretrained folder of the trained module.")] = Path("runs/world-grounding/module"),
     zero_masks: Annotated[Optional[bool], typer.Option("--zero-masks/--no-zero-masks", help="Train missed classes towards empty masks (ablation).")] = None,
+    online: Annotated[bool, typer.Option(help="Generate and label triplets every step instead of reading a cache.")] = False,
+    model: Annotated[Optional[str], typer.Option(help="Override the recipe's pipeline (with --online).")] = None,
+    annotator: Annotated[Optional[str], typer.Option(help="Override the recipe's annotator (with --online).")] = None,
+    device: Annotated[str, typer.Option(help="torch device (with --online).")] = "cpu",
     max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (a sitting).")] = None,
 ) -> None:
-    """Train the grounding module on a triplet cache (default: without zero masks)."""
+    """Train the grounding module on a triplet cache or online (default: without zero masks)."""
     from .train_grounding import load_grounding_recipe, train_grounding as train
+    from .triplets import OnlineTriplets, TripletShards
 
     config = load_grounding_recipe(recipe)
     if zero_masks is not None:
         config.train.zero_masks = zero_masks
-    train(config, triplets, workdir, output, max_steps)
+    if online:
+        source = OnlineTriplets(*_recipe_models(config, model, annotator, device), config.triplets)
+    else:
+        source = TripletShards(triplets, seed=config.train.seed)
+    train(config, source, workdir, output, max_steps)
     _stderr.print(f"saved {output}")
 
 
@@ -185,36 +194,46 @@ def evaluate_grounding(
 
 @_command
 def make_dataset(
-    classes: Annotated[str, typer.Option(help="'voc', 'coco', 'world', or comma-separated class names.")] = "world",
+    classes: Annotated[str, typer.Option(help="'voc', 'coco', 'world' (recipes/dataset-<name>.yaml), or comma-separated class names.")] = "world",
     out: Annotated[Path, typer.Option(help="Dataset folder; rerunning the same command resumes it.")] = Path("out/dataset"),
     recipe: Annotated[Optional[Path], typer.Option(help="Dataset recipe (YAML); the options below override it.")] = None,
-    model: Annotated[str, typer.Option(help="Pipeline: hub id, folder, or 'world'.")] = "world",
-    grounding: Annotated[Optional[Path], typer.Option(help="Grounding module folder; default: the world's.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Pipeline: hub id, folder, or 'world'.")] = None,
+    grounding: Annotated[Optional[str], typer.Option(help="Grounding module folder, or 'world'.")] = None,
     per_class: Annotated[Optional[int], typer.Option(help="Images per class.")] = None,
     per_pair: Annotated[Optional[int], typer.Option(help="Images per co-occurring pair.")] = None,
+    templates: Annotated[Optional[list[str]], typer.Option("--template", help="Prompt template, '{}' per class; repeat for more.")] = None,
     seed: Annotated[Optional[int], typer.Option(help="Seed of the whole dataset.")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Denoising steps.")] = None,
     guidance: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale.")] = None,
-    num_shards: Annotated[int, typer.Option(help="Split the items over this many jobs.")] = 1,
-    shard_index: Annotated[int, typer.Option(help="This job's shard.")] = 0,
+    num_shards: Annotated[Optional[int], typer.Option(help="Split the items over this many jobs (default: one, or torchrun's processes).")] = None,
+    shard_index: Annotated[Optional[int], typer.Option(help="This job's shard.")] = None,
     device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
 ) -> None:
     """Generate a labelled dataset: images, COCO instances, palette masks, metadata and a card."""
-    from .config import load_config, read_mapping
-    from .dataset import DatasetRecipe, make_dataset as make, provenance
+    from .dataset import load_dataset_recipe, make_dataset as make, provenance, resolve_grounding
     from .grounding import GroundingModule
     from .pipeline import load_pipeline
-    from .worldmodel import WORLD_GROUNDING, resolve_model
+    from .worldmodel import resolve_model
 
-    data = read_mapping(recipe) if recipe else {"classes": classes}
-    overrides = dict(per_class=per_class, per_pair=per_pair, seed=seed, num_inference_steps=steps, guidance_scale=guidance)
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    config = load_config(DatasetRecipe, data, str(recipe or "make-dataset"))
-    module_dir = grounding or WORLD_GROUNDING
+    config = load_dataset_recipe(classes, recipe, model=model, grounding=grounding, per_class=per_class, per_pair=per_pair,
+                                 templates=templates, seed=seed, num_inference_steps=steps, guidance_scale=guidance)
+    module_dir = resolve_grounding(config.grounding)
     module = GroundingModule.from_pretrained(module_dir).to(device)
-    pipe = load_pipeline(resolve_model(model), device=device)
-    summary = make(pipe, module, config, out, provenance(model, module_dir), num_shards=num_shards, shard_index=shard_index)
+    pipe = load_pipeline(resolve_model(config.model), device=device)
+    summary = make(pipe, module, config, out, provenance(config.model, module_dir), num_shards=num_shards, shard_index=shard_index)
     _stderr.print(f"{out}: " + (f"{summary['images']} images, {summary['instances']} instances" if summary else "shard done; other shards pending"))
+
+
+@_command
+def merge_dataset(
+    out: Annotated[Path, typer.Argument(help="The merged dataset folder.")],
+    shards: Annotated[list[Path], typer.Argument(help="Shard folders written with the same recipe.")],
+) -> None:
+    """Join make-dataset shards written to separate folders into one dataset."""
+    from .dataset import merge_datasets
+
+    summary = merge_datasets(shards, out)
+    _stderr.print(f"{out}: {summary['images']} images, {summary['instances']} instances")
 
 
 @_command

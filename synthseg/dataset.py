@@ -10,6 +10,7 @@ Layout of a dataset folder:
                                  prompt, seed, classes, scores, model and module hashes, versions
     README.md                    dataset card
     records/NNNNNN.json          per-image records; the three files above are built from them
+    recipe.json                  the recipe; a rerun or another shard with a different one is refused
 
 Labels: at each pixel the most probable prompted class wins if its probability is at least
 `0.5 + band/2`; pixels whose best probability is at most `0.5 - band/2` are background; pixels in
@@ -21,9 +22,10 @@ Kill-safety: each image's files are written first and its record last, each atom
 skips indices that have a record, so a run killed at any point and rerun equals an uninterrupted
 one. Items are planned from the recipe and seed alone and generated in fixed batches of
 `batch_size` consecutive items (batched float arithmetic differs in the last bit between batch
-compositions, so the batches never change); `--num-shards/--shard-index` deals those batches round
-robin, and `finalize` builds the shared files from all records, so shards merge into exactly the
-dataset a single process writes.
+compositions, so the batches never change); `--num-shards/--shard-index` (or the processes of
+torchrun / accelerate launch) deal those batches round robin, and `finalize` builds the shared files
+from all records, so shards merge into exactly the dataset a single process writes. Shards written
+to separate folders are joined by `merge_datasets`.
 """
 
 from __future__ import annotations
@@ -49,9 +51,12 @@ from .prompts import PAPER_TEMPLATES, caption
 
 @dataclass
 class DatasetRecipe:
-    """What to generate. `classes`: "voc", "coco", "world" or comma-separated names."""
+    """What to generate. `classes`: "voc", "coco", "world" or comma-separated names. `model`: hub id,
+    folder or "world"; `grounding`: a grounding module folder or "world" (the bundled one)."""
 
     classes: str
+    model: str = "world"
+    grounding: str = "world"
     per_class: int = 10
     per_pair: int = 0
     pairs: list[list[str]] = field(default_factory=list)
@@ -79,6 +84,26 @@ class DatasetRecipe:
     @property
     def class_names(self) -> tuple[str, ...]:
         return resolve_classes(self.classes)
+
+
+def load_dataset_recipe(classes: str = "world", path: str | Path | None = None, **overrides) -> DatasetRecipe:
+    """The recipe of a job: `path`, else recipes/dataset-<classes>.yaml for a named class set, else just
+    `classes`; then `overrides` (None values ignored), validated."""
+    from .classes import RECIPES
+    from .config import load_config, read_mapping
+
+    named = RECIPES / f"dataset-{classes}.yaml"
+    path = path or (named if named.is_file() else None)
+    data = read_mapping(path) if path else {"classes": classes}
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return load_config(DatasetRecipe, data, str(path or "make-dataset"))
+
+
+def resolve_grounding(spec: str) -> Path:
+    """A grounding argument: "world" means the bundled world module; anything else is a folder."""
+    from .worldmodel import WORLD_GROUNDING
+
+    return WORLD_GROUNDING if spec == "world" else Path(spec)
 
 
 def plan(recipe: DatasetRecipe) -> list[dict]:
@@ -152,6 +177,54 @@ def write_item(directory: Path, item: dict, image: Image.Image, probs: torch.Ten
     write_json_atomic(directory / "records" / f"{stem}.json", record)
 
 
+def claim(directory: Path, recipe: DatasetRecipe) -> None:
+    """Record the recipe in a new dataset folder, or refuse one that another recipe started."""
+    directory.mkdir(parents=True, exist_ok=True)
+    path = directory / "recipe.json"
+    wanted = asdict(recipe)
+    if path.is_file():
+        try:
+            found = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            raise SynthsegError(f"{path}: corrupt; remove the folder to start over") from None
+        if found != wanted:
+            changed = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
+            raise SynthsegError(f"{directory} was started with another recipe ({', '.join(changed)} differ); use a new --out or the same options")
+    elif any(directory.iterdir()):
+        raise SynthsegError(f"{directory} is not empty and holds no synthseg recipe.json; choose an empty or new --out")
+    else:
+        write_json_atomic(path, wanted)
+
+
+def read_recipe(directory: str | Path) -> DatasetRecipe:
+    """The recipe a dataset folder was started with."""
+    from .config import load_config
+
+    path = Path(directory) / "recipe.json"
+    if not path.is_file():
+        raise SynthsegError(f"{directory}: no recipe.json; not a synthseg dataset folder")
+    return load_config(DatasetRecipe, json.loads(path.read_text()), str(path))
+
+
+def merge_datasets(sources: list[str | Path], directory: str | Path) -> dict:
+    """Join shard folders written separately (same recipe) into `directory`, then finalize it."""
+    import shutil
+
+    directory = Path(directory)
+    recipes = [read_recipe(source) for source in sources]
+    if any(r != recipes[0] for r in recipes):
+        raise SynthsegError("the shard folders were made with different recipes")
+    claim(directory, recipes[0])
+    for source in map(Path, sources):
+        for sub in ("images", "masks", "records"):
+            (directory / sub).mkdir(exist_ok=True)
+            for file in sorted((source / sub).glob("[!.]*")):
+                if not (directory / sub / file.name).exists():
+                    shutil.copyfile(file, directory / sub / f".{file.name}.tmp")
+                    (directory / sub / f".{file.name}.tmp").replace(directory / sub / file.name)
+    return finalize(directory, recipes[0])
+
+
 def finalize(directory: str | Path, recipe: DatasetRecipe) -> dict:
     """Build annotations.json, metadata.jsonl and README.md from every record; fails if any is missing."""
     directory = Path(directory)
@@ -218,19 +291,37 @@ def provenance(model: str, grounding_dir: str | Path) -> dict:
     )
 
 
-def make_dataset(pipe, grounding, recipe: DatasetRecipe, directory: str | Path, provenance: dict, *, num_shards: int = 1, shard_index: int = 0) -> dict | None:
+def make_dataset(pipe, grounding, recipe: DatasetRecipe, directory: str | Path, provenance: dict, *,
+                 num_shards: int | None = None, shard_index: int | None = None) -> dict | None:
     """Generate this shard's items into `directory`, skipping written ones; finalize when all are there.
 
+    Without `num_shards`, a run under torchrun or accelerate launch takes its shard from the launcher
+    (one per process) and the main process finalizes after all are done; otherwise one shard.
     Returns the summary once the whole dataset is complete, else None (other shards still pending).
     """
+    import os
+
     from .generate import generate_grounded
     from .training import loss_progress
 
+    directory = Path(directory)
+    state = None
+    if num_shards is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+        from accelerate import PartialState
+
+        state = PartialState()
+        num_shards, shard_index = state.num_processes, state.process_index
+    num_shards, shard_index = num_shards or 1, shard_index or 0
     if not 0 <= shard_index < num_shards:
         raise SynthsegError(f"shard index {shard_index} is outside 0..{num_shards - 1}")
-    directory = Path(directory)
+    if state is None or state.is_main_process:
+        claim(directory, recipe)
+    if state is not None:
+        state.wait_for_everyone()
+        claim(directory, recipe)  # the other processes check the main process's recipe.json
     for sub in ("images", "masks", "records"):
         (directory / sub).mkdir(parents=True, exist_ok=True)
+
     def done(item: dict) -> bool:
         return (directory / "records" / f"{item['index']:06d}.json").is_file()
 
@@ -253,6 +344,9 @@ def make_dataset(pipe, grounding, recipe: DatasetRecipe, directory: str | Path, 
                     write_item(directory, item, image, probs, recipe, provenance)
                 kept.append(float((directory / "images" / f"{item['index']:06d}.png").is_file()))
             advance(skipped + len(kept), kept)
+    if state is not None:
+        state.wait_for_everyone()
+        return finalize(directory, recipe) if state.is_main_process else None
     if all(done(item) for item in items):
         return finalize(directory, recipe)
     return None

@@ -154,15 +154,18 @@ def read_coco(path: str | Path) -> SegmentationData:
     return SegmentationData(f"coco-json:{json_path}", names, [str(i) for i in image_ids], load)
 
 
-def read_world(count: int = 500, size: int = 64, offset: int = 0) -> SegmentationData:
-    """`count` held-out rendered scenes of the miniature world (odd seeds 2i+1 from `offset`), exact masks."""
+def read_world(count: int = 500, size: int = 64, held_out: bool = True) -> SegmentationData:
+    """`count` rendered scenes of the miniature world with exact masks: held out (odd seeds, never
+    trained on by the world's models) or training scenes (even seeds)."""
     from .world import WORLD_CLASSES, render_scene
 
+    seeds = [2 * i + int(held_out) for i in range(count)]
+
     def load(index: int):
-        scene = render_scene(2 * (offset + index) + 1, size=size)
+        scene = render_scene(seeds[index], size=size)
         return Image.fromarray(scene.image), scene.semantic()
 
-    return SegmentationData(f"world:{count}", WORLD_CLASSES, [f"scene-{2 * (offset + i) + 1}" for i in range(count)], load)
+    return SegmentationData(f"world:{'held-out' if held_out else 'train'}:{count}", WORLD_CLASSES, [f"scene-{s}" for s in seeds], load)
 
 
 def detect_layout(path: str | Path) -> str:

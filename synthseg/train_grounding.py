@@ -1,4 +1,5 @@
-"""Train the grounding module on a triplet cache (see `synthseg.triplets`), resumably.
+"""Train the grounding module on a triplet cache, or on triplets generated online (see
+`synthseg.triplets`), resumably.
 
 Default: "training without zero masks": a prompted class the annotator missed adds no loss. With
 `zero_masks: true` it is trained towards an empty mask instead (the paper's ablation).
@@ -17,7 +18,7 @@ from .config import load_config, read_mapping
 from .errors import SynthsegError
 from .grounding import GroundingConfig, GroundingModule, grounding_loss
 from .training import train_loop, warmup_cosine
-from .triplets import TripletRecipe, TripletShards
+from .triplets import TripletRecipe
 
 
 @dataclass
@@ -62,23 +63,21 @@ def load_grounding_recipe(path: str | Path) -> GroundingRecipe:
     return load_config(GroundingRecipe, data, str(path))
 
 
-def train_grounding(recipe: GroundingRecipe, triplets: Path, workdir: Path, output: Path, max_steps: int | None = None) -> GroundingModule:
-    """Train on the shards in `triplets`; checkpoints in `workdir`; `save_pretrained` into `output`."""
-    layout = read_mapping(Path(triplets) / "layout.json")
-    config = load_config(GroundingConfig, {**layout, **recipe.model}, str(Path(triplets) / "layout.json"))
+def train_grounding(recipe: GroundingRecipe, triplets, workdir: Path, output: Path, max_steps: int | None = None) -> GroundingModule:
+    """Train on `triplets` (a TripletShards cache or OnlineTriplets); checkpoints in `workdir`;
+    `save_pretrained` into `output`."""
+    config = load_config(GroundingConfig, {**triplets.layout(), **recipe.model}, "triplet layout")
     t = recipe.train
     torch.manual_seed(t.seed)
     module = GroundingModule(config).train()
     optimizer = torch.optim.AdamW(module.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(t.warmup_steps, t.steps))
-    data = TripletShards(triplets, seed=t.seed)
     batches = None
 
     def step_loss(step: int) -> torch.Tensor:
         nonlocal batches
-        if batches is None:  # a resumed run continues with a fresh epoch order
-            data.epoch = step * t.batch_size // len(data)
-            batches = _forever(data, t.batch_size)
+        if batches is None:
+            batches = triplets.batches(t.batch_size, step)
         batch = next(batches)
         logits = module(batch["features"], batch["queries"], batch["valid"])
         missing = None if t.zero_masks else batch["missing"]
@@ -89,9 +88,3 @@ def train_grounding(recipe: GroundingRecipe, triplets: Path, workdir: Path, outp
     module.eval().save_pretrained(output)
     (Path(output) / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2) + "\n")
     return module
-
-
-def _forever(data: TripletShards, batch_size: int):
-    """Endless batches over epochs of the streamed shards."""
-    while True:
-        yield from torch.utils.data.DataLoader(data, batch_size=batch_size, drop_last=True)

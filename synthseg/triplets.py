@@ -192,6 +192,16 @@ class TripletShards(torch.utils.data.IterableDataset):
     def bytes_per_triplet(self) -> float:
         return sum(p.stat().st_size + p.with_suffix(".jsonl").stat().st_size for p in self.shards) / len(self)
 
+    def layout(self) -> dict:
+        """feature_channels, feature_strides and text_dim of the pipeline that made the shards."""
+        return json.loads((self.directory / "layout.json").read_text())
+
+    def batches(self, batch_size: int, start_step: int = 0):
+        """Endless collated batches over epochs; a run resumed at `start_step` begins a fresh epoch order."""
+        self.epoch = start_step * batch_size // len(self)
+        while True:
+            yield from torch.utils.data.DataLoader(self, batch_size=batch_size, drop_last=True)
+
     def __iter__(self):
         rng = np.random.default_rng([self.seed, self.epoch])
         self.epoch += 1
@@ -204,6 +214,36 @@ class TripletShards(torch.utils.data.IterableDataset):
                     features=[data[k][row].float() for k in names], queries=data["queries"][row].float(),
                     valid=data["valid"][row], masks=data["masks"][row].float(), missing=data["missing"][row],
                 )
+
+
+class OnlineTriplets:
+    """Triplets generated and labelled on the fly, as the reference code trains (no cache on disk).
+
+    Batch s holds triplets s*B .. s*B+B-1 of `recipe` (prompts and seeds from the index), so a
+    resumed run sees the same batches; same batch format as `TripletShards.batches`.
+    """
+
+    def __init__(self, pipe, annotator, recipe: TripletRecipe):
+        for name in recipe.seen:
+            annotator.category_of(name)
+        self.pipe, self.annotator, self.recipe = pipe, annotator, recipe
+        pipe.set_progress_bar_config(disable=True)
+
+    def layout(self) -> dict:
+        channels, strides = unet_feature_layout(self.pipe.unet)
+        return dict(feature_channels=channels, feature_strides=strides, text_dim=self.pipe.text_encoder.config.hidden_size)
+
+    @torch.no_grad()
+    def batches(self, batch_size: int, start_step: int = 0):
+        recipe = self.recipe
+        step = CaptureStep(recipe.capture_timestep, recipe.capture_index).resolve(self.pipe.scheduler, recipe.num_inference_steps)
+        cfg = uses_cfg(self.pipe, recipe.guidance_scale)
+        for s in range(start_step, 2**62):
+            tensors = _generate_batch(self.pipe, self.annotator, recipe, list(range(s * batch_size, (s + 1) * batch_size)),
+                                      step, cfg, torch.float32)["tensors"]
+            names = sorted((k for k in tensors if k.startswith("features.")), key=_capture_order)
+            yield dict(features=[tensors[k] for k in names], queries=tensors["queries"], valid=tensors["valid"],
+                       masks=tensors["masks"].float(), missing=tensors["missing"])
 
 
 def _capture_order(key: str) -> tuple[int, int]:

@@ -151,3 +151,26 @@ def test_bad_inputs_give_their_errors(voc_root, voc_model, tmp_path):
         read_voc2012(tmp_path / "nowhere")
     with pytest.raises(SynthsegError, match="no COCO JSON"):
         read_coco(tmp_path)
+
+
+def test_train_segmenter_cli_on_a_coco_folder_then_benchmark_world(tmp_path):
+    import yaml
+
+    from synthseg.world import export_scenes
+
+    export_scenes(tmp_path / "coco", [2 * i for i in range(8)])
+    (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(dict(TINY, crop_size=64, steps=3)))
+    runner = CliRunner()
+    args = ["train-segmenter", "--data", str(tmp_path / "coco"), "--recipe", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "model")]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+    again = runner.invoke(app, args)
+    assert again.exit_code == 1 and "pass --resume" in again.output
+    assert runner.invoke(app, [*args, "--resume", "--steps", "4"]).exit_code == 0
+    assert torch.load(tmp_path / "model-work" / "segmenter.ckpt", weights_only=True)["step"] == 4
+    scored = runner.invoke(app, ["benchmark", "--dataset", "world", "--count", "3", "--model", str(tmp_path / "model"), "--no-background"])
+    assert scored.exit_code == 0, scored.output
+    report = json.loads((tmp_path / "model" / "benchmark-world" / "benchmark.json").read_text())
+    assert report["split"] == "world" and report["unseen"] == ["heart", "ring", "arrow", "hourglass"] and report["background"] is False
+    missing = runner.invoke(app, ["train-segmenter", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m2")])
+    assert missing.exit_code == 1 and "no such file or folder" in missing.output

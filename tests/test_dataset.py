@@ -147,3 +147,41 @@ def test_sigkill_at_several_points_then_rerun_equals_an_uninterrupted_run(pipe_d
         assert not (out / "annotations.json").exists()
         subprocess.run(command(out), check=True, env=env, capture_output=True)
         assert files(tmp_path / "reference") == files(out)
+
+
+def test_a_folder_started_with_another_recipe_is_refused_and_shards_merge(pipe, grounding, tmp_path):
+    from synthseg.dataset import merge_datasets
+
+    r = recipe(per_class=1, pairs=[], per_pair=0)
+    make_dataset(pipe, grounding, r, tmp_path / "single", PROVENANCE)
+    with pytest.raises(SynthsegError, match="another recipe \\(seed differ\\)"):
+        make_dataset(pipe, grounding, recipe(per_class=1, pairs=[], per_pair=0, seed=2), tmp_path / "single", PROVENANCE)
+    (tmp_path / "stranger").mkdir()
+    (tmp_path / "stranger" / "notes.txt").write_text("mine")
+    with pytest.raises(SynthsegError, match="not empty and holds no synthseg recipe.json"):
+        make_dataset(pipe, grounding, r, tmp_path / "stranger", PROVENANCE)
+    r = recipe(per_class=1, pairs=[], per_pair=0, batch_size=1)
+    make_dataset(pipe, grounding, r, tmp_path / "one", PROVENANCE)
+    for index in range(2):
+        assert make_dataset(pipe, grounding, r, tmp_path / f"shard{index}", PROVENANCE, num_shards=2, shard_index=index) is None
+    merge_datasets([tmp_path / "shard0", tmp_path / "shard1"], tmp_path / "merged")
+    assert files(tmp_path / "one") == files(tmp_path / "merged")
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_processes_equal_one_process(pipe_dir, grounding, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    grounding.save_pretrained(tmp_path / "g")
+    args = ["make-dataset", "--classes", "dog,cat,cow", "--per-class", "2", "--per-pair", "1", "--steps", "2", "--guidance", "2.0",
+            "--model", str(pipe_dir), "--grounding", str(tmp_path / "g")]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    subprocess.run([sys.executable, "-m", "synthseg", *args, "--out", str(tmp_path / "one")], check=True, env=env, capture_output=True)
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+                          "-m", "synthseg", *args, "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True)
+    assert run.returncode == 0, run.stderr[-2000:]
+    records = [json.loads(p.read_text()) for p in sorted((tmp_path / "two" / "records").glob("*.json"))]
+    assert len(records) == 9
+    assert files(tmp_path / "one") == files(tmp_path / "two")

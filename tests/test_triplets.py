@@ -107,11 +107,11 @@ def test_train_grounding_lowers_the_loss_and_resumes(pipe, tmp_path):
     make_triplets(pipe, FakeAnnotator(), recipe(count=8, shard_size=4), tmp_path / "t")
     model = dict(fuse_dim=16, mask_dim=16, hidden_dim=32, num_heads=4, ffn_dim=64, token_patch=2)
     r = GroundingRecipe(split="voc-15-5", model=model, train=TrainRecipe(steps=30, batch_size=4, lr=3e-3, warmup_steps=2, checkpoint_every=10))
-    straight = train_grounding(r, tmp_path / "t", tmp_path / "w1", tmp_path / "g1")
+    straight = train_grounding(r, TripletShards(tmp_path / "t"), tmp_path / "w1", tmp_path / "g1")
     losses = torch.load(tmp_path / "w1" / "grounding.ckpt", weights_only=True)["losses"]
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
-    train_grounding(r, tmp_path / "t", tmp_path / "w2", tmp_path / "g2", max_steps=10)
-    resumed = train_grounding(r, tmp_path / "t", tmp_path / "w2", tmp_path / "g2")
+    train_grounding(r, TripletShards(tmp_path / "t"), tmp_path / "w2", tmp_path / "g2", max_steps=10)
+    resumed = train_grounding(r, TripletShards(tmp_path / "t"), tmp_path / "w2", tmp_path / "g2")
     assert resumed.config == straight.config and (tmp_path / "g2" / "recipe.json").is_file()
     assert torch.load(tmp_path / "w2" / "grounding.ckpt", weights_only=True)["step"] == 30
 
@@ -127,3 +127,23 @@ def test_grounding_recipe_validation(tmp_path):
         load_grounding_recipe(tmp_path / "r.yaml")
     (tmp_path / "r.yaml").write_text("split: voc-15-5\n")
     assert "sofa" not in load_grounding_recipe(tmp_path / "r.yaml").triplets.seen
+
+
+def test_online_training_matches_the_cache_format_and_resumes_exactly(pipe, tmp_path):
+    from synthseg.train_grounding import GroundingRecipe, TrainRecipe, train_grounding
+    from synthseg.triplets import OnlineTriplets
+
+    online = OnlineTriplets(pipe, FakeAnnotator(), recipe())
+    make_triplets(pipe, FakeAnnotator(), recipe(count=4, shard_size=4), tmp_path / "t")
+    cached = next(TripletShards(tmp_path / "t").batches(2))
+    batch = next(online.batches(2))
+    assert online.layout() == TripletShards(tmp_path / "t").layout()
+    assert [f.shape for f in batch["features"]] == [f.shape for f in cached["features"]]
+    assert batch["masks"].shape == cached["masks"].shape and batch["missing"][:, 0].logical_not().all()
+    model = dict(fuse_dim=16, mask_dim=16, hidden_dim=32, num_heads=4, ffn_dim=64, token_patch=2)
+    r = GroundingRecipe(split="voc-15-5", model=model, train=TrainRecipe(steps=4, batch_size=2, lr=3e-3, warmup_steps=1, checkpoint_every=2))
+    straight = train_grounding(r, online, tmp_path / "w1", tmp_path / "g1")
+    train_grounding(r, online, tmp_path / "w2", tmp_path / "g2", max_steps=2)
+    resumed = train_grounding(r, online, tmp_path / "w2", tmp_path / "g2")
+    a, b = straight.state_dict(), resumed.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)

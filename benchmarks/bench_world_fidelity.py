@@ -1,0 +1,103 @@
+"""Fidelity of the bundled world text-to-image model, judged by the bundled world annotator.
+
+200 images from one-class prompts ("a photograph of a X", classes in turn) and 200 from two-class
+prompts (random pairs). Reports the fraction where the annotator finds the prompted class (per
+class too; target >= 80%) and where it finds both classes (target >= 60%), seconds per image on
+this machine, and commits a contact sheet of samples with their prompts.
+Writes the "world fidelity" section of benchmarks/RESULTS.md and benchmarks/world_samples.png.
+
+    python benchmarks/bench_world_fidelity.py [--count 200] [--steps 50] [--guidance 2.0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+from results import write_section
+
+SHEET = Path(__file__).with_name("world_samples.png")
+
+
+def sample(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float, batch: int) -> list[Image.Image]:
+    images = []
+    for i in range(0, len(prompts), batch):
+        generators = [torch.Generator().manual_seed(s) for s in seeds[i : i + batch]]
+        images += pipe(prompts[i : i + batch], generator=generators, num_inference_steps=steps, guidance_scale=guidance).images
+    return images
+
+
+def contact_sheet(images: list[Image.Image], prompts: list[str], columns: int = 8, scale: int = 2) -> Image.Image:
+    width, height = images[0].width * scale, images[0].height * scale + 24
+    sheet = Image.new("RGB", (columns * width, ((len(images) + columns - 1) // columns) * height), "white")
+    for i, (image, prompt) in enumerate(zip(images, prompts)):
+        x, y = (i % columns) * width, (i // columns) * height
+        sheet.paste(image.resize((image.width * scale, image.height * scale), Image.NEAREST), (x, y))
+        words = prompt.removeprefix("a photograph of ")
+        ImageDraw.Draw(sheet).text((x + 2, y + height - 22), words[:22] + ("\n" + words[22:44] if len(words) > 22 else ""), fill="black")
+    return sheet
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--count", type=int, default=200)
+    parser.add_argument("--steps", type=int, default=50)
+    parser.add_argument("--guidance", type=float, default=2.0)
+    parser.add_argument("--batch", type=int, default=25)
+    args = parser.parse_args()
+
+    from synthseg.annotators import load_annotator
+    from synthseg.pipeline import load_pipeline
+    from synthseg.prompts import caption
+    from synthseg.world import WORLD_CLASSES
+    from synthseg.worldmodel import resolve_model
+
+    pipe = load_pipeline(resolve_model("world"))
+    pipe.set_progress_bar_config(disable=True)
+    annotator = load_annotator("world")
+    rng = np.random.default_rng(0)
+    singles = [[WORLD_CLASSES[i % len(WORLD_CLASSES)]] for i in range(args.count)]
+    pairs = [list(rng.choice(WORLD_CLASSES, size=2, replace=False)) for _ in range(args.count)]
+    groups = singles + pairs
+    prompts = [caption(g) for g in groups]
+    seeds = list(range(len(prompts)))
+    start = time.perf_counter()
+    images = sample(pipe, prompts, seeds, args.steps, args.guidance, args.batch)
+    seconds = (time.perf_counter() - start) / len(images)
+    found = []
+    for i in range(0, len(images), args.batch):
+        for names, instances in zip(groups[i : i + args.batch], annotator.annotate(images[i : i + args.batch], groups[i : i + args.batch])):
+            seen = {inst.class_name for inst in instances}
+            found.append(all(n in seen for n in names))
+    single, pair = np.array(found[: args.count]), np.array(found[args.count :])
+    per_class = {c: float(np.mean([f for g, f in zip(singles, single) if g[0] == c])) for c in WORLD_CLASSES}
+    picks = [i for c in range(len(WORLD_CLASSES)) for i in (c, c + len(WORLD_CLASSES))][:16] + list(range(args.count, args.count + 16))
+    contact_sheet([images[i] for i in picks], [prompts[i] for i in picks]).save(SHEET)
+
+    rows = "\n".join(f"| {c} | {100 * v:.0f}% |" for c, v in per_class.items())
+    body = f"""The bundled world model (`synthseg/assets/world/t2i`), {args.steps} DDIM steps, guidance {args.guidance},
+judged by the bundled world annotator. Samples: `benchmarks/{SHEET.name}` (top: one-class prompts,
+bottom: two-class prompts).
+
+| prompts | images | annotator finds the prompted class(es) | target |
+|---|---|---|---|
+| one class | {len(single)} | {100 * single.mean():.1f}% | >= 80% |
+| two classes | {len(pair)} | {100 * pair.mean():.1f}% (both) | >= 60% |
+
+Sampling time: {seconds:.3f} s per image on this CPU (batch {args.batch}).
+
+| class (one-class prompts) | found |
+|---|---|
+{rows}
+"""
+    print(body)
+    write_section("world fidelity", body)
+
+
+if __name__ == "__main__":
+    main()
