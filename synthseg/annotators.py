@@ -146,14 +146,16 @@ class MaskRCNNAnnotator:
         return cls(model, categories, name_map=COCO_NAME_MAP, **kwargs)
 
     def save_pretrained(self, directory: str | Path) -> None:
-        """Write config.json (model config and thresholds) and model.safetensors."""
+        """Write config.json (model config and thresholds) and model.safetensors (floats in fp16, half
+        the size; `from_pretrained` loads them back into fp32 parameters)."""
         if self.config is None:
             raise SynthsegError("only annotators built from a MaskRCNNConfig can be saved")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         meta = dict(model=asdict(self.config), score_threshold=self.score_threshold, mask_threshold=self.mask_threshold)
         (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
-        save_file({k: v.contiguous() for k, v in self.model.state_dict().items()}, directory / "model.safetensors")
+        state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in self.model.state_dict().items()}
+        save_file(state, directory / "model.safetensors")
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, **overrides) -> "MaskRCNNAnnotator":
@@ -257,18 +259,16 @@ def world_mask_ap(annotator: MaskRCNNAnnotator, count: int = 500) -> dict:
     from .formats import coco_annotation, coco_document
     from .world import WORLD_CLASSES, render_scene
 
-    threshold, annotator.score_threshold = annotator.score_threshold, 0.05  # AP ranks all detections
+    ranking = MaskRCNNAnnotator(annotator.model, annotator.categories, score_threshold=0.05,  # AP ranks all detections
+                                mask_threshold=annotator.mask_threshold, name_map=annotator.name_map)
     images, truth, detections = [], [], []
-    try:
-        for image_id in range(1, count + 1):
-            scene = render_scene(2 * image_id + 1)
-            images.append(dict(id=image_id, width=scene.image.shape[1], height=scene.image.shape[0], file_name=f"{image_id}.png"))
-            for mask, name in zip(scene.masks, scene.classes):
-                truth.append(coco_annotation(len(truth) + 1, image_id, WORLD_CLASSES.index(name) + 1, mask))
-            for inst in annotator.annotate([scene.image], [list(WORLD_CLASSES)])[0]:
-                detections.append(coco_annotation(len(detections) + 1, image_id, WORLD_CLASSES.index(inst.class_name) + 1, inst.mask, inst.score))
-    finally:
-        annotator.score_threshold = threshold
+    for image_id in range(1, count + 1):
+        scene = render_scene(2 * image_id + 1)
+        images.append(dict(id=image_id, width=scene.image.shape[1], height=scene.image.shape[0], file_name=f"{image_id}.png"))
+        for mask, name in zip(scene.masks, scene.classes):
+            truth.append(coco_annotation(len(truth) + 1, image_id, WORLD_CLASSES.index(name) + 1, mask))
+        for inst in ranking.annotate([scene.image], [list(WORLD_CLASSES)])[0]:
+            detections.append(coco_annotation(len(detections) + 1, image_id, WORLD_CLASSES.index(inst.class_name) + 1, inst.mask, inst.score))
     gt = COCO()
     gt.dataset = coco_document(images, truth, WORLD_CLASSES, "held-out world scenes")
     gt.createIndex()

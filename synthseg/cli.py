@@ -94,12 +94,12 @@ def train_world_annotator(
     """Train the miniature world's Mask R-CNN annotator, then score its mask AP on held-out scenes."""
     import json
 
-    from .annotators import WorldAnnotatorRecipe, train_world_annotator as train, world_mask_ap
+    from .annotators import MaskRCNNAnnotator, WorldAnnotatorRecipe, train_world_annotator as train, world_mask_ap
     from .config import load_config, read_mapping
 
     config = load_config(WorldAnnotatorRecipe, read_mapping(recipe), str(recipe))
-    annotator = train(config, workdir, output, max_steps)
-    metrics = world_mask_ap(annotator, config.eval_scenes)
+    train(config, workdir, output, max_steps)
+    metrics = world_mask_ap(MaskRCNNAnnotator.from_pretrained(output), config.eval_scenes)  # as shipped
     (output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     _stderr.print(f"saved {output}; mask AP {metrics['mask_ap']:.3f} (AP50 {metrics['mask_ap50']:.3f}) on {config.eval_scenes} held-out scenes")
 
