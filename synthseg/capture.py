@@ -86,6 +86,20 @@ class CapturedFeatures:
         """Block outputs in UNet order (down, mid, up): the grounding module's input."""
         return list(self.blocks.values())
 
+    def attention_maps(self, strides: list[int], latent_size: tuple[int, int]) -> list[torch.Tensor]:
+        """VPD's extra inputs: per stride, the cross-attention maps of all layers at that resolution,
+        averaged -> (B, T, H/stride, W/stride), one channel per prompt token."""
+        by_size: dict[tuple[int, int], list[torch.Tensor]] = {}
+        for probs in self.cross_attention.values():
+            by_size.setdefault(tuple(probs.shape[1:3]), []).append(probs)
+        maps = []
+        for stride in strides:
+            size = (latent_size[0] // stride, latent_size[1] // stride)
+            if size not in by_size:
+                raise SynthsegError(f"no cross-attention maps at {size[0]}x{size[1]} were captured (attention=True needed)")
+            maps.append(torch.stack(by_size[size]).mean(0).permute(0, 3, 1, 2).contiguous())
+        return maps
+
 
 def unet_feature_blocks(unet) -> dict[str, torch.nn.Module]:
     """The UNet blocks whose outputs are captured, in forward order (down, mid, up)."""
@@ -110,6 +124,19 @@ def unet_feature_layout(unet) -> tuple[list[int], list[int]]:
         channels.append(block.resnets[-1].out_channels)
         strides.append(stride)
     return channels, strides
+
+
+def unet_attention_strides(unet) -> list[int]:
+    """Strides (relative to the latent) at which the UNet runs cross-attention, finest first."""
+    strides, stride = set(), 1
+    for name, block in unet_feature_blocks(unet).items():
+        if getattr(block, "has_cross_attention", False):
+            strides.add(stride)  # attention runs before the block's down/upsampler
+        if name.startswith("down") and getattr(block, "downsamplers", None):
+            stride *= 2
+        if name.startswith("up") and getattr(block, "upsamplers", None):
+            stride //= 2
+    return sorted(strides)
 
 
 class _RecordingAttnProcessor:

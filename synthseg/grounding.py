@@ -5,6 +5,8 @@ Architecture (Li et al. 2023, "Guiding Text-to-Image Diffusion Model Towards Gro
 - Visual encoder. Each captured block output gets a 1x1 projection to `fuse_dim`; outputs of the
   same stride are summed, then the scales are fused coarse to fine (upsample, add, residual block)
   into a per-pixel map at the finest stride, projected to `mask_dim`: the per-pixel embedding.
+  Optionally (VPD's idea, `cross_attention_strides`), the cross-attention maps of the capture step,
+  one channel per prompt token, join the block outputs as extra inputs at their strides.
 - Text queries: the class-name token states of the prompt (see `synthseg.text`), projected to
   `hidden_dim`.
 - Decoder: a `num_layers`-layer pre-norm transformer decoder. Queries are the text embeddings; keys
@@ -19,7 +21,7 @@ Saved as a folder with `config.json` and `model.safetensors` (`save_pretrained`/
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
@@ -28,7 +30,7 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .capture import unet_feature_layout
+from .capture import CapturedFeatures, unet_attention_strides, unet_feature_layout
 from .config import load_config, read_mapping
 from .errors import SynthsegError
 
@@ -43,6 +45,9 @@ class GroundingConfig:
     feature_channels / feature_strides: channels and stride (relative to the latent) of each
         captured UNet block output, in capture order (see `capture.unet_feature_layout`).
     text_dim: the text encoder's hidden size (768 for SD 1.x's CLIP).
+    cross_attention_strides / text_tokens: with VPD's cross-attention inputs, the strides of the
+        UNet's cross-attention layers (`capture.unet_attention_strides`) and the prompt length T;
+        empty / 0 without them.
     """
 
     feature_channels: list[int]
@@ -55,11 +60,16 @@ class GroundingConfig:
     num_heads: int = 8
     ffn_dim: int = 2048
     token_patch: int = 4
+    cross_attention_strides: list[int] = field(default_factory=list)
+    text_tokens: int = 0
 
     def validate(self, source: str = "grounding config") -> None:
         if len(self.feature_channels) != len(self.feature_strides) or not self.feature_channels:
             raise SynthsegError(f"{source}: feature_channels and feature_strides must be non-empty and of equal length")
-        bad = [k for k, v in asdict(self).items() if (min(v) if isinstance(v, list) else v) < 1]
+        optional = {"cross_attention_strides", "text_tokens"}
+        bad = [k for k, v in asdict(self).items() if k not in optional and (min(v) if isinstance(v, list) else v) < 1]
+        if self.cross_attention_strides and (self.text_tokens < 1 or min(self.cross_attention_strides) < 1):
+            bad.append("cross_attention_strides/text_tokens")
         if bad:
             raise SynthsegError(f"{source}: {bad} must be positive")
         if self.fuse_dim % 8:
@@ -67,21 +77,38 @@ class GroundingConfig:
         if self.hidden_dim % self.num_heads:
             raise SynthsegError(f"{source}: hidden_dim {self.hidden_dim} is not divisible by num_heads {self.num_heads}")
 
+    @property
+    def input_channels(self) -> list[int]:
+        """Channels of every input map: block outputs, then cross-attention maps."""
+        return list(self.feature_channels) + [self.text_tokens] * len(self.cross_attention_strides)
+
+    @property
+    def input_strides(self) -> list[int]:
+        return list(self.feature_strides) + list(self.cross_attention_strides)
+
     @classmethod
-    def for_pipeline(cls, pipe, **overrides) -> "GroundingConfig":
-        """A config that matches `pipe`'s UNet features and text encoder; other fields from `overrides`."""
+    def for_pipeline(cls, pipe, cross_attention: bool = False, **overrides) -> "GroundingConfig":
+        """A config that matches `pipe`'s UNet features and text encoder (and, with `cross_attention`,
+        its cross-attention layers and prompt length); other fields from `overrides`."""
         channels, strides = unet_feature_layout(pipe.unet)
         data = dict(feature_channels=channels, feature_strides=strides, text_dim=pipe.text_encoder.config.hidden_size)
+        if cross_attention:
+            data.update(cross_attention_strides=unet_attention_strides(pipe.unet), text_tokens=pipe.tokenizer.model_max_length)
         return load_config(cls, {**data, **overrides}, "grounding config")
 
     def check_pipeline(self, pipe) -> None:
-        """Raise a one-line error if `pipe`'s UNet or text encoder does not fit this config."""
+        """Raise a one-line error if `pipe`'s UNet, tokenizer or text encoder does not fit this config."""
         channels, strides = unet_feature_layout(pipe.unet)
         if (channels, strides) != (list(self.feature_channels), list(self.feature_strides)):
             raise SynthsegError(
                 f"grounding module expects UNet feature channels {self.feature_channels} at strides "
                 f"{self.feature_strides}, but the pipeline's UNet gives {channels} at {strides}"
             )
+        if self.cross_attention_strides:
+            found = (unet_attention_strides(pipe.unet), pipe.tokenizer.model_max_length)
+            if found != (list(self.cross_attention_strides), self.text_tokens):
+                raise SynthsegError(f"grounding module expects cross-attention at strides {self.cross_attention_strides} over "
+                                    f"{self.text_tokens} tokens, but the pipeline has {found[0]} over {found[1]}")
         text_dim = pipe.text_encoder.config.hidden_size
         if text_dim != self.text_dim:
             raise SynthsegError(f"grounding module expects text_dim {self.text_dim}, but the pipeline's text encoder has {text_dim}")
@@ -106,8 +133,8 @@ class GroundingModule(nn.Module):
         super().__init__()
         config.validate()
         self.config = config
-        self.scales = sorted(set(config.feature_strides), reverse=True)  # coarse to fine
-        self.project = nn.ModuleList(nn.Conv2d(c, config.fuse_dim, 1) for c in config.feature_channels)
+        self.scales = sorted(set(config.input_strides), reverse=True)  # coarse to fine
+        self.project = nn.ModuleList(nn.Conv2d(c, config.fuse_dim, 1) for c in config.input_channels)
         self.fuse = nn.ModuleList(_ResBlock(config.fuse_dim) for _ in self.scales)
         self.pixel_embed = nn.Conv2d(config.fuse_dim, config.mask_dim, 1)
         self.tokens = nn.Conv2d(config.fuse_dim, config.hidden_dim, config.token_patch, stride=config.token_patch)
@@ -121,14 +148,14 @@ class GroundingModule(nn.Module):
         )
 
     def fuse_features(self, features: list[torch.Tensor]) -> torch.Tensor:
-        """Block outputs [(B, C_i, H_i, W_i)] in capture order -> fused map (B, fuse_dim, H, W) at the finest stride."""
+        """Input maps [(B, C_i, H_i, W_i)] (`grounding_inputs`) -> fused map (B, fuse_dim, H, W) at the finest stride."""
         if len(features) != len(self.project):
             raise SynthsegError(f"grounding module expects {len(self.project)} feature maps, got {len(features)}")
         fused = None
         for scale, block in zip(self.scales, self.fuse):
             level = sum(
                 proj(f.to(proj.weight.dtype))
-                for proj, f, s in zip(self.project, features, self.config.feature_strides)
+                for proj, f, s in zip(self.project, features, self.config.input_strides)
                 if s == scale
             )
             if fused is not None:
@@ -139,7 +166,8 @@ class GroundingModule(nn.Module):
     def forward(self, features: list[torch.Tensor], queries: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
         """Mask logits (B, Q, H, W) at the finest feature resolution.
 
-        features: captured block outputs in capture order. queries: (B, Q, text_dim) class-name
+        features: `grounding_inputs` of a capture (block outputs in capture order, then any
+        cross-attention maps). queries: (B, Q, text_dim) class-name
         embeddings. query_mask: (B, Q) bool, True where a query is a real class (not padding).
         """
         fused = self.fuse_features(features)
@@ -176,6 +204,15 @@ class GroundingModule(nn.Module):
         except RuntimeError:
             raise SynthsegError(f"{weights}: weights do not match {CONFIG_NAME} (missing, extra or mis-shaped tensors)") from None
         return module.eval()
+
+
+def grounding_inputs(features: CapturedFeatures, config: GroundingConfig) -> list[torch.Tensor]:
+    """The module's input maps from a capture: block outputs, then (VPD) cross-attention maps."""
+    blocks = features.block_list()
+    if not config.cross_attention_strides:
+        return blocks
+    latent = (blocks[0].shape[-2] * config.feature_strides[0], blocks[0].shape[-1] * config.feature_strides[0])
+    return blocks + features.attention_maps(config.cross_attention_strides, latent)
 
 
 def grounding_loss(logits: torch.Tensor, targets: torch.Tensor, query_mask: torch.Tensor, missing: torch.Tensor | None = None) -> torch.Tensor:

@@ -48,7 +48,8 @@ class GroundingRecipe:
         leaked = sorted(set(self.triplets.seen) - set(get_split(self.split).seen))
         if leaked:
             raise SynthsegError(f"{source}: triplet prompts would name classes that are not seen in split {self.split!r}: {leaked}")
-        known = set(GroundingConfig.__dataclass_fields__) - {"feature_channels", "feature_strides", "text_dim"}
+        known = (set(GroundingConfig.__dataclass_fields__) | {"cross_attention"}) - {
+            "feature_channels", "feature_strides", "text_dim", "cross_attention_strides", "text_tokens"}
         unknown = sorted(set(self.model) - known)
         if unknown:
             raise SynthsegError(f"{source}: unknown model field(s) {unknown}; known: {sorted(known)}")
@@ -66,7 +67,11 @@ def load_grounding_recipe(path: str | Path) -> GroundingRecipe:
 def train_grounding(recipe: GroundingRecipe, triplets, workdir: Path, output: Path, max_steps: int | None = None) -> GroundingModule:
     """Train on `triplets` (a TripletShards cache or OnlineTriplets); checkpoints in `workdir`;
     `save_pretrained` into `output`."""
-    config = load_config(GroundingConfig, {**triplets.layout(), **recipe.model}, "triplet layout")
+    model = dict(recipe.model)
+    layout = triplets.layout()
+    if not model.pop("cross_attention", True):  # triplets with attention maps, trained without them (ablation)
+        layout = {k: v for k, v in layout.items() if k not in ("cross_attention_strides", "text_tokens")}
+    config = load_config(GroundingConfig, {**layout, **model}, "triplet layout")
     t = recipe.train
     torch.manual_seed(t.seed)
     module = GroundingModule(config).train()
@@ -79,7 +84,8 @@ def train_grounding(recipe: GroundingRecipe, triplets, workdir: Path, output: Pa
         if batches is None:
             batches = triplets.batches(t.batch_size, step)
         batch = next(batches)
-        logits = module(batch["features"], batch["queries"], batch["valid"])
+        inputs = batch["features"] + (batch["attention"] if config.cross_attention_strides else [])
+        logits = module(inputs, batch["queries"], batch["valid"])
         missing = None if t.zero_masks else batch["missing"]
         return grounding_loss(logits, batch["masks"], batch["valid"], missing)
 

@@ -10,8 +10,9 @@ templates), generates each image with feature capture, and labels it with an ann
   masks" it then adds no loss (see `grounding_loss`).
 
 Storage: `layout.json` (the UNet feature layout and text width, for building a grounding module),
-`shard-NNNNN.safetensors` holds `shard_size` triplets (block features in fp16 by default,
-class-query embeddings, uint8 masks, missing and valid flags) and `shard-NNNNN.jsonl` one record per
+`shard-NNNNN.safetensors` holds `shard_size` triplets (block features in fp16 by default, with
+`cross_attention` also the cross-attention maps per stride, class-query embeddings, uint8 masks,
+missing and valid flags) and `shard-NNNNN.jsonl` one record per
 triplet (prompt, seed, classes, missing, scores). Each shard is written atomically and a run skips
 shards that already exist, so a killed job resumes where it stopped; prompts and seeds depend only on
 the triplet index, so the result is the same. Cost on disk: see `TripletShards.bytes_per_triplet`.
@@ -29,10 +30,11 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .annotators import Instance
-from .capture import CaptureStep, FeatureCapture, unet_feature_layout
+from .capture import CaptureStep, FeatureCapture
 from .errors import SynthsegError
 from .formats import write_atomic
 from .generate import uses_cfg
+from .grounding import GroundingConfig, grounding_inputs
 from .prompts import PAPER_TEMPLATES, fill_template
 from .text import class_queries, class_token_spans
 from .training import loss_progress
@@ -42,7 +44,8 @@ MAX_CLASSES = 2  # templates name one or two classes
 
 @dataclass
 class TripletRecipe:
-    """How triplets are made. `seen`: the classes prompts may name."""
+    """How triplets are made. `seen`: the classes prompts may name. `cross_attention`: also store the
+    capture step's cross-attention maps (VPD's extra inputs, `GroundingConfig.cross_attention_strides`)."""
 
     seen: list[str] = field(default_factory=list)
     count: int = 1000
@@ -57,6 +60,7 @@ class TripletRecipe:
     shard_size: int = 64
     batch_size: int = 8
     feature_dtype: str = "float16"
+    cross_attention: bool = False
 
     def validate(self, source: str) -> None:
         if not self.seen:
@@ -106,9 +110,7 @@ def make_triplets(pipe, annotator, recipe: TripletRecipe, directory: str | Path)
         annotator.category_of(name)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    channels, strides = unet_feature_layout(pipe.unet)
-    layout = dict(feature_channels=channels, feature_strides=strides, text_dim=pipe.text_encoder.config.hidden_size)
-    write_atomic(directory / "layout.json", json.dumps(layout) + "\n")
+    write_atomic(directory / "layout.json", json.dumps(_layout(pipe, recipe)) + "\n")
     cfg = uses_cfg(pipe, recipe.guidance_scale)
     step = CaptureStep(recipe.capture_timestep, recipe.capture_index).resolve(pipe.scheduler, recipe.num_inference_steps)
     dtype = getattr(torch, recipe.feature_dtype)
@@ -131,11 +133,18 @@ def make_triplets(pipe, annotator, recipe: TripletRecipe, directory: str | Path)
     return directory
 
 
+def _layout(pipe, recipe: TripletRecipe) -> dict:
+    """The GroundingConfig fields that the triplets fix: feature layout, text width, attention inputs."""
+    config = GroundingConfig.for_pipeline(pipe, cross_attention=recipe.cross_attention)
+    keys = ["feature_channels", "feature_strides", "text_dim"] + (["cross_attention_strides", "text_tokens"] if recipe.cross_attention else [])
+    return {k: getattr(config, k) for k in keys}
+
+
 def _generate_batch(pipe, annotator, recipe, indices, step, cfg, dtype) -> dict:
     prompts, names, seeds = zip(*(triplet_prompt(recipe, i) for i in indices))
     spans = class_token_spans(pipe.tokenizer, list(prompts), list(names))
     embeds, negative = pipe.encode_prompt(list(prompts), pipe.device, 1, cfg)
-    with FeatureCapture(pipe.unet, step.timestep, classifier_free_guidance=cfg, attention=False, dtype=dtype) as capture:
+    with FeatureCapture(pipe.unet, step.timestep, classifier_free_guidance=cfg, attention=recipe.cross_attention, dtype=dtype) as capture:
         images = pipe(prompt_embeds=embeds, negative_prompt_embeds=negative, num_inference_steps=recipe.num_inference_steps,
                       guidance_scale=recipe.guidance_scale, generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
                       output_type="np").images
@@ -155,6 +164,10 @@ def _generate_batch(pipe, annotator, recipe, indices, step, cfg, dtype) -> dict:
     flags = torch.zeros(len(indices), width, dtype=torch.bool)
     flags[:, : valid.shape[1]] = valid
     tensors = {f"features.{k}": v.cpu().contiguous() for k, v in capture.features.blocks.items()}
+    if recipe.cross_attention:
+        config = GroundingConfig.for_pipeline(pipe, cross_attention=True)
+        maps = grounding_inputs(capture.features, config)[len(config.feature_channels) :]
+        tensors.update({f"attention.{s}": m.to(dtype).cpu() for s, m in zip(config.cross_attention_strides, maps)})
     tensors.update(queries=padded.to(dtype), valid=flags, masks=torch.from_numpy(masks), missing=torch.from_numpy(missing))
     return dict(tensors=tensors, records=records)
 
@@ -171,8 +184,9 @@ def _write_shard(stem: Path, rows: list[dict]) -> None:
 class TripletShards(torch.utils.data.IterableDataset):
     """Streams triplets shard by shard (one shard in memory at a time), shuffled with `seed` per epoch.
 
-    Yields dicts: features (list of (C,H,W) float32, capture order), queries (Q,D), valid (Q,),
-    masks (Q,H,W) float32, missing (Q,).
+    Yields dicts: features (list of (C,H,W) float32, capture order), attention (list of (T,h,w)
+    float32 per stride, empty unless made with cross_attention), queries (Q,D), valid (Q,), masks
+    (Q,H,W) float32, missing (Q,).
     """
 
     def __init__(self, directory: str | Path, seed: int = 0):
@@ -209,9 +223,11 @@ class TripletShards(torch.utils.data.IterableDataset):
             with safe_open(shard, framework="pt") as f:
                 data = {k: f.get_tensor(k) for k in f.keys()}
             names = sorted((k for k in data if k.startswith("features.")), key=_capture_order)
+            maps = sorted((k for k in data if k.startswith("attention.")), key=lambda k: int(k.split(".")[1]))
             for row in rng.permutation(len(data["valid"])):
                 yield dict(
-                    features=[data[k][row].float() for k in names], queries=data["queries"][row].float(),
+                    features=[data[k][row].float() for k in names], attention=[data[k][row].float() for k in maps],
+                    queries=data["queries"][row].float(),
                     valid=data["valid"][row], masks=data["masks"][row].float(), missing=data["missing"][row],
                 )
 
@@ -230,8 +246,7 @@ class OnlineTriplets:
         pipe.set_progress_bar_config(disable=True)
 
     def layout(self) -> dict:
-        channels, strides = unet_feature_layout(self.pipe.unet)
-        return dict(feature_channels=channels, feature_strides=strides, text_dim=self.pipe.text_encoder.config.hidden_size)
+        return _layout(self.pipe, self.recipe)
 
     @torch.no_grad()
     def batches(self, batch_size: int, start_step: int = 0):
@@ -242,7 +257,8 @@ class OnlineTriplets:
             tensors = _generate_batch(self.pipe, self.annotator, recipe, list(range(s * batch_size, (s + 1) * batch_size)),
                                       step, cfg, torch.float32)["tensors"]
             names = sorted((k for k in tensors if k.startswith("features.")), key=_capture_order)
-            yield dict(features=[tensors[k] for k in names], queries=tensors["queries"], valid=tensors["valid"],
+            maps = sorted((k for k in tensors if k.startswith("attention.")), key=lambda k: int(k.split(".")[1]))
+            yield dict(features=[tensors[k] for k in names], attention=[tensors[k] for k in maps], queries=tensors["queries"], valid=tensors["valid"],
                        masks=tensors["masks"].float(), missing=tensors["missing"])
 
 

@@ -127,3 +127,29 @@ def test_config_that_does_not_fit_the_pipeline(pipe):
     wrong_text = GroundingConfig(**{**config.__dict__, "text_dim": 768})
     with pytest.raises(SynthsegError, match="expects text_dim 768, but the pipeline's text encoder has 32"):
         wrong_text.check_pipeline(pipe)
+
+
+def test_cross_attention_inputs_vpd(pipe, tmp_path):
+    from synthseg import generate_grounded
+    from synthseg.capture import unet_attention_strides
+
+    from conftest import SMALL_GROUNDING
+
+    torch.manual_seed(0)
+    config = GroundingConfig.for_pipeline(pipe, cross_attention=True, **SMALL_GROUNDING)
+    assert config.cross_attention_strides == unet_attention_strides(pipe.unet) and config.text_tokens == pipe.tokenizer.model_max_length
+    assert config.input_channels[-1] == config.text_tokens and len(config.input_strides) == len(config.input_channels)
+    module = GroundingModule(config).eval()
+    result = generate_grounded(pipe, module, ["a photograph of a dog and a cat"], [["dog", "cat"]], [0], num_inference_steps=2,
+                               guidance_scale=2.0, return_features=True)
+    from synthseg.grounding import grounding_inputs
+
+    maps = grounding_inputs(result.features, config)[len(config.feature_channels):]
+    latent = pipe.unet.config.sample_size
+    assert [m.shape[-2:] for m in maps] == [(latent // s, latent // s) for s in config.cross_attention_strides]
+    assert all(m.shape[1] == config.text_tokens for m in maps)
+    assert torch.allclose(maps[0].sum(1), torch.ones(1), atol=1e-4)  # softmax over tokens, averaged
+    module.save_pretrained(tmp_path / "m")
+    assert GroundingModule.from_pretrained(tmp_path / "m").config == config
+    plain = GroundingModule(GroundingConfig.for_pipeline(pipe, **SMALL_GROUNDING))
+    assert sum(p.numel() for p in module.parameters()) > sum(p.numel() for p in plain.parameters())

@@ -147,3 +147,21 @@ def test_online_training_matches_the_cache_format_and_resumes_exactly(pipe, tmp_
     resumed = train_grounding(r, online, tmp_path / "w2", tmp_path / "g2")
     a, b = straight.state_dict(), resumed.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_triplets_with_cross_attention_maps_train_with_and_without_them(pipe, tmp_path):
+    from synthseg.train_grounding import GroundingRecipe, TrainRecipe, train_grounding
+
+    make_triplets(pipe, FakeAnnotator(), recipe(count=4, shard_size=4, cross_attention=True), tmp_path / "t")
+    shards = TripletShards(tmp_path / "t")
+    layout = shards.layout()
+    assert layout["cross_attention_strides"] and layout["text_tokens"] == pipe.tokenizer.model_max_length
+    item = next(iter(shards))
+    assert [a.shape[0] for a in item["attention"]] == [layout["text_tokens"]] * len(layout["cross_attention_strides"])
+    model = dict(fuse_dim=16, mask_dim=16, hidden_dim=32, num_heads=4, ffn_dim=64, token_patch=2)
+    train = TrainRecipe(steps=2, batch_size=2, lr=1e-3, warmup_steps=1, checkpoint_every=2)
+    with_maps = train_grounding(GroundingRecipe(split="voc-15-5", model=model, train=train), shards, tmp_path / "w1", tmp_path / "g1")
+    without = train_grounding(GroundingRecipe(split="voc-15-5", model=dict(model, cross_attention=False), train=train), shards,
+                              tmp_path / "w2", tmp_path / "g2")
+    assert with_maps.config.cross_attention_strides == layout["cross_attention_strides"]
+    assert without.config.cross_attention_strides == [] and without.config.text_tokens == 0
