@@ -33,7 +33,7 @@ def main() -> None:
     from synthseg.evaluation import COLUMNS, evaluate_grounding
     from synthseg.grounding import GroundingModule
     from synthseg.pipeline import load_pipeline
-    from synthseg.train_grounding import load_grounding_recipe
+    from synthseg.train_grounding import capture_step_of, load_grounding_recipe
     from synthseg.worldmodel import WORLD_GROUNDING, resolve_model
 
     modules = dict(m.split("=", 1) for m in args.module) or {"grounding module (shipped)": str(WORLD_GROUNDING)}
@@ -45,7 +45,7 @@ def main() -> None:
     for name, directory in modules.items():
         result = evaluate_grounding(pipe, GroundingModule.from_pretrained(directory), annotator, split, per_class=args.per_class,
                                     pairs=args.pairs, templates=t.templates, num_inference_steps=t.num_inference_steps,
-                                    guidance_scale=t.guidance_scale, capture_step=CaptureStep(t.capture_timestep, t.capture_index),
+                                    guidance_scale=t.guidance_scale, capture_step=CaptureStep(*capture_step_of(directory, t)),
                                     batch_size=t.batch_size)
         table[name] = result.table["Grounding module"]
         baseline = result.table["Cross-attention (DAAM)"]
@@ -65,8 +65,9 @@ def main() -> None:
     seen, unseen = mean(default, "seen"), mean(default, "unseen")
     margin_seen, margin_unseen = seen - mean(baseline, "seen"), unseen - mean(baseline, "unseen")
     body = f"""Split `{split.name}` (unseen: {', '.join(split.unseen)}); {args.per_class} one-class prompts per class and
-{args.pairs} two-class prompts, {t.num_inference_steps} DDIM steps, guidance {t.guidance_scale}, capture t={t.capture_timestep};
-mIoU (%) against the bundled annotator's masks (a class it does not find is not scored there).
+{args.pairs} two-class prompts, {t.num_inference_steps} DDIM steps, guidance {t.guidance_scale};
+mIoU (%) against the bundled annotator's masks (a class it does not find is not scored there). Each module is
+evaluated at the capture step its triplets used (its recipe.json).
 DAAM threshold {threshold} tuned on seen classes. {(time.perf_counter() - start) / 60:.1f} min.
 
 {chr(10).join(lines)}

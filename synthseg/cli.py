@@ -110,7 +110,7 @@ def _recipe_models(config, model: str | None, annotator: str | None, device: str
     from .pipeline import load_pipeline
     from .worldmodel import resolve_model
 
-    labeller = load_annotator(annotator or config.annotator)
+    labeller = load_annotator(annotator or config.annotator, **config.annotator_thresholds)
     labeller.model.to(device)
     return load_pipeline(resolve_model(model or config.pipeline), device=device), labeller
 
@@ -122,6 +122,8 @@ def make_triplets(
     model: Annotated[Optional[str], typer.Option(help="Pipeline (hub id, folder or 'world'); default from the recipe.")] = None,
     annotator: Annotated[Optional[str], typer.Option(help="Annotator ('world', 'coco' or a folder); default from the recipe.")] = None,
     count: Annotated[Optional[int], typer.Option(help="Number of triplets; default from the recipe.")] = None,
+    capture_timestep: Annotated[Optional[int], typer.Option(help="Capture the step nearest this timestep (ablation).")] = None,
+    capture_index: Annotated[Optional[int], typer.Option(help="Capture this step index instead (-1: last).")] = None,
     device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
 ) -> None:
     """Make {UNet features, masks, prompt} triplets from seen classes, labelled by an annotator."""
@@ -129,8 +131,9 @@ def make_triplets(
     from .triplets import make_triplets as make
 
     config = load_grounding_recipe(recipe)
-    if count is not None:
-        config.triplets.count = count
+    for name, value in (("count", count), ("capture_timestep", capture_timestep), ("capture_index", capture_index)):
+        if value is not None:
+            setattr(config.triplets, name, value)
     pipe, labeller = _recipe_models(config, model, annotator, device)
     _stderr.print(f"wrote triplets to {make(pipe, labeller, config.triplets, out)}")
 
@@ -179,7 +182,7 @@ def evaluate_grounding(
     from .classes import get_split
     from .evaluation import evaluate_grounding as evaluate
     from .grounding import GroundingModule
-    from .train_grounding import load_grounding_recipe
+    from .train_grounding import capture_step_of, load_grounding_recipe
 
     config = load_grounding_recipe(recipe)
     t = config.triplets
@@ -187,7 +190,7 @@ def evaluate_grounding(
     pipe, labeller = _recipe_models(config, model, annotator, device)
     result = evaluate(pipe, module, labeller, get_split(config.split), per_class=per_class, pairs=pairs, templates=t.templates,
                       num_inference_steps=t.num_inference_steps, guidance_scale=t.guidance_scale,
-                      capture_step=CaptureStep(t.capture_timestep, t.capture_index), batch_size=t.batch_size)
+                      capture_step=CaptureStep(*capture_step_of(grounding, t)), batch_size=t.batch_size)
     result.save(out)
     print(result.markdown())
 

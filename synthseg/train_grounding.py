@@ -40,11 +40,19 @@ class GroundingRecipe:
     split: str
     pipeline: str = "world"
     annotator: str = "world"
+    score_threshold: float | None = None  # the annotator's thresholds; None keeps the annotator's own
+    mask_threshold: float | None = None
     triplets: TripletRecipe = field(default_factory=TripletRecipe)
     model: dict = field(default_factory=dict)
     train: TrainRecipe = field(default_factory=TrainRecipe)
 
+    @property
+    def annotator_thresholds(self) -> dict:
+        return {k: v for k, v in (("score_threshold", self.score_threshold), ("mask_threshold", self.mask_threshold)) if v is not None}
+
     def validate(self, source: str) -> None:
+        if any(not 0 <= v <= 1 for v in self.annotator_thresholds.values()):
+            raise SynthsegError(f"{source}: score_threshold and mask_threshold lie in [0, 1]")
         leaked = sorted(set(self.triplets.seen) - set(get_split(self.split).seen))
         if leaked:
             raise SynthsegError(f"{source}: triplet prompts would name classes that are not seen in split {self.split!r}: {leaked}")
@@ -53,6 +61,13 @@ class GroundingRecipe:
         unknown = sorted(set(self.model) - known)
         if unknown:
             raise SynthsegError(f"{source}: unknown model field(s) {unknown}; known: {sorted(known)}")
+
+
+def capture_step_of(module_dir: str | Path, default: TripletRecipe) -> tuple[int, int | None]:
+    """(capture_timestep, capture_index) a trained module's triplets used (its recipe.json), else `default`'s."""
+    path = Path(module_dir) / "recipe.json"
+    triplets = json.loads(path.read_text()).get("triplets", {}) if path.is_file() else {}
+    return triplets.get("capture_timestep", default.capture_timestep), triplets.get("capture_index", default.capture_index)
 
 
 def load_grounding_recipe(path: str | Path) -> GroundingRecipe:
@@ -92,5 +107,6 @@ def train_grounding(recipe: GroundingRecipe, triplets, workdir: Path, output: Pa
     train_loop("grounding", step_loss, model=module, optimizer=optimizer, checkpoint=workdir / "grounding.ckpt",
                steps=t.steps, checkpoint_every=t.checkpoint_every, max_steps=max_steps, schedule=schedule)
     module.eval().save_pretrained(output)
-    (Path(output) / "recipe.json").write_text(json.dumps(asdict(recipe), indent=2) + "\n")
+    made = dict(asdict(recipe), triplets=asdict(triplets.recipe))  # how its triplets were really made
+    (Path(output) / "recipe.json").write_text(json.dumps(made, indent=2) + "\n")
     return module

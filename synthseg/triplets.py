@@ -9,7 +9,8 @@ templates), generates each image with feature capture, and labels it with an ann
 - a prompted class the annotator did not find is marked *missing*: with "training without zero
   masks" it then adds no loss (see `grounding_loss`).
 
-Storage: `layout.json` (the UNet feature layout and text width, for building a grounding module),
+Storage: `recipe.json` (the TripletRecipe; a rerun with another one is refused), `layout.json`
+(the UNet feature layout and text width, for building a grounding module),
 `shard-NNNNN.safetensors` holds `shard_size` triplets (block features in fp16 by default, with
 `cross_attention` also the cross-attention maps per stride, class-query embeddings, uint8 masks,
 missing and valid flags) and `shard-NNNNN.jsonl` one record per
@@ -21,7 +22,7 @@ the triplet index, so the result is the same. Cost on disk: see `TripletShards.b
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -110,6 +111,10 @@ def make_triplets(pipe, annotator, recipe: TripletRecipe, directory: str | Path)
         annotator.category_of(name)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    made_with = directory / "recipe.json"
+    if made_with.is_file() and json.loads(made_with.read_text()) != asdict(recipe):
+        raise SynthsegError(f"{directory} holds triplets of another recipe ({made_with}); use a new --out")
+    write_atomic(made_with, json.dumps(asdict(recipe), indent=2) + "\n")
     write_atomic(directory / "layout.json", json.dumps(_layout(pipe, recipe)) + "\n")
     cfg = uses_cfg(pipe, recipe.guidance_scale)
     step = CaptureStep(recipe.capture_timestep, recipe.capture_index).resolve(pipe.scheduler, recipe.num_inference_steps)
@@ -209,6 +214,13 @@ class TripletShards(torch.utils.data.IterableDataset):
     def layout(self) -> dict:
         """feature_channels, feature_strides and text_dim of the pipeline that made the shards."""
         return json.loads((self.directory / "layout.json").read_text())
+
+    @property
+    def recipe(self) -> TripletRecipe:
+        """The recipe the shards were made with."""
+        from .config import load_config
+
+        return load_config(TripletRecipe, json.loads((self.directory / "recipe.json").read_text()), str(self.directory / "recipe.json"))
 
     def batches(self, batch_size: int, start_step: int = 0):
         """Endless collated batches over epochs; a run resumed at `start_step` begins a fresh epoch order."""

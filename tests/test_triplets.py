@@ -125,8 +125,12 @@ def test_grounding_recipe_validation(tmp_path):
     (tmp_path / "r.yaml").write_text("split: voc-15-5\nmodel: {fuse: 3}\n")
     with pytest.raises(SynthsegError, match="unknown model field"):
         load_grounding_recipe(tmp_path / "r.yaml")
-    (tmp_path / "r.yaml").write_text("split: voc-15-5\n")
-    assert "sofa" not in load_grounding_recipe(tmp_path / "r.yaml").triplets.seen
+    (tmp_path / "r.yaml").write_text("split: voc-15-5\nscore_threshold: 1.5\n")
+    with pytest.raises(SynthsegError, match="score_threshold and mask_threshold lie in"):
+        load_grounding_recipe(tmp_path / "r.yaml")
+    (tmp_path / "r.yaml").write_text("split: voc-15-5\nscore_threshold: 0.3\n")
+    loaded = load_grounding_recipe(tmp_path / "r.yaml")
+    assert "sofa" not in loaded.triplets.seen and loaded.annotator_thresholds == {"score_threshold": 0.3}
 
 
 def test_online_training_matches_the_cache_format_and_resumes_exactly(pipe, tmp_path):
