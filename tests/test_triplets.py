@@ -56,7 +56,7 @@ def test_shards_write_resume_and_stream(pipe, tmp_path):
     r = recipe()
     make_triplets(pipe, FakeAnnotator(), r, tmp_path / "a")
     files = sorted(p.name for p in (tmp_path / "a").iterdir())
-    assert files == ["layout.json"] + [f"shard-0000{i}.{ext}" for i in range(3) for ext in ("jsonl", "safetensors")]
+    assert files == ["layout.json", "recipe.json"] + [f"shard-0000{i}.{ext}" for i in range(3) for ext in ("jsonl", "safetensors")]
     data = TripletShards(tmp_path / "a")
     assert len(data) == 10 and data.bytes_per_triplet() > 0
     records = data.records()
@@ -73,6 +73,9 @@ def test_shards_write_resume_and_stream(pipe, tmp_path):
     make_triplets(pipe, FakeAnnotator(), r, tmp_path / "a")
     assert (tmp_path / "a" / "shard-00000.safetensors").stat().st_mtime_ns == stamp  # not redone
     assert (tmp_path / "a" / "shard-00001.safetensors").read_bytes() == first
+    with pytest.raises(SynthsegError, match="triplets of another recipe"):
+        make_triplets(pipe, FakeAnnotator(), recipe(seed=4), tmp_path / "a")
+    assert data.recipe == r
 
     items = list(data)
     assert len(items) == 10 and sorted(len(list(data)) for _ in range(2)) == [10, 10]
