@@ -19,7 +19,7 @@ import numpy as np
 from .classes import Split
 from .errors import SynthsegError
 from .formats import IGNORE, write_atomic
-from .metrics import ConfusionMatrix, split_miou
+from .metrics import ConfusionMatrix, mean_iou, split_miou
 from .readers import SegmentationData
 from .segmenter import BACKGROUND, Segmenter
 
@@ -110,6 +110,6 @@ def benchmark(segmenter: Segmenter, data: SegmentationData, split: Split | None 
         dataset=data.name, model=model_name, split=split.name if split else None, unseen=unseen, background=background,
         images=len(data), unseen_in_training=all(n in learnt for n in unseen) if unseen else None,
         not_in_model=[n for n in names if n not in learnt], iou={n: (None if np.isnan(v) else float(v)) for n, v in zip(names, iou)},
-        miou=float(np.nanmean(iou[counted])) if not np.all(np.isnan(iou[counted])) else float("nan"),
+        miou=mean_iou(iou, counted),
         seen_miou=scores["seen"], unseen_miou=scores["unseen"], harmonic_miou=scores["harmonic"],
     )

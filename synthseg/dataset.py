@@ -45,7 +45,7 @@ from scipy import ndimage
 
 from .classes import check_names, resolve_classes
 from .errors import SynthsegError
-from .formats import IGNORE, coco_annotation, coco_document, voc_palette, write_atomic, write_json_atomic
+from .formats import IGNORE, coco_annotation, coco_document, label_image, write_atomic, write_json_atomic
 from .prompts import PAPER_TEMPLATES, caption
 
 
@@ -167,9 +167,7 @@ def write_item(directory: Path, item: dict, image: Image.Image, probs: torch.Ten
                   **provenance)
     if record["dropped"] is None:
         write_atomic(directory / record["file_name"], _png_bytes(image))
-        label_image = Image.fromarray(labels)
-        label_image.putpalette(voc_palette())
-        write_atomic(directory / record["mask_file_name"], _png_bytes(label_image))
+        write_atomic(directory / record["mask_file_name"], _png_bytes(label_image(labels)))
         record["instances"] = [
             coco_annotation(0, 0, class_id, mask) for class_id in ids for mask in instances(labels, class_id, recipe.min_instance_area)
         ]
@@ -208,8 +206,6 @@ def read_recipe(directory: str | Path) -> DatasetRecipe:
 
 def merge_datasets(sources: list[str | Path], directory: str | Path) -> dict:
     """Join shard folders written separately (same recipe) into `directory`, then finalize it."""
-    import shutil
-
     directory = Path(directory)
     recipes = [read_recipe(source) for source in sources]
     if any(r != recipes[0] for r in recipes):
@@ -220,8 +216,7 @@ def merge_datasets(sources: list[str | Path], directory: str | Path) -> dict:
             (directory / sub).mkdir(exist_ok=True)
             for file in sorted((source / sub).glob("[!.]*")):
                 if not (directory / sub / file.name).exists():
-                    shutil.copyfile(file, directory / sub / f".{file.name}.tmp")
-                    (directory / sub / f".{file.name}.tmp").replace(directory / sub / file.name)
+                    write_atomic(directory / sub / file.name, file.read_bytes())
     return finalize(directory, recipes[0])
 
 

@@ -28,11 +28,16 @@ def voc_palette() -> list[int]:
     return palette
 
 
-def save_label_png(path: str | Path, labels: np.ndarray) -> None:
-    """Write an HW uint8 label map as a mode "P" PNG with the VOC palette (255 = ignore)."""
+def label_image(labels: np.ndarray) -> Image.Image:
+    """An HW uint8 label map as a mode "P" image with the VOC palette (255 = ignore)."""
     image = Image.fromarray(labels.astype(np.uint8))
     image.putpalette(voc_palette())
-    image.save(path)
+    return image
+
+
+def save_label_png(path: str | Path, labels: np.ndarray) -> None:
+    """Write an HW uint8 label map as a mode "P" PNG with the VOC palette (255 = ignore)."""
+    label_image(labels).save(path)
 
 
 def coco_annotation(annotation_id: int, image_id: int, category_id: int, mask: np.ndarray, score: float | None = None) -> dict:

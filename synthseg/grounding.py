@@ -36,6 +36,8 @@ from .errors import SynthsegError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+PIPELINE_FIELDS = ("feature_channels", "feature_strides", "text_dim")  # GroundingConfig fields the pipeline fixes
+ATTENTION_FIELDS = ("cross_attention_strides", "text_tokens")  # ... and those of its cross-attention inputs
 
 
 @dataclass

@@ -39,10 +39,15 @@ class ConfusionMatrix:
             return np.where(union > 0, tp / union, np.nan)
 
 
+def mean_iou(iou: np.ndarray, indices: list[int]) -> float:
+    """Mean of the defined IoUs among class `indices`; NaN if none is defined."""
+    values = iou[indices]
+    return float(np.nanmean(values)) if indices and not np.all(np.isnan(values)) else float("nan")
+
+
 def split_miou(iou: np.ndarray, seen: list[int], unseen: list[int]) -> dict:
     """Mean IoU over the `seen` and `unseen` class indices and their harmonic mean 2SU/(S+U)."""
-    s = float(np.nanmean(iou[seen])) if seen and not np.all(np.isnan(iou[seen])) else float("nan")
-    u = float(np.nanmean(iou[unseen])) if unseen and not np.all(np.isnan(iou[unseen])) else float("nan")
+    s, u = mean_iou(iou, seen), mean_iou(iou, unseen)
     h = 2 * s * u / (s + u) if s + u > 0 else float("nan")
     return dict(seen=s, unseen=u, harmonic=h)
 

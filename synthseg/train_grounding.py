@@ -16,7 +16,7 @@ import torch
 from .classes import get_split
 from .config import load_config, read_mapping
 from .errors import SynthsegError
-from .grounding import GroundingConfig, GroundingModule, grounding_loss
+from .grounding import ATTENTION_FIELDS, PIPELINE_FIELDS, GroundingConfig, GroundingModule, grounding_loss
 from .training import train_loop, warmup_cosine
 from .triplets import TripletRecipe
 
@@ -56,8 +56,7 @@ class GroundingRecipe:
         leaked = sorted(set(self.triplets.seen) - set(get_split(self.split).seen))
         if leaked:
             raise SynthsegError(f"{source}: triplet prompts would name classes that are not seen in split {self.split!r}: {leaked}")
-        known = (set(GroundingConfig.__dataclass_fields__) | {"cross_attention"}) - {
-            "feature_channels", "feature_strides", "text_dim", "cross_attention_strides", "text_tokens"}
+        known = (set(GroundingConfig.__dataclass_fields__) | {"cross_attention"}) - set(PIPELINE_FIELDS) - set(ATTENTION_FIELDS)
         unknown = sorted(set(self.model) - known)
         if unknown:
             raise SynthsegError(f"{source}: unknown model field(s) {unknown}; known: {sorted(known)}")
@@ -85,7 +84,7 @@ def train_grounding(recipe: GroundingRecipe, triplets, workdir: Path, output: Pa
     model = dict(recipe.model)
     layout = triplets.layout()
     if not model.pop("cross_attention", True):  # triplets with attention maps, trained without them (ablation)
-        layout = {k: v for k, v in layout.items() if k not in ("cross_attention_strides", "text_tokens")}
+        layout = {k: v for k, v in layout.items() if k not in ATTENTION_FIELDS}
     config = load_config(GroundingConfig, {**layout, **model}, "triplet layout")
     t = recipe.train
     torch.manual_seed(t.seed)

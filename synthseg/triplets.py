@@ -35,7 +35,7 @@ from .capture import CaptureStep, FeatureCapture
 from .errors import SynthsegError
 from .formats import write_atomic
 from .generate import uses_cfg
-from .grounding import GroundingConfig, grounding_inputs
+from .grounding import ATTENTION_FIELDS, PIPELINE_FIELDS, GroundingConfig, grounding_inputs
 from .prompts import PAPER_TEMPLATES, fill_template
 from .text import class_queries, class_token_spans
 from .training import loss_progress
@@ -141,7 +141,7 @@ def make_triplets(pipe, annotator, recipe: TripletRecipe, directory: str | Path)
 def _layout(pipe, recipe: TripletRecipe) -> dict:
     """The GroundingConfig fields that the triplets fix: feature layout, text width, attention inputs."""
     config = GroundingConfig.for_pipeline(pipe, cross_attention=recipe.cross_attention)
-    keys = ["feature_channels", "feature_strides", "text_dim"] + (["cross_attention_strides", "text_tokens"] if recipe.cross_attention else [])
+    keys = list(PIPELINE_FIELDS) + (list(ATTENTION_FIELDS) if recipe.cross_attention else [])
     return {k: getattr(config, k) for k in keys}
 
 
@@ -234,8 +234,7 @@ class TripletShards(torch.utils.data.IterableDataset):
         for shard in (self.shards[i] for i in rng.permutation(len(self.shards))):
             with safe_open(shard, framework="pt") as f:
                 data = {k: f.get_tensor(k) for k in f.keys()}
-            names = sorted((k for k in data if k.startswith("features.")), key=_capture_order)
-            maps = sorted((k for k in data if k.startswith("attention.")), key=lambda k: int(k.split(".")[1]))
+            names, maps = _input_keys(data)
             for row in rng.permutation(len(data["valid"])):
                 yield dict(
                     features=[data[k][row].float() for k in names], attention=[data[k][row].float() for k in maps],
@@ -268,8 +267,7 @@ class OnlineTriplets:
         for s in range(start_step, 2**62):
             tensors = _generate_batch(self.pipe, self.annotator, recipe, list(range(s * batch_size, (s + 1) * batch_size)),
                                       step, cfg, torch.float32)["tensors"]
-            names = sorted((k for k in tensors if k.startswith("features.")), key=_capture_order)
-            maps = sorted((k for k in tensors if k.startswith("attention.")), key=lambda k: int(k.split(".")[1]))
+            names, maps = _input_keys(tensors)
             yield dict(features=[tensors[k] for k in names], attention=[tensors[k] for k in maps], queries=tensors["queries"], valid=tensors["valid"],
                        masks=tensors["masks"].float(), missing=tensors["missing"])
 
@@ -279,3 +277,10 @@ def _capture_order(key: str) -> tuple[int, int]:
     block = key.removeprefix("features.")
     kind, _, number = block.partition(".")
     return ({"down_blocks": 0, "mid_block": 1, "up_blocks": 2}[kind], int(number or 0))
+
+
+def _input_keys(tensors) -> tuple[list[str], list[str]]:
+    """Stored "features.<block>" keys in UNet order and "attention.<stride>" keys, finest stride first."""
+    names = sorted((k for k in tensors if k.startswith("features.")), key=_capture_order)
+    maps = sorted((k for k in tensors if k.startswith("attention.")), key=lambda k: int(k.split(".")[1]))
+    return names, maps
