@@ -179,7 +179,7 @@ def test_torchrun_two_cpu_processes_equal_one_process(pipe_dir, grounding, tmp_p
             "--model", str(pipe_dir), "--grounding", str(tmp_path / "g")]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     subprocess.run([sys.executable, "-m", "synthseg", *args, "--out", str(tmp_path / "one")], check=True, env=env, capture_output=True)
-    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
+    run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           "-m", "synthseg", *args, "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr[-2000:]
     records = [json.loads(p.read_text()) for p in sorted((tmp_path / "two" / "records").glob("*.json"))]
