@@ -130,10 +130,7 @@ def make_triplets(
     from .train_grounding import load_grounding_recipe
     from .triplets import make_triplets as make
 
-    config = load_grounding_recipe(recipe)
-    for name, value in (("count", count), ("capture_timestep", capture_timestep), ("capture_index", capture_index)):
-        if value is not None:
-            setattr(config.triplets, name, value)
+    config = load_grounding_recipe(recipe, triplets=dict(count=count, capture_timestep=capture_timestep, capture_index=capture_index))
     pipe, labeller = _recipe_models(config, model, annotator, device)
     _stderr.print(f"wrote triplets to {make(pipe, labeller, config.triplets, out)}")
 
@@ -145,6 +142,9 @@ def train_grounding(
     workdir: Annotated[Path, typer.Option(help="Checkpoints; rerunning the command resumes from here.")] = Path("runs/world-grounding"),
     output: Annotated[Path, typer.Option(help="save_pretrained folder of the trained module.")] = Path("runs/world-grounding/module"),
     zero_masks: Annotated[Optional[bool], typer.Option("--zero-masks/--no-zero-masks", help="Train missed classes towards empty masks (ablation).")] = None,
+    cross_attention: Annotated[Optional[bool], typer.Option("--cross-attention/--no-cross-attention",
+                                                            help="Use the triplets' cross-attention maps as inputs (VPD; ablation).")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Training steps; default from the recipe.")] = None,
     online: Annotated[bool, typer.Option(help="Generate and label triplets every step instead of reading a cache.")] = False,
     model: Annotated[Optional[str], typer.Option(help="Override the recipe's pipeline (with --online).")] = None,
     annotator: Annotated[Optional[str], typer.Option(help="Override the recipe's annotator (with --online).")] = None,
@@ -155,9 +155,7 @@ def train_grounding(
     from .train_grounding import load_grounding_recipe, train_grounding as train
     from .triplets import OnlineTriplets, TripletShards
 
-    config = load_grounding_recipe(recipe)
-    if zero_masks is not None:
-        config.train.zero_masks = zero_masks
+    config = load_grounding_recipe(recipe, train=dict(zero_masks=zero_masks, steps=steps), model=dict(cross_attention=cross_attention))
     if online:
         source = OnlineTriplets(*_recipe_models(config, model, annotator, device), config.triplets)
     else:

@@ -32,6 +32,10 @@ class TrainRecipe:
     checkpoint_every: int = 250
     seed: int = 0
 
+    def validate(self, source: str) -> None:
+        if min(self.steps, self.batch_size, self.checkpoint_every) < 1:
+            raise SynthsegError(f"{source}: steps, batch_size and checkpoint_every must be positive")
+
 
 @dataclass
 class GroundingRecipe:
@@ -69,9 +73,14 @@ def capture_step_of(module_dir: str | Path, default: TripletRecipe) -> tuple[int
     return triplets.get("capture_timestep", default.capture_timestep), triplets.get("capture_index", default.capture_index)
 
 
-def load_grounding_recipe(path: str | Path) -> GroundingRecipe:
-    """Read a grounding recipe; triplet prompts default to the split's seen classes."""
+def load_grounding_recipe(path: str | Path, **overrides: dict) -> GroundingRecipe:
+    """Read a grounding recipe, with per-section `overrides` (e.g. train={"steps": 500}; None values
+    ignored) applied before validation; triplet prompts default to the split's seen classes."""
     data = read_mapping(path)
+    for section, values in overrides.items():
+        if not isinstance(data.setdefault(section, {}), dict):
+            raise SynthsegError(f"{path}: {section} must be a mapping")
+        data[section].update({k: v for k, v in values.items() if v is not None})
     triplets = data.setdefault("triplets", {})
     if isinstance(triplets, dict) and not triplets.get("seen") and isinstance(data.get("split"), str):
         triplets["seen"] = get_split(data["split"]).seen

@@ -70,6 +70,8 @@ class TripletRecipe:
             raise SynthsegError(f"{source}: target must be 'union' or 'top', got {self.target!r}")
         if self.feature_dtype not in ("float16", "bfloat16", "float32"):
             raise SynthsegError(f"{source}: feature_dtype must be float16, bfloat16 or float32")
+        if min(self.count, self.shard_size, self.batch_size, self.num_inference_steps) < 1:
+            raise SynthsegError(f"{source}: count, shard_size, batch_size and num_inference_steps must be positive")
         if self.shard_size % self.batch_size:
             raise SynthsegError(f"{source}: shard_size must be a multiple of batch_size")
         slots = {t.count("{}") for t in self.templates}

@@ -54,7 +54,8 @@ def test_make_triplets_and_train_grounding_end_to_end(pipe_dir, tmp_path):
     MaskRCNNAnnotator(build_maskrcnn(config), config.categories, score_threshold=0.0, config=config).save_pretrained(tmp_path / "ann")
     (tmp_path / "r.yaml").write_text(
         "split: voc-15-5\n"
-        "triplets: {seen: [dog, cat, bus, horse], count: 4, shard_size: 2, batch_size: 2, num_inference_steps: 2, guidance_scale: 2.0}\n"
+        "triplets: {seen: [dog, cat, bus, horse], count: 4, shard_size: 2, batch_size: 2, num_inference_steps: 2, guidance_scale: 2.0,"
+        " cross_attention: true}\n"
         "model: {fuse_dim: 16, mask_dim: 16, hidden_dim: 32, num_heads: 4, ffn_dim: 64, token_patch: 2}\n"
         "train: {steps: 3, batch_size: 2, warmup_steps: 1}\n"
     )
@@ -64,6 +65,11 @@ def test_make_triplets_and_train_grounding_end_to_end(pipe_dir, tmp_path):
     assert len(list((tmp_path / "t").glob("shard-*.jsonl"))) == 2
     result = runner.invoke(app, ["train-grounding", *common, "--triplets", str(tmp_path / "t"), "--workdir", str(tmp_path / "w"), "--output", str(tmp_path / "g")])
     assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["train-grounding", *common, "--triplets", str(tmp_path / "t"), "--workdir", str(tmp_path / "w2"),
+                                 "--output", str(tmp_path / "g2"), "--no-cross-attention"])  # the VPD ablation
+    assert result.exit_code == 0, result.output
+    with_maps, without = (json.loads((tmp_path / g / "config.json").read_text()) for g in ("g", "g2"))
+    assert with_maps["cross_attention_strides"] and without["cross_attention_strides"] == []
     result = runner.invoke(app, ["generate", "--model", str(pipe_dir), "--grounding", str(tmp_path / "g"), "--steps", "2",
                                  "--prompt", "a photograph of a sofa", "--classes", "sofa", "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output

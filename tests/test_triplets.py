@@ -134,6 +134,15 @@ def test_grounding_recipe_validation(tmp_path):
     (tmp_path / "r.yaml").write_text("split: voc-15-5\nscore_threshold: 0.3\n")
     loaded = load_grounding_recipe(tmp_path / "r.yaml")
     assert "sofa" not in loaded.triplets.seen and loaded.annotator_thresholds == {"score_threshold": 0.3}
+    # command-line overrides go through the same validation; None leaves the recipe's value
+    loaded = load_grounding_recipe(tmp_path / "r.yaml", train=dict(steps=7, zero_masks=None), model=dict(cross_attention=False))
+    assert loaded.train.steps == 7 and loaded.train.zero_masks is False and loaded.model == {"cross_attention": False}
+    with pytest.raises(SynthsegError, match="steps, batch_size and checkpoint_every must be positive"):
+        load_grounding_recipe(tmp_path / "r.yaml", train=dict(steps=0))
+    with pytest.raises(SynthsegError, match="unknown TripletRecipe field"):
+        load_grounding_recipe(tmp_path / "r.yaml", triplets=dict(counts=3))
+    with pytest.raises(SynthsegError, match="count, shard_size, batch_size and num_inference_steps must be positive"):
+        load_grounding_recipe(tmp_path / "r.yaml", triplets=dict(count=0))
 
 
 def test_online_training_matches_the_cache_format_and_resumes_exactly(pipe, tmp_path):
