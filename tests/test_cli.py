@@ -1,6 +1,7 @@
 import json
 import re
 
+import numpy as np
 import pytest
 
 from typer.testing import CliRunner
@@ -93,8 +94,10 @@ def test_make_dataset_and_show(pipe_dir, grounding, tmp_path):
     assert (tmp_path / "ds" / "annotations.json").is_file() and (tmp_path / "ds" / "README.md").is_file()
     result = runner.invoke(app, ["show", str(tmp_path / "ds")])
     assert result.exit_code == 0, result.output
-    sheet = Image.open(tmp_path / "ds" / "contact_sheet.png")
-    assert sheet.size[0] == 4 * 64
+    sheet = np.asarray(Image.open(tmp_path / "ds" / "contact_sheet.png"))
+    assert sheet.shape[:2] == (2 * (2 * 32 + 14), 4 * 2 * 2 * 32)  # 5 images: 2 rows of 4 (image | labels) tiles
+    first = np.asarray(Image.open(tmp_path / "ds" / "images" / "000000.png").convert("RGB"))
+    assert np.array_equal(sheet[:64:2, :64:2], first)  # the first tile starts with the first image, at scale 2
     result = runner.invoke(app, ["make-dataset", "--classes", "dog,catt", "--out", str(tmp_path / "bad"), "--model", "nowhere"])
     assert result.exit_code == 1 and "unknown class 'catt'; did you mean 'cat'" in result.output and not (tmp_path / "bad").exists()
     result = runner.invoke(app, ["show", str(tmp_path / "nothing")])

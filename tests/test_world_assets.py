@@ -7,9 +7,12 @@ import pytest
 import torch
 
 from synthseg.annotators import WORLD_ANNOTATOR, load_annotator
+from synthseg.classes import get_split
+from synthseg.generate import generate_grounded
+from synthseg.grounding import GroundingModule
 from synthseg.pipeline import load_pipeline
 from synthseg.world import WORLD_CLASSES, render_scene
-from synthseg.worldmodel import ASSETS, resolve_model
+from synthseg.worldmodel import ASSETS, WORLD_GROUNDING, resolve_model
 
 
 @pytest.fixture(scope="module")
@@ -46,3 +49,21 @@ def test_annotator_finds_objects_in_rendered_scenes_well_above_chance():
     hits = [name in {inst.class_name for inst in instances} for scene, instances in zip(scenes, found) for name in scene.classes]
     assert np.mean(hits) >= 0.3  # chance is 1/12: naming one of 12 classes
     assert json.loads((WORLD_ANNOTATOR / "metrics.json").read_text())["scenes"] == 500
+
+
+def test_bundled_grounding_module_segments_seen_and_unseen_objects(world_pipe):
+    module = GroundingModule.from_pretrained(WORLD_GROUNDING)
+    module.config.check_pipeline(world_pipe)
+    names = ["circle", "star", "cross", "ring", "ring"]
+    assert "ring" in get_split("world").unseen  # never prompted in the module's training triplets
+    result = generate_grounded(world_pipe, module, [f"a photograph of a {n}" for n in names], [[n] for n in names],
+                               seeds=list(range(len(names))), guidance_scale=2.0, num_inference_steps=25)
+    found = load_annotator("world").annotate(result.images, [[n] for n in names])
+    ious = {}
+    for i, (masks, name, instances) in enumerate(zip(result.masks, names, found)):
+        truth = [inst.mask for inst in instances if inst.class_name == name]
+        if truth:  # the annotator's mask is the reference, as in Protocol i
+            truth, predicted = np.any(truth, axis=0), masks[0].numpy() > 0.5
+            ious[i] = (predicted & truth).sum() / max(1, (predicted | truth).sum())
+    assert len(ious) >= 4 and {3, 4} & set(ious)
+    assert np.mean(list(ious.values())) > 0.6
