@@ -1,4 +1,4 @@
-"""Stable Diffusion pipelines built from configs with random weights: for tests, examples and speed runs.
+"""Stable Diffusion pipelines built from configs with random weights: for tests and speed runs.
 
 Like diffusers' `get_dummy_components`, but the tokenizer is the real CLIP BPE vocabulary, built from
 the `bpe_simple_vocab_16e6.txt.gz` that the open-clip-torch wheel ships (install it with --no-deps).
