@@ -3,11 +3,12 @@ runs/, and the shipped annotator's mask AP (written by `synthseg train-world-ann
 synthseg/assets/world/annotator/metrics.json). Writes the "world training" section of
 benchmarks/RESULTS.md.
 
-    python benchmarks/report_world_training.py
+    python benchmarks/report_world_training.py --unet-steps N --annotator-steps M
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 from pathlib import Path
 
@@ -20,6 +21,10 @@ CHECKPOINTS = {"VAE": "runs/world-t2i/vae.ckpt", "UNet": "runs/world-t2i/unet.ck
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--unet-steps", type=int, required=True, help="steps of the shipped UNet export")
+    parser.add_argument("--annotator-steps", type=int, required=True, help="steps of the shipped annotator export")
+    args = parser.parse_args()
     rows = []
     for name, path in CHECKPOINTS.items():
         if (ROOT / path).is_file():
@@ -33,10 +38,11 @@ def main() -> None:
 |---|---|---|---|
 {chr(10).join(rows)}
 
-Shipped annotator (`synthseg/assets/world/annotator`, exported from the 1,750-step checkpoint with
-`synthseg train-world-annotator --max-steps 1750`): mask AP **{metrics['mask_ap']:.3f}**, AP50
+Shipped annotator (`synthseg/assets/world/annotator`, exported from the {args.annotator_steps:,}-step checkpoint with
+`synthseg train-world-annotator --max-steps {args.annotator_steps}`): mask AP **{metrics['mask_ap']:.3f}**, AP50
 {metrics['mask_ap50']:.3f}, AP75 {metrics['mask_ap75']:.3f} on {metrics['scenes']} held-out scenes (pycocotools
-COCOeval "segm"). The shipped text-to-image model is the 4,500-step UNet export.
+COCOeval "segm"). The shipped text-to-image model is the {args.unet_steps:,}-step UNet export
+(`synthseg train-world-model --max-steps {args.unet_steps}`).
 """
     print(body)
     write_section("world training", body)
