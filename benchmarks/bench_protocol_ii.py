@@ -67,7 +67,7 @@ def main() -> None:
     body = f"""Tiny MaskFormer (`recipes/segmenter-tiny.yaml`, {args.steps} steps) trained three ways, scored on
 {args.eval_scenes} held-out rendered scenes with exact masks. Protocol: {results['a'].protocol()}.
 Synthetic data: `make-dataset --classes world --per-class {args.per_class} --per-pair {args.per_pair}`
-({generation / 60:.1f} min to generate).
+({generation / 60:.1f} min to generate in this run; a rerun reuses a finished dataset).
 
 | training data | images | seen mIoU | unseen mIoU | harmonic mIoU |
 |---|---|---|---|---|
