@@ -86,3 +86,19 @@ def read_mapping(path: str | Path) -> dict:
     if not isinstance(data, dict):
         raise SynthsegError(f"{path}: expected a mapping at the top level")
     return data
+
+
+def apply_overrides(data: dict, overrides: dict, source: str) -> dict:
+    """Merge command-line `overrides` into a recipe mapping, before `load_config` validates it.
+
+    A None value leaves the recipe's own; a dict value overrides inside that section
+    (e.g. train={"steps": 500}).
+    """
+    for key, value in overrides.items():
+        if isinstance(value, dict):
+            if not isinstance(data.setdefault(key, {}), dict):
+                raise SynthsegError(f"{source}: {key} must be a mapping")
+            apply_overrides(data[key], value, f"{source}: {key}")
+        elif value is not None:
+            data[key] = value
+    return data

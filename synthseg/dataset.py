@@ -90,13 +90,13 @@ def load_dataset_recipe(classes: str = "world", path: str | Path | None = None, 
     """The recipe of a job: `path`, else recipes/dataset-<classes>.yaml for a named class set, else just
     `classes`; then `overrides` (None values ignored), validated."""
     from .classes import RECIPES
-    from .config import load_config, read_mapping
+    from .config import apply_overrides, load_config, read_mapping
 
     named = RECIPES / f"dataset-{classes}.yaml"
     path = path or (named if named.is_file() else None)
+    source = str(path or "make-dataset")
     data = read_mapping(path) if path else {"classes": classes}
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    return load_config(DatasetRecipe, data, str(path or "make-dataset"))
+    return load_config(DatasetRecipe, apply_overrides(data, overrides, source), source)
 
 
 def resolve_grounding(spec: str) -> Path:

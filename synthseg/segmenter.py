@@ -77,11 +77,9 @@ class SegmenterRecipe:
 
 def load_segmenter_recipe(path: str | Path, **overrides) -> SegmenterRecipe:
     """A recipe file (YAML/JSON) with `overrides` (None values ignored), validated."""
-    from .config import load_config, read_mapping
+    from .config import apply_overrides, load_config, read_mapping
 
-    data = read_mapping(path)
-    data.update({k: v for k, v in overrides.items() if v is not None})
-    return load_config(SegmenterRecipe, data, str(path))
+    return load_config(SegmenterRecipe, apply_overrides(read_mapping(path), overrides, str(path)), str(path))
 
 
 def image_processor(recipe: SegmenterRecipe):

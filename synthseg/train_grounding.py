@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from .classes import get_split
-from .config import load_config, read_mapping
+from .config import apply_overrides, load_config, read_mapping
 from .errors import SynthsegError
 from .grounding import ATTENTION_FIELDS, PIPELINE_FIELDS, GroundingConfig, GroundingModule, grounding_loss
 from .training import train_loop, warmup_cosine
@@ -76,11 +76,7 @@ def capture_step_of(module_dir: str | Path, default: TripletRecipe) -> tuple[int
 def load_grounding_recipe(path: str | Path, **overrides: dict) -> GroundingRecipe:
     """Read a grounding recipe, with per-section `overrides` (e.g. train={"steps": 500}; None values
     ignored) applied before validation; triplet prompts default to the split's seen classes."""
-    data = read_mapping(path)
-    for section, values in overrides.items():
-        if not isinstance(data.setdefault(section, {}), dict):
-            raise SynthsegError(f"{path}: {section} must be a mapping")
-        data[section].update({k: v for k, v in values.items() if v is not None})
+    data = apply_overrides(read_mapping(path), overrides, str(path))
     triplets = data.setdefault("triplets", {})
     if isinstance(triplets, dict) and not triplets.get("seen") and isinstance(data.get("split"), str):
         triplets["seen"] = get_split(data["split"]).seen

@@ -143,6 +143,9 @@ def test_grounding_recipe_validation(tmp_path):
         load_grounding_recipe(tmp_path / "r.yaml", triplets=dict(counts=3))
     with pytest.raises(SynthsegError, match="count, shard_size, batch_size and num_inference_steps must be positive"):
         load_grounding_recipe(tmp_path / "r.yaml", triplets=dict(count=0))
+    (tmp_path / "r.yaml").write_text("split: voc-15-5\ntrain: 3\n")
+    with pytest.raises(SynthsegError, match="train must be a mapping"):
+        load_grounding_recipe(tmp_path / "r.yaml", train=dict(steps=7))
 
 
 def test_online_training_matches_the_cache_format_and_resumes_exactly(pipe, tmp_path):
