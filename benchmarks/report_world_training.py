@@ -1,5 +1,5 @@
 """Where the miniature world's training stands: steps and recent loss of each checkpoint under
-runs/, and the shipped annotator's mask AP (written by `synthseg train-world-annotator` into
+runs/, the size of the grounding module's triplet cache, and the shipped annotator's mask AP (written by `synthseg train-world-annotator` into
 synthseg/assets/world/annotator/metrics.json). Writes the "world training" section of
 benchmarks/RESULTS.md.
 
@@ -17,7 +17,9 @@ import torch
 from results import write_section
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECKPOINTS = {"VAE": "runs/world-t2i/vae.ckpt", "UNet": "runs/world-t2i/unet.ckpt", "annotator": "runs/world-annotator/annotator.ckpt"}
+CHECKPOINTS = {"VAE": "runs/world-t2i/vae.ckpt", "UNet": "runs/world-t2i/unet.ckpt", "annotator": "runs/world-annotator/annotator.ckpt",
+               "grounding module": "runs/world-grounding/grounding.ckpt"}
+TRIPLETS = "runs/world-triplets"
 
 
 def main() -> None:
@@ -31,12 +33,24 @@ def main() -> None:
             state = torch.load(ROOT / path, weights_only=True)
             recent = state["losses"][-50:]
             rows.append(f"| {name} | `{path}` | {state['step']} | {sum(recent) / len(recent):.4f} |")
+    triplets = ""
+    if (ROOT / TRIPLETS / "layout.json").is_file():
+        from synthseg.triplets import TripletShards
+
+        cache = TripletShards(ROOT / TRIPLETS)
+        triplets = (f"\nTriplet cache `{TRIPLETS}` (the grounding module's training data): {len(cache):,} triplets, "
+                    f"{cache.bytes_per_triplet() / 1024:.0f} KB per triplet on disk (fp16 features and cross-attention maps).\n")
+    assets = ROOT / "synthseg/assets/world"
+    sizes = {d.name: sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) / 2**20 for d in sorted(assets.iterdir()) if d.is_dir()}
+    shipped = ", ".join(f"`{name}/` {mb:.1f} MB" for name, mb in sizes.items())
     metrics = json.loads((ROOT / "synthseg/assets/world/annotator/metrics.json").read_text())
     body = f"""Checkpoints on this machine (training resumes from them):
 
 | model | checkpoint | steps | mean loss, last 50 steps |
 |---|---|---|---|
 {chr(10).join(rows)}
+{triplets}
+Shipped in `synthseg/assets/world/`: {shipped}; {sum(sizes.values()):.1f} MB in all (cap 50 MB).
 
 Shipped annotator (`synthseg/assets/world/annotator`, exported from the {args.annotator_steps:,}-step checkpoint with
 `synthseg train-world-annotator --max-steps {args.annotator_steps}`): mask AP **{metrics['mask_ap']:.3f}**, AP50
