@@ -106,8 +106,17 @@ def build_maskformer(recipe: SegmenterRecipe, class_names: tuple[str, ...]):
         id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
     )
     model = MaskFormerForInstanceSegmentation(config)
+    # transformers draws the object queries from N(0, 0.02), which only a pretrained MaskFormer overwrites: from
+    # scratch every query then looks the same once dropout is off, and all predict one class. N(0, 1) as in DETR.
+    torch.nn.init.normal_(model.model.transformer_module.queries_embedder.weight)
     if recipe.pretrained_backbone:
         load_backbone_weights(model, recipe.backbone_weights or BACKBONE_WEIGHTS[recipe.backbone])
+    else:
+        # MaskFormer draws every BatchNorm weight from N(0, 0.02), which only a pretrained backbone overwrites;
+        # from scratch that scales each residual branch down to noise, so the backbone gets the usual weight 1.
+        for module in model.model.pixel_level_module.encoder.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                torch.nn.init.ones_(module.weight)
     return model
 
 

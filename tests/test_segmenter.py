@@ -65,6 +65,16 @@ def test_training_resumes_exactly(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_from_scratch_init_gives_distinct_queries_and_unit_batchnorm():
+    # transformers' init (queries and BatchNorm weights from N(0, 0.02)) made every query of a model trained from
+    # scratch predict the same class and mask once dropout was off (Protocol ii collapsed to one class per image).
+    model = build_maskformer(tiny_recipe(num_queries=20), ("a", "b"))
+    queries = model.model.transformer_module.queries_embedder.weight
+    assert 0.7 < queries.std().item() < 1.3
+    norms = [m for m in model.model.pixel_level_module.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and all(torch.equal(m.weight, torch.ones_like(m.weight)) for m in norms)
+
+
 def test_pretrained_backbone_goes_through_from_pretrained(tmp_path):
     from transformers import ResNetBackbone, ResNetConfig
 
