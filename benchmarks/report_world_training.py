@@ -27,6 +27,9 @@ def main() -> None:
     parser.add_argument("--unet-steps", type=int, required=True, help="steps of the shipped UNet export")
     parser.add_argument("--annotator-steps", type=int, required=True, help="steps of the shipped annotator export")
     args = parser.parse_args()
+    from synthseg.annotators import WORLD_ANNOTATOR
+    from synthseg.worldmodel import ASSETS
+
     rows = []
     for name, path in CHECKPOINTS.items():
         if (ROOT / path).is_file():
@@ -40,10 +43,9 @@ def main() -> None:
         cache = TripletShards(ROOT / TRIPLETS)
         triplets = (f"\nTriplet cache `{TRIPLETS}` (the grounding module's training data): {len(cache):,} triplets, "
                     f"{cache.bytes_per_triplet() / 1024:.0f} KB per triplet on disk (fp16 features and cross-attention maps).\n")
-    assets = ROOT / "synthseg/assets/world"
-    sizes = {d.name: sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) / 2**20 for d in sorted(assets.iterdir()) if d.is_dir()}
+    sizes = {d.name: sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) / 2**20 for d in sorted(ASSETS.iterdir()) if d.is_dir()}
     shipped = ", ".join(f"`{name}/` {mb:.1f} MB" for name, mb in sizes.items())
-    metrics = json.loads((ROOT / "synthseg/assets/world/annotator/metrics.json").read_text())
+    metrics = json.loads((WORLD_ANNOTATOR / "metrics.json").read_text())
     body = f"""Checkpoints on this machine (training resumes from them):
 
 | model | checkpoint | steps | mean loss, last 50 steps |
