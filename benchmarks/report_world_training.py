@@ -1,9 +1,10 @@
 """Where the miniature world's training stands: steps and recent loss of each checkpoint under
-runs/, the size of the grounding module's triplet cache, and the shipped annotator's mask AP (written by `synthseg train-world-annotator` into
+runs/, the size of the grounding module's triplet cache, the steps each shipped export came from
+(its training.json), and the shipped annotator's mask AP (written by `synthseg train-world-annotator` into
 synthseg/assets/world/annotator/metrics.json). Writes the "world training" section of
 benchmarks/RESULTS.md.
 
-    python benchmarks/report_world_training.py --unet-steps N --annotator-steps M
+    python benchmarks/report_world_training.py
 """
 
 from __future__ import annotations
@@ -23,19 +24,16 @@ TRIPLETS = "runs/world-triplets"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--unet-steps", type=int, required=True, help="steps of the shipped UNet export")
-    parser.add_argument("--annotator-steps", type=int, required=True, help="steps of the shipped annotator export")
-    args = parser.parse_args()
+    argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     from synthseg.annotators import WORLD_ANNOTATOR
+    from synthseg.training import recent_loss
     from synthseg.worldmodel import ASSETS
 
     rows = []
     for name, path in CHECKPOINTS.items():
         if (ROOT / path).is_file():
             state = torch.load(ROOT / path, weights_only=True)
-            recent = state["losses"][-50:]
-            rows.append(f"| {name} | `{path}` | {state['step']} | {sum(recent) / len(recent):.4f} |")
+            rows.append(f"| {name} | `{path}` | {state['step']:,} | {recent_loss(state['losses']):.4f} |")
     triplets = ""
     if (ROOT / TRIPLETS / "layout.json").is_file():
         from synthseg.triplets import TripletShards
@@ -45,6 +43,8 @@ def main() -> None:
                     f"{cache.bytes_per_triplet() / 1024:.0f} KB per triplet on disk (fp16 features and cross-attention maps).\n")
     sizes = {d.name: sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) / 2**20 for d in sorted(ASSETS.iterdir()) if d.is_dir()}
     shipped = ", ".join(f"`{name}/` {mb:.1f} MB" for name, mb in sizes.items())
+    exports = [f"| `{d.name}/` | {stage} | {r['steps']:,} | {r['loss']:.4f} |" for d in sorted(ASSETS.iterdir())
+               if (d / "training.json").is_file() for stage, r in json.loads((d / "training.json").read_text()).items()]
     metrics = json.loads((WORLD_ANNOTATOR / "metrics.json").read_text())
     body = f"""Checkpoints on this machine (training resumes from them):
 
@@ -53,12 +53,15 @@ def main() -> None:
 {chr(10).join(rows)}
 {triplets}
 Shipped in `synthseg/assets/world/`: {shipped}; {sum(sizes.values()):.1f} MB in all (cap 50 MB).
+Each was exported from the checkpoint below (its `training.json`; `--max-steps N` exports the
+checkpoint at step N):
 
-Shipped annotator (`synthseg/assets/world/annotator`, exported from the {args.annotator_steps:,}-step checkpoint with
-`synthseg train-world-annotator --max-steps {args.annotator_steps}`): mask AP **{metrics['mask_ap']:.3f}**, AP50
-{metrics['mask_ap50']:.3f}, AP75 {metrics['mask_ap75']:.3f} on {metrics['scenes']} held-out scenes (pycocotools
-COCOeval "segm"). The shipped text-to-image model is the {args.unet_steps:,}-step UNet export
-(`synthseg train-world-model --max-steps {args.unet_steps}`).
+| shipped | stage | steps | mean loss, last 50 steps |
+|---|---|---|---|
+{chr(10).join(exports)}
+
+Shipped annotator: mask AP **{metrics['mask_ap']:.3f}**, AP50 {metrics['mask_ap50']:.3f}, AP75 {metrics['mask_ap75']:.3f}
+on {metrics['scenes']} held-out scenes (pycocotools COCOeval "segm").
 """
     print(body)
     write_section("world training", body)

@@ -229,7 +229,7 @@ def train_world_annotator(recipe: WorldAnnotatorRecipe, workdir: Path, output: P
 
     Resumes from workdir/annotator.ckpt; the batch of step s is drawn from default_rng([seed, s]).
     """
-    from .training import train_loop, warmup_cosine
+    from .training import train_loop, warmup_cosine, write_training_record
     from .world import render_scene
 
     torch.manual_seed(recipe.seed)
@@ -243,11 +243,12 @@ def train_world_annotator(recipe: WorldAnnotatorRecipe, workdir: Path, output: P
         images = [torch.from_numpy(s.image).permute(2, 0, 1).float() / 255 for s in scenes]
         return sum(model(images, [scene_targets(s) for s in scenes]).values())
 
-    train_loop("annotator", step_loss, model=model, optimizer=optimizer, checkpoint=workdir / "annotator.ckpt",
+    losses = train_loop("annotator", step_loss, model=model, optimizer=optimizer, checkpoint=workdir / "annotator.ckpt",
                steps=recipe.steps, checkpoint_every=recipe.checkpoint_every, max_steps=max_steps, schedule=schedule, clip_norm=10.0)
     annotator = MaskRCNNAnnotator(model, recipe.model.categories, score_threshold=recipe.score_threshold,
                                   mask_threshold=recipe.mask_threshold, config=recipe.model)
     annotator.save_pretrained(output)
+    write_training_record(output, annotator=losses)
     return annotator
 
 

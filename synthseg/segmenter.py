@@ -164,7 +164,7 @@ def train_segmenter(recipe: SegmenterRecipe, data: SegmentationData, output: str
     """
     from accelerate import Accelerator
 
-    from .training import poly, train_loop
+    from .training import poly, train_loop, write_training_record
 
     if len(data) == 0:
         raise SynthsegError(f"{data.name}: no images to train on")
@@ -192,7 +192,7 @@ def train_segmenter(recipe: SegmenterRecipe, data: SegmentationData, output: str
                      class_labels=[c.to(device) for c in batch["class_labels"]]).loss
 
     workdir = Path(workdir)
-    train_loop("segmenter", step_loss, model=model, optimizer=optimizer, checkpoint=workdir / "segmenter.ckpt",
+    losses = train_loop("segmenter", step_loss, model=model, optimizer=optimizer, checkpoint=workdir / "segmenter.ckpt",
                steps=recipe.steps, checkpoint_every=recipe.checkpoint_every, max_steps=max_steps, schedule=schedule,
                clip_norm=recipe.clip_norm, accelerator=accelerator)
     output = Path(output)
@@ -200,6 +200,7 @@ def train_segmenter(recipe: SegmenterRecipe, data: SegmentationData, output: str
         accelerator.unwrap_model(model).save_pretrained(output)
         processor.save_pretrained(output)
         (output / "synthseg-segmenter.yaml").write_text(yaml.safe_dump(dict(recipe=asdict(recipe), trained_on=data.name)))
+        write_training_record(output, segmenter=losses)
     accelerator.wait_for_everyone()
     return output
 

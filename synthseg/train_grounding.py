@@ -17,7 +17,7 @@ from .classes import get_split
 from .config import apply_overrides, load_config, read_mapping
 from .errors import SynthsegError
 from .grounding import ATTENTION_FIELDS, PIPELINE_FIELDS, GroundingConfig, GroundingModule, grounding_loss
-from .training import train_loop, warmup_cosine
+from .training import train_loop, warmup_cosine, write_training_record
 from .triplets import TripletRecipe
 
 
@@ -108,9 +108,10 @@ def train_grounding(recipe: GroundingRecipe, triplets, workdir: Path, output: Pa
         missing = None if t.zero_masks else batch["missing"]
         return grounding_loss(logits, batch["masks"], batch["valid"], missing)
 
-    train_loop("grounding", step_loss, model=module, optimizer=optimizer, checkpoint=workdir / "grounding.ckpt",
+    losses = train_loop("grounding", step_loss, model=module, optimizer=optimizer, checkpoint=workdir / "grounding.ckpt",
                steps=t.steps, checkpoint_every=t.checkpoint_every, max_steps=max_steps, schedule=schedule)
     module.eval().save_pretrained(output)
     made = dict(asdict(recipe), triplets=asdict(triplets.recipe))  # how its triplets were really made
     (Path(output) / "recipe.json").write_text(json.dumps(made, indent=2) + "\n")
+    write_training_record(output, grounding=losses)
     return module

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 from pathlib import Path
@@ -28,6 +29,19 @@ def warmup_cosine(warmup: int, total: int):
 def poly(total: int, power: float = 0.9):
     """LambdaLR factor (1 - step/total)^power: MaskFormer's (detectron2 WarmupPolyLR without warm-up)."""
     return lambda step: max(0.0, 1 - step / total) ** power
+
+
+def recent_loss(losses: list[float], window: int = 50) -> float:
+    """Mean of the last `window` losses: the figure the progress bar, exports and reports show."""
+    recent = losses[-window:]
+    return sum(recent) / max(1, len(recent))
+
+
+def write_training_record(directory: str | Path, **stages: list[float]) -> None:
+    """training.json in an exported model's folder: for each stage, the steps its checkpoint had reached
+    and its recent loss, so an export says which checkpoint it came from."""
+    record = {name: {"steps": len(losses), "loss": round(recent_loss(losses), 4)} for name, losses in stages.items()}
+    (Path(directory) / "training.json").write_text(json.dumps(record, indent=2) + "\n")
 
 
 def save_checkpoint(path: Path, step: int, losses: list[float], **objects) -> None:
@@ -65,8 +79,7 @@ def loss_progress(description: str, total: int, completed: int = 0, log_every: i
         task = progress.add_task(description, total=total, completed=completed, loss=float("nan"))
 
         def advance(step: int, losses: list[float]) -> None:
-            recent = losses[-log_every:]
-            loss = sum(recent) / max(1, len(recent))
+            loss = recent_loss(losses, log_every)
             progress.update(task, completed=step, loss=loss)
             if not console.is_terminal and step % log_every == 0:
                 console.print(f"{description} step {step}/{total} {metric} {loss:.4f}", highlight=False)

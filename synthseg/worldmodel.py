@@ -32,7 +32,7 @@ from transformers import AutoTokenizer, BertModel
 from .config import load_config, read_mapping
 from .errors import SynthsegError
 from .prompts import PAPER_TEMPLATES, caption
-from .training import train_loop, warmup_cosine
+from .training import train_loop, warmup_cosine, write_training_record
 from .world import WORLD_CLASSES, render_scene
 
 ASSETS = Path(__file__).with_name("assets") / "world"
@@ -172,8 +172,9 @@ def noise_scheduler(recipe: WorldModelRecipe) -> DDPMScheduler:
     return DDPMScheduler(beta_schedule=recipe.unet.beta_schedule, prediction_type=recipe.unet.prediction_type, clip_sample=False)
 
 
-def train_vae(recipe: WorldModelRecipe, workdir: Path, max_steps: int | None = None) -> AutoencoderKL:
-    """Stage 1: the autoencoder, L1 + MSE reconstruction with a small KL term. Resumes from workdir."""
+def train_vae(recipe: WorldModelRecipe, workdir: Path, max_steps: int | None = None) -> tuple[AutoencoderKL, list[float]]:
+    """Stage 1: the autoencoder, L1 + MSE reconstruction with a small KL term. Resumes from workdir;
+    returns the VAE and its losses so far."""
     torch.manual_seed(recipe.seed)
     vae = build_vae(recipe)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=recipe.vae.lr)
@@ -184,9 +185,9 @@ def train_vae(recipe: WorldModelRecipe, workdir: Path, max_steps: int | None = N
         recon = vae.decode(posterior.sample(generator=torch.Generator().manual_seed(step))).sample
         return F.l1_loss(recon, images) + F.mse_loss(recon, images) + recipe.vae.kl_weight * posterior.kl().mean()
 
-    train_loop("vae", step_loss, model=vae, optimizer=optimizer, checkpoint=workdir / "vae.ckpt",
-               steps=recipe.vae.steps, checkpoint_every=recipe.checkpoint_every, max_steps=max_steps)
-    return vae.eval()
+    losses = train_loop("vae", step_loss, model=vae, optimizer=optimizer, checkpoint=workdir / "vae.ckpt",
+                        steps=recipe.vae.steps, checkpoint_every=recipe.checkpoint_every, max_steps=max_steps)
+    return vae.eval(), losses
 
 
 @torch.no_grad()
@@ -251,9 +252,9 @@ def train_world_model(recipe: WorldModelRecipe, workdir: Path, output: Path, max
     see `world_pipeline_dir` for how the text encoder joins them.
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    vae = train_vae(recipe, workdir, max_steps)
+    vae, vae_losses = train_vae(recipe, workdir, max_steps)
     vae.register_to_config(scaling_factor=latent_scale(vae, recipe))
-    unet, tokenizer, encoder, _ = train_unet(recipe, vae, workdir, max_steps)
+    unet, tokenizer, encoder, unet_losses = train_unet(recipe, vae, workdir, max_steps)
     sampler = DDIMScheduler(beta_schedule=recipe.unet.beta_schedule, prediction_type=recipe.unet.prediction_type,
                             clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=encoder, tokenizer=tokenizer, unet=unet, scheduler=sampler,
@@ -262,6 +263,7 @@ def train_world_model(recipe: WorldModelRecipe, workdir: Path, output: Path, max
     shutil.rmtree(staging, ignore_errors=True)
     pipe.to(torch.float16).save_pretrained(staging)
     shutil.rmtree(staging / "text_encoder")
+    write_training_record(staging, vae=vae_losses, unet=unet_losses)
     shutil.rmtree(output, ignore_errors=True)
     os.replace(staging, output)
     return output

@@ -1,3 +1,4 @@
+import json
 import numpy as np
 import pytest
 import torch
@@ -62,6 +63,7 @@ def test_short_training_lowers_the_loss_and_round_trips(tmp_path):
     annotator = train_world_annotator(recipe, tmp_path / "work", tmp_path / "annotator")
     after = held_out_loss(annotator.model)
     assert after < 0.8 * before
+    assert json.loads((tmp_path / "annotator" / "training.json").read_text())["annotator"]["steps"] == recipe.steps
     loaded = MaskRCNNAnnotator.from_pretrained(tmp_path / "annotator", score_threshold=0.0)
     annotator.model.eval()
     annotator.score_threshold = 0.0

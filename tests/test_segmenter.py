@@ -1,3 +1,4 @@
+import json
 import numpy as np
 import pytest
 import torch
@@ -63,6 +64,7 @@ def test_training_resumes_exactly(tmp_path):
     resumed = train_segmenter(tiny_recipe(steps=6, checkpoint_every=3), data, tmp_path / "b", tmp_path / "wb")
     a, b = Segmenter.from_pretrained(straight).model.state_dict(), Segmenter.from_pretrained(resumed).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+    assert json.loads((resumed / "training.json").read_text())["segmenter"]["steps"] == 6
 
 
 def test_from_scratch_init_gives_distinct_queries_and_unit_batchnorm():

@@ -1,4 +1,5 @@
 
+import json
 import numpy as np
 import pytest
 import torch
@@ -117,6 +118,8 @@ def test_train_grounding_lowers_the_loss_and_resumes(pipe, tmp_path):
     resumed = train_grounding(r, TripletShards(tmp_path / "t"), tmp_path / "w2", tmp_path / "g2")
     assert resumed.config == straight.config and (tmp_path / "g2" / "recipe.json").is_file()
     assert torch.load(tmp_path / "w2" / "grounding.ckpt", weights_only=True)["step"] == 30
+    record = json.loads((tmp_path / "g2" / "training.json").read_text())["grounding"]
+    assert record == {"steps": 30, "loss": round(float(np.mean(losses[-50:])), 4)}  # resumed: same losses as straight
 
 
 def test_grounding_recipe_validation(tmp_path):

@@ -1,5 +1,6 @@
 """The world's text-to-image model: recipes train, resume exactly, and load through the general loader."""
 
+import json
 import dataclasses
 
 import numpy as np
@@ -38,11 +39,11 @@ def test_bad_recipe_values(tmp_path):
 @pytest.mark.slow
 def test_vae_training_lowers_the_loss_and_resumes_exactly(tmp_path):
     recipe = tiny_recipe()
-    straight = train_vae(recipe, tmp_path / "a")
-    losses = torch.load(tmp_path / "a" / "vae.ckpt", weights_only=True)["losses"]
+    straight, losses = train_vae(recipe, tmp_path / "a")
+    assert losses == torch.load(tmp_path / "a" / "vae.ckpt", weights_only=True)["losses"]
     assert np.mean(losses[-3:]) < 0.8 * np.mean(losses[:3])
     train_vae(recipe, tmp_path / "b", max_steps=5)
-    resumed = train_vae(recipe, tmp_path / "b")
+    resumed, _ = train_vae(recipe, tmp_path / "b")
     for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values()):
         assert torch.equal(a, b), name
 
@@ -51,7 +52,7 @@ def test_vae_training_lowers_the_loss_and_resumes_exactly(tmp_path):
 def test_unet_training_lowers_the_loss(tmp_path):
     unet_recipe = UNetRecipe(block_out_channels=[16, 32, 32], steps=20, batch_size=8, warmup_steps=2, lr=2e-3, ema_decay=0.0)
     recipe = dataclasses.replace(tiny_recipe(), unet=unet_recipe)
-    vae = train_vae(recipe, tmp_path, max_steps=2)
+    vae, _ = train_vae(recipe, tmp_path, max_steps=2)
     tokenizer, encoder = load_text_encoder(recipe.max_tokens)
     images, captions = sample_scenes(recipe, 12345, 16)
     latents = vae.encode(images).latent_dist.mean.detach() * vae.config.scaling_factor
@@ -70,7 +71,9 @@ def test_unet_training_lowers_the_loss(tmp_path):
 @pytest.mark.slow
 def test_trained_model_loads_through_the_general_loader(tmp_path):
     output = train_world_model(tiny_recipe(), tmp_path / "work", tmp_path / "t2i", max_steps=2)
-    assert sorted(p.name for p in output.iterdir()) == ["model_index.json", "scheduler", "tokenizer", "unet", "vae"]
+    assert sorted(p.name for p in output.iterdir()) == ["model_index.json", "scheduler", "tokenizer", "training.json", "unet", "vae"]
+    record = json.loads((output / "training.json").read_text())
+    assert {stage: r["steps"] for stage, r in record.items()} == {"vae": 2, "unet": 2}  # which checkpoint the export is
     folder = world_pipeline_dir(output, cache=tmp_path / "cache")
     assert world_pipeline_dir(output, cache=tmp_path / "cache") == folder  # assembled once
     pipe = load_pipeline(folder)
