@@ -6,7 +6,7 @@ baseline's threshold is tuned on seen classes only. Targets: the default module 
 by >= 15 mIoU points on seen and on unseen classes, and its unseen mIoU >= 0.9 x its seen mIoU.
 Writes the "Protocol i (world)" section of benchmarks/RESULTS.md.
 
-    python benchmarks/bench_protocol_i.py [--module "NAME=DIR" ...] [--per-class 10] [--pairs 60]
+    python benchmarks/bench_protocol_i.py [--module "NAME=DIR" ...] [--per-class 20] [--pairs 120]
 """
 
 from __future__ import annotations
@@ -23,8 +23,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--module", action="append", default=[], help="NAME=DIR of a grounding module; the first is the default")
     parser.add_argument("--recipe", default="recipes/world-grounding.yaml")
-    parser.add_argument("--per-class", type=int, default=10)
-    parser.add_argument("--pairs", type=int, default=60)
+    parser.add_argument("--per-class", type=int, default=20)
+    parser.add_argument("--pairs", type=int, default=120)
     args = parser.parse_args()
 
     from synthseg.annotators import load_annotator
