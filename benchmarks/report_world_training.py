@@ -41,9 +41,10 @@ def main() -> None:
         cache = TripletShards(ROOT / TRIPLETS)
         triplets = (f"\nTriplet cache `{TRIPLETS}` (the grounding module's training data): {len(cache):,} triplets, "
                     f"{cache.bytes_per_triplet() / 1024:.0f} KB per triplet on disk (fp16 features and cross-attention maps).\n")
-    sizes = {d.name: sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) / 2**20 for d in sorted(ASSETS.iterdir()) if d.is_dir()}
+    folders = [d for d in sorted(ASSETS.iterdir()) if d.is_dir()]
+    sizes = {d.name: sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) / 2**20 for d in folders}
     shipped = ", ".join(f"`{name}/` {mb:.1f} MB" for name, mb in sizes.items())
-    exports = [f"| `{d.name}/` | {stage} | {r['steps']:,} | {r['loss']:.4f} |" for d in sorted(ASSETS.iterdir())
+    exports = [f"| `{d.name}/` | {stage} | {r['steps']:,} | {r['loss']:.4f} |" for d in folders
                if (d / "training.json").is_file() for stage, r in json.loads((d / "training.json").read_text()).items()]
     metrics = json.loads((WORLD_ANNOTATOR / "metrics.json").read_text())
     body = f"""Checkpoints on this machine (training resumes from them):

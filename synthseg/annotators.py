@@ -244,7 +244,7 @@ def train_world_annotator(recipe: WorldAnnotatorRecipe, workdir: Path, output: P
         return sum(model(images, [scene_targets(s) for s in scenes]).values())
 
     losses = train_loop("annotator", step_loss, model=model, optimizer=optimizer, checkpoint=workdir / "annotator.ckpt",
-               steps=recipe.steps, checkpoint_every=recipe.checkpoint_every, max_steps=max_steps, schedule=schedule, clip_norm=10.0)
+                        steps=recipe.steps, checkpoint_every=recipe.checkpoint_every, max_steps=max_steps, schedule=schedule, clip_norm=10.0)
     annotator = MaskRCNNAnnotator(model, recipe.model.categories, score_threshold=recipe.score_threshold,
                                   mask_threshold=recipe.mask_threshold, config=recipe.model)
     annotator.save_pretrained(output)

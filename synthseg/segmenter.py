@@ -193,8 +193,8 @@ def train_segmenter(recipe: SegmenterRecipe, data: SegmentationData, output: str
 
     workdir = Path(workdir)
     losses = train_loop("segmenter", step_loss, model=model, optimizer=optimizer, checkpoint=workdir / "segmenter.ckpt",
-               steps=recipe.steps, checkpoint_every=recipe.checkpoint_every, max_steps=max_steps, schedule=schedule,
-               clip_norm=recipe.clip_norm, accelerator=accelerator)
+                        steps=recipe.steps, checkpoint_every=recipe.checkpoint_every, max_steps=max_steps, schedule=schedule,
+                        clip_norm=recipe.clip_norm, accelerator=accelerator)
     output = Path(output)
     if accelerator.is_main_process:
         accelerator.unwrap_model(model).save_pretrained(output)

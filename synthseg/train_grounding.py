@@ -109,7 +109,7 @@ def train_grounding(recipe: GroundingRecipe, triplets, workdir: Path, output: Pa
         return grounding_loss(logits, batch["masks"], batch["valid"], missing)
 
     losses = train_loop("grounding", step_loss, model=module, optimizer=optimizer, checkpoint=workdir / "grounding.ckpt",
-               steps=t.steps, checkpoint_every=t.checkpoint_every, max_steps=max_steps, schedule=schedule)
+                        steps=t.steps, checkpoint_every=t.checkpoint_every, max_steps=max_steps, schedule=schedule)
     module.eval().save_pretrained(output)
     made = dict(asdict(recipe), triplets=asdict(triplets.recipe))  # how its triplets were really made
     (Path(output) / "recipe.json").write_text(json.dumps(made, indent=2) + "\n")

@@ -1,7 +1,7 @@
 """The world's text-to-image model: recipes train, resume exactly, and load through the general loader."""
 
-import json
 import dataclasses
+import json
 
 import numpy as np
 import pytest
