@@ -109,6 +109,11 @@ def build_maskformer(recipe: SegmenterRecipe, class_names: tuple[str, ...]):
     # transformers draws the object queries from N(0, 0.02), which only a pretrained MaskFormer overwrites: from
     # scratch every query then looks the same once dropout is off, and all predict one class. N(0, 1) as in DETR.
     torch.nn.init.normal_(model.model.transformer_module.queries_embedder.weight)
+    # Likewise its decoder's weights come from N(0, 0.02), where DETR and MaskFormer use Xavier: with q and k
+    # that small, attention stays uniform and the queries learn to single out objects only very slowly.
+    for parameter in model.model.transformer_module.decoder.parameters():
+        if parameter.dim() > 1:
+            torch.nn.init.xavier_uniform_(parameter)
     if recipe.pretrained_backbone:
         load_backbone_weights(model, recipe.backbone_weights or BACKBONE_WEIGHTS[recipe.backbone])
     else:
