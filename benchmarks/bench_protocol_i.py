@@ -76,7 +76,7 @@ Targets for `{next(iter(modules))}`: beats the baseline by >= 15 points on seen 
 unseen classes (**{100 * margin_unseen:+.1f}**); unseen / seen = **{unseen / seen:.2f}** (target >= 0.9).
 """
     print(body)
-    write_section("Protocol i (world)", body)
+    write_section("Protocol i (world)", body, world_assets=True)
 
 
 if __name__ == "__main__":

@@ -80,7 +80,7 @@ Synthetic data: `make-dataset --classes world --per-class {args.per_class} --per
 of the model but have no training pixels, so a closed-vocabulary segmenter cannot learn them.
 """
     print(body)
-    write_section("Protocol ii (world)", body)
+    write_section("Protocol ii (world)", body, world_assets=True)
 
 
 if __name__ == "__main__":

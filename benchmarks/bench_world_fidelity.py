@@ -96,7 +96,7 @@ Sampling time: {seconds:.3f} s per image on this CPU (batch {args.batch}).
 {rows}
 """
     print(body)
-    write_section("world fidelity", body)
+    write_section("world fidelity", body, world_assets=True)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from results import write_section
+from results import shipped_world, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = {"VAE": "runs/world-t2i/vae.ckpt", "UNet": "runs/world-t2i/unet.ckpt", "annotator": "runs/world-annotator/annotator.ckpt",
@@ -44,8 +44,8 @@ def main() -> None:
     folders = [d for d in sorted(ASSETS.iterdir()) if d.is_dir()]
     sizes = {d.name: sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) / 2**20 for d in folders}
     shipped = ", ".join(f"`{name}/` {mb:.1f} MB" for name, mb in sizes.items())
-    exports = [f"| `{d.name}/` | {stage} | {r['steps']:,} | {r['loss']:.4f} |" for d in folders
-               if (d / "training.json").is_file() for stage, r in json.loads((d / "training.json").read_text()).items()]
+    exports = [f"| `{folder}/` | {digest} | {stage} | {r['steps']:,} | {r['loss']:.4f} |"
+               for folder, digest, record in shipped_world() for stage, r in record.items()]
     metrics = json.loads((WORLD_ANNOTATOR / "metrics.json").read_text())
     body = f"""Checkpoints on this machine (training resumes from them):
 
@@ -55,10 +55,11 @@ def main() -> None:
 {triplets}
 Shipped in `synthseg/assets/world/`: {shipped}; {sum(sizes.values()):.1f} MB in all (cap 50 MB).
 Each was exported from the checkpoint below (its `training.json`; `--max-steps N` exports the
-checkpoint at step N):
+checkpoint at step N). The digest (sha256 of its safetensors) names the export in the "World models"
+line of the other sections:
 
-| shipped | stage | steps | mean loss, last 50 steps |
-|---|---|---|---|
+| shipped | digest | stage | steps | mean loss, last 50 steps |
+|---|---|---|---|---|
 {chr(10).join(exports)}
 
 Shipped annotator: mask AP **{metrics['mask_ap']:.3f}**, AP50 {metrics['mask_ap50']:.3f}, AP75 {metrics['mask_ap75']:.3f}

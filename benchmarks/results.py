@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import datetime
+import hashlib
+import json
 import os
 import platform
 import re
@@ -27,10 +29,30 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__}, diffusers {diffusers.__version__}, Python {platform.python_version()}"
 
 
-def write_section(name: str, body: str) -> None:
-    """Replace (or append) the section `name` of RESULTS.md, stamped with command, machine and date."""
+def shipped_world() -> list[tuple[str, str, dict]]:
+    """(folder, digest, training record) of each model in synthseg/assets/world. The digest (sha256 of the
+    folder's safetensors, 8 hex digits) tells which export a recorded figure was measured with."""
+    from synthseg.worldmodel import ASSETS
+
+    shipped = []
+    for folder in sorted(d for d in ASSETS.iterdir() if d.is_dir()):
+        digest = hashlib.sha256(b"".join(f.read_bytes() for f in sorted(folder.rglob("*.safetensors"))))
+        shipped.append((folder.name, digest.hexdigest()[:8], json.loads((folder / "training.json").read_text())))
+    return shipped
+
+
+def write_section(name: str, body: str, world_assets: bool = False) -> None:
+    """Replace (or append) the section `name` of RESULTS.md, stamped with command, machine and date, and
+    with `world_assets` the shipped world models it ran on (see `shipped_world`)."""
     command = "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
-    stamp = f"Command: `{command}`  \nMachine: {machine()}  \nDate: {datetime.date.today().isoformat()}\n\n"
+    stamp = f"Command: `{command}`  \nMachine: {machine()}  \nDate: {datetime.date.today().isoformat()}"
+    if world_assets:
+        models = []
+        for folder, digest, record in shipped_world():
+            steps = ", ".join(f"{stage} {r['steps']:,} steps" for stage, r in record.items())
+            models.append(f"`{folder}/` {digest} ({steps})")
+        stamp += f"  \nWorld models: {'; '.join(models)}"
+    stamp += "\n\n"
     section = f"<!-- {name}:start -->\n## {name}\n\n{stamp}{body.strip()}\n<!-- {name}:end -->"
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\nEach section is rewritten by the script named in it.\n"
     pattern = re.compile(rf"<!-- {re.escape(name)}:start -->.*?<!-- {re.escape(name)}:end -->", re.S)

@@ -48,6 +48,8 @@ class MaskRCNNConfig:
     categories: label names; label id k is categories[k-1] (0 is background).
     image_size: images are resized to this square size inside the model's transform.
     anchor_sizes: one anchor size per FPN level (3 backbone levels + the pooled level).
+    mask_channels: width of the mask head's 4 convolutions; on CPU they dominate a training step, so
+        a width below fpn_channels buys steps.
     """
 
     categories: list[str]
@@ -55,6 +57,7 @@ class MaskRCNNConfig:
     fpn_channels: int = 128
     image_size: int = 128
     anchor_sizes: list[int] = field(default_factory=lambda: [16, 32, 64, 128])
+    mask_channels: int = 64
 
     def validate(self, source: str) -> None:
         if len(self.anchor_sizes) != 4:
@@ -65,7 +68,7 @@ def build_maskrcnn(config: MaskRCNNConfig) -> nn.Module:
     """A small torchvision `MaskRCNN` with random weights, sized for CPU training on 64-128 px scenes.
 
     ResNet (GroupNorm) -> FPN with `fpn_channels` channels on layers 2-4, thin box and mask heads,
-    and fewer RoIs per image than the COCO defaults (128 sampled, 300 kept after NMS).
+    and fewer RoIs per image than the COCO defaults (64 sampled, 300 kept after NMS).
     """
     from torchvision.models import resnet
     from torchvision.models.detection import MaskRCNN
@@ -85,11 +88,12 @@ def build_maskrcnn(config: MaskRCNNConfig) -> nn.Module:
     return MaskRCNN(
         backbone, min_size=config.image_size, max_size=config.image_size, rpn_anchor_generator=anchors,
         rpn_pre_nms_top_n_train=600, rpn_post_nms_top_n_train=300, rpn_pre_nms_top_n_test=300, rpn_post_nms_top_n_test=100,
-        box_batch_size_per_image=128, box_detections_per_img=20,
+        box_batch_size_per_image=64, box_detections_per_img=20,
         box_roi_pool=MultiScaleRoIAlign(levels, output_size=7, sampling_ratio=2),
         box_head=TwoMLPHead(c * 49, 256), box_predictor=FastRCNNPredictor(256, classes),
         mask_roi_pool=MultiScaleRoIAlign(levels, output_size=14, sampling_ratio=2),
-        mask_head=MaskRCNNHeads(c, (c,) * 4, 1), mask_predictor=MaskRCNNPredictor(c, c, classes),
+        mask_head=MaskRCNNHeads(c, (config.mask_channels,) * 4, 1),
+        mask_predictor=MaskRCNNPredictor(config.mask_channels, config.mask_channels, classes),
     )
 
 

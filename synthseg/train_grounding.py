@@ -88,7 +88,7 @@ def train_grounding(recipe: GroundingRecipe, triplets, workdir: Path, output: Pa
     `save_pretrained` into `output`."""
     model = dict(recipe.model)
     layout = triplets.layout()
-    if not model.pop("cross_attention", True):  # triplets with attention maps, trained without them (ablation)
+    if not model.pop("cross_attention", True):  # leave out the attention maps the triplets may hold
         layout = {k: v for k, v in layout.items() if k not in ATTENTION_FIELDS}
     config = load_config(GroundingConfig, {**layout, **model}, "triplet layout")
     t = recipe.train

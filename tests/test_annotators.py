@@ -41,7 +41,7 @@ def test_annotate_returns_only_requested_classes(coco):
 
 
 def small_recipe(steps=8) -> WorldAnnotatorRecipe:
-    model = MaskRCNNConfig(categories=list(WORLD_CLASSES), fpn_channels=32, image_size=64, anchor_sizes=[8, 16, 32, 64])
+    model = MaskRCNNConfig(categories=list(WORLD_CLASSES), fpn_channels=32, image_size=64, anchor_sizes=[8, 16, 32, 64], mask_channels=32)
     return WorldAnnotatorRecipe(model=model, steps=steps, batch_size=2, warmup_steps=2, lr=1e-3, checkpoint_every=100)
 
 

@@ -51,7 +51,7 @@ def test_make_triplets_and_train_grounding_end_to_end(pipe_dir, tmp_path):
 
     from synthseg.classes import VOC_CLASSES
 
-    config = MaskRCNNConfig(categories=list(VOC_CLASSES), fpn_channels=16, image_size=32, anchor_sizes=[4, 8, 16, 32])
+    config = MaskRCNNConfig(categories=list(VOC_CLASSES), fpn_channels=16, image_size=32, anchor_sizes=[4, 8, 16, 32], mask_channels=16)
     MaskRCNNAnnotator(build_maskrcnn(config), config.categories, score_threshold=0.0, config=config).save_pretrained(tmp_path / "ann")
     (tmp_path / "r.yaml").write_text(
         "split: voc-15-5\n"

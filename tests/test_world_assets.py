@@ -47,7 +47,7 @@ def test_annotator_finds_objects_in_rendered_scenes_well_above_chance():
     scenes = [render_scene(2 * i + 1) for i in range(24)]
     found = annotator.annotate([s.image for s in scenes], [list(WORLD_CLASSES)] * len(scenes))
     hits = [name in {inst.class_name for inst in instances} for scene, instances in zip(scenes, found) for name in scene.classes]
-    assert np.mean(hits) >= 0.3  # chance is 1/12: naming one of 12 classes
+    assert np.mean(hits) >= 0.75  # chance is 1/12: naming one of 12 classes; the shipped annotator finds 92% here
     assert json.loads((WORLD_ANNOTATOR / "metrics.json").read_text())["scenes"] == 500
 
 
