@@ -27,7 +27,6 @@ def main() -> None:
     argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
     from synthseg.annotators import WORLD_ANNOTATOR
     from synthseg.training import recent_loss
-    from synthseg.worldmodel import ASSETS
 
     rows = []
     for name, path in CHECKPOINTS.items():
@@ -41,11 +40,11 @@ def main() -> None:
         cache = TripletShards(ROOT / TRIPLETS)
         triplets = (f"\nTriplet cache `{TRIPLETS}` (the grounding module's training data): {len(cache):,} triplets, "
                     f"{cache.bytes_per_triplet() / 1024:.0f} KB per triplet on disk (fp16 features and cross-attention maps).\n")
-    folders = [d for d in sorted(ASSETS.iterdir()) if d.is_dir()]
-    sizes = {d.name: sum(f.stat().st_size for f in d.rglob("*") if f.is_file()) / 2**20 for d in folders}
+    world = shipped_world()
+    sizes = {folder.name: sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20 for folder, _, _ in world}
     shipped = ", ".join(f"`{name}/` {mb:.1f} MB" for name, mb in sizes.items())
-    exports = [f"| `{folder}/` | {digest} | {stage} | {r['steps']:,} | {r['loss']:.4f} |"
-               for folder, digest, record in shipped_world() for stage, r in record.items()]
+    exports = [f"| `{folder.name}/` | {digest} | {stage} | {r['steps']:,} | {r['loss']:.4f} |"
+               for folder, digest, record in world for stage, r in record.items()]
     metrics = json.loads((WORLD_ANNOTATOR / "metrics.json").read_text())
     body = f"""Checkpoints on this machine (training resumes from them):
 

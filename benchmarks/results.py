@@ -29,7 +29,7 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__}, diffusers {diffusers.__version__}, Python {platform.python_version()}"
 
 
-def shipped_world() -> list[tuple[str, str, dict]]:
+def shipped_world() -> list[tuple[Path, str, dict]]:
     """(folder, digest, training record) of each model in synthseg/assets/world. The digest (sha256 of the
     folder's safetensors, 8 hex digits) tells which export a recorded figure was measured with."""
     from synthseg.worldmodel import ASSETS
@@ -37,7 +37,7 @@ def shipped_world() -> list[tuple[str, str, dict]]:
     shipped = []
     for folder in sorted(d for d in ASSETS.iterdir() if d.is_dir()):
         digest = hashlib.sha256(b"".join(f.read_bytes() for f in sorted(folder.rglob("*.safetensors"))))
-        shipped.append((folder.name, digest.hexdigest()[:8], json.loads((folder / "training.json").read_text())))
+        shipped.append((folder, digest.hexdigest()[:8], json.loads((folder / "training.json").read_text())))
     return shipped
 
 
@@ -50,7 +50,7 @@ def write_section(name: str, body: str, world_assets: bool = False) -> None:
         models = []
         for folder, digest, record in shipped_world():
             steps = ", ".join(f"{stage} {r['steps']:,} steps" for stage, r in record.items())
-            models.append(f"`{folder}/` {digest} ({steps})")
+            models.append(f"`{folder.name}/` {digest} ({steps})")
         stamp += f"  \nWorld models: {'; '.join(models)}"
     stamp += "\n\n"
     section = f"<!-- {name}:start -->\n## {name}\n\n{stamp}{body.strip()}\n<!-- {name}:end -->"
