@@ -5,7 +5,8 @@ processor runs with `do_reduce_labels=False` (set explicitly: transformers 5 ign
 `reduce_labels`) and `ignore_index=255`. Augmentation follows MaskFormer's semantic recipe: the
 short side is scaled to `crop_size * U(scale_range)`, then a random `crop_size` crop (padded with
 ignore where the image is smaller) and a random horizontal flip. Optimiser: AdamW, backbone LR x0.1,
-poly schedule (power 0.9), gradient clipping at 0.01, as MaskFormer's detectron2 configs.
+poly schedule (power 0.9), gradient clipping at 0.01 and deep supervision, as MaskFormer's detectron2
+configs.
 """
 
 from __future__ import annotations
@@ -28,12 +29,14 @@ IMAGENET_STD = [0.229, 0.224, 0.225]
 # ResNet architectures built from configs; ImageNet weights for them come from the hub ids below.
 BACKBONES = {
     "resnet-tiny": dict(layer_type="basic", depths=[1, 1, 1, 1], hidden_sizes=[16, 32, 64, 128], embedding_size=16),
+    # Two stages: its last map, which the transformer decoder reads, is at stride 8 (8x8 on the world's 64 px scenes,
+    # where a stride-32 map is 2x2; MaskFormer's decoder reads 16x16 on 512 px crops).
+    "resnet-tiny-s8": dict(layer_type="basic", depths=[1, 1], hidden_sizes=[32, 64], embedding_size=16),
     "resnet-18": dict(layer_type="basic", depths=[2, 2, 2, 2], hidden_sizes=[64, 128, 256, 512], embedding_size=64),
     "resnet-50": dict(layer_type="bottleneck", depths=[3, 4, 6, 3], hidden_sizes=[256, 512, 1024, 2048], embedding_size=64),
     "resnet-101": dict(layer_type="bottleneck", depths=[3, 4, 23, 3], hidden_sizes=[256, 512, 1024, 2048], embedding_size=64),
 }
 BACKBONE_WEIGHTS = {"resnet-18": "microsoft/resnet-18", "resnet-50": "microsoft/resnet-50", "resnet-101": "microsoft/resnet-101"}
-STAGES = ["stage1", "stage2", "stage3", "stage4"]
 
 
 @dataclass
@@ -94,15 +97,16 @@ def image_processor(recipe: SegmenterRecipe):
 
 def build_maskformer(recipe: SegmenterRecipe, class_names: tuple[str, ...]):
     """MaskFormerForInstanceSegmentation over ["background", *class_names], ImageNet backbone if asked."""
-    from transformers import MaskFormerConfig, MaskFormerForInstanceSegmentation, ResNetConfig
+    from transformers import MaskFormerConfig, MaskFormerForInstanceSegmentation
 
     labels = (BACKGROUND, *class_names)
     config = MaskFormerConfig(
-        backbone_config=ResNetConfig(**BACKBONES[recipe.backbone], out_features=STAGES),
+        backbone_config=backbone_config(recipe.backbone),
         decoder_config=dict(model_type="detr", decoder_layers=recipe.decoder_layers, d_model=recipe.decoder_dim,
                             decoder_attention_heads=recipe.decoder_heads, decoder_ffn_dim=recipe.decoder_ffn,
                             num_queries=recipe.num_queries),
         fpn_feature_size=recipe.fpn_feature_size, mask_feature_size=recipe.mask_feature_size, num_labels=len(labels),
+        use_auxiliary_loss=True,  # MaskFormer's deep supervision: a loss after every decoder layer (transformers: off)
         id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
     )
     model = MaskFormerForInstanceSegmentation(config)
@@ -125,12 +129,20 @@ def build_maskformer(recipe: SegmenterRecipe, class_names: tuple[str, ...]):
     return model
 
 
+def backbone_config(name: str):
+    """The ResNetConfig of a BACKBONES name, every stage an output (MaskFormer's pixel decoder reads them all)."""
+    from transformers import ResNetConfig
+
+    stages = [f"stage{i + 1}" for i in range(len(BACKBONES[name]["depths"]))]
+    return ResNetConfig(**BACKBONES[name], out_features=stages)
+
+
 def load_backbone_weights(model, source: str) -> None:
     """Copy an ImageNet ResNet (hub id or folder) into MaskFormer's encoder; offline, say what to do."""
     from transformers import ResNetBackbone
 
     try:
-        pretrained = ResNetBackbone.from_pretrained(source, out_features=STAGES)
+        pretrained = ResNetBackbone.from_pretrained(source, out_features=model.config.backbone_config.out_features)
     except (OSError, ValueError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise SynthsegError(f"cannot load the ImageNet backbone {source!r} ({reason}); download it into the Hugging Face "
@@ -157,6 +169,14 @@ def augment(image: Image.Image, labels: np.ndarray, rng: np.random.Generator, cr
     if rng.random() < 0.5:
         pixels, target = pixels[:, ::-1], target[:, ::-1]
     return np.ascontiguousarray(pixels), np.ascontiguousarray(target)
+
+
+def training_loss(model, batch, device) -> torch.Tensor:
+    """MaskFormer's matched loss (class CE, focal and dice) on a processor batch; with `use_auxiliary_loss` (deep
+    supervision, as MaskFormer trains) it is summed over every decoder layer's predictions."""
+    # transformers 5 drops the decoder layers' outputs that the auxiliary losses read unless they are asked for
+    return model(pixel_values=batch["pixel_values"].to(device), mask_labels=[m.to(device) for m in batch["mask_labels"]],
+                 class_labels=[c.to(device) for c in batch["class_labels"]], output_hidden_states=True).loss
 
 
 def train_segmenter(recipe: SegmenterRecipe, data: SegmentationData, output: str | Path, workdir: str | Path,
@@ -192,9 +212,7 @@ def train_segmenter(recipe: SegmenterRecipe, data: SegmentationData, output: str
         torch.manual_seed(int(rng.integers(2**31)))  # dropout: a resumed run draws the same masks
         crops = [augment(*data[int(i)], rng, recipe.crop_size, recipe.scale_range) for i in rng.integers(len(data), size=per_process)]
         batch = processor(images=[c[0] for c in crops], segmentation_maps=[c[1] for c in crops], do_resize=False, return_tensors="pt")
-        device = accelerator.device
-        return model(pixel_values=batch["pixel_values"].to(device), mask_labels=[m.to(device) for m in batch["mask_labels"]],
-                     class_labels=[c.to(device) for c in batch["class_labels"]]).loss
+        return training_loss(model, batch, accelerator.device)
 
     workdir = Path(workdir)
     losses = train_loop("segmenter", step_loss, model=model, optimizer=optimizer, checkpoint=workdir / "segmenter.ckpt",
@@ -202,7 +220,9 @@ def train_segmenter(recipe: SegmenterRecipe, data: SegmentationData, output: str
                         clip_norm=recipe.clip_norm, accelerator=accelerator)
     output = Path(output)
     if accelerator.is_main_process:
-        accelerator.unwrap_model(model).save_pretrained(output)
+        trained = accelerator.unwrap_model(model)
+        trained.config.use_auxiliary_loss = False  # a training setting; transformers' inference fails with it on
+        trained.save_pretrained(output)
         processor.save_pretrained(output)
         (output / "synthseg-segmenter.yaml").write_text(yaml.safe_dump(dict(recipe=asdict(recipe), trained_on=data.name)))
         write_training_record(output, segmenter=losses)

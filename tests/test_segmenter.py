@@ -8,7 +8,8 @@ from synthseg import SynthsegError
 from synthseg.config import load_config
 from synthseg.dataset import DatasetRecipe, make_dataset
 from synthseg.readers import read_synthseg, read_world
-from synthseg.segmenter import SegmenterRecipe, Segmenter, augment, build_maskformer, load_backbone_weights, train_segmenter
+from synthseg.segmenter import (SegmenterRecipe, Segmenter, augment, build_maskformer, image_processor, load_backbone_weights,
+                                train_segmenter, training_loss)
 
 TINY = dict(backbone="resnet-tiny", pretrained_backbone=False, fpn_feature_size=32, mask_feature_size=32, decoder_layers=1,
             decoder_dim=32, decoder_heads=2, decoder_ffn=64, num_queries=8, batch_size=4, crop_size=32, lr=1e-3,
@@ -52,9 +53,32 @@ def test_tiny_maskformer_loss_falls_on_a_synthseg_dataset(synthseg_data, tmp_pat
     segmenter = Segmenter.from_pretrained(out)
     assert segmenter.class_names == ("background", "dog", "cat")
     assert segmenter.processor.do_reduce_labels is False and segmenter.processor.ignore_index == 255
+    assert not segmenter.model.config.use_auxiliary_loss  # saved for inference, which fails with it on
     image, _ = data[0]
     labels = segmenter.predict(image.resize((45, 37)))
     assert labels.shape == (37, 45) and labels.min() >= 0 and labels.max() <= 2
+
+
+def test_training_loss_supervises_every_decoder_layer():
+    recipe = tiny_recipe(decoder_layers=2)
+    data = read_world(2)
+    batch = image_processor(recipe).preprocess(images=[np.array(data[i][0]) for i in range(2)],
+                                               segmentation_maps=[data[i][1] for i in range(2)], return_tensors="pt")
+    torch.manual_seed(0)
+    model = build_maskformer(recipe, data.class_names).eval()
+    assert model.config.use_auxiliary_loss
+    supervised = training_loss(model, batch, "cpu")
+    model.config.use_auxiliary_loss = False
+    last_layer_only = training_loss(model, batch, "cpu")
+    assert supervised > last_layer_only > 0  # deep supervision adds the earlier layers' matched losses
+
+
+def test_decoder_reads_the_last_backbone_stage():
+    x = torch.zeros(1, 3, 64, 64)
+    for backbone, side in (("resnet-tiny", 2), ("resnet-tiny-s8", 8)):  # stride 32 and stride 8
+        model = build_maskformer(tiny_recipe(backbone=backbone), ("a",)).eval()
+        with torch.no_grad():
+            assert model.model(x).encoder_last_hidden_state.shape[-2:] == (side, side), backbone
 
 
 def test_training_resumes_exactly(tmp_path):
@@ -84,12 +108,12 @@ def test_from_scratch_init_gives_distinct_queries_unit_batchnorm_and_xavier_deco
 
 
 def test_pretrained_backbone_goes_through_from_pretrained(tmp_path):
-    from transformers import ResNetBackbone, ResNetConfig
+    from transformers import ResNetBackbone
 
-    from synthseg.segmenter import BACKBONES, STAGES
+    from synthseg.segmenter import backbone_config
 
     torch.manual_seed(1)
-    ResNetBackbone(ResNetConfig(**BACKBONES["resnet-tiny"], out_features=STAGES)).save_pretrained(tmp_path / "resnet")
+    ResNetBackbone(backbone_config("resnet-tiny")).save_pretrained(tmp_path / "resnet")
     model = build_maskformer(tiny_recipe(pretrained_backbone=True, backbone_weights=str(tmp_path / "resnet")), ("a",))
     reference = ResNetBackbone.from_pretrained(tmp_path / "resnet").state_dict()
     encoder = model.model.pixel_level_module.encoder.state_dict()
