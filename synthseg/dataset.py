@@ -304,7 +304,7 @@ def make_dataset(pipe, grounding, recipe: DatasetRecipe, directory: str | Path, 
     if num_shards is None and int(os.environ.get("WORLD_SIZE", "1")) > 1:
         from accelerate import PartialState
 
-        state = PartialState()
+        state = PartialState(cpu=not torch.cuda.is_available())  # without cpu=True, CPU processes each run alone
         num_shards, shard_index = state.num_processes, state.process_index
     num_shards, shard_index = num_shards or 1, shard_index or 0
     if not 0 <= shard_index < num_shards:

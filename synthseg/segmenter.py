@@ -106,7 +106,6 @@ def build_maskformer(recipe: SegmenterRecipe, class_names: tuple[str, ...]):
                             decoder_attention_heads=recipe.decoder_heads, decoder_ffn_dim=recipe.decoder_ffn,
                             num_queries=recipe.num_queries),
         fpn_feature_size=recipe.fpn_feature_size, mask_feature_size=recipe.mask_feature_size, num_labels=len(labels),
-        use_auxiliary_loss=True,  # MaskFormer's deep supervision: a loss after every decoder layer (transformers: off)
         id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
     )
     model = MaskFormerForInstanceSegmentation(config)
@@ -198,6 +197,7 @@ def train_segmenter(recipe: SegmenterRecipe, data: SegmentationData, output: str
         raise SynthsegError(f"batch_size {recipe.batch_size} does not split over {accelerator.num_processes} processes")
     torch.manual_seed(recipe.seed)
     model = build_maskformer(recipe, data.class_names).train()
+    model.config.use_auxiliary_loss = True  # MaskFormer's deep supervision (transformers leaves it off); off when saved
     processor = image_processor(recipe)
     backbone = [p for n, p in model.named_parameters() if ".pixel_level_module.encoder." in n]
     others = [p for n, p in model.named_parameters() if ".pixel_level_module.encoder." not in n]
@@ -221,7 +221,7 @@ def train_segmenter(recipe: SegmenterRecipe, data: SegmentationData, output: str
     output = Path(output)
     if accelerator.is_main_process:
         trained = accelerator.unwrap_model(model)
-        trained.config.use_auxiliary_loss = False  # a training setting; transformers' inference fails with it on
+        trained.config.use_auxiliary_loss = False  # transformers' inference fails with it on
         trained.save_pretrained(output)
         processor.save_pretrained(output)
         (output / "synthseg-segmenter.yaml").write_text(yaml.safe_dump(dict(recipe=asdict(recipe), trained_on=data.name)))

@@ -1,4 +1,5 @@
 import json
+import re
 import shutil
 
 import numpy as np
@@ -182,6 +183,8 @@ def test_torchrun_two_cpu_processes_equal_one_process(pipe_dir, grounding, tmp_p
     run = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           "-m", "synthseg", *args, "--out", str(tmp_path / "two")], env=env, capture_output=True, text=True)
     assert run.returncode == 0, "\n".join(line for line in run.stderr.splitlines() if "rror" in line)
+    totals = {int(t) for t in re.findall(r"make-dataset step \d+/(\d+)", run.stderr)}
+    assert totals and max(totals) < 9  # each process made only its share of the 9 images
     records = [json.loads(p.read_text()) for p in sorted((tmp_path / "two" / "records").glob("*.json"))]
     assert len(records) == 9
     assert files(tmp_path / "one") == files(tmp_path / "two")
