@@ -61,17 +61,15 @@ def main() -> None:
             "(c) grounded generation, seen-class images only": seen_only}
     segmenter_recipe = load_segmenter_recipe("recipes/segmenter-tiny.yaml", steps=args.steps)
     test = read_world(args.eval_scenes)
-    rows, harmonic, protocol = [], {}, None
+    rows, results, harmonic = [], {}, {}
     for key, (name, data) in zip("abc", runs.items()):
-        scores = []
+        results[key] = []
         for seed in args.seeds:
             folder = WORK / (f"segmenter-{key}" if seed == 0 else f"segmenter-{key}-seed{seed}")
             model = train_segmenter(replace(segmenter_recipe, seed=seed), data, folder, folder.with_name(folder.name + "-work"))
-            result = benchmark(Segmenter.from_pretrained(model), test, split, model_name=f"{name}, seed {seed}")
-            scores.append((result.seen_miou, result.unseen_miou, result.harmonic_miou))
-            protocol = result.protocol()
-        seen, unseen, harmonic[key] = np.mean(scores, axis=0)
-        each = ", ".join(f"{100 * h:.1f}" for _, _, h in scores)
+            results[key].append(benchmark(Segmenter.from_pretrained(model), test, split, model_name=f"{name}, seed {seed}"))
+        seen, unseen, harmonic[key] = np.mean([(r.seen_miou, r.unseen_miou, r.harmonic_miou) for r in results[key]], axis=0)
+        each = ", ".join(f"{100 * r.harmonic_miou:.1f}" for r in results[key])
         rows.append(f"| {name} | {len(data)} | {100 * seen:.1f} | {100 * unseen:.1f} | {100 * harmonic[key]:.1f} | {each} |")
     oracle = harmonic["b"]
     ratio = f"{harmonic['a'] / oracle:.2f}" if oracle > 0 else "n/a (the oracle's harmonic mIoU is 0)"
@@ -80,7 +78,7 @@ def main() -> None:
                   " both (compare the seeds' spread)")
     body = f"""Tiny MaskFormer (`recipes/segmenter-tiny.yaml`, {segmenter_recipe.steps} steps) trained three ways, once per seed
 ({", ".join(map(str, args.seeds))}), scored on {args.eval_scenes} held-out rendered scenes with exact masks; mIoU are means over the seeds.
-Protocol: {protocol}.
+Protocol: {results['a'][0].protocol()}.
 Synthetic data: `make-dataset --classes world --per-class {args.per_class} --per-pair {args.per_pair}`
 ({generation / 60:.1f} min to generate in this run; a rerun reuses a finished dataset).
 
