@@ -37,10 +37,17 @@ def recent_loss(losses: list[float], window: int = 50) -> float:
     return sum(recent) / max(1, len(recent))
 
 
-def write_training_record(directory: str | Path, **stages: list[float]) -> None:
+def write_training_record(directory: str | Path, prior: dict | None = None, **stages: list[float] | None) -> None:
     """training.json in an exported model's folder: for each stage, the steps its checkpoint had reached
-    and its recent loss, so an export says which checkpoint it came from."""
-    record = {name: {"steps": len(losses), "loss": round(recent_loss(losses), 4)} for name, losses in stages.items()}
+    and its recent loss, so an export says which checkpoint it came from.
+
+    `prior` is the record of the model this run fine-tuned: its steps are added to a stage's, and a stage
+    given as None (not trained in this run) keeps its prior entry.
+    """
+    prior = prior or {}
+    record = {name: prior[name] if losses is None else
+              {"steps": prior.get(name, {}).get("steps", 0) + len(losses), "loss": round(recent_loss(losses), 4)}
+              for name, losses in stages.items()}
     (Path(directory) / "training.json").write_text(json.dumps(record, indent=2) + "\n")
 
 

