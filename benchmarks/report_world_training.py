@@ -18,8 +18,9 @@ import torch
 from results import shipped_world, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
-CHECKPOINTS = {"VAE": "runs/world-t2i/vae.ckpt", "UNet": "runs/world-t2i/unet.ckpt", "annotator": "runs/world-annotator/annotator.ckpt",
-               "grounding module": "runs/world-grounding/grounding.ckpt"}
+CHECKPOINTS = {"VAE": "runs/world-t2i/vae.ckpt", "UNet": "runs/world-t2i/unet.ckpt",
+               "UNet fine-tuning (`recipes/world-t2i-finetune.yaml`)": "runs/world-t2i-ft/unet.ckpt",
+               "annotator": "runs/world-annotator/annotator.ckpt", "grounding module": "runs/world-grounding/grounding.ckpt"}
 TRIPLETS = "runs/world-triplets"
 
 

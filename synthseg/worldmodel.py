@@ -219,17 +219,21 @@ def diffusion_loss(unet, scheduler: DDPMScheduler, latents: torch.Tensor, text: 
 
 
 def load_init(recipe: WorldModelRecipe) -> tuple[AutoencoderKL, UNet2DConditionModel, dict]:
-    """The VAE, UNet (fp32) and training record of the pipeline named by `recipe.init_from`, loaded by
-    `load_pipeline` like any other. Its UNet must have the recipe's architecture, so that the fine-tuned
-    model is the one the recipe describes."""
+    """The VAE, UNet and training record of the pipeline named by `recipe.init_from`, loaded by
+    `load_pipeline` like any other. Its weights go into the recipe's own architectures (a mismatch is an
+    error), so that the fine-tuned model is the one the recipe describes and its configs are the recipe's."""
     source = resolve_model(recipe.init_from)
     pipe = load_pipeline(source, torch_dtype=torch.float32)
-    expected = build_unet(recipe, pipe.unet.config.cross_attention_dim, recipe.vae.latent_channels).config
-    different = [k for k in ("block_out_channels", "layers_per_block", "attention_head_dim", "in_channels") if pipe.unet.config[k] != expected[k]]
-    if different:
-        raise SynthsegError(f"init_from {recipe.init_from}: its UNet differs from the recipe's in {', '.join(different)}")
+    vae = build_vae(recipe)
+    unet = build_unet(recipe, pipe.unet.config.cross_attention_dim, recipe.vae.latent_channels)
+    for name, model, weights in (("VAE", vae, pipe.vae), ("UNet", unet, pipe.unet)):
+        try:
+            model.load_state_dict(weights.state_dict())
+        except RuntimeError:
+            raise SynthsegError(f"init_from {recipe.init_from}: its {name} has another architecture than the recipe's") from None
+    vae.register_to_config(scaling_factor=pipe.vae.config.scaling_factor)
     record = Path(source) / "training.json"
-    return pipe.vae, pipe.unet, json.loads(record.read_text()) if record.is_file() else {}
+    return vae, unet, json.loads(record.read_text()) if record.is_file() else {}
 
 
 def train_unet(recipe: WorldModelRecipe, vae: AutoencoderKL, workdir: Path, max_steps: int | None = None,
@@ -240,9 +244,7 @@ def train_unet(recipe: WorldModelRecipe, vae: AutoencoderKL, workdir: Path, max_
     vae.requires_grad_(False)
     scaling = vae.config.scaling_factor
     torch.manual_seed(recipe.seed + 1)
-    unet = build_unet(recipe, encoder.config.hidden_size, recipe.vae.latent_channels)
-    if init is not None:
-        unet.load_state_dict(init.state_dict())
+    unet = init if init is not None else build_unet(recipe, encoder.config.hidden_size, recipe.vae.latent_channels)
     ema = torch.optim.swa_utils.AveragedModel(unet, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(recipe.unet.ema_decay))
     optimizer = torch.optim.AdamW(unet.parameters(), lr=recipe.unet.lr, weight_decay=0.0)
     lr = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(recipe.unet.warmup_steps, recipe.unet.steps))

@@ -94,6 +94,8 @@ def test_fine_tuning_starts_from_the_init_pipeline_and_counts_its_steps(tmp_path
     record = json.loads((tuned / "training.json").read_text())
     assert {stage: r["steps"] for stage, r in record.items()} == {"vae": 2, "unet": 5}
     assert not (tmp_path / "tune" / "vae.ckpt").exists()  # the VAE is the init's, not retrained
+    for part in ("vae", "unet"):  # the recipe's configs, with no trace of where the init was loaded from
+        assert json.loads((tuned / part / "config.json").read_text()) == json.loads((base / part / "config.json").read_text())
     init, fresh = load_pipeline(base), load_pipeline(world_pipeline_dir(tuned, cache=tmp_path / "cache2"))
     for a, b in zip(init.vae.state_dict().values(), fresh.vae.state_dict().values()):
         assert torch.equal(a, b)
@@ -103,5 +105,5 @@ def test_fine_tuning_starts_from_the_init_pipeline_and_counts_its_steps(tmp_path
     moved = sum((tuned_w[k].float() - init_w[k].float()).abs().sum() for k in init_w)
     assert 0 < moved < 0.1 * sum((scratch[k].float() - init_w[k].float()).abs().sum() for k in init_w)
     wrong = dataclasses.replace(recipe, unet=UNetRecipe(block_out_channels=[16, 32, 64]))
-    with pytest.raises(SynthsegError, match="differs from the recipe's in block_out_channels"):
+    with pytest.raises(SynthsegError, match="its UNet has another architecture"):
         train_world_model(wrong, tmp_path / "wrong", tmp_path / "w")
