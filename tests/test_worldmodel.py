@@ -25,6 +25,8 @@ def tiny_recipe(**unet) -> WorldModelRecipe:
 def test_shipped_recipe_is_valid():
     recipe = load_recipe("recipes/world-t2i.yaml")
     assert recipe.image_size == 64 and recipe.unet.prediction_type == "v_prediction"
+    stage2 = load_recipe("recipes/world-t2i-finetune.yaml")  # fine-tunes stage 1's default output, same architecture
+    assert stage2.init_from == "runs/world-t2i/pipeline" and stage2.unet.block_out_channels == recipe.unet.block_out_channels
 
 
 def test_bad_recipe_values(tmp_path):
