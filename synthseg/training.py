@@ -41,13 +41,14 @@ def write_training_record(directory: str | Path, prior: dict | None = None, **st
     """training.json in an exported model's folder: for each stage, the steps its checkpoint had reached
     and its recent loss, so an export says which checkpoint it came from.
 
-    `prior` is the record of the model this run fine-tuned: its steps are added to a stage's, and a stage
-    given as None (not trained in this run) keeps its prior entry.
+    `prior` is the record of the model this run fine-tuned (empty for one without a record, such as a hub
+    model): its steps are added to a stage's, and a stage given as None (not trained in this run) keeps its
+    prior entry, if any.
     """
     prior = prior or {}
     record = {name: prior[name] if losses is None else
               {"steps": prior.get(name, {}).get("steps", 0) + len(losses), "loss": round(recent_loss(losses), 4)}
-              for name, losses in stages.items()}
+              for name, losses in stages.items() if losses is not None or name in prior}
     (Path(directory) / "training.json").write_text(json.dumps(record, indent=2) + "\n")
 
 

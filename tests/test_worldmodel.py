@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from synthseg import SynthsegError, load_pipeline
+from synthseg.training import write_training_record
 from synthseg.worldmodel import (
     UNetRecipe, VAERecipe, WorldModelRecipe, build_unet, caption_states, diffusion_loss, load_recipe, load_text_encoder,
     noise_scheduler, sample_scenes, train_unet, train_vae, train_world_model, world_pipeline_dir,
@@ -36,6 +37,15 @@ def test_bad_recipe_values(tmp_path):
     (tmp_path / "r.yaml").write_text("unet: {prediction_type: sample}\n")
     with pytest.raises(SynthsegError, match="epsilon or v_prediction"):
         load_recipe(tmp_path / "r.yaml")
+
+
+def test_training_record_adds_the_fine_tuned_model_s_steps(tmp_path):
+    write_training_record(tmp_path, {"vae": {"steps": 1000, "loss": 0.1}, "unet": {"steps": 15000, "loss": 0.3}},
+                          vae=None, unet=[0.5, 0.25])
+    assert json.loads((tmp_path / "training.json").read_text()) == {"vae": {"steps": 1000, "loss": 0.1},
+                                                                   "unet": {"steps": 15002, "loss": 0.375}}
+    write_training_record(tmp_path, {}, vae=None, unet=[0.5])  # an init without a record, e.g. a hub model
+    assert json.loads((tmp_path / "training.json").read_text()) == {"unet": {"steps": 1, "loss": 0.5}}
 
 
 @pytest.mark.slow
