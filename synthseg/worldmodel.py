@@ -19,6 +19,7 @@ assembles the full pipeline folder in a cache directory on first use.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.metadata
 import json
 import os
@@ -125,10 +126,11 @@ def world_pipeline_dir(assets: Path = ASSETS / "t2i", cache: Path | None = None)
         raise SynthsegError(f"no world model at {assets}: train one with `synthseg train-world-model` or reinstall synthseg")
     cache = Path(cache or os.environ.get("SYNTHSEG_CACHE", Path.home() / ".cache" / "synthseg"))
     stamp = str(int(max(p.stat().st_mtime_ns for p in assets.rglob("*") if p.is_file())))
-    target = cache / "world-t2i"
+    shipped = assets.resolve() == (ASSETS / "t2i").resolve()
+    target = cache / ("world-t2i" if shipped else "world-t2i-" + hashlib.sha1(str(assets.resolve()).encode()).hexdigest()[:8])
     if (target / ".stamp").is_file() and (target / ".stamp").read_text() == stamp:
         return target
-    staging = cache / f"world-t2i.tmp{os.getpid()}"
+    staging = target.with_name(f"{target.name}.tmp{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(assets, staging)
     BertModel.from_pretrained(text_encoder_dir()).save_pretrained(staging / "text_encoder")
@@ -301,8 +303,14 @@ def train_world_model(recipe: WorldModelRecipe, workdir: Path, output: Path, max
 
 
 def resolve_model(spec: str) -> str:
-    """A pipeline argument: "world" means the bundled world model's folder; anything else passes through."""
-    return str(world_pipeline_dir()) if spec == "world" else spec
+    """A pipeline argument: "world" means the bundled world model's folder, and a world export without
+    its text encoder (what `train_world_model` writes) is assembled like it; anything else passes through."""
+    if spec == "world":
+        return str(world_pipeline_dir())
+    folder = Path(spec)
+    if (folder / "model_index.json").is_file() and not (folder / "text_encoder").exists():
+        return str(world_pipeline_dir(folder))
+    return spec
 
 
 WORLD_GROUNDING = ASSETS / "grounding"

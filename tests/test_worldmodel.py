@@ -99,16 +99,18 @@ def test_trained_model_loads_through_the_general_loader(tmp_path):
 
 
 @pytest.mark.slow
-def test_fine_tuning_starts_from_the_init_pipeline_and_counts_its_steps(tmp_path):
-    base = world_pipeline_dir(train_world_model(tiny_recipe(), tmp_path / "work", tmp_path / "t2i", max_steps=2), cache=tmp_path / "cache")
-    recipe = dataclasses.replace(tiny_recipe(), seed=1, init_from=str(base))
+def test_fine_tuning_starts_from_the_init_pipeline_and_counts_its_steps(tmp_path, monkeypatch):
+    export = train_world_model(tiny_recipe(), tmp_path / "work", tmp_path / "t2i", max_steps=2)
+    base = world_pipeline_dir(export, cache=tmp_path / "cache")
+    monkeypatch.setenv("SYNTHSEG_CACHE", str(tmp_path / "cache"))
+    recipe = dataclasses.replace(tiny_recipe(), seed=1, init_from=str(export))  # an export, as train_world_model writes it
     tuned = train_world_model(recipe, tmp_path / "tune", tmp_path / "tuned", max_steps=3)
     record = json.loads((tuned / "training.json").read_text())
     assert {stage: r["steps"] for stage, r in record.items()} == {"vae": 2, "unet": 5}
     assert not (tmp_path / "tune" / "vae.ckpt").exists()  # the VAE is the init's, not retrained
     for part in ("vae", "unet"):  # the recipe's configs, with no trace of where the init was loaded from
         assert json.loads((tuned / part / "config.json").read_text()) == json.loads((base / part / "config.json").read_text())
-    init, fresh = load_pipeline(base), load_pipeline(world_pipeline_dir(tuned, cache=tmp_path / "cache2"))
+    init, fresh = load_pipeline(base), load_pipeline(world_pipeline_dir(tuned, cache=tmp_path / "cache"))
     for a, b in zip(init.vae.state_dict().values(), fresh.vae.state_dict().values()):
         assert torch.equal(a, b)
     torch.manual_seed(0)
