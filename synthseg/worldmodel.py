@@ -80,6 +80,7 @@ class WorldModelRecipe:
     image_size: int = 64
     max_tokens: int = 16
     pair_fraction: float = 0.5
+    min_visible: float = 0.5  # share of each object a training scene keeps visible; higher: fewer merged-looking pairs
     templates: list[str] = field(default_factory=lambda: list(PAPER_TEMPLATES))
     checkpoint_every: int = 500
     init_from: str | None = None  # a pipeline ("world", a folder or a hub id) to fine-tune: VAE kept, UNet trained on
@@ -91,6 +92,8 @@ class WorldModelRecipe:
             raise SynthsegError(f"{source}: image_size must be a multiple of 4 (the VAE downsamples by 4)")
         if not 0 <= self.pair_fraction <= 1 or not 0 <= self.unet.caption_dropout < 1:
             raise SynthsegError(f"{source}: pair_fraction and unet.caption_dropout must lie in [0, 1)")
+        if not 0 < self.min_visible <= 1:
+            raise SynthsegError(f"{source}: min_visible must lie in (0, 1]")
         if self.unet.prediction_type not in ("epsilon", "v_prediction"):
             raise SynthsegError(f"{source}: unet.prediction_type must be epsilon or v_prediction")
 
@@ -148,7 +151,7 @@ def sample_scenes(recipe: WorldModelRecipe, step: int, batch_size: int):
     for i in range(batch_size):
         count = 2 if rng.random() < recipe.pair_fraction else 1
         names = [WORLD_CLASSES[j] for j in rng.choice(len(WORLD_CLASSES), size=count, replace=False)]
-        scenes.append(render_scene(2 * int(rng.integers(2**30)), names, recipe.image_size))  # odd seeds: held out
+        scenes.append(render_scene(2 * int(rng.integers(2**30)), names, recipe.image_size, recipe.min_visible))  # odd seeds: held out
         captions.append(caption(names, tuple(recipe.templates)))
     images = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1
     return images, captions

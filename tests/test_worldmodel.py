@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from synthseg import SynthsegError, load_pipeline
+from synthseg import worldmodel
 from synthseg.training import write_training_record
 from synthseg.worldmodel import (
     UNetRecipe, VAERecipe, WorldModelRecipe, build_unet, caption_states, diffusion_loss, load_recipe, load_text_encoder,
@@ -34,9 +35,24 @@ def test_bad_recipe_values(tmp_path):
     (tmp_path / "r.yaml").write_text("image_size: 30\n")
     with pytest.raises(SynthsegError, match="multiple of 4"):
         load_recipe(tmp_path / "r.yaml")
+    (tmp_path / "r.yaml").write_text("min_visible: 0\n")
+    with pytest.raises(SynthsegError, match="min_visible"):
+        load_recipe(tmp_path / "r.yaml")
     (tmp_path / "r.yaml").write_text("unet: {prediction_type: sample}\n")
     with pytest.raises(SynthsegError, match="epsilon or v_prediction"):
         load_recipe(tmp_path / "r.yaml")
+
+
+def test_training_scenes_keep_the_recipe_s_visible_share(monkeypatch):
+    calls, render = [], worldmodel.render_scene
+
+    def spy(seed, names, size, min_visible):
+        calls.append((len(names), min_visible))
+        return render(seed, names, size, min_visible)
+
+    monkeypatch.setattr(worldmodel, "render_scene", spy)
+    images, captions = sample_scenes(dataclasses.replace(tiny_recipe(), pair_fraction=1.0, min_visible=0.9), 3, 4)
+    assert calls == [(2, 0.9)] * 4 and images.shape == (4, 3, 32, 32) and all(" and " in c for c in captions)
 
 
 def test_training_record_adds_the_fine_tuned_model_s_steps(tmp_path):
