@@ -22,6 +22,9 @@ WORLD_CLASSES = (
     "circle", "square", "triangle", "star", "heart", "cross",
     "ring", "crescent", "diamond", "arrow", "hexagon", "hourglass",
 )
+# Placement draws until every object keeps `min_visible`; the first success wins, so a higher cap
+# changes no scene that an earlier cap could place. Two large objects at 85% visible need hundreds.
+PLACEMENT_TRIES = 1000
 
 # Saturated object colours, far from the pale backgrounds.
 _COLOURS = np.array([
@@ -126,7 +129,7 @@ def render_scene(seed: int, classes: list[str] | None = None, size: int = 64, mi
     for name in classes:
         _outline(name)  # validates the name
     scale = {1: (0.30, 0.42), 2: (0.25, 0.33), 3: (0.20, 0.27)}[len(classes)]
-    for _ in range(100):
+    for _ in range(PLACEMENT_TRIES):
         full = []
         for name in classes:
             radius = rng.uniform(*scale) * size
@@ -136,7 +139,7 @@ def render_scene(seed: int, classes: list[str] | None = None, size: int = 64, mi
         if all(v.sum() >= min_visible * max(f.sum(), 1) and v.any() for v, f in zip(visible, full)):
             break
     else:
-        raise SynthsegError(f"could not place {classes} with {min_visible:.0%} visible in 100 tries (seed {seed})")
+        raise SynthsegError(f"could not place {classes} with {min_visible:.0%} visible in {PLACEMENT_TRIES} tries (seed {seed})")
     image = _background(rng, size)
     colours = _COLOURS[rng.choice(len(_COLOURS), size=len(classes), replace=False)]
     for mask, colour in zip(full, colours):

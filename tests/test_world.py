@@ -4,9 +4,21 @@ from PIL import Image
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from synthseg import SynthsegError
+from synthseg import SynthsegError, world
 from synthseg.formats import voc_palette
 from synthseg.world import WORLD_CLASSES, export_scenes, render_scene, shape_mask
+
+
+def test_a_higher_placement_cap_only_rescues_scenes_a_lower_one_could_not_place(monkeypatch):
+    hard = (1806987640, ["ring", "circle"], 64, 0.85)  # two large objects, 85% visible: over 100 draws
+    easy = [render_scene(seed, size=48) for seed in range(8)]
+    monkeypatch.setattr(world, "PLACEMENT_TRIES", 100)
+    with pytest.raises(SynthsegError, match="in 100 tries"):
+        render_scene(*hard)
+    for seed, scene in enumerate(easy):
+        assert np.array_equal(render_scene(seed, size=48).image, scene.image)
+    monkeypatch.undo()
+    assert [m.any() for m in render_scene(*hard).masks] == [True, True]
 
 
 def test_scenes_are_deterministic_by_seed():
