@@ -29,6 +29,8 @@ def test_shipped_recipe_is_valid():
     assert recipe.image_size == 64 and recipe.unet.prediction_type == "v_prediction"
     stage2 = load_recipe("recipes/world-t2i-finetune.yaml")  # fine-tunes stage 1's default output, same architecture
     assert stage2.init_from == "runs/world-t2i/pipeline" and stage2.unet.block_out_channels == recipe.unet.block_out_channels
+    stage3 = load_recipe("recipes/world-t2i-finetune2.yaml")  # fine-tunes stage 2's output on less occluded pairs
+    assert stage3.init_from == "runs/world-t2i-ft/pipeline" and stage3.min_visible > recipe.min_visible
 
 
 def test_bad_recipe_values(tmp_path):
