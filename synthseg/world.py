@@ -23,7 +23,7 @@ WORLD_CLASSES = (
     "ring", "crescent", "diamond", "arrow", "hexagon", "hourglass",
 )
 # Placement draws until every object keeps `min_visible`; the first success wins, so a higher cap
-# changes no scene that an earlier cap could place. Two large objects at 85% visible need hundreds.
+# changes no scene that an earlier cap could place. Two large objects at 85% visible can need over 100.
 PLACEMENT_TRIES = 1000
 
 # Saturated object colours, far from the pale backgrounds.

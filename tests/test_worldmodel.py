@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from synthseg import SynthsegError, load_pipeline
-from synthseg import worldmodel
+from synthseg import SynthsegError, load_pipeline, worldmodel
 from synthseg.training import write_training_record
 from synthseg.worldmodel import (
     UNetRecipe, VAERecipe, WorldModelRecipe, build_unet, caption_states, diffusion_loss, load_recipe, load_text_encoder,
