@@ -142,12 +142,20 @@ def unet_attention_strides(unet) -> list[int]:
 class _RecordingAttnProcessor:
     """Eager cross-attention that also records head-averaged probabilities (diffusers' AttnProcessor math).
 
-    `capture` receives `_record_attention(name, probs, heads)` with probs (batch * heads, h * w, T).
+    Each of `captures` receives `_record_attention(name, probs, heads)` with probs (batch * heads, h * w, T).
+    A capture nested in another that records (FeatureCapture inside CrossAttentionMaps) installs one
+    recorder for both, so the outer one still sees every step.
     """
 
-    def __init__(self, capture, name: str):
-        self.capture = capture
+    def __init__(self, captures: list, name: str):
+        self.captures = captures
         self.name = name
+
+    @classmethod
+    def over(cls, current, capture, name: str) -> "_RecordingAttnProcessor":
+        """A recorder for `capture` that also feeds the captures of `current`, if it is a recorder."""
+        outer = current.captures if isinstance(current, cls) else []
+        return cls([*outer, capture], name)
 
     def __call__(self, attn: Attention, hidden_states, encoder_hidden_states=None, attention_mask=None, temb=None, **kwargs):
         residual = hidden_states
@@ -173,7 +181,8 @@ class _RecordingAttnProcessor:
         query = attn.head_to_batch_dim(query)
 
         probs = attn.get_attention_scores(query, key, attention_mask)
-        self.capture._record_attention(self.name, probs, attn.heads)
+        for capture in self.captures:
+            capture._record_attention(self.name, probs, attn.heads)
 
         hidden_states = attn.batch_to_head_dim(torch.bmm(probs, value))
         hidden_states = attn.to_out[1](attn.to_out[0](hidden_states))
@@ -246,7 +255,7 @@ class FeatureCapture:
         self._active = True
         if self.attention:
             for name, attn in self._cross_attention.items():
-                attn.set_processor(_RecordingAttnProcessor(self, name))
+                attn.set_processor(_RecordingAttnProcessor.over(attn.processor, self, name))
 
     def _after_unet(self, module, args, output):
         if not self._active:
@@ -303,7 +312,7 @@ class CrossAttentionMaps:
         self._handles.append(self.unet.register_forward_pre_hook(self._before_unet, with_kwargs=True))
         for name, module in self.unet.named_modules():
             if isinstance(module, Attention) and module.is_cross_attention:
-                module.set_processor(_RecordingAttnProcessor(self, name))
+                module.set_processor(_RecordingAttnProcessor.over(module.processor, self, name))
         return self
 
     def __exit__(self, *exc) -> None:

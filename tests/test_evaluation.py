@@ -4,7 +4,7 @@ import torch
 
 from synthseg import SynthsegError
 from synthseg.annotators import Instance
-from synthseg.capture import CrossAttentionMaps
+from synthseg.capture import CaptureStep, CrossAttentionMaps, FeatureCapture
 from synthseg.classes import Split
 from synthseg.evaluation import THRESHOLDS, evaluate_grounding, evaluation_prompts
 from synthseg.metrics import MaskIoU
@@ -41,6 +41,24 @@ def test_cross_attention_maps_batch_cfg_and_restore(pipe):
     assert all(pipe.unet.attn_processors[k] is v for k, v in before.items())
     with pytest.raises(SynthsegError, match="no cross-attention was recorded"):
         CrossAttentionMaps(pipe.unet, classifier_free_guidance=False).heat_maps()
+
+
+def test_feature_capture_inside_cross_attention_maps_leaves_them_whole(pipe):
+    """Protocol i runs a module that reads attention (FeatureCapture) inside the baseline's context:
+    the baseline must still sum every step, the capture step included."""
+    timestep = CaptureStep(index=1).resolve(pipe.scheduler, 3).timestep
+
+    def heat(nested: bool):
+        generators = [torch.Generator().manual_seed(0)]
+        with CrossAttentionMaps(pipe.unet, classifier_free_guidance=True) as maps:
+            with FeatureCapture(pipe.unet, timestep, classifier_free_guidance=True, attention=nested) as capture:
+                pipe("a photograph of a dog", num_inference_steps=3, guidance_scale=7.5, generator=generators, output_type="latent")
+        return maps.heat_maps(), capture.features.cross_attention
+
+    alone, none = heat(False)
+    nested, inner = heat(True)
+    assert not none and len(inner) == sum("attn2" in name for name in pipe.unet.attn_processors)
+    torch.testing.assert_close(nested, alone)
 
 
 def test_evaluation_prompts_cover_every_class():
