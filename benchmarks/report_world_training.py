@@ -19,7 +19,8 @@ from results import shipped_world, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
 CHECKPOINTS = {"VAE": "runs/world-t2i/vae.ckpt", "UNet": "runs/world-t2i/unet.ckpt",
-               "UNet fine-tuning (`recipes/world-t2i-finetune.yaml`)": "runs/world-t2i-ft/unet.ckpt",
+               "UNet fine-tuning, stage 2 (`recipes/world-t2i-finetune.yaml`)": "runs/world-t2i-ft/unet.ckpt",
+               "UNet fine-tuning, stage 3 (`recipes/world-t2i-finetune2.yaml`)": "runs/world-t2i-ft3/unet.ckpt",
                "annotator": "runs/world-annotator/annotator.ckpt", "grounding module": "runs/world-grounding/grounding.ckpt"}
 TRIPLETS = "runs/world-triplets"
 
@@ -39,8 +40,10 @@ def main() -> None:
         from synthseg.triplets import TripletShards
 
         cache = TripletShards(ROOT / TRIPLETS)
+        missing = [m for record in cache.records() for m in record["missing"]]
         triplets = (f"\nTriplet cache `{TRIPLETS}` (the grounding module's training data): {len(cache):,} triplets, "
-                    f"{cache.bytes_per_triplet() / 1024:.0f} KB per triplet on disk (fp16 features and cross-attention maps).\n")
+                    f"{cache.bytes_per_triplet() / 1024:.0f} KB per triplet on disk (fp16 features and cross-attention maps); "
+                    f"the annotator missed {100 * sum(missing) / len(missing):.1f}% of their prompted classes.\n")
     world = shipped_world()
     sizes = {folder.name: sum(f.stat().st_size for f in folder.rglob("*") if f.is_file()) / 2**20 for folder, _, _ in world}
     shipped = ", ".join(f"`{name}/` {mb:.1f} MB" for name, mb in sizes.items())
