@@ -55,9 +55,9 @@ def test_feature_capture_inside_cross_attention_maps_leaves_them_whole(pipe):
                 pipe("a photograph of a dog", num_inference_steps=3, guidance_scale=7.5, generator=generators, output_type="latent")
         return maps.heat_maps(), capture.features.cross_attention
 
-    alone, none = heat(False)
+    alone, unrecorded = heat(False)
     nested, inner = heat(True)
-    assert not none and len(inner) == sum("attn2" in name for name in pipe.unet.attn_processors)
+    assert not unrecorded and len(inner) == sum("attn2" in name for name in pipe.unet.attn_processors)
     torch.testing.assert_close(nested, alone)
 
 
