@@ -8,7 +8,8 @@ as a standard `StableDiffusionPipeline` folder and loaded by `synthseg.load_pipe
 Training (`train_world_model`) runs in two stages, VAE then UNet, from a YAML recipe
 (`recipes/world-t2i.yaml`). A recipe with `init_from` fine-tunes an existing pipeline instead, as
 diffusers' train_text_to_image does: its VAE is kept and its UNet trains on, so a CPU extends a model
-in sittings rather than start over (the shipped model's stage 2, `recipes/world-t2i-finetune.yaml`).
+in sittings rather than start over (the shipped model's fine-tuning stages 2 and 3,
+`recipes/world-t2i-finetune.yaml` and `recipes/world-t2i-finetune2.yaml`).
 Data is rendered on the fly: the batch of step s comes from `default_rng([seed, s])`, so a run
 resumed from a checkpoint sees exactly the batches an uninterrupted run would. Checkpoints are
 written atomically every `checkpoint_every` steps.
