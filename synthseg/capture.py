@@ -86,19 +86,49 @@ class CapturedFeatures:
         """Block outputs in UNet order (down, mid, up): the grounding module's input."""
         return list(self.blocks.values())
 
-    def attention_maps(self, strides: list[int], latent_size: tuple[int, int]) -> list[torch.Tensor]:
-        """VPD's extra inputs: per stride, the cross-attention maps of all layers at that resolution,
-        averaged -> (B, T, H/stride, W/stride), one channel per prompt token."""
+    def _maps_by_size(self) -> dict[tuple[int, int], torch.Tensor]:
+        """{(h, w): (B, T, h, w)}: the cross-attention maps of all layers at each resolution, averaged."""
         by_size: dict[tuple[int, int], list[torch.Tensor]] = {}
         for probs in self.cross_attention.values():
             by_size.setdefault(tuple(probs.shape[1:3]), []).append(probs)
+        return {size: torch.stack(maps).mean(0).permute(0, 3, 1, 2).contiguous() for size, maps in by_size.items()}
+
+    def attention_maps(self, strides: list[int], latent_size: tuple[int, int]) -> list[torch.Tensor]:
+        """VPD's extra inputs: per stride, the cross-attention maps of all layers at that resolution,
+        averaged -> (B, T, H/stride, W/stride), one channel per prompt token."""
+        by_size = self._maps_by_size()
         maps = []
         for stride in strides:
             size = (latent_size[0] // stride, latent_size[1] // stride)
             if size not in by_size:
                 raise SynthsegError(f"no cross-attention maps at {size[0]}x{size[1]} were captured (attention=True needed)")
-            maps.append(torch.stack(by_size[size]).mean(0).permute(0, 3, 1, 2).contiguous())
+            maps.append(by_size[size])
         return maps
+
+    def class_attention(self, spans: list[list[slice]], size: tuple[int, int], width: int | None = None) -> torch.Tensor:
+        """Each class's cross-attention at the capture step -> (B, Q, H, W) float32 at `size`: per
+        resolution, the layers' maps averaged and the class's sub-word maps summed, then upsampled
+        (bilinear) and summed over resolutions. Q = `width` (default: the most classes of a row);
+        padding rows are zero. This is where the UNet itself puts each name (the grounding module's
+        `attention_pooling`)."""
+        if not self.cross_attention:
+            raise SynthsegError("no cross-attention maps were captured (attention=True needed)")
+        total = 0
+        for maps in self._maps_by_size().values():
+            per_class = class_maps(maps, spans, width)
+            total = total + torch.nn.functional.interpolate(per_class, size=tuple(size), mode="bilinear", align_corners=False)
+        return total
+
+
+def class_maps(token_maps: torch.Tensor, spans: list[list[slice]], width: int | None = None) -> torch.Tensor:
+    """(B, T, H, W) per-token maps -> (B, Q, H, W): each class's sub-word token maps summed, in span
+    order; Q = `width` (default: the most classes of a row), padding rows zero."""
+    width = width or max(len(row) for row in spans)
+    out = token_maps.new_zeros(token_maps.shape[0], width, *token_maps.shape[2:])
+    for b, row in enumerate(spans):
+        for q, span in enumerate(row):
+            out[b, q] = token_maps[b, span].sum(0)
+    return out
 
 
 def unet_feature_blocks(unet) -> dict[str, torch.nn.Module]:
@@ -344,8 +374,8 @@ class CrossAttentionMaps:
     def normalised_maps(self, spans: list[list[slice]]) -> list[torch.Tensor]:
         """Per image (K_i, H, W): each class's token maps summed over its sub-words, scaled to [0, 1]."""
         out = []
-        for maps, row in zip(self.heat_maps(), spans):
-            per_class = torch.stack([maps[span].sum(0) for span in row])
+        for per_class, row in zip(class_maps(self.heat_maps(), spans), spans):
+            per_class = per_class[: len(row)]
             low = per_class.flatten(1).min(1).values[:, None, None]
             high = per_class.flatten(1).max(1).values[:, None, None]
             out.append((per_class - low) / (high - low).clamp(min=1e-8))

@@ -144,6 +144,9 @@ def train_grounding(
     zero_masks: Annotated[Optional[bool], typer.Option("--zero-masks/--no-zero-masks", help="Train missed classes towards empty masks (ablation).")] = None,
     cross_attention: Annotated[Optional[bool], typer.Option("--cross-attention/--no-cross-attention",
                                                             help="Use the triplets' cross-attention maps as inputs (VPD; ablation).")] = None,
+    attention_pooling: Annotated[Optional[bool], typer.Option("--attention-pooling/--no-attention-pooling",
+                                                              help="Pool each query's feature under its class's cross-attention map (ablation: --no-...).")] = None,
+    query_dropout: Annotated[Optional[float], typer.Option(help="Share of training queries with their text embedding zeroed; default from the recipe.")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Training steps; default from the recipe.")] = None,
     online: Annotated[bool, typer.Option(help="Generate and label triplets every step instead of reading a cache.")] = False,
     model: Annotated[Optional[str], typer.Option(help="Override the recipe's pipeline (with --online).")] = None,
@@ -155,7 +158,8 @@ def train_grounding(
     from .train_grounding import load_grounding_recipe, train_grounding as train
     from .triplets import OnlineTriplets, TripletShards
 
-    config = load_grounding_recipe(recipe, train=dict(zero_masks=zero_masks, steps=steps), model=dict(cross_attention=cross_attention))
+    config = load_grounding_recipe(recipe, train=dict(zero_masks=zero_masks, steps=steps, query_dropout=query_dropout),
+                                   model=dict(cross_attention=cross_attention, attention_pooling=attention_pooling))
     if online:
         source = OnlineTriplets(*_recipe_models(config, model, annotator, device), config.triplets)
     else:

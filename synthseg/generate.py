@@ -13,7 +13,7 @@ from PIL import Image
 
 from .capture import CapturedFeatures, CaptureStep, FeatureCapture, ResolvedStep
 from .errors import SynthsegError
-from .grounding import GroundingModule, grounding_inputs
+from .grounding import GroundingModule, class_attention_input, grounding_inputs
 from .text import class_queries, class_token_spans
 
 
@@ -90,7 +90,7 @@ def generate_grounded(
 
     prompt_embeds, negative_embeds = pipe.encode_prompt(prompts, pipe.device, 1, cfg, negative_prompt)
     generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
-    attention = capture_attention or bool(grounding.config.cross_attention_strides)
+    attention = capture_attention or bool(grounding.config.cross_attention_strides) or grounding.config.attention_pooling
     with FeatureCapture(pipe.unet, step.timestep, classifier_free_guidance=cfg, attention=attention) as capture:
         images = pipe(
             prompt_embeds=prompt_embeds,
@@ -121,6 +121,7 @@ def predict_masks(grounding: GroundingModule, features: CapturedFeatures, prompt
     """Per-image (K_i, H, W) float32 mask probabilities at `size` = (H, W)."""
     device = next(grounding.parameters()).device
     queries, valid = class_queries(prompt_embeds.to(device), spans)
-    logits = grounding([f.to(device) for f in grounding_inputs(features, grounding.config)], queries, valid)
+    pooled = class_attention_input(features, spans).to(device) if grounding.config.attention_pooling else None
+    logits = grounding([f.to(device) for f in grounding_inputs(features, grounding.config)], queries, valid, pooled)
     probs = torch.sigmoid(F.interpolate(logits.float(), size=tuple(size), mode="bilinear", align_corners=False))
     return [probs[i, : len(row)].cpu() for i, row in enumerate(spans)]

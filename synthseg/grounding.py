@@ -8,7 +8,11 @@ Architecture (Li et al. 2023, "Guiding Text-to-Image Diffusion Model Towards Gro
   Optionally (VPD's idea, `cross_attention_strides`), the cross-attention maps of the capture step,
   one channel per prompt token, join the block outputs as extra inputs at their strides.
 - Text queries: the class-name token states of the prompt (see `synthseg.text`), projected to
-  `hidden_dim`.
+  `hidden_dim`. With `attention_pooling` (the default of the shipped recipes), each query also gets
+  the fused map averaged under its own class's cross-attention map at the capture step
+  (`class_attention_input`), projected to `hidden_dim` and added. The UNet binds every name it was
+  prompted with to a place, seen class or not; the text embedding of an unseen class is new to the
+  module, but this pooled feature says which object the query is about.
 - Decoder: a `num_layers`-layer pre-norm transformer decoder. Queries are the text embeddings; keys
   and values are visual tokens, non-overlapping `token_patch` x `token_patch` patches of the fused
   map. Attention never mixes images of a batch (the reference code's `(b n)` flattening did).
@@ -50,6 +54,8 @@ class GroundingConfig:
     cross_attention_strides / text_tokens: with VPD's cross-attention inputs, the strides of the
         UNet's cross-attention layers (`capture.unet_attention_strides`) and the prompt length T;
         empty / 0 without them.
+    attention_pooling: each query also reads the fused map pooled under its class's cross-attention
+        map (see the module docstring); forward then needs `class_attention`.
     """
 
     feature_channels: list[int]
@@ -64,11 +70,12 @@ class GroundingConfig:
     token_patch: int = 4
     cross_attention_strides: list[int] = field(default_factory=list)
     text_tokens: int = 0
+    attention_pooling: bool = False
 
     def validate(self, source: str = "grounding config") -> None:
         if len(self.feature_channels) != len(self.feature_strides) or not self.feature_channels:
             raise SynthsegError(f"{source}: feature_channels and feature_strides must be non-empty and of equal length")
-        optional = {"cross_attention_strides", "text_tokens"}
+        optional = {"cross_attention_strides", "text_tokens", "attention_pooling"}
         bad = [k for k, v in asdict(self).items() if k not in optional and (min(v) if isinstance(v, list) else v) < 1]
         if self.cross_attention_strides and (self.text_tokens < 1 or min(self.cross_attention_strides) < 1):
             bad.append("cross_attention_strides/text_tokens")
@@ -141,6 +148,8 @@ class GroundingModule(nn.Module):
         self.pixel_embed = nn.Conv2d(config.fuse_dim, config.mask_dim, 1)
         self.tokens = nn.Conv2d(config.fuse_dim, config.hidden_dim, config.token_patch, stride=config.token_patch)
         self.text_proj = nn.Linear(config.text_dim, config.hidden_dim)
+        if config.attention_pooling:
+            self.pool_proj = nn.Linear(config.fuse_dim, config.hidden_dim)
         layer = nn.TransformerDecoderLayer(
             config.hidden_dim, config.num_heads, config.ffn_dim, dropout=0.0, batch_first=True, norm_first=True
         )
@@ -165,18 +174,34 @@ class GroundingModule(nn.Module):
             fused = block(level)
         return fused
 
-    def forward(self, features: list[torch.Tensor], queries: torch.Tensor, query_mask: torch.Tensor) -> torch.Tensor:
+    def forward(self, features: list[torch.Tensor], queries: torch.Tensor, query_mask: torch.Tensor,
+                class_attention: torch.Tensor | None = None) -> torch.Tensor:
         """Mask logits (B, Q, H, W) at the finest feature resolution.
 
         features: `grounding_inputs` of a capture (block outputs in capture order, then any
         cross-attention maps). queries: (B, Q, text_dim) class-name
         embeddings. query_mask: (B, Q) bool, True where a query is a real class (not padding).
+        class_attention: (B, Q, h, w) non-negative, each query's cross-attention map
+        (`class_attention_input`); needed with `attention_pooling`, ignored without.
         """
         fused = self.fuse_features(features)
         pixels = self.pixel_embed(fused)
         memory = self.tokens(fused).flatten(2).transpose(1, 2)
-        hidden = self.decoder(self.text_proj(queries.to(fused.dtype)), memory, tgt_key_padding_mask=~query_mask)
+        text = self.text_proj(queries.to(fused.dtype))
+        if self.config.attention_pooling:
+            text = text + self.pool_proj(self.pool(fused, class_attention))
+        hidden = self.decoder(text, memory, tgt_key_padding_mask=~query_mask)
         return torch.einsum("bqc,bchw->bqhw", self.mask_mlp(hidden), pixels)
+
+    def pool(self, fused: torch.Tensor, class_attention: torch.Tensor | None) -> torch.Tensor:
+        """(B, C, H, W) fused map, (B, Q, h, w) attention -> (B, Q, C): the map's mean under each query's
+        attention, taken as weights that sum to 1 (all-zero padding rows give zeros)."""
+        if class_attention is None:
+            raise SynthsegError("this grounding module pools under each class's cross-attention map (attention_pooling): "
+                                "pass class_attention, e.g. from triplets made by this synthseg version")
+        weights = F.interpolate(class_attention.to(fused.dtype), size=fused.shape[-2:], mode="bilinear", align_corners=False)
+        weights = weights / weights.flatten(2).sum(-1).clamp(min=1e-8)[..., None, None]
+        return torch.einsum("bqhw,bchw->bqc", weights, fused)
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write `config.json` and `model.safetensors` into `directory`."""
@@ -215,6 +240,13 @@ def grounding_inputs(features: CapturedFeatures, config: GroundingConfig) -> lis
         return blocks
     latent = (blocks[0].shape[-2] * config.feature_strides[0], blocks[0].shape[-1] * config.feature_strides[0])
     return blocks + features.attention_maps(config.cross_attention_strides, latent)
+
+
+def class_attention_input(features: CapturedFeatures, spans: list[list[slice]], width: int | None = None) -> torch.Tensor:
+    """(B, Q, H, W) each class's cross-attention map (`CapturedFeatures.class_attention`) at the size of
+    the finest captured block, the module's fused resolution."""
+    size = max((tuple(b.shape[-2:]) for b in features.block_list()), key=lambda hw: hw[0] * hw[1])
+    return features.class_attention(spans, size, width)
 
 
 def grounding_loss(logits: torch.Tensor, targets: torch.Tensor, query_mask: torch.Tensor, missing: torch.Tensor | None = None) -> torch.Tensor:

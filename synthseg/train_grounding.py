@@ -3,6 +3,11 @@
 
 Default: "training without zero masks": a prompted class the annotator missed adds no loss. With
 `zero_masks: true` it is trained towards an empty mask instead (the paper's ablation).
+
+`query_dropout`: the share of training queries whose class-name embedding is replaced by zeros, so
+the module must find that class from what else it reads (with `attention_pooling`, the features under
+the class's cross-attention map). An unseen class's embedding is new to the module at test time;
+what the UNet's attention says about it is not.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from .classes import get_split
@@ -29,12 +35,15 @@ class TrainRecipe:
     warmup_steps: int = 100
     weight_decay: float = 1e-4
     zero_masks: bool = False
+    query_dropout: float = 0.0
     checkpoint_every: int = 250
     seed: int = 0
 
     def validate(self, source: str) -> None:
         if min(self.steps, self.batch_size, self.checkpoint_every) < 1:
             raise SynthsegError(f"{source}: steps, batch_size and checkpoint_every must be positive")
+        if not 0 <= self.query_dropout < 1:
+            raise SynthsegError(f"{source}: query_dropout must lie in [0, 1), got {self.query_dropout}")
 
 
 @dataclass
@@ -83,6 +92,15 @@ def load_grounding_recipe(path: str | Path, **overrides: dict) -> GroundingRecip
     return load_config(GroundingRecipe, data, str(path))
 
 
+def drop_queries(queries: torch.Tensor, rate: float, seed) -> torch.Tensor:
+    """(B, Q, D) queries with each one zeroed with probability `rate`; the draw depends on `seed` alone
+    (the trainer passes [seed, step], so a resumed run repeats an uninterrupted one)."""
+    if not rate:
+        return queries
+    keep = np.random.default_rng(seed).random(queries.shape[:2]) >= rate
+    return queries * torch.from_numpy(keep).to(queries.device)[..., None]
+
+
 def train_grounding(recipe: GroundingRecipe, triplets, workdir: Path, output: Path, max_steps: int | None = None) -> GroundingModule:
     """Train on `triplets` (a TripletShards cache or OnlineTriplets); checkpoints in `workdir`;
     `save_pretrained` into `output`."""
@@ -104,7 +122,8 @@ def train_grounding(recipe: GroundingRecipe, triplets, workdir: Path, output: Pa
             batches = triplets.batches(t.batch_size, step)
         batch = next(batches)
         inputs = batch["features"] + (batch["attention"] if config.cross_attention_strides else [])
-        logits = module(inputs, batch["queries"], batch["valid"])
+        queries = drop_queries(batch["queries"], t.query_dropout, [t.seed, step])
+        logits = module(inputs, queries, batch["valid"], batch.get("class_attention"))
         missing = None if t.zero_masks else batch["missing"]
         return grounding_loss(logits, batch["masks"], batch["valid"], missing)
 

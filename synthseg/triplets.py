@@ -12,8 +12,8 @@ templates), generates each image with feature capture, and labels it with an ann
 Storage: `recipe.json` (the TripletRecipe; a rerun with another one is refused), `layout.json`
 (the UNet feature layout and text width, for building a grounding module),
 `shard-NNNNN.safetensors` holds `shard_size` triplets (block features in fp16 by default, with
-`cross_attention` also the cross-attention maps per stride, class-query embeddings, uint8 masks,
-missing and valid flags) and `shard-NNNNN.jsonl` one record per
+`cross_attention` also the cross-attention maps per stride, each class's cross-attention map for
+`attention_pooling`, class-query embeddings, uint8 masks, missing and valid flags) and `shard-NNNNN.jsonl` one record per
 triplet (prompt, seed, classes, missing, scores). Each shard is written atomically and a run skips
 shards that already exist, so a killed job resumes where it stopped; prompts and seeds depend only on
 the triplet index, so the result is the same. Cost on disk: see `TripletShards.bytes_per_triplet`.
@@ -35,7 +35,7 @@ from .capture import CaptureStep, FeatureCapture
 from .errors import SynthsegError
 from .formats import write_atomic
 from .generate import uses_cfg
-from .grounding import ATTENTION_FIELDS, PIPELINE_FIELDS, GroundingConfig, grounding_inputs
+from .grounding import ATTENTION_FIELDS, PIPELINE_FIELDS, GroundingConfig, class_attention_input, grounding_inputs
 from .prompts import PAPER_TEMPLATES, fill_template
 from .text import class_queries, class_token_spans
 from .training import loss_progress
@@ -151,7 +151,7 @@ def _generate_batch(pipe, annotator, recipe, indices, step, cfg, dtype) -> dict:
     prompts, names, seeds = zip(*(triplet_prompt(recipe, i) for i in indices))
     spans = class_token_spans(pipe.tokenizer, list(prompts), list(names))
     embeds, negative = pipe.encode_prompt(list(prompts), pipe.device, 1, cfg)
-    with FeatureCapture(pipe.unet, step.timestep, classifier_free_guidance=cfg, attention=recipe.cross_attention, dtype=dtype) as capture:
+    with FeatureCapture(pipe.unet, step.timestep, classifier_free_guidance=cfg, attention=True, dtype=dtype) as capture:
         images = pipe(prompt_embeds=embeds, negative_prompt_embeds=negative, num_inference_steps=recipe.num_inference_steps,
                       guidance_scale=recipe.guidance_scale, generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
                       output_type="np").images
@@ -175,7 +175,9 @@ def _generate_batch(pipe, annotator, recipe, indices, step, cfg, dtype) -> dict:
         config = GroundingConfig.for_pipeline(pipe, cross_attention=True)
         maps = grounding_inputs(capture.features, config)[len(config.feature_channels) :]
         tensors.update({f"attention.{s}": m.to(dtype).cpu() for s, m in zip(config.cross_attention_strides, maps)})
-    tensors.update(queries=padded.to(dtype), valid=flags, masks=torch.from_numpy(masks), missing=torch.from_numpy(missing))
+    pooled = class_attention_input(capture.features, spans, width)
+    tensors.update(queries=padded.to(dtype), valid=flags, masks=torch.from_numpy(masks), missing=torch.from_numpy(missing),
+                   class_attention=pooled.to(dtype).cpu())
     return dict(tensors=tensors, records=records)
 
 
@@ -190,28 +192,37 @@ def _write_shard(stem: Path, rows: list[dict]) -> None:
 
 class TripletShards(torch.utils.data.IterableDataset):
     """Streams triplets shard by shard (one shard in memory at a time), shuffled with `seed` per epoch.
+    Triplets whose prompt names a class in `exclude` are skipped (to hold classes out for validation).
 
     Yields dicts: features (list of (C,H,W) float32, capture order), attention (list of (T,h,w)
-    float32 per stride, empty unless made with cross_attention), queries (Q,D), valid (Q,), masks
-    (Q,H,W) float32, missing (Q,).
+    float32 per stride, empty unless made with cross_attention), class_attention (Q,h,w) float32,
+    queries (Q,D), valid (Q,), masks (Q,H,W) float32, missing (Q,).
     """
 
-    def __init__(self, directory: str | Path, seed: int = 0):
+    def __init__(self, directory: str | Path, seed: int = 0, exclude: list[str] | tuple[str, ...] = ()):
         self.directory = Path(directory)
         self.shards = sorted(p for p in self.directory.glob("shard-*.safetensors") if p.with_suffix(".jsonl").is_file())
         if not self.shards:
             raise SynthsegError(f"no triplet shards in {self.directory}: run make-triplets first")
         self.seed = seed
+        self.exclude = set(exclude)
         self.epoch = 0
 
     def __len__(self) -> int:
-        return sum(1 for p in self.shards for _ in p.with_suffix(".jsonl").open())
+        return len(self.records())
+
+    def _shard_records(self, shard: Path) -> list[tuple[int, dict]]:
+        """(row, record) of the shard's triplets that are not excluded."""
+        records = (json.loads(line) for line in shard.with_suffix(".jsonl").open())
+        return [(row, r) for row, r in enumerate(records) if not set(r["classes"]) & self.exclude]
 
     def records(self) -> list[dict]:
-        return [json.loads(line) for p in self.shards for line in p.with_suffix(".jsonl").open()]
+        return [r for p in self.shards for _, r in self._shard_records(p)]
 
     def bytes_per_triplet(self) -> float:
-        return sum(p.stat().st_size + p.with_suffix(".jsonl").stat().st_size for p in self.shards) / len(self)
+        """Disk cost of one triplet, over every triplet of the folder."""
+        files = sum(p.stat().st_size + p.with_suffix(".jsonl").stat().st_size for p in self.shards)
+        return files / sum(1 for p in self.shards for _ in p.with_suffix(".jsonl").open())
 
     def layout(self) -> dict:
         """feature_channels, feature_strides and text_dim of the pipeline that made the shards."""
@@ -237,11 +248,13 @@ class TripletShards(torch.utils.data.IterableDataset):
             with safe_open(shard, framework="pt") as f:
                 data = {k: f.get_tensor(k) for k in f.keys()}
             names, maps = _input_keys(data)
-            for row in rng.permutation(len(data["valid"])):
+            pooled = ["class_attention"] if "class_attention" in data else []  # absent from older shards
+            for row in rng.permutation(np.array([row for row, _ in self._shard_records(shard)], dtype=int)):
                 yield dict(
                     features=[data[k][row].float() for k in names], attention=[data[k][row].float() for k in maps],
                     queries=data["queries"][row].float(),
                     valid=data["valid"][row], masks=data["masks"][row].float(), missing=data["missing"][row],
+                    **{k: data[k][row].float() for k in pooled},
                 )
 
 
@@ -271,7 +284,7 @@ class OnlineTriplets:
                                       step, cfg, torch.float32)["tensors"]
             names, maps = _input_keys(tensors)
             yield dict(features=[tensors[k] for k in names], attention=[tensors[k] for k in maps], queries=tensors["queries"], valid=tensors["valid"],
-                       masks=tensors["masks"].float(), missing=tensors["missing"])
+                       masks=tensors["masks"].float(), missing=tensors["missing"], class_attention=tensors["class_attention"])
 
 
 def _capture_order(key: str) -> tuple[int, int]:

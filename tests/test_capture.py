@@ -128,3 +128,26 @@ def test_capture_step_resolution():
         CaptureStep(index=10).resolve(leading, 10)
     # The caller's scheduler is not touched.
     assert leading.num_inference_steps is None
+
+
+def test_class_attention_sums_each_names_tokens_then_the_resolutions():
+    from synthseg.capture import CapturedFeatures
+
+    def layer(h, values):  # (B=2, h, h, T=5), each token's map constant over space
+        return torch.tensor(values, dtype=torch.float32)[:, None, None, :].expand(2, h, h, 5).clone()
+
+    features = CapturedFeatures(cross_attention={
+        "a": layer(2, [[0, 1, 2, 3, 4], [1, 1, 1, 1, 1]]),
+        "b": layer(2, [[0, 3, 2, 1, 0], [3, 3, 3, 3, 3]]),  # averaged with "a" at 2x2
+        "c": layer(4, [[1, 0, 0, 0, 5], [0, 0, 0, 0, 0]]),
+    })
+    spans = [[slice(1, 3), slice(4, 5)], [slice(2, 3)]]
+    maps = features.class_attention(spans, (4, 4))
+    assert maps.shape == (2, 2, 4, 4)
+    # image 0: class 0 = tokens 1-2: (1+3)/2 + (2+2)/2 at 2x2, 0 at 4x4; class 1 = token 4: (4+0)/2 + 5
+    torch.testing.assert_close(maps[0, :, 0, 0], torch.tensor([4.0, 7.0]))
+    torch.testing.assert_close(maps[1, 0], torch.full((4, 4), 2.0))
+    assert (maps[1, 1] == 0).all()  # padding row
+    assert features.class_attention(spans, (4, 4), width=3).shape == (2, 3, 4, 4)
+    with pytest.raises(SynthsegError, match="no cross-attention maps were captured"):
+        CapturedFeatures().class_attention(spans, (4, 4))

@@ -67,14 +67,16 @@ def test_make_triplets_and_train_grounding_end_to_end(pipe_dir, tmp_path):
     result = runner.invoke(app, ["train-grounding", *common, "--triplets", str(tmp_path / "t"), "--workdir", str(tmp_path / "w"), "--output", str(tmp_path / "g")])
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["train-grounding", *common, "--triplets", str(tmp_path / "t"), "--workdir", str(tmp_path / "w2"),
-                                 "--output", str(tmp_path / "g2"), "--no-cross-attention"])  # the VPD ablation
+                                 "--output", str(tmp_path / "g2"), "--no-cross-attention", "--attention-pooling", "--query-dropout", "0.5"])
     assert result.exit_code == 0, result.output
     with_maps, without = (json.loads((tmp_path / g / "config.json").read_text()) for g in ("g", "g2"))
-    assert with_maps["cross_attention_strides"] and without["cross_attention_strides"] == []
+    assert with_maps["cross_attention_strides"] and without["cross_attention_strides"] == []  # the VPD ablation
+    assert not with_maps["attention_pooling"] and without["attention_pooling"]
+    assert json.loads((tmp_path / "g2" / "recipe.json").read_text())["train"]["query_dropout"] == 0.5
     result = runner.invoke(app, ["generate", "--model", str(pipe_dir), "--grounding", str(tmp_path / "g"), "--steps", "2",
                                  "--prompt", "a photograph of a sofa", "--classes", "sofa", "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
-    result = runner.invoke(app, ["evaluate-grounding", *common, "--grounding", str(tmp_path / "g"), "--model", str(pipe_dir),
+    result = runner.invoke(app, ["evaluate-grounding", *common, "--grounding", str(tmp_path / "g2"), "--model", str(pipe_dir),
                                  "--annotator", str(tmp_path / "ann"), "--per-class", "1", "--pairs", "1", "--out", str(tmp_path / "p1.md")])
     assert result.exit_code == 0, result.output
     assert "| Grounding module |" in (tmp_path / "p1.md").read_text()

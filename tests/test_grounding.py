@@ -153,3 +153,26 @@ def test_cross_attention_inputs_vpd(pipe, tmp_path):
     assert GroundingModule.from_pretrained(tmp_path / "m").config == config
     plain = GroundingModule(GroundingConfig.for_pipeline(pipe, **SMALL_GROUNDING))
     assert sum(p.numel() for p in module.parameters()) > sum(p.numel() for p in plain.parameters())
+
+
+def test_attention_pooling_reads_each_querys_own_map(pipe, tmp_path):
+    torch.manual_seed(0)
+    config = GroundingConfig.for_pipeline(pipe, attention_pooling=True, **SMALL_GROUNDING)
+    module = GroundingModule(config).eval()
+    features, text, valid = fake_inputs(config)
+    attention = torch.rand(2, 2, 16, 16)
+    with pytest.raises(SynthsegError, match="pass class_attention"):
+        module(features, text, valid)
+    logits = module(features, text, valid, attention)
+    torch.testing.assert_close(module(features, text, valid, 3 * attention), logits)  # weights are normalised
+    swapped = module(features, text.flip(1), valid, attention.flip(1))
+    torch.testing.assert_close(swapped, logits.flip(1), atol=1e-5, rtol=1e-4)  # a map belongs to its own query
+    moved = attention.clone()
+    moved[:, 0] = 0
+    moved[:, 0, :4, :4] = 1
+    assert not torch.allclose(module(features, text, valid, moved)[:, 0], logits[:, 0], atol=1e-3)
+    module.save_pretrained(tmp_path / "m")
+    loaded = GroundingModule.from_pretrained(tmp_path / "m")
+    assert loaded.config.attention_pooling and torch.equal(loaded(features, text, valid, attention), logits)
+    plain = GroundingModule(GroundingConfig.for_pipeline(pipe, **SMALL_GROUNDING)).eval()
+    assert torch.equal(plain(features, text, valid, attention), plain(features, text, valid))  # ignored without the option

@@ -162,8 +162,9 @@ def test_online_training_matches_the_cache_format_and_resumes_exactly(pipe, tmp_
     assert online.layout() == TripletShards(tmp_path / "t").layout()
     assert [f.shape for f in batch["features"]] == [f.shape for f in cached["features"]]
     assert batch["masks"].shape == cached["masks"].shape and batch["missing"][:, 0].logical_not().all()
-    model = dict(fuse_dim=16, mask_dim=16, hidden_dim=32, num_heads=4, ffn_dim=64, token_patch=2)
-    r = GroundingRecipe(split="voc-15-5", model=model, train=TrainRecipe(steps=4, batch_size=2, lr=3e-3, warmup_steps=1, checkpoint_every=2))
+    model = dict(fuse_dim=16, mask_dim=16, hidden_dim=32, num_heads=4, ffn_dim=64, token_patch=2, attention_pooling=True)
+    train = TrainRecipe(steps=4, batch_size=2, lr=3e-3, warmup_steps=1, checkpoint_every=2, query_dropout=0.5)
+    r = GroundingRecipe(split="voc-15-5", model=model, train=train)
     straight = train_grounding(r, online, tmp_path / "w1", tmp_path / "g1")
     train_grounding(r, online, tmp_path / "w2", tmp_path / "g2", max_steps=2)
     resumed = train_grounding(r, online, tmp_path / "w2", tmp_path / "g2")
@@ -187,3 +188,42 @@ def test_triplets_with_cross_attention_maps_train_with_and_without_them(pipe, tm
                               tmp_path / "w2", tmp_path / "g2")
     assert with_maps.config.cross_attention_strides == layout["cross_attention_strides"]
     assert without.config.cross_attention_strides == [] and without.config.text_tokens == 0
+
+
+def test_triplets_store_each_classs_attention_hold_classes_out_and_train_and_generate_with_pooling(pipe, tmp_path):
+    from synthseg import generate_grounded
+    from synthseg.train_grounding import GroundingRecipe, TrainRecipe, train_grounding
+
+    make_triplets(pipe, FakeAnnotator(), recipe(count=4, shard_size=4, seed=2), tmp_path / "t")  # two pairs, two single classes
+    shards = TripletShards(tmp_path / "t")
+    latent = pipe.unet.config.sample_size
+    items = list(shards)
+    assert len(items) == 4 and any(not i["valid"].all() for i in items)  # one-class prompts pad the second query
+    for item in items:
+        assert item["class_attention"].shape == (2, latent, latent) and (item["class_attention"] >= 0).all()
+        assert [bool(m.any()) for m in item["class_attention"]] == item["valid"].tolist()  # padding rows are zero
+    held = shards.records()[0]["classes"][0]
+    subset = TripletShards(tmp_path / "t", exclude=[held])
+    kept = [r for r in shards.records() if held not in r["classes"]]
+    assert subset.records() == kept and len(list(subset)) == len(subset) == len(kept) < 4
+    model = dict(fuse_dim=16, mask_dim=16, hidden_dim=32, num_heads=4, ffn_dim=64, token_patch=2, attention_pooling=True)
+    train = TrainRecipe(steps=2, batch_size=2, lr=1e-3, warmup_steps=1, checkpoint_every=2)
+    module = train_grounding(GroundingRecipe(split="voc-15-5", model=model, train=train), shards, tmp_path / "w", tmp_path / "g")
+    assert module.config.attention_pooling
+    result = generate_grounded(pipe, module, ["a photograph of a dog and a cat", "a photograph of a train"], [["dog", "cat"], ["train"]],
+                               [0, 1], num_inference_steps=2, guidance_scale=2.0)
+    assert [m.shape for m in result.masks] == [(2, 32, 32), (1, 32, 32)]
+
+
+def test_query_dropout_zeroes_a_share_of_queries_drawn_from_the_seed_alone():
+    from synthseg.train_grounding import TrainRecipe, drop_queries
+
+    queries = torch.ones(64, 2, 8)
+    dropped = drop_queries(queries, 0.3, [0, 5])
+    zeroed = (dropped == 0).all(-1)
+    assert ((dropped == 0) | (dropped == 1)).all() and (zeroed == (dropped == 0).any(-1)).all()  # whole queries only
+    assert 0.2 < zeroed.float().mean() < 0.4
+    assert torch.equal(drop_queries(queries, 0.3, [0, 5]), dropped) and not torch.equal(drop_queries(queries, 0.3, [0, 6]), dropped)
+    assert drop_queries(queries, 0.0, [0, 5]) is queries
+    with pytest.raises(SynthsegError, match="query_dropout must lie in"):
+        load_config(TrainRecipe, {"query_dropout": 1.0}, "train")
