@@ -29,6 +29,7 @@ VARIANTS = {
     "none of the three (the paper's module)": dict(model=dict(cross_attention=False, attention_pooling=False), train=dict(query_dropout=0.0)),
 }
 
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--recipe", default="recipes/world-grounding.yaml")
@@ -50,9 +51,10 @@ def main() -> None:
     from synthseg.worldmodel import resolve_model
 
     base = load_grounding_recipe(args.recipe)
-    seen = get_split(base.split).seen
+    recipe_split = get_split(base.split)
+    seen = recipe_split.seen
     held = [seen[i] for i in sorted(np.random.default_rng(args.seed).choice(len(seen), args.hold_out, replace=False))]
-    split = Split(classes="world", unseen=held, name=f"{base.split}, seen classes {', '.join(held)} held out")
+    split = Split(classes=recipe_split.classes, unseen=held, name=f"{base.split}, seen classes {', '.join(held)} held out")
     split.validate("validation split")
     split.all_classes = tuple(seen)  # prompts name seen classes only; the held-out ones play the unseen part
     t = base.triplets

@@ -14,9 +14,10 @@ Storage: `recipe.json` (the TripletRecipe; a rerun with another one is refused),
 `shard-NNNNN.safetensors` holds `shard_size` triplets (block features in fp16 by default, with
 `cross_attention` also the cross-attention maps per stride, each class's cross-attention map for
 `attention_pooling`, class-query embeddings, uint8 masks, missing and valid flags) and
-`shard-NNNNN.jsonl` one record per triplet (prompt, seed, classes, missing, scores). Each shard is written atomically and a run skips
-shards that already exist, so a killed job resumes where it stopped; prompts and seeds depend only on
-the triplet index, so the result is the same. Cost on disk: see `TripletShards.bytes_per_triplet`.
+`shard-NNNNN.jsonl` one record per triplet (prompt, seed, classes, missing, scores). Each shard is
+written atomically and a run skips shards that already exist, so a killed job resumes where it
+stopped; prompts and seeds depend only on the triplet index, so the result is the same. Cost on
+disk: see `TripletShards.bytes_per_triplet`.
 """
 
 from __future__ import annotations
