@@ -17,6 +17,7 @@ quickstart: $(VENV)/.installed
 	$(VENV)/bin/synthseg show out/quickstart
 
 test: $(VENV)/.installed
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 .PHONY: setup quickstart test

@@ -15,8 +15,8 @@ import statistics
 import time
 
 import torch
-
 from results import write_section
+
 from synthseg import GroundingConfig, GroundingModule, generate_grounded
 from synthseg.tiny import sd15_pipeline, tiny_pipeline
 

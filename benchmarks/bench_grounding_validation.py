@@ -18,7 +18,6 @@ import time
 from pathlib import Path
 
 import numpy as np
-
 from results import write_section
 
 VARIANTS = {
@@ -32,7 +31,7 @@ VARIANTS = {
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recipe", default="recipes/world-grounding.yaml")
+    parser.add_argument("--recipe", default="world-grounding")
     parser.add_argument("--triplets", default="runs/world-triplets")
     parser.add_argument("--hold-out", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
@@ -46,9 +45,8 @@ def main() -> None:
     from synthseg.classes import Split, get_split
     from synthseg.evaluation import COLUMNS, evaluate_grounding
     from synthseg.pipeline import load_pipeline
-    from synthseg.train_grounding import load_grounding_recipe, train_grounding
+    from synthseg.train.grounding import load_grounding_recipe, train_grounding
     from synthseg.triplets import TripletShards
-    from synthseg.worldmodel import resolve_model
 
     base = load_grounding_recipe(args.recipe)
     recipe_split = get_split(base.split)
@@ -58,7 +56,7 @@ def main() -> None:
     split.validate("validation split")
     split.all_classes = tuple(seen)  # prompts name seen classes only; the held-out ones play the unseen part
     t = base.triplets
-    pipe, annotator = load_pipeline(resolve_model(base.pipeline)), load_annotator(base.annotator)
+    pipe, annotator = load_pipeline(base.pipeline), load_annotator(base.annotator)
     rows, start = [], time.perf_counter()
     for name, overrides in VARIANTS.items():
         recipe = load_grounding_recipe(args.recipe, **overrides)

@@ -70,7 +70,8 @@ def main() -> None:
         rows.append(json.loads(out.strip().splitlines()[-1]))
         print(rows[-1])
     lines = ["| images | seconds | images/s | share of time writing | finalize (s) | peak RSS (MB) |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['images']} | {r['seconds']:.1f} | {r['images_per_s']:.2f} | {100 * r['write_share']:.1f}% | {r['finalize_s']:.2f} | {r['peak_rss_mb']:.0f} |" for r in rows]
+    lines += [f"| {r['images']} | {r['seconds']:.1f} | {r['images_per_s']:.2f} | {100 * r['write_share']:.1f}% | {r['finalize_s']:.2f} "
+              f"| {r['peak_rss_mb']:.0f} |" for r in rows]
     growth = rows[-1]["peak_rss_mb"] / rows[0]["peak_rss_mb"] - 1
     body = ("Tiny SD-architecture pipeline, 32x32 images, 5 steps, batch 10, random grounding module.\n"
             f"Target: peak RSS flat within 10% from {rows[0]['images']} to {rows[-1]['images']} images. "

@@ -15,14 +15,13 @@ import argparse
 import time
 
 import numpy as np
-
 from results import write_section
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--module", action="append", default=[], help="NAME=DIR of a grounding module; the first is the default")
-    parser.add_argument("--recipe", default="recipes/world-grounding.yaml")
+    parser.add_argument("--recipe", default="world-grounding")
     parser.add_argument("--per-class", type=int, default=20)
     parser.add_argument("--pairs", type=int, default=120)
     args = parser.parse_args()
@@ -33,13 +32,12 @@ def main() -> None:
     from synthseg.evaluation import COLUMNS, evaluate_grounding
     from synthseg.grounding import GroundingModule
     from synthseg.pipeline import load_pipeline
-    from synthseg.train_grounding import capture_step_of, load_grounding_recipe
-    from synthseg.worldmodel import WORLD_GROUNDING, resolve_model
+    from synthseg.train.grounding import capture_step_of, load_grounding_recipe
 
-    modules = dict(m.split("=", 1) for m in args.module) or {"grounding module (shipped)": str(WORLD_GROUNDING)}
+    modules = dict(m.split("=", 1) for m in args.module) or {"grounding module (shipped)": "world"}
     recipe = load_grounding_recipe(args.recipe)
     t = recipe.triplets
-    pipe, annotator = load_pipeline(resolve_model(recipe.pipeline)), load_annotator(recipe.annotator)
+    pipe, annotator = load_pipeline(recipe.pipeline), load_annotator(recipe.annotator)
     split = get_split(recipe.split)
     table, counts, threshold, start = {}, None, None, time.perf_counter()
     for name, directory in modules.items():

@@ -21,7 +21,6 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-
 from results import write_section
 
 WORK = Path("runs/protocol-ii")
@@ -38,19 +37,17 @@ def main() -> None:
 
     from synthseg.benchmark import benchmark
     from synthseg.classes import get_split
-    from synthseg.dataset import load_dataset_recipe, make_dataset, provenance, resolve_grounding
+    from synthseg.dataset import load_dataset_recipe, make_dataset, provenance
     from synthseg.grounding import GroundingModule
     from synthseg.pipeline import load_pipeline
     from synthseg.readers import SegmentationData, read_synthseg, read_world
     from synthseg.segmenter import Segmenter, load_segmenter_recipe, train_segmenter
-    from synthseg.worldmodel import resolve_model
 
     split = get_split("world")
     recipe = load_dataset_recipe("world", per_class=args.per_class, per_pair=args.per_pair)
     start = time.perf_counter()
-    grounding = resolve_grounding(recipe.grounding)
-    make_dataset(load_pipeline(resolve_model(recipe.model)), GroundingModule.from_pretrained(grounding), recipe,
-                 WORK / "synthetic", provenance(recipe.model, grounding))
+    make_dataset(load_pipeline(recipe.model), GroundingModule.from_pretrained(recipe.grounding), recipe,
+                 WORK / "synthetic", provenance(recipe.model, recipe.grounding))
     generation = time.perf_counter() - start
     synthetic = read_synthseg(WORK / "synthetic")
     prompted = [json.loads(line)["classes"] for line in (WORK / "synthetic" / "metadata.jsonl").read_text().splitlines()]
@@ -59,7 +56,7 @@ def main() -> None:
                                  lambda i: synthetic[records[i]])
     runs = {"(a) grounded generation, all class names": synthetic, "(b) oracle: rendered scenes, exact masks": read_world(len(synthetic), held_out=False),
             "(c) grounded generation, seen-class images only": seen_only}
-    segmenter_recipe = load_segmenter_recipe("recipes/segmenter-tiny.yaml", steps=args.steps)
+    segmenter_recipe = load_segmenter_recipe("segmenter-tiny", steps=args.steps)
     test = read_world(args.eval_scenes)
     rows, results, harmonic = [], {}, {}
     for key, (name, data) in zip("abc", runs.items()):

@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image, ImageDraw
-
 from results import write_section
 
 SHEET = Path(__file__).with_name("world_samples.png")
@@ -65,10 +64,9 @@ def main() -> None:
     from synthseg.annotators import load_annotator
     from synthseg.pipeline import load_pipeline
     from synthseg.prompts import caption
-    from synthseg.world import WORLD_CLASSES, render_scene
-    from synthseg.worldmodel import resolve_model
+    from synthseg.world import WORLD_CLASSES, render_scene, scene_seed
 
-    pipe = load_pipeline(resolve_model("world"))
+    pipe = load_pipeline("world")
     pipe.set_progress_bar_config(disable=True)
     annotator = load_annotator("world")
     rng = np.random.default_rng(0)
@@ -81,7 +79,7 @@ def main() -> None:
     images = sample(pipe, prompts, seeds, args.steps, args.guidance, args.batch)
     seconds = (time.perf_counter() - start) / len(images)
     found = found_classes(annotator, images, groups, args.batch)
-    rendered = found_classes(annotator, [render_scene(2 * s + 1, g).image for s, g in zip(seeds, groups)], groups, args.batch)
+    rendered = found_classes(annotator, [render_scene(scene_seed(s, held_out=True), g).image for s, g in zip(seeds, groups)], groups, args.batch)
     single, pair = found[: args.count], found[args.count :]
     world_single, world_pair = rendered[: args.count], rendered[args.count :]
     per_class = {c: float(np.mean([f for g, f in zip(singles, single) if g[0] == c])) for c in WORLD_CLASSES}

@@ -14,7 +14,6 @@ import json
 from pathlib import Path
 
 import torch
-
 from results import shipped_world, write_section
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -27,8 +26,8 @@ TRIPLETS = "runs/world-triplets"
 
 def main() -> None:
     argparse.ArgumentParser(description=__doc__.splitlines()[0]).parse_args()
-    from synthseg.annotators import WORLD_ANNOTATOR
-    from synthseg.training import recent_loss
+    from synthseg.progress import recent_loss
+    from synthseg.registry import resolve_annotator
 
     rows = []
     for name, path in CHECKPOINTS.items():
@@ -49,7 +48,7 @@ def main() -> None:
     shipped = ", ".join(f"`{name}/` {mb:.1f} MB" for name, mb in sizes.items())
     exports = [f"| `{folder.name}/` | {digest} | {stage} | {r['steps']:,} | {r['loss']:.4f} |"
                for folder, digest, record in world for stage, r in record.items()]
-    metrics = json.loads((WORLD_ANNOTATOR / "metrics.json").read_text())
+    metrics = json.loads((Path(resolve_annotator("world")) / "metrics.json").read_text())
     body = f"""Checkpoints on this machine (training resumes from them):
 
 | model | checkpoint | steps | mean loss, last 50 steps |

@@ -30,12 +30,13 @@ def machine() -> str:
 
 
 def shipped_world() -> list[tuple[Path, str, dict]]:
-    """(folder, digest, training record) of each model in synthseg/assets/world. The digest (sha256 of the
+    """(folder, digest, training record) of each model of the bundled world. The digest (sha256 of the
     folder's safetensors, 8 hex digits) tells which export a recorded figure was measured with."""
-    from synthseg.worldmodel import ASSETS
+    from synthseg.registry import BUNDLES
 
     shipped = []
-    for folder in sorted(d for d in ASSETS.iterdir() if d.is_dir()):
+    world = BUNDLES["world"]
+    for folder in sorted((world.pipeline, world.grounding, world.annotator), key=lambda f: f.name):
         digest = hashlib.sha256(b"".join(f.read_bytes() for f in sorted(folder.rglob("*.safetensors"))))
         shipped.append((folder, digest.hexdigest()[:8], json.loads((folder / "training.json").read_text())))
     return shipped

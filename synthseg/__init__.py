@@ -1,21 +1,30 @@
-"""synthseg: grounded generation of labelled segmentation data from text-to-image diffusion models."""
+"""synthseg: grounded generation of labelled segmentation data from text-to-image diffusion models.
 
+The public API is imported on first use (PEP 562), so that `import synthseg` and the command line
+start without loading torch and diffusers.
+"""
+
+import importlib
 from importlib.metadata import PackageNotFoundError, version
-
-from .capture import CapturedFeatures, CaptureStep, FeatureCapture, ResolvedStep, unet_feature_layout
-from .errors import SynthsegError
-from .generate import GroundedGeneration, generate_grounded
-from .grounding import GroundingConfig, GroundingModule, grounding_loss
-from .pipeline import load_pipeline
-from .text import class_queries, class_token_span, class_token_spans
 
 try:
     __version__ = version("synthseg")
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+local"
 
-__all__ = [
-    "CaptureStep", "CapturedFeatures", "FeatureCapture", "GroundedGeneration", "GroundingConfig",
-    "GroundingModule", "ResolvedStep", "SynthsegError", "class_queries", "class_token_span",
-    "class_token_spans", "generate_grounded", "grounding_loss", "load_pipeline", "unet_feature_layout",
-]
+_EXPORTS = {
+    "capture": ("CaptureStep", "CapturedFeatures", "FeatureCapture", "ResolvedStep", "unet_feature_layout"),
+    "errors": ("SynthsegError",),
+    "generate": ("CaptureRun", "GroundedGeneration", "capture_pass", "generate_grounded"),
+    "grounding": ("GroundingConfig", "GroundingModule", "grounding_loss"),
+    "pipeline": ("load_pipeline",),
+    "text": ("class_queries", "class_token_span", "class_token_spans"),
+}
+_HOME = {name: module for module, names in _EXPORTS.items() for name in names}
+__all__ = sorted(_HOME)
+
+
+def __getattr__(name: str):
+    if name not in _HOME:
+        raise AttributeError(f"module 'synthseg' has no attribute {name!r}")
+    return getattr(importlib.import_module(f".{_HOME[name]}", __name__), name)

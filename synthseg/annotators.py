@@ -6,7 +6,7 @@ implementations share one class, `MaskRCNNAnnotator`:
 - `MaskRCNNAnnotator.coco()`: torchvision's COCO-pretrained Mask R-CNN (ResNet-50 FPN v2), through
   torchvision's weights API. Recipe class names map onto COCO's (aeroplane -> airplane, ...).
 - `MaskRCNNAnnotator.from_pretrained(dir)`: a saved Mask R-CNN, such as the miniature world's small
-  one (`synthseg/assets/world/annotator`), trained on rendered scenes by `train_world_annotator`.
+  one (`load_annotator("world")`), trained on rendered scenes by `synthseg.train.annotator`.
 """
 
 from __future__ import annotations
@@ -22,8 +22,9 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .config import load_config, read_mapping
+from .config import load_config, read_mapping, stamped, unstamped
 from .errors import SynthsegError
+from .registry import resolve_annotator
 
 # Recipe (PASCAL VOC) names whose COCO category is spelled differently.
 COCO_NAME_MAP = {
@@ -156,7 +157,7 @@ class MaskRCNNAnnotator:
             raise SynthsegError("only annotators built from a MaskRCNNConfig can be saved")
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        meta = dict(model=asdict(self.config), score_threshold=self.score_threshold, mask_threshold=self.mask_threshold)
+        meta = stamped(dict(model=asdict(self.config), score_threshold=self.score_threshold, mask_threshold=self.mask_threshold), self)
         (directory / "config.json").write_text(json.dumps(meta, indent=2) + "\n")
         state = {k: (v.half() if v.is_floating_point() else v).contiguous() for k, v in self.model.state_dict().items()}
         save_file(state, directory / "model.safetensors")
@@ -167,7 +168,7 @@ class MaskRCNNAnnotator:
         directory = Path(directory)
         if not directory.is_dir():
             raise SynthsegError(f"no annotator at {directory}: expected a folder with config.json and model.safetensors")
-        meta = read_mapping(directory / "config.json")
+        meta = unstamped(read_mapping(directory / "config.json"), str(directory / "config.json"))
         config = load_config(MaskRCNNConfig, meta.get("model"), str(directory / "config.json"))
         model = build_maskrcnn(config)
         try:
@@ -199,98 +200,8 @@ class MaskRCNNAnnotator:
         return results
 
 
-@dataclass
-class WorldAnnotatorRecipe:
-    """Recipe of `train_world_annotator`; see recipes/world-annotator.yaml."""
-
-    model: MaskRCNNConfig
-    seed: int = 0
-    steps: int = 3000
-    batch_size: int = 8
-    lr: float = 3e-4
-    warmup_steps: int = 200
-    checkpoint_every: int = 250
-    score_threshold: float = 0.5
-    mask_threshold: float = 0.5
-    eval_scenes: int = 500
-
-
-def scene_targets(scene) -> dict:
-    """torchvision detection targets of a rendered scene: XYXY boxes, labels 1..K, (N, H, W) masks."""
-    from .world import WORLD_CLASSES
-
-    masks = torch.from_numpy(scene.masks)
-    boxes = []
-    for mask in scene.masks:
-        ys, xs = np.nonzero(mask)
-        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
-    labels = [WORLD_CLASSES.index(c) + 1 for c in scene.classes]
-    return dict(boxes=torch.tensor(boxes, dtype=torch.float32), labels=torch.tensor(labels), masks=masks.to(torch.uint8))
-
-
-def train_world_annotator(recipe: WorldAnnotatorRecipe, workdir: Path, output: Path, max_steps: int | None = None) -> MaskRCNNAnnotator:
-    """Train the world's Mask R-CNN on rendered scenes (even seeds; odd seeds are held out).
-
-    Resumes from workdir/annotator.ckpt; the batch of step s is drawn from default_rng([seed, s]).
-    """
-    from .training import train_loop, warmup_cosine, write_training_record
-    from .world import render_scene
-
-    torch.manual_seed(recipe.seed)
-    model = build_maskrcnn(recipe.model).train()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=1e-4)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(recipe.warmup_steps, recipe.steps))
-
-    def step_loss(step: int) -> torch.Tensor:
-        rng = np.random.default_rng([recipe.seed, step])
-        scenes = [render_scene(2 * int(rng.integers(2**30))) for _ in range(recipe.batch_size)]
-        images = [torch.from_numpy(s.image).permute(2, 0, 1).float() / 255 for s in scenes]
-        return sum(model(images, [scene_targets(s) for s in scenes]).values())
-
-    losses = train_loop("annotator", step_loss, model=model, optimizer=optimizer, checkpoint=workdir / "annotator.ckpt",
-                        steps=recipe.steps, checkpoint_every=recipe.checkpoint_every, max_steps=max_steps, schedule=schedule, clip_norm=10.0)
-    annotator = MaskRCNNAnnotator(model, recipe.model.categories, score_threshold=recipe.score_threshold,
-                                  mask_threshold=recipe.mask_threshold, config=recipe.model)
-    annotator.save_pretrained(output)
-    write_training_record(output, annotator=losses)
-    return annotator
-
-
-def world_mask_ap(annotator: MaskRCNNAnnotator, count: int = 500) -> dict:
-    """COCO mask AP (pycocotools COCOeval "segm") on `count` held-out rendered scenes (odd seeds)."""
-    from pycocotools.coco import COCO
-    from pycocotools.cocoeval import COCOeval
-
-    from .formats import coco_annotation, coco_document
-    from .world import WORLD_CLASSES, render_scene
-
-    ranking = MaskRCNNAnnotator(annotator.model, annotator.categories, score_threshold=0.05,  # AP ranks all detections
-                                mask_threshold=annotator.mask_threshold, name_map=annotator.name_map)
-    images, truth, detections = [], [], []
-    for image_id in range(1, count + 1):
-        scene = render_scene(2 * image_id + 1)
-        images.append(dict(id=image_id, width=scene.image.shape[1], height=scene.image.shape[0], file_name=f"{image_id}.png"))
-        for mask, name in zip(scene.masks, scene.classes):
-            truth.append(coco_annotation(len(truth) + 1, image_id, WORLD_CLASSES.index(name) + 1, mask))
-        for inst in ranking.annotate([scene.image], [list(WORLD_CLASSES)])[0]:
-            detections.append(coco_annotation(len(detections) + 1, image_id, WORLD_CLASSES.index(inst.class_name) + 1, inst.mask, inst.score))
-    gt = COCO()
-    gt.dataset = coco_document(images, truth, WORLD_CLASSES, "held-out world scenes")
-    gt.createIndex()
-    evaluator = COCOeval(gt, gt.loadRes(detections) if detections else COCO(), "segm")
-    evaluator.evaluate()
-    evaluator.accumulate()
-    evaluator.summarize()
-    return dict(mask_ap=float(evaluator.stats[0]), mask_ap50=float(evaluator.stats[1]), mask_ap75=float(evaluator.stats[2]), scenes=count)
-
-
-WORLD_ANNOTATOR = Path(__file__).with_name("assets") / "world" / "annotator"
-
-
 def load_annotator(spec: str, **thresholds) -> MaskRCNNAnnotator:
-    """"world" (the bundled world annotator), "coco" (torchvision COCO Mask R-CNN) or a saved folder."""
+    """A bundled name ("world"), "coco" (torchvision's COCO Mask R-CNN) or a saved folder."""
     if spec == "coco":
         return MaskRCNNAnnotator.coco(**thresholds)
-    if spec == "world" and not WORLD_ANNOTATOR.is_dir():
-        raise SynthsegError(f"the world annotator is not shipped yet at {WORLD_ANNOTATOR}: train one with `synthseg train-world-annotator`")
-    return MaskRCNNAnnotator.from_pretrained(WORLD_ANNOTATOR if spec == "world" else spec, **thresholds)
+    return MaskRCNNAnnotator.from_pretrained(resolve_annotator(spec), **thresholds)

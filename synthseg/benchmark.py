@@ -71,15 +71,16 @@ def label_mapping(model_labels: tuple[str, ...], class_names: tuple[str, ...]) -
     names = (BACKGROUND, *class_names)
     extra = [n for n in model_labels if n not in names]
     if extra:
+        shown = ", ".join(class_names[:8]) + (", ..." if len(class_names) > 8 else "")
         raise SynthsegError(f"the model's labels do not match the dataset: {', '.join(extra[:5])} "
-                            f"{'is' if len(extra) == 1 else 'are'} not among its classes ({', '.join(class_names[:8])}{', ...' if len(class_names) > 8 else ''})")
+                            f"{'is' if len(extra) == 1 else 'are'} not among its classes ({shown})")
     return np.array([names.index(n) for n in model_labels], dtype=np.int64)
 
 
 def benchmark(segmenter: Segmenter, data: SegmentationData, split: Split | None = None, background: bool = True,
               model_name: str = "segmenter") -> BenchmarkResult:
     """Score `segmenter` on every item of `data` under `split` (its classes must be the data's)."""
-    from .training import loss_progress
+    from .progress import loss_progress
 
     if split is not None and set(split.all_classes) != set(data.class_names):
         raise SynthsegError(f"split {split.name!r} is over the {split.classes} classes, not this dataset's "

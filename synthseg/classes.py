@@ -1,4 +1,4 @@
-"""Class sets (voc, coco, world) and seen/unseen splits, read from recipes/splits.yaml and validated."""
+"""Class sets (voc, coco, world) and seen/unseen splits, read from the packaged recipes/splits.yaml and validated."""
 
 from __future__ import annotations
 
@@ -8,9 +8,8 @@ from pathlib import Path
 
 from .config import load_config, read_mapping
 from .errors import SynthsegError
+from .registry import RECIPES
 from .world import WORLD_CLASSES
-
-RECIPES = Path(__file__).resolve().parents[1] / "recipes"
 
 # PASCAL VOC 2012 object classes in label order (label k = VOC_CLASSES[k-1]; 0 is background).
 VOC_CLASSES = (
@@ -39,7 +38,8 @@ def check_names(names: list[str] | tuple[str, ...], known: tuple[str, ...], what
     for name in names:
         if name not in known:
             close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
-            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else f"; known: {', '.join(known)}"
+            listing = f"known: {', '.join(known)}" if len(known) <= 20 else f"none of the {len(known)} known names is close"
+            hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else f"; {listing}"
             raise SynthsegError(f"unknown {what + ' ' if what else ''}class {name!r}{hint}")
     duplicates = sorted({n for n in names if list(names).count(n) > 1})
     if duplicates:
@@ -50,14 +50,16 @@ KNOWN_CLASSES = tuple(dict.fromkeys(VOC_CLASSES + COCO_CLASSES + WORLD_CLASSES))
 
 
 def resolve_classes(spec: str) -> tuple[str, ...]:
-    """"voc", "coco" or "world"; or comma-separated names from those sets (spaces around commas ignored)."""
-    if spec in CLASS_SETS:
-        return CLASS_SETS[spec]
-    names = tuple(n.strip() for n in spec.split(",") if n.strip())
+    """Comma-separated class names and set names ("voc", "coco", "world"), a set standing for all its
+    classes in order: "world", "dog,cat", "voc,giraffe". Spaces around commas are ignored."""
+    names: list[str] = []
+    for part in (n.strip() for n in spec.split(",")):
+        if part:
+            names += CLASS_SETS.get(part, (part,))
     if not names:
         raise SynthsegError(f"no class names in {spec!r}")
     check_names(names, KNOWN_CLASSES, "")
-    return names
+    return tuple(names)
 
 
 @dataclass

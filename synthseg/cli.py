@@ -1,7 +1,14 @@
-"""The `synthseg` command line: parse arguments, call the library, turn SynthsegError into one line and exit 1."""
+"""The `synthseg` command line: parse arguments, call the library, print one line per error.
+
+One vocabulary across commands: `--out` is every output, `--model` always a text-to-image pipeline
+(bundled name, hub id or folder), `--segmenter` a trained segmenter, `--dataset` an input dataset,
+`--num-inference-steps` denoising steps and `--train-steps` training steps, `--guidance-scale` as in
+recipes and diffusers, `--stop-at` the step where a training sitting ends, `--device auto`.
+"""
 
 from __future__ import annotations
 
+import errno
 import functools
 from pathlib import Path
 from typing import Annotated, Optional
@@ -19,6 +26,11 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 _stderr = Console(stderr=True)
+FROM_RECIPE = "default: from the recipe"
+RESUMABLE = {"train-world-model", "train-world-annotator", "make-triplets", "train-grounding", "make-dataset", "train-segmenter"}
+
+Device = Annotated[str, typer.Option(help="auto (CUDA where present), cpu, cuda, cuda:N or mps.")]
+StopAt = Annotated[Optional[int], typer.Option(help="End this sitting at this training step; rerun the command to go on.")]
 
 
 @app.callback()
@@ -26,46 +38,80 @@ def _root() -> None:
     """Turn a text-to-image diffusion model into a factory of labelled segmentation data."""
 
 
+def _fail(message: str, code: int = 1):
+    _stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
 def _command(function):
-    """Register a command whose SynthsegError becomes `error: <message>` on stderr and exit code 1."""
+    """Register a command whose bad input, full disk or Ctrl-C ends in one `error:` line, never a traceback."""
+    name = function.__name__.replace("_", "-")
+    resume = "; rerun the same command to resume" if name in RESUMABLE else ""
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         try:
             return function(*args, **kwargs)
         except SynthsegError as error:
-            _stderr.print(f"[bold red]error:[/] {error}", highlight=False, soft_wrap=True)
-            raise typer.Exit(1) from None
+            _fail(str(error))
+        except KeyboardInterrupt:
+            _fail(f"interrupted{resume}", 130)
+        except OSError as error:
+            if error.errno == errno.ENOSPC:
+                _fail(f"no space left on device{f' writing {error.filename}' if error.filename else ''}: free some space{resume}")
+            _fail(f"{error.strerror or error}{f': {error.filename}' if error.filename else ''}")
 
-    return app.command()(wrapper)
+    return app.command(name)(wrapper)
+
+
+def _device(spec: str):
+    from .device import resolve_device
+
+    return resolve_device(spec)
+
+
+def _recipe_models(config, device):
+    """(pipeline, annotator) of a grounding recipe, on `device`."""
+    from .annotators import load_annotator
+    from .pipeline import load_pipeline
+
+    labeller = load_annotator(config.annotator, **config.annotator_thresholds)
+    labeller.model.to(device)
+    return load_pipeline(config.pipeline, device=device), labeller
 
 
 @_command
 def generate(
-    model: Annotated[str, typer.Option(help="Diffusers pipeline: a hub id or a local folder.")],
-    grounding: Annotated[Path, typer.Option(help="Grounding module folder (config.json + model.safetensors).")],
     prompt: Annotated[list[str], typer.Option(help="A prompt; repeat for a batch.")],
     classes: Annotated[list[str], typer.Option(help="Comma-separated class names of each prompt, in prompt order.")],
     out: Annotated[Path, typer.Option(help="Output folder.")],
+    model: Annotated[str, typer.Option(help="Pipeline: 'world', a hub id or a folder.")] = "world",
+    grounding: Annotated[str, typer.Option(help="Grounding module: 'world' or a folder.")] = "world",
     seed: Annotated[int, typer.Option(help="Seed of the first prompt; prompt i uses seed + i.")] = 0,
-    steps: Annotated[int, typer.Option(help="Denoising steps.")] = 50,
-    guidance: Annotated[float, typer.Option(help="Classifier-free guidance scale.")] = 7.5,
+    num_inference_steps: Annotated[Optional[int], typer.Option(help="Denoising steps; default: the model's.")] = None,
+    guidance_scale: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale; default: the model's.")] = None,
     capture_timestep: Annotated[int, typer.Option(help="Capture the step nearest this scheduler timestep.")] = 5,
     capture_index: Annotated[Optional[int], typer.Option(help="Capture this step index instead (-1 = last).")] = None,
-    device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
+    device: Device = "auto",
 ) -> None:
     """Grounded generation: images plus one probability mask per class name."""
     from .capture import CaptureStep
+    from .formats import check_output_dir
     from .generate import generate_grounded
     from .grounding import GroundingModule
     from .pipeline import load_pipeline
+    from .registry import check_vocabulary, model_card
 
     names = [[name.strip() for name in group.split(",") if name.strip()] for group in classes]
-    module = GroundingModule.from_pretrained(grounding).to(device)
-    pipe = load_pipeline(model, device=device)
+    check_vocabulary(model, [n for group in names for n in group])
+    check_output_dir(out)
+    card, torch_device = model_card(model), _device(device)
+    module = GroundingModule.from_pretrained(grounding).to(torch_device)
+    pipe = load_pipeline(model, device=torch_device)
     result = generate_grounded(
         pipe, module, prompt, names, [seed + i for i in range(len(prompt))],
-        guidance_scale=guidance, num_inference_steps=steps,
+        guidance_scale=card.guidance_scale if guidance_scale is None else guidance_scale,
+        num_inference_steps=num_inference_steps or card.num_inference_steps,
         capture_step=CaptureStep(timestep=capture_timestep, index=capture_index),
     )
     _stderr.print(f"wrote {len(result.images)} images and masks to {result.save(out)}")
@@ -73,123 +119,126 @@ def generate(
 
 @_command
 def train_world_model(
-    recipe: Annotated[Path, typer.Option(help="World model recipe (YAML).")] = Path("recipes/world-t2i.yaml"),
-    workdir: Annotated[Path, typer.Option(help="Checkpoints; an interrupted run resumes from here.")] = Path("runs/world-t2i"),
-    output: Annotated[Path, typer.Option(help="Where the trained pipeline parts are saved.")] = Path("runs/world-t2i/pipeline"),
-    max_steps: Annotated[Optional[int], typer.Option(help="Stop each stage after this many steps (a sitting).")] = None,
+    recipe: Annotated[str, typer.Option(help="World model recipe: a packaged name or a YAML file.")] = "world-t2i",
+    workdir: Annotated[Path, typer.Option(help="Checkpoints; rerunning the command resumes from here.")] = Path("runs/world-t2i"),
+    out: Annotated[Path, typer.Option(help="Where the trained pipeline parts are exported.")] = Path("runs/world-t2i/pipeline"),
+    stop_at: StopAt = None,
 ) -> None:
     """Train the miniature world's text-to-image model (VAE, then latent UNet) from a recipe."""
-    from .worldmodel import load_recipe, train_world_model as train
+    from .train.world_t2i import load_recipe
+    from .train.world_t2i import train_world_model as train
 
-    _stderr.print(f"saved {train(load_recipe(recipe), workdir, output, max_steps)}")
+    _stderr.print(f"saved {train(load_recipe(recipe), workdir, out, stop_at)}")
 
 
 @_command
 def train_world_annotator(
-    recipe: Annotated[Path, typer.Option(help="Annotator recipe (YAML).")] = Path("recipes/world-annotator.yaml"),
-    workdir: Annotated[Path, typer.Option(help="Checkpoints; an interrupted run resumes from here.")] = Path("runs/world-annotator"),
-    output: Annotated[Path, typer.Option(help="Where the trained annotator is saved.")] = Path("runs/world-annotator/annotator"),
-    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (a sitting).")] = None,
+    recipe: Annotated[str, typer.Option(help="Annotator recipe: a packaged name or a YAML file.")] = "world-annotator",
+    workdir: Annotated[Path, typer.Option(help="Checkpoints; rerunning the command resumes from here.")] = Path("runs/world-annotator"),
+    out: Annotated[Path, typer.Option(help="Where the trained annotator is saved.")] = Path("runs/world-annotator/annotator"),
+    stop_at: StopAt = None,
 ) -> None:
     """Train the miniature world's Mask R-CNN annotator, then score its mask AP on held-out scenes."""
     import json
 
-    from .annotators import MaskRCNNAnnotator, WorldAnnotatorRecipe, train_world_annotator as train, world_mask_ap
-    from .config import load_config, read_mapping
+    from .annotators import MaskRCNNAnnotator
+    from .train.annotator import load_annotator_recipe, world_mask_ap
+    from .train.annotator import train_world_annotator as train
 
-    config = load_config(WorldAnnotatorRecipe, read_mapping(recipe), str(recipe))
-    train(config, workdir, output, max_steps)
-    metrics = world_mask_ap(MaskRCNNAnnotator.from_pretrained(output), config.eval_scenes)  # as shipped
-    (output / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    _stderr.print(f"saved {output}; mask AP {metrics['mask_ap']:.3f} (AP50 {metrics['mask_ap50']:.3f}) on {config.eval_scenes} held-out scenes")
-
-
-def _recipe_models(config, model: str | None, annotator: str | None, device: str):
-    """(pipeline, annotator) of a grounding recipe, each overridable, on `device`."""
-    from .annotators import load_annotator
-    from .pipeline import load_pipeline
-    from .worldmodel import resolve_model
-
-    labeller = load_annotator(annotator or config.annotator, **config.annotator_thresholds)
-    labeller.model.to(device)
-    return load_pipeline(resolve_model(model or config.pipeline), device=device), labeller
+    config = load_annotator_recipe(recipe)
+    train(config, workdir, out, stop_at)
+    metrics = world_mask_ap(MaskRCNNAnnotator.from_pretrained(out), config.eval_scenes)  # as shipped
+    (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    _stderr.print(f"saved {out}; mask AP {metrics['mask_ap']:.3f} (AP50 {metrics['mask_ap50']:.3f}) on {config.eval_scenes} held-out scenes")
 
 
 @_command
 def make_triplets(
-    recipe: Annotated[Path, typer.Option(help="Grounding recipe (YAML) with a `triplets` section.")] = Path("recipes/world-grounding.yaml"),
-    out: Annotated[Path, typer.Option(help="Triplet shard folder; a rerun resumes it.")] = Path("runs/world-triplets"),
-    model: Annotated[Optional[str], typer.Option(help="Pipeline (hub id, folder or 'world'); default from the recipe.")] = None,
-    annotator: Annotated[Optional[str], typer.Option(help="Annotator ('world', 'coco' or a folder); default from the recipe.")] = None,
-    count: Annotated[Optional[int], typer.Option(help="Number of triplets; default from the recipe.")] = None,
-    capture_timestep: Annotated[Optional[int], typer.Option(help="Capture the step nearest this timestep (ablation).")] = None,
-    capture_index: Annotated[Optional[int], typer.Option(help="Capture this step index instead (-1: last).")] = None,
-    device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
+    recipe: Annotated[str, typer.Option(help="Grounding recipe with a `triplets` section: a packaged name or a YAML file.")] = "world-grounding",
+    out: Annotated[Path, typer.Option(help="Triplet shard folder; rerunning the command resumes it.")] = Path("runs/world-triplets"),
+    model: Annotated[Optional[str], typer.Option(help=f"Pipeline: 'world', a hub id or a folder; {FROM_RECIPE}.")] = None,
+    annotator: Annotated[Optional[str], typer.Option(help=f"Annotator: 'world', 'coco' or a folder; {FROM_RECIPE}.")] = None,
+    count: Annotated[Optional[int], typer.Option(help=f"Number of triplets; {FROM_RECIPE}.")] = None,
+    capture_timestep: Annotated[Optional[int], typer.Option(help=f"Capture the step nearest this timestep (ablation); {FROM_RECIPE}.")] = None,
+    capture_index: Annotated[Optional[int], typer.Option(help=f"Capture this step index instead (-1: last); {FROM_RECIPE}.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (counts per class and pair, disk) without loading a model.")] = False,
+    device: Device = "auto",
 ) -> None:
     """Make {UNet features, masks, prompt} triplets from seen classes, labelled by an annotator."""
-    from .train_grounding import load_grounding_recipe
+    from .formats import check_output_dir
+    from .train.grounding import load_grounding_recipe
     from .triplets import make_triplets as make
+    from .triplets import plan_summary
 
-    config = load_grounding_recipe(recipe, triplets=dict(count=count, capture_timestep=capture_timestep, capture_index=capture_index))
-    pipe, labeller = _recipe_models(config, model, annotator, device)
+    config = load_grounding_recipe(recipe, pipeline=model, annotator=annotator,
+                                   triplets=dict(count=count, capture_timestep=capture_timestep, capture_index=capture_index))
+    if dry_run:
+        print(plan_summary(config.triplets, config.pipeline))
+        return
+    check_output_dir(out)
+    pipe, labeller = _recipe_models(config, _device(device))
     _stderr.print(f"wrote triplets to {make(pipe, labeller, config.triplets, out)}")
 
 
 @_command
 def train_grounding(
-    recipe: Annotated[Path, typer.Option(help="Grounding recipe (YAML).")] = Path("recipes/world-grounding.yaml"),
+    recipe: Annotated[str, typer.Option(help="Grounding recipe: a packaged name or a YAML file.")] = "world-grounding",
     triplets: Annotated[Path, typer.Option(help="Triplet shard folder from make-triplets.")] = Path("runs/world-triplets"),
     workdir: Annotated[Path, typer.Option(help="Checkpoints; rerunning the command resumes from here.")] = Path("runs/world-grounding"),
-    output: Annotated[Path, typer.Option(help="save_pretrained folder of the trained module.")] = Path("runs/world-grounding/module"),
-    zero_masks: Annotated[Optional[bool], typer.Option("--zero-masks/--no-zero-masks", help="Train missed classes towards empty masks (ablation).")] = None,
+    out: Annotated[Path, typer.Option(help="save_pretrained folder of the trained module.")] = Path("runs/world-grounding/module"),
+    zero_masks: Annotated[Optional[bool], typer.Option("--zero-masks/--no-zero-masks",
+                                                       help=f"Train missed classes towards empty masks (ablation); {FROM_RECIPE}.")] = None,
     cross_attention: Annotated[Optional[bool], typer.Option("--cross-attention/--no-cross-attention",
-                                                            help="Use the triplets' cross-attention maps as inputs (VPD; ablation).")] = None,
+                                                            help=f"Use the triplets' cross-attention maps as inputs (VPD); {FROM_RECIPE}.")] = None,
     attention_pooling: Annotated[Optional[bool], typer.Option("--attention-pooling/--no-attention-pooling",
-                                                              help="Pool each query's feature under its class's cross-attention map (ablation: --no-...).")] = None,
-    query_dropout: Annotated[Optional[float], typer.Option(help="Share of training queries with their text embedding zeroed; default from the recipe.")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Training steps; default from the recipe.")] = None,
-    online: Annotated[bool, typer.Option(help="Generate and label triplets every step instead of reading a cache.")] = False,
-    model: Annotated[Optional[str], typer.Option(help="Override the recipe's pipeline (with --online).")] = None,
-    annotator: Annotated[Optional[str], typer.Option(help="Override the recipe's annotator (with --online).")] = None,
-    device: Annotated[str, typer.Option(help="torch device (with --online).")] = "cpu",
-    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (a sitting).")] = None,
+                                                              help=f"Pool each query's feature under its class's cross-attention map; {FROM_RECIPE}.")] = None,
+    query_dropout: Annotated[Optional[float], typer.Option(help=f"Share of training queries with their text embedding zeroed; {FROM_RECIPE}.")] = None,
+    train_steps: Annotated[Optional[int], typer.Option(help=f"Training steps; {FROM_RECIPE}.")] = None,
+    online: Annotated[bool, typer.Option("--online", help="Generate and label triplets every step instead of reading --triplets.")] = False,
+    model: Annotated[Optional[str], typer.Option(help=f"Pipeline for --online; {FROM_RECIPE}.")] = None,
+    annotator: Annotated[Optional[str], typer.Option(help=f"Annotator for --online; {FROM_RECIPE}.")] = None,
+    device: Device = "auto",
+    stop_at: StopAt = None,
 ) -> None:
     """Train the grounding module on a triplet cache or online (default: without zero masks)."""
-    from .train_grounding import load_grounding_recipe, train_grounding as train
+    from .train.grounding import load_grounding_recipe
+    from .train.grounding import train_grounding as train
     from .triplets import OnlineTriplets, TripletShards
 
-    config = load_grounding_recipe(recipe, train=dict(zero_masks=zero_masks, steps=steps, query_dropout=query_dropout),
+    config = load_grounding_recipe(recipe, pipeline=model, annotator=annotator,
+                                   train=dict(zero_masks=zero_masks, steps=train_steps, query_dropout=query_dropout),
                                    model=dict(cross_attention=cross_attention, attention_pooling=attention_pooling))
     if online:
-        source = OnlineTriplets(*_recipe_models(config, model, annotator, device), config.triplets)
+        source = OnlineTriplets(*_recipe_models(config, _device(device)), config.triplets)
     else:
         source = TripletShards(triplets, seed=config.train.seed)
-    train(config, source, workdir, output, max_steps)
-    _stderr.print(f"saved {output}")
+    train(config, source, workdir, out, stop_at)
+    _stderr.print(f"saved {out}")
 
 
 @_command
 def evaluate_grounding(
-    grounding: Annotated[Path, typer.Option(help="Grounding module folder.")],
-    recipe: Annotated[Path, typer.Option(help="Grounding recipe: split, templates, steps, guidance, capture step.")] = Path("recipes/world-grounding.yaml"),
-    model: Annotated[Optional[str], typer.Option(help="Pipeline (hub id, folder or 'world'); default from the recipe.")] = None,
-    annotator: Annotated[Optional[str], typer.Option(help="Annotator ('world', 'coco' or a folder); default from the recipe.")] = None,
+    grounding: Annotated[str, typer.Option(help="Grounding module: 'world' or a folder.")] = "world",
+    recipe: Annotated[str, typer.Option(help="Grounding recipe (split, templates, steps, guidance, capture step): a name or a file.")] = "world-grounding",
+    model: Annotated[Optional[str], typer.Option(help=f"Pipeline: 'world', a hub id or a folder; {FROM_RECIPE}.")] = None,
+    annotator: Annotated[Optional[str], typer.Option(help=f"Annotator: 'world', 'coco' or a folder; {FROM_RECIPE}.")] = None,
     per_class: Annotated[int, typer.Option(help="One-class test prompts per class.")] = 10,
     pairs: Annotated[int, typer.Option(help="Two-class test prompts.")] = 50,
     out: Annotated[Path, typer.Option(help="Markdown table (a .json is written beside it).")] = Path("runs/protocol_i.md"),
-    device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
+    device: Device = "auto",
 ) -> None:
     """Protocol i: mIoU of the module's masks vs the cross-attention baseline, seen vs unseen classes."""
     from .capture import CaptureStep
     from .classes import get_split
     from .evaluation import evaluate_grounding as evaluate
     from .grounding import GroundingModule
-    from .train_grounding import capture_step_of, load_grounding_recipe
+    from .train.grounding import capture_step_of, load_grounding_recipe
 
-    config = load_grounding_recipe(recipe)
+    torch_device = _device(device)
+    config = load_grounding_recipe(recipe, pipeline=model, annotator=annotator)
     t = config.triplets
-    module = GroundingModule.from_pretrained(grounding).to(device)
-    pipe, labeller = _recipe_models(config, model, annotator, device)
+    module = GroundingModule.from_pretrained(grounding).to(torch_device)
+    pipe, labeller = _recipe_models(config, torch_device)
     result = evaluate(pipe, module, labeller, get_split(config.split), per_class=per_class, pairs=pairs, templates=t.templates,
                       num_inference_steps=t.num_inference_steps, guidance_scale=t.guidance_scale,
                       capture_step=CaptureStep(*capture_step_of(grounding, t)), batch_size=t.batch_size)
@@ -199,45 +248,44 @@ def evaluate_grounding(
 
 @_command
 def make_dataset(
-    classes: Annotated[str, typer.Option(help="'voc', 'coco', 'world' (recipes/dataset-<name>.yaml), or comma-separated class names.")] = "world",
+    classes: Annotated[str, typer.Option(help="'voc', 'coco', 'world' (each reads its packaged recipe), or comma-separated class and set names.")] = "world",
     out: Annotated[Path, typer.Option(help="Dataset folder; rerunning the same command resumes it.")] = Path("out/dataset"),
-    recipe: Annotated[Optional[Path], typer.Option(help="Dataset recipe (YAML); the options below override it.")] = None,
-    model: Annotated[Optional[str], typer.Option(help="Pipeline: hub id, folder, or 'world'.")] = None,
-    grounding: Annotated[Optional[str], typer.Option(help="Grounding module folder, or 'world'.")] = None,
-    per_class: Annotated[Optional[int], typer.Option(help="Images per class.")] = None,
-    per_pair: Annotated[Optional[int], typer.Option(help="Images per co-occurring pair.")] = None,
-    templates: Annotated[Optional[list[str]], typer.Option("--template", help="Prompt template, '{}' per class; repeat for more.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of the whole dataset.")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Denoising steps.")] = None,
-    guidance: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale.")] = None,
+    recipe: Annotated[Optional[str], typer.Option(help="Dataset recipe: a packaged name or a YAML file; the options below override it.")] = None,
+    model: Annotated[Optional[str], typer.Option(help=f"Pipeline: 'world', a hub id or a folder; {FROM_RECIPE}.")] = None,
+    grounding: Annotated[Optional[str], typer.Option(help=f"Grounding module: 'world' or a folder; {FROM_RECIPE}.")] = None,
+    per_class: Annotated[Optional[int], typer.Option(help=f"Images per class; {FROM_RECIPE}.")] = None,
+    per_pair: Annotated[Optional[int], typer.Option(help=f"Images per co-occurring pair; {FROM_RECIPE}.")] = None,
+    templates: Annotated[Optional[list[str]], typer.Option("--template", help=f"Prompt template, '{{}}' per class; repeat for more; {FROM_RECIPE}.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help=f"Seed of the whole dataset; {FROM_RECIPE}.")] = None,
+    num_inference_steps: Annotated[Optional[int], typer.Option(help="Denoising steps; default: the recipe's, else the model's.")] = None,
+    guidance_scale: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale; default: the recipe's, else the model's.")] = None,
     num_shards: Annotated[Optional[int], typer.Option(help="Split the items over this many jobs (default: one, or torchrun's processes).")] = None,
-    shard_index: Annotated[Optional[int], typer.Option(help="This job's shard.")] = None,
-    device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
+    shard_index: Annotated[Optional[int], typer.Option(help="This job's shard, 0 to num-shards - 1.")] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (counts per class and pair, disk) without loading a model.")] = False,
+    device: Device = "auto",
 ) -> None:
     """Generate a labelled dataset: images, COCO instances, palette masks, metadata and a card."""
-    from .dataset import load_dataset_recipe, make_dataset as make, provenance, resolve_grounding
-    from .grounding import GroundingModule
-    from .pipeline import load_pipeline
-    from .worldmodel import resolve_model
+    from .dataset import build_dataset, load_dataset_recipe, plan_summary
 
     config = load_dataset_recipe(classes, recipe, model=model, grounding=grounding, per_class=per_class, per_pair=per_pair,
-                                 templates=templates, seed=seed, num_inference_steps=steps, guidance_scale=guidance)
-    module_dir = resolve_grounding(config.grounding)
-    module = GroundingModule.from_pretrained(module_dir).to(device)
-    pipe = load_pipeline(resolve_model(config.model), device=device)
-    summary = make(pipe, module, config, out, provenance(config.model, module_dir), num_shards=num_shards, shard_index=shard_index)
+                                 templates=templates, seed=seed, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+    if dry_run:
+        print(plan_summary(config))
+        return
+    summary = build_dataset(config, out, device=device, num_shards=num_shards, shard_index=shard_index)
     _stderr.print(f"{out}: " + (f"{summary['images']} images, {summary['instances']} instances" if summary else "shard done; other shards pending"))
 
 
 @_command
 def merge_dataset(
-    out: Annotated[Path, typer.Argument(help="The merged dataset folder.")],
     shards: Annotated[list[Path], typer.Argument(help="Shard folders written with the same recipe.")],
+    out: Annotated[Path, typer.Option(help="The merged dataset folder.")],
 ) -> None:
     """Join make-dataset shards written to separate folders into one dataset."""
     from .dataset import merge_datasets
+    from .formats import check_output_dir
 
-    summary = merge_datasets(shards, out)
+    summary = merge_datasets(shards, check_output_dir(out))
     _stderr.print(f"{out}: {summary['images']} images, {summary['instances']} instances")
 
 
@@ -247,7 +295,7 @@ def show(
     out: Annotated[Optional[Path], typer.Option(help="PNG to write; default DATASET/contact_sheet.png.")] = None,
     count: Annotated[int, typer.Option(help="Images on the sheet.")] = 16,
 ) -> None:
-    """Write a contact sheet of a dataset: images with their masks overlaid and class names."""
+    """Write a contact sheet of a dataset: images beside their label maps, with a colour key of the classes."""
     from .show import contact_sheet
 
     _stderr.print(f"wrote {contact_sheet(dataset, out, count)}")
@@ -255,50 +303,51 @@ def show(
 
 @_command
 def train_segmenter(
-    data: Annotated[Path, typer.Option(help="Training data: a synthseg dataset, or a COCO or VOC-layout folder.")] = Path("out/dataset"),
-    recipe: Annotated[Path, typer.Option(help="Segmenter recipe (YAML).")] = Path("recipes/segmenter-tiny.yaml"),
-    out: Annotated[Path, typer.Option(help="Where the trained model (save_pretrained) goes.")] = Path("runs/segmenter"),
-    workdir: Annotated[Optional[Path], typer.Option(help="Checkpoints; default OUT/../OUT.name-work.")] = None,
-    backbone: Annotated[Optional[str], typer.Option(help="Backbone architecture, e.g. resnet-101, resnet-50, resnet-tiny.")] = None,
+    dataset: Annotated[Path, typer.Option(help="Training data: a synthseg dataset, or a COCO or VOC-layout folder.")] = Path("out/dataset"),
+    recipe: Annotated[str, typer.Option(help="Segmenter recipe: a packaged name or a YAML file.")] = "segmenter-tiny",
+    out: Annotated[Path, typer.Option(help="Where the trained segmenter (save_pretrained) goes.")] = Path("runs/segmenter"),
+    workdir: Annotated[Optional[Path], typer.Option(help="Checkpoints; rerunning the command resumes from here. Default: OUT-work beside OUT.")] = None,
+    backbone: Annotated[Optional[str], typer.Option(help=f"Backbone architecture, e.g. resnet-101, resnet-50, resnet-tiny; {FROM_RECIPE}.")] = None,
     pretrained_backbone: Annotated[Optional[bool], typer.Option("--pretrained-backbone/--no-pretrained-backbone",
-                                                                help="Start from ImageNet weights (hub), or from scratch.")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Training iterations.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per iteration (over all processes).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue from WORKDIR's checkpoint; without it an existing one is refused.")] = False,
-    max_steps: Annotated[Optional[int], typer.Option(help="Stop after this many steps (a sitting).")] = None,
+                                                                help=f"Start from ImageNet weights (hub), or from scratch; {FROM_RECIPE}.")] = None,
+    train_steps: Annotated[Optional[int], typer.Option(help=f"Training steps; {FROM_RECIPE}.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help=f"Images per step (over all processes); {FROM_RECIPE}.")] = None,
+    device: Device = "auto",
+    stop_at: StopAt = None,
 ) -> None:
     """Train MaskFormer on a labelled dataset (Protocol ii); several GPUs with `accelerate launch`."""
     from .readers import open_data
-    from .segmenter import load_segmenter_recipe, train_segmenter as train
+    from .segmenter import load_segmenter_recipe
+    from .train.segmenter import train_segmenter as train
 
-    config = load_segmenter_recipe(recipe, backbone=backbone, pretrained_backbone=pretrained_backbone, steps=steps, batch_size=batch_size)
-    workdir = workdir or out.with_name(out.name + "-work")
-    if (workdir / "segmenter.ckpt").exists() and not resume:
-        raise SynthsegError(f"{workdir / 'segmenter.ckpt'} exists; pass --resume to continue it, or remove it")
-    _stderr.print(f"saved {train(config, open_data('auto', data), out, workdir, max_steps)}")
+    _device(device)
+    config = load_segmenter_recipe(recipe, backbone=backbone, pretrained_backbone=pretrained_backbone, steps=train_steps, batch_size=batch_size)
+    data = open_data("auto", dataset)
+    _stderr.print(f"saved {train(config, data, out, workdir or out.with_name(out.name + '-work'), stop_at, device)}")
 
 
 @_command
 def benchmark(
-    dataset: Annotated[str, typer.Option(help="voc2012, world, coco-json, voc-layout or synthseg.")] = "voc2012",
-    model: Annotated[Path, typer.Option(help="A segmenter folder from train-segmenter.")] = Path("runs/segmenter"),
-    data_root: Annotated[Optional[Path], typer.Option(help="The dataset's folder (VOCdevkit for voc2012; a JSON for coco-json).")] = None,
-    split: Annotated[Optional[str], typer.Option(help="Seen/unseen split from recipes/splits.yaml; default voc-15-5 on voc2012, world on world.")] = None,
+    dataset: Annotated[str, typer.Option(help="voc2012 (with --data-root), world (rendered held-out scenes), or a dataset folder or COCO JSON.")] = "voc2012",
+    segmenter: Annotated[Path, typer.Option(help="A segmenter folder from train-segmenter.")] = Path("runs/segmenter"),
+    data_root: Annotated[Optional[Path], typer.Option(help="Where --dataset voc2012 lives (VOCdevkit or VOCdevkit/VOC2012).")] = None,
+    split: Annotated[Optional[str], typer.Option(help="Seen/unseen split (splits.yaml); default voc-15-5 on voc2012, world on world.")] = None,
     image_set: Annotated[str, typer.Option(help="VOC image set (ImageSets/Segmentation/<name>.txt).")] = "val",
     background: Annotated[bool, typer.Option("--background/--no-background", help="Count background as a seen class.")] = True,
     count: Annotated[int, typer.Option(help="Rendered scenes for --dataset world.")] = 500,
-    out: Annotated[Optional[Path], typer.Option(help="Folder for benchmark.json and benchmark.md; default MODEL/benchmark-DATASET.")] = None,
-    device: Annotated[str, typer.Option(help="torch device.")] = "cpu",
+    out: Annotated[Optional[Path], typer.Option(help="Folder for benchmark.json and benchmark.md; default SEGMENTER/benchmark-DATASET.")] = None,
+    device: Device = "auto",
 ) -> None:
     """Score a segmenter zero-shot: per-class IoU and seen, unseen and harmonic mIoU (Protocol ii)."""
     from .benchmark import benchmark as score
     from .classes import get_split
-    from .readers import open_data
+    from .readers import open_dataset
     from .segmenter import Segmenter
 
+    torch_device = _device(device)
     split = split or {"voc2012": "voc-15-5", "world": "world"}.get(dataset)
     chosen = get_split(split) if split else None
-    data = open_data(dataset, data_root, image_set, count)
-    result = score(Segmenter.from_pretrained(model, device), data, chosen, background, model_name=str(model))
-    result.save(out or model / f"benchmark-{dataset}")
+    data = open_dataset(dataset, data_root, image_set, count)
+    result = score(Segmenter.from_pretrained(segmenter, torch_device), data, chosen, background, model_name=str(segmenter))
+    result.save(out or segmenter / f"benchmark-{Path(dataset).name}")
     print(result.markdown())

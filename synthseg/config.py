@@ -2,7 +2,12 @@
 
 `load_config(cls, data, source)` turns a mapping into `cls`, refusing unknown and missing keys and
 values of the wrong type with one-line errors that name the file, then runs the dataclass's own
-`validate()` for the checks that depend on several fields.
+`validate()` for the checks that depend on several fields (`check_positive` and `check_non_negative`
+for the common bounds).
+
+Every config synthseg saves is `stamped`, as diffusers stamps `_class_name` and `_diffusers_version`:
+the class that wrote it, synthseg's version and the file format. `load_config` drops the stamp
+after refusing a format newer than this synthseg reads.
 """
 
 from __future__ import annotations
@@ -16,6 +21,60 @@ from pathlib import Path
 import yaml
 
 from .errors import SynthsegError
+
+FORMAT_VERSION = 1  # of every saved config and recipe.json; raise it when an older synthseg could misread one
+STAMP_KEYS = ("_class_name", "_synthseg_version", "_format")
+
+
+def stamped(document: dict, writer) -> dict:
+    """`document` with the stamp of `writer` (the object or class that wrote it), for saving."""
+    from . import __version__
+
+    name = writer.__name__ if isinstance(writer, type) else type(writer).__name__
+    return {"_class_name": name, "_synthseg_version": __version__, "_format": FORMAT_VERSION, **document}
+
+
+def unstamped(data: dict, source: str) -> dict:
+    """`data` without its stamp; a file of a newer format than this synthseg reads is refused."""
+    version = data.get("_format", 1) if isinstance(data, dict) else 1
+    if not isinstance(version, int) or version > FORMAT_VERSION:
+        raise SynthsegError(f"{source} was written by a newer synthseg ({data.get('_synthseg_version', '?')}, format {version}; "
+                            f"this one reads format {FORMAT_VERSION} and older): upgrade synthseg")
+    return {k: v for k, v in data.items() if k not in STAMP_KEYS} if isinstance(data, dict) else data
+
+
+def record_recipe(path: str | Path, recipe, refusal: str) -> None:
+    """Record `recipe` (a dataclass) as a job's recipe.json at `path`, or check it against the one
+    recorded there: a resumed job must not mix two recipes. `refusal` is the error for another recipe,
+    with {changed} for the fields that differ."""
+    from .formats import write_json_atomic
+
+    path = Path(path)
+    wanted = json.loads(json.dumps(dataclasses.asdict(recipe)))
+    if not path.is_file():
+        write_json_atomic(path, stamped(wanted, recipe))
+        return
+    try:
+        found = unstamped(json.loads(path.read_text()), str(path))
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise SynthsegError(f"{path}: corrupt; remove it to start over") from None
+    if found != wanted:
+        changed = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
+        raise SynthsegError(refusal.format(changed=", ".join(changed)))
+
+
+def check_positive(source: str, config, *names: str) -> None:
+    """Refuse a field of `config` below 1 (counts, sizes and batch sizes), naming it."""
+    for name in names:
+        if getattr(config, name) < 1:
+            raise SynthsegError(f"{source}: {name} must be at least 1, got {getattr(config, name)}")
+
+
+def check_non_negative(source: str, config, *names: str) -> None:
+    """Refuse a negative field of `config`, naming it."""
+    for name in names:
+        if getattr(config, name) < 0:
+            raise SynthsegError(f"{source}: {name} must be 0 or more, got {getattr(config, name)}")
 
 
 def _coerce(value, hint, where: str):
@@ -55,6 +114,7 @@ def load_config(cls, data, source: str = "config"):
     """Build dataclass `cls` from a mapping, validating keys, types and the class's own rules."""
     if not isinstance(data, dict):
         raise SynthsegError(f"{source}: expected a mapping of {cls.__name__} fields, got {type(data).__name__}")
+    data = unstamped(data, source)
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(set(data) - set(fields))

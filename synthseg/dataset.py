@@ -31,11 +31,9 @@ to separate folders are joined by `merge_datasets`.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import platform
 from dataclasses import asdict, dataclass, field
-from itertools import combinations
 from pathlib import Path
 
 import numpy as np
@@ -44,15 +42,20 @@ from PIL import Image
 from scipy import ndimage
 
 from .classes import check_names, resolve_classes
+from .config import check_non_negative, check_positive, load_config, record_recipe
 from .errors import SynthsegError
-from .formats import IGNORE, coco_annotation, coco_document, label_image, write_atomic, write_json_atomic
-from .prompts import PAPER_TEMPLATES, caption
+from .formats import IGNORE, coco_annotation, coco_document, jsonl_text, label_image, png_bytes, write_atomic, write_json_atomic
+from .plan import dataset_item_bytes, plan_text
+from .prompts import PAPER_TEMPLATES, Prompt, PromptPlanner
+from .registry import check_vocabulary, model_card, recipe_names, recipe_path, resolve_grounding, resolve_pipeline
 
 
 @dataclass
 class DatasetRecipe:
-    """What to generate. `classes`: "voc", "coco", "world" or comma-separated names. `model`: hub id,
-    folder or "world"; `grounding`: a grounding module folder or "world" (the bundled one)."""
+    """What to generate. `classes`: "voc", "coco", "world" or comma-separated names (set names may
+    join them). `model`: a bundled name, hub id or folder; `grounding`: a bundled name or a module
+    folder. Steps and guidance left at None take the model's own defaults (its model card's, else
+    Stable Diffusion's 50 and 7.5), whatever the class set."""
 
     classes: str
     model: str = "world"
@@ -62,15 +65,24 @@ class DatasetRecipe:
     pairs: list[list[str]] = field(default_factory=list)
     templates: list[str] = field(default_factory=lambda: list(PAPER_TEMPLATES))
     seed: int = 0
-    num_inference_steps: int = 50
-    guidance_scale: float = 7.5
+    num_inference_steps: int | None = None
+    guidance_scale: float | None = None
     band: float = 0.2
     min_instance_area: int = 4
     require_all_classes: bool = True
     batch_size: int = 8
 
+    def __post_init__(self) -> None:
+        card = model_card(self.model)
+        if self.num_inference_steps is None:
+            self.num_inference_steps = card.num_inference_steps
+        if self.guidance_scale is None:
+            self.guidance_scale = card.guidance_scale
+
     def validate(self, source: str) -> None:
         names = resolve_classes(self.classes)
+        check_non_negative(source, self, "per_class", "per_pair", "min_instance_area", "guidance_scale")
+        check_positive(source, self, "num_inference_steps", "batch_size")
         for pair in self.pairs:
             if len(pair) != 2 or pair[0] == pair[1]:
                 raise SynthsegError(f"{source}: a pair names two different classes, got {pair}")
@@ -80,45 +92,37 @@ class DatasetRecipe:
         slots = {t.count("{}") for t in self.templates}
         if 1 not in slots or (self.per_pair and 2 not in slots):
             raise SynthsegError(f"{source}: templates need a one-class slot ('{{}}'), and a two-class one when per_pair > 0")
+        if not self.per_class and not (self.per_pair and (self.pairs or len(names) > 1)):
+            raise SynthsegError(f"{source}: the plan has no images (per_class and per_pair are 0, or no pair exists)")
+        check_vocabulary(self.model, names)
 
     @property
     def class_names(self) -> tuple[str, ...]:
         return resolve_classes(self.classes)
 
 
-def load_dataset_recipe(classes: str = "world", path: str | Path | None = None, **overrides) -> DatasetRecipe:
-    """The recipe of a job: `path`, else recipes/dataset-<classes>.yaml for a named class set, else just
-    `classes`; then `overrides` (None values ignored), validated."""
-    from .classes import RECIPES
+def load_dataset_recipe(classes: str = "world", recipe: str | Path | None = None, **overrides) -> DatasetRecipe:
+    """The recipe of a job: `recipe` (a packaged name or a path), else the packaged recipe of a named
+    class set ("voc" -> dataset-voc), else just `classes`; then `overrides` (None values ignored), validated."""
     from .config import apply_overrides, load_config, read_mapping
 
-    named = RECIPES / f"dataset-{classes}.yaml"
-    path = path or (named if named.is_file() else None)
+    if recipe is None and classes in recipe_names("dataset"):
+        recipe = classes
+    path = recipe_path(recipe, "dataset") if recipe is not None else None
     source = str(path or "make-dataset")
     data = read_mapping(path) if path else {"classes": classes}
     return load_config(DatasetRecipe, apply_overrides(data, overrides, source), source)
 
 
-def resolve_grounding(spec: str) -> Path:
-    """A grounding argument: "world" means the bundled world module; anything else is a folder."""
-    from .worldmodel import WORLD_GROUNDING
-
-    return WORLD_GROUNDING if spec == "world" else Path(spec)
-
-
-def plan(recipe: DatasetRecipe) -> list[dict]:
+def plan(recipe: DatasetRecipe) -> list[Prompt]:
     """Every item of the dataset, in index order: per_class images of each class, then per_pair of each pair.
+    An item's seed depends only on the recipe seed and its index."""
+    return PromptPlanner(recipe.templates, recipe.seed).dataset(recipe.class_names, recipe.per_class, recipe.pairs, recipe.per_pair)
 
-    An item's seed depends only on the recipe seed and its index.
-    """
-    pairs = recipe.pairs or ([list(p) for p in combinations(recipe.class_names, 2)] if recipe.per_pair else [])
-    groups = [[c] for c in recipe.class_names for _ in range(recipe.per_class)]
-    groups += [list(p) for p in pairs for _ in range(recipe.per_pair)]
-    items = []
-    for index, names in enumerate(groups):
-        rng = np.random.default_rng([recipe.seed, index])
-        items.append(dict(index=index, classes=names, prompt=caption(names, tuple(recipe.templates)), seed=int(rng.integers(2**31))))
-    return items
+
+def plan_summary(recipe: DatasetRecipe) -> str:
+    """What `make_dataset` would write, without loading a model."""
+    return plan_text("images", plan(recipe), dataset_item_bytes(recipe.model), " at most, before PNG compression")
 
 
 def label_map(probs: np.ndarray, class_ids: list[int], band: float) -> np.ndarray:
@@ -148,26 +152,20 @@ def file_hash(path: str | Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def _png_bytes(image: Image.Image) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def write_item(directory: Path, item: dict, image: Image.Image, probs: torch.Tensor, recipe: DatasetRecipe, provenance: dict) -> None:
+def write_item(directory: Path, item: Prompt, image: Image.Image, probs: torch.Tensor, recipe: DatasetRecipe, provenance: dict) -> None:
     """Write one image, its label map and (last) its record."""
     names = recipe.class_names
-    ids = [names.index(c) + 1 for c in item["classes"]]
+    ids = [names.index(c) + 1 for c in item.classes]
     labels = label_map(probs.numpy(), ids, recipe.band)
     present = [bool((labels == i).any()) for i in ids]
-    stem = f"{item['index']:06d}"
-    record = dict(item, file_name=f"images/{stem}.png", mask_file_name=f"masks/{stem}.png",
-                  scores={c: float(p.max()) for c, p in zip(item["classes"], probs)},
+    stem = f"{item.index:06d}"
+    record = dict(asdict(item), file_name=f"images/{stem}.png", mask_file_name=f"masks/{stem}.png",
+                  scores={c: float(p.max()) for c, p in zip(item.classes, probs)},
                   dropped=None if all(present) or not recipe.require_all_classes else "a prompted class has no confident pixel",
                   **provenance)
     if record["dropped"] is None:
-        write_atomic(directory / record["file_name"], _png_bytes(image))
-        write_atomic(directory / record["mask_file_name"], _png_bytes(label_image(labels)))
+        write_atomic(directory / record["file_name"], png_bytes(image))
+        write_atomic(directory / record["mask_file_name"], png_bytes(label_image(labels)))
         record["instances"] = [
             coco_annotation(0, 0, class_id, mask) for class_id in ids for mask in instances(labels, class_id, recipe.min_instance_area)
         ]
@@ -178,26 +176,14 @@ def write_item(directory: Path, item: dict, image: Image.Image, probs: torch.Ten
 def claim(directory: Path, recipe: DatasetRecipe) -> None:
     """Record the recipe in a new dataset folder, or refuse one that another recipe started."""
     directory.mkdir(parents=True, exist_ok=True)
-    path = directory / "recipe.json"
-    wanted = asdict(recipe)
-    if path.is_file():
-        try:
-            found = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            raise SynthsegError(f"{path}: corrupt; remove the folder to start over") from None
-        if found != wanted:
-            changed = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
-            raise SynthsegError(f"{directory} was started with another recipe ({', '.join(changed)} differ); use a new --out or the same options")
-    elif any(directory.iterdir()):
+    if not (directory / "recipe.json").is_file() and any(directory.iterdir()):
         raise SynthsegError(f"{directory} is not empty and holds no synthseg recipe.json; choose an empty or new --out")
-    else:
-        write_json_atomic(path, wanted)
+    record_recipe(directory / "recipe.json", recipe,
+                  f"{directory} was started with another recipe ({{changed}} differ); use a new --out or the same options")
 
 
 def read_recipe(directory: str | Path) -> DatasetRecipe:
     """The recipe a dataset folder was started with."""
-    from .config import load_config
-
     path = Path(directory) / "recipe.json"
     if not path.is_file():
         raise SynthsegError(f"{directory}: no recipe.json; not a synthseg dataset folder")
@@ -224,7 +210,7 @@ def finalize(directory: str | Path, recipe: DatasetRecipe) -> dict:
     """Build annotations.json, metadata.jsonl and README.md from every record; fails if any is missing."""
     directory = Path(directory)
     items = plan(recipe)
-    missing = [i["index"] for i in items if not (directory / "records" / f"{i['index']:06d}.json").is_file()]
+    missing = [i.index for i in items if not _record_path(directory, i).is_file()]
     if missing:
         raise SynthsegError(f"{directory}: {len(missing)} of {len(items)} images are not written yet (first: {missing[0]}); run the remaining shards")
     for sub in ("images", "masks", "records"):  # temporary files of writes that a kill interrupted
@@ -232,7 +218,9 @@ def finalize(directory: str | Path, recipe: DatasetRecipe) -> dict:
             stale.unlink()
     images, annotations, metadata, dropped = [], [], [], {}
     for item in items:
-        record = json.loads((directory / "records" / f"{item['index']:06d}.json").read_text())
+        record = _read_record(directory, item)
+        if record is None:
+            raise SynthsegError(f"{_record_path(directory, item)}: corrupt record; rerun make-dataset with the same options to redo it")
         if record["dropped"]:
             dropped[record["dropped"]] = dropped.get(record["dropped"], 0) + 1
             continue
@@ -242,7 +230,7 @@ def finalize(directory: str | Path, recipe: DatasetRecipe) -> dict:
             annotations.append(dict(ann, id=len(annotations) + 1, image_id=image_id))
         metadata.append({k: v for k, v in record.items() if k not in ("dropped", "width", "height")})
     write_json_atomic(directory / "annotations.json", coco_document(images, annotations, recipe.class_names, "synthseg synthetic dataset"))
-    write_atomic(directory / "metadata.jsonl", "".join(json.dumps(m, sort_keys=True) + "\n" for m in metadata))
+    write_atomic(directory / "metadata.jsonl", jsonl_text(metadata))
     summary = dict(images=len(images), instances=len(annotations), planned=len(items), dropped=dropped)
     write_atomic(directory / "README.md", _card(recipe, summary, metadata[0] if metadata else {}))
     return summary
@@ -273,17 +261,55 @@ masks of the classes named in its prompt. No human labelled it.
 """
 
 
-def provenance(model: str, grounding_dir: str | Path) -> dict:
-    """What made the dataset: model id and hash, grounding module hash, library versions."""
+def provenance(model: str, grounding: str | Path) -> dict:
+    """What made the dataset: model id (bundled name, hub id or folder) and the hash of a local one,
+    grounding module hash, library versions."""
     import diffusers
 
     from . import __version__
 
-    local = Path(model)
+    local = Path(resolve_pipeline(model))
     return dict(
-        model=model, model_hash=file_hash(local) if local.exists() else None, grounding_hash=file_hash(grounding_dir),
+        model=model, model_hash=file_hash(local) if local.exists() else None, grounding_hash=file_hash(resolve_grounding(grounding)),
         versions=dict(synthseg=__version__, diffusers=diffusers.__version__, torch=torch.__version__, python=platform.python_version()),
     )
+
+
+def _record_path(directory: Path, item: Prompt) -> Path:
+    return directory / "records" / f"{item.index:06d}.json"
+
+
+def _read_record(directory: Path, item: Prompt) -> dict | None:
+    """An item's record, or None where it is missing or cut."""
+    try:
+        return json.loads(_record_path(directory, item).read_text())
+    except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
+        return None
+
+
+def _intact(directory: Path, item: Prompt) -> bool:
+    """Whether an item is completely written: its record parses and its PNGs decode to the end. A job
+    killed mid-write, or a disk that filled, can leave either cut; such an item is redone."""
+    record = _read_record(directory, item)
+    if record is None:
+        return False
+    if record.get("dropped"):
+        return True
+    try:
+        for name in ("file_name", "mask_file_name"):
+            with Image.open(directory / record[name]) as image:
+                image.load()
+    except (OSError, KeyError, SyntaxError):
+        return False
+    return True
+
+
+def check_shards(num_shards: int | None, shard_index: int | None) -> None:
+    """Refuse a shard count below 1 or an index outside it, before any work."""
+    if num_shards is not None and num_shards < 1:
+        raise SynthsegError(f"--num-shards must be at least 1, got {num_shards}")
+    if shard_index is not None and not 0 <= shard_index < (num_shards or 1):
+        raise SynthsegError(f"--shard-index {shard_index} is outside 0..{(num_shards or 1) - 1}")
 
 
 def make_dataset(pipe, grounding, recipe: DatasetRecipe, directory: str | Path, provenance: dict, *,
@@ -297,7 +323,7 @@ def make_dataset(pipe, grounding, recipe: DatasetRecipe, directory: str | Path, 
     import os
 
     from .generate import generate_grounded
-    from .training import loss_progress
+    from .progress import loss_progress
 
     directory = Path(directory)
     state = None
@@ -306,9 +332,8 @@ def make_dataset(pipe, grounding, recipe: DatasetRecipe, directory: str | Path, 
 
         state = PartialState(cpu=not torch.cuda.is_available())  # without cpu=True, CPU processes each run alone
         num_shards, shard_index = state.num_processes, state.process_index
+    check_shards(num_shards, shard_index)
     num_shards, shard_index = num_shards or 1, shard_index or 0
-    if not 0 <= shard_index < num_shards:
-        raise SynthsegError(f"shard index {shard_index} is outside 0..{num_shards - 1}")
     if state is None or state.is_main_process:
         claim(directory, recipe)
     if state is not None:
@@ -317,12 +342,14 @@ def make_dataset(pipe, grounding, recipe: DatasetRecipe, directory: str | Path, 
     for sub in ("images", "masks", "records"):
         (directory / sub).mkdir(parents=True, exist_ok=True)
 
-    def done(item: dict) -> bool:
-        return (directory / "records" / f"{item['index']:06d}.json").is_file()
-
     items = plan(recipe)
     batches = [items[i : i + recipe.batch_size] for i in range(0, len(items), recipe.batch_size)]
     mine = batches[shard_index::num_shards]
+    written = {item.index for batch in mine for item in batch if _intact(directory, item)}  # verified once, at the start
+
+    def done(item: Prompt) -> bool:
+        return item.index in written
+
     todo = [batch for batch in mine if not all(done(item) for item in batch)]
     total = sum(len(b) for b in mine)
     skipped = total - sum(len(b) for b in todo)
@@ -331,17 +358,35 @@ def make_dataset(pipe, grounding, recipe: DatasetRecipe, directory: str | Path, 
         kept: list[float] = []
         for batch in todo:
             # Whole batches, always the same ones: an image's pixels do not depend on how a run was split.
-            result = generate_grounded(pipe, grounding, [i["prompt"] for i in batch], [i["classes"] for i in batch],
-                                       [i["seed"] for i in batch], guidance_scale=recipe.guidance_scale,
+            result = generate_grounded(pipe, grounding, [i.prompt for i in batch], [i.classes for i in batch],
+                                       [i.seed for i in batch], guidance_scale=recipe.guidance_scale,
                                        num_inference_steps=recipe.num_inference_steps)
             for item, image, probs in zip(batch, result.images, result.masks):
                 if not done(item):
                     write_item(directory, item, image, probs, recipe, provenance)
-                kept.append(float((directory / "images" / f"{item['index']:06d}.png").is_file()))
+                    written.add(item.index)
+                kept.append(float((directory / "images" / f"{item.index:06d}.png").is_file()))
             advance(skipped + len(kept), kept)
     if state is not None:
         state.wait_for_everyone()
         return finalize(directory, recipe) if state.is_main_process else None
-    if all(done(item) for item in items):
+    if all(_record_path(directory, item).is_file() for item in items):
         return finalize(directory, recipe)
     return None
+
+
+def build_dataset(recipe: DatasetRecipe, directory: str | Path, *, device: str = "auto", num_shards: int | None = None,
+                  shard_index: int | None = None) -> dict | None:
+    """`make_dataset` from a recipe alone: checks the shards, the output folder and the device before
+    loading the recipe's pipeline and grounding module (bundled names, hub ids or folders)."""
+    from .device import resolve_device
+    from .formats import check_output_dir
+    from .grounding import GroundingModule
+    from .pipeline import load_pipeline
+
+    check_shards(num_shards, shard_index)
+    check_output_dir(directory)
+    torch_device = resolve_device(device)
+    module = GroundingModule.from_pretrained(recipe.grounding).to(torch_device)
+    pipe = load_pipeline(recipe.model, device=torch_device)
+    return make_dataset(pipe, module, recipe, directory, provenance(recipe.model, recipe.grounding), num_shards=num_shards, shard_index=shard_index)

@@ -17,31 +17,16 @@ from pathlib import Path
 import numpy as np
 import torch.nn.functional as F
 
-from .capture import CaptureStep, CrossAttentionMaps
+from .capture import CaptureStep
 from .classes import Split
-from .generate import generate_grounded, uses_cfg
+from .generate import capture_pass, predict_masks
 from .metrics import MaskIoU
-from .prompts import fill_template
-from .text import class_token_spans
-from .training import loss_progress
+from .progress import loss_progress
+from .prompts import PromptPlanner
 from .triplets import target_masks
 
 THRESHOLDS = np.round(np.linspace(0.05, 0.95, 19), 2)
 COLUMNS = [("seen", 1), ("seen", 2), ("unseen", 1), ("unseen", 2)]
-
-
-def evaluation_prompts(classes: list[str], per_class: int, pairs: int, templates: list[str], seed: int) -> list[tuple[str, list[str], int]]:
-    """`per_class` one-class prompts for each class, then `pairs` random two-class prompts; (prompt, classes, seed)."""
-    rng = np.random.default_rng([seed, 1])
-    one = [t for t in templates if t.count("{}") == 1]
-    two = [t for t in templates if t.count("{}") == 2]
-    prompts = [[c] for c in classes for _ in range(per_class)]
-    prompts += [[classes[i] for i in rng.choice(len(classes), 2, replace=False)] for _ in range(pairs if two else 0)]
-    out = []
-    for names in prompts:
-        template = (one if len(names) == 1 else two)[int(rng.integers(len(one if len(names) == 1 else two)))]
-        out.append((fill_template(template, names), names, int(rng.integers(2**31))))
-    return out
 
 
 @dataclass
@@ -77,28 +62,29 @@ def evaluate_grounding(pipe, grounding, annotator, split: Split, *, per_class: i
     classes = list(split.all_classes)
     for name in classes:  # refuse a class the annotator cannot label before any generation
         annotator.category_of(name)
-    prompts = evaluation_prompts(classes, per_class, pairs, templates, seed)
+    prompts = PromptPlanner(templates, seed).evaluation(classes, per_class, pairs)
     module = {n: MaskIoU(classes) for n in (1, 2)}
     daam = {(n, t): MaskIoU(classes) for n in (1, 2) for t in THRESHOLDS}
-    cfg = uses_cfg(pipe, guidance_scale)
+    grounding.config.check_pipeline(pipe)
     pipe.set_progress_bar_config(disable=True)
     with loss_progress("protocol i", len(prompts), metric="module mIoU", log_every=batch_size) as advance:
         for start in range(0, len(prompts), batch_size):
-            texts, names, seeds = map(list, zip(*prompts[start : start + batch_size]))
-            spans = class_token_spans(pipe.tokenizer, texts, names)
-            with CrossAttentionMaps(pipe.unet, classifier_free_guidance=cfg) as attention:
-                result = generate_grounded(pipe, grounding, texts, names, seeds, guidance_scale=guidance_scale,
-                                           num_inference_steps=num_inference_steps, capture_step=capture_step)
-            size = result.images[0].size[::-1]
-            heat = [F.interpolate(m[None], size=size, mode="bilinear", align_corners=False)[0] for m in attention.normalised_maps(spans)]
-            images = [np.asarray(im) for im in result.images]
+            batch = prompts[start : start + batch_size]
+            names = [p.classes for p in batch]
+            run = capture_pass(pipe, [p.prompt for p in batch], names, [p.seed for p in batch], guidance_scale=guidance_scale,
+                               num_inference_steps=num_inference_steps, capture_step=capture_step,
+                               attention=grounding.config.needs_attention, daam=True)
+            size = run.images[0].size[::-1]
+            masks = predict_masks(grounding, run.features, run.prompt_embeds, run.spans, size)
+            heat = [F.interpolate(m[None], size=size, mode="bilinear", align_corners=False)[0] for m in run.heat_maps]
+            images = [np.asarray(im) for im in run.images]
             for i, found in enumerate(annotator.annotate(images, names)):
                 truth, missing, _ = target_masks(found, names[i], size, "union")
                 n = len(names[i])
                 for q, name in enumerate(names[i]):
                     if missing[q]:
                         continue
-                    module[n].update(name, result.masks[i][q].numpy() > 0.5, truth[q].astype(bool))
+                    module[n].update(name, masks[i][q].numpy() > 0.5, truth[q].astype(bool))
                     for t in THRESHOLDS:
                         daam[n, t].update(name, heat[i][q].numpy() > t, truth[q].astype(bool))
             scored = [v for v in (module[1].mean(classes), module[2].mean(classes)) if not np.isnan(v)]

@@ -2,13 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 from pathlib import Path
 
+import jsonlines
 import numpy as np
 from PIL import Image
 from pycocotools import mask as mask_utils
+
+from .errors import SynthsegError
 
 IGNORE = 255
 
@@ -74,3 +79,49 @@ def write_atomic(path: str | Path, data: bytes | str) -> None:
 
 def write_json_atomic(path: str | Path, document) -> None:
     write_atomic(path, json.dumps(document))
+
+
+def png_bytes(image: Image.Image) -> bytes:
+    """An image encoded as PNG, for `write_atomic`."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def jsonl_text(rows) -> str:
+    """JSON Lines text of `rows` (one object per line, keys sorted), for `write_atomic`."""
+    buffer = io.StringIO()
+    with jsonlines.Writer(buffer, sort_keys=True) as writer:
+        writer.write_all(rows)
+    return buffer.getvalue()
+
+
+def read_jsonl(path: str | Path) -> list[dict]:
+    """Every object of a JSON Lines file; a cut or corrupt file is a one-line error."""
+    try:
+        with jsonlines.open(path) as reader:
+            return list(reader)
+    except (jsonlines.InvalidLineError, UnicodeDecodeError) as error:
+        raise SynthsegError(f"{path}: corrupt JSON Lines file ({str(error).splitlines()[0]})") from None
+
+
+def safe_file_name(name: str) -> str:
+    """A class name as a file-name part: letters, digits, '-', '_' and '.' kept, anything else '_'
+    (so "../x" cannot leave its folder)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", name).strip("._") or "class"
+
+
+def check_output_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Refuse an output folder that cannot be written, before any work and without creating anything:
+    a path that is a file, or whose nearest existing folder is read-only or immutable."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise SynthsegError(f"{flag} {path} is a file, not a folder")
+    existing = path
+    while not existing.exists():
+        existing = existing.parent
+    if not existing.is_dir():
+        raise SynthsegError(f"{flag} {path}: {existing} is a file, not a folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise SynthsegError(f"{flag} {path}: {existing} cannot be written (read-only file system, immutable folder or no permission)")
+    return path

@@ -1,8 +1,9 @@
-"""Grounded generation: one batched pipeline pass gives images and one probability mask per named class."""
+"""Grounded generation: one batched pipeline pass (`capture_pass`) gives images, the capture step's features and
+one probability mask per named class."""
 
 from __future__ import annotations
 
-import json
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -11,8 +12,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .capture import CapturedFeatures, CaptureStep, FeatureCapture, ResolvedStep
+from .capture import CapturedFeatures, CaptureStep, CrossAttentionMaps, FeatureCapture, ResolvedStep
 from .errors import SynthsegError
+from .formats import jsonl_text, png_bytes, safe_file_name, write_atomic
 from .grounding import GroundingModule, class_attention_input, grounding_inputs
 from .text import class_queries, class_token_spans
 
@@ -35,21 +37,21 @@ class GroundedGeneration:
     features: CapturedFeatures | None = None
 
     def save(self, directory: str | Path) -> Path:
-        """Write `images/NNNNN.png`, `masks/NNNNN_<class>.png` (8-bit probability, L mode) and
-        `generation.jsonl` (prompt, seed, classes and file names per image) into `directory`."""
+        """Write `images/NNNNN.png`, `masks/NNNNN_<class>.png` (8-bit probability, L mode; the class name
+        made safe for a file name) and `generation.jsonl` (prompt, seed, classes and file names per
+        image) into `directory`, each file atomically and the index last."""
         directory = Path(directory)
         (directory / "images").mkdir(parents=True, exist_ok=True)
         (directory / "masks").mkdir(exist_ok=True)
         records = []
         for i, (image, masks, names) in enumerate(zip(self.images, self.masks, self.class_names)):
-            image.save(directory / "images" / f"{i:05d}.png")
-            mask_files = {}
+            mask_files = {name: f"masks/{i:05d}_{safe_file_name(name)}.png" for name in names}
             for name, mask in zip(names, masks):
-                mask_files[name] = f"masks/{i:05d}_{name.replace(' ', '_')}.png"
-                Image.fromarray((mask.numpy() * 255).round().astype(np.uint8)).save(directory / mask_files[name])
+                write_atomic(directory / mask_files[name], png_bytes(Image.fromarray((mask.numpy() * 255).round().astype(np.uint8))))
+            write_atomic(directory / "images" / f"{i:05d}.png", png_bytes(image))
             records.append(dict(file_name=f"images/{i:05d}.png", prompt=self.prompts[i], seed=self.seeds[i],
                                 classes=names, masks=mask_files, capture_timestep=self.step.timestep))
-        (directory / "generation.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        write_atomic(directory / "generation.jsonl", jsonl_text(records))
         return directory
 
 
@@ -58,7 +60,65 @@ def uses_cfg(pipe, guidance_scale: float) -> bool:
     return guidance_scale > 1 and getattr(pipe.unet.config, "time_cond_proj_dim", None) is None
 
 
+@dataclass
+class CaptureRun:
+    """What one generate-and-capture pass gives, one row per prompt.
+
+    images: RGB PIL images. features: the capture step's UNet features (conditional half).
+    prompt_embeds: (B, T, D) text states the UNet was conditioned on. spans: each class name's token
+    positions in its prompt. heat_maps: with `daam`, per image (K_i, h, w) DAAM maps in [0, 1].
+    """
+
+    images: list[Image.Image]
+    features: CapturedFeatures
+    prompt_embeds: torch.Tensor
+    spans: list[list[slice]]
+    step: ResolvedStep
+    heat_maps: list[torch.Tensor] | None = None
+
+
 @torch.no_grad()
+def capture_pass(
+    pipe,
+    prompts: list[str],
+    class_names: list[list[str]],
+    seeds: list[int],
+    *,
+    guidance_scale: float,
+    num_inference_steps: int,
+    capture_step: CaptureStep = CaptureStep(),
+    attention: bool = True,
+    feature_dtype: torch.dtype | None = None,
+    daam: bool = False,
+    height: int | None = None,
+    width: int | None = None,
+    negative_prompt: str | list[str] | None = None,
+) -> CaptureRun:
+    """The one generate-and-capture pass that grounded generation, triplets and Protocol i all run.
+
+    Each image's initial noise comes from its own `torch.Generator("cpu").manual_seed(seed)`, so an
+    image depends only on its prompt and seed, not on the batch it is in. Class names are checked
+    against their prompts before any generation work. `attention` also records the capture step's
+    cross-attention (VPD inputs, attention pooling); `daam` also sums every step's (the baseline).
+    """
+    if len(seeds) != len(prompts):
+        raise SynthsegError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
+    spans = class_token_spans(pipe.tokenizer, prompts, class_names)
+    cfg = uses_cfg(pipe, guidance_scale)
+    step = capture_step.resolve(pipe.scheduler, num_inference_steps)
+    prompt_embeds, negative_embeds = pipe.encode_prompt(list(prompts), pipe.device, 1, cfg, negative_prompt)
+    generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
+    with contextlib.ExitStack() as stack:
+        baseline = stack.enter_context(CrossAttentionMaps(pipe.unet, classifier_free_guidance=cfg)) if daam else None
+        capture = stack.enter_context(FeatureCapture(pipe.unet, step.timestep, classifier_free_guidance=cfg, attention=attention, dtype=feature_dtype))
+        images = pipe(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds, generator=generators,
+                      num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, height=height, width=width,
+                      output_type="pil").images
+    if not capture.captured:
+        raise SynthsegError(f"the pipeline never ran the capture step (timestep {step.timestep}); check the scheduler")
+    return CaptureRun(images, capture.features, prompt_embeds, spans, step, baseline.normalised_maps(spans) if daam else None)
+
+
 def generate_grounded(
     pipe,
     grounding: GroundingModule,
@@ -73,50 +133,26 @@ def generate_grounded(
     capture_step: CaptureStep = CaptureStep(),
     negative_prompt: str | list[str] | None = None,
     return_features: bool = False,
-    capture_attention: bool = False,
 ) -> GroundedGeneration:
-    """Generate `prompts` with `pipe` (any diffusers Stable Diffusion pipeline) and ground `class_names`.
-
-    Each image's initial noise comes from its own `torch.Generator("cpu").manual_seed(seed)`, so an
-    image depends only on its prompt and seed, not on the batch it is in. Class names are checked
-    against their prompts before any generation work.
-    """
-    if len(seeds) != len(prompts):
-        raise SynthsegError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
-    spans = class_token_spans(pipe.tokenizer, prompts, class_names)
+    """Generate `prompts` with `pipe` (any diffusers Stable Diffusion pipeline) and ground `class_names`:
+    one `capture_pass`, then the module's masks at image resolution."""
     grounding.config.check_pipeline(pipe)
-    cfg = uses_cfg(pipe, guidance_scale)
-    step = capture_step.resolve(pipe.scheduler, num_inference_steps)
-
-    prompt_embeds, negative_embeds = pipe.encode_prompt(prompts, pipe.device, 1, cfg, negative_prompt)
-    generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
-    attention = capture_attention or bool(grounding.config.cross_attention_strides) or grounding.config.attention_pooling
-    with FeatureCapture(pipe.unet, step.timestep, classifier_free_guidance=cfg, attention=attention) as capture:
-        images = pipe(
-            prompt_embeds=prompt_embeds,
-            negative_prompt_embeds=negative_embeds,
-            generator=generators,
-            num_inference_steps=num_inference_steps,
-            guidance_scale=guidance_scale,
-            height=height,
-            width=width,
-            output_type="pil",
-        ).images
-    if not capture.captured:
-        raise SynthsegError(f"the pipeline never ran the capture step (timestep {step.timestep}); check the scheduler")
-
-    masks = predict_masks(grounding, capture.features, prompt_embeds, spans, images[0].size[::-1])
+    run = capture_pass(pipe, prompts, class_names, seeds, guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
+                       capture_step=capture_step, attention=grounding.config.needs_attention, height=height, width=width,
+                       negative_prompt=negative_prompt)
+    masks = predict_masks(grounding, run.features, run.prompt_embeds, run.spans, run.images[0].size[::-1])
     return GroundedGeneration(
-        images=images,
+        images=run.images,
         masks=masks,
         prompts=list(prompts),
         class_names=[list(names) for names in class_names],
         seeds=[int(s) for s in seeds],
-        step=step,
-        features=capture.features if return_features else None,
+        step=run.step,
+        features=run.features if return_features else None,
     )
 
 
+@torch.no_grad()
 def predict_masks(grounding: GroundingModule, features: CapturedFeatures, prompt_embeds: torch.Tensor, spans, size) -> list[torch.Tensor]:
     """Per-image (K_i, H, W) float32 mask probabilities at `size` = (H, W)."""
     device = next(grounding.parameters()).device

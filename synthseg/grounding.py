@@ -35,8 +35,9 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .capture import CapturedFeatures, unet_attention_strides, unet_feature_layout
-from .config import load_config, read_mapping
+from .config import load_config, read_mapping, stamped
 from .errors import SynthsegError
+from .registry import resolve_grounding
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -45,22 +46,13 @@ ATTENTION_FIELDS = ("cross_attention_strides", "text_tokens")  # ... and those o
 
 
 @dataclass
-class GroundingConfig:
-    """Shape of a grounding module. `feature_*` and `text_dim` must match the pipeline it reads.
+class GroundingArchitecture:
+    """The module's own sizes, free to choose (a recipe's `model` section gives them).
 
-    feature_channels / feature_strides: channels and stride (relative to the latent) of each
-        captured UNet block output, in capture order (see `capture.unet_feature_layout`).
-    text_dim: the text encoder's hidden size (768 for SD 1.x's CLIP).
-    cross_attention_strides / text_tokens: with VPD's cross-attention inputs, the strides of the
-        UNet's cross-attention layers (`capture.unet_attention_strides`) and the prompt length T;
-        empty / 0 without them.
     attention_pooling: each query also reads the fused map pooled under its class's cross-attention
         map (see the module docstring); forward then needs `class_attention`.
     """
 
-    feature_channels: list[int]
-    feature_strides: list[int]
-    text_dim: int
     fuse_dim: int = 128
     mask_dim: int = 240
     hidden_dim: int = 512
@@ -68,9 +60,31 @@ class GroundingConfig:
     num_heads: int = 8
     ffn_dim: int = 2048
     token_patch: int = 4
+    attention_pooling: bool = False
+
+
+@dataclass(kw_only=True)
+class GroundingConfig(GroundingArchitecture):
+    """Shape of a grounding module: its architecture plus what the pipeline it reads fixes.
+
+    feature_channels / feature_strides: channels and stride (relative to the latent) of each
+        captured UNet block output, in capture order (see `capture.unet_feature_layout`).
+    text_dim: the text encoder's hidden size (768 for SD 1.x's CLIP).
+    cross_attention_strides / text_tokens: with VPD's cross-attention inputs, the strides of the
+        UNet's cross-attention layers (`capture.unet_attention_strides`) and the prompt length T;
+        empty / 0 without them.
+    """
+
+    feature_channels: list[int]
+    feature_strides: list[int]
+    text_dim: int
     cross_attention_strides: list[int] = field(default_factory=list)
     text_tokens: int = 0
-    attention_pooling: bool = False
+
+    @property
+    def needs_attention(self) -> bool:
+        """Whether the module reads the capture step's cross-attention (VPD inputs or pooling)."""
+        return bool(self.cross_attention_strides) or self.attention_pooling
 
     def validate(self, source: str = "grounding config") -> None:
         if len(self.feature_channels) != len(self.feature_strides) or not self.feature_channels:
@@ -207,14 +221,15 @@ class GroundingModule(nn.Module):
         """Write `config.json` and `model.safetensors` into `directory`."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / CONFIG_NAME).write_text(json.dumps(asdict(self.config), indent=2) + "\n")
+        (directory / CONFIG_NAME).write_text(json.dumps(stamped(asdict(self.config), self), indent=2) + "\n")
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(state, directory / WEIGHTS_NAME, metadata={"format": "pt"})
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "GroundingModule":
-        """Load a folder written by `save_pretrained`; one-line errors for a missing or corrupt file."""
-        directory = Path(directory)
+        """Load a folder written by `save_pretrained`, or a bundled module by name ("world"); one-line
+        errors for a missing or corrupt file."""
+        directory = resolve_grounding(directory)
         if not directory.is_dir():
             raise SynthsegError(f"no grounding module at {directory}: expected a folder with {CONFIG_NAME} and {WEIGHTS_NAME}")
         config = load_config(GroundingConfig, read_mapping(directory / CONFIG_NAME), str(directory / CONFIG_NAME))

@@ -1,13 +1,42 @@
-"""Load a text-to-image pipeline from a hub id or a local folder, through diffusers' `from_pretrained`."""
+"""The one loader of text-to-image pipelines: a bundled name, a hub id or a local folder, through
+diffusers' `from_pretrained`."""
 
 from __future__ import annotations
 
+import contextlib
+import os
 from pathlib import Path
 
 import torch
 from diffusers import DiffusionPipeline
 
 from .errors import SynthsegError
+from .registry import BUNDLES, resolve_pipeline
+
+
+def looks_like_path(spec: str | Path) -> bool:
+    """Whether `spec` names a folder rather than a hub id ("org/name"): it exists, is absolute or
+    relative to `.`/`~`, or has more than one slash."""
+    text = str(spec)
+    return Path(text).exists() or text.startswith(("/", "./", "../", "~")) or text.count("/") > 1 or text.endswith("/")
+
+
+@contextlib.contextmanager
+def quiet_loading():
+    """diffusers' and transformers' per-component loading bars off while a model loads (they print
+    several bars for a load of seconds); each library's setting is restored afterwards."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    states = [(lib, lib.is_progress_bar_enabled()) for lib in (diffusers_logging, transformers_logging)]
+    for lib, _ in states:
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib, enabled in states:
+            if enabled:
+                lib.enable_progress_bar()
 
 
 def load_pipeline(
@@ -17,25 +46,39 @@ def load_pipeline(
     device: str | torch.device | None = None,
     revision: str | None = None,
 ) -> DiffusionPipeline:
-    """Load `model` (a hub id such as "runwayml/stable-diffusion-v1-5", or a folder holding a
-    `model_index.json`) with `DiffusionPipeline.from_pretrained`. The safety checker is not loaded:
-    synthetic training data is filtered by the dataset's own quality checks.
+    """Load `model`: a bundled name ("world"), a hub id such as "stable-diffusion-v1-5/stable-diffusion-v1-5",
+    or a folder holding a `model_index.json`, with `DiffusionPipeline.from_pretrained`. A world export
+    (no text_encoder/) loads as a `WorldPipeline`. The safety checker is not loaded: synthetic training
+    data is filtered by the dataset's own quality checks.
 
     Offline with no cached copy, this fails with one line naming the model and how to supply it.
     """
-    local = Path(model)
-    if local.exists() and not (local / "model_index.json").is_file():
-        raise SynthsegError(f"{local} is not a diffusers pipeline folder: it has no model_index.json")
+    source = resolve_pipeline(model)
+    local = Path(source).expanduser()
+    if looks_like_path(source):
+        if not local.exists():
+            raise SynthsegError(f"no pipeline folder at {model}")
+        if not (local / "model_index.json").is_file():
+            raise SynthsegError(f"{model} is not a diffusers pipeline folder: it has no model_index.json")
+    kwargs = dict(torch_dtype=torch_dtype, revision=revision, safety_checker=None, requires_safety_checker=False)
     try:
-        pipe = DiffusionPipeline.from_pretrained(
-            str(model), torch_dtype=torch_dtype, revision=revision, safety_checker=None, requires_safety_checker=False
-        )
-    except (OSError, ValueError) as error:
-        if local.exists():
-            raise SynthsegError(f"cannot load pipeline from {local}: {str(error).splitlines()[0]}") from None
+        with quiet_loading():
+            pipe = _from_pretrained(source, local, kwargs)
+    except (OSError, ValueError, RuntimeError, KeyError) as error:
+        if looks_like_path(source):
+            shown = model if str(model) in BUNDLES else local
+            raise SynthsegError(f"cannot load pipeline {shown}: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
         raise SynthsegError(
             f"cannot load pipeline {model!r}: it is not a local folder and is not in the Hugging Face cache, "
-            f"and the hub cannot be reached; where there is network run `hf download {model} --local-dir DIR` "
-            f"and pass DIR instead (or point HF_HOME at a cache that holds it)"
+            f"and the hub cannot be reached{' (HF_HUB_OFFLINE is set)' if os.environ.get('HF_HUB_OFFLINE') else ''}; "
+            f"where there is network run `hf download {model} --local-dir DIR` and pass DIR instead (or point HF_HOME at a cache that holds it)"
         ) from None
     return pipe.to(device) if device is not None else pipe
+
+
+def _from_pretrained(source: str, local: Path, kwargs: dict) -> DiffusionPipeline:
+    from .worldmodel import WorldPipeline, is_world_export
+
+    if looks_like_path(source) and is_world_export(local):
+        return WorldPipeline.from_export(local, **kwargs)
+    return DiffusionPipeline.from_pretrained(str(local) if looks_like_path(source) else source, **kwargs)

@@ -1,8 +1,18 @@
-"""Prompts from class names and templates ("a photograph of a {} and a {}")."""
+"""What to generate: prompts from class names and templates ("a photograph of a {} and a {}"), each with
+its seed. `PromptPlanner` is the one planner of datasets, training triplets and Protocol i.
+
+Every plan depends only on its inputs and seed, never on how a job is split or resumed.
+"""
 
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
+from itertools import combinations
+
+import numpy as np
+
+from .errors import SynthsegError
 
 PAPER_TEMPLATES = ("a photograph of a {}", "a photograph of a {} and a {}")
 
@@ -15,8 +25,57 @@ def fill_template(template: str, class_names: list[str] | tuple[str, ...]) -> st
 
 
 def caption(class_names: list[str] | tuple[str, ...], templates: tuple[str, ...] = PAPER_TEMPLATES) -> str:
-    """The template whose slot count equals the number of classes, filled."""
-    for template in templates:
-        if template.count("{}") == len(class_names):
-            return fill_template(template, class_names)
-    raise ValueError(f"no template with {len(class_names)} slots in {templates}")
+    """The first template whose slot count equals the number of classes, filled."""
+    return PromptPlanner(templates).fill(class_names)
+
+
+@dataclass
+class Prompt:
+    """One planned generation: its place in the plan, the prompt, the classes it names (in order), its seed."""
+
+    index: int
+    prompt: str
+    classes: list[str]
+    seed: int
+
+
+class PromptPlanner:
+    """Plans prompts from `templates` under `seed`. A template is chosen by slot count: the first one
+    (datasets), or drawn from the plan's random stream (triplets, Protocol i)."""
+
+    def __init__(self, templates, seed: int = 0):
+        self.templates = tuple(templates)
+        self.seed = seed
+
+    def fill(self, class_names, rng: np.random.Generator | None = None) -> str:
+        choices = [t for t in self.templates if t.count("{}") == len(class_names)]
+        if not choices:
+            raise SynthsegError(f"no template with {len(class_names)} slots in {list(self.templates)}")
+        return fill_template(choices[0] if rng is None else choices[int(rng.integers(len(choices)))], class_names)
+
+    def _drawn(self, index: int, names, rng: np.random.Generator) -> Prompt:
+        text = self.fill(names, rng)
+        return Prompt(index, text, list(names), int(rng.integers(2**31)))
+
+    def dataset(self, class_names, per_class: int, pairs: list[list[str]], per_pair: int) -> list[Prompt]:
+        """`per_class` prompts of each class, then `per_pair` of each pair (default: every pair of classes).
+        Item i's seed comes from `default_rng([seed, i])`."""
+        pairs = pairs or ([list(p) for p in combinations(class_names, 2)] if per_pair else [])
+        groups = [[c] for c in class_names for _ in range(per_class)] + [list(p) for p in pairs for _ in range(per_pair)]
+        return [Prompt(i, self.fill(names), names, int(np.random.default_rng([self.seed, i]).integers(2**31)))
+                for i, names in enumerate(groups)]
+
+    def triplet(self, seen, pair_fraction: float, index: int) -> Prompt:
+        """Triplet `index`: one or (with `pair_fraction`) two distinct seen classes, from `default_rng([seed, index])`."""
+        rng = np.random.default_rng([self.seed, index])
+        count = 2 if len(seen) > 1 and rng.random() < pair_fraction else 1
+        return self._drawn(index, [seen[i] for i in rng.choice(len(seen), size=count, replace=False)], rng)
+
+    def evaluation(self, classes, per_class: int, pairs: int) -> list[Prompt]:
+        """`per_class` one-class prompts of each class, then `pairs` random two-class prompts (if a
+        two-class template exists), all drawn from one stream `default_rng([seed, 1])`."""
+        rng = np.random.default_rng([self.seed, 1])
+        two = any(t.count("{}") == 2 for t in self.templates)
+        groups = [[c] for c in classes for _ in range(per_class)]
+        groups += [[classes[i] for i in rng.choice(len(classes), 2, replace=False)] for _ in range(pairs if two else 0)]
+        return [self._drawn(i, names, rng) for i, names in enumerate(groups)]

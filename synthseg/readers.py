@@ -157,9 +157,9 @@ def read_coco(path: str | Path) -> SegmentationData:
 def read_world(count: int = 500, size: int = 64, held_out: bool = True) -> SegmentationData:
     """`count` rendered scenes of the miniature world with exact masks: held out (odd seeds, never
     trained on by the world's models) or training scenes (even seeds)."""
-    from .world import WORLD_CLASSES, render_scene
+    from .world import WORLD_CLASSES, render_scene, scene_seed
 
-    seeds = [2 * i + int(held_out) for i in range(count)]
+    seeds = [scene_seed(i, held_out) for i in range(count)]
 
     def load(index: int):
         scene = render_scene(seeds[index], size=size)
@@ -185,7 +185,7 @@ def open_data(kind: str, path: str | Path | None = None, split: str = "val", cou
     if kind == "world":
         return read_world(count)
     if path is None:
-        raise SynthsegError(f"--dataset {kind} needs --data-root")
+        raise SynthsegError(f"--dataset {kind} needs --data-root (the folder that holds it)")
     if not Path(path).exists():
         raise SynthsegError(f"{path}: no such file or folder")
     kind = detect_layout(path) if kind == "auto" else kind
@@ -194,3 +194,13 @@ def open_data(kind: str, path: str | Path | None = None, split: str = "val", cou
     if kind not in readers:
         raise SynthsegError(f"unknown dataset kind {kind!r}; known: {', '.join([*readers, 'world', 'auto'])}")
     return readers[kind]()
+
+
+def open_dataset(spec: str, data_root: str | Path | None = None, image_set: str = "val", count: int = 500) -> SegmentationData:
+    """A `--dataset` value: "voc2012" (at `data_root`), "world" (`count` held-out scenes), or a path,
+    whose layout is detected."""
+    if spec in ("voc2012", "world"):
+        return open_data(spec, data_root, image_set, count)
+    if data_root is not None:
+        raise SynthsegError(f"--data-root is for --dataset voc2012; {spec!r} is read from its own path")
+    return open_data("auto", spec)

@@ -1,4 +1,5 @@
-"""Contact sheets: a grid of dataset images beside their label maps, with class names written."""
+"""Contact sheets: a grid of dataset images beside their label maps, class names below each, and a
+colour key of every class on the sheet."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from .errors import SynthsegError
+from .formats import voc_palette
 
 
 def contact_sheet(directory: str | Path, output: str | Path | None = None, count: int = 16, columns: int = 4, scale: int = 2) -> Path:
@@ -37,9 +39,32 @@ def contact_sheet(directory: str | Path, output: str | Path | None = None, count
         tiles.append(canvas)
     width, height = tiles[0].size
     rows = (len(tiles) + columns - 1) // columns
-    sheet = Image.new("RGB", (columns * width, rows * height), "white")
+    key = _colour_key(_class_names(directory), sorted({c for r in (records[i] for i in picks) for c in r["classes"]}), columns * width)
+    sheet = Image.new("RGB", (columns * width, rows * height + key.height), "white")
     for i, tile in enumerate(tiles):
         sheet.paste(tile, ((i % columns) * width, (i // columns) * height))
+    sheet.paste(key, (0, rows * height))
     output = Path(output or directory / "contact_sheet.png")
     sheet.save(output)
     return output
+
+
+def _class_names(directory: Path) -> list[str]:
+    """Label k's name is the k-th category of the dataset's COCO file (categories 1..K)."""
+    document = json.loads((directory / "annotations.json").read_text())
+    return [c["name"] for c in sorted(document["categories"], key=lambda c: c["id"])]
+
+
+def _colour_key(names: list[str], shown: list[str], width: int, row: int = 14) -> Image.Image:
+    """A strip of swatches in the label maps' VOC colours, one per class on the sheet, labelled."""
+    palette = np.array(voc_palette()).reshape(-1, 3)
+    entries = [(name, tuple(int(v) for v in palette[names.index(name) + 1])) for name in shown]
+    entries.append(("ignore", tuple(int(v) for v in palette[255])))
+    per_row = max(1, width // 110)
+    key = Image.new("RGB", (width, row * ((len(entries) + per_row - 1) // per_row)), "white")
+    draw = ImageDraw.Draw(key)
+    for i, (name, colour) in enumerate(entries):
+        x, y = (i % per_row) * 110, (i // per_row) * row
+        draw.rectangle([x + 2, y + 2, x + 12, y + 12], fill=colour, outline="black")
+        draw.text((x + 16, y + 1), name, fill="black")
+    return key

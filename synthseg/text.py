@@ -16,14 +16,18 @@ def class_token_span(tokenizer, prompt: str, class_name: str) -> slice:
     """Token positions of `class_name` in `prompt`, as the pipeline tokenizes it (special tokens included).
 
     The first occurrence wins. Raises SynthsegError if the name is not in the prompt, or is cut off
-    by the tokenizer's maximum length.
+    by the tokenizer's maximum length (the pipeline never encodes what lies past it).
     """
-    ids = tokenizer(prompt, truncation=True, max_length=tokenizer.model_max_length).input_ids
+    limit = tokenizer.model_max_length
+    ids = tokenizer(prompt).input_ids  # untruncated, to tell a cut-off name from a missing one
     name_ids = tokenizer(class_name, add_special_tokens=False).input_ids
     if not name_ids:
         raise SynthsegError(f"class name {class_name!r} is empty after tokenization")
     for start in range(len(ids) - len(name_ids) + 1):
         if ids[start : start + len(name_ids)] == name_ids:
+            if start + len(name_ids) > limit - 1:  # the last kept position holds the end token
+                raise SynthsegError(f"class {class_name!r} is cut off: prompt {prompt!r} is {len(ids)} tokens and the "
+                                    f"tokenizer keeps {limit}; shorten the prompt")
             return slice(start, start + len(name_ids))
     raise SynthsegError(f"class {class_name!r} does not occur in prompt {prompt!r}")
 

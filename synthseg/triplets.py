@@ -23,7 +23,7 @@ disk: see `TripletShards.bytes_per_triplet`.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -32,14 +32,16 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .annotators import Instance
-from .capture import CaptureStep, FeatureCapture
+from .capture import CaptureStep
+from .config import check_non_negative, check_positive, load_config, record_recipe
 from .errors import SynthsegError
-from .formats import write_atomic
-from .generate import uses_cfg
+from .formats import jsonl_text, read_jsonl, write_atomic
+from .generate import capture_pass
 from .grounding import ATTENTION_FIELDS, PIPELINE_FIELDS, GroundingConfig, class_attention_input, grounding_inputs
-from .prompts import PAPER_TEMPLATES, fill_template
-from .text import class_queries, class_token_spans
-from .training import loss_progress
+from .plan import plan_text, triplet_bytes
+from .progress import loss_progress
+from .prompts import PAPER_TEMPLATES, Prompt, PromptPlanner
+from .text import class_queries
 
 MAX_CLASSES = 2  # templates name one or two classes
 
@@ -71,8 +73,10 @@ class TripletRecipe:
             raise SynthsegError(f"{source}: target must be 'union' or 'top', got {self.target!r}")
         if self.feature_dtype not in ("float16", "bfloat16", "float32"):
             raise SynthsegError(f"{source}: feature_dtype must be float16, bfloat16 or float32")
-        if min(self.count, self.shard_size, self.batch_size, self.num_inference_steps) < 1:
-            raise SynthsegError(f"{source}: count, shard_size, batch_size and num_inference_steps must be positive")
+        check_positive(source, self, "count", "shard_size", "batch_size", "num_inference_steps")
+        check_non_negative(source, self, "guidance_scale", "capture_timestep")
+        if not 0 <= self.pair_fraction <= 1:
+            raise SynthsegError(f"{source}: pair_fraction must lie in [0, 1]")
         if self.shard_size % self.batch_size:
             raise SynthsegError(f"{source}: shard_size must be a multiple of batch_size")
         slots = {t.count("{}") for t in self.templates}
@@ -82,14 +86,16 @@ class TripletRecipe:
             raise SynthsegError(f"{source}: pair_fraction > 0 needs a two-class template")
 
 
-def triplet_prompt(recipe: TripletRecipe, index: int) -> tuple[str, list[str], int]:
-    """(prompt, classes, seed) of triplet `index`; depends only on the recipe's seed and the index."""
-    rng = np.random.default_rng([recipe.seed, index])
-    count = 2 if len(recipe.seen) > 1 and rng.random() < recipe.pair_fraction else 1
-    names = [recipe.seen[i] for i in rng.choice(len(recipe.seen), size=count, replace=False)]
-    templates = [t for t in recipe.templates if t.count("{}") == count]
-    template = templates[int(rng.integers(len(templates)))]
-    return fill_template(template, names), names, int(rng.integers(2**31))
+def triplet_prompt(recipe: TripletRecipe, index: int) -> Prompt:
+    """Triplet `index`'s prompt, classes and seed; depends only on the recipe's seed and the index."""
+    return PromptPlanner(recipe.templates, recipe.seed).triplet(recipe.seen, recipe.pair_fraction, index)
+
+
+def plan_summary(recipe: TripletRecipe, model: str) -> str:
+    """What `make_triplets` would do, without loading a model: counts per class and pair, and disk."""
+    prompts = [triplet_prompt(recipe, i) for i in range(recipe.count)]
+    item = triplet_bytes(model, torch.finfo(getattr(torch, recipe.feature_dtype)).bits // 8, recipe.cross_attention)
+    return plan_text("triplets", prompts, item)
 
 
 def target_masks(instances: list[Instance], names: list[str], size: tuple[int, int], mode: str):
@@ -114,13 +120,8 @@ def make_triplets(pipe, annotator, recipe: TripletRecipe, directory: str | Path)
         annotator.category_of(name)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    made_with = directory / "recipe.json"
-    if made_with.is_file() and json.loads(made_with.read_text()) != asdict(recipe):
-        raise SynthsegError(f"{directory} holds triplets of another recipe ({made_with}); use a new --out")
-    write_atomic(made_with, json.dumps(asdict(recipe), indent=2) + "\n")
+    record_recipe(directory / "recipe.json", recipe, f"{directory} holds triplets of another recipe ({{changed}} differ); use a new --out")
     write_atomic(directory / "layout.json", json.dumps(_layout(pipe, recipe)) + "\n")
-    cfg = uses_cfg(pipe, recipe.guidance_scale)
-    step = CaptureStep(recipe.capture_timestep, recipe.capture_index).resolve(pipe.scheduler, recipe.num_inference_steps)
     dtype = getattr(torch, recipe.feature_dtype)
     shards = range((recipe.count + recipe.shard_size - 1) // recipe.shard_size)
     pipe.set_progress_bar_config(disable=True)
@@ -130,9 +131,9 @@ def make_triplets(pipe, annotator, recipe: TripletRecipe, directory: str | Path)
             stem = directory / f"shard-{shard:05d}"
             indices = list(range(shard * recipe.shard_size, min(recipe.count, (shard + 1) * recipe.shard_size)))
             if stem.with_suffix(".jsonl").is_file():
-                records = [json.loads(line) for line in stem.with_suffix(".jsonl").open()]
+                records = read_jsonl(stem.with_suffix(".jsonl"))
             else:
-                rows = [_generate_batch(pipe, annotator, recipe, indices[i : i + recipe.batch_size], step, cfg, dtype)
+                rows = [_generate_batch(pipe, annotator, recipe, indices[i : i + recipe.batch_size], dtype)
                         for i in range(0, len(indices), recipe.batch_size)]
                 _write_shard(stem, rows)
                 records = [r for batch in rows for r in batch["records"]]
@@ -148,15 +149,14 @@ def _layout(pipe, recipe: TripletRecipe) -> dict:
     return {k: getattr(config, k) for k in keys}
 
 
-def _generate_batch(pipe, annotator, recipe, indices, step, cfg, dtype) -> dict:
-    prompts, names, seeds = zip(*(triplet_prompt(recipe, i) for i in indices))
-    spans = class_token_spans(pipe.tokenizer, list(prompts), list(names))
-    embeds, negative = pipe.encode_prompt(list(prompts), pipe.device, 1, cfg)
-    with FeatureCapture(pipe.unet, step.timestep, classifier_free_guidance=cfg, attention=True, dtype=dtype) as capture:
-        images = pipe(prompt_embeds=embeds, negative_prompt_embeds=negative, num_inference_steps=recipe.num_inference_steps,
-                      guidance_scale=recipe.guidance_scale, generator=[torch.Generator("cpu").manual_seed(s) for s in seeds],
-                      output_type="np").images
-    images = (images * 255).round().astype(np.uint8)
+def _generate_batch(pipe, annotator, recipe: TripletRecipe, indices: list[int], dtype: torch.dtype) -> dict:
+    """Generate, capture and label triplets `indices`: tensors (batch first) and one record per triplet."""
+    planned = [triplet_prompt(recipe, i) for i in indices]
+    prompts, names, seeds = [p.prompt for p in planned], [p.classes for p in planned], [p.seed for p in planned]
+    run = capture_pass(pipe, prompts, names, seeds, guidance_scale=recipe.guidance_scale, num_inference_steps=recipe.num_inference_steps,
+                       capture_step=CaptureStep(recipe.capture_timestep, recipe.capture_index), feature_dtype=dtype)
+    images = np.stack([np.asarray(image) for image in run.images])
+    embeds, spans, features = run.prompt_embeds, run.spans, run.features
     queries, valid = class_queries(embeds, spans)
     detected = annotator.annotate(list(images), [list(n) for n in names])
     width = MAX_CLASSES
@@ -171,12 +171,12 @@ def _generate_batch(pipe, annotator, recipe, indices, step, cfg, dtype) -> dict:
     padded[:, : queries.shape[1]] = queries.float()
     flags = torch.zeros(len(indices), width, dtype=torch.bool)
     flags[:, : valid.shape[1]] = valid
-    tensors = {f"features.{k}": v.cpu().contiguous() for k, v in capture.features.blocks.items()}
+    tensors = {f"features.{k}": v.cpu().contiguous() for k, v in features.blocks.items()}
     if recipe.cross_attention:
         config = GroundingConfig.for_pipeline(pipe, cross_attention=True)
-        maps = grounding_inputs(capture.features, config)[len(config.feature_channels) :]
+        maps = grounding_inputs(features, config)[len(config.feature_channels) :]
         tensors.update({f"attention.{s}": m.to(dtype).cpu() for s, m in zip(config.cross_attention_strides, maps)})
-    pooled = class_attention_input(capture.features, spans, width)
+    pooled = class_attention_input(features, spans, width)
     tensors.update(queries=padded.to(dtype), valid=flags, masks=torch.from_numpy(masks), missing=torch.from_numpy(missing),
                    class_attention=pooled.to(dtype).cpu())
     return dict(tensors=tensors, records=records)
@@ -188,7 +188,7 @@ def _write_shard(stem: Path, rows: list[dict]) -> None:
     tmp = stem.with_name(stem.name + ".safetensors.tmp")
     save_file(tensors, tmp)
     tmp.replace(stem.with_suffix(".safetensors"))
-    write_atomic(stem.with_suffix(".jsonl"), "".join(json.dumps(r) + "\n" for batch in rows for r in batch["records"]))
+    write_atomic(stem.with_suffix(".jsonl"), jsonl_text(r for batch in rows for r in batch["records"]))
 
 
 class TripletShards(torch.utils.data.IterableDataset):
@@ -214,7 +214,7 @@ class TripletShards(torch.utils.data.IterableDataset):
 
     def _shard_records(self, shard: Path) -> list[tuple[int, dict]]:
         """(row, record) of the shard's triplets that are not excluded."""
-        records = (json.loads(line) for line in shard.with_suffix(".jsonl").open())
+        records = read_jsonl(shard.with_suffix(".jsonl"))
         return [(row, r) for row, r in enumerate(records) if not set(r["classes"]) & self.exclude]
 
     def records(self) -> list[dict]:
@@ -223,7 +223,7 @@ class TripletShards(torch.utils.data.IterableDataset):
     def bytes_per_triplet(self) -> float:
         """Disk cost of one triplet, over every triplet of the folder."""
         files = sum(p.stat().st_size + p.with_suffix(".jsonl").stat().st_size for p in self.shards)
-        return files / sum(1 for p in self.shards for _ in p.with_suffix(".jsonl").open())
+        return files / sum(len(read_jsonl(p.with_suffix(".jsonl"))) for p in self.shards)
 
     def layout(self) -> dict:
         """feature_channels, feature_strides and text_dim of the pipeline that made the shards."""
@@ -232,8 +232,6 @@ class TripletShards(torch.utils.data.IterableDataset):
     @property
     def recipe(self) -> TripletRecipe:
         """The recipe the shards were made with."""
-        from .config import load_config
-
         return load_config(TripletRecipe, json.loads((self.directory / "recipe.json").read_text()), str(self.directory / "recipe.json"))
 
     def batches(self, batch_size: int, start_step: int = 0):
@@ -277,12 +275,9 @@ class OnlineTriplets:
 
     @torch.no_grad()
     def batches(self, batch_size: int, start_step: int = 0):
-        recipe = self.recipe
-        step = CaptureStep(recipe.capture_timestep, recipe.capture_index).resolve(self.pipe.scheduler, recipe.num_inference_steps)
-        cfg = uses_cfg(self.pipe, recipe.guidance_scale)
         for s in range(start_step, 2**62):
-            tensors = _generate_batch(self.pipe, self.annotator, recipe, list(range(s * batch_size, (s + 1) * batch_size)),
-                                      step, cfg, torch.float32)["tensors"]
+            tensors = _generate_batch(self.pipe, self.annotator, self.recipe, list(range(s * batch_size, (s + 1) * batch_size)),
+                                      torch.float32)["tensors"]
             names, maps = _input_keys(tensors)
             yield dict(features=[tensors[k] for k in names], attention=[tensors[k] for k in maps], queries=tensors["queries"], valid=tensors["valid"],
                        masks=tensors["masks"].float(), missing=tensors["missing"], class_attention=tensors["class_attention"])

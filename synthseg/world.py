@@ -22,6 +22,14 @@ WORLD_CLASSES = (
     "circle", "square", "triangle", "star", "heart", "cross",
     "ring", "crescent", "diamond", "arrow", "hexagon", "hourglass",
 )
+
+
+def scene_seed(k: int, held_out: bool) -> int:
+    """The k-th scene seed of one side of the world's one split rule: even seeds train the world's
+    models, odd seeds are held out for every evaluation."""
+    return 2 * k + int(held_out)
+
+
 # Placement draws until every object keeps `min_visible`; the first success wins, so a higher cap
 # changes no scene that an earlier cap could place. Two large objects at 85% visible can need over 100.
 PLACEMENT_TRIES = 1000

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_segmenter import TINY
 from torchmetrics.classification import MulticlassJaccardIndex
 from typer.testing import CliRunner
 
@@ -17,9 +18,7 @@ from synthseg.config import load_config
 from synthseg.formats import save_label_png
 from synthseg.metrics import ConfusionMatrix
 from synthseg.readers import open_data, read_coco, read_voc2012
-from synthseg.segmenter import SegmenterRecipe, Segmenter, build_maskformer, image_processor
-
-from test_segmenter import TINY
+from synthseg.segmenter import Segmenter, SegmenterRecipe, build_maskformer, image_processor
 
 VOC = ("background", *VOC_CLASSES)
 
@@ -118,7 +117,7 @@ def test_benchmark_matches_torchmetrics_on_the_model_predictions(voc_root, voc_m
 
 def test_benchmark_cli_writes_json_and_markdown(voc_root, voc_model, tmp_path):
     runner = CliRunner()
-    result = runner.invoke(app, ["benchmark", "--dataset", "voc2012", "--data-root", str(voc_root), "--model", str(voc_model),
+    result = runner.invoke(app, ["benchmark", "--dataset", "voc2012", "--data-root", str(voc_root), "--segmenter", str(voc_model),
                                  "--split", "voc-split1", "--out", str(tmp_path / "bench")])
     assert result.exit_code == 0, result.output
     report = json.loads((tmp_path / "bench" / "benchmark.json").read_text())
@@ -139,11 +138,11 @@ def test_coco_json_reader_paints_instances(tmp_path):
 def test_bad_inputs_give_their_errors(voc_root, voc_model, tmp_path):
     runner = CliRunner()
     (tmp_path / "JPEGImages").mkdir()
-    bad_layout = runner.invoke(app, ["benchmark", "--dataset", "voc-layout", "--data-root", str(tmp_path), "--model", str(voc_model)])
+    bad_layout = runner.invoke(app, ["benchmark", "--dataset", str(tmp_path), "--segmenter", str(voc_model)])
     assert bad_layout.exit_code == 1 and "SegmentationClass" in bad_layout.output and "ImageSets/Segmentation" in bad_layout.output
-    bad_split = runner.invoke(app, ["benchmark", "--data-root", str(voc_root), "--model", str(voc_model), "--split", "voc-splt1"])
+    bad_split = runner.invoke(app, ["benchmark", "--data-root", str(voc_root), "--segmenter", str(voc_model), "--split", "voc-splt1"])
     assert bad_split.exit_code == 1 and "did you mean voc-split1" in bad_split.output
-    wrong_labels = runner.invoke(app, ["benchmark", "--dataset", "world", "--count", "2", "--model", str(voc_model)])
+    wrong_labels = runner.invoke(app, ["benchmark", "--dataset", "world", "--count", "2", "--segmenter", str(voc_model)])
     assert wrong_labels.exit_code == 1 and "labels do not match the dataset" in wrong_labels.output
     with pytest.raises(SynthsegError, match="not among its classes"):
         label_mapping(("background", "dog", "unicorn"), VOC_CLASSES)
@@ -156,21 +155,23 @@ def test_bad_inputs_give_their_errors(voc_root, voc_model, tmp_path):
 def test_train_segmenter_cli_on_a_coco_folder_then_benchmark_world(tmp_path):
     import yaml
 
-    from synthseg.world import export_scenes
+    from synthseg.world import export_scenes, scene_seed
 
-    export_scenes(tmp_path / "coco", [2 * i for i in range(8)])
+    export_scenes(tmp_path / "coco", [scene_seed(i, held_out=False) for i in range(8)])
     (tmp_path / "tiny.yaml").write_text(yaml.safe_dump(dict(TINY, crop_size=64, steps=3)))
     runner = CliRunner()
-    args = ["train-segmenter", "--data", str(tmp_path / "coco"), "--recipe", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "model")]
-    result = runner.invoke(app, args)
+    args = ["train-segmenter", "--dataset", str(tmp_path / "coco"), "--recipe", str(tmp_path / "tiny.yaml"), "--out", str(tmp_path / "model")]
+    result = runner.invoke(app, [*args, "--stop-at", "2"])  # a first sitting
     assert result.exit_code == 0, result.output
-    again = runner.invoke(app, args)
-    assert again.exit_code == 1 and "pass --resume" in again.output
-    assert runner.invoke(app, [*args, "--resume", "--steps", "4"]).exit_code == 0
-    assert torch.load(tmp_path / "model-work" / "segmenter.ckpt", weights_only=True)["step"] == 4
-    scored = runner.invoke(app, ["benchmark", "--dataset", "world", "--count", "3", "--model", str(tmp_path / "model"), "--no-background"])
+    assert torch.load(tmp_path / "model-work" / "segmenter.ckpt", weights_only=True)["step"] == 2
+    again = runner.invoke(app, args)  # the same command resumes, as every trainer does
+    assert again.exit_code == 0, again.output
+    assert torch.load(tmp_path / "model-work" / "segmenter.ckpt", weights_only=True)["step"] == 3
+    other = runner.invoke(app, [*args, "--train-steps", "4"])  # another recipe is not mixed into the run
+    assert other.exit_code == 1 and "holds a run of another recipe (steps differ)" in other.output
+    scored = runner.invoke(app, ["benchmark", "--dataset", "world", "--count", "3", "--segmenter", str(tmp_path / "model"), "--no-background"])
     assert scored.exit_code == 0, scored.output
     report = json.loads((tmp_path / "model" / "benchmark-world" / "benchmark.json").read_text())
     assert report["split"] == "world" and report["unseen"] == ["heart", "ring", "arrow", "hourglass"] and report["background"] is False
-    missing = runner.invoke(app, ["train-segmenter", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m2")])
+    missing = runner.invoke(app, ["train-segmenter", "--dataset", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m2")])
     assert missing.exit_code == 1 and "no such file or folder" in missing.output

@@ -151,3 +151,28 @@ def test_class_attention_sums_each_names_tokens_then_the_resolutions():
     assert features.class_attention(spans, (4, 4), width=3).shape == (2, 3, 4, 4)
     with pytest.raises(SynthsegError, match="no cross-attention maps were captured"):
         CapturedFeatures().class_attention(spans, (4, 4))
+
+
+@pytest.mark.parametrize("cross", [True, False])
+def test_recording_processor_computes_what_the_installed_diffusers_computes(cross):
+    """The recorder re-implements diffusers' eager AttnProcessor so that it can keep the probabilities;
+    an upgrade of diffusers that changed that math would fail here, not drift silently."""
+    from diffusers.models.attention_processor import Attention, AttnProcessor
+
+    from synthseg.capture import _RecordingAttnProcessor
+
+    torch.manual_seed(0)
+    attn = Attention(query_dim=32, cross_attention_dim=24 if cross else None, heads=4, dim_head=8).eval()
+    hidden, context = torch.randn(2, 16, 32), torch.randn(2, 7, 24) if cross else None
+
+    class Sink:
+        def _record_attention(self, name, probs, heads):
+            self.probs, self.heads = probs, heads
+
+    sink = Sink()
+    with torch.no_grad():
+        expected = AttnProcessor()(attn, hidden, context)
+        recorded = _RecordingAttnProcessor([sink], "layer")(attn, hidden, context)
+    torch.testing.assert_close(recorded, expected, rtol=0, atol=0)
+    assert sink.heads == 4 and sink.probs.shape == (2 * 4, 16, 7 if cross else 16)
+    torch.testing.assert_close(sink.probs.sum(-1), torch.ones(8, 16))

@@ -3,7 +3,6 @@ import re
 
 import numpy as np
 import pytest
-
 from typer.testing import CliRunner
 
 from synthseg.cli import app
@@ -21,7 +20,7 @@ def test_help_lists_only_working_commands():
 
 def test_generate_end_to_end(pipe_dir, grounding, tmp_path):
     grounding.save_pretrained(tmp_path / "grounding")
-    args = ["generate", "--model", str(pipe_dir), "--grounding", str(tmp_path / "grounding"), "--steps", "3",
+    args = ["generate", "--model", str(pipe_dir), "--grounding", str(tmp_path / "grounding"), "--num-inference-steps", "3",
             "--prompt", "a photograph of a dog and a cat", "--classes", "dog,cat",
             "--prompt", "a photograph of a train", "--classes", "train", "--seed", "7", "--out", str(tmp_path / "out")]
     result = runner.invoke(app, args)
@@ -36,7 +35,7 @@ def test_generate_end_to_end(pipe_dir, grounding, tmp_path):
 
 def test_generate_errors_are_one_line_with_exit_1(pipe_dir, grounding, tmp_path):
     grounding.save_pretrained(tmp_path / "grounding")
-    base = ["generate", "--model", str(pipe_dir), "--steps", "2", "--out", str(tmp_path / "out")]
+    base = ["generate", "--model", str(pipe_dir), "--num-inference-steps", "2", "--out", str(tmp_path / "out")]
     result = runner.invoke(app, base + ["--grounding", str(tmp_path / "nope"), "--prompt", "a dog", "--classes", "dog"])
     assert result.exit_code == 1
     assert result.output.strip().startswith("error: no grounding module at") and result.output.strip().count("\n") == 0
@@ -48,13 +47,13 @@ def test_generate_errors_are_one_line_with_exit_1(pipe_dir, grounding, tmp_path)
 @pytest.mark.slow
 def test_make_triplets_and_train_grounding_end_to_end(pipe_dir, tmp_path):
     from synthseg.annotators import MaskRCNNAnnotator, MaskRCNNConfig, build_maskrcnn
-
     from synthseg.classes import VOC_CLASSES
 
     config = MaskRCNNConfig(categories=list(VOC_CLASSES), fpn_channels=16, image_size=32, anchor_sizes=[4, 8, 16, 32], mask_channels=16)
     MaskRCNNAnnotator(build_maskrcnn(config), config.categories, score_threshold=0.0, config=config).save_pretrained(tmp_path / "ann")
     (tmp_path / "r.yaml").write_text(
         "split: voc-15-5\n"
+        "pipeline: tiny-sd\n"
         "triplets: {seen: [dog, cat, bus, horse], count: 4, shard_size: 2, batch_size: 2, num_inference_steps: 2, guidance_scale: 2.0,"
         " cross_attention: true}\n"
         "model: {fuse_dim: 16, mask_dim: 16, hidden_dim: 32, num_heads: 4, ffn_dim: 64, token_patch: 2}\n"
@@ -64,16 +63,16 @@ def test_make_triplets_and_train_grounding_end_to_end(pipe_dir, tmp_path):
     result = runner.invoke(app, ["make-triplets", *common, "--out", str(tmp_path / "t"), "--model", str(pipe_dir), "--annotator", str(tmp_path / "ann")])
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "t").glob("shard-*.jsonl"))) == 2
-    result = runner.invoke(app, ["train-grounding", *common, "--triplets", str(tmp_path / "t"), "--workdir", str(tmp_path / "w"), "--output", str(tmp_path / "g")])
+    result = runner.invoke(app, ["train-grounding", *common, "--triplets", str(tmp_path / "t"), "--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "g")])
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["train-grounding", *common, "--triplets", str(tmp_path / "t"), "--workdir", str(tmp_path / "w2"),
-                                 "--output", str(tmp_path / "g2"), "--no-cross-attention", "--attention-pooling", "--query-dropout", "0.5"])
+                                 "--out", str(tmp_path / "g2"), "--no-cross-attention", "--attention-pooling", "--query-dropout", "0.5"])
     assert result.exit_code == 0, result.output
     with_maps, without = (json.loads((tmp_path / g / "config.json").read_text()) for g in ("g", "g2"))
     assert with_maps["cross_attention_strides"] and without["cross_attention_strides"] == []  # the VPD ablation
     assert not with_maps["attention_pooling"] and without["attention_pooling"]
     assert json.loads((tmp_path / "g2" / "recipe.json").read_text())["train"]["query_dropout"] == 0.5
-    result = runner.invoke(app, ["generate", "--model", str(pipe_dir), "--grounding", str(tmp_path / "g"), "--steps", "2",
+    result = runner.invoke(app, ["generate", "--model", str(pipe_dir), "--grounding", str(tmp_path / "g"), "--num-inference-steps", "2",
                                  "--prompt", "a photograph of a sofa", "--classes", "sofa", "--out", str(tmp_path / "out")])
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["evaluate-grounding", *common, "--grounding", str(tmp_path / "g2"), "--model", str(pipe_dir),
@@ -89,7 +88,7 @@ def test_make_dataset_and_show(pipe_dir, grounding, tmp_path):
     from PIL import Image
 
     grounding.save_pretrained(tmp_path / "g")
-    args = ["make-dataset", "--classes", "dog,cat", "--per-class", "2", "--per-pair", "1", "--steps", "2", "--guidance", "2.0",
+    args = ["make-dataset", "--classes", "dog,cat", "--per-class", "2", "--per-pair", "1", "--num-inference-steps", "2", "--guidance-scale", "2.0",
             "--model", str(pipe_dir), "--grounding", str(tmp_path / "g"), "--out", str(tmp_path / "ds")]
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
@@ -97,7 +96,9 @@ def test_make_dataset_and_show(pipe_dir, grounding, tmp_path):
     result = runner.invoke(app, ["show", str(tmp_path / "ds")])
     assert result.exit_code == 0, result.output
     sheet = np.asarray(Image.open(tmp_path / "ds" / "contact_sheet.png"))
-    assert sheet.shape[:2] == (2 * (2 * 32 + 14), 4 * 2 * 2 * 32)  # 5 images: 2 rows of 4 (image | labels) tiles
+    assert sheet.shape[:2] == (2 * (2 * 32 + 14) + 14, 4 * 2 * 2 * 32)  # 5 images: 2 rows of 4 (image | labels) tiles, a key
+    key = 2 * (2 * 32 + 14)
+    assert tuple(sheet[key + 7, 7]) == (0, 128, 0) and tuple(sheet[key + 7, 117]) == (128, 0, 0)  # cat is label 2, dog label 1
     first = np.asarray(Image.open(tmp_path / "ds" / "images" / "000000.png").convert("RGB"))
     assert np.array_equal(sheet[:64:2, :64:2], first)  # the first tile starts with the first image, at scale 2
     result = runner.invoke(app, ["make-dataset", "--classes", "dog,catt", "--out", str(tmp_path / "bad"), "--model", "nowhere"])

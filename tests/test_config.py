@@ -40,3 +40,39 @@ def test_read_mapping_errors(tmp_path):
         read_mapping(tmp_path / "list.yaml")
     (tmp_path / "ok.yaml").write_text("name: x\nsizes: [3]\n")
     assert load_config(Example, read_mapping(tmp_path / "ok.yaml")).sizes == [3]
+
+
+def test_saved_configs_are_stamped_and_a_newer_format_is_refused(grounding, tmp_path):
+    import json
+
+    from synthseg import GroundingModule, __version__
+    from synthseg.config import FORMAT_VERSION
+
+    grounding.save_pretrained(tmp_path / "g")
+    saved = json.loads((tmp_path / "g" / "config.json").read_text())
+    assert (saved["_class_name"], saved["_synthseg_version"], saved["_format"]) == ("GroundingModule", __version__, FORMAT_VERSION)
+    assert GroundingModule.from_pretrained(tmp_path / "g").config == grounding.config  # the stamp is not a field
+    (tmp_path / "g" / "config.json").write_text(json.dumps({**saved, "_format": FORMAT_VERSION + 1, "_synthseg_version": "9.0.0"}))
+    with pytest.raises(SynthsegError, match=r"config.json was written by a newer synthseg \(9.0.0, format 2; .*upgrade synthseg"):
+        GroundingModule.from_pretrained(tmp_path / "g")
+    legacy = {k: v for k, v in saved.items() if not k.startswith("_")}  # the files of earlier versions carry no stamp
+    (tmp_path / "g" / "config.json").write_text(json.dumps(legacy))
+    assert GroundingModule.from_pretrained(tmp_path / "g").config == grounding.config
+
+
+def test_every_saved_recipe_and_model_config_names_its_writer(tmp_path):
+    import json
+
+    from synthseg.annotators import MaskRCNNAnnotator, MaskRCNNConfig, build_maskrcnn
+    from synthseg.dataset import DatasetRecipe, claim
+    from synthseg.train.loop import claim_workdir
+
+    config = MaskRCNNConfig(categories=["a"], fpn_channels=16, image_size=32, anchor_sizes=[4, 8, 16, 32], mask_channels=16)
+    MaskRCNNAnnotator(build_maskrcnn(config), config.categories, config=config).save_pretrained(tmp_path / "ann")
+    recipe = DatasetRecipe(classes="dog", model="sd")
+    claim(tmp_path / "ds", recipe)
+    claim(tmp_path / "ds", recipe)  # the stamp does not make a rerun look like another recipe
+    claim_workdir(tmp_path / "work", recipe)
+    for path, writer in (("ann/config.json", "MaskRCNNAnnotator"), ("ds/recipe.json", "DatasetRecipe"), ("work/recipe.json", "DatasetRecipe")):
+        assert json.loads((tmp_path / path).read_text())["_class_name"] == writer
+    assert MaskRCNNAnnotator.from_pretrained(tmp_path / "ann").categories == ["a"]

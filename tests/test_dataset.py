@@ -16,7 +16,7 @@ PROVENANCE = dict(model="tiny", model_hash=None, grounding_hash="0", versions={}
 
 
 def recipe(**overrides):
-    base = dict(classes="dog,cat,cow", per_class=2, per_pair=1, pairs=[["dog", "cat"]], num_inference_steps=2,
+    base = dict(classes="dog,cat,cow", model="tiny", per_class=2, per_pair=1, pairs=[["dog", "cat"]], num_inference_steps=2,
                 guidance_scale=2.0, band=0.0, require_all_classes=False, batch_size=3, seed=1)
     return load_config(DatasetRecipe, {**base, **overrides}, "recipe")
 
@@ -39,7 +39,7 @@ def test_instances_are_connected_components():
 def test_plan_is_deterministic_and_counts():
     items = plan(recipe())
     assert len(items) == 2 * 3 + 1
-    assert items[-1]["classes"] == ["dog", "cat"] and items[-1]["prompt"] == "a photograph of a dog and a cat"
+    assert items[-1].classes == ["dog", "cat"] and items[-1].prompt == "a photograph of a dog and a cat"
     assert items == plan(recipe())
     assert len(plan(recipe(pairs=[], per_pair=2))) == 6 + 3 * 2
 
@@ -115,6 +115,48 @@ def test_bad_inputs():
         recipe(band=1.5)
     with pytest.raises(SynthsegError, match="two-class one when per_pair > 0"):
         recipe(templates=["a photo of a {}"])
+    with pytest.raises(SynthsegError, match="per_class must be 0 or more, got -1"):
+        recipe(per_class=-1)
+    with pytest.raises(SynthsegError, match="per_pair must be 0 or more, got -3"):
+        recipe(per_pair=-3)
+    with pytest.raises(SynthsegError, match="the plan has no images"):
+        recipe(per_class=0, per_pair=0)
+    with pytest.raises(SynthsegError, match="num_inference_steps must be at least 1, got 0"):
+        recipe(num_inference_steps=0)
+
+
+def test_a_model_s_own_defaults_and_vocabulary_whatever_the_class_set():
+    from synthseg.dataset import load_dataset_recipe
+
+    world = load_dataset_recipe("circle,star")  # the bundled world model, not Stable Diffusion's 50 steps and guidance 7.5
+    assert (world.model, world.num_inference_steps, world.guidance_scale) == ("world", 25, 2.0)
+    assert load_dataset_recipe("circle,star", num_inference_steps=5).num_inference_steps == 5
+    hub = load_dataset_recipe("dog,cat", model="stable-diffusion-v1-5/stable-diffusion-v1-5")
+    assert (hub.num_inference_steps, hub.guidance_scale) == (50, 7.5)
+    with pytest.raises(SynthsegError, match="model 'world' cannot draw 'dog': it knows only circle, square"):
+        load_dataset_recipe("dog,circle")
+    assert load_dataset_recipe("world,dog", model="sd").class_names[-1] == "dog"  # set names join class lists
+    with pytest.raises(SynthsegError, match="unknown class 'notaclass'"):
+        load_dataset_recipe("world,notaclass")
+    with pytest.raises(SynthsegError, match="unknown class 'dgo'; did you mean 'dog'"):
+        load_dataset_recipe("voc,dgo")
+    voc = load_dataset_recipe("voc")  # a set name reads its packaged recipe
+    assert voc.per_class == 500 and voc.per_pair == 71 and voc.model == "stable-diffusion-v1-5/stable-diffusion-v1-5"
+    with pytest.raises(SynthsegError, match="unknown dataset recipe 'vco'; known: coco, voc, world"):
+        load_dataset_recipe("dog", "vco")
+
+
+@pytest.mark.slow
+def test_resume_redoes_cut_records_and_cut_images(pipe, grounding, tmp_path):
+    r = recipe(per_class=1, pairs=[], per_pair=0, batch_size=1)
+    make_dataset(pipe, grounding, r, tmp_path / "reference", PROVENANCE)
+    make_dataset(pipe, grounding, r, tmp_path / "cut", PROVENANCE)
+    (tmp_path / "cut" / "records" / "000000.json").write_text('{"index": 0, "pro')  # a record cut by a kill or a full disk
+    image = tmp_path / "cut" / "images" / "000001.png"
+    image.write_bytes(image.read_bytes()[:100])  # an image cut with its record intact
+    (tmp_path / "cut" / "annotations.json").unlink()
+    assert make_dataset(pipe, grounding, r, tmp_path / "cut", PROVENANCE)["images"] == 3
+    assert files(tmp_path / "reference") == files(tmp_path / "cut")
 
 
 @pytest.mark.slow
@@ -129,7 +171,7 @@ def test_sigkill_at_several_points_then_rerun_equals_an_uninterrupted_run(pipe_d
 
     def command(out):
         return [sys.executable, "-c", "from synthseg.cli import app; app()", "make-dataset", "--classes", "dog,cat,cow",
-                "--per-class", "3", "--steps", "2", "--guidance", "2.0", "--model", str(pipe_dir),
+                "--per-class", "3", "--num-inference-steps", "2", "--guidance-scale", "2.0", "--model", str(pipe_dir),
                 "--grounding", str(tmp_path / "g"), "--out", str(out)]
 
     def written(out):
@@ -176,7 +218,7 @@ def test_torchrun_two_cpu_processes_equal_one_process(pipe_dir, grounding, tmp_p
     import sys
 
     grounding.save_pretrained(tmp_path / "g")
-    args = ["make-dataset", "--classes", "dog,cat,cow", "--per-class", "2", "--per-pair", "1", "--steps", "2", "--guidance", "2.0",
+    args = ["make-dataset", "--classes", "dog,cat,cow", "--per-class", "2", "--per-pair", "1", "--num-inference-steps", "2", "--guidance-scale", "2.0",
             "--model", str(pipe_dir), "--grounding", str(tmp_path / "g")]
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
     subprocess.run([sys.executable, "-m", "synthseg", *args, "--out", str(tmp_path / "one")], check=True, env=env, capture_output=True)

@@ -6,9 +6,9 @@ from synthseg import SynthsegError
 from synthseg.annotators import Instance
 from synthseg.capture import CaptureStep, CrossAttentionMaps, FeatureCapture
 from synthseg.classes import Split
-from synthseg.evaluation import THRESHOLDS, evaluate_grounding, evaluation_prompts
+from synthseg.evaluation import THRESHOLDS, evaluate_grounding
 from synthseg.metrics import MaskIoU
-from synthseg.prompts import PAPER_TEMPLATES
+from synthseg.prompts import PAPER_TEMPLATES, PromptPlanner
 from synthseg.text import class_token_spans
 
 
@@ -62,11 +62,12 @@ def test_feature_capture_inside_cross_attention_maps_leaves_them_whole(pipe):
 
 
 def test_evaluation_prompts_cover_every_class():
-    prompts = evaluation_prompts(["dog", "cat", "cow"], per_class=2, pairs=4, templates=list(PAPER_TEMPLATES), seed=0)
+    planner = PromptPlanner(PAPER_TEMPLATES, seed=0)
+    prompts = planner.evaluation(["dog", "cat", "cow"], per_class=2, pairs=4)
     assert len(prompts) == 10
-    assert sorted(n[0] for _, n, _ in prompts[:6]) == ["cat", "cat", "cow", "cow", "dog", "dog"]
-    assert all(len(n) == 2 and n[0] != n[1] for _, n, _ in prompts[6:])
-    assert prompts == evaluation_prompts(["dog", "cat", "cow"], per_class=2, pairs=4, templates=list(PAPER_TEMPLATES), seed=0)
+    assert sorted(p.classes[0] for p in prompts[:6]) == ["cat", "cat", "cow", "cow", "dog", "dog"]
+    assert all(len(p.classes) == 2 and p.classes[0] != p.classes[1] for p in prompts[6:])
+    assert prompts == PromptPlanner(PAPER_TEMPLATES, seed=0).evaluation(["dog", "cat", "cow"], per_class=2, pairs=4)
 
 
 class LeftHalf:

@@ -2,11 +2,10 @@ import json
 
 import pytest
 import torch
+from conftest import SMALL_GROUNDING
 
 from synthseg import GroundingConfig, GroundingModule, SynthsegError, grounding_loss
 from synthseg.tiny import tiny_pipeline
-
-from conftest import SMALL_GROUNDING
 
 
 def fake_inputs(config, batch=2, queries=2, latent=16, seed=0):
@@ -130,10 +129,10 @@ def test_config_that_does_not_fit_the_pipeline(pipe):
 
 
 def test_cross_attention_inputs_vpd(pipe, tmp_path):
+    from conftest import SMALL_GROUNDING
+
     from synthseg import generate_grounded
     from synthseg.capture import unet_attention_strides
-
-    from conftest import SMALL_GROUNDING
 
     torch.manual_seed(0)
     config = GroundingConfig.for_pipeline(pipe, cross_attention=True, **SMALL_GROUNDING)

@@ -1,4 +1,5 @@
 import json
+
 import numpy as np
 import pytest
 import torch
@@ -8,8 +9,8 @@ from synthseg import SynthsegError
 from synthseg.config import load_config
 from synthseg.dataset import DatasetRecipe, make_dataset
 from synthseg.readers import read_synthseg, read_world
-from synthseg.segmenter import (SegmenterRecipe, Segmenter, augment, build_maskformer, image_processor, load_backbone_weights,
-                                train_segmenter, training_loss)
+from synthseg.segmenter import Segmenter, SegmenterRecipe, build_maskformer, image_processor, load_backbone_weights
+from synthseg.train.segmenter import augment, train_segmenter, training_loss
 
 TINY = dict(backbone="resnet-tiny", pretrained_backbone=False, fpn_feature_size=32, mask_feature_size=32, decoder_layers=1,
             decoder_dim=32, decoder_heads=2, decoder_ffn=64, num_queries=8, batch_size=4, crop_size=32, lr=1e-3,
@@ -26,7 +27,7 @@ def synthseg_data(pipe, tmp_path_factory):
 
     torch.manual_seed(0)
     module = GroundingModule(GroundingConfig.for_pipeline(pipe, fuse_dim=16, mask_dim=16, hidden_dim=32, num_heads=2, ffn_dim=32, token_patch=2)).eval()
-    recipe = load_config(DatasetRecipe, dict(classes="dog,cat", per_class=3, num_inference_steps=2, guidance_scale=2.0,
+    recipe = load_config(DatasetRecipe, dict(classes="dog,cat", model="tiny", per_class=3, num_inference_steps=2, guidance_scale=2.0,
                                              band=0.0, require_all_classes=False, batch_size=3), "recipe")
     directory = tmp_path_factory.mktemp("synthseg-data")
     make_dataset(pipe, module, recipe, directory, dict(model="tiny", model_hash=None, grounding_hash="0", versions={}))

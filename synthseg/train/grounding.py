@@ -19,12 +19,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .classes import get_split
-from .config import apply_overrides, load_config, read_mapping
-from .errors import SynthsegError
-from .grounding import ATTENTION_FIELDS, PIPELINE_FIELDS, GroundingConfig, GroundingModule, grounding_loss
-from .training import train_loop, warmup_cosine, write_training_record
-from .triplets import TripletRecipe
+from ..classes import get_split
+from ..config import apply_overrides, check_non_negative, check_positive, load_config, read_mapping, stamped
+from ..errors import SynthsegError
+from ..grounding import ATTENTION_FIELDS, GroundingArchitecture, GroundingConfig, GroundingModule, grounding_loss
+from ..registry import check_vocabulary, recipe_path, resolve_grounding
+from ..triplets import TripletRecipe
+from .loop import claim_workdir, train_loop, warmup_cosine, write_training_record
 
 
 @dataclass
@@ -40,15 +41,24 @@ class TrainRecipe:
     seed: int = 0
 
     def validate(self, source: str) -> None:
-        if min(self.steps, self.batch_size, self.checkpoint_every) < 1:
-            raise SynthsegError(f"{source}: steps, batch_size and checkpoint_every must be positive")
+        check_positive(source, self, "steps", "batch_size", "checkpoint_every")
+        check_non_negative(source, self, "warmup_steps", "lr", "weight_decay")
         if not 0 <= self.query_dropout < 1:
             raise SynthsegError(f"{source}: query_dropout must lie in [0, 1), got {self.query_dropout}")
 
 
 @dataclass
+class GroundingModelRecipe(GroundingArchitecture):
+    """A recipe's `model` section: the module's sizes, and whether it reads the triplets' cross-attention
+    maps (VPD's inputs). cross_attention None: whatever the triplets hold; True: they must hold them."""
+
+    cross_attention: bool | None = None
+
+
+@dataclass
 class GroundingRecipe:
-    """recipes/*-grounding.yaml: the split, how triplets are made, the module's size, training."""
+    """A grounding recipe (`world-grounding`, `voc-grounding`, ...): the split, how triplets are made,
+    the module's size, training."""
 
     split: str
     pipeline: str = "world"
@@ -56,7 +66,7 @@ class GroundingRecipe:
     score_threshold: float | None = None  # the annotator's thresholds; None keeps the annotator's own
     mask_threshold: float | None = None
     triplets: TripletRecipe = field(default_factory=TripletRecipe)
-    model: dict = field(default_factory=dict)
+    model: GroundingModelRecipe = field(default_factory=GroundingModelRecipe)
     train: TrainRecipe = field(default_factory=TrainRecipe)
 
     @property
@@ -66,25 +76,27 @@ class GroundingRecipe:
     def validate(self, source: str) -> None:
         if any(not 0 <= v <= 1 for v in self.annotator_thresholds.values()):
             raise SynthsegError(f"{source}: score_threshold and mask_threshold lie in [0, 1]")
-        leaked = sorted(set(self.triplets.seen) - set(get_split(self.split).seen))
+        split = get_split(self.split)
+        leaked = sorted(set(self.triplets.seen) - set(split.seen))
         if leaked:
             raise SynthsegError(f"{source}: triplet prompts would name classes that are not seen in split {self.split!r}: {leaked}")
-        known = (set(GroundingConfig.__dataclass_fields__) | {"cross_attention"}) - set(PIPELINE_FIELDS) - set(ATTENTION_FIELDS)
-        unknown = sorted(set(self.model) - known)
-        if unknown:
-            raise SynthsegError(f"{source}: unknown model field(s) {unknown}; known: {sorted(known)}")
+        if self.model.cross_attention and not self.triplets.cross_attention:
+            raise SynthsegError(f"{source}: model.cross_attention reads cross-attention maps that triplets.cross_attention: false does not store")
+        check_vocabulary(self.pipeline, split.all_classes)
 
 
-def capture_step_of(module_dir: str | Path, default: TripletRecipe) -> tuple[int, int | None]:
+def capture_step_of(module: str | Path, default: TripletRecipe) -> tuple[int, int | None]:
     """(capture_timestep, capture_index) a trained module's triplets used (its recipe.json), else `default`'s."""
-    path = Path(module_dir) / "recipe.json"
+    path = resolve_grounding(module) / "recipe.json"
     triplets = json.loads(path.read_text()).get("triplets", {}) if path.is_file() else {}
     return triplets.get("capture_timestep", default.capture_timestep), triplets.get("capture_index", default.capture_index)
 
 
-def load_grounding_recipe(path: str | Path, **overrides: dict) -> GroundingRecipe:
-    """Read a grounding recipe, with per-section `overrides` (e.g. train={"steps": 500}; None values
-    ignored) applied before validation; triplet prompts default to the split's seen classes."""
+def load_grounding_recipe(spec: str | Path, **overrides: dict) -> GroundingRecipe:
+    """A grounding recipe by packaged name ("world-grounding") or path, with per-section `overrides`
+    (e.g. train={"steps": 500}; None values ignored) applied before validation; triplet prompts
+    default to the split's seen classes."""
+    path = recipe_path(spec, "grounding")
     data = apply_overrides(read_mapping(path), overrides, str(path))
     triplets = data.setdefault("triplets", {})
     if isinstance(triplets, dict) and not triplets.get("seen") and isinstance(data.get("split"), str):
@@ -104,11 +116,16 @@ def drop_queries(queries: torch.Tensor, rate: float, seed) -> torch.Tensor:
 def train_grounding(recipe: GroundingRecipe, triplets, workdir: Path, output: Path, max_steps: int | None = None) -> GroundingModule:
     """Train on `triplets` (a TripletShards cache or OnlineTriplets); checkpoints in `workdir`;
     `save_pretrained` into `output`."""
-    model = dict(recipe.model)
+    model = asdict(recipe.model)
+    wanted = model.pop("cross_attention")
     layout = triplets.layout()
-    if not model.pop("cross_attention", True):  # leave out the attention maps the triplets may hold
+    if wanted and not set(ATTENTION_FIELDS) <= set(layout):
+        raise SynthsegError("the triplets hold no cross-attention maps that model.cross_attention asks for: remake them with "
+                            "triplets.cross_attention: true, or train with --no-cross-attention")
+    if wanted is False:  # leave out the attention maps the triplets may hold
         layout = {k: v for k, v in layout.items() if k not in ATTENTION_FIELDS}
     config = load_config(GroundingConfig, {**layout, **model}, "triplet layout")
+    claim_workdir(workdir, recipe)
     t = recipe.train
     torch.manual_seed(t.seed)
     module = GroundingModule(config).train()
@@ -131,6 +148,6 @@ def train_grounding(recipe: GroundingRecipe, triplets, workdir: Path, output: Pa
                         steps=t.steps, checkpoint_every=t.checkpoint_every, max_steps=max_steps, schedule=schedule)
     module.eval().save_pretrained(output)
     made = dict(asdict(recipe), triplets=asdict(triplets.recipe))  # how its triplets were really made
-    (Path(output) / "recipe.json").write_text(json.dumps(made, indent=2) + "\n")
+    (Path(output) / "recipe.json").write_text(json.dumps(stamped(made, recipe), indent=2) + "\n")
     write_training_record(output, grounding=losses)
     return module

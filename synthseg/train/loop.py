@@ -1,4 +1,9 @@
-"""What every synthseg training loop shares: resumable checkpoints, the LR schedule, loss progress."""
+"""What every synthseg trainer shares: resumable checkpoints, the LR schedule, the loop itself.
+
+Every trainer resumes the same way: rerun the same command. Its `--workdir` holds the checkpoint and the
+recipe it was started with (`recipe.json`); a rerun continues from the checkpoint, and a rerun with
+another recipe is refused rather than mixed into it. `--stop-at N` ends a sitting at step N.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +14,10 @@ import os
 from pathlib import Path
 
 import torch
-from rich.console import Console
-from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from .errors import SynthsegError
+from ..config import record_recipe
+from ..errors import SynthsegError
+from ..progress import loss_progress, recent_loss
 
 
 def warmup_cosine(warmup: int, total: int):
@@ -31,12 +36,6 @@ def poly(total: int, power: float = 0.9):
     return lambda step: max(0.0, 1 - step / total) ** power
 
 
-def recent_loss(losses: list[float], window: int = 50) -> float:
-    """Mean of the last `window` losses: the figure the progress bar, exports and reports show."""
-    recent = losses[-window:]
-    return sum(recent) / max(1, len(recent))
-
-
 def write_training_record(directory: str | Path, prior: dict | None = None, **stages: list[float] | None) -> None:
     """training.json in an exported model's folder: for each stage, the steps its checkpoint had reached
     and its recent loss, so an export says which checkpoint it came from.
@@ -50,6 +49,13 @@ def write_training_record(directory: str | Path, prior: dict | None = None, **st
               {"steps": prior.get(name, {}).get("steps", 0) + len(losses), "loss": round(recent_loss(losses), 4)}
               for name, losses in stages.items() if losses is not None or name in prior}
     (Path(directory) / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+def claim_workdir(workdir: str | Path, recipe) -> None:
+    """Record `recipe` (a dataclass) in a new workdir, or refuse one that another recipe started."""
+    Path(workdir).mkdir(parents=True, exist_ok=True)
+    record_recipe(Path(workdir) / "recipe.json", recipe, f"{workdir} holds a run of another recipe ({{changed}} differ); "
+                  "rerun with the same recipe and options to resume it, or use a new --workdir")
 
 
 def save_checkpoint(path: Path, step: int, losses: list[float], **objects) -> None:
@@ -72,27 +78,6 @@ def load_checkpoint(path: Path, **objects) -> tuple[int, list[float]]:
     except (RuntimeError, KeyError, EOFError, OSError) as error:
         raise SynthsegError(f"{path}: corrupt or incompatible checkpoint ({type(error).__name__}); delete it to start over") from None
     return state["step"], state["losses"]
-
-
-@contextlib.contextmanager
-def loss_progress(description: str, total: int, completed: int = 0, log_every: int = 50, metric: str = "loss"):
-    """A rich progress bar with the running mean of `metric` (the loss); yields `advance(step, values)`.
-
-    Where stderr is not a terminal (logs, CI), a plain line is printed every `log_every` steps instead.
-    """
-    console = Console(stderr=True)
-    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
-               TextColumn(metric + " {task.fields[loss]:.4f}"), TimeElapsedColumn(), TimeRemainingColumn())
-    with Progress(*columns, console=console, disable=not console.is_terminal) as progress:
-        task = progress.add_task(description, total=total, completed=completed, loss=float("nan"))
-
-        def advance(step: int, losses: list[float]) -> None:
-            loss = recent_loss(losses, log_every)
-            progress.update(task, completed=step, loss=loss)
-            if not console.is_terminal and step % log_every == 0:
-                console.print(f"{description} step {step}/{total} {metric} {loss:.4f}", highlight=False)
-
-        yield advance
 
 
 def train_loop(description: str, step_loss, *, model, optimizer, checkpoint: Path, steps: int, checkpoint_every: int,

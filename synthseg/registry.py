@@ -1,0 +1,135 @@
+"""Everything synthseg ships inside its package, found by name: bundled models and recipes.
+
+One resolver for each kind of name, so "world" means the same thing to every command and loader:
+
+- `resolve_pipeline("world")`, `resolve_grounding("world")`, `resolve_annotator("world")`: the
+  folders of the bundled miniature world (`synthseg/assets/world/`). Any other spec passes through
+  (a hub id or a folder).
+- `recipe_path("voc", "dataset")`: a packaged recipe by name (`synthseg/recipes/*.yaml`) or a file.
+- `model_card(spec)`: what a text-to-image export says about itself for synthseg (`synthseg.json`:
+  its class vocabulary and sampling defaults), for exports that carry one (the world's do).
+
+Files are found with `importlib.resources`, so a wheel installed anywhere works from any folder.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import importlib.resources
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import SynthsegError
+
+PACKAGE = Path(str(importlib.resources.files("synthseg")))  # wheels install as folders, never zipped
+RECIPES = PACKAGE / "recipes"
+ASSETS = PACKAGE / "assets"
+MODEL_CARD = "synthseg.json"
+
+# Recipe kinds: which packaged files each command's --recipe may name, and a prefix a short name may omit.
+RECIPE_KINDS = {
+    "dataset": ("dataset-*.yaml", "dataset-"),
+    "grounding": ("*-grounding.yaml", ""),
+    "segmenter": ("segmenter-*.yaml", ""),
+    "world-model": ("world-t2i*.yaml", ""),
+    "annotator": ("*-annotator.yaml", ""),
+}
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A set of models shipped under one name: text-to-image pipeline, grounding module, annotator."""
+
+    pipeline: Path
+    grounding: Path
+    annotator: Path
+
+
+BUNDLES = {
+    "world": Bundle(pipeline=ASSETS / "world" / "t2i", grounding=ASSETS / "world" / "grounding", annotator=ASSETS / "world" / "annotator"),
+}
+
+
+def _bundled(spec, part: str) -> Path | None:
+    bundle = BUNDLES.get(str(spec))
+    if bundle is None:
+        return None
+    folder = getattr(bundle, part)
+    if not folder.is_dir():
+        raise SynthsegError(f"the bundled {spec} {part} is missing from {folder}: reinstall synthseg")
+    return folder
+
+
+def resolve_pipeline(spec: str | Path) -> str:
+    """A bundled name's pipeline folder; any other spec (hub id or folder) unchanged."""
+    return str(_bundled(spec, "pipeline") or spec)
+
+
+def resolve_grounding(spec: str | Path) -> Path:
+    """A bundled name's grounding module folder; anything else is a folder."""
+    return _bundled(spec, "grounding") or Path(spec)
+
+
+def resolve_annotator(spec: str | Path) -> str:
+    """A bundled name's annotator folder; "coco" and folders unchanged."""
+    return str(_bundled(spec, "annotator") or spec)
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """`synthseg.json` beside a pipeline's model_index.json. classes: the only names the model was
+    trained to draw (empty: open vocabulary). Sampling defaults for datasets made with it."""
+
+    classes: tuple[str, ...] = ()
+    num_inference_steps: int = 50
+    guidance_scale: float = 7.5
+
+
+SD_SAMPLING = ModelCard()  # Stable Diffusion's pipeline defaults, for models without a card
+
+
+def model_card(spec: str | Path) -> ModelCard:
+    """The card of a local pipeline (bundled name or folder); `SD_SAMPLING` where there is none."""
+    path = Path(resolve_pipeline(spec)) / MODEL_CARD
+    if not path.is_file():
+        return SD_SAMPLING
+    try:
+        data = json.loads(path.read_text())
+        return ModelCard(tuple(data.get("classes", ())), int(data["num_inference_steps"]), float(data["guidance_scale"]))
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
+        raise SynthsegError(f"{path}: corrupt model card") from None
+
+
+def check_vocabulary(model: str | Path, class_names) -> None:
+    """Refuse class names a closed-vocabulary model (one whose card lists classes) was never trained on."""
+    known = model_card(model).classes
+    unknown = [name for name in class_names if known and name not in known]
+    if unknown:
+        shown = ", ".join(map(repr, unknown[:5])) + (f" and {len(unknown) - 5} more" if len(unknown) > 5 else "")
+        raise SynthsegError(f"model {model!r} cannot draw {shown}: it knows only {', '.join(known)}")
+
+
+def recipe_names(kind: str) -> dict[str, Path]:
+    """{name: packaged file} of a recipe kind: file stems, and for datasets also the short set name."""
+    pattern, prefix = RECIPE_KINDS[kind]
+    names = {}
+    for path in sorted(RECIPES.glob("*.yaml")):
+        if fnmatch.fnmatch(path.name, pattern):
+            names[path.stem] = path
+            if prefix:
+                names[path.stem.removeprefix(prefix)] = path
+    return names
+
+
+def recipe_path(spec: str | Path, kind: str) -> Path:
+    """A recipe given by packaged name ("voc", "world-grounding", "segmenter-tiny") or by file path."""
+    names = recipe_names(kind)
+    if str(spec) in names:
+        return names[str(spec)]
+    if Path(spec).is_file():
+        return Path(spec)
+    if Path(spec).suffix in (".yaml", ".yml", ".json") or "/" in str(spec):
+        raise SynthsegError(f"{spec}: recipe file not found")
+    shown = [n for n in names if not RECIPE_KINDS[kind][1] or not n.startswith(RECIPE_KINDS[kind][1])]
+    raise SynthsegError(f"unknown {kind} recipe {str(spec)!r}; known: {', '.join(shown)} (or a YAML file's path)")

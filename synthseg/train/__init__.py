@@ -1,0 +1,2 @@
+"""Training, apart from the models it trains: the shared loop (`loop`), and one module per model
+(`grounding`, `annotator`, `segmenter`, `world_t2i`)."""

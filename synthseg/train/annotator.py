@@ -1,0 +1,104 @@
+"""Training the miniature world's annotator (`synthseg.annotators`): a small Mask R-CNN on rendered scenes,
+then its mask AP on held-out scenes."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..annotators import MaskRCNNAnnotator, MaskRCNNConfig, build_maskrcnn
+from ..config import check_positive, load_config, read_mapping
+from ..formats import coco_annotation, coco_document
+from ..registry import recipe_path
+from ..world import WORLD_CLASSES, render_scene, scene_seed
+from .loop import claim_workdir, train_loop, warmup_cosine, write_training_record
+
+
+@dataclass
+class WorldAnnotatorRecipe:
+    """Recipe of `train_world_annotator`; see recipes/world-annotator.yaml."""
+
+    model: MaskRCNNConfig
+    seed: int = 0
+    steps: int = 3000
+    batch_size: int = 8
+    lr: float = 3e-4
+    warmup_steps: int = 200
+    checkpoint_every: int = 250
+    score_threshold: float = 0.5
+    mask_threshold: float = 0.5
+    eval_scenes: int = 500
+
+    def validate(self, source: str) -> None:
+        check_positive(source, self, "steps", "batch_size", "checkpoint_every", "eval_scenes")
+
+
+def scene_targets(scene) -> dict:
+    """torchvision detection targets of a rendered scene: XYXY boxes, labels 1..K, (N, H, W) masks."""
+    masks = torch.from_numpy(scene.masks)
+    boxes = []
+    for mask in scene.masks:
+        ys, xs = np.nonzero(mask)
+        boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
+    labels = [WORLD_CLASSES.index(c) + 1 for c in scene.classes]
+    return dict(boxes=torch.tensor(boxes, dtype=torch.float32), labels=torch.tensor(labels), masks=masks.to(torch.uint8))
+
+
+def train_world_annotator(recipe: WorldAnnotatorRecipe, workdir: Path, output: Path, max_steps: int | None = None) -> MaskRCNNAnnotator:
+    """Train the world's Mask R-CNN on rendered scenes (even seeds; odd seeds are held out).
+
+    Resumes from workdir/annotator.ckpt; the batch of step s is drawn from default_rng([seed, s]).
+    """
+    claim_workdir(workdir, recipe)
+    torch.manual_seed(recipe.seed)
+    model = build_maskrcnn(recipe.model).train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=1e-4)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(recipe.warmup_steps, recipe.steps))
+
+    def step_loss(step: int) -> torch.Tensor:
+        rng = np.random.default_rng([recipe.seed, step])
+        scenes = [render_scene(scene_seed(int(rng.integers(2**30)), held_out=False)) for _ in range(recipe.batch_size)]
+        images = [torch.from_numpy(s.image).permute(2, 0, 1).float() / 255 for s in scenes]
+        return sum(model(images, [scene_targets(s) for s in scenes]).values())
+
+    losses = train_loop("annotator", step_loss, model=model, optimizer=optimizer, checkpoint=workdir / "annotator.ckpt",
+                        steps=recipe.steps, checkpoint_every=recipe.checkpoint_every, max_steps=max_steps, schedule=schedule, clip_norm=10.0)
+    annotator = MaskRCNNAnnotator(model, recipe.model.categories, score_threshold=recipe.score_threshold,
+                                  mask_threshold=recipe.mask_threshold, config=recipe.model)
+    annotator.save_pretrained(output)
+    write_training_record(output, annotator=losses)
+    return annotator
+
+
+def world_mask_ap(annotator: MaskRCNNAnnotator, count: int = 500) -> dict:
+    """COCO mask AP (pycocotools COCOeval "segm") on `count` held-out rendered scenes (odd seeds)."""
+    from pycocotools.coco import COCO
+    from pycocotools.cocoeval import COCOeval
+
+    ranking = MaskRCNNAnnotator(annotator.model, annotator.categories, score_threshold=0.05,  # AP ranks all detections
+                                mask_threshold=annotator.mask_threshold, name_map=annotator.name_map)
+    images, truth, detections = [], [], []
+    for image_id in range(1, count + 1):
+        scene = render_scene(scene_seed(image_id, held_out=True))
+        images.append(dict(id=image_id, width=scene.image.shape[1], height=scene.image.shape[0], file_name=f"{image_id}.png"))
+        for mask, name in zip(scene.masks, scene.classes):
+            truth.append(coco_annotation(len(truth) + 1, image_id, WORLD_CLASSES.index(name) + 1, mask))
+        for inst in ranking.annotate([scene.image], [list(WORLD_CLASSES)])[0]:
+            detections.append(coco_annotation(len(detections) + 1, image_id, WORLD_CLASSES.index(inst.class_name) + 1, inst.mask, inst.score))
+    gt = COCO()
+    gt.dataset = coco_document(images, truth, WORLD_CLASSES, "held-out world scenes")
+    gt.createIndex()
+    evaluator = COCOeval(gt, gt.loadRes(detections) if detections else COCO(), "segm")
+    evaluator.evaluate()
+    evaluator.accumulate()
+    evaluator.summarize()
+    return dict(mask_ap=float(evaluator.stats[0]), mask_ap50=float(evaluator.stats[1]), mask_ap75=float(evaluator.stats[2]), scenes=count)
+
+
+def load_annotator_recipe(spec: str | Path) -> WorldAnnotatorRecipe:
+    """An annotator recipe by packaged name ("world-annotator") or path."""
+    path = recipe_path(spec, "annotator")
+    return load_config(WorldAnnotatorRecipe, read_mapping(path), str(path))

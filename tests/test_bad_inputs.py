@@ -1,0 +1,166 @@
+"""Every bad input ends in one `error:` line, a non-zero exit, no traceback, and nothing half-written."""
+
+import errno
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from synthseg.cli import app
+
+runner = CliRunner()
+
+
+def one_error(result, code: int = 1) -> str:
+    """The single `error:` line of a failed command."""
+    assert result.exit_code == code, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in result.output, result.output
+    return lines[0]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--per-class", "-1"], "per_class must be 0 or more, got -1"),
+    (["--per-pair", "-3"], "per_pair must be 0 or more, got -3"),
+    (["--per-class", "0", "--per-pair", "0"], "the plan has no images"),
+    (["--num-shards", "0"], "--num-shards must be at least 1, got 0"),
+    (["--num-shards", "-1"], "--num-shards must be at least 1, got -1"),
+    (["--num-shards", "2", "--shard-index", "2"], "--shard-index 2 is outside 0..1"),
+    (["--num-inference-steps", "0"], "num_inference_steps must be at least 1, got 0"),
+    (["--classes", "dog,circle"], "model 'world' cannot draw 'dog': it knows only circle, square"),
+    (["--classes", "world,notaclass"], "unknown class 'notaclass'"),
+    (["--classes", "voc,dgo", "--model", "sd"], "unknown class 'dgo'; did you mean 'dog'"),
+    (["--recipe", "vco"], "unknown dataset recipe 'vco'; known: coco, voc, world"),
+    (["--device", "gpu"], "unknown device 'gpu'"),
+    (["--device", "cuda"], "--device cuda: this machine has no CUDA GPU"),
+    (["--device", "cuda:3"], "--device cuda:3: this machine has no CUDA GPU"),
+    (["--model", "/nonexistent"], "no pipeline folder at /nonexistent"),
+])
+def test_make_dataset_refuses_before_writing_anything(tmp_path, args, message):
+    out = tmp_path / "out"
+    assert message in one_error(runner.invoke(app, ["make-dataset", "--out", str(out), "--per-class", "1", *args]))
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", [
+    ["generate", "--prompt", "a photograph of a star", "--classes", "star"],
+    ["make-triplets"], ["train-grounding", "--online"], ["evaluate-grounding"], ["benchmark", "--dataset", "world"], ["train-segmenter"],
+])
+@pytest.mark.parametrize("device", ["cuda", "cuda:3", "gpu"])
+def test_every_command_checks_its_device(tmp_path, command, device):
+    args = command + (["--out", str(tmp_path / "out")] if command[0] in ("generate", "make-triplets") else [])
+    error = one_error(runner.invoke(app, [*args, "--device", device]))
+    assert device in error and ("this machine has no CUDA GPU" in error or "unknown device 'gpu'" in error)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_unusable_out_is_refused_before_any_work(tmp_path):
+    file = tmp_path / "file"
+    file.write_text("mine")
+    assert "is a file, not a folder" in one_error(runner.invoke(app, ["make-dataset", "--out", str(file)]))
+    assert file.read_text() == "mine"
+    read_only = next((Path(line.split()[1]) for line in Path("/proc/mounts").read_text().splitlines()
+                      if "ro" in line.split()[3].split(",") and Path(line.split()[1]).is_dir() and not os.access(line.split()[1], os.W_OK)), None)
+    if read_only is not None:  # a read-only file system, where even root cannot write
+        error = one_error(runner.invoke(app, ["make-dataset", "--out", str(read_only / "synthseg-out")]))
+        assert "cannot be written (read-only file system" in error
+    frozen = tmp_path / "frozen"
+    frozen.mkdir()
+    if subprocess.run(["chattr", "+i", str(frozen)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not supported here")
+    try:
+        assert "cannot be written" in one_error(runner.invoke(app, ["make-dataset", "--out", str(frozen / "ds")]))
+        assert "cannot be written" in one_error(runner.invoke(app, ["make-triplets", "--out", str(frozen)]))
+    finally:
+        subprocess.run(["chattr", "-i", str(frozen)], check=True)
+
+
+def test_an_unknown_recipe_lists_the_known_ones():
+    assert "known: segmenter-maskformer-r101, segmenter-tiny" in one_error(runner.invoke(app, ["train-segmenter", "--recipe", "tiny"]))
+    assert "known: coco-grounding, voc-grounding, world-grounding" in one_error(runner.invoke(app, ["make-triplets", "--recipe", "x"]))
+    assert "nope.yaml: recipe file not found" in one_error(runner.invoke(app, ["train-grounding", "--recipe", "nope.yaml"]))
+
+
+def test_dry_runs_print_the_plan_without_loading_a_model(monkeypatch):
+    import synthseg.pipeline
+
+    monkeypatch.setattr(synthseg.pipeline, "load_pipeline", lambda *a, **k: pytest.fail("a dry run loaded a model"))
+    result = runner.invoke(app, ["make-dataset", "--dry-run", "--per-class", "3", "--per-pair", "1"])
+    assert result.exit_code == 0, result.output
+    assert "102 images: 36 one-class and 66 two-class prompts" in result.output  # 12 world classes x 3, and each of their 66 pairs once
+    assert "per class (12): circle 3, square 3" in result.output and "disk: about 2.1 MB" in result.output
+    result = runner.invoke(app, ["make-triplets", "--dry-run", "--count", "100"])
+    assert result.exit_code == 0 and result.output.startswith("100 triplets:") and "disk: about 9.9 MB (98.8 KB per item)" in result.output
+
+
+def test_a_full_disk_says_so_and_a_rerun_resumes(pipe_dir, grounding, tmp_path, monkeypatch):
+    import synthseg.dataset
+
+    grounding.save_pretrained(tmp_path / "g")
+    args = ["make-dataset", "--classes", "dog,cat", "--model", str(pipe_dir), "--grounding", str(tmp_path / "g"), "--per-class", "2",
+            "--num-inference-steps", "2", "--guidance-scale", "2.0"]
+    reference = runner.invoke(app, [*args, "--out", str(tmp_path / "reference")])
+    assert reference.exit_code == 0, reference.output
+    real, calls = synthseg.dataset.write_atomic, []
+
+    def fills_up(path, data):
+        calls.append(path)
+        if len(calls) > 4:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(path))
+        real(path, data)
+
+    monkeypatch.setattr(synthseg.dataset, "write_atomic", fills_up)
+    error = one_error(runner.invoke(app, [*args, "--out", str(tmp_path / "full")]))
+    assert error.startswith("error: no space left on device writing ") and error.endswith("rerun the same command to resume")
+    monkeypatch.setattr(synthseg.dataset, "write_atomic", real)
+    assert runner.invoke(app, [*args, "--out", str(tmp_path / "full")]).exit_code == 0
+    for name in ("annotations.json", "metadata.jsonl", "images/000003.png"):
+        assert (tmp_path / "full" / name).read_bytes() == (tmp_path / "reference" / name).read_bytes()
+
+
+def test_ctrl_c_is_one_line(monkeypatch, tmp_path):
+    import synthseg.dataset
+
+    def interrupt(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(synthseg.dataset, "build_dataset", interrupt)
+    error = one_error(runner.invoke(app, ["make-dataset", "--out", str(tmp_path / "ds")]), code=130)
+    assert error == "error: interrupted; rerun the same command to resume"
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_start_up_of_the_real_command(tmp_path):
+    process = subprocess.Popen([sys.executable, "-m", "synthseg", "make-dataset", "--out", str(tmp_path / "ds")],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    time.sleep(1.0)  # while torch and diffusers are being imported
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 130 and stderr.strip().splitlines() == ["error: interrupted; rerun the same command to resume"], stderr
+
+
+def test_generate_makes_class_names_safe_file_names(pipe_dir, grounding, tmp_path):
+    grounding.save_pretrained(tmp_path / "g")
+    result = runner.invoke(app, ["generate", "--model", str(pipe_dir), "--grounding", str(tmp_path / "g"), "--num-inference-steps", "2",
+                                 "--prompt", "a photograph of a ../x", "--classes", "../x", "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*.png")) == ["out/images/00000.png", "out/masks/00000_x.png"]
+
+
+def test_misleading_messages_are_gone(pipe_dir, grounding, tmp_path):
+    assert "no pipeline folder at /nonexistent" in one_error(runner.invoke(app, ["generate", "--model", "/nonexistent", "--prompt", "a dog",
+                                                                                "--classes", "dog", "--out", str(tmp_path / "o")]))
+    (tmp_path / "half").mkdir()
+    assert "is not a diffusers pipeline folder" in one_error(runner.invoke(app, ["generate", "--model", str(tmp_path / "half"),
+                                                                                  "--prompt", "a dog", "--classes", "dog", "--out", str(tmp_path / "o")]))
+    long = "a photograph of " + "a very " * 40 + "red dog"
+    grounding.save_pretrained(tmp_path / "g")
+    error = one_error(runner.invoke(app, ["generate", "--model", str(pipe_dir), "--grounding", str(tmp_path / "g"), "--prompt", long,
+                                          "--classes", "dog", "--out", str(tmp_path / "o")]))
+    assert "class 'dog' is cut off" in error and "tokenizer keeps 77" in error
+    assert not (tmp_path / "o").exists()
