@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import errno
 import functools
+import warnings
 from pathlib import Path
 from typing import Annotated, Optional
 
@@ -27,7 +28,7 @@ app = typer.Typer(
 )
 _stderr = Console(stderr=True)
 FROM_RECIPE = "default: from the recipe"
-RESUMABLE = {"train-world-model", "train-world-annotator", "make-triplets", "train-grounding", "make-dataset", "train-segmenter"}
+RESUMABLE = {"train-world-model", "train-world-dit", "train-world-annotator", "make-triplets", "train-grounding", "make-dataset", "train-segmenter"}
 
 Device = Annotated[str, typer.Option(help="auto (CUDA where present), cpu, cuda, cuda:N or mps.")]
 StopAt = Annotated[Optional[int], typer.Option(help="End this sitting at this training step; rerun the command to go on.")]
@@ -36,6 +37,12 @@ StopAt = Annotated[Optional[int], typer.Option(help="End this sitting at this tr
 @app.callback()
 def _root() -> None:
     """Turn a text-to-image diffusion model into a factory of labelled segmentation data."""
+    warnings.showwarning = _warning
+
+
+def _warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one `warning:` line (a prompt cut by a tokenizer's limit, ...), not two lines of source."""
+    _stderr.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
 
 
 def _fail(message: str, code: int = 1):
@@ -125,10 +132,22 @@ def train_world_model(
     stop_at: StopAt = None,
 ) -> None:
     """Train the miniature world's text-to-image model (VAE, then latent UNet) from a recipe."""
-    from .train.world_t2i import load_recipe
-    from .train.world_t2i import train_world_model as train
+    from .train.world_t2i import load_recipe, train_world_model as train
 
     _stderr.print(f"saved {train(load_recipe(recipe), workdir, out, stop_at)}")
+
+
+@_command
+def train_world_dit(
+    recipe: Annotated[str, typer.Option(help="World transformer recipe: a packaged name or a YAML file.")] = "world-dit",
+    workdir: Annotated[Path, typer.Option(help="Checkpoints; rerunning the command resumes from here.")] = Path("runs/world-dit"),
+    out: Annotated[Path, typer.Option(help="Where the trained pipeline parts are exported.")] = Path("runs/world-dit/pipeline"),
+    stop_at: StopAt = None,
+) -> None:
+    """Train the miniature world's transformer text-to-image model (FLUX's architecture, flow matching)."""
+    from .train.world_dit import load_dit_recipe, train_world_dit as train
+
+    _stderr.print(f"saved {train(load_dit_recipe(recipe), workdir, out, stop_at)}")
 
 
 @_command
@@ -142,8 +161,7 @@ def train_world_annotator(
     import json
 
     from .annotators import MaskRCNNAnnotator
-    from .train.annotator import load_annotator_recipe, world_mask_ap
-    from .train.annotator import train_world_annotator as train
+    from .train.annotator import load_annotator_recipe, train_world_annotator as train, world_mask_ap
 
     config = load_annotator_recipe(recipe)
     train(config, workdir, out, stop_at)
@@ -167,8 +185,7 @@ def make_triplets(
     """Make {UNet features, masks, prompt} triplets from seen classes, labelled by an annotator."""
     from .formats import check_output_dir
     from .train.grounding import load_grounding_recipe
-    from .triplets import make_triplets as make
-    from .triplets import plan_summary
+    from .triplets import make_triplets as make, plan_summary
 
     config = load_grounding_recipe(recipe, pipeline=model, annotator=annotator,
                                    triplets=dict(count=count, capture_timestep=capture_timestep, capture_index=capture_index))
@@ -201,8 +218,7 @@ def train_grounding(
     stop_at: StopAt = None,
 ) -> None:
     """Train the grounding module on a triplet cache or online (default: without zero masks)."""
-    from .train.grounding import load_grounding_recipe
-    from .train.grounding import train_grounding as train
+    from .train.grounding import load_grounding_recipe, train_grounding as train
     from .triplets import OnlineTriplets, TripletShards
 
     config = load_grounding_recipe(recipe, pipeline=model, annotator=annotator,

@@ -73,7 +73,7 @@ def evaluate_grounding(pipe, grounding, annotator, split: Split, *, per_class: i
             names = [p.classes for p in batch]
             run = capture_pass(pipe, [p.prompt for p in batch], names, [p.seed for p in batch], guidance_scale=guidance_scale,
                                num_inference_steps=num_inference_steps, capture_step=capture_step,
-                               attention=grounding.config.needs_attention, daam=True)
+                               attention=grounding.config.needs_attention, blocks=grounding.config.feature_blocks or None, daam=True)
             size = run.images[0].size[::-1]
             masks = predict_masks(grounding, run.features, run.prompt_embeds, run.spans, size)
             heat = [F.interpolate(m[None], size=size, mode="bilinear", align_corners=False)[0] for m in run.heat_maps]

@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from .capture import CapturedFeatures, CaptureStep, CrossAttentionMaps, FeatureCapture, ResolvedStep
+from .capture import CapturedFeatures, CaptureStep, ResolvedStep, attention_maps, feature_capture
 from .errors import SynthsegError
 from .formats import jsonl_text, png_bytes, safe_file_name, write_atomic
 from .grounding import GroundingModule, class_attention_input, grounding_inputs
-from .text import class_queries, class_token_spans
+from .text import class_queries, encode_prompts, prompt_token_spans
 
 
 @dataclass
@@ -55,11 +55,6 @@ class GroundedGeneration:
         return directory
 
 
-def uses_cfg(pipe, guidance_scale: float) -> bool:
-    """Whether diffusers' SD pipelines batch an unconditional half through the UNet at this scale."""
-    return guidance_scale > 1 and getattr(pipe.unet.config, "time_cond_proj_dim", None) is None
-
-
 @dataclass
 class CaptureRun:
     """What one generate-and-capture pass gives, one row per prompt.
@@ -89,6 +84,7 @@ def capture_pass(
     capture_step: CaptureStep = CaptureStep(),
     attention: bool = True,
     feature_dtype: torch.dtype | None = None,
+    blocks: list[str] | None = None,
     daam: bool = False,
     height: int | None = None,
     width: int | None = None,
@@ -100,23 +96,24 @@ def capture_pass(
     image depends only on its prompt and seed, not on the batch it is in. Class names are checked
     against their prompts before any generation work. `attention` also records the capture step's
     cross-attention (VPD inputs, attention pooling); `daam` also sums every step's (the baseline).
+    `blocks`: the transformer blocks to record (see `synthseg.capture.default_blocks`; a UNet records all).
+    Works for every family of `synthseg.text` (SD 1.x/2.x, SDXL, SD3, FLUX).
     """
     if len(seeds) != len(prompts):
         raise SynthsegError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
-    spans = class_token_spans(pipe.tokenizer, prompts, class_names)
-    cfg = uses_cfg(pipe, guidance_scale)
-    step = capture_step.resolve(pipe.scheduler, num_inference_steps)
-    prompt_embeds, negative_embeds = pipe.encode_prompt(list(prompts), pipe.device, 1, cfg, negative_prompt)
+    spans = prompt_token_spans(pipe, list(prompts), class_names)
+    text = encode_prompts(pipe, prompts, guidance_scale, negative_prompt)
+    cfg = text.classifier_free_guidance
     generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
     with contextlib.ExitStack() as stack:
-        baseline = stack.enter_context(CrossAttentionMaps(pipe.unet, classifier_free_guidance=cfg)) if daam else None
-        capture = stack.enter_context(FeatureCapture(pipe.unet, step.timestep, classifier_free_guidance=cfg, attention=attention, dtype=feature_dtype))
-        images = pipe(prompt_embeds=prompt_embeds, negative_prompt_embeds=negative_embeds, generator=generators,
-                      num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, height=height, width=width,
+        baseline = stack.enter_context(attention_maps(pipe, classifier_free_guidance=cfg)) if daam else None
+        capture = stack.enter_context(feature_capture(pipe, capture_step, num_inference_steps, classifier_free_guidance=cfg,
+                                                      attention=attention, dtype=feature_dtype, blocks=blocks))
+        images = pipe(**text.call, generator=generators, num_inference_steps=num_inference_steps, height=height, width=width,
                       output_type="pil").images
     if not capture.captured:
-        raise SynthsegError(f"the pipeline never ran the capture step (timestep {step.timestep}); check the scheduler")
-    return CaptureRun(images, capture.features, prompt_embeds, spans, step, baseline.normalised_maps(spans) if daam else None)
+        raise SynthsegError(f"the pipeline never ran the capture step ({capture_step}); check the scheduler")
+    return CaptureRun(images, capture.features, text.embeds, spans, capture.resolved, baseline.normalised_maps(spans) if daam else None)
 
 
 def generate_grounded(
@@ -134,12 +131,12 @@ def generate_grounded(
     negative_prompt: str | list[str] | None = None,
     return_features: bool = False,
 ) -> GroundedGeneration:
-    """Generate `prompts` with `pipe` (any diffusers Stable Diffusion pipeline) and ground `class_names`:
+    """Generate `prompts` with `pipe` (SD 1.x/2.x, SDXL, SD3 or FLUX) and ground `class_names`:
     one `capture_pass`, then the module's masks at image resolution."""
     grounding.config.check_pipeline(pipe)
     run = capture_pass(pipe, prompts, class_names, seeds, guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
-                       capture_step=capture_step, attention=grounding.config.needs_attention, height=height, width=width,
-                       negative_prompt=negative_prompt)
+                       capture_step=capture_step, attention=grounding.config.needs_attention, blocks=grounding.config.feature_blocks or None,
+                       height=height, width=width, negative_prompt=negative_prompt)
     masks = predict_masks(grounding, run.features, run.prompt_embeds, run.spans, run.images[0].size[::-1])
     return GroundedGeneration(
         images=run.images,

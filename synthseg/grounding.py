@@ -34,14 +34,15 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from .capture import CapturedFeatures, unet_attention_strides, unet_feature_layout
+from .capture import CapturedFeatures, attention_strides, default_blocks, feature_layout
 from .config import load_config, read_mapping, stamped
 from .errors import SynthsegError
 from .registry import resolve_grounding
+from .text import text_dim, text_tokens
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
-PIPELINE_FIELDS = ("feature_channels", "feature_strides", "text_dim")  # GroundingConfig fields the pipeline fixes
+PIPELINE_FIELDS = ("feature_channels", "feature_strides", "text_dim", "feature_blocks")  # GroundingConfig fields the pipeline fixes
 ATTENTION_FIELDS = ("cross_attention_strides", "text_tokens")  # ... and those of its cross-attention inputs
 
 
@@ -69,15 +70,17 @@ class GroundingConfig(GroundingArchitecture):
 
     feature_channels / feature_strides: channels and stride (relative to the latent) of each
         captured UNet block output, in capture order (see `capture.unet_feature_layout`).
-    text_dim: the text encoder's hidden size (768 for SD 1.x's CLIP).
+    text_dim: the width of the text states (768 for SD 1.x's CLIP, 4096 for SD3's and FLUX's).
+    feature_blocks: a transformer's captured blocks, in order (empty: a UNet's, all of them).
     cross_attention_strides / text_tokens: with VPD's cross-attention inputs, the strides of the
-        UNet's cross-attention layers (`capture.unet_attention_strides`) and the prompt length T;
+        denoiser's text-attention maps (`capture.attention_strides`) and the prompt length T;
         empty / 0 without them.
     """
 
     feature_channels: list[int]
     feature_strides: list[int]
     text_dim: int
+    feature_blocks: list[str] = field(default_factory=list)
     cross_attention_strides: list[int] = field(default_factory=list)
     text_tokens: int = 0
 
@@ -89,7 +92,7 @@ class GroundingConfig(GroundingArchitecture):
     def validate(self, source: str = "grounding config") -> None:
         if len(self.feature_channels) != len(self.feature_strides) or not self.feature_channels:
             raise SynthsegError(f"{source}: feature_channels and feature_strides must be non-empty and of equal length")
-        optional = {"cross_attention_strides", "text_tokens", "attention_pooling"}
+        optional = {"cross_attention_strides", "text_tokens", "attention_pooling", "feature_blocks"}
         bad = [k for k, v in asdict(self).items() if k not in optional and (min(v) if isinstance(v, list) else v) < 1]
         if self.cross_attention_strides and (self.text_tokens < 1 or min(self.cross_attention_strides) < 1):
             bad.append("cross_attention_strides/text_tokens")
@@ -110,31 +113,34 @@ class GroundingConfig(GroundingArchitecture):
         return list(self.feature_strides) + list(self.cross_attention_strides)
 
     @classmethod
-    def for_pipeline(cls, pipe, cross_attention: bool = False, **overrides) -> "GroundingConfig":
-        """A config that matches `pipe`'s UNet features and text encoder (and, with `cross_attention`,
-        its cross-attention layers and prompt length); other fields from `overrides`."""
-        channels, strides = unet_feature_layout(pipe.unet)
-        data = dict(feature_channels=channels, feature_strides=strides, text_dim=pipe.text_encoder.config.hidden_size)
+    def for_pipeline(cls, pipe, cross_attention: bool = False, blocks: list[str] | None = None, **overrides) -> "GroundingConfig":
+        """A config that matches `pipe`'s denoiser features and text states (and, with `cross_attention`,
+        its attention maps and prompt length), for any family; `blocks` picks a transformer's captured
+        blocks (default `capture.default_blocks`); other fields from `overrides`."""
+        is_transformer = getattr(pipe, "unet", None) is None
+        names = (blocks or default_blocks(pipe.transformer)) if is_transformer else []
+        channels, strides = feature_layout(pipe, names or None)
+        data = dict(feature_channels=channels, feature_strides=strides, text_dim=text_dim(pipe), feature_blocks=list(names))
         if cross_attention:
-            data.update(cross_attention_strides=unet_attention_strides(pipe.unet), text_tokens=pipe.tokenizer.model_max_length)
+            data.update(cross_attention_strides=attention_strides(pipe), text_tokens=text_tokens(pipe))
         return load_config(cls, {**data, **overrides}, "grounding config")
 
     def check_pipeline(self, pipe) -> None:
-        """Raise a one-line error if `pipe`'s UNet, tokenizer or text encoder does not fit this config."""
-        channels, strides = unet_feature_layout(pipe.unet)
+        """Raise a one-line error if `pipe`'s denoiser or text states do not fit this config."""
+        channels, strides = feature_layout(pipe, self.feature_blocks or None)
         if (channels, strides) != (list(self.feature_channels), list(self.feature_strides)):
             raise SynthsegError(
-                f"grounding module expects UNet feature channels {self.feature_channels} at strides "
-                f"{self.feature_strides}, but the pipeline's UNet gives {channels} at {strides}"
+                f"grounding module expects feature channels {self.feature_channels} at strides "
+                f"{self.feature_strides}, but the pipeline's denoiser gives {channels} at {strides}"
             )
         if self.cross_attention_strides:
-            found = (unet_attention_strides(pipe.unet), pipe.tokenizer.model_max_length)
+            found = (attention_strides(pipe), text_tokens(pipe))
             if found != (list(self.cross_attention_strides), self.text_tokens):
                 raise SynthsegError(f"grounding module expects cross-attention at strides {self.cross_attention_strides} over "
                                     f"{self.text_tokens} tokens, but the pipeline has {found[0]} over {found[1]}")
-        text_dim = pipe.text_encoder.config.hidden_size
-        if text_dim != self.text_dim:
-            raise SynthsegError(f"grounding module expects text_dim {self.text_dim}, but the pipeline's text encoder has {text_dim}")
+        width = text_dim(pipe)
+        if width != self.text_dim:
+            raise SynthsegError(f"grounding module expects text_dim {self.text_dim}, but the pipeline's text states have {width}")
 
 
 class _ResBlock(nn.Module):

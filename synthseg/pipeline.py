@@ -48,7 +48,7 @@ def load_pipeline(
 ) -> DiffusionPipeline:
     """Load `model`: a bundled name ("world"), a hub id such as "stable-diffusion-v1-5/stable-diffusion-v1-5",
     or a folder holding a `model_index.json`, with `DiffusionPipeline.from_pretrained`. A world export
-    (no text_encoder/) loads as a `WorldPipeline`. The safety checker is not loaded: synthetic training
+    (no text_encoder/) loads as a `WorldPipeline` or `WorldFluxPipeline`. The safety checker is not loaded: synthetic training
     data is filtered by the dataset's own quality checks.
 
     Offline with no cached copy, this fails with one line naming the model and how to supply it.
@@ -60,11 +60,11 @@ def load_pipeline(
             raise SynthsegError(f"no pipeline folder at {model}")
         if not (local / "model_index.json").is_file():
             raise SynthsegError(f"{model} is not a diffusers pipeline folder: it has no model_index.json")
-    kwargs = dict(torch_dtype=torch_dtype, revision=revision, safety_checker=None, requires_safety_checker=False)
+    kwargs = dict(dtype=torch_dtype, revision=revision, safety_checker=None, requires_safety_checker=False)
     try:
         with quiet_loading():
             pipe = _from_pretrained(source, local, kwargs)
-    except (OSError, ValueError, RuntimeError, KeyError) as error:
+    except (OSError, ValueError, RuntimeError, KeyError, AttributeError) as error:
         if looks_like_path(source):
             shown = model if str(model) in BUNDLES else local
             raise SynthsegError(f"cannot load pipeline {shown}: {str(error).splitlines()[0] if str(error) else type(error).__name__}") from None
@@ -77,8 +77,9 @@ def load_pipeline(
 
 
 def _from_pretrained(source: str, local: Path, kwargs: dict) -> DiffusionPipeline:
-    from .worldmodel import WorldPipeline, is_world_export
+    from .worldmodel import world_pipeline_class
 
-    if looks_like_path(source) and is_world_export(local):
-        return WorldPipeline.from_export(local, **kwargs)
+    world = world_pipeline_class(local) if looks_like_path(source) else None
+    if world is not None:
+        return world.from_export(local, **kwargs)
     return DiffusionPipeline.from_pretrained(str(local) if looks_like_path(source) else source, **kwargs)

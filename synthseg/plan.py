@@ -44,7 +44,7 @@ def triplet_bytes(model: str, dtype_bytes: int, cross_attention: bool) -> int | 
     import torch
     from diffusers import UNet2DConditionModel
 
-    from .capture import unet_attention_strides, unet_feature_layout
+    from .capture.unet import unet_attention_strides, unet_feature_layout
 
     config, size = model_config(model, "unet"), image_size(model)
     if config is None or size is None:

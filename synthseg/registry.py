@@ -33,6 +33,7 @@ RECIPE_KINDS = {
     "grounding": ("*-grounding.yaml", ""),
     "segmenter": ("segmenter-*.yaml", ""),
     "world-model": ("world-t2i*.yaml", ""),
+    "world-dit": ("world-dit*.yaml", ""),
     "annotator": ("*-annotator.yaml", ""),
 }
 

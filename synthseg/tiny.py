@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.metadata
+from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
@@ -120,3 +121,96 @@ def sd15_pipeline(seed: int = 0) -> StableDiffusionPipeline:
         bos_token_id=49406, eos_token_id=49407, pad_token_id=1, projection_dim=768,
     )
     return _pipeline(unet, vae, text)
+
+
+def t5_tokenizer(model_file: str | Path, model_max_length: int = 32):
+    """A T5 tokenizer (SentencePiece unigram) from a SentencePiece model file, such as the small one that
+    tests/fixtures ships; needs the `sentencepiece` package."""
+    import sentencepiece
+    from transformers import T5Tokenizer
+
+    model = sentencepiece.SentencePieceProcessor(model_file=str(model_file))
+    vocab = [(model.id_to_piece(i), model.get_score(i)) for i in range(model.get_piece_size())]
+    return T5Tokenizer(vocab=vocab, extra_ids=0, model_max_length=model_max_length)
+
+
+def _clip_text(hidden: int, projection: bool):
+    """A tiny CLIP text encoder on the real vocabulary (`CLIPTextModelWithProjection` where the pipeline
+    reads its pooled projection: SDXL's second encoder, both of SD3's)."""
+    from transformers import CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(vocab_size=49408, hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2, num_attention_heads=4,
+                            max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407, projection_dim=hidden)
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
+
+
+def _t5_encoder(tokenizer, width: int):
+    from transformers import T5Config, T5EncoderModel
+
+    config = T5Config(vocab_size=len(tokenizer), d_model=width, d_ff=2 * width, d_kv=8, num_layers=2, num_heads=4,
+                      relative_attention_num_buckets=8, pad_token_id=tokenizer.pad_token_id, eos_token_id=tokenizer.eos_token_id)
+    return T5EncoderModel(config).eval()
+
+
+def _tiny_vae(sample_size: int) -> AutoencoderKL:
+    """An f=2 VAE (two levels) with SD3/FLUX's latent shift."""
+    return AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
+                         up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8, sample_size=sample_size,
+                         shift_factor=0.0609, scaling_factor=1.5035).eval()
+
+
+def tiny_sdxl_pipeline(seed: int = 0, sample_size: int = 16):
+    """SDXL's design at test size: two CLIP encoders side by side (32 + 32), the text-time added
+    conditioning, and no cross-attention at the finest level. Images are `2 * sample_size` pixels."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        sample_size=sample_size, in_channels=4, out_channels=4, block_out_channels=(32, 64), layers_per_block=1,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2), projection_class_embeddings_input_dim=6 * 8 + 32, cross_attention_dim=64, norm_num_groups=8,
+    ).eval()
+    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(16, 32), down_block_types=("DownEncoderBlock2D",) * 2,
+                        up_block_types=("UpDecoderBlock2D",) * 2, latent_channels=4, norm_num_groups=8, sample_size=2 * sample_size).eval()
+    return StableDiffusionXLPipeline(
+        vae=vae, text_encoder=_clip_text(32, False), text_encoder_2=_clip_text(32, True), tokenizer=clip_tokenizer(), tokenizer_2=clip_tokenizer(),
+        unet=unet, scheduler=EulerDiscreteScheduler(**{k: v for k, v in SD_SCHEDULER.items() if k not in ("clip_sample", "set_alpha_to_one")}),
+        add_watermarker=False,
+    )
+
+
+def tiny_sd3_pipeline(t5_model: str | Path, seed: int = 0, sample_size: int = 16):
+    """SD3's design at test size: an MMDiT over [image; text] tokens, CLIP-L and CLIP-G side by side then T5
+    in the text sequence, flow matching. `t5_model`: a SentencePiece model (`t5_tokenizer`)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    torch.manual_seed(seed)
+    tokenizer_3 = t5_tokenizer(t5_model)
+    transformer = SD3Transformer2DModel(sample_size=sample_size, patch_size=2, in_channels=4, num_layers=2, attention_head_dim=8,
+                                        num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=64, pooled_projection_dim=64,
+                                        out_channels=4).eval()
+    return StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_tiny_vae(2 * sample_size),
+        text_encoder=_clip_text(32, True), tokenizer=clip_tokenizer(), text_encoder_2=_clip_text(32, True), tokenizer_2=clip_tokenizer(),
+        text_encoder_3=_t5_encoder(tokenizer_3, 64), tokenizer_3=tokenizer_3,
+    )
+
+
+def tiny_flux_pipeline(t5_model: str | Path, seed: int = 0, sample_size: int = 16, guidance_embeds: bool = False):
+    """FLUX's design at test size: double- and single-stream blocks over [text; image] tokens with RoPE, 2x2
+    latent packing, T5 states and CLIP's pooled vector, flow matching with a resolution shift.
+    `guidance_embeds`: guidance-distilled as FLUX.1-dev (else true CFG, as the world model, or none)."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+
+    torch.manual_seed(seed)
+    tokenizer_2 = t5_tokenizer(t5_model)
+    transformer = FluxTransformer2DModel(patch_size=1, in_channels=16, num_layers=2, num_single_layers=2, attention_head_dim=16,
+                                         num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32,
+                                         guidance_embeds=guidance_embeds, axes_dims_rope=(4, 4, 8)).eval()
+    scheduler = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, base_image_seq_len=16, max_image_seq_len=256, base_shift=0.5,
+                                                max_shift=1.15)
+    pipe = FluxPipeline(scheduler=scheduler, vae=_tiny_vae(2 * sample_size), text_encoder=_clip_text(32, False), tokenizer=clip_tokenizer(),
+                        text_encoder_2=_t5_encoder(tokenizer_2, 32), tokenizer_2=tokenizer_2, transformer=transformer)
+    pipe.default_sample_size = sample_size  # FLUX's pipeline assumes 128 latents (1024 px); these images are 2 * sample_size
+    return pipe

@@ -65,6 +65,7 @@ class TripletRecipe:
     batch_size: int = 8
     feature_dtype: str = "float16"
     cross_attention: bool = False
+    blocks: list[str] = field(default_factory=list)  # a transformer's blocks to record; empty: capture.default_blocks
 
     def validate(self, source: str) -> None:
         if not self.seen:
@@ -144,7 +145,7 @@ def make_triplets(pipe, annotator, recipe: TripletRecipe, directory: str | Path)
 
 def _layout(pipe, recipe: TripletRecipe) -> dict:
     """The GroundingConfig fields that the triplets fix: feature layout, text width, attention inputs."""
-    config = GroundingConfig.for_pipeline(pipe, cross_attention=recipe.cross_attention)
+    config = GroundingConfig.for_pipeline(pipe, cross_attention=recipe.cross_attention, blocks=recipe.blocks or None)
     keys = list(PIPELINE_FIELDS) + (list(ATTENTION_FIELDS) if recipe.cross_attention else [])
     return {k: getattr(config, k) for k in keys}
 
@@ -154,7 +155,8 @@ def _generate_batch(pipe, annotator, recipe: TripletRecipe, indices: list[int], 
     planned = [triplet_prompt(recipe, i) for i in indices]
     prompts, names, seeds = [p.prompt for p in planned], [p.classes for p in planned], [p.seed for p in planned]
     run = capture_pass(pipe, prompts, names, seeds, guidance_scale=recipe.guidance_scale, num_inference_steps=recipe.num_inference_steps,
-                       capture_step=CaptureStep(recipe.capture_timestep, recipe.capture_index), feature_dtype=dtype)
+                       capture_step=CaptureStep(recipe.capture_timestep, recipe.capture_index), feature_dtype=dtype,
+                       blocks=recipe.blocks or None)
     images = np.stack([np.asarray(image) for image in run.images])
     embeds, spans, features = run.prompt_embeds, run.spans, run.features
     queries, valid = class_queries(embeds, spans)
@@ -173,7 +175,7 @@ def _generate_batch(pipe, annotator, recipe: TripletRecipe, indices: list[int], 
     flags[:, : valid.shape[1]] = valid
     tensors = {f"features.{k}": v.cpu().contiguous() for k, v in features.blocks.items()}
     if recipe.cross_attention:
-        config = GroundingConfig.for_pipeline(pipe, cross_attention=True)
+        config = GroundingConfig.for_pipeline(pipe, cross_attention=True, blocks=recipe.blocks or None)
         maps = grounding_inputs(features, config)[len(config.feature_channels) :]
         tensors.update({f"attention.{s}": m.to(dtype).cpu() for s, m in zip(config.cross_attention_strides, maps)})
     pooled = class_attention_input(features, spans, width)
@@ -284,10 +286,12 @@ class OnlineTriplets:
 
 
 def _capture_order(key: str) -> tuple[int, int]:
-    """Sort key restoring UNet order (down, mid, up) of "features.<block>" names."""
+    """Sort key restoring capture order of "features.<block>" names: a UNet's down, mid, up blocks; a
+    transformer's double-stream, then single-stream blocks."""
     block = key.removeprefix("features.")
     kind, _, number = block.partition(".")
-    return ({"down_blocks": 0, "mid_block": 1, "up_blocks": 2}[kind], int(number or 0))
+    order = {"down_blocks": 0, "mid_block": 1, "up_blocks": 2, "transformer_blocks": 3, "single_transformer_blocks": 4}
+    return (order[kind], int(number or 0))
 
 
 def _input_keys(tensors) -> tuple[list[str], list[str]]:

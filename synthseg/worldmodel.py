@@ -1,4 +1,4 @@
-"""The miniature world's text-to-image model: a tiny latent diffusion model of rendered scenes.
+"""The miniature world's text-to-image models: tiny latent diffusion models of rendered scenes.
 
 It plays Stable Diffusion with Stable Diffusion's own design and components: an `AutoencoderKL`
 (f=4: 64x64 images, 16x16x4 latents), a `UNet2DConditionModel` on the latents, and a real, pretrained,
@@ -7,7 +7,14 @@ a standard `StableDiffusionPipeline` folder without text_encoder/ (90 MB that th
 holds), plus a model card (`synthseg.json`: the 12 class names and sampling defaults). `load_pipeline`
 loads it as a `WorldPipeline`, which takes the text encoder from the package.
 
-This module holds the architecture and its recipe; `synthseg.train.world_t2i` trains it.
+`world-dit` is the same world on a transformer: FLUX's `FluxTransformer2DModel` (double- and
+single-stream blocks, RoPE, 2x2 latent packing) trained by flow matching on the UNet world's frozen
+VAE latents, with MiniLM in both of FLUX's text slots (its hidden states where FLUX reads T5, its
+pooled output where FLUX reads CLIP's). Its export is a standard `FluxPipeline` folder, loaded as a
+`WorldFluxPipeline`.
+
+This module holds the architectures and their recipes; `synthseg.train.world_t2i` and
+`synthseg.train.world_dit` train them.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ import importlib.metadata
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from diffusers import AutoencoderKL, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import AutoTokenizer, BertModel
 
 from .config import check_positive
@@ -139,6 +146,91 @@ class WorldPipeline(StableDiffusionPipeline):
         return cls.from_pretrained(folder, text_encoder=text_encoder, **kwargs)
 
 
-def is_world_export(folder: str | Path) -> bool:
-    """A pipeline folder whose text encoder is the world's, taken from the pip package."""
-    return (Path(folder) / "model_index.json").is_file() and not (Path(folder) / "text_encoder").exists()
+@dataclass
+class DiTRecipe:
+    """The world's FLUX transformer and its flow-matching training. Timesteps (sigmas) are drawn from a
+    logit-normal distribution, as SD3 and FLUX train."""
+
+    num_layers: int = 4  # double-stream blocks: text and image keep their own weights, attend jointly
+    num_single_layers: int = 4  # single-stream blocks over the joined sequence
+    attention_heads: int = 4
+    attention_head_dim: int = 32
+    axes_dims_rope: list[int] = field(default_factory=lambda: [8, 12, 12])  # sums to attention_head_dim
+    steps: int = 30000
+    batch_size: int = 32
+    lr: float = 5e-4
+    warmup_steps: int = 500
+    ema_decay: float = 0.999
+    caption_dropout: float = 0.1
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+
+
+@dataclass
+class WorldDiTRecipe:
+    """Recipe of `train_world_dit`; see the world-dit recipe. `vae_from`: the pipeline whose VAE (frozen)
+    the transformer learns the latents of."""
+
+    seed: int = 0
+    image_size: int = 64
+    max_tokens: int = 16
+    pair_fraction: float = 0.5
+    min_visible: float = 0.5
+    templates: list[str] = field(default_factory=lambda: list(PAPER_TEMPLATES))
+    checkpoint_every: int = 500
+    vae_from: str = "world"
+    num_inference_steps: int = 25
+    guidance_scale: float = 2.0  # true classifier-free guidance: conditional and unconditional passes
+    transformer: DiTRecipe = field(default_factory=DiTRecipe)
+
+    def validate(self, source: str) -> None:
+        if self.image_size % 8:
+            raise SynthsegError(f"{source}: image_size must be a multiple of 8 (f=4 VAE, then 2x2 packing)")
+        if sum(self.transformer.axes_dims_rope) != self.transformer.attention_head_dim:
+            raise SynthsegError(f"{source}: transformer.axes_dims_rope must sum to attention_head_dim")
+        if not 0 <= self.pair_fraction <= 1 or not 0 <= self.transformer.caption_dropout < 1 or not 0 < self.min_visible <= 1:
+            raise SynthsegError(f"{source}: pair_fraction, min_visible and transformer.caption_dropout lie in [0, 1]")
+        check_positive(source, self, "image_size", "max_tokens", "checkpoint_every", "num_inference_steps")
+        check_positive(source, self.transformer, "steps", "batch_size", "num_layers", "attention_heads", "attention_head_dim")
+
+
+def build_transformer(recipe: WorldDiTRecipe, text_dim: int, latent_channels: int) -> FluxTransformer2DModel:
+    """FLUX's transformer at the world's size: packed 2x2 latent patches in, no guidance embedding
+    (the world model uses true classifier-free guidance)."""
+    t = recipe.transformer
+    return FluxTransformer2DModel(
+        patch_size=1, in_channels=4 * latent_channels, num_layers=t.num_layers, num_single_layers=t.num_single_layers,
+        attention_head_dim=t.attention_head_dim, num_attention_heads=t.attention_heads, joint_attention_dim=text_dim,
+        pooled_projection_dim=text_dim, guidance_embeds=False, axes_dims_rope=tuple(t.axes_dims_rope),
+    )
+
+
+class WorldFluxPipeline(FluxPipeline):
+    """FLUX with the world's BERT in both text slots, declared as such for diffusers' type check;
+    `from_export` loads an export, adding the text encoder from its pip package."""
+
+    def __init__(self, scheduler, vae: AutoencoderKL, text_encoder: BertModel, tokenizer, text_encoder_2: BertModel, tokenizer_2,
+                 transformer: FluxTransformer2DModel, image_encoder=None, feature_extractor=None):
+        super().__init__(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, text_encoder_2=text_encoder_2,
+                         tokenizer_2=tokenizer_2, transformer=transformer, image_encoder=image_encoder, feature_extractor=feature_extractor)
+        self.default_sample_size = vae.config.sample_size // self.vae_scale_factor  # the world's 64 px, not FLUX's 1024
+
+    @classmethod
+    def from_export(cls, folder: str | Path, **kwargs) -> "WorldFluxPipeline":
+        text_encoder = BertModel.from_pretrained(text_encoder_dir()).eval().requires_grad_(False)
+        kwargs = {k: v for k, v in kwargs.items() if k not in ("safety_checker", "requires_safety_checker")}
+        return cls.from_pretrained(folder, text_encoder=text_encoder, text_encoder_2=text_encoder, **kwargs)
+
+
+WORLD_PIPELINES = {"StableDiffusionPipeline": WorldPipeline, "FluxPipeline": WorldFluxPipeline}
+
+
+def world_pipeline_class(folder: str | Path):
+    """The world pipeline class of an export whose text encoders come from the pip package (none are
+    saved in it), or None for any other folder."""
+    index = Path(folder) / "model_index.json"
+    if not index.is_file() or any(p.name.startswith("text_encoder") for p in Path(folder).iterdir()):
+        return None
+    import json
+
+    return WORLD_PIPELINES.get(json.loads(index.read_text()).get("_class_name"))

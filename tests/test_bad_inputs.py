@@ -160,7 +160,9 @@ def test_misleading_messages_are_gone(pipe_dir, grounding, tmp_path):
                                                                                   "--prompt", "a dog", "--classes", "dog", "--out", str(tmp_path / "o")]))
     long = "a photograph of " + "a very " * 40 + "red dog"
     grounding.save_pretrained(tmp_path / "g")
-    error = one_error(runner.invoke(app, ["generate", "--model", str(pipe_dir), "--grounding", str(tmp_path / "g"), "--prompt", long,
-                                          "--classes", "dog", "--out", str(tmp_path / "o")]))
-    assert "class 'dog' is cut off" in error and "tokenizer keeps 77" in error
+    result = runner.invoke(app, ["generate", "--model", str(pipe_dir), "--grounding", str(tmp_path / "g"), "--prompt", long,
+                                 "--classes", "dog", "--out", str(tmp_path / "o")])
+    warning, error = result.output.strip().splitlines()  # the cut is named, then the name it cut is refused
+    assert warning.startswith("warning: prompt 'a photograph of a very") and "is 87 CLIP tokens and 77 are kept: 'a very" in warning
+    assert result.exit_code == 1 and error.startswith("error: class 'dog' is cut off") and "tokenizer keeps 77" in error
     assert not (tmp_path / "o").exists()

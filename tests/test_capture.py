@@ -159,7 +159,7 @@ def test_recording_processor_computes_what_the_installed_diffusers_computes(cros
     an upgrade of diffusers that changed that math would fail here, not drift silently."""
     from diffusers.models.attention_processor import Attention, AttnProcessor
 
-    from synthseg.capture import _RecordingAttnProcessor
+    from synthseg.capture.unet import _RecordingAttnProcessor
 
     torch.manual_seed(0)
     attn = Attention(query_dim=32, cross_attention_dim=24 if cross else None, heads=4, dim_head=8).eval()

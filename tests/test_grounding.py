@@ -121,10 +121,10 @@ def test_config_that_does_not_fit_the_pipeline(pipe):
     config = GroundingConfig.for_pipeline(pipe, **SMALL_GROUNDING)
     config.check_pipeline(pipe)
     wrong_channels = GroundingConfig(**{**config.__dict__, "feature_channels": [c * 2 for c in config.feature_channels]})
-    with pytest.raises(SynthsegError, match="expects UNet feature channels"):
+    with pytest.raises(SynthsegError, match="expects feature channels"):
         wrong_channels.check_pipeline(pipe)
     wrong_text = GroundingConfig(**{**config.__dict__, "text_dim": 768})
-    with pytest.raises(SynthsegError, match="expects text_dim 768, but the pipeline's text encoder has 32"):
+    with pytest.raises(SynthsegError, match="expects text_dim 768, but the pipeline.s text states have 32"):
         wrong_text.check_pipeline(pipe)
 
 

@@ -1,4 +1,5 @@
-"""Capture a diffusers UNet's multi-scale block outputs and cross-attention maps at one denoising step.
+"""The UNet backend (SD 1.x/2.x, SDXL): a UNet's multi-scale block outputs and cross-attention maps at
+one denoising step.
 
 The grounding module reads features from late in denoising (the paper's t≈5). `FeatureCapture` is a
 context manager around any pipeline call that runs a `UNet2DConditionModel`:
@@ -17,118 +18,11 @@ the original processor objects are restored, also after an exception.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-
 import torch
 from diffusers.models.attention_processor import Attention
 
-from .errors import SynthsegError
-
-
-@dataclass(frozen=True)
-class CaptureStep:
-    """Which denoising step to capture, chosen by scheduler timestep or by step index.
-
-    By timestep (the default, the paper's t=5): the step whose scheduler timestep is nearest to
-    `timestep`, the later step on a tie. For DDIM with 50 steps and SD's "leading" spacing the
-    timesteps are 981, 961, ..., 1, so t=5 picks the last step (t=1); with "trailing" spacing they
-    end at 19, so it picks t=19. By index: `index` counts denoising steps from 0; negative values
-    count from the end (-1 is the last step). Exactly one of the two is used: `index` wins if set.
-    """
-
-    timestep: int = 5
-    index: int | None = None
-
-    def resolve(self, scheduler, num_inference_steps: int) -> "ResolvedStep":
-        """Map the choice onto the timesteps `scheduler` uses for `num_inference_steps` steps.
-
-        The scheduler is copied from its config, so the caller's scheduler state is untouched.
-        """
-        schedule = scheduler.__class__.from_config(scheduler.config)
-        schedule.set_timesteps(num_inference_steps)
-        timesteps = [int(t) for t in schedule.timesteps]
-        if self.index is not None:
-            if not -len(timesteps) <= self.index < len(timesteps):
-                raise SynthsegError(
-                    f"capture step index {self.index} is outside the {len(timesteps)} denoising steps"
-                )
-            index = self.index % len(timesteps)
-        else:
-            distances = [abs(t - self.timestep) for t in timesteps]
-            best = min(distances)
-            index = max(i for i, d in enumerate(distances) if d == best)
-        return ResolvedStep(index=index, timestep=timesteps[index])
-
-
-@dataclass(frozen=True)
-class ResolvedStep:
-    """A capture step as (step index, scheduler timestep) for one scheduler and step count."""
-
-    index: int
-    timestep: int
-
-
-@dataclass
-class CapturedFeatures:
-    """What one capture recorded, conditional half only (the unconditional CFG half is dropped).
-
-    blocks: ordered {"down_blocks.0": (B, C, H, W), ..., "mid_block": ..., "up_blocks.N": ...}.
-    cross_attention: {processor name: (B, h, w, T) float32}: softmax probabilities of each latent
-        position over the T prompt tokens, averaged over heads. Empty if attention was not captured.
-    timestep: the scheduler timestep of the captured call.
-    """
-
-    blocks: dict[str, torch.Tensor] = field(default_factory=dict)
-    cross_attention: dict[str, torch.Tensor] = field(default_factory=dict)
-    timestep: int | None = None
-
-    def block_list(self) -> list[torch.Tensor]:
-        """Block outputs in UNet order (down, mid, up): the grounding module's input."""
-        return list(self.blocks.values())
-
-    def _maps_by_size(self) -> dict[tuple[int, int], torch.Tensor]:
-        """{(h, w): (B, T, h, w)}: the cross-attention maps of all layers at each resolution, averaged."""
-        by_size: dict[tuple[int, int], list[torch.Tensor]] = {}
-        for probs in self.cross_attention.values():
-            by_size.setdefault(tuple(probs.shape[1:3]), []).append(probs)
-        return {size: torch.stack(maps).mean(0).permute(0, 3, 1, 2).contiguous() for size, maps in by_size.items()}
-
-    def attention_maps(self, strides: list[int], latent_size: tuple[int, int]) -> list[torch.Tensor]:
-        """VPD's extra inputs: per stride, the cross-attention maps of all layers at that resolution,
-        averaged -> (B, T, H/stride, W/stride), one channel per prompt token."""
-        by_size = self._maps_by_size()
-        maps = []
-        for stride in strides:
-            size = (latent_size[0] // stride, latent_size[1] // stride)
-            if size not in by_size:
-                raise SynthsegError(f"no cross-attention maps at {size[0]}x{size[1]} were captured (attention=True needed)")
-            maps.append(by_size[size])
-        return maps
-
-    def class_attention(self, spans: list[list[slice]], size: tuple[int, int], width: int | None = None) -> torch.Tensor:
-        """Each class's cross-attention at the capture step -> (B, Q, H, W) float32 at `size`: per
-        resolution, the layers' maps averaged and the class's sub-word maps summed, then upsampled
-        (bilinear) and summed over resolutions. Q = `width` (default: the most classes of a row);
-        padding rows are zero. This is where the UNet itself puts each name (the grounding module's
-        `attention_pooling`)."""
-        if not self.cross_attention:
-            raise SynthsegError("no cross-attention maps were captured (attention=True needed)")
-        total = 0
-        for maps in self._maps_by_size().values():
-            per_class = class_maps(maps, spans, width)
-            total = total + torch.nn.functional.interpolate(per_class, size=tuple(size), mode="bilinear", align_corners=False)
-        return total
-
-
-def class_maps(token_maps: torch.Tensor, spans: list[list[slice]], width: int | None = None) -> torch.Tensor:
-    """(B, T, H, W) per-token maps -> (B, Q, H, W): each class's sub-word token maps summed, in span
-    order; Q = `width` (default: the most classes of a row), padding rows zero."""
-    width = width or max(len(row) for row in spans)
-    out = token_maps.new_zeros(token_maps.shape[0], width, *token_maps.shape[2:])
-    for b, row in enumerate(spans):
-        for q, span in enumerate(row):
-            out[b, q] = token_maps[b, span].sum(0)
-    return out
+from ..errors import SynthsegError
+from .core import CapturedFeatures, normalised_class_maps
 
 
 def unet_feature_blocks(unet) -> dict[str, torch.nn.Module]:
@@ -244,6 +138,7 @@ class FeatureCapture:
         self.attention = attention
         self.dtype = dtype
         self.features = CapturedFeatures()
+        self.resolved = None  # the ResolvedStep, where `synthseg.capture.feature_capture` made this capture
         self._handles: list = []
         self._active = False
         self._latent_hw: tuple[int, int] | None = None
@@ -371,12 +266,6 @@ class CrossAttentionMaps:
             raise SynthsegError("no cross-attention was recorded: run the pipeline inside the context")
         return self._sum
 
-    def normalised_maps(self, spans: list[list[slice]]) -> list[torch.Tensor]:
+    def normalised_maps(self, spans) -> list[torch.Tensor]:
         """Per image (K_i, H, W): each class's token maps summed over its sub-words, scaled to [0, 1]."""
-        out = []
-        for per_class, row in zip(class_maps(self.heat_maps(), spans), spans):
-            per_class = per_class[: len(row)]
-            low = per_class.flatten(1).min(1).values[:, None, None]
-            high = per_class.flatten(1).max(1).values[:, None, None]
-            out.append((per_class - low) / (high - low).clamp(min=1e-8))
-        return out
+        return normalised_class_maps(self.heat_maps(), spans)
