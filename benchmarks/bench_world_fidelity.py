@@ -25,10 +25,13 @@ SHEET = Path(__file__).with_name("world_samples.png")
 
 
 def sample(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float, batch: int) -> list[Image.Image]:
+    """Plain generation, guided as the model's family is (doubled CFG batch, or FLUX's separate passes)."""
+    from synthseg.text import encode_prompts
+
     images = []
     for i in range(0, len(prompts), batch):
         generators = [torch.Generator().manual_seed(s) for s in seeds[i : i + batch]]
-        images += pipe(prompts[i : i + batch], generator=generators, num_inference_steps=steps, guidance_scale=guidance).images
+        images += pipe(**encode_prompts(pipe, prompts[i : i + batch], guidance).call, generator=generators, num_inference_steps=steps).images
     return images
 
 
@@ -59,6 +62,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--guidance", type=float, default=2.0)
     parser.add_argument("--batch", type=int, default=25)
+    parser.add_argument("--model", default="world", help="a world model: 'world', 'world-dit' or an export folder")
     args = parser.parse_args()
 
     from synthseg.annotators import load_annotator
@@ -66,7 +70,7 @@ def main() -> None:
     from synthseg.prompts import caption
     from synthseg.world import WORLD_CLASSES, render_scene, scene_seed
 
-    pipe = load_pipeline("world")
+    pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
     annotator = load_annotator("world")
     rng = np.random.default_rng(0)
@@ -84,11 +88,12 @@ def main() -> None:
     world_single, world_pair = rendered[: args.count], rendered[args.count :]
     per_class = {c: float(np.mean([f for g, f in zip(singles, single) if g[0] == c])) for c in WORLD_CLASSES}
     picks = [i for c in range(len(WORLD_CLASSES)) for i in (c, c + len(WORLD_CLASSES))][:16] + list(range(args.count, args.count + 16))
-    contact_sheet([images[i] for i in picks], [prompts[i] for i in picks]).save(SHEET)
+    sheet = SHEET if args.model == "world" else SHEET.with_name(f"{Path(args.model).name}_samples.png")
+    contact_sheet([images[i] for i in picks], [prompts[i] for i in picks]).save(sheet)
 
     rows = "\n".join(f"| {c} | {100 * v:.0f}% |" for c, v in per_class.items())
-    body = f"""The bundled world model (`synthseg/assets/world/t2i`), {args.steps} DDIM steps, guidance {args.guidance},
-judged by the bundled world annotator. Samples: `benchmarks/{SHEET.name}` (top: one-class prompts,
+    body = f"""The world model `{args.model}`, {args.steps} steps, guidance {args.guidance},
+judged by the bundled world annotator. Samples: `benchmarks/{sheet.name}` (top: one-class prompts,
 bottom: two-class prompts).
 
 | prompts | images | annotator finds the prompted class(es) | target | same classes in rendered scenes (held out) |
@@ -107,7 +112,7 @@ Sampling time: {seconds:.3f} s per image on this CPU (batch {args.batch}).
 {rows}
 """
     print(body)
-    write_section("world fidelity", body, world_assets=True)
+    write_section("world fidelity" if args.model == "world" else f"{Path(args.model).name} fidelity", body, world_assets=True)
 
 
 if __name__ == "__main__":

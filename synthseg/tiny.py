@@ -214,3 +214,58 @@ def tiny_flux_pipeline(t5_model: str | Path, seed: int = 0, sample_size: int = 1
                         text_encoder_2=_t5_encoder(tokenizer_2, 32), tokenizer_2=tokenizer_2, transformer=transformer)
     pipe.default_sample_size = sample_size  # FLUX's pipeline assumes 128 latents (1024 px); these images are 2 * sample_size
     return pipe
+
+
+SDXL_UNET = dict(  # stabilityai/stable-diffusion-xl-base-1.0, unet/config.json
+    sample_size=128, in_channels=4, out_channels=4, block_out_channels=(320, 640, 1280), layers_per_block=2,
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    attention_head_dim=(5, 10, 20), cross_attention_dim=2048, transformer_layers_per_block=(1, 2, 10), use_linear_projection=True,
+    addition_embed_type="text_time", addition_time_embed_dim=256, projection_class_embeddings_input_dim=2816,
+)
+FLUX_DEV_TRANSFORMER = dict(  # black-forest-labs/FLUX.1-dev, transformer/config.json (the class defaults)
+    patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128, num_attention_heads=24,
+    joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56),
+)
+
+
+def sdxl_pipeline(seed: int = 0):
+    """SDXL base's UNet, VAE and both CLIP text encoders (ViT-L, OpenCLIP bigG) from their configs, random
+    weights: SDXL's speed and memory at 1024 px."""
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
+    from transformers import CLIPTextModelWithProjection
+
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4,
+                        sample_size=1024, scaling_factor=0.13025, force_upcast=True)
+    clip_l = CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                            max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407, pad_token_id=1, projection_dim=768)
+    clip_g = CLIPTextConfig(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
+                            max_position_embeddings=77, hidden_act="gelu", bos_token_id=49406, eos_token_id=49407, pad_token_id=1, projection_dim=1280)
+    return StableDiffusionXLPipeline(
+        vae=vae, text_encoder=CLIPTextModel(clip_l), text_encoder_2=CLIPTextModelWithProjection(clip_g), tokenizer=clip_tokenizer(),
+        tokenizer_2=clip_tokenizer(), unet=UNet2DConditionModel(**SDXL_UNET),
+        scheduler=EulerDiscreteScheduler(**{k: v for k, v in SD_SCHEDULER.items() if k not in ("clip_sample", "set_alpha_to_one")}),
+        add_watermarker=False,
+    )
+
+
+def flux_dev_pipeline(t5_model: str | Path, seed: int = 0):
+    """FLUX.1-dev's transformer, VAE, CLIP-L and T5-XXL from their configs, random weights (T5's vocabulary
+    from `t5_model`, with FLUX's 512-token length): FLUX's speed and memory at 1024 px."""
+    from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
+    from transformers import T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    tokenizer_2 = t5_tokenizer(t5_model, model_max_length=512)
+    t5 = T5Config(vocab_size=32128, d_model=4096, d_ff=10240, d_kv=64, num_layers=24, num_heads=64, feed_forward_proj="gated-gelu",
+                  pad_token_id=tokenizer_2.pad_token_id, eos_token_id=tokenizer_2.eos_token_id)
+    clip_l = CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
+                            max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407, pad_token_id=1, projection_dim=768)
+    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=16,
+                        sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False)
+    scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_image_seq_len=256, max_image_seq_len=4096,
+                                                base_shift=0.5, max_shift=1.15)
+    return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=CLIPTextModel(clip_l), tokenizer=clip_tokenizer(), text_encoder_2=T5EncoderModel(t5),
+                        tokenizer_2=tokenizer_2, transformer=FluxTransformer2DModel(**FLUX_DEV_TRANSFORMER))

@@ -69,18 +69,20 @@ class ResolvedStep:
 class CapturedFeatures:
     """What one capture recorded, conditional half only (the unconditional CFG half is dropped).
 
-    blocks: ordered {"down_blocks.0": (B, C, H, W), ..., "mid_block": ..., "up_blocks.N": ...}.
-    cross_attention: {processor name: (B, h, w, T) float32}: softmax probabilities of each latent
+    blocks: block outputs (B, C, H, W) in forward order: a UNet's {"down_blocks.0", ..., "mid_block",
+        ..., "up_blocks.N"}, a transformer's chosen {"transformer_blocks.i", "single_transformer_blocks.j"}
+        on its token grid.
+    cross_attention: {layer name: (B, h, w, T) float32}: softmax probabilities of each latent
         position over the T prompt tokens, averaged over heads. Empty if attention was not captured.
     timestep: the scheduler timestep of the captured call.
     """
 
     blocks: dict[str, torch.Tensor] = field(default_factory=dict)
     cross_attention: dict[str, torch.Tensor] = field(default_factory=dict)
-    timestep: int | None = None
+    timestep: int | float | None = None
 
     def block_list(self) -> list[torch.Tensor]:
-        """Block outputs in UNet order (down, mid, up): the grounding module's input."""
+        """Block outputs in forward order: the grounding module's input."""
         return list(self.blocks.values())
 
     def _maps_by_size(self) -> dict[tuple[int, int], torch.Tensor]:

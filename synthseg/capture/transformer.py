@@ -7,8 +7,9 @@ sequence that is split at the text length. What is recorded at the capture step:
 - Block outputs: the image tokens of chosen blocks (`blocks`; every block by default), unpacked to the
   token grid as (B, C, H/p, W/p) maps, p the patch size relative to the latent (SD3's patch size,
   FLUX's 2x2 packing).
-- Image->text attention: per image token, a softmax over the prompt's text tokens of the image query
-  against the text keys (after RoPE for FLUX), averaged over heads, as (B, H/p, W/p, T). It is
+- Image->text attention of the same blocks: per image token, a softmax over the prompt's text tokens
+  of the image query against the text keys (after RoPE for FLUX), averaged over heads, as
+  (B, H/p, W/p, T); the DAAM baseline sums every block's over every step. It is
   computed from image queries and text keys only, never the joint matrix. The joint softmax would also
   spread each token's mass over the image keys; dropping that per-token factor gives each pixel's
   distribution over the prompt, as DAAM's cross-attention maps are, so one set of consumers serves
@@ -165,8 +166,10 @@ class TransformerCapture:
         self.transformer.set_attn_processor(dict(self._original))
 
     def _text_processors(self) -> dict:
-        """The attention layers that see text: every block's `attn` (SD3.5's image-only `attn2` does not)."""
-        return {name: p for name, p in self._original.items() if name.split(".")[-2] == "attn"}
+        """The attention layers to record: the `attn` of each captured block (every block's for the DAAM
+        sum), the ones that see text (SD3.5's image-only `attn2` does not)."""
+        return {name: p for name, p in self._original.items() if name.split(".")[-2] == "attn"
+                and (self.every_step or name.removesuffix(".attn.processor") in self.block_names)}
 
     def _before(self, module, args, kwargs):
         if self._done:

@@ -1,0 +1,157 @@
+"""Grounded generation on every model family: overhead against plain diffusers generation, and capture memory.
+
+- CPU: each family's tiny pipeline (built from configs, `synthseg.tiny`), plain generation against grounded
+  generation with the same seeds and settings, interleaved in one run. Two grounding modules: the paper's
+  (block outputs only) and the shipped recipe's (also the capture step's text attention, for attention
+  pooling and VPD inputs). Target: overhead <= 10%.
+- Capture memory: bytes of captured tensors per image for SDXL and FLUX.1-dev at 1024^2 with the default
+  blocks, from the architectures (fp16 block outputs, fp32 attention maps).
+- GPU (where CUDA exists): SDXL and FLUX.1-dev architectures with random weights, bf16, 1024^2, img/s and
+  overhead at batch 1 and 4; marked as not run elsewhere.
+
+Writes the "Model families" section of benchmarks/RESULTS.md.
+
+    python benchmarks/bench_families.py [--repeats 3] [--steps 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+import torch
+from results import write_section
+
+from synthseg import GroundingConfig, GroundingModule, generate_grounded
+from synthseg.text import pipeline_family, text_tokens
+from synthseg.tiny import (
+    FLUX_DEV_TRANSFORMER,
+    SDXL_UNET,
+    flux_dev_pipeline,
+    sdxl_pipeline,
+    tiny_flux_pipeline,
+    tiny_pipeline,
+    tiny_sd3_pipeline,
+    tiny_sdxl_pipeline,
+)
+
+T5 = Path(__file__).resolve().parents[1] / "tests" / "fixtures" / "t5-tiny.model"
+PROMPTS = ["a photograph of a dog and a cat", "a photograph of a horse"]
+NAMES = [["dog", "cat"], ["horse"]]
+SMALL = dict(fuse_dim=32, mask_dim=32, hidden_dim=64, num_heads=4, ffn_dim=128, token_patch=2)
+
+
+def plain_call(pipe, batch: int, guidance: float) -> dict:
+    """diffusers' own call for the same generation: true CFG for FLUX without distilled guidance."""
+    kwargs = dict(prompt=(PROMPTS * batch)[:batch], guidance_scale=guidance)
+    if pipeline_family(pipe) == "flux" and not pipe.transformer.config.guidance_embeds:
+        kwargs.update(negative_prompt=[""] * batch, true_cfg_scale=guidance)
+    if pipeline_family(pipe) in ("flux", "sd3"):
+        kwargs["max_sequence_length"] = text_tokens(pipe) if pipeline_family(pipe) == "flux" else pipe.tokenizer_3.model_max_length
+    return kwargs
+
+
+def compare(pipe, module, batch: int, steps: int, repeats: int, sync=lambda: None, guidance: float = 2.0, **size) -> tuple[float, float]:
+    """(median plain seconds, median grounded/plain time ratio), the two interleaved so that drift falls on both."""
+    seeds, kwargs = list(range(batch)), plain_call(pipe, batch, guidance)
+
+    def plain():
+        pipe(**kwargs, generator=[torch.Generator("cpu").manual_seed(s) for s in seeds], num_inference_steps=steps, output_type="pil", **size)
+
+    def grounded():
+        generate_grounded(pipe, module, kwargs["prompt"], (NAMES * batch)[:batch], seeds, guidance_scale=guidance, num_inference_steps=steps, **size)
+
+    plain(), grounded()
+    ratios, plains = [], []
+    for _ in range(repeats):
+        times = []
+        for fn in (plain, grounded):
+            sync()
+            start = time.perf_counter()
+            fn()
+            sync()
+            times.append(time.perf_counter() - start)
+        ratios.append(times[1] / times[0])
+        plains.append(times[0])
+    return statistics.median(plains), statistics.median(ratios)
+
+
+def capture_bytes() -> list[tuple[str, int, int]]:
+    """(model, block-output bytes, attention bytes) per image at 1024^2, default blocks."""
+    from diffusers import FluxTransformer2DModel, UNet2DConditionModel
+    from diffusers.models.attention_processor import Attention
+
+    from synthseg.capture import default_blocks, transformer_feature_layout, unet_feature_blocks, unet_feature_layout
+
+    with torch.device("meta"):
+        unet, flux = UNet2DConditionModel(**SDXL_UNET), FluxTransformer2DModel(**FLUX_DEV_TRANSFORMER)
+    latent = 128
+    channels, strides = unet_feature_layout(unet)
+    blocks = sum(c * (latent // s) ** 2 for c, s in zip(channels, strides)) * 2
+    attention, stride = 0, 1
+    for name, block in unet_feature_blocks(unet).items():  # each cross-attention layer's (h, w, 77) map, at its block's stride
+        layers = sum(isinstance(m, Attention) and m.is_cross_attention for m in block.modules())
+        attention += layers * (latent // stride) ** 2 * 77 * 4
+        stride = stride * 2 if name.startswith("down") and getattr(block, "downsamplers", None) else stride
+        stride = stride // 2 if name.startswith("up") and getattr(block, "upsamplers", None) else stride
+    rows = [("SDXL (every UNet block)", blocks, attention)]
+    names = default_blocks(flux)
+    channels, strides = transformer_feature_layout(flux, names)
+    tokens = (latent // strides[0]) ** 2
+    rows.append((f"FLUX.1-dev ({len(names)} of 57 blocks)", len(names) * tokens * channels[0] * 2, len(names) * tokens * 512 * 4))
+    rows.append(("FLUX.1-dev (all 57 blocks)", 57 * tokens * channels[0] * 2, 57 * tokens * 512 * 4))
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=20)
+    args = parser.parse_args()
+
+    families = {"SD 1.x": tiny_pipeline(), "SDXL": tiny_sdxl_pipeline(), "SD3": tiny_sd3_pipeline(T5), "FLUX (true CFG)": tiny_flux_pipeline(T5),
+                "FLUX (distilled guidance)": tiny_flux_pipeline(T5, guidance_embeds=True)}
+    lines = ["| family | batch | paper's module: time ratio | shipped recipe's module: time ratio |", "|---|---|---|---|"]
+    for name, pipe in families.items():
+        pipe.set_progress_bar_config(disable=True)
+        torch.manual_seed(0)
+        paper = GroundingModule(GroundingConfig.for_pipeline(pipe, **SMALL)).eval()
+        shipped = GroundingModule(GroundingConfig.for_pipeline(pipe, cross_attention=True, attention_pooling=True, **SMALL)).eval()
+        for batch in (1, 4):
+            ratios = [compare(pipe, m, batch, args.steps, args.repeats)[1] for m in (paper, shipped)]
+            lines.append(f"| {name} | {batch} | {ratios[0]:.3f} ({100 * (ratios[0] - 1):+.1f}%) | {ratios[1]:.3f} ({100 * (ratios[1] - 1):+.1f}%) |")
+            print(lines[-1])
+    memory = ["| model at 1024^2 | block outputs (fp16) | text attention (fp32) | total |", "|---|---|---|---|"]
+    memory += [f"| {m} | {b / 1e6:,.0f} MB | {a / 1e6:,.0f} MB | {(a + b) / 1e6:,.0f} MB |" for m, b, a in capture_bytes()]
+    print("\n".join(memory))
+    body = [f"### CPU: tiny pipelines of each family (32x32 images, {args.steps} steps, guidance 2.0), grounded / plain time", "",
+            "Same seeds and settings, interleaved in one run; median of the repeats. Target: overhead <= 10%.", "", *lines, "",
+            "### Capture memory per image (computed from the architectures)", "", *memory, ""]
+    if torch.cuda.is_available():
+        body += gpu_part(args)
+    else:
+        body += ["### GPU: SDXL and FLUX.1-dev architectures, bf16, 1024^2", "",
+                 "Not run: no CUDA device on this machine. Anchor: SDXL at 1024^2, 30 steps, A100, compiled, about 2.4 s per image."]
+    write_section("Model families", "\n".join(body))
+
+
+def gpu_part(args) -> list[str]:
+    """img/s of plain and grounded generation at batch 1 and 4, and the overhead, for SDXL and FLUX.1-dev."""
+    lines = ["### GPU: SDXL and FLUX.1-dev architectures (random weights), bf16, 1024^2", "",
+             "| model | batch | plain img/s | grounded img/s | overhead |", "|---|---|---|---|---|"]
+    for name, make, steps, guidance in (("SDXL", sdxl_pipeline, 30, 5.0), ("FLUX.1-dev", lambda: flux_dev_pipeline(T5), 28, 3.5)):
+        pipe = make().to("cuda", torch.bfloat16)
+        pipe.set_progress_bar_config(disable=True)
+        module = GroundingModule(GroundingConfig.for_pipeline(pipe, cross_attention=True, attention_pooling=True)).to("cuda", torch.bfloat16).eval()
+        for batch in (1, 4):
+            seconds, ratio = compare(pipe, module, batch, steps, args.repeats, torch.cuda.synchronize, guidance, height=1024, width=1024)
+            lines.append(f"| {name} | {batch} | {batch / seconds:.3f} | {batch / (seconds * ratio):.3f} | {100 * (ratio - 1):+.1f}% |")
+        del pipe
+        torch.cuda.empty_cache()
+    return lines
+
+
+if __name__ == "__main__":
+    main()
