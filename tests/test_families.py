@@ -205,3 +205,31 @@ def test_everything_downstream_takes_every_family(name, tmp_path):
     result = CliRunner().invoke(app, args)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "out" / "masks" / "00000_sofa.png").is_file()
+
+
+def test_sd35_image_only_attention_is_not_read_as_text_attention():
+    """SD3.5 adds an image-only attention (attn2) to some blocks; only each block's joint attention sees text."""
+    from diffusers import SD3Transformer2DModel
+
+    pipe = tiny_sd3_pipeline(T5)
+    config = {k: v for k, v in pipe.transformer.config.items() if not k.startswith("_")}
+    pipe.transformer = SD3Transformer2DModel(**dict(config, dual_attention_layers=(0,))).eval()
+    pipe.set_progress_bar_config(disable=True)
+    assert any(name.endswith("attn2.processor") for name in pipe.transformer.attn_processors)
+    run = capture_pass(pipe, PROMPTS, NAMES, [0, 1], guidance_scale=2.0, num_inference_steps=2)
+    assert sorted(run.features.cross_attention) == ["transformer_blocks.0.attn", "transformer_blocks.1.attn"]
+
+
+@pytest.mark.parametrize("scheduler, steps", [("DPMSolverMultistepScheduler", 6), ("EulerDiscreteScheduler", 6), ("LCMScheduler", 2),
+                                              ("DDIMScheduler", 1)])
+def test_the_capture_step_on_timestep_schedulers_and_few_step_models(scheduler, steps):
+    """SD 2.x-style v-prediction, DPM-Solver, Euler, and 1- and 2-step sampling all capture the step asked for."""
+    import diffusers
+
+    pipe = tiny_pipeline()
+    pipe.scheduler = getattr(diffusers, scheduler).from_config(pipe.scheduler.config, prediction_type="v_prediction")
+    pipe.set_progress_bar_config(disable=True)
+    last = capture_pass(pipe, PROMPTS, NAMES, [0, 1], guidance_scale=1.0, num_inference_steps=steps)
+    first = capture_pass(pipe, PROMPTS, NAMES, [0, 1], guidance_scale=1.0, num_inference_steps=steps, capture_step=CaptureStep(index=0))
+    assert last.step.index == steps - 1 and first.step.index == 0
+    assert last.features.timestep < first.features.timestep or steps == 1
