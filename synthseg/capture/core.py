@@ -142,3 +142,40 @@ def normalised_class_maps(heat: torch.Tensor, spans) -> list[torch.Tensor]:
         high = per_class.flatten(1).max(1).values[:, None, None]
         out.append((per_class - low) / (high - low).clamp(min=1e-8))
     return out
+
+
+class DenoiserHooks:
+    """Explicit hook and unhook for a capture context (daam's ObjectHooker): `install` registers forward
+    hooks through `hook` (and may swap attention processors); on exit every hook is removed and the
+    denoiser's original processor objects are put back, also after an error. Contexts nest: an inner
+    one takes the outer one's processors as its originals."""
+
+    def __init__(self, denoiser):
+        self.denoiser = denoiser
+        self.features = CapturedFeatures()
+        self._handles: list = []
+        self._original: dict = {}
+        self._active = False
+
+    @property
+    def captured(self) -> bool:
+        """Whether the chosen step has been seen."""
+        return self.features.timestep is not None
+
+    def install(self) -> None:
+        raise NotImplementedError
+
+    def hook(self, handle) -> None:
+        self._handles.append(handle)
+
+    def __enter__(self):
+        self._original = dict(self.denoiser.attn_processors)
+        self.install()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        self._active = False
+        self.denoiser.set_attn_processor(dict(self._original))

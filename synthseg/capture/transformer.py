@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 
 from ..errors import SynthsegError
-from .core import CapturedFeatures, CaptureStep, normalised_class_maps
+from .core import CaptureStep, DenoiserHooks, normalised_class_maps
 
 
 def transformer_kind(transformer) -> str:
@@ -118,7 +118,7 @@ class _TextAttentionRecorder:
         return self.original(attn, hidden_states, encoder_hidden_states, attention_mask=attention_mask, **kwargs)
 
 
-class TransformerCapture:
+class TransformerCapture(DenoiserHooks):
     """Context manager recording one denoising step of an SD3 or FLUX transformer (module docstring).
 
     Args:
@@ -134,36 +134,23 @@ class TransformerCapture:
 
     def __init__(self, transformer, step: CaptureStep, scheduler, *, classifier_free_guidance: bool, attention: bool = True,
                  dtype: torch.dtype | None = None, blocks: list[str] | None = None, every_step: bool = False):
+        super().__init__(transformer)
         self.transformer, self.kind = transformer, transformer_kind(transformer)
         self.step, self.scheduler, self.resolved = step, scheduler, None
         self.classifier_free_guidance, self.attention, self.dtype, self.every_step = classifier_free_guidance, attention, dtype, every_step
         self.block_names = [] if every_step else (blocks or default_blocks(transformer))
         transformer_feature_layout(transformer, self.block_names or None)  # refuses unknown names
-        self.features = CapturedFeatures()
         self.text_len, self.grid = 0, (0, 0)
-        self._active, self._done, self._handles, self._original = False, False, [], None
+        self._done = False
         self._sum: torch.Tensor | None = None
         self._last_timestep: float | None = None
 
-    @property
-    def captured(self) -> bool:
-        return self.features.timestep is not None
-
-    def __enter__(self) -> "TransformerCapture":
-        self._original = dict(self.transformer.attn_processors)
-        self._handles.append(self.transformer.register_forward_pre_hook(self._before, with_kwargs=True))
-        self._handles.append(self.transformer.register_forward_hook(self._after))
+    def install(self) -> None:
+        self.hook(self.transformer.register_forward_pre_hook(self._before, with_kwargs=True))
+        self.hook(self.transformer.register_forward_hook(self._after))
         blocks = transformer_feature_blocks(self.transformer)
         for name in self.block_names:
-            self._handles.append(blocks[name].register_forward_hook(self._block_hook(name)))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self._active = False
-        self.transformer.set_attn_processor(dict(self._original))
+            self.hook(blocks[name].register_forward_hook(self._block_hook(name)))
 
     def _text_processors(self) -> dict:
         """The attention layers to record: the `attn` of each captured block (every block's for the DAAM

@@ -22,7 +22,7 @@ import torch
 from diffusers.models.attention_processor import Attention
 
 from ..errors import SynthsegError
-from .core import CapturedFeatures, normalised_class_maps
+from .core import DenoiserHooks, normalised_class_maps
 
 
 def unet_feature_blocks(unet) -> dict[str, torch.nn.Module]:
@@ -117,7 +117,7 @@ class _RecordingAttnProcessor:
         return hidden_states / attn.rescale_output_factor
 
 
-class FeatureCapture:
+class FeatureCapture(DenoiserHooks):
     """Context manager recording one denoising step's UNet features; see the module docstring.
 
     Args:
@@ -132,42 +132,25 @@ class FeatureCapture:
     """
 
     def __init__(self, unet, timestep: int, *, classifier_free_guidance: bool, attention: bool = True, dtype: torch.dtype | None = None):
+        super().__init__(unet)
         self.unet = unet
         self.timestep = int(timestep)
         self.classifier_free_guidance = classifier_free_guidance
         self.attention = attention
         self.dtype = dtype
-        self.features = CapturedFeatures()
         self.resolved = None  # the ResolvedStep, where `synthseg.capture.feature_capture` made this capture
-        self._handles: list = []
-        self._active = False
         self._latent_hw: tuple[int, int] | None = None
-        self._original_processors: dict | None = None
         self._cross_attention = {
             name: module
             for name, module in unet.named_modules()
             if isinstance(module, Attention) and module.is_cross_attention
         }
 
-    @property
-    def captured(self) -> bool:
-        """Whether the chosen step has been seen."""
-        return self.features.timestep is not None
-
-    def __enter__(self) -> "FeatureCapture":
-        self._original_processors = dict(self.unet.attn_processors)
-        self._handles.append(self.unet.register_forward_pre_hook(self._before_unet, with_kwargs=True))
-        self._handles.append(self.unet.register_forward_hook(self._after_unet))
+    def install(self) -> None:
+        self.hook(self.unet.register_forward_pre_hook(self._before_unet, with_kwargs=True))
+        self.hook(self.unet.register_forward_hook(self._after_unet))
         for name, block in unet_feature_blocks(self.unet).items():
-            self._handles.append(block.register_forward_hook(self._block_hook(name)))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self._active = False
-        self.unet.set_attn_processor(dict(self._original_processors))
+            self.hook(block.register_forward_hook(self._block_hook(name)))
 
     def _before_unet(self, module, args, kwargs):
         if self.captured:
@@ -189,7 +172,7 @@ class FeatureCapture:
         self.features.timestep = self.timestep
         if self.attention:
             for name, attn in self._cross_attention.items():
-                attn.set_processor(self._original_processors[name + ".processor"])
+                attn.set_processor(self._original[name + ".processor"])
 
     def _conditional(self, tensor: torch.Tensor) -> torch.Tensor:
         """The conditional half of a CFG batch (batch dim 0), detached."""
@@ -213,7 +196,7 @@ class FeatureCapture:
         self.features.cross_attention[name] = mean.reshape(-1, latent_h // factor, latent_w // factor, tokens)
 
 
-class CrossAttentionMaps:
+class CrossAttentionMaps(DenoiserHooks):
     """Context manager: DAAM-style token heat maps, summed over every step, cross-attention layer and head.
 
     Unlike `FeatureCapture` it records at every denoising step (it is the training-free baseline, and
@@ -225,26 +208,17 @@ class CrossAttentionMaps:
     """
 
     def __init__(self, unet, *, classifier_free_guidance: bool):
+        super().__init__(unet)
         self.unet = unet
         self.classifier_free_guidance = classifier_free_guidance
         self._sum: torch.Tensor | None = None
         self._latent_hw: tuple[int, int] | None = None
-        self._handles: list = []
-        self._original_processors: dict | None = None
 
-    def __enter__(self) -> "CrossAttentionMaps":
-        self._original_processors = dict(self.unet.attn_processors)
-        self._handles.append(self.unet.register_forward_pre_hook(self._before_unet, with_kwargs=True))
+    def install(self) -> None:
+        self.hook(self.unet.register_forward_pre_hook(self._before_unet, with_kwargs=True))
         for name, module in self.unet.named_modules():
             if isinstance(module, Attention) and module.is_cross_attention:
                 module.set_processor(_RecordingAttnProcessor.over(module.processor, self, name))
-        return self
-
-    def __exit__(self, *exc) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self.unet.set_attn_processor(dict(self._original_processors))
 
     def _before_unet(self, module, args, kwargs):
         sample = kwargs.get("sample", args[0] if args else None)
