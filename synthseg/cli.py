@@ -8,8 +8,13 @@ recipes and diffusers, `--stop-at` the step where a training sitting ends, `--de
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
+import os
+import signal
+import sys
+import threading
 import warnings
 from pathlib import Path
 from typing import Annotated, Optional
@@ -50,6 +55,28 @@ def _fail(message: str, code: int = 1):
     raise typer.Exit(code)
 
 
+def _interrupted(message: str) -> None:
+    """Ctrl-C: one line, then exit 130 at once, as a kill would: every file is written atomically, so there
+    is nothing to clean up. (Left to propagate, an interrupt can be swallowed by a library, or make Python
+    end by SIGINT at shutdown.)"""
+    sys.stderr.write(f"error: {message}\n")
+    sys.stderr.flush()
+    os._exit(130)
+
+
+@contextlib.contextmanager
+def _on_interrupt(message: str):
+    """Within the block, SIGINT calls `_interrupted(message)` wherever it lands (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: _interrupted(message))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 def _command(function):
     """Register a command whose bad input, full disk or Ctrl-C ends in one `error:` line, never a traceback."""
     name = function.__name__.replace("_", "-")
@@ -58,11 +85,12 @@ def _command(function):
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
         try:
-            return function(*args, **kwargs)
+            with _on_interrupt(f"interrupted{resume}"):
+                return function(*args, **kwargs)
         except SynthsegError as error:
             _fail(str(error))
         except KeyboardInterrupt:
-            _fail(f"interrupted{resume}", 130)
+            _interrupted(f"interrupted{resume}")
         except OSError as error:
             if error.errno == errno.ENOSPC:
                 _fail(f"no space left on device{f' writing {error.filename}' if error.filename else ''}: free some space{resume}")

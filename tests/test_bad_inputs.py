@@ -130,6 +130,7 @@ def test_ctrl_c_is_one_line(monkeypatch, tmp_path):
         raise KeyboardInterrupt
 
     monkeypatch.setattr(synthseg.dataset, "build_dataset", interrupt)
+    monkeypatch.setattr(os, "_exit", sys.exit)  # the command leaves at once; here the runner must see the exit
     error = one_error(runner.invoke(app, ["make-dataset", "--out", str(tmp_path / "ds")]), code=130)
     assert error == "error: interrupted; rerun the same command to resume"
 
