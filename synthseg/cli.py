@@ -105,6 +105,11 @@ def _device(spec: str):
     return resolve_device(spec)
 
 
+def _names(text: str) -> list[str]:
+    """A comma-separated option as a list of names."""
+    return [name.strip() for name in text.split(",") if name.strip()]
+
+
 def _recipe_models(config, device):
     """(pipeline, annotator) of a grounding recipe, on `device`."""
     from .annotators import load_annotator
@@ -137,7 +142,7 @@ def generate(
     from .pipeline import load_pipeline
     from .registry import check_vocabulary, model_card
 
-    names = [[name.strip() for name in group.split(",") if name.strip()] for group in classes]
+    names = [_names(group) for group in classes]
     check_vocabulary(model, [n for group in names for n in group])
     check_output_dir(out)
     card, torch_device = model_card(model), _device(device)
@@ -238,6 +243,7 @@ def train_grounding(
     attention_pooling: Annotated[Optional[bool], typer.Option("--attention-pooling/--no-attention-pooling",
                                                               help=f"Pool each query's feature under its class's cross-attention map; {FROM_RECIPE}.")] = None,
     query_dropout: Annotated[Optional[float], typer.Option(help=f"Share of training queries with their text embedding zeroed; {FROM_RECIPE}.")] = None,
+    blocks: Annotated[Optional[str], typer.Option(help=f"Transformer blocks to read, comma-separated, of the triplets' (ablation); {FROM_RECIPE}.")] = None,
     train_steps: Annotated[Optional[int], typer.Option(help=f"Training steps; {FROM_RECIPE}.")] = None,
     online: Annotated[bool, typer.Option("--online", help="Generate and label triplets every step instead of reading --triplets.")] = False,
     model: Annotated[Optional[str], typer.Option(help=f"Pipeline for --online; {FROM_RECIPE}.")] = None,
@@ -251,7 +257,8 @@ def train_grounding(
 
     config = load_grounding_recipe(recipe, pipeline=model, annotator=annotator,
                                    train=dict(zero_masks=zero_masks, steps=train_steps, query_dropout=query_dropout),
-                                   model=dict(cross_attention=cross_attention, attention_pooling=attention_pooling))
+                                   model=dict(cross_attention=cross_attention, attention_pooling=attention_pooling,
+                                              blocks=_names(blocks) if blocks is not None else None))
     if online:
         source = OnlineTriplets(*_recipe_models(config, _device(device)), config.triplets)
     else:

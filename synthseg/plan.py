@@ -1,7 +1,8 @@
 """Dry runs: what a make-dataset or make-triplets job would write, in seconds and without loading a model.
 
 Sizes come from the model's config files alone (a local folder, a bundled name, or a hub id already
-in the Hugging Face cache); the UNet is built on PyTorch's "meta" device, which allocates nothing.
+in the Hugging Face cache), for every family (a UNet, SD3's or FLUX's transformer); the denoiser is
+built on PyTorch's "meta" device, which allocates nothing.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import json
 from collections import Counter
 from pathlib import Path
+from types import SimpleNamespace
 
 from .registry import resolve_pipeline
 
@@ -24,12 +26,26 @@ def model_config(model: str, subfolder: str, name: str = "config.json") -> dict 
     return json.loads(Path(cached).read_text()) if isinstance(cached, str) else None
 
 
+def _denoiser_config(model: str) -> tuple[str, dict] | tuple[None, None]:
+    """("unet" or "transformer", its config) of a pipeline's denoiser; (None, None) where not on this machine."""
+    for part in ("unet", "transformer"):
+        config = model_config(model, part)
+        if config is not None:
+            return part, config
+    return None, None
+
+
 def image_size(model: str) -> int | None:
-    """Generated image side in pixels: the UNet's sample size times the VAE's downsampling."""
-    unet, vae = model_config(model, "unet"), model_config(model, "vae")
-    if unet is None or vae is None:
+    """Generated image side in pixels, as the pipeline's default: the denoiser's sample size (a UNet's or
+    SD3's) times the VAE's downsampling; FLUX's pipeline makes 1024 px, the world's export the VAE's size."""
+    from .worldmodel import world_pipeline_class
+
+    denoiser, vae = _denoiser_config(model)[1], model_config(model, "vae")
+    if denoiser is None or vae is None:
         return None
-    return int(unet["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    if "sample_size" in denoiser:
+        return int(denoiser["sample_size"]) * 2 ** (len(vae["block_out_channels"]) - 1)
+    return int(vae["sample_size"]) if world_pipeline_class(resolve_pipeline(model)) else 1024
 
 
 def dataset_item_bytes(model: str) -> int | None:
@@ -38,25 +54,39 @@ def dataset_item_bytes(model: str) -> int | None:
     return None if size is None else size * size * 4 + 4096
 
 
-def triplet_bytes(model: str, dtype_bytes: int, cross_attention: bool) -> int | None:
-    """What one triplet costs: every captured block output, the masks and, with `cross_attention`, the
-    per-token attention maps at each attention resolution."""
+def _text_tokens(model: str, kind: str) -> int:
+    """T, the prompt length the denoiser reads (see `text.text_tokens`), from the tokenizers' configs."""
+    def limit(folder: str, default: int) -> int:
+        return int((model_config(model, folder, "tokenizer_config.json") or {}).get("model_max_length", default))
+
+    if kind == "FluxTransformer2DModel":
+        return min(512, limit("tokenizer_2", 512))
+    if kind == "SD3Transformer2DModel":
+        return limit("tokenizer", 77) + min(256, limit("tokenizer_3", 256))
+    return limit("tokenizer", 77)
+
+
+def triplet_bytes(model: str, dtype_bytes: int, cross_attention: bool, blocks: list[str] | None = None) -> int | None:
+    """What one triplet costs: every captured block output (a transformer's `blocks`, default
+    `capture.default_blocks`), the masks and, with `cross_attention`, the per-token attention maps at
+    each attention resolution. The denoiser is built on the meta device from its config alone."""
+    import diffusers
     import torch
-    from diffusers import UNet2DConditionModel
 
-    from .capture.unet import unet_attention_strides, unet_feature_layout
+    from .capture import attention_strides, feature_layout
 
-    config, size = model_config(model, "unet"), image_size(model)
+    (part, config), size = _denoiser_config(model), image_size(model)
     if config is None or size is None:
         return None
     with torch.device("meta"):
-        unet = UNet2DConditionModel.from_config(config)
-    latent = int(config["sample_size"])
-    channels, strides = unet_feature_layout(unet)
+        denoiser = getattr(diffusers, config["_class_name"]).from_config(config)
+    stand_in = SimpleNamespace(**{part: denoiser})  # all that feature_layout and attention_strides read of a pipeline
+    latent = size // 2 ** (len(model_config(model, "vae")["block_out_channels"]) - 1)
+    channels, strides = feature_layout(stand_in, blocks)
     total = sum(c * (latent // s) ** 2 for c, s in zip(channels, strides)) * dtype_bytes + 2 * size * size
     if cross_attention:
-        tokens = (model_config(model, "tokenizer", "tokenizer_config.json") or {}).get("model_max_length", 77)
-        total += sum(tokens * (latent // s) ** 2 for s in unet_attention_strides(unet)) * dtype_bytes
+        tokens = _text_tokens(model, config["_class_name"])
+        total += sum(tokens * (latent // s) ** 2 for s in attention_strides(stand_in)) * dtype_bytes
     return total
 
 

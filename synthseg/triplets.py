@@ -95,7 +95,7 @@ def triplet_prompt(recipe: TripletRecipe, index: int) -> Prompt:
 def plan_summary(recipe: TripletRecipe, model: str) -> str:
     """What `make_triplets` would do, without loading a model: counts per class and pair, and disk."""
     prompts = [triplet_prompt(recipe, i) for i in range(recipe.count)]
-    item = triplet_bytes(model, torch.finfo(getattr(torch, recipe.feature_dtype)).bits // 8, recipe.cross_attention)
+    item = triplet_bytes(model, torch.finfo(getattr(torch, recipe.feature_dtype)).bits // 8, recipe.cross_attention, recipe.blocks or None)
     return plan_text("triplets", prompts, item)
 
 

@@ -1,6 +1,7 @@
 """Every model family on a tiny model built from configs, offline: SD 1.x, SDXL, SD3, FLUX (true CFG) and
 FLUX-dev (guidance-distilled), through capture, text queries, grounded generation and DAAM maps."""
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -167,6 +168,7 @@ def test_feature_capture_refuses_an_unknown_denoiser():
 def test_everything_downstream_takes_every_family(name, tmp_path):
     """A saved folder through the one loader, then triplets, train-grounding, evaluate-grounding with the
     DAAM baseline on the family's own attention, make-dataset and generate."""
+    from safetensors.torch import load_file
     from test_evaluation import LeftHalf
     from test_triplets import FakeAnnotator
     from typer.testing import CliRunner
@@ -176,6 +178,7 @@ def test_everything_downstream_takes_every_family(name, tmp_path):
     from synthseg.dataset import DatasetRecipe, make_dataset
     from synthseg.evaluation import evaluate_grounding
     from synthseg.pipeline import load_pipeline
+    from synthseg.plan import image_size, triplet_bytes
     from synthseg.train.grounding import GroundingModelRecipe, GroundingRecipe, TrainRecipe, train_grounding
     from synthseg.triplets import TripletRecipe, TripletShards, make_triplets
 
@@ -189,10 +192,23 @@ def test_everything_downstream_takes_every_family(name, tmp_path):
     make_triplets(pipe, FakeAnnotator(), triplets, tmp_path / "t")
     shards = TripletShards(tmp_path / "t")
     assert shards.layout()["feature_blocks"] == (default_blocks(pipe.transformer) if name != "sdxl" else [])
+    if name != "flux":  # the dry run's estimate is what a triplet stores (a saved FLUX folder plans FLUX's 1024 px)
+        data = load_file(tmp_path / "t" / "shard-00000.safetensors")
+        stored = sum(v.nbytes for k, v in data.items() if k.startswith(("features.", "attention."))) // len(data["queries"])
+        assert triplet_bytes(str(tmp_path / "pipe"), 4, True) == stored + 2 * image_size(str(tmp_path / "pipe")) ** 2
     recipe = GroundingRecipe(split="voc-15-5", pipeline=str(tmp_path / "pipe"), model=GroundingModelRecipe(**SMALL, attention_pooling=True),
                              train=TrainRecipe(steps=2, batch_size=2, warmup_steps=1, checkpoint_every=2))
     module = train_grounding(recipe, shards, tmp_path / "w", tmp_path / "g")
     module.config.check_pipeline(pipe)
+    if name != "sdxl":  # a block-choice ablation: a module reads a subset of the stored blocks, and records only those
+        last = default_blocks(pipe.transformer)[-1:]
+        narrow = train_grounding(replace(recipe, model=replace(recipe.model, blocks=last)), shards, tmp_path / "w1", tmp_path / "g1")
+        assert narrow.config.feature_blocks == last and len(narrow.config.feature_channels) == 1
+        run = generate_grounded(pipe, narrow, ["a photograph of a dog"], [["dog"]], [0], guidance_scale=2.0, num_inference_steps=2,
+                                return_features=True)
+        assert list(run.features.blocks) == last and run.masks[0].shape[0] == 1
+        with pytest.raises(SynthsegError, match="not in the triplets"):
+            train_grounding(replace(recipe, model=replace(recipe.model, blocks=["transformer_blocks.99"])), shards, tmp_path / "w2", tmp_path / "g2")
     scores = evaluate_grounding(pipe, module, LeftHalf(), get_split("voc-15-5"), per_class=1, pairs=1, templates=triplets.templates,
                                 num_inference_steps=2, guidance_scale=2.0, batch_size=4)
     assert set(scores.table) == {"Grounding module", "Cross-attention (DAAM)"}

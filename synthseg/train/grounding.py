@@ -50,9 +50,12 @@ class TrainRecipe:
 @dataclass
 class GroundingModelRecipe(GroundingArchitecture):
     """A recipe's `model` section: the module's sizes, and whether it reads the triplets' cross-attention
-    maps (VPD's inputs). cross_attention None: whatever the triplets hold; True: they must hold them."""
+    maps (VPD's inputs). cross_attention None: whatever the triplets hold; True: they must hold them.
+    blocks: the transformer blocks it reads, a subset of those the triplets hold (empty: all of them),
+    so one triplet set serves a block-choice ablation."""
 
     cross_attention: bool | None = None
+    blocks: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -104,6 +107,20 @@ def load_grounding_recipe(spec: str | Path, **overrides: dict) -> GroundingRecip
     return load_config(GroundingRecipe, data, str(path))
 
 
+def select_blocks(layout: dict, blocks: list[str]) -> tuple[dict, list[int]]:
+    """The triplet `layout` narrowed to the transformer `blocks` (empty: all), and the positions of the
+    kept blocks among the stored feature maps."""
+    stored = layout.get("feature_blocks", [])
+    if not blocks:
+        return layout, list(range(len(layout["feature_channels"])))
+    unknown = [b for b in blocks if b not in stored]
+    if unknown:
+        raise SynthsegError(f"model.blocks {unknown} are not in the triplets, which hold {stored or 'a UNet (all its blocks)'}")
+    keep = [stored.index(b) for b in stored if b in blocks]  # capture order, whatever the recipe's order
+    narrowed = {k: [layout[k][i] for i in keep] for k in ("feature_channels", "feature_strides", "feature_blocks")}
+    return {**layout, **narrowed}, keep
+
+
 def drop_queries(queries: torch.Tensor, rate: float, seed) -> torch.Tensor:
     """(B, Q, D) queries with each one zeroed with probability `rate`; the draw depends on `seed` alone
     (the trainer passes [seed, step], so a resumed run repeats an uninterrupted one)."""
@@ -124,6 +141,7 @@ def train_grounding(recipe: GroundingRecipe, triplets, workdir: Path, output: Pa
                             "triplets.cross_attention: true, or train with --no-cross-attention")
     if wanted is False:  # leave out the attention maps the triplets may hold
         layout = {k: v for k, v in layout.items() if k not in ATTENTION_FIELDS}
+    layout, keep = select_blocks(layout, model.pop("blocks"))
     config = load_config(GroundingConfig, {**layout, **model}, "triplet layout")
     claim_workdir(workdir, recipe)
     t = recipe.train
@@ -138,7 +156,7 @@ def train_grounding(recipe: GroundingRecipe, triplets, workdir: Path, output: Pa
         if batches is None:
             batches = triplets.batches(t.batch_size, step)
         batch = next(batches)
-        inputs = batch["features"] + (batch["attention"] if config.cross_attention_strides else [])
+        inputs = [batch["features"][i] for i in keep] + (batch["attention"] if config.cross_attention_strides else [])
         queries = drop_queries(batch["queries"], t.query_dropout, [t.seed, step])
         logits = module(inputs, queries, batch["valid"], batch.get("class_attention"))
         missing = None if t.zero_masks else batch["missing"]

@@ -101,7 +101,7 @@ def train_world_dit(recipe: WorldDiTRecipe, workdir: Path, output: Path, max_ste
     staging = output.with_name(output.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     for part in ("vae", "transformer"):  # the text encoders are not written: their pip package holds them
-        getattr(pipe, part).to(torch.float16).save_pretrained(staging / part)
+        getattr(pipe, part).half().save_pretrained(staging / part)  # half(), not to(): no warning for FLUX
     for part in ("scheduler", "tokenizer", "tokenizer_2"):
         getattr(pipe, part).save_pretrained(staging / part)
     pipe.register_modules(transformer=pipe.transformer)

@@ -166,7 +166,7 @@ def train_world_model(recipe: WorldModelRecipe, workdir: Path, output: Path, max
     staging = output.with_name(output.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     for part in ("vae", "unet"):  # the text encoder is not written: its pip package holds it
-        getattr(pipe, part).to(torch.float16).save_pretrained(staging / part)
+        getattr(pipe, part).half().save_pretrained(staging / part)
     for part in ("scheduler", "tokenizer"):
         getattr(pipe, part).save_pretrained(staging / part)
     pipe.save_config(staging)
