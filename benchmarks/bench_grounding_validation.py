@@ -81,7 +81,7 @@ mIoU (%) against the bundled annotator's masks. {(time.perf_counter() - start) /
 {chr(10).join(rows)}
 """
     print(body)
-    write_section("Protocol i validation (held-out seen classes)", body, world_assets=True)
+    write_section("Protocol i validation (held-out seen classes)", body, bundle="world")
 
 
 if __name__ == "__main__":

@@ -4,9 +4,11 @@ Every module is scored on the same test prompts and seeds (all world classes, on
 prompts) against the bundled annotator's masks, seen vs unseen classes of split "world". The
 baseline's threshold is tuned on seen classes only. Targets: the default module beats the baseline
 by >= 15 mIoU points on seen and on unseen classes, and its unseen mIoU >= 0.9 x its seen mIoU.
-Writes the "Protocol i (world)" section of benchmarks/RESULTS.md.
+Writes the "Protocol i (<model>)" section of benchmarks/RESULTS.md, <model> being the recipe's pipeline
+(world, world-dit) unless --model names another.
 
-    python benchmarks/bench_protocol_i.py [--module "NAME=DIR" ...] [--per-class 20] [--pairs 120]
+    python benchmarks/bench_protocol_i.py [--recipe world-grounding] [--model DIR] [--module "NAME=DIR" ...]
+                                          [--per-class 20] [--pairs 120]
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--module", action="append", default=[], help="NAME=DIR of a grounding module; the first is the default")
     parser.add_argument("--recipe", default="world-grounding")
+    parser.add_argument("--model", help="the text-to-image pipeline (default: the recipe's)")
     parser.add_argument("--per-class", type=int, default=20)
     parser.add_argument("--pairs", type=int, default=120)
     args = parser.parse_args()
@@ -32,12 +35,14 @@ def main() -> None:
     from synthseg.evaluation import COLUMNS, evaluate_grounding
     from synthseg.grounding import GroundingModule
     from synthseg.pipeline import load_pipeline
+    from synthseg.registry import BUNDLES
     from synthseg.train.grounding import capture_step_of, load_grounding_recipe
 
-    modules = dict(m.split("=", 1) for m in args.module) or {"grounding module (shipped)": "world"}
+    modules = dict(m.split("=", 1) for m in args.module) or {"grounding module (shipped)": args.recipe.removesuffix("-grounding")}
     recipe = load_grounding_recipe(args.recipe)
     t = recipe.triplets
-    pipe, annotator = load_pipeline(recipe.pipeline), load_annotator(recipe.annotator)
+    model = args.model or recipe.pipeline
+    pipe, annotator = load_pipeline(model), load_annotator(recipe.annotator)
     split = get_split(recipe.split)
     table, counts, threshold, start = {}, None, None, time.perf_counter()
     for name, directory in modules.items():
@@ -63,7 +68,7 @@ def main() -> None:
     seen, unseen = mean(default, "seen"), mean(default, "unseen")
     margin_seen, margin_unseen = seen - mean(baseline, "seen"), unseen - mean(baseline, "unseen")
     body = f"""Split `{split.name}` (unseen: {', '.join(split.unseen)}); {args.per_class} one-class prompts per class and
-{args.pairs} two-class prompts, {t.num_inference_steps} DDIM steps, guidance {t.guidance_scale};
+{args.pairs} two-class prompts, {t.num_inference_steps} {type(pipe.scheduler).__name__} steps, guidance {t.guidance_scale};
 mIoU (%) against the bundled annotator's masks (a class it does not find is not scored there). Each module is
 evaluated at the capture step its triplets used (its recipe.json).
 DAAM threshold {threshold} tuned on seen classes. {(time.perf_counter() - start) / 60:.1f} min.
@@ -74,7 +79,7 @@ Targets for `{next(iter(modules))}`: beats the baseline by >= 15 points on seen 
 unseen classes (**{100 * margin_unseen:+.1f}**); unseen / seen = **{unseen / seen:.2f}** (target >= 0.9).
 """
     print(body)
-    write_section("Protocol i (world)", body, world_assets=True)
+    write_section(f"Protocol i ({model})", body, bundle=model if model in BUNDLES else None)
 
 
 if __name__ == "__main__":

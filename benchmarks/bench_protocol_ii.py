@@ -87,7 +87,7 @@ Synthetic data: `make-dataset --classes world --per-class {args.per_class} --per
 of the model but have no training pixels, so a closed-vocabulary segmenter cannot learn them.
 """
     print(body)
-    write_section("Protocol ii (world)", body, world_assets=True)
+    write_section("Protocol ii (world)", body, bundle="world")
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ on the bundled world. {kept} of the {planned} planned images were kept (the rest
 Total: **{sum(times):.0f} s** (target <= 120 s after setup).
 """
     print(body)
-    write_section("quickstart", body, world_assets=True)
+    write_section("quickstart", body, bundle="world")
 
 
 if __name__ == "__main__":

@@ -112,7 +112,9 @@ Sampling time: {seconds:.3f} s per image on this CPU (batch {args.batch}).
 {rows}
 """
     print(body)
-    write_section("world fidelity" if args.model == "world" else f"{Path(args.model).name} fidelity", body, world_assets=True)
+    from synthseg.registry import BUNDLES
+
+    write_section(f"{Path(args.model).name} fidelity", body, bundle=args.model if args.model in BUNDLES else None)
 
 
 if __name__ == "__main__":

@@ -246,14 +246,15 @@ def train_grounding(
     blocks: Annotated[Optional[str], typer.Option(help=f"Transformer blocks to read, comma-separated, of the triplets' (ablation); {FROM_RECIPE}.")] = None,
     train_steps: Annotated[Optional[int], typer.Option(help=f"Training steps; {FROM_RECIPE}.")] = None,
     online: Annotated[bool, typer.Option("--online", help="Generate and label triplets every step instead of reading --triplets.")] = False,
-    model: Annotated[Optional[str], typer.Option(help=f"Pipeline for --online; {FROM_RECIPE}.")] = None,
+    model: Annotated[Optional[str], typer.Option(help=f"Pipeline for --online, or the one that made replay triplets; {FROM_RECIPE}.")] = None,
     annotator: Annotated[Optional[str], typer.Option(help=f"Annotator for --online; {FROM_RECIPE}.")] = None,
     device: Device = "auto",
     stop_at: StopAt = None,
 ) -> None:
     """Train the grounding module on a triplet cache or online (default: without zero masks)."""
+    from .pipeline import load_pipeline
     from .train.grounding import load_grounding_recipe, train_grounding as train
-    from .triplets import OnlineTriplets, TripletShards
+    from .triplets import OnlineTriplets, TripletShards, stored_for_replay
 
     config = load_grounding_recipe(recipe, pipeline=model, annotator=annotator,
                                    train=dict(zero_masks=zero_masks, steps=train_steps, query_dropout=query_dropout),
@@ -262,7 +263,8 @@ def train_grounding(
     if online:
         source = OnlineTriplets(*_recipe_models(config, _device(device)), config.triplets)
     else:
-        source = TripletShards(triplets, seed=config.train.seed)
+        pipe = load_pipeline(config.pipeline, device=_device(device)) if stored_for_replay(triplets) else None
+        source = TripletShards(triplets, seed=config.train.seed, pipe=pipe)
     train(config, source, workdir, out, stop_at)
     _stderr.print(f"saved {out}")
 

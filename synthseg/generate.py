@@ -86,6 +86,7 @@ def capture_pass(
     feature_dtype: torch.dtype | None = None,
     blocks: list[str] | None = None,
     daam: bool = False,
+    record_inputs: bool = False,
     height: int | None = None,
     width: int | None = None,
     negative_prompt: str | list[str] | None = None,
@@ -97,6 +98,7 @@ def capture_pass(
     against their prompts before any generation work. `attention` also records the capture step's
     cross-attention (VPD inputs, attention pooling); `daam` also sums every step's (the baseline).
     `blocks`: the transformer blocks to record (see `synthseg.capture.default_blocks`; a UNet records all).
+    `record_inputs`: also keep the capture step's denoiser arguments, to replay it (`synthseg.capture.replay`).
     Works for every family of `synthseg.text` (SD 1.x/2.x, SDXL, SD3, FLUX).
     """
     if len(seeds) != len(prompts):
@@ -108,7 +110,8 @@ def capture_pass(
     with contextlib.ExitStack() as stack:
         baseline = stack.enter_context(attention_maps(pipe, classifier_free_guidance=cfg)) if daam else None
         capture = stack.enter_context(feature_capture(pipe, capture_step, num_inference_steps, classifier_free_guidance=cfg,
-                                                      attention=attention, dtype=feature_dtype, blocks=blocks))
+                                                      attention=attention, dtype=feature_dtype, blocks=blocks,
+                                                      record_inputs=record_inputs))
         images = pipe(**text.call, generator=generators, num_inference_steps=num_inference_steps, height=height, width=width,
                       output_type="pil").images
     if not capture.captured:

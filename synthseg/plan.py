@@ -14,6 +14,8 @@ from types import SimpleNamespace
 
 from .registry import resolve_pipeline
 
+MAX_CLASSES = 2  # a triplet's prompt names one or two classes
+
 
 def model_config(model: str, subfolder: str, name: str = "config.json") -> dict | None:
     """A pipeline part's config file, from a folder or the Hugging Face cache; None where neither has it."""
@@ -66,28 +68,59 @@ def _text_tokens(model: str, kind: str) -> int:
     return limit("tokenizer", 77)
 
 
-def triplet_bytes(model: str, dtype_bytes: int, cross_attention: bool, blocks: list[str] | None = None) -> int | None:
-    """What one triplet costs: every captured block output (a transformer's `blocks`, default
-    `capture.default_blocks`), the masks and, with `cross_attention`, the per-token attention maps at
-    each attention resolution. The denoiser is built on the meta device from its config alone."""
+def feature_bytes(pipe, latent: int, tokens: int, dtype_bytes: int, cross_attention: bool, blocks: list[str] | None = None) -> int:
+    """What one triplet's cached features cost at a `latent` x `latent` grid: every captured block output
+    (a transformer's `blocks`, default `capture.default_blocks`), each class's attention map at the
+    finest block's size and, with `cross_attention`, the per-token attention maps at each attention
+    resolution. `pipe` may be a stand-in holding only the denoiser."""
+    from .capture import attention_strides, feature_layout
+
+    channels, strides = feature_layout(pipe, blocks)
+    total = sum(c * (latent // s) ** 2 for c, s in zip(channels, strides)) + MAX_CLASSES * (latent // min(strides)) ** 2
+    if cross_attention:
+        total += sum(tokens * (latent // s) ** 2 for s in attention_strides(pipe))
+    return total * dtype_bytes
+
+
+def replay_bytes(denoiser, latent: int, tokens: int, dtype_bytes: int, replay_text: str) -> int:
+    """What one replay triplet's denoiser inputs cost: the latent input (FLUX's packed 2x2), FLUX's
+    positional ids, and with `replay_text` "embeddings" the text states and pooled vector."""
+    config, flux = denoiser.config, type(denoiser).__name__.startswith("Flux")
+    side = latent // 2 if flux else latent
+    total = config.in_channels * side**2 + ((side**2 + tokens) * 3 if flux else 0)
+    if replay_text == "embeddings":
+        width = config.get("cross_attention_dim") or config.get("joint_attention_dim")
+        pooled = config.get("pooled_projection_dim") or 0
+        if config.get("addition_embed_type") == "text_time":  # SDXL: the pooled CLIP-G vector beside six size conditions
+            pooled = config.projection_class_embeddings_input_dim - 6 * config.addition_time_embed_dim
+        total += tokens * width + pooled
+    return total * dtype_bytes
+
+
+def triplet_bytes(model: str, dtype_bytes: int, cross_attention: bool, blocks: list[str] | None = None, storage: str = "features",
+                  replay_text: str = "embeddings") -> tuple[int | None, str | None]:
+    """(bytes, storage) of one triplet of `model` at its default size: features or replay inputs (`storage`
+    "auto" chooses as `triplets.storage_kind` does), the class queries and bit-packed masks; (None, None)
+    where the model's configs are not on this machine. The denoiser is built on the meta device."""
     import diffusers
     import torch
 
-    from .capture import attention_strides, feature_layout
+    from .triplets import REPLAY_ABOVE
 
     (part, config), size = _denoiser_config(model), image_size(model)
     if config is None or size is None:
-        return None
+        return None, None
     with torch.device("meta"):
         denoiser = getattr(diffusers, config["_class_name"]).from_config(config)
     stand_in = SimpleNamespace(**{part: denoiser})  # all that feature_layout and attention_strides read of a pipeline
     latent = size // 2 ** (len(model_config(model, "vae")["block_out_channels"]) - 1)
-    channels, strides = feature_layout(stand_in, blocks)
-    total = sum(c * (latent // s) ** 2 for c, s in zip(channels, strides)) * dtype_bytes + 2 * size * size
-    if cross_attention:
-        tokens = _text_tokens(model, config["_class_name"])
-        total += sum(tokens * (latent // s) ** 2 for s in attention_strides(stand_in)) * dtype_bytes
-    return total
+    tokens = _text_tokens(model, config["_class_name"])
+    cached = feature_bytes(stand_in, latent, tokens, dtype_bytes, cross_attention, blocks)
+    if storage == "auto":
+        storage = "replay" if cached > REPLAY_ABOVE else "features"
+    stored = replay_bytes(denoiser, latent, tokens, dtype_bytes, replay_text) if storage == "replay" else cached
+    width = config.get("cross_attention_dim") or config.get("joint_attention_dim")
+    return stored + MAX_CLASSES * (width * dtype_bytes + size * ((size + 7) // 8)), storage
 
 
 def _human(count: float) -> str:

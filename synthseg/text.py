@@ -120,6 +120,19 @@ def encode_prompts(pipe, prompts: list[str], guidance_scale: float, negative_pro
     return EncodedPrompts(embeds, call, cfg)
 
 
+# The denoiser arguments that come from the text encoders, as the pipelines pass them: the text states,
+# and the pooled vector (SDXL's added text_embeds; SD3's and FLUX's pooled_projections).
+TEXT_INPUTS = ("encoder_hidden_states", "added_cond_kwargs.text_embeds", "pooled_projections")
+
+
+def text_inputs(pipe, prompts: list[str]) -> dict:
+    """The denoiser's text arguments for `prompts` (conditional), by their `TEXT_INPUTS` names: what a
+    replay of a stored denoiser call needs when it kept the prompt rather than its states."""
+    call = encode_prompts(pipe, prompts, guidance_scale=0.0).call
+    pooled = {"sdxl": "added_cond_kwargs.text_embeds", "sd3": "pooled_projections", "flux": "pooled_projections"}.get(pipeline_family(pipe))
+    return {"encoder_hidden_states": call["prompt_embeds"], **({pooled: call["pooled_prompt_embeds"]} if pooled else {})}
+
+
 def prompt_token_spans(pipe, prompts: list[str], class_names: list[list[str]]) -> list[list[list[int]]]:
     """Every class's positions in the text states of `pipe`, per prompt: in each stream that carries
     it (see the module docstring). Streams side by side (SDXL's two CLIPs) must split a name alike.

@@ -10,14 +10,25 @@ templates), generates each image with feature capture, and labels it with an ann
   masks" it then adds no loss (see `grounding_loss`).
 
 Storage: `recipe.json` (the TripletRecipe; a rerun with another one is refused), `layout.json`
-(the UNet feature layout and text width, for building a grounding module),
-`shard-NNNNN.safetensors` holds `shard_size` triplets (block features in fp16 by default, with
-`cross_attention` also the cross-attention maps per stride, each class's cross-attention map for
-`attention_pooling`, class-query embeddings, uint8 masks, missing and valid flags) and
-`shard-NNNNN.jsonl` one record per triplet (prompt, seed, classes, missing, scores). Each shard is
-written atomically and a run skips shards that already exist, so a killed job resumes where it
-stopped; prompts and seeds depend only on the triplet index, so the result is the same. Cost on
-disk: see `TripletShards.bytes_per_triplet`.
+(the feature layout, text width and storage kind, for building a grounding module),
+`shard-NNNNN.safetensors` holds `shard_size` triplets and `shard-NNNNN.jsonl` one record per triplet
+(prompt, seed, classes, missing, scores). Each shard is written atomically and a run skips shards that
+already exist, so a killed job resumes where it stopped; prompts and seeds depend only on the triplet
+index, so the result is the same. Cost on disk: see `TripletShards.bytes_per_triplet`.
+
+A shard holds class-query embeddings, bit-packed masks, missing and valid flags, and the features in
+one of two kinds of storage (`TripletRecipe.storage`):
+
+- `features`: the captured features themselves (block outputs in `feature_dtype`; with
+  `cross_attention` the cross-attention maps per stride; each class's cross-attention map for
+  `attention_pooling`). Training reads them and runs no denoiser.
+- `replay`: the capture step's denoiser inputs (the latent, timestep and conditioning; the text
+  states, or with `replay_text: prompt` nothing, as the prompt is in the record). Training
+  recomputes the features with one batched denoiser call (`synthseg.capture.replay`). An SD 1.5
+  triplet at 512^2 is then about 0.2 MB instead of 34 MB: 20,000 of them fit in 4 GB, not 680 GB.
+
+`auto` (the default) replays where cached features would pass `REPLAY_ABOVE` bytes per triplet, and
+caches below: every real model replays, the worlds cache (a world triplet is about 0.1 MB).
 """
 
 from __future__ import annotations
@@ -32,18 +43,21 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from .annotators import Instance
-from .capture import CaptureStep
+from .capture import CaptureStep, denoiser_of, replay
 from .config import check_non_negative, check_positive, load_config, record_recipe
 from .errors import SynthsegError
 from .formats import jsonl_text, read_jsonl, write_atomic
 from .generate import capture_pass
 from .grounding import ATTENTION_FIELDS, PIPELINE_FIELDS, GroundingConfig, class_attention_input, grounding_inputs
-from .plan import plan_text, triplet_bytes
+from .plan import MAX_CLASSES, feature_bytes, plan_text, triplet_bytes
 from .progress import loss_progress
 from .prompts import PAPER_TEMPLATES, Prompt, PromptPlanner
-from .text import class_queries
+from .text import TEXT_INPUTS, class_queries, prompt_token_spans, text_inputs, text_tokens
 
-MAX_CLASSES = 2  # templates name one or two classes
+# Above this many bytes of cached features per triplet, `storage: auto` replays: 1 MB per triplet is
+# 20 GB for the paper's 20,000 triplets, where a replay costs one denoiser call per training sample
+# (about 1/50 of generating it, with 50 steps). SD 1.5 at 512^2 caches 34 MB; the world 0.1 MB.
+REPLAY_ABOVE = 1_000_000
 
 
 @dataclass
@@ -66,6 +80,8 @@ class TripletRecipe:
     feature_dtype: str = "float16"
     cross_attention: bool = False
     blocks: list[str] = field(default_factory=list)  # a transformer's blocks to record; empty: capture.default_blocks
+    storage: str = "auto"  # "features", "replay" or "auto" (see the module docstring)
+    replay_text: str = "embeddings"  # what a replay triplet keeps of the text: "embeddings", or "prompt" (re-encoded)
 
     def validate(self, source: str) -> None:
         if not self.seen:
@@ -74,6 +90,10 @@ class TripletRecipe:
             raise SynthsegError(f"{source}: target must be 'union' or 'top', got {self.target!r}")
         if self.feature_dtype not in ("float16", "bfloat16", "float32"):
             raise SynthsegError(f"{source}: feature_dtype must be float16, bfloat16 or float32")
+        if self.storage not in ("auto", "features", "replay"):
+            raise SynthsegError(f"{source}: storage must be 'auto', 'features' or 'replay', got {self.storage!r}")
+        if self.replay_text not in ("embeddings", "prompt"):
+            raise SynthsegError(f"{source}: replay_text must be 'embeddings' or 'prompt', got {self.replay_text!r}")
         check_positive(source, self, "count", "shard_size", "batch_size", "num_inference_steps")
         check_non_negative(source, self, "guidance_scale", "capture_timestep")
         if not 0 <= self.pair_fraction <= 1:
@@ -93,10 +113,22 @@ def triplet_prompt(recipe: TripletRecipe, index: int) -> Prompt:
 
 
 def plan_summary(recipe: TripletRecipe, model: str) -> str:
-    """What `make_triplets` would do, without loading a model: counts per class and pair, and disk."""
+    """What `make_triplets` would do, without loading a model: counts per class and pair, storage and disk."""
     prompts = [triplet_prompt(recipe, i) for i in range(recipe.count)]
-    item = triplet_bytes(model, torch.finfo(getattr(torch, recipe.feature_dtype)).bits // 8, recipe.cross_attention, recipe.blocks or None)
-    return plan_text("triplets", prompts, item)
+    item, storage = triplet_bytes(model, torch.finfo(getattr(torch, recipe.feature_dtype)).bits // 8, recipe.cross_attention,
+                                  recipe.blocks or None, recipe.storage, recipe.replay_text)
+    return plan_text("triplets", prompts, item, f"; {storage} storage" if storage else "")
+
+
+def storage_kind(pipe, recipe: TripletRecipe) -> str:
+    """"features" or "replay": the recipe's choice, or for "auto" replay where cached features would pass
+    `REPLAY_ABOVE` bytes per triplet at the pipeline's default size."""
+    if recipe.storage != "auto":
+        return recipe.storage
+    dtype_bytes = torch.finfo(getattr(torch, recipe.feature_dtype)).bits // 8
+    latent = getattr(pipe, "default_sample_size", None) or denoiser_of(pipe).config.sample_size  # SD's pipeline has no default_sample_size
+    cached = feature_bytes(pipe, latent, text_tokens(pipe), dtype_bytes, recipe.cross_attention, recipe.blocks or None)
+    return "replay" if cached > REPLAY_ABOVE else "features"
 
 
 def target_masks(instances: list[Instance], names: list[str], size: tuple[int, int], mode: str):
@@ -122,7 +154,9 @@ def make_triplets(pipe, annotator, recipe: TripletRecipe, directory: str | Path)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     record_recipe(directory / "recipe.json", recipe, f"{directory} holds triplets of another recipe ({{changed}} differ); use a new --out")
-    write_atomic(directory / "layout.json", json.dumps(_layout(pipe, recipe)) + "\n")
+    storage = storage_kind(pipe, recipe)
+    stored = {"storage": storage, **({"replay_text": recipe.replay_text} if storage == "replay" else {})}
+    write_atomic(directory / "layout.json", json.dumps({**_layout(pipe, recipe), **stored}) + "\n")
     dtype = getattr(torch, recipe.feature_dtype)
     shards = range((recipe.count + recipe.shard_size - 1) // recipe.shard_size)
     pipe.set_progress_bar_config(disable=True)
@@ -134,7 +168,7 @@ def make_triplets(pipe, annotator, recipe: TripletRecipe, directory: str | Path)
             if stem.with_suffix(".jsonl").is_file():
                 records = read_jsonl(stem.with_suffix(".jsonl"))
             else:
-                rows = [_generate_batch(pipe, annotator, recipe, indices[i : i + recipe.batch_size], dtype)
+                rows = [_generate_batch(pipe, annotator, recipe, indices[i : i + recipe.batch_size], dtype, storage)
                         for i in range(0, len(indices), recipe.batch_size)]
                 _write_shard(stem, rows)
                 records = [r for batch in rows for r in batch["records"]]
@@ -150,16 +184,16 @@ def _layout(pipe, recipe: TripletRecipe) -> dict:
     return {k: getattr(config, k) for k in keys}
 
 
-def _generate_batch(pipe, annotator, recipe: TripletRecipe, indices: list[int], dtype: torch.dtype) -> dict:
-    """Generate, capture and label triplets `indices`: tensors (batch first) and one record per triplet."""
+def _generate_batch(pipe, annotator, recipe: TripletRecipe, indices: list[int], dtype: torch.dtype, storage: str = "features") -> dict:
+    """Generate, capture and label triplets `indices`: tensors (batch first) and one record per triplet.
+    `storage` "features" keeps the features, "replay" the capture step's denoiser inputs."""
     planned = [triplet_prompt(recipe, i) for i in indices]
     prompts, names, seeds = [p.prompt for p in planned], [p.classes for p in planned], [p.seed for p in planned]
     run = capture_pass(pipe, prompts, names, seeds, guidance_scale=recipe.guidance_scale, num_inference_steps=recipe.num_inference_steps,
                        capture_step=CaptureStep(recipe.capture_timestep, recipe.capture_index), feature_dtype=dtype,
-                       blocks=recipe.blocks or None)
+                       blocks=recipe.blocks or None, record_inputs=storage == "replay")
     images = np.stack([np.asarray(image) for image in run.images])
-    embeds, spans, features = run.prompt_embeds, run.spans, run.features
-    queries, valid = class_queries(embeds, spans)
+    queries, valid = class_queries(run.prompt_embeds, run.spans)
     detected = annotator.annotate(list(images), [list(n) for n in names])
     width = MAX_CLASSES
     masks = np.zeros((len(indices), width, *images.shape[1:3]), dtype=np.uint8)
@@ -173,43 +207,98 @@ def _generate_batch(pipe, annotator, recipe: TripletRecipe, indices: list[int], 
     padded[:, : queries.shape[1]] = queries.float()
     flags = torch.zeros(len(indices), width, dtype=torch.bool)
     flags[:, : valid.shape[1]] = valid
-    tensors = {f"features.{k}": v.cpu().contiguous() for k, v in features.blocks.items()}
+    if storage == "replay":
+        tensors = _replay_tensors(run.features.inputs, recipe, dtype)
+    else:
+        tensors = _feature_tensors(pipe, recipe, run.features, run.spans, dtype)
+    tensors.update(queries=padded.to(dtype), valid=flags, masks=torch.from_numpy(masks), missing=torch.from_numpy(missing))
+    return dict(tensors=tensors, records=records)
+
+
+def _feature_tensors(pipe, recipe: TripletRecipe, features, spans, dtype: torch.dtype) -> dict:
+    """What a grounding module reads of a capture: "features.<block>", with `cross_attention` the
+    "attention.<stride>" maps, and each class's attention map ("class_attention"), on the CPU."""
+    tensors = {f"features.{k}": v.to(dtype).cpu().contiguous() for k, v in features.blocks.items()}
     if recipe.cross_attention:
         config = GroundingConfig.for_pipeline(pipe, cross_attention=True, blocks=recipe.blocks or None)
         maps = grounding_inputs(features, config)[len(config.feature_channels) :]
         tensors.update({f"attention.{s}": m.to(dtype).cpu() for s, m in zip(config.cross_attention_strides, maps)})
-    pooled = class_attention_input(features, spans, width)
-    tensors.update(queries=padded.to(dtype), valid=flags, masks=torch.from_numpy(masks), missing=torch.from_numpy(missing),
-                   class_attention=pooled.to(dtype).cpu())
-    return dict(tensors=tensors, records=records)
+    tensors["class_attention"] = class_attention_input(features, spans, MAX_CLASSES).to(dtype).cpu()
+    return tensors
+
+
+def _replay_tensors(inputs: dict, recipe: TripletRecipe, dtype: torch.dtype) -> dict:
+    """The capture step's denoiser inputs as "replay.<name>"; latents and text states (floating, two or
+    more dims) in `dtype`, as `synthseg.capture.replay` casts back. With `replay_text: prompt` the text
+    arguments are left out: a replay encodes the record's prompt again."""
+    tensors = {}
+    for name, value in inputs.items():
+        if recipe.replay_text == "prompt" and name in TEXT_INPUTS:
+            continue
+        if not isinstance(value, torch.Tensor):
+            raise SynthsegError(f"the denoiser's argument {name}={value!r} cannot be stored for replay; use storage: features")
+        tensors[f"replay.{name}"] = (value.to(dtype) if value.is_floating_point() and value.ndim >= 2 else value).cpu().contiguous()
+    return tensors
 
 
 def _write_shard(stem: Path, rows: list[dict]) -> None:
-    """Tensors first, then the jsonl: a shard counts as written once its jsonl exists."""
+    """Tensors first (masks bit-packed along the width), then the jsonl: a shard counts as written once its jsonl exists."""
     tensors = {k: torch.cat([r["tensors"][k] for r in rows]) for k in rows[0]["tensors"]}
+    masks = tensors.pop("masks").numpy()
+    tensors["masks_packed"] = torch.from_numpy(np.packbits(masks.astype(bool), axis=-1))
     tmp = stem.with_name(stem.name + ".safetensors.tmp")
-    save_file(tensors, tmp)
+    save_file(tensors, tmp, metadata={"mask_width": str(masks.shape[-1])})
     tmp.replace(stem.with_suffix(".safetensors"))
     write_atomic(stem.with_suffix(".jsonl"), jsonl_text(r for batch in rows for r in batch["records"]))
+
+
+def _read_shard(shard: Path) -> dict:
+    """A shard's tensors, masks unpacked to (N, Q, H, W) uint8 (shards before packing stored them so)."""
+    with safe_open(shard, framework="pt") as f:
+        data = {k: f.get_tensor(k) for k in f.keys()}
+        metadata = f.metadata() or {}
+    if "masks_packed" in data:
+        packed = data.pop("masks_packed").numpy()
+        data["masks"] = torch.from_numpy(np.unpackbits(packed, axis=-1, count=int(metadata["mask_width"])))
+    return data
+
+
+def _storage(directory: str | Path) -> dict:
+    """A triplet folder's storage entries of layout.json: storage ("features" where absent, older folders)
+    and, for replay, replay_text."""
+    path = Path(directory) / "layout.json"
+    layout = json.loads(path.read_text()) if path.is_file() else {}
+    return {"storage": layout.get("storage", "features"), "replay_text": layout.get("replay_text")}
+
+
+def stored_for_replay(directory: str | Path) -> bool:
+    """Whether a triplet folder holds denoiser inputs to replay rather than features."""
+    return _storage(directory)["storage"] == "replay"
 
 
 class TripletShards(torch.utils.data.IterableDataset):
     """Streams triplets shard by shard (one shard in memory at a time), shuffled with `seed` per epoch.
     Triplets whose prompt names a class in `exclude` are skipped (to hold classes out for validation).
+    Replay triplets need `pipe`, the pipeline that made them: their features are recomputed in
+    batches of the training batch size, one denoiser call each.
 
     Yields dicts: features (list of (C,H,W) float32, capture order), attention (list of (T,h,w)
     float32 per stride, empty unless made with cross_attention), class_attention (Q,h,w) float32,
     queries (Q,D), valid (Q,), masks (Q,H,W) float32, missing (Q,).
     """
 
-    def __init__(self, directory: str | Path, seed: int = 0, exclude: list[str] | tuple[str, ...] = ()):
+    def __init__(self, directory: str | Path, seed: int = 0, exclude: list[str] | tuple[str, ...] = (), pipe=None):
         self.directory = Path(directory)
         self.shards = sorted(p for p in self.directory.glob("shard-*.safetensors") if p.with_suffix(".jsonl").is_file())
         if not self.shards:
             raise SynthsegError(f"no triplet shards in {self.directory}: run make-triplets first")
-        self.seed = seed
+        if self.replays and pipe is None:
+            raise SynthsegError(f"{self.directory} holds replay triplets, whose features are recomputed by the pipeline that made them: "
+                                "pass that pipeline (train-grounding --model)")
+        self.seed, self.pipe = seed, pipe
         self.exclude = set(exclude)
         self.epoch = 0
+        self.replay_batch = 16
 
     def __len__(self) -> int:
         return len(self.records())
@@ -228,8 +317,13 @@ class TripletShards(torch.utils.data.IterableDataset):
         return files / sum(len(read_jsonl(p.with_suffix(".jsonl"))) for p in self.shards)
 
     def layout(self) -> dict:
-        """feature_channels, feature_strides and text_dim of the pipeline that made the shards."""
-        return json.loads((self.directory / "layout.json").read_text())
+        """The GroundingConfig fields the shards fix (feature layout, text width, attention inputs)."""
+        layout = json.loads((self.directory / "layout.json").read_text())
+        return {k: v for k, v in layout.items() if k not in _storage(self.directory)}
+
+    @property
+    def replays(self) -> bool:
+        return stored_for_replay(self.directory)
 
     @property
     def recipe(self) -> TripletRecipe:
@@ -239,6 +333,7 @@ class TripletShards(torch.utils.data.IterableDataset):
     def batches(self, batch_size: int, start_step: int = 0):
         """Endless collated batches over epochs; a run resumed at `start_step` begins a fresh epoch order."""
         self.epoch = start_step * batch_size // len(self)
+        self.replay_batch = batch_size
         while True:
             yield from torch.utils.data.DataLoader(self, batch_size=batch_size, drop_last=True)
 
@@ -246,17 +341,31 @@ class TripletShards(torch.utils.data.IterableDataset):
         rng = np.random.default_rng([self.seed, self.epoch])
         self.epoch += 1
         for shard in (self.shards[i] for i in rng.permutation(len(self.shards))):
-            with safe_open(shard, framework="pt") as f:
-                data = {k: f.get_tensor(k) for k in f.keys()}
-            names, maps = _input_keys(data)
-            pooled = ["class_attention"] if "class_attention" in data else []  # absent from older shards
-            for row in rng.permutation(np.array([row for row, _ in self._shard_records(shard)], dtype=int)):
-                yield dict(
-                    features=[data[k][row].float() for k in names], attention=[data[k][row].float() for k in maps],
-                    queries=data["queries"][row].float(),
-                    valid=data["valid"][row], masks=data["masks"][row].float(), missing=data["missing"][row],
-                    **{k: data[k][row].float() for k in pooled},
-                )
+            data = _read_shard(shard)
+            kept = self._shard_records(shard)
+            order = rng.permutation(np.array([row for row, _ in kept], dtype=int))
+            step = self.replay_batch if self.replays else max(len(order), 1)
+            for start in range(0, len(order), step):
+                rows = order[start : start + step]
+                source, at = (self._replayed(data, rows, dict(kept)), range(len(rows))) if self.replays else (data, rows)
+                names, maps = _input_keys(source)
+                for row, i in zip(rows, at):
+                    yield dict(
+                        features=[source[k][i].float() for k in names], attention=[source[k][i].float() for k in maps],
+                        queries=data["queries"][row].float(), valid=data["valid"][row], masks=data["masks"][row].float(),
+                        missing=data["missing"][row], **({"class_attention": source["class_attention"][i].float()} if "class_attention" in source else {}),
+                    )
+
+    @torch.no_grad()
+    def _replayed(self, data: dict, rows, records: dict) -> dict:
+        """The feature tensors of shard `rows`, recomputed by one denoiser call on their stored inputs."""
+        recipe = self.recipe
+        inputs = {k.removeprefix("replay."): v[rows] for k, v in data.items() if k.startswith("replay.")}
+        prompts, classes = [records[r]["prompt"] for r in rows], [records[r]["classes"] for r in rows]
+        if _storage(self.directory)["replay_text"] == "prompt":
+            inputs.update(text_inputs(self.pipe, prompts))
+        features = replay(self.pipe, inputs, blocks=recipe.blocks or None, dtype=torch.float32)
+        return _feature_tensors(self.pipe, recipe, features, prompt_token_spans(self.pipe, prompts, classes), torch.float32)
 
 
 class OnlineTriplets:

@@ -96,7 +96,7 @@ def test_dry_runs_print_the_plan_without_loading_a_model(monkeypatch):
     assert "102 images: 36 one-class and 66 two-class prompts" in result.output  # 12 world classes x 3, and each of their 66 pairs once
     assert "per class (12): circle 3, square 3" in result.output and "disk: about 2.1 MB" in result.output
     result = runner.invoke(app, ["make-triplets", "--dry-run", "--count", "100"])
-    assert result.exit_code == 0 and result.output.startswith("100 triplets:") and "disk: about 9.9 MB (98.8 KB per item)" in result.output
+    assert result.exit_code == 0 and result.output.startswith("100 triplets:") and "disk: about 9.4 MB (94.2 KB per item; features storage)" in result.output
 
 
 def test_a_full_disk_says_so_and_a_rerun_resumes(pipe_dir, grounding, tmp_path, monkeypatch):

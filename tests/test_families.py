@@ -178,7 +178,7 @@ def test_everything_downstream_takes_every_family(name, tmp_path):
     from synthseg.dataset import DatasetRecipe, make_dataset
     from synthseg.evaluation import evaluate_grounding
     from synthseg.pipeline import load_pipeline
-    from synthseg.plan import image_size, triplet_bytes
+    from synthseg.plan import MAX_CLASSES, image_size, triplet_bytes
     from synthseg.train.grounding import GroundingModelRecipe, GroundingRecipe, TrainRecipe, train_grounding
     from synthseg.triplets import TripletRecipe, TripletShards, make_triplets
 
@@ -194,8 +194,10 @@ def test_everything_downstream_takes_every_family(name, tmp_path):
     assert shards.layout()["feature_blocks"] == (default_blocks(pipe.transformer) if name != "sdxl" else [])
     if name != "flux":  # the dry run's estimate is what a triplet stores (a saved FLUX folder plans FLUX's 1024 px)
         data = load_file(tmp_path / "t" / "shard-00000.safetensors")
-        stored = sum(v.nbytes for k, v in data.items() if k.startswith(("features.", "attention."))) // len(data["queries"])
-        assert triplet_bytes(str(tmp_path / "pipe"), 4, True) == stored + 2 * image_size(str(tmp_path / "pipe")) ** 2
+        stored = sum(v.nbytes for k, v in data.items() if k.startswith(("features.", "attention.", "class_attention"))) // len(data["queries"])
+        size, config = image_size(str(tmp_path / "pipe")), (pipe.unet if name != "sd3" else pipe.transformer).config
+        width = config.get("cross_attention_dim") or config.get("joint_attention_dim")
+        assert triplet_bytes(str(tmp_path / "pipe"), 4, True) == (stored + MAX_CLASSES * (width * 4 + size * ((size + 7) // 8)), "features")
     recipe = GroundingRecipe(split="voc-15-5", pipeline=str(tmp_path / "pipe"), model=GroundingModelRecipe(**SMALL, attention_pooling=True),
                              train=TrainRecipe(steps=2, batch_size=2, warmup_steps=1, checkpoint_every=2))
     module = train_grounding(recipe, shards, tmp_path / "w", tmp_path / "g")

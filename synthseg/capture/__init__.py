@@ -11,14 +11,17 @@ in `synthseg.text`.
 
 from __future__ import annotations
 
-from .core import CapturedFeatures, CaptureStep, ResolvedStep, class_maps, normalised_class_maps
+import torch
+
+from ..errors import SynthsegError
+from .core import CapturedFeatures, CaptureStep, ResolvedStep, class_maps, is_shared_input, normalised_class_maps
 from .transformer import TransformerCapture, default_blocks, token_stride, transformer_feature_layout
 from .unet import CrossAttentionMaps, FeatureCapture, unet_attention_strides, unet_feature_blocks, unet_feature_layout
 
 __all__ = [
     "CaptureStep", "CapturedFeatures", "CrossAttentionMaps", "FeatureCapture", "ResolvedStep", "TransformerCapture",
     "attention_maps", "attention_strides", "class_maps", "default_blocks", "denoiser_of", "feature_capture", "feature_layout",
-    "normalised_class_maps", "unet_attention_strides", "unet_feature_blocks", "unet_feature_layout",
+    "normalised_class_maps", "replay", "unet_attention_strides", "unet_feature_blocks", "unet_feature_layout",
 ]
 
 
@@ -45,16 +48,47 @@ def attention_strides(pipe) -> list[int]:
 
 
 def feature_capture(pipe, step: CaptureStep, num_inference_steps: int, *, classifier_free_guidance: bool, attention: bool = True,
-                    dtype=None, blocks: list[str] | None = None):
-    """A capture context for `pipe`'s denoiser; after the run its `features` and `resolved` (the step)."""
+                    dtype=None, blocks: list[str] | None = None, record_inputs: bool = False):
+    """A capture context for `pipe`'s denoiser; after the run its `features` and `resolved` (the step).
+    `record_inputs` also keeps the captured call's arguments, for `replay`."""
     denoiser = denoiser_of(pipe)
     if not _is_unet(denoiser):
         return TransformerCapture(denoiser, step, pipe.scheduler, classifier_free_guidance=classifier_free_guidance, attention=attention,
-                                  dtype=dtype, blocks=blocks)
+                                  dtype=dtype, blocks=blocks, record_inputs=record_inputs)
     resolved = step.resolve(pipe.scheduler, num_inference_steps)
-    capture = FeatureCapture(denoiser, resolved.timestep, classifier_free_guidance=classifier_free_guidance, attention=attention, dtype=dtype)
+    capture = FeatureCapture(denoiser, resolved.timestep, classifier_free_guidance=classifier_free_guidance, attention=attention, dtype=dtype,
+                             record_inputs=record_inputs)
     capture.resolved = resolved
     return capture
+
+
+@torch.no_grad()
+def replay(pipe, inputs: dict, *, attention: bool = True, dtype=None, blocks: list[str] | None = None) -> CapturedFeatures:
+    """Run `pipe`'s denoiser once on recorded `inputs` (`CapturedFeatures.inputs`, batch first, any row
+    count) and capture that call as `feature_capture` did at generation: one forward pass, no scheduler,
+    no sampling. Floating tensors are cast to the denoiser's dtype, so inputs stored in fp16 replay
+    into an fp32 model (at fp16 precision); stored at the model's dtype, the features are the captured ones."""
+    denoiser = denoiser_of(pipe)
+    kwargs: dict = {}
+    for name, value in inputs.items():
+        if isinstance(value, torch.Tensor):
+            value = value[0] if is_shared_input(name) else value
+            value = value.to(pipe.device, denoiser.dtype if value.is_floating_point() and value.ndim >= 2 else value.dtype)
+        parent, _, key = name.partition(".")
+        if key:
+            kwargs.setdefault(parent, {})[key] = value
+        else:
+            kwargs[name] = value
+    if _is_unet(denoiser):
+        timestep = int(torch.as_tensor(kwargs["timestep"]).flatten()[0])
+        capture = FeatureCapture(denoiser, timestep, classifier_free_guidance=False, attention=attention, dtype=dtype)
+    else:
+        capture = TransformerCapture(denoiser, CaptureStep(), None, classifier_free_guidance=False, attention=attention, dtype=dtype, blocks=blocks)
+    with capture:
+        denoiser(**kwargs, return_dict=False)
+    if not capture.captured:
+        raise SynthsegError("the replayed denoiser call was not captured")
+    return capture.features
 
 
 def attention_maps(pipe, *, classifier_free_guidance: bool):

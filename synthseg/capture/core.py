@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -75,11 +76,15 @@ class CapturedFeatures:
     cross_attention: {layer name: (B, h, w, T) float32}: softmax probabilities of each latent
         position over the T prompt tokens, averaged over heads. Empty if attention was not captured.
     timestep: the scheduler timestep of the captured call.
+    inputs: with `record_inputs`, the captured call's arguments, to run it again (`synthseg.capture.replay`):
+        {name: (B, ...) tensor} batch first, conditional half; a dict argument's entries as "name.key"
+        (SDXL's added_cond_kwargs); other non-None values (flags, numbers) as given.
     """
 
     blocks: dict[str, torch.Tensor] = field(default_factory=dict)
     cross_attention: dict[str, torch.Tensor] = field(default_factory=dict)
     timestep: int | float | None = None
+    inputs: dict[str, object] = field(default_factory=dict)
 
     def block_list(self) -> list[torch.Tensor]:
         """Block outputs in forward order: the grounding module's input."""
@@ -130,8 +135,6 @@ def class_maps(token_maps: torch.Tensor, spans: list[list[slice]], width: int | 
     return out
 
 
-
-
 def normalised_class_maps(heat: torch.Tensor, spans) -> list[torch.Tensor]:
     """(B, T, H, W) summed attention -> per image (K_i, H, W): each class's token maps summed over its
     tokens, min-max scaled to [0, 1] (DAAM's per-class heat maps)."""
@@ -144,14 +147,24 @@ def normalised_class_maps(heat: torch.Tensor, spans) -> list[torch.Tensor]:
     return out
 
 
+def is_shared_input(name: str) -> bool:
+    """Whether a denoiser argument has no batch dimension: positional ids (FLUX's `img_ids`, `txt_ids`),
+    one sequence's for every row. Recorded inputs repeat them per row; a replay passes row 0."""
+    return name in ("img_ids", "txt_ids")
+
+
 class DenoiserHooks:
     """Explicit hook and unhook for a capture context (daam's ObjectHooker): `install` registers forward
     hooks through `hook` (and may swap attention processors); on exit every hook is removed and the
     denoiser's original processor objects are put back, also after an error. Contexts nest: an inner
-    one takes the outer one's processors as its originals."""
+    one takes the outer one's processors as its originals. `classifier_free_guidance`: the denoiser's
+    batch is [unconditional; conditional], and only the conditional half is kept. `record_inputs`: also
+    keep the captured call's arguments (`CapturedFeatures.inputs`)."""
 
-    def __init__(self, denoiser):
+    def __init__(self, denoiser, classifier_free_guidance: bool, record_inputs: bool = False):
         self.denoiser = denoiser
+        self.classifier_free_guidance = classifier_free_guidance
+        self.record_inputs = record_inputs
         self.features = CapturedFeatures()
         self._handles: list = []
         self._original: dict = {}
@@ -167,6 +180,35 @@ class DenoiserHooks:
 
     def hook(self, handle) -> None:
         self._handles.append(handle)
+
+    def _conditional(self, tensor: torch.Tensor) -> torch.Tensor:
+        """The conditional half of a CFG batch (batch dim 0), detached."""
+        return (tensor.chunk(2)[1] if self.classifier_free_guidance else tensor).detach()
+
+    def _record_inputs(self, args, kwargs) -> None:
+        """Keep the captured call's arguments (see `CapturedFeatures.inputs`): per-row tensors' conditional
+        half; a 0-d tensor (a timestep), a (1, ...) one and a shared one (`is_shared_input`) repeated per row."""
+        if not self.record_inputs:
+            return
+        bound = inspect.signature(self.denoiser.forward).bind(*args, **kwargs).arguments
+        flat = {}
+        for name, value in bound.items():
+            for key, item in value.items() if isinstance(value, dict) else [(None, value)]:
+                if item is not None and name != "return_dict":
+                    flat[name if key is None else f"{name}.{key}"] = item
+        calls = next(v for v in flat.values() if isinstance(v, torch.Tensor)).shape[0]  # sample / hidden_states
+        rows = calls // 2 if self.classifier_free_guidance else calls
+        for name, value in flat.items():
+            if isinstance(value, torch.Tensor):
+                if is_shared_input(name) or value.ndim == 0:
+                    value = value.detach()[None].expand(rows, *value.shape)
+                elif value.shape[0] == calls:
+                    value = self._conditional(value)
+                elif value.shape[0] == 1:
+                    value = value.detach().expand(rows, *value.shape[1:])
+                else:
+                    raise SynthsegError(f"cannot tell the batch rows of the denoiser's {name} {tuple(value.shape)} in a batch of {calls}")
+            self.features.inputs[name] = value
 
     def __enter__(self):
         self._original = dict(self.denoiser.attn_processors)

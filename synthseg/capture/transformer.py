@@ -124,20 +124,22 @@ class TransformerCapture(DenoiserHooks):
     Args:
         transformer: an `SD3Transformer2DModel` or `FluxTransformer2DModel`.
         step: the step to capture, resolved on `scheduler.timesteps` at the first transformer call.
-        scheduler: the pipeline's scheduler (its live schedule is read, never changed).
+        scheduler: the pipeline's scheduler (its live schedule is read, never changed); None: capture
+            the first call, whatever its timestep (a replay).
         classifier_free_guidance: whether the pipeline batches [unconditional, conditional] (SD3 does
             when guidance_scale > 1). FLUX's true CFG runs separate passes, the conditional one first:
             the first call at the chosen step is the one captured.
         attention: also record image->text attention. blocks: block names (`default_blocks` if None).
         every_step: record attention at every step, summed (the DAAM baseline), and no blocks.
+        record_inputs: also keep the captured call's arguments, to replay it (`CapturedFeatures.inputs`).
     """
 
     def __init__(self, transformer, step: CaptureStep, scheduler, *, classifier_free_guidance: bool, attention: bool = True,
-                 dtype: torch.dtype | None = None, blocks: list[str] | None = None, every_step: bool = False):
-        super().__init__(transformer)
+                 dtype: torch.dtype | None = None, blocks: list[str] | None = None, every_step: bool = False, record_inputs: bool = False):
+        super().__init__(transformer, classifier_free_guidance, record_inputs)
         self.transformer, self.kind = transformer, transformer_kind(transformer)
         self.step, self.scheduler, self.resolved = step, scheduler, None
-        self.classifier_free_guidance, self.attention, self.dtype, self.every_step = classifier_free_guidance, attention, dtype, every_step
+        self.attention, self.dtype, self.every_step = attention, dtype, every_step
         self.block_names = [] if every_step else (blocks or default_blocks(transformer))
         transformer_feature_layout(transformer, self.block_names or None)  # refuses unknown names
         self.text_len, self.grid = 0, (0, 0)
@@ -167,7 +169,7 @@ class TransformerCapture(DenoiserHooks):
         self._last_timestep = timestep
         if not self.every_step:
             if self.resolved is None:
-                self.resolved = self.step.choose(self.scheduler.timesteps)
+                self.resolved = self.step.choose(self.scheduler.timesteps if self.scheduler is not None else [timestep])
             if abs(timestep - self.resolved.timestep) > 1e-3 * max(1.0, abs(self.resolved.timestep)):
                 return
         self.text_len = kwargs["encoder_hidden_states"].shape[1]
@@ -178,6 +180,7 @@ class TransformerCapture(DenoiserHooks):
             height, width = kwargs["hidden_states"].shape[-2:]
             self.grid = (height // self.transformer.config.patch_size, width // self.transformer.config.patch_size)
         self._active = True
+        self._record_inputs(args, kwargs)
         if self.attention:
             recorders = {name: _TextAttentionRecorder(p, self, name.removesuffix(".processor")) for name, p in self._text_processors().items()}
             self.transformer.set_attn_processor({**self._original, **recorders})
@@ -190,9 +193,6 @@ class TransformerCapture(DenoiserHooks):
             self._done = True
             self.features.timestep = self.resolved.timestep
             self.transformer.set_attn_processor(dict(self._original))
-
-    def _conditional(self, tensor: torch.Tensor) -> torch.Tensor:
-        return (tensor.chunk(2)[1] if self.classifier_free_guidance else tensor).detach()
 
     def _grid_map(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, N, C) image tokens -> (B, C, H/p, W/p)."""

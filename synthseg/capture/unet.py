@@ -129,13 +129,14 @@ class FeatureCapture(DenoiserHooks):
             is kept, by chunking the batch in two.
         attention: also record cross-attention probabilities (costs one eager attention step).
         dtype: store tensors in this dtype (e.g. torch.float16 to halve memory); default unchanged.
+        record_inputs: also keep the call's arguments, to replay it (`CapturedFeatures.inputs`).
     """
 
-    def __init__(self, unet, timestep: int, *, classifier_free_guidance: bool, attention: bool = True, dtype: torch.dtype | None = None):
-        super().__init__(unet)
+    def __init__(self, unet, timestep: int, *, classifier_free_guidance: bool, attention: bool = True, dtype: torch.dtype | None = None,
+                 record_inputs: bool = False):
+        super().__init__(unet, classifier_free_guidance, record_inputs)
         self.unet = unet
         self.timestep = int(timestep)
-        self.classifier_free_guidance = classifier_free_guidance
         self.attention = attention
         self.dtype = dtype
         self.resolved = None  # the ResolvedStep, where `synthseg.capture.feature_capture` made this capture
@@ -161,6 +162,7 @@ class FeatureCapture(DenoiserHooks):
         sample = kwargs.get("sample", args[0] if args else None)
         self._latent_hw = tuple(sample.shape[-2:])
         self._active = True
+        self._record_inputs(args, kwargs)
         if self.attention:
             for name, attn in self._cross_attention.items():
                 attn.set_processor(_RecordingAttnProcessor.over(attn.processor, self, name))
@@ -173,10 +175,6 @@ class FeatureCapture(DenoiserHooks):
         if self.attention:
             for name, attn in self._cross_attention.items():
                 attn.set_processor(self._original[name + ".processor"])
-
-    def _conditional(self, tensor: torch.Tensor) -> torch.Tensor:
-        """The conditional half of a CFG batch (batch dim 0), detached."""
-        return (tensor.chunk(2)[1] if self.classifier_free_guidance else tensor).detach()
 
     def _block_hook(self, name: str):
         def hook(module, args, output):
@@ -208,9 +206,8 @@ class CrossAttentionMaps(DenoiserHooks):
     """
 
     def __init__(self, unet, *, classifier_free_guidance: bool):
-        super().__init__(unet)
+        super().__init__(unet, classifier_free_guidance)
         self.unet = unet
-        self.classifier_free_guidance = classifier_free_guidance
         self._sum: torch.Tensor | None = None
         self._latent_hw: tuple[int, int] | None = None
 
@@ -226,12 +223,10 @@ class CrossAttentionMaps(DenoiserHooks):
 
     def _record_attention(self, name: str, probs: torch.Tensor, heads: int) -> None:
         batch_heads, positions, tokens = probs.shape
-        probs = probs.reshape(batch_heads // heads, heads, positions, tokens)
-        if self.classifier_free_guidance:
-            probs = probs.chunk(2)[1]
+        probs = self._conditional(probs.reshape(batch_heads // heads, heads, positions, tokens))
         latent_h, latent_w = self._latent_hw
         factor = round((latent_h * latent_w / positions) ** 0.5)
-        maps = probs.detach().float().sum(dim=1).reshape(-1, latent_h // factor, latent_w // factor, tokens).permute(0, 3, 1, 2)
+        maps = probs.float().sum(dim=1).reshape(-1, latent_h // factor, latent_w // factor, tokens).permute(0, 3, 1, 2)
         maps = torch.nn.functional.interpolate(maps, size=(latent_h, latent_w), mode="bicubic", align_corners=False).clamp_(min=0)
         self._sum = maps if self._sum is None else self._sum + maps
 
