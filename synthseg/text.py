@@ -23,13 +23,14 @@ from dataclasses import dataclass
 
 import torch
 
+from .capture.transformer import transformer_kind
 from .errors import SynthsegError
 
 
 def pipeline_family(pipe) -> str:
     """"sd", "sdxl", "sd3" or "flux", from the pipeline's components."""
     if getattr(pipe, "transformer", None) is not None:
-        return "flux" if type(pipe.transformer).__name__.startswith("Flux") else "sd3"
+        return transformer_kind(pipe.transformer)
     return "sdxl" if getattr(pipe, "tokenizer_2", None) is not None else "sd"
 
 

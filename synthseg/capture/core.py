@@ -159,10 +159,15 @@ class DenoiserHooks:
     denoiser's original processor objects are put back, also after an error. Contexts nest: an inner
     one takes the outer one's processors as its originals. `classifier_free_guidance`: the denoiser's
     batch is [unconditional; conditional], and only the conditional half is kept. `record_inputs`: also
-    keep the captured call's arguments (`CapturedFeatures.inputs`)."""
+    keep the captured call's arguments (`CapturedFeatures.inputs`).
+
+    A compiled denoiser (`module.compile()` or `torch.compile(module)`) is hooked only around the calls
+    that a context `wants`, which `_EagerGate` runs eagerly; every other step runs the compiled code.
+    """
 
     def __init__(self, denoiser, classifier_free_guidance: bool, record_inputs: bool = False):
-        self.denoiser = denoiser
+        self.wrapper = denoiser
+        self.denoiser = getattr(denoiser, "_orig_mod", denoiser)  # torch.compile's wrapper: the module inside
         self.classifier_free_guidance = classifier_free_guidance
         self.record_inputs = record_inputs
         self.features = CapturedFeatures()
@@ -177,6 +182,10 @@ class DenoiserHooks:
 
     def install(self) -> None:
         raise NotImplementedError
+
+    def wants(self, args, kwargs) -> bool:
+        """Whether the hooks act on this denoiser call (on a compiled denoiser, such calls run eagerly)."""
+        return True
 
     def hook(self, handle) -> None:
         self._handles.append(handle)
@@ -212,12 +221,70 @@ class DenoiserHooks:
 
     def __enter__(self):
         self._original = dict(self.denoiser.attn_processors)
-        self.install()
+        if _EagerGate.is_compiled(self.wrapper, self.denoiser):
+            _EagerGate.join(self)
+        else:
+            self.install()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def remove_hooks(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()
+
+    def __exit__(self, *exc) -> None:
+        self.remove_hooks()
+        _EagerGate.leave(self)
         self._active = False
         self.denoiser.set_attn_processor(dict(self._original))
+
+
+class _EagerGate:
+    """Stands in for a compiled denoiser's compiled call while capture contexts are open: a call that one
+    of them `wants` runs the eager module with every open context's hooks installed, and its attention
+    processors put back after; any other call runs the compiled code, which never sees a hook. (Dynamo
+    does not guard on hooks added after compilation: hooks on a compiled module would be skipped, or,
+    traced, recompile at every timestep.)"""
+
+    def __init__(self, wrapper, module):
+        if wrapper is not module:  # torch.compile(module): the wrapper's forward is the compiled call
+            self.owner, self.attribute, self.eager = wrapper, "forward", module.__call__
+        else:  # module.compile()
+            self.owner, self.attribute, self.eager = module, "_compiled_call_impl", module._call_impl
+        self.module, self.compiled, self.contexts = module, getattr(self.owner, self.attribute), []
+
+    @staticmethod
+    def is_compiled(wrapper, module) -> bool:
+        return wrapper is not module or getattr(module, "_compiled_call_impl", None) is not None
+
+    @classmethod
+    def join(cls, context: DenoiserHooks) -> None:
+        gate = context.denoiser.__dict__.get("_synthseg_gate")
+        if gate is None:
+            gate = cls(context.wrapper, context.denoiser)
+            object.__setattr__(context.denoiser, "_synthseg_gate", gate)
+            object.__setattr__(gate.owner, gate.attribute, gate)
+        gate.contexts.append(context)
+
+    @staticmethod
+    def leave(context: DenoiserHooks) -> None:
+        gate = context.denoiser.__dict__.get("_synthseg_gate")
+        if gate is None or context not in gate.contexts:
+            return
+        gate.contexts.remove(context)
+        if not gate.contexts:
+            object.__setattr__(gate.owner, gate.attribute, gate.compiled)
+            del context.denoiser.__dict__["_synthseg_gate"]
+
+    def __call__(self, *args, **kwargs):
+        if not any(context.wants(args, kwargs) for context in self.contexts):
+            return self.compiled(*args, **kwargs)
+        processors = dict(self.module.attn_processors)
+        for context in self.contexts:
+            context.install()
+        try:
+            return self.eager(*args, **kwargs)
+        finally:
+            for context in self.contexts:
+                context.remove_hooks()
+            self.module.set_attn_processor(processors)

@@ -30,8 +30,8 @@ from .core import CaptureStep, DenoiserHooks, normalised_class_maps
 
 
 def transformer_kind(transformer) -> str:
-    """"flux" or "sd3" for a diffusers transformer; anything else is refused."""
-    name = type(transformer).__name__
+    """"flux" or "sd3" for a diffusers transformer (or its `torch.compile` wrapper); anything else is refused."""
+    name = type(getattr(transformer, "_orig_mod", transformer)).__name__
     if name.startswith("Flux"):
         return "flux"
     if name.startswith("SD3"):
@@ -137,7 +137,7 @@ class TransformerCapture(DenoiserHooks):
     def __init__(self, transformer, step: CaptureStep, scheduler, *, classifier_free_guidance: bool, attention: bool = True,
                  dtype: torch.dtype | None = None, blocks: list[str] | None = None, every_step: bool = False, record_inputs: bool = False):
         super().__init__(transformer, classifier_free_guidance, record_inputs)
-        self.transformer, self.kind = transformer, transformer_kind(transformer)
+        self.transformer, self.kind = self.denoiser, transformer_kind(self.denoiser)
         self.step, self.scheduler, self.resolved = step, scheduler, None
         self.attention, self.dtype, self.every_step = attention, dtype, every_step
         self.block_names = [] if every_step else (blocks or default_blocks(transformer))
@@ -160,18 +160,28 @@ class TransformerCapture(DenoiserHooks):
         return {name: p for name, p in self._original.items() if name.split(".")[-2] == "attn"
                 and (self.every_step or name.removesuffix(".attn.processor") in self.block_names)}
 
-    def _before(self, module, args, kwargs):
+    def _timestep(self, kwargs) -> float:
+        """The call's timestep on the scheduler's scale (FLUX's transformer takes sigma, timestep / 1000)."""
+        return float(torch.as_tensor(kwargs["timestep"]).flatten()[0]) * (1000 if self.kind == "flux" else 1)
+
+    def wants(self, args, kwargs) -> bool:
+        """Every call when summing every step; else the first call at the chosen step."""
+        if self.every_step:
+            return True
         if self._done:
+            return False
+        timestep = self._timestep(kwargs)
+        if self.resolved is None:
+            self.resolved = self.step.choose(self.scheduler.timesteps if self.scheduler is not None else [timestep])
+        return abs(timestep - self.resolved.timestep) <= 1e-3 * max(1.0, abs(self.resolved.timestep))
+
+    def _before(self, module, args, kwargs):
+        if not self.wants(args, kwargs):
             return
-        timestep = float(torch.as_tensor(kwargs["timestep"]).flatten()[0]) * (1000 if self.kind == "flux" else 1)
+        timestep = self._timestep(kwargs)
         if self.every_step and timestep == self._last_timestep:
             return  # FLUX's true CFG: the second pass of a step is the unconditional one
         self._last_timestep = timestep
-        if not self.every_step:
-            if self.resolved is None:
-                self.resolved = self.step.choose(self.scheduler.timesteps if self.scheduler is not None else [timestep])
-            if abs(timestep - self.resolved.timestep) > 1e-3 * max(1.0, abs(self.resolved.timestep)):
-                return
         self.text_len = kwargs["encoder_hidden_states"].shape[1]
         if self.kind == "flux":
             ids = kwargs["img_ids"]
@@ -207,7 +217,10 @@ class TransformerCapture(DenoiserHooks):
         return hook
 
     def _record_attention(self, name: str, probs: torch.Tensor) -> None:
-        """probs: (B, N, T) -> stored as (B, H/p, W/p, T), or summed over steps as (B, T, H/p, W/p)."""
+        """probs: (B, N, T) -> stored as (B, H/p, W/p, T), or summed over steps as (B, T, H/p, W/p). Only
+        the calls `_before` activated count: true CFG's unconditional pass leaves the recorders installed."""
+        if not self._active:
+            return
         maps = self._conditional(probs).reshape(-1, *self.grid, probs.shape[-1])
         if self.every_step:
             maps = maps.permute(0, 3, 1, 2)

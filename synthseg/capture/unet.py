@@ -135,7 +135,7 @@ class FeatureCapture(DenoiserHooks):
     def __init__(self, unet, timestep: int, *, classifier_free_guidance: bool, attention: bool = True, dtype: torch.dtype | None = None,
                  record_inputs: bool = False):
         super().__init__(unet, classifier_free_guidance, record_inputs)
-        self.unet = unet
+        self.unet = self.denoiser
         self.timestep = int(timestep)
         self.attention = attention
         self.dtype = dtype
@@ -143,7 +143,7 @@ class FeatureCapture(DenoiserHooks):
         self._latent_hw: tuple[int, int] | None = None
         self._cross_attention = {
             name: module
-            for name, module in unet.named_modules()
+            for name, module in self.unet.named_modules()
             if isinstance(module, Attention) and module.is_cross_attention
         }
 
@@ -153,11 +153,13 @@ class FeatureCapture(DenoiserHooks):
         for name, block in unet_feature_blocks(self.unet).items():
             self.hook(block.register_forward_hook(self._block_hook(name)))
 
-    def _before_unet(self, module, args, kwargs):
-        if self.captured:
-            return
+    def wants(self, args, kwargs) -> bool:
+        """The first call at the chosen timestep."""
         timestep = kwargs.get("timestep", args[1] if len(args) > 1 else None)
-        if timestep is None or int(torch.as_tensor(timestep).flatten()[0]) != self.timestep:
+        return not self.captured and timestep is not None and int(torch.as_tensor(timestep).flatten()[0]) == self.timestep
+
+    def _before_unet(self, module, args, kwargs):
+        if not self.wants(args, kwargs):
             return
         sample = kwargs.get("sample", args[0] if args else None)
         self._latent_hw = tuple(sample.shape[-2:])
@@ -207,7 +209,7 @@ class CrossAttentionMaps(DenoiserHooks):
 
     def __init__(self, unet, *, classifier_free_guidance: bool):
         super().__init__(unet, classifier_free_guidance)
-        self.unet = unet
+        self.unet = self.denoiser
         self._sum: torch.Tensor | None = None
         self._latent_hw: tuple[int, int] | None = None
 
