@@ -212,7 +212,7 @@ def make_triplets(
     count: Annotated[Optional[int], typer.Option(help=f"Number of triplets; {FROM_RECIPE}.")] = None,
     capture_timestep: Annotated[Optional[int], typer.Option(help=f"Capture the step nearest this timestep (ablation); {FROM_RECIPE}.")] = None,
     capture_index: Annotated[Optional[int], typer.Option(help=f"Capture this step index instead (-1: last); {FROM_RECIPE}.")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (counts per class and pair, disk) without loading a model.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (counts per class and pair, disk, time) without loading a model.")] = False,
     device: Device = "auto",
 ) -> None:
     """Make {UNet features, masks, prompt} triplets from seen classes, labelled by an annotator."""
@@ -223,7 +223,7 @@ def make_triplets(
     config = load_grounding_recipe(recipe, pipeline=model, annotator=annotator,
                                    triplets=dict(count=count, capture_timestep=capture_timestep, capture_index=capture_index))
     if dry_run:
-        print(plan_summary(config.triplets, config.pipeline))
+        print(plan_summary(config.triplets, config.pipeline, device))
         return
     check_output_dir(out)
     pipe, labeller = _recipe_models(config, _device(device))
@@ -314,7 +314,7 @@ def make_dataset(
     guidance_scale: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale; default: the recipe's, else the model's.")] = None,
     num_shards: Annotated[Optional[int], typer.Option(help="Split the items over this many jobs (default: one, or torchrun's processes).")] = None,
     shard_index: Annotated[Optional[int], typer.Option(help="This job's shard, 0 to num-shards - 1.")] = None,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (counts per class and pair, disk) without loading a model.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (counts per class and pair, disk, time) without loading a model.")] = False,
     device: Device = "auto",
 ) -> None:
     """Generate a labelled dataset: images, COCO instances, palette masks, metadata and a card."""
@@ -323,7 +323,7 @@ def make_dataset(
     config = load_dataset_recipe(classes, recipe, model=model, grounding=grounding, per_class=per_class, per_pair=per_pair,
                                  templates=templates, seed=seed, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
     if dry_run:
-        print(plan_summary(config))
+        print(plan_summary(config, device))
         return
     summary = build_dataset(config, out, device=device, num_shards=num_shards, shard_index=shard_index)
     _stderr.print(f"{out}: " + (f"{summary['images']} images, {summary['instances']} instances" if summary else "shard done; other shards pending"))

@@ -33,6 +33,7 @@ from __future__ import annotations
 import hashlib
 import json
 import platform
+import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -43,9 +44,10 @@ from scipy import ndimage
 
 from .classes import check_names, resolve_classes
 from .config import check_non_negative, check_positive, load_config, record_recipe
+from .device import resolve_device
 from .errors import SynthsegError
 from .formats import IGNORE, coco_annotation, coco_document, jsonl_text, label_image, png_bytes, write_atomic, write_json_atomic
-from .plan import dataset_item_bytes, plan_text
+from .plan import dataset_item_bytes, plan_text, record_rate, time_line
 from .prompts import PAPER_TEMPLATES, Prompt, PromptPlanner
 from .registry import check_vocabulary, model_card, recipe_names, recipe_path, resolve_grounding, resolve_pipeline
 
@@ -120,9 +122,11 @@ def plan(recipe: DatasetRecipe) -> list[Prompt]:
     return PromptPlanner(recipe.templates, recipe.seed).dataset(recipe.class_names, recipe.per_class, recipe.pairs, recipe.per_pair)
 
 
-def plan_summary(recipe: DatasetRecipe) -> str:
-    """What `make_dataset` would write, without loading a model."""
-    return plan_text("images", plan(recipe), dataset_item_bytes(recipe.model), " at most, before PNG compression")
+def plan_summary(recipe: DatasetRecipe, device: str = "auto") -> str:
+    """What `make_dataset` would write, and in what time on `device`, without loading a model."""
+    items = plan(recipe)
+    took = time_line("images", recipe.model, resolve_device(device), recipe.guidance_scale, recipe.num_inference_steps, len(items))
+    return plan_text("images", items, dataset_item_bytes(recipe.model), " at most, before PNG compression", took)
 
 
 def label_map(probs: np.ndarray, class_ids: list[int], band: float) -> np.ndarray:
@@ -354,6 +358,7 @@ def make_dataset(pipe, grounding, recipe: DatasetRecipe, directory: str | Path, 
     total = sum(len(b) for b in mine)
     skipped = total - sum(len(b) for b in todo)
     pipe.set_progress_bar_config(disable=True)
+    start = time.perf_counter()
     with loss_progress("make-dataset", total, skipped, log_every=recipe.batch_size, metric="kept") as advance:
         kept: list[float] = []
         for batch in todo:
@@ -367,6 +372,7 @@ def make_dataset(pipe, grounding, recipe: DatasetRecipe, directory: str | Path, 
                     written.add(item.index)
                 kept.append(float((directory / "images" / f"{item.index:06d}.png").is_file()))
             advance(skipped + len(kept), kept)
+    record_rate("images", pipe, recipe.guidance_scale, recipe.num_inference_steps, time.perf_counter() - start, len(kept))
     if state is not None:
         state.wait_for_everyone()
         return finalize(directory, recipe) if state.is_main_process else None
@@ -379,7 +385,6 @@ def build_dataset(recipe: DatasetRecipe, directory: str | Path, *, device: str =
                   shard_index: int | None = None) -> dict | None:
     """`make_dataset` from a recipe alone: checks the shards, the output folder and the device before
     loading the recipe's pipeline and grounding module (bundled names, hub ids or folders)."""
-    from .device import resolve_device
     from .formats import check_output_dir
     from .grounding import GroundingModule
     from .pipeline import load_pipeline

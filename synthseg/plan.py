@@ -1,17 +1,24 @@
-"""Dry runs: what a make-dataset or make-triplets job would write, in seconds and without loading a model.
+"""Dry runs: what a make-dataset or make-triplets job would write, and how long it would take, in
+seconds and without loading a model.
 
 Sizes come from the model's config files alone (a local folder, a bundled name, or a hub id already
 in the Hugging Face cache), for every family (a UNet, SD3's or FLUX's transformer); the denoiser is
-built on PyTorch's "meta" device, which allocates nothing.
+built on PyTorch's "meta" device, which allocates nothing. Times come from the rate that the last real
+run of the same job, model, device and guidance measured (`record_rate`), kept in the user's cache.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import time
 from collections import Counter
 from pathlib import Path
 from types import SimpleNamespace
 
+import torch
+
+from .formats import write_atomic
 from .registry import resolve_pipeline
 
 MAX_CLASSES = 2  # a triplet's prompt names one or two classes
@@ -103,7 +110,6 @@ def triplet_bytes(model: str, dtype_bytes: int, cross_attention: bool, blocks: l
     "auto" chooses as `triplets.storage_kind` does), the class queries and bit-packed masks; (None, None)
     where the model's configs are not on this machine. The denoiser is built on the meta device."""
     import diffusers
-    import torch
 
     from .triplets import REPLAY_ABOVE
 
@@ -123,6 +129,63 @@ def triplet_bytes(model: str, dtype_bytes: int, cross_attention: bool, blocks: l
     return stored + MAX_CLASSES * (width * dtype_bytes + size * ((size + 7) // 8)), storage
 
 
+def rates_path() -> Path:
+    """Where measured rates are kept: $SYNTHSEG_CACHE, else $XDG_CACHE_HOME/synthseg or ~/.cache/synthseg."""
+    root = os.environ.get("SYNTHSEG_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "synthseg"
+    return Path(root) / "throughput.json"
+
+
+def device_name(device: str | torch.device) -> str:
+    """What a rate was measured on: the GPU's name, or the CPU and its thread count."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu, {torch.get_num_threads()} threads" if device.type == "cpu" else device.type
+
+
+def _rate_key(kind: str, model: str, device, guidance_scale: float) -> str:
+    folder = Path(resolve_pipeline(model))
+    return " | ".join([kind, str(folder.resolve()) if folder.is_dir() else str(model), device_name(device), f"guidance {guidance_scale:g}"])
+
+
+def record_rate(kind: str, pipe, guidance_scale: float, steps: int, seconds: float, items: int) -> None:
+    """Keep a run's measured seconds per item for later dry runs of the same job ("images" or "triplets"),
+    model (the folder or hub id `pipe` was loaded from), device and guidance. Best effort: a pipeline
+    built in memory, or a cache that cannot be written, records nothing."""
+    model, device = getattr(pipe, "name_or_path", None), getattr(pipe, "device", "cpu")
+    if items < 1 or not model:
+        return
+    path = rates_path()
+    try:
+        rates = json.loads(path.read_text()) if path.is_file() else {}
+        rates[_rate_key(kind, model, device, guidance_scale)] = dict(seconds_per_item=seconds / items, steps=steps, items=items,
+                                                                      date=time.strftime("%Y-%m-%d"))
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, json.dumps(rates, indent=1, sort_keys=True) + "\n")
+    except (OSError, ValueError):
+        pass
+
+
+def time_line(kind: str, model: str, device, guidance_scale: float, steps: int, count: int) -> str:
+    """The dry run's time: the recorded rate scaled to `steps` denoising steps, or how to get one."""
+    try:
+        rate = json.loads(rates_path().read_text()).get(_rate_key(kind, model, device, guidance_scale))
+    except (OSError, ValueError):
+        rate = None
+    if rate is None:
+        return f"time: unknown (no {kind} rate recorded for this model on {device_name(device)}; any run records one)"
+    seconds = rate["seconds_per_item"] * steps / rate["steps"]
+    scaled = f", scaled from {rate['steps']} steps" if rate["steps"] != steps else ""
+    return (f"time: about {_duration(seconds * count)} ({seconds:.3g} s per item on {device_name(device)}, "
+            f"measured {rate['date']} over {rate['items']} items{scaled})")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
 def _human(count: float) -> str:
     for unit in ("B", "KB", "MB", "GB", "TB"):
         if count < 1000 or unit == "TB":
@@ -131,8 +194,8 @@ def _human(count: float) -> str:
     raise AssertionError("unreachable")
 
 
-def plan_text(kind: str, prompts, bytes_per_item: int | None, note: str = "") -> str:
-    """The dry-run report: total, counts per class (one-class prompts) and per pair, and disk."""
+def plan_text(kind: str, prompts, bytes_per_item: int | None, note: str = "", time: str | None = None) -> str:
+    """The dry-run report: total, counts per class (one-class prompts) and per pair, disk and `time`."""
     singles = Counter(p.classes[0] for p in prompts if len(p.classes) == 1)
     pairs = Counter(" + ".join(sorted(p.classes)) for p in prompts if len(p.classes) == 2)
     lines = [f"{len(prompts)} {kind}: {sum(singles.values())} one-class and {sum(pairs.values())} two-class prompts"]
@@ -143,4 +206,4 @@ def plan_text(kind: str, prompts, bytes_per_item: int | None, note: str = "") ->
         lines.append("disk: unknown (the model's config files are not on this machine)")
     else:
         lines.append(f"disk: about {_human(bytes_per_item * len(prompts))} ({_human(bytes_per_item)} per item{note})")
-    return "\n".join(lines)
+    return "\n".join(lines + ([time] if time else []))

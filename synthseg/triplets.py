@@ -34,6 +34,7 @@ caches below: every real model replays, the worlds cache (a world triplet is abo
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,11 +46,12 @@ from safetensors.torch import save_file
 from .annotators import Instance
 from .capture import CaptureStep, denoiser_of, replay
 from .config import check_non_negative, check_positive, load_config, record_recipe
+from .device import resolve_device
 from .errors import SynthsegError
 from .formats import jsonl_text, read_jsonl, write_atomic
 from .generate import capture_pass
 from .grounding import ATTENTION_FIELDS, PIPELINE_FIELDS, GroundingConfig, class_attention_input, grounding_inputs
-from .plan import MAX_CLASSES, feature_bytes, plan_text, triplet_bytes
+from .plan import MAX_CLASSES, feature_bytes, plan_text, record_rate, time_line, triplet_bytes
 from .progress import loss_progress
 from .prompts import PAPER_TEMPLATES, Prompt, PromptPlanner
 from .text import TEXT_INPUTS, class_queries, prompt_token_spans, text_inputs, text_tokens
@@ -112,12 +114,14 @@ def triplet_prompt(recipe: TripletRecipe, index: int) -> Prompt:
     return PromptPlanner(recipe.templates, recipe.seed).triplet(recipe.seen, recipe.pair_fraction, index)
 
 
-def plan_summary(recipe: TripletRecipe, model: str) -> str:
-    """What `make_triplets` would do, without loading a model: counts per class and pair, storage and disk."""
+def plan_summary(recipe: TripletRecipe, model: str, device: str = "auto") -> str:
+    """What `make_triplets` would do, without loading a model: counts per class and pair, storage, disk
+    and, where a run on `device` recorded its rate, time."""
     prompts = [triplet_prompt(recipe, i) for i in range(recipe.count)]
     item, storage = triplet_bytes(model, torch.finfo(getattr(torch, recipe.feature_dtype)).bits // 8, recipe.cross_attention,
                                   recipe.blocks or None, recipe.storage, recipe.replay_text)
-    return plan_text("triplets", prompts, item, f"; {storage} storage" if storage else "")
+    took = time_line("triplets", model, resolve_device(device), recipe.guidance_scale, recipe.num_inference_steps, len(prompts))
+    return plan_text("triplets", prompts, item, f"; {storage} storage" if storage else "", took)
 
 
 def storage_kind(pipe, recipe: TripletRecipe) -> str:
@@ -161,6 +165,7 @@ def make_triplets(pipe, annotator, recipe: TripletRecipe, directory: str | Path)
     shards = range((recipe.count + recipe.shard_size - 1) // recipe.shard_size)
     pipe.set_progress_bar_config(disable=True)
     missing: list[float] = []  # one flag per prompted class, for the progress display
+    start, made = time.perf_counter(), 0
     with loss_progress("triplets", recipe.count, log_every=recipe.shard_size, metric="missing") as advance:
         for shard in shards:
             stem = directory / f"shard-{shard:05d}"
@@ -172,8 +177,10 @@ def make_triplets(pipe, annotator, recipe: TripletRecipe, directory: str | Path)
                         for i in range(0, len(indices), recipe.batch_size)]
                 _write_shard(stem, rows)
                 records = [r for batch in rows for r in batch["records"]]
+                made += len(records)
             missing += [float(m) for r in records for m in r["missing"]]
             advance(indices[-1] + 1, missing)
+    record_rate("triplets", pipe, recipe.guidance_scale, recipe.num_inference_steps, time.perf_counter() - start, made)
     return directory
 
 

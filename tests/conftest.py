@@ -1,7 +1,9 @@
 import os
+import tempfile
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never reach a hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ["SYNTHSEG_CACHE"] = tempfile.mkdtemp(prefix="synthseg-cache-")  # measured rates stay out of the user's cache
 
 import pytest
 import torch

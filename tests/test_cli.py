@@ -64,6 +64,8 @@ def test_make_triplets_and_train_grounding_end_to_end(pipe_dir, tmp_path):
     result = runner.invoke(app, ["make-triplets", *common, "--out", str(tmp_path / "t"), "--model", str(pipe_dir), "--annotator", str(tmp_path / "ann")])
     assert result.exit_code == 0, result.output
     assert len(list((tmp_path / "t").glob("shard-*.jsonl"))) == 2
+    result = runner.invoke(app, ["make-triplets", *common, "--model", str(pipe_dir), "--dry-run"])  # the run recorded its rate
+    assert result.exit_code == 0 and "s per item on cpu" in result.output and "measured" in result.output, result.output
     result = runner.invoke(app, ["train-grounding", *common, "--triplets", str(tmp_path / "t"), "--workdir", str(tmp_path / "w"), "--out", str(tmp_path / "g")])
     assert result.exit_code == 0, result.output
     result = runner.invoke(app, ["train-grounding", *common, "--triplets", str(tmp_path / "t"), "--workdir", str(tmp_path / "w2"),
@@ -85,15 +87,23 @@ def test_make_triplets_and_train_grounding_end_to_end(pipe_dir, tmp_path):
 
 
 @pytest.mark.slow
-def test_make_dataset_and_show(pipe_dir, grounding, tmp_path):
+def test_make_dataset_and_show(pipe_dir, grounding, tmp_path, monkeypatch):
     from PIL import Image
 
     grounding.save_pretrained(tmp_path / "g")
     args = ["make-dataset", "--classes", "dog,cat", "--per-class", "2", "--per-pair", "1", "--num-inference-steps", "2", "--guidance-scale", "2.0",
             "--model", str(pipe_dir), "--grounding", str(tmp_path / "g"), "--out", str(tmp_path / "ds")]
+    monkeypatch.setenv("SYNTHSEG_CACHE", str(tmp_path / "cache"))
+    result = runner.invoke(app, [*args, "--dry-run"])
+    assert result.exit_code == 0 and "time: unknown (no images rate recorded for this model on cpu" in result.output, result.output
     result = runner.invoke(app, args)
     assert result.exit_code == 0, result.output
     assert (tmp_path / "ds" / "annotations.json").is_file() and (tmp_path / "ds" / "README.md").is_file()
+    (rate,) = json.loads((tmp_path / "cache" / "throughput.json").read_text()).values()  # the run measured its rate
+    assert rate["items"] == 5 and rate["steps"] == 2 and rate["seconds_per_item"] > 0
+    result = runner.invoke(app, [*args, "--dry-run", "--num-inference-steps", "4"])
+    assert f"time: about {5 * 2 * rate['seconds_per_item']:.0f} s ({2 * rate['seconds_per_item']:.3g} s per item on cpu" in result.output
+    assert "scaled from 2 steps" in result.output
     result = runner.invoke(app, ["show", str(tmp_path / "ds")])
     assert result.exit_code == 0, result.output
     sheet = np.asarray(Image.open(tmp_path / "ds" / "contact_sheet.png"))
