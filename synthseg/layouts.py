@@ -1,0 +1,224 @@
+"""Layouts for box-grounded generation (GLIGEN): per image, 1 to N objects, each a phrase (a class name)
+and a box, and one instance mask per object from the grounding module's class masks.
+
+- `sample_layouts`: layouts drawn from a class set and its pairs, same-class repeats included, with
+  boxes inside size, aspect and overlap limits. Layout i depends only on the recipe's seed and i.
+- `read_layouts`: a user's JSONL file, one layout per line:
+  `{"prompt": "...", "phrases": ["dog", "dog"], "boxes": [[x0, y0, x1, y1], ...], "seed": 7}`, boxes as
+  fractions of the image in [0, 1] (`prompt` and `seed` optional). Each line is checked, and a bad one
+  is named by its number.
+- `instance_masks`: each phrase's instance, its class mask restricted to a margin around its box; where
+  two instances claim a pixel, the module's probability weighted by the pixel's place in each box
+  decides, so touching objects of one class come out as separate instances.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .config import check_positive
+from .errors import SynthsegError
+
+COUNT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+_IRREGULAR = {"person": "people", "sheep": "sheep", "mouse": "mice", "knife": "knives", "skis": "skis", "scissors": "scissors"}
+
+
+@dataclass
+class LayoutRecipe:
+    """How layouts are drawn (a dataset recipe's `layouts` section). Sizes are box sides as fractions of
+    the image side; `max_overlap` bounds the IoU of any two boxes of a layout; `repeat_fraction` of the
+    layouts repeat one class; `margin` widens a box (as a fraction of its side) where its instance mask
+    may reach; an instance covering less than `min_fill` of its box drops the image."""
+
+    min_objects: int = 1
+    max_objects: int = 4
+    repeat_fraction: float = 0.3
+    pair_fraction: float = 0.5
+    min_size: float = 0.2
+    max_size: float = 0.6
+    max_aspect: float = 2.0
+    max_overlap: float = 0.2
+    margin: float = 0.1
+    min_fill: float = 0.1
+    seed: int = 0
+    templates: list[str] = field(default_factory=lambda: ["a photograph of {}"])
+
+    def validate(self, source: str) -> None:
+        check_positive(source, self, "min_objects", "max_objects")
+        if self.min_objects > self.max_objects:
+            raise SynthsegError(f"{source}: layouts.min_objects {self.min_objects} is above max_objects {self.max_objects}")
+        if not 0 < self.min_size <= self.max_size <= 1:
+            raise SynthsegError(f"{source}: layouts need 0 < min_size <= max_size <= 1")
+        for name in ("repeat_fraction", "pair_fraction", "max_overlap", "min_fill"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise SynthsegError(f"{source}: layouts.{name} must lie in [0, 1]")
+        if self.max_aspect < 1 or self.margin < 0:
+            raise SynthsegError(f"{source}: layouts.max_aspect must be at least 1 and margin not negative")
+        if any(t.count("{}") != 1 for t in self.templates):
+            raise SynthsegError(f"{source}: each layouts template has one slot for the objects, e.g. 'a photograph of {{}}'")
+
+
+@dataclass
+class Layout:
+    """One planned layout generation: its place in the plan, the prompt, one phrase (class name) and one
+    box (x0, y0, x1, y1 as fractions of the image) per object, and its seed."""
+
+    index: int
+    prompt: str
+    phrases: list[str]
+    boxes: list[tuple[float, float, float, float]]
+    seed: int
+
+    @property
+    def classes(self) -> list[str]:
+        """The distinct classes named, in order of first appearance (what `Prompt.classes` holds)."""
+        return list(dict.fromkeys(self.phrases))
+
+
+def plural(name: str) -> str:
+    if name in _IRREGULAR:
+        return _IRREGULAR[name]
+    if name.endswith(("s", "x", "ch", "sh")):
+        return name + "es"
+    return name[:-1] + "ies" if name.endswith("y") and name[-2:-1] not in "aeiou" else name + "s"
+
+
+def describe(phrases: list[str]) -> str:
+    """"a circle, two stars and an arrow": each class once, with its count, in order of appearance."""
+    counts = {name: phrases.count(name) for name in dict.fromkeys(phrases)}
+    parts = [(("an " if name[0] in "aeiou" else "a ") + name) if n == 1 else f"{COUNT_WORDS[n] if n < len(COUNT_WORDS) else n} {plural(name)}"
+             for name, n in counts.items()]
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
+
+
+def box_iou(a, b) -> float:
+    ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
+    iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
+    inter = ix * iy
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def _draw_box(rng: np.random.Generator, recipe: LayoutRecipe) -> tuple[float, float, float, float]:
+    """A box with sides in [min_size, max_size] and aspect within max_aspect, placed uniformly."""
+    for _ in range(100):  # accepts within a few draws, unless min_size = max_size leaves only squares
+        width = rng.uniform(recipe.min_size, recipe.max_size)
+        height = width / float(np.exp(rng.uniform(-np.log(recipe.max_aspect), np.log(recipe.max_aspect))))
+        if recipe.min_size <= height <= recipe.max_size:
+            break
+    else:
+        height = width
+    x0, y0 = rng.uniform(0, 1 - width), rng.uniform(0, 1 - height)
+    return (round(float(x0), 4), round(float(y0), 4), round(float(x0 + width), 4), round(float(y0 + height), 4))
+
+
+def sample_layouts(recipe: LayoutRecipe, class_names: list[str], pairs: list[list[str]], count: int) -> list[Layout]:
+    """`count` layouts. Each draws from its own stream (seed, index): its number of objects n; whether a
+    class repeats (`repeat_fraction` of the layouts with n >= 2: then 1 to n - 1 distinct classes, the
+    rest repeats of them, so "three circles" occurs); its distinct classes (two of them a pair of `pairs`
+    for `pair_fraction` of the time, else drawn without replacement); and boxes, redrawn until no two
+    overlap by more than `max_overlap` IoU (a box that finds no place in 100 tries is left out)."""
+    if not class_names:
+        raise SynthsegError("layouts need at least one class")
+    layouts = []
+    for index in range(count):
+        rng = np.random.default_rng([recipe.seed, index])
+        n = int(rng.integers(recipe.min_objects, recipe.max_objects + 1))
+        distinct = int(rng.integers(1, n)) if n >= 2 and rng.random() < recipe.repeat_fraction else n
+        distinct = min(distinct, len(class_names))
+        if distinct == 2 and pairs and rng.random() < recipe.pair_fraction:
+            chosen = list(pairs[int(rng.integers(len(pairs)))])
+        else:
+            chosen = [class_names[i] for i in rng.choice(len(class_names), size=distinct, replace=False)]
+        phrases = chosen + [chosen[int(rng.integers(len(chosen)))] for _ in range(n - len(chosen))]
+        boxes: list[tuple[float, float, float, float]] = []
+        kept = []
+        for phrase in phrases:
+            for _ in range(100):
+                box = _draw_box(rng, recipe)
+                if all(box_iou(box, other) <= recipe.max_overlap for other in boxes):
+                    boxes.append(box)
+                    kept.append(phrase)
+                    break
+        template = recipe.templates[int(rng.integers(len(recipe.templates)))]
+        layouts.append(Layout(index, template.format(describe(kept)), kept, boxes, int(rng.integers(2**31))))
+    return layouts
+
+
+def check_layout(layout: Layout, class_names: list[str], max_boxes: int | None, where: str) -> None:
+    """Refuse a layout that generation cannot take: no objects, a phrase outside the class set, a box
+    outside [0, 1] or of zero area, more boxes than the model's position net takes."""
+    if not layout.phrases or len(layout.phrases) != len(layout.boxes):
+        raise SynthsegError(f"{where}: a layout needs one box per phrase and at least one (got {len(layout.phrases)} phrases, "
+                            f"{len(layout.boxes)} boxes)")
+    unknown = sorted(set(layout.phrases) - set(class_names))
+    if unknown:
+        raise SynthsegError(f"{where}: phrase {unknown[0]!r} is not in the class set ({', '.join(class_names)})")
+    for box in layout.boxes:
+        if len(box) != 4 or not all(0 <= v <= 1 for v in box):
+            raise SynthsegError(f"{where}: box {list(box)} must be [x0, y0, x1, y1] with every value in [0, 1]")
+        if box[2] <= box[0] or box[3] <= box[1]:
+            raise SynthsegError(f"{where}: box {list(box)} has zero area (x1 must exceed x0, y1 y0)")
+    if max_boxes is not None and len(layout.boxes) > max_boxes:
+        raise SynthsegError(f"{where}: {len(layout.boxes)} boxes, but the model's position net takes at most {max_boxes}")
+
+
+def read_layouts(path: str | Path, class_names: list[str], max_boxes: int | None = None, seed: int = 0) -> list[Layout]:
+    """The layouts of a JSONL file (see the module docstring), each checked by `check_layout`. A line
+    without a prompt gets one that names its objects; one without a seed gets one drawn from (seed, line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise SynthsegError(f"{path}: layouts file not found")
+    layouts = []
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        where = f"{path}, line {number}"
+        try:
+            record = json.loads(line)
+            phrases, boxes = [str(p) for p in record["phrases"]], [tuple(float(v) for v in box) for box in record["boxes"]]
+            prompt = str(record.get("prompt") or f"a photograph of {describe(phrases)}")
+            layout_seed = int(record["seed"]) if "seed" in record else int(np.random.default_rng([seed, number]).integers(2**31))
+        except (ValueError, TypeError, KeyError, AttributeError) as error:
+            reason = f"missing {error}" if isinstance(error, KeyError) else "not a JSON object with phrases and boxes"
+            raise SynthsegError(f"{where}: malformed layout ({reason})") from None
+        layout = Layout(len(layouts), prompt, phrases, boxes, layout_seed)
+        check_layout(layout, class_names, max_boxes, where)
+        layouts.append(layout)
+    if not layouts:
+        raise SynthsegError(f"{path}: no layouts in the file")
+    return layouts
+
+
+def _box_weight(box, height: int, width: int, margin: float) -> np.ndarray:
+    """(H, W): 1 at the box's centre, falling linearly to 1 / (1 + margin) at its edge and 0 at the edge of
+    its margin; 0 beyond."""
+    x0, y0, x1, y1 = box
+    ys, xs = (np.arange(height) + 0.5) / height, (np.arange(width) + 0.5) / width
+    dx = np.abs(xs - (x0 + x1) / 2) / ((x1 - x0) / 2)
+    dy = np.abs(ys - (y0 + y1) / 2) / ((y1 - y0) / 2)
+    distance = np.maximum(dy[:, None], dx[None, :])  # 1 on the box's edge
+    return np.clip(1 - distance / (1 + margin), 0, None)
+
+
+def instance_masks(probs: np.ndarray, classes: list[str], layout: Layout, margin: float, threshold: float = 0.5) -> list[np.ndarray]:
+    """One boolean (H, W) mask per phrase of `layout`. `probs`: (K, H, W) the module's per-class
+    probabilities, in the order of `classes` (`layout.classes`). A pixel belongs to the phrase whose class
+    probability times box weight (`_box_weight`) is highest there, if that class's probability passes
+    `threshold` and the pixel lies within the phrase's box widened by `margin`."""
+    height, width = probs.shape[1:]
+    scores = np.stack([probs[classes.index(p)] * _box_weight(box, height, width, margin) for p, box in zip(layout.phrases, layout.boxes)])
+    owner = scores.argmax(0)
+    return [(owner == i) & (scores[i] > 0) & (probs[classes.index(p)] > threshold) for i, p in enumerate(layout.phrases)]
+
+
+def box_fill(mask: np.ndarray, box) -> float:
+    """The share of `box` (fractions of the image) that `mask` covers."""
+    height, width = mask.shape
+    x0, y0 = int(np.floor(box[0] * width)), int(np.floor(box[1] * height))
+    x1, y1 = max(x0 + 1, int(np.ceil(box[2] * width))), max(y0 + 1, int(np.ceil(box[3] * height)))
+    return float(mask[y0:y1, x0:x1].mean())

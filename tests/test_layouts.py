@@ -1,0 +1,113 @@
+"""Layouts: deterministic sampling within the recipe's limits, layouts files with one-line errors, and
+instance masks that keep touching objects of one class apart."""
+
+import json
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from synthseg import SynthsegError
+from synthseg.config import load_config
+from synthseg.layouts import Layout, LayoutRecipe, box_fill, box_iou, describe, instance_masks, read_layouts, sample_layouts
+from synthseg.world import WORLD_CLASSES
+
+CLASSES = list(WORLD_CLASSES)
+PAIRS = [["circle", "square"], ["star", "heart"]]
+
+
+def test_sampling_is_deterministic_and_a_layout_does_not_depend_on_the_count():
+    recipe = LayoutRecipe(seed=3)
+    first = sample_layouts(recipe, CLASSES, PAIRS, 40)
+    assert first == sample_layouts(recipe, CLASSES, PAIRS, 40)
+    assert sample_layouts(recipe, CLASSES, PAIRS, 10) == first[:10]
+    assert sample_layouts(replace(recipe, seed=4), CLASSES, PAIRS, 40) != first
+
+
+def test_sampled_layouts_keep_the_recipe_s_limits():
+    recipe = LayoutRecipe(min_objects=1, max_objects=4, repeat_fraction=0.5, max_overlap=0.2, min_size=0.2, max_size=0.6, max_aspect=2.0)
+    layouts = sample_layouts(recipe, CLASSES, PAIRS, 300)
+    counts = [len(layout.phrases) for layout in layouts]
+    assert min(counts) == 1 and max(counts) == 4 and len(set(counts)) == 4
+    assert any(len(layout.classes) < len(layout.phrases) for layout in layouts)  # same-class repeats
+    assert any(len(layout.phrases) >= 3 and len(layout.classes) == 1 for layout in layouts)  # "three circles" can be asked for
+    assert any(layout.classes in PAIRS for layout in layouts)
+    for layout in layouts:
+        assert len(layout.boxes) == len(layout.phrases) and set(layout.phrases) <= set(CLASSES)
+        for i, box in enumerate(layout.boxes):
+            width, height = box[2] - box[0], box[3] - box[1]
+            assert 0 <= box[0] < box[2] <= 1 and 0 <= box[1] < box[3] <= 1
+            assert 0.2 - 1e-3 <= min(width, height) and max(width, height) <= 0.6 + 1e-3
+            assert max(width / height, height / width) <= 2.0 + 1e-3
+            assert all(box_iou(box, other) <= 0.2 for other in layout.boxes[:i])
+    assert layouts[0].prompt.startswith("a photograph of ")
+
+
+def test_prompts_name_each_class_once_with_its_count():
+    assert describe(["circle", "star", "star", "arrow"]) == "a circle, two stars and an arrow"
+    assert describe(["cross", "cross", "cross"]) == "three crosses"
+    assert describe(["sheep", "person", "person", "hourglass", "hourglass", "dining table"]) == \
+        "a sheep, two people, two hourglasses and a dining table"
+
+
+def test_bad_recipe_values_are_refused_by_name(tmp_path):
+    for bad, message in [(dict(min_objects=3, max_objects=2), "above max_objects"), (dict(max_overlap=1.5), "max_overlap"),
+                         (dict(min_size=0.7, max_size=0.5), "min_size"), (dict(templates=["a {} and {}"]), "one slot")]:
+        with pytest.raises(SynthsegError, match=message):
+            load_config(LayoutRecipe, bad, "recipe.yaml")
+
+
+def write(tmp_path, *lines):
+    path = tmp_path / "layouts.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+def test_a_layouts_file_reads_with_prompts_and_seeds_filled_in(tmp_path):
+    path = write(tmp_path, json.dumps(dict(phrases=["circle", "circle"], boxes=[[0, 0, 0.5, 0.5], [0.5, 0.5, 1, 1]])), "",
+                 json.dumps(dict(prompt="two stars", phrases=["star"], boxes=[[0.1, 0.1, 0.4, 0.6]], seed=7)))
+    first, second = read_layouts(path, CLASSES)
+    assert first.prompt == "a photograph of two circles" and first.boxes == [(0, 0, 0.5, 0.5), (0.5, 0.5, 1, 1)]
+    assert second == Layout(1, "two stars", ["star"], [(0.1, 0.1, 0.4, 0.6)], 7)
+    assert read_layouts(path, CLASSES)[0].seed == first.seed
+
+
+@pytest.mark.parametrize("line, message", [
+    ('{"phrases": ["circle"], "boxes": [[0, 0, 0.5', "line 2: malformed layout"),
+    ('{"phrases": ["circle"]}', "line 2: malformed layout (missing 'boxes')"),
+    ("[1, 2]", "line 2: malformed layout"),
+    ('{"phrases": ["circle"], "boxes": [[0, 0, 1.5, 0.5]]}', "line 2: box [0.0, 0.0, 1.5, 0.5] must be [x0, y0, x1, y1] with every value in [0, 1]"),
+    ('{"phrases": ["circle"], "boxes": [[0.5, 0, 0.5, 0.5]]}', "line 2: box [0.5, 0.0, 0.5, 0.5] has zero area"),
+    ('{"phrases": ["dog"], "boxes": [[0, 0, 0.5, 0.5]]}', "line 2: phrase 'dog' is not in the class set"),
+    ('{"phrases": ["circle", "star"], "boxes": [[0, 0, 0.5, 0.5]]}', "line 2: a layout needs one box per phrase"),
+    ('{"phrases": ["circle", "circle", "circle"], "boxes": [[0, 0, 0.2, 0.2], [0, 0, 0.3, 0.3], [0, 0, 0.4, 0.4]]}',
+     "line 2: 3 boxes, but the model's position net takes at most 2"),
+])
+def test_a_bad_layout_line_is_named_by_its_number(tmp_path, line, message):
+    path = write(tmp_path, '{"phrases": ["star"], "boxes": [[0, 0, 0.5, 0.5]]}', line)
+    with pytest.raises(SynthsegError) as error:
+        read_layouts(path, CLASSES, max_boxes=2)
+    assert message in str(error.value) and "\n" not in str(error.value)
+
+
+def test_missing_and_empty_layouts_files(tmp_path):
+    with pytest.raises(SynthsegError, match="layouts file not found"):
+        read_layouts(tmp_path / "nope.jsonl", CLASSES)
+    with pytest.raises(SynthsegError, match="no layouts"):
+        read_layouts(write(tmp_path, ""), CLASSES)
+
+
+def test_touching_objects_of_one_class_come_out_as_separate_instances():
+    probs = np.zeros((2, 64, 64), dtype=np.float32)
+    probs[0, 16:40, 8:32] = 0.9   # two touching circles: one connected region of class 0
+    probs[0, 16:40, 32:56] = 0.8
+    probs[1, 44:60, 44:60] = 0.95  # a star, overlapping the second circle's margin
+    layout = Layout(0, "", ["circle", "circle", "star"], [(8 / 64, 16 / 64, 32 / 64, 40 / 64), (32 / 64, 16 / 64, 56 / 64, 40 / 64),
+                                                         (44 / 64, 44 / 64, 60 / 64, 60 / 64)], 0)
+    left, right, star = instance_masks(probs, ["circle", "star"], layout, margin=0.1)
+    assert not (left & right).any() and not (left & star).any() and not (right & star).any()
+    assert left[16:40, 8:32].all() and not left[:, 33:].any()
+    assert right[16:40, 33:56].all() and not right[:, :31].any()
+    assert star[44:60, 44:60].all() and star.sum() == 16 * 16
+    assert box_fill(left, layout.boxes[0]) == 1.0 and box_fill(np.zeros_like(left), layout.boxes[0]) == 0.0
+    assert not instance_masks(probs * 0.5, ["circle", "star"], layout, margin=0.1)[0].any()  # below the threshold: no instance
