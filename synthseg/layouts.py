@@ -22,9 +22,7 @@ import numpy as np
 
 from .config import check_positive
 from .errors import SynthsegError
-
-COUNT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
-_IRREGULAR = {"person": "people", "sheep": "sheep", "mouse": "mice", "knife": "knives", "skis": "skis", "scissors": "scissors"}
+from .prompts import describe
 
 
 @dataclass
@@ -77,22 +75,6 @@ class Layout:
     def classes(self) -> list[str]:
         """The distinct classes named, in order of first appearance (what `Prompt.classes` holds)."""
         return list(dict.fromkeys(self.phrases))
-
-
-def plural(name: str) -> str:
-    if name in _IRREGULAR:
-        return _IRREGULAR[name]
-    if name.endswith(("s", "x", "ch", "sh")):
-        return name + "es"
-    return name[:-1] + "ies" if name.endswith("y") and name[-2:-1] not in "aeiou" else name + "s"
-
-
-def describe(phrases: list[str]) -> str:
-    """"a circle, two stars and an arrow": each class once, with its count, in order of appearance."""
-    counts = {name: phrases.count(name) for name in dict.fromkeys(phrases)}
-    parts = [(("an " if name[0] in "aeiou" else "a ") + name) if n == 1 else f"{COUNT_WORDS[n] if n < len(COUNT_WORDS) else n} {plural(name)}"
-             for name, n in counts.items()]
-    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
 def box_iou(a, b) -> float:

@@ -17,11 +17,30 @@ from .errors import SynthsegError
 PAPER_TEMPLATES = ("a photograph of a {}", "a photograph of a {} and a {}")
 
 _ARTICLE = re.compile(r"\ba ([aeiouAEIOU])")
+COUNT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
+_IRREGULAR = {"person": "people", "sheep": "sheep", "mouse": "mice", "knife": "knives", "skis": "skis", "scissors": "scissors"}
 
 
 def fill_template(template: str, class_names: list[str] | tuple[str, ...]) -> str:
     """Fill `{}` slots with class names and fix the article: "a photograph of a arrow" -> "... an arrow"."""
     return _ARTICLE.sub(r"an \1", template.format(*class_names))
+
+
+def plural(name: str) -> str:
+    """English plural of a class name, for counted prompts ("two crosses", "two people")."""
+    if name in _IRREGULAR:
+        return _IRREGULAR[name]
+    if name.endswith(("s", "x", "ch", "sh")):
+        return name + "es"
+    return name[:-1] + "ies" if name.endswith("y") and name[-2:-1] not in "aeiou" else name + "s"
+
+
+def describe(phrases: list[str]) -> str:
+    """"a circle, two stars and an arrow": each class once, with its count, in order of appearance."""
+    counts = {name: phrases.count(name) for name in dict.fromkeys(phrases)}
+    parts = [(("an " if name[0] in "aeiou" else "a ") + name) if n == 1 else f"{COUNT_WORDS[n] if n < len(COUNT_WORDS) else n} {plural(name)}"
+             for name, n in counts.items()]
+    return parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
 def caption(class_names: list[str] | tuple[str, ...], templates: tuple[str, ...] = PAPER_TEMPLATES) -> str:

@@ -9,7 +9,8 @@ import pytest
 
 from synthseg import SynthsegError
 from synthseg.config import load_config
-from synthseg.layouts import Layout, LayoutRecipe, box_fill, box_iou, describe, instance_masks, read_layouts, sample_layouts
+from synthseg.layouts import Layout, LayoutRecipe, box_fill, box_iou, instance_masks, read_layouts, sample_layouts
+from synthseg.prompts import describe
 from synthseg.world import WORLD_CLASSES
 
 CLASSES = list(WORLD_CLASSES)

@@ -1,0 +1,188 @@
+"""Segmenting real images with a grounding module (ODISE/VPD): the module reads the denoiser's features at
+the capture step, so one denoising step on a real image's noised latent is enough to segment any named
+class, unseen ones included.
+
+Per image: VAE-encode it; noise the latent to the capture timestep with a seeded generator (K draws,
+averaged); call the denoiser once per prompt, the class names put in prompts that fit the text
+encoder ("a photograph of a dog, a cat and a bus", several prompts when they do not, or one per class);
+capture that call (`synthseg.capture.replay`) and run the module. The denoiser's other arguments
+(SDXL's size conditioning, FLUX's positional ids, guidance) are what the pipeline itself passes: they
+are recorded from a pipeline call stopped at its first denoiser call, so every family works alike.
+"""
+
+from __future__ import annotations
+
+import inspect
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .capture import denoiser_of, replay
+from .errors import SynthsegError
+from .generate import predict_masks
+from .grounding import GroundingModule
+from .prompts import describe
+from .text import encode_prompts, pipeline_family, prompt_token_spans, text_inputs, text_streams
+
+
+@dataclass
+class Segmentation:
+    """One image's result: `probs` (K, H, W) float32 per-class probabilities in the order of the class
+    names, `labels` (H, W) uint8 with 0 for background and k + 1 for class k (the most probable class
+    where its probability passes the threshold)."""
+
+    probs: torch.Tensor
+    labels: np.ndarray
+
+
+class _Recorded(Exception):
+    """Stops a pipeline call at its first denoiser call, once that call's arguments are recorded."""
+
+
+def recorded_call(pipe, prompt_count: int, height: int, width: int) -> dict:
+    """The keyword arguments `pipe` gives its denoiser at `height` x `width` for `prompt_count` prompts
+    (no CFG), from a pipeline call stopped before the denoiser runs."""
+    denoiser = denoiser_of(pipe)
+
+    def record(module, args, kwargs):
+        raise _Recorded(inspect.signature(module.forward).bind(*args, **kwargs).arguments)
+
+    handle = denoiser.register_forward_pre_hook(record, with_kwargs=True)
+    try:
+        text = encode_prompts(pipe, [""] * prompt_count, guidance_scale=1.0)
+        pipe(**text.call, num_inference_steps=1, height=height, width=width, output_type="latent")
+    except _Recorded as recorded:
+        return {k: v for k, v in recorded.args[0].items() if k != "return_dict"}
+    finally:
+        handle.remove()
+    raise SynthsegError("the pipeline never called its denoiser")
+
+
+def prompts_for(pipe, class_names: list[str], template: str, one_per_class: bool) -> list[list[str]]:
+    """The class names split into prompt groups: one per class, or as many per prompt as every text
+    stream keeps whole. A name that does not fit a prompt alone is an error."""
+    groups: list[list[str]] = []
+    for name in class_names:
+        if groups and not one_per_class and _fits(pipe, template.format(describe(groups[-1] + [name]))):
+            groups[-1].append(name)
+        elif _fits(pipe, template.format(describe([name]))):
+            groups.append([name])
+        else:
+            limit = min(kept for _, _, _, kept in text_streams(pipe))
+            raise SynthsegError(f"class name {name!r} does not fit in a prompt of the text encoder's {limit} tokens")
+    return groups
+
+
+def _fits(pipe, prompt: str) -> bool:
+    return all(len(tokenizer(prompt).input_ids) <= kept for _, tokenizer, _, kept in text_streams(pipe))
+
+
+def to_rgb(image: Image.Image, name: str) -> Image.Image:
+    """8-bit RGB, with a warning that says what was converted: grayscale, palette, RGBA (alpha dropped) or
+    16-bit (scaled to 8 bits)."""
+    if image.mode == "RGB":
+        return image
+    if image.mode in ("I;16", "I;16B", "I;16L", "I"):
+        values = np.asarray(image, dtype=np.float64)
+        image = Image.fromarray(np.clip(values / (257 if values.max() > 255 else 1), 0, 255).astype(np.uint8))
+        warnings.warn(f"{name} is 16-bit; scaled to 8-bit RGB")
+        return image.convert("RGB")
+    warnings.warn(f"{name} is {image.mode}; converted to RGB" + (" (alpha dropped)" if "A" in image.mode else ""))
+    return image.convert("RGB")
+
+
+def _latents(pipe, pixels: torch.Tensor) -> torch.Tensor:
+    """VAE latents as the denoiser reads them: mean of the posterior, shifted and scaled."""
+    config = pipe.vae.config
+    latents = pipe.vae.encode(pixels.to(pipe.device, pipe.vae.dtype)).latent_dist.mean
+    return (latents - (config.get("shift_factor") or 0.0)) * config.scaling_factor
+
+
+def _noised(pipe, latents: torch.Tensor, timestep: int, generator: torch.Generator) -> tuple[torch.Tensor, float]:
+    """(latent at `timestep`, the timestep value the denoiser takes): x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) e
+    on a DDPM-style schedule (the input Euler-type schedulers also scale to), x = (1 - s) x_0 + s e with
+    s = t / 1000 on a flow schedule (SD3, FLUX; FLUX's transformer takes s)."""
+    noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
+    family = pipeline_family(pipe)
+    if family in ("sd3", "flux"):
+        sigma = timestep / 1000
+        return (1 - sigma) * latents + sigma * noise, sigma if family == "flux" else float(timestep)
+    alphas = getattr(pipe.scheduler, "alphas_cumprod", None)
+    if alphas is None:
+        raise SynthsegError(f"{type(pipe.scheduler).__name__} has no DDPM schedule to noise a real image with")
+    alpha = alphas[timestep].to(latents.device, latents.dtype)
+    return alpha.sqrt() * latents + (1 - alpha).sqrt() * noise, timestep
+
+
+def _input_size(pipe, image: Image.Image) -> tuple[int, int]:
+    """The smallest (H, W) at or above the image's that the pipeline takes: multiples of 8 (what the
+    pipelines check) and of the VAE's factor times the transformer's patch (FLUX packs 2x2)."""
+    patch = 2 if pipeline_family(pipe) == "flux" else int(getattr(denoiser_of(pipe).config, "patch_size", None) or 1)
+    multiple = math.lcm(8, pipe.vae_scale_factor * patch)
+    return (-(-image.height // multiple) * multiple, -(-image.width // multiple) * multiple)
+
+
+@torch.no_grad()
+def segment_images(pipe, grounding: GroundingModule, images: list[Image.Image], class_names: list[str], *, timestep: int = 5,
+                   noise_draws: int = 1, seed: int = 0, template: str = "a photograph of {}", one_prompt_per_class: bool = False,
+                   threshold: float = 0.5) -> list[Segmentation]:
+    """Segment `class_names` in each of `images` (PIL, any mode and size) with `grounding` on `pipe`'s
+    features at `timestep` (of 1000; flow models: sigma = timestep / 1000). A class's probability is
+    the mean over `noise_draws` noised latents (seeded by `seed` and the image's index). An image the
+    VAE cannot take at its size is padded (edge pixels) up to one it can, with a warning; the output is
+    cropped back. `template` has one slot for the class list."""
+    if not class_names:
+        raise SynthsegError("no class names to segment")
+    if noise_draws < 1:
+        raise SynthsegError(f"noise_draws must be at least 1, got {noise_draws}")
+    grounding.config.check_pipeline(pipe)
+    groups = prompts_for(pipe, list(class_names), template, one_prompt_per_class)
+    prompts = [template.format(describe(group)) for group in groups]
+    spans = prompt_token_spans(pipe, prompts, groups)
+    embeds = encode_prompts(pipe, prompts, guidance_scale=1.0).embeds
+    texts = text_inputs(pipe, prompts)
+    results, calls = [], {}
+    for index, image in enumerate(images):
+        name = getattr(image, "filename", "") or f"image {index}"
+        rgb = to_rgb(image, name)
+        height, width = _input_size(pipe, rgb)
+        if (height, width) != (rgb.height, rgb.width):
+            warnings.warn(f"{name} is {rgb.width}x{rgb.height}; padded to {width}x{height} for the VAE, and its masks cropped back")
+        padded = np.pad(np.asarray(rgb), ((0, height - rgb.height), (0, width - rgb.width), (0, 0)), mode="edge")
+        pixels = torch.from_numpy(padded).permute(2, 0, 1)[None].float() / 127.5 - 1
+        latents = _latents(pipe, pixels)
+        if (height, width) not in calls:
+            calls[(height, width)] = _flatten(recorded_call(pipe, len(prompts) * noise_draws, height, width))
+        generator = torch.Generator().manual_seed(seed * 1_000_003 + index)
+        draws = [_noised(pipe, latents, timestep, generator) for _ in range(noise_draws)]
+        inputs = dict(calls[(height, width)], **{k: v.repeat(noise_draws, *[1] * (v.ndim - 1)) for k, v in texts.items()})
+        noisy = torch.cat([d[0] for d in draws]).repeat_interleave(len(prompts), dim=0)
+        if pipeline_family(pipe) == "flux":
+            noisy = pipe._pack_latents(noisy, noisy.shape[0], *noisy.shape[1:])
+        inputs["hidden_states" if "hidden_states" in inputs else "sample"] = noisy
+        inputs["timestep"] = torch.full((noisy.shape[0],), draws[0][1], dtype=torch.float32)
+        features = replay(pipe, inputs, attention=grounding.config.needs_attention, blocks=grounding.config.feature_blocks or None)
+        masks = predict_masks(grounding, features, embeds.repeat(noise_draws, 1, 1), spans * noise_draws, (height, width))
+        per_class = [torch.stack([masks[d * len(prompts) + g][q] for d in range(noise_draws)]).mean(0)
+                     for g, group in enumerate(groups) for q in range(len(group))]
+        probs = torch.stack(per_class)[:, : rgb.height, : rgb.width]
+        labels = (probs.argmax(0) + 1).numpy().astype(np.uint8)
+        labels[probs.max(0).values.numpy() <= threshold] = 0
+        results.append(Segmentation(probs, labels))
+    return results
+
+
+def _flatten(arguments: dict) -> dict:
+    """Recorded keyword arguments with dict values (SDXL's added_cond_kwargs) as "name.key" entries, as
+    `synthseg.capture.replay` reads them; shared positional ids (FLUX's) get a row dimension."""
+    flat = {}
+    for name, value in arguments.items():
+        if isinstance(value, dict):
+            flat.update({f"{name}.{key}": item for key, item in value.items()})
+        elif value is not None:
+            flat[name] = value[None] if name in ("img_ids", "txt_ids") else value
+    return flat

@@ -1,0 +1,89 @@
+"""Segmenting real images with a grounding module: one denoiser step on a noised real latent, for every
+family; exact-mask quality on the world when the right class is named; conversions and bad input."""
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from synthseg import GroundingConfig, GroundingModule, SynthsegError
+from synthseg.segment import prompts_for, segment_images
+from synthseg.tiny import tiny_flux_pipeline, tiny_pipeline, tiny_sd3_pipeline, tiny_sdxl_pipeline
+
+T5 = Path(__file__).parent / "fixtures" / "t5-tiny.model"
+FAMILIES = {"sd": lambda: tiny_pipeline(), "sdxl": lambda: tiny_sdxl_pipeline(), "sd3": lambda: tiny_sd3_pipeline(T5),
+            "flux": lambda: tiny_flux_pipeline(T5)}
+
+
+def photo(size=(40, 24), mode="RGB"):
+    rng = np.random.default_rng(0)
+    return Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).convert(mode)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_every_family_segments_a_real_image(family):
+    pipe = FAMILIES[family]()
+    pipe.set_progress_bar_config(disable=True)
+    torch.manual_seed(0)
+    module = GroundingModule(GroundingConfig.for_pipeline(pipe, fuse_dim=16, mask_dim=16, hidden_dim=32, num_heads=4, ffn_dim=64,
+                                                          token_patch=2, cross_attention=True, attention_pooling=True)).eval()
+    size = 32 if family != "flux" else 16
+    image = photo((size, size))
+    first = segment_images(pipe, module, [image, image], ["dog", "cat", "bus"], noise_draws=2)
+    assert len(first) == 2
+    for result in first:
+        assert result.probs.shape == (3, size, size) and result.labels.shape == (size, size) and result.labels.dtype == np.uint8
+        assert 0 <= result.probs.min() and result.probs.max() <= 1 and set(np.unique(result.labels)) <= {0, 1, 2, 3}
+    again = segment_images(pipe, module, [image], ["dog", "cat", "bus"], noise_draws=2)
+    torch.testing.assert_close(again[0].probs, first[0].probs)  # seeded noise: the same image gives the same masks
+    other = segment_images(pipe, module, [image], ["dog", "cat", "bus"], noise_draws=2, seed=1)
+    assert not torch.equal(other[0].probs, first[0].probs)
+
+
+@pytest.mark.slow
+def test_the_world_module_segments_rendered_scenes_given_their_class():
+    """The world module, trained only on generated images, on rendered scenes with exact masks."""
+    from synthseg.pipeline import load_pipeline
+    from synthseg.world import WORLD_CLASSES, render_scene, scene_seed
+
+    pipe, module = load_pipeline("world"), GroundingModule.from_pretrained("world").eval()
+    ious = []
+    for i, name in enumerate(["circle", "star", "heart", "hourglass"]):  # heart and hourglass are unseen classes
+        scene = render_scene(scene_seed(i, held_out=True), [name])
+        (result,) = segment_images(pipe, module, [Image.fromarray(scene.image)], [name])
+        truth = scene.semantic() == WORLD_CLASSES.index(name) + 1
+        ious.append(((result.labels == 1) & truth).sum() / ((result.labels == 1) | truth).sum())
+    assert min(ious) > 0.8, ious
+
+
+def test_odd_sizes_are_padded_and_cropped_back_and_modes_converted_with_a_warning():
+    pipe = tiny_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    module = GroundingModule(GroundingConfig.for_pipeline(pipe, fuse_dim=16, mask_dim=16, hidden_dim=32, num_heads=4, ffn_dim=64,
+                                                          token_patch=2)).eval()
+    sixteen = Image.fromarray(np.arange(32 * 32, dtype=np.uint16).reshape(32, 32) * 60)
+    assert sixteen.mode == "I;16"
+    cases = [(photo((30, 21)), "padded to 32x24"), (photo((32, 32), "L"), "is L; converted to RGB"),
+             (photo((32, 32), "RGBA"), "alpha dropped"), (sixteen, "16-bit; scaled to 8-bit")]
+    for image, message in cases:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            (result,) = segment_images(pipe, module, [image], ["dog"])
+        assert any(message in str(w.message) for w in caught), [str(w.message) for w in caught]
+        assert result.labels.shape == (image.height, image.width)
+
+
+def test_bad_class_lists_are_refused():
+    pipe = tiny_pipeline()
+    module = GroundingModule(GroundingConfig.for_pipeline(pipe, fuse_dim=16, mask_dim=16, hidden_dim=32, num_heads=4, ffn_dim=64,
+                                                          token_patch=2)).eval()
+    with pytest.raises(SynthsegError, match="no class names"):
+        segment_images(pipe, module, [photo()], [])
+    with pytest.raises(SynthsegError, match="does not fit in a prompt of the text encoder's 77 tokens"):
+        segment_images(pipe, module, [photo()], ["dog " * 80])
+    groups = prompts_for(pipe, [f"class{i}" for i in range(40)], "a photograph of {}", one_per_class=False)
+    assert len(groups) > 1 and sum(groups, []) == [f"class{i}" for i in range(40)]  # chunked within the 77 tokens
+    assert prompts_for(pipe, ["dog", "cat"], "a photograph of {}", one_per_class=True) == [["dog"], ["cat"]]
