@@ -37,7 +37,7 @@ def shipped_world(bundle: str = "world") -> list[tuple[Path, str, dict]]:
 
     shipped = []
     world = BUNDLES[bundle]
-    for folder in sorted((world.pipeline, world.grounding, world.annotator), key=lambda f: f.name):
+    for folder in sorted((f for f in (world.pipeline, world.grounding, world.annotator) if f is not None), key=lambda f: f.name):
         digest = hashlib.sha256(b"".join(f.read_bytes() for f in sorted(folder.rglob("*.safetensors"))))
         shipped.append((folder, digest.hexdigest()[:8], json.loads((folder / "training.json").read_text())))
     return shipped

@@ -168,8 +168,8 @@ class DiTRecipe:
 
 @dataclass
 class WorldDiTRecipe:
-    """Recipe of `train_world_dit`; see the world-dit recipe. `vae_from`: the pipeline whose VAE (frozen)
-    the transformer learns the latents of."""
+    """Recipe of `train_world_dit`; see the world-dit recipes. `vae_from`: the pipeline whose VAE (frozen)
+    the transformer learns the latents of; `init_from`: a stage's starting weights (world-dit-finetune)."""
 
     seed: int = 0
     image_size: int = 64
@@ -179,6 +179,7 @@ class WorldDiTRecipe:
     templates: list[str] = field(default_factory=lambda: list(PAPER_TEMPLATES))
     checkpoint_every: int = 500
     vae_from: str = "world"
+    init_from: str | None = None  # a FLUX pipeline ("world-dit", a folder) whose transformer trains on, with a fresh optimizer
     num_inference_steps: int = 25
     guidance_scale: float = 2.0  # true classifier-free guidance: conditional and unconditional passes
     transformer: DiTRecipe = field(default_factory=DiTRecipe)

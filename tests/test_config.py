@@ -1,3 +1,4 @@
+import dataclasses
 from dataclasses import dataclass, field
 
 import pytest
@@ -76,3 +77,19 @@ def test_every_saved_recipe_and_model_config_names_its_writer(tmp_path):
     for path, writer in (("ann/config.json", "MaskRCNNAnnotator"), ("ds/recipe.json", "DatasetRecipe"), ("work/recipe.json", "DatasetRecipe")):
         assert json.loads((tmp_path / path).read_text())["_class_name"] == writer
     assert MaskRCNNAnnotator.from_pretrained(tmp_path / "ann").categories == ["a"]
+
+
+def test_a_run_recorded_before_a_field_was_added_resumes_only_if_the_field_is_unset(tmp_path):
+    import json
+
+    from synthseg.train.loop import claim_workdir
+    from synthseg.train.world_dit import load_dit_recipe
+
+    recipe = load_dit_recipe("world-dit")
+    claim_workdir(tmp_path / "work", recipe)
+    recorded = json.loads((tmp_path / "work" / "recipe.json").read_text())
+    del recorded["init_from"]  # as a run recorded before `init_from` existed
+    (tmp_path / "work" / "recipe.json").write_text(json.dumps(recorded))
+    claim_workdir(tmp_path / "work", recipe)
+    with pytest.raises(SynthsegError, match=r"another recipe \(init_from differ\)"):
+        claim_workdir(tmp_path / "work", dataclasses.replace(recipe, init_from="world-dit"))

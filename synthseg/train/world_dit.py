@@ -18,8 +18,9 @@ import torch.nn.functional as F
 from diffusers import FlowMatchEulerDiscreteScheduler
 
 from ..config import load_config, read_mapping
+from ..errors import SynthsegError
 from ..pipeline import load_pipeline
-from ..registry import MODEL_CARD, recipe_path
+from ..registry import MODEL_CARD, recipe_path, resolve_pipeline
 from ..world import WORLD_CLASSES
 from ..worldmodel import WorldDiTRecipe, WorldFluxPipeline, build_transformer, load_text_encoder
 from .loop import claim_workdir, train_loop, warmup_cosine, write_training_record
@@ -41,6 +42,19 @@ def world_flux_pipeline(recipe: WorldDiTRecipe, transformer=None) -> WorldFluxPi
     transformer = transformer if transformer is not None else build_transformer(recipe, encoder.config.hidden_size, vae.config.latent_channels)
     return WorldFluxPipeline(scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0), vae=vae, text_encoder=encoder, tokenizer=tokenizer,
                              text_encoder_2=encoder, tokenizer_2=tokenizer, transformer=transformer)
+
+
+def load_init(recipe: WorldDiTRecipe, transformer) -> dict:
+    """Load the transformer weights of `recipe.init_from` (loaded by `load_pipeline` like any other
+    pipeline) into `transformer`, the recipe's architecture (a mismatch is an error); its training record."""
+    source = resolve_pipeline(recipe.init_from)
+    weights = load_pipeline(source, torch_dtype=torch.float32).transformer.state_dict()
+    try:
+        transformer.load_state_dict(weights)
+    except RuntimeError:
+        raise SynthsegError(f"init_from {recipe.init_from}: its transformer has another architecture than the recipe's") from None
+    record = Path(source) / "training.json"
+    return json.loads(record.read_text()) if record.is_file() else {}
 
 
 def flow_matching_loss(pipe: WorldFluxPipeline, latents: torch.Tensor, text: torch.Tensor, pooled: torch.Tensor,
@@ -65,12 +79,14 @@ def pack_latents(latents: torch.Tensor) -> torch.Tensor:
 
 
 def train_world_dit(recipe: WorldDiTRecipe, workdir: Path, output: Path, max_steps: int | None = None) -> Path:
-    """Train (or resume) the transformer in `workdir`; export the pipeline's own parts to `output`:
-    transformer/ and vae/ (fp16), scheduler/, both tokenizers, model_index.json, the model card and
-    training.json. The text encoder stays in its pip package (see `WorldFluxPipeline`)."""
+    """Train (or resume) the transformer in `workdir`, from `recipe.init_from`'s weights if given; export
+    the pipeline's own parts to `output`: transformer/ and vae/ (fp16), scheduler/, both tokenizers,
+    model_index.json, the model card and training.json (counting `init_from`'s steps first). The text
+    encoder stays in its pip package (see `WorldFluxPipeline`)."""
     claim_workdir(workdir, recipe)
     torch.manual_seed(recipe.seed + 1)
     pipe = world_flux_pipeline(recipe)
+    prior = load_init(recipe, pipe.transformer) if recipe.init_from else {}
     t = recipe.transformer
     transformer = pipe.transformer.train()
     ema = torch.optim.swa_utils.AveragedModel(transformer, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(t.ema_decay))
@@ -110,7 +126,7 @@ def train_world_dit(recipe: WorldDiTRecipe, workdir: Path, output: Path, max_ste
     (staging / "model_index.json").write_text(json.dumps(dict(index, _class_name="FluxPipeline"), indent=2) + "\n")
     card = dict(classes=list(WORLD_CLASSES), num_inference_steps=recipe.num_inference_steps, guidance_scale=recipe.guidance_scale)
     (staging / MODEL_CARD).write_text(json.dumps(card, indent=2) + "\n")
-    write_training_record(staging, {}, transformer=losses)
+    write_training_record(staging, prior, transformer=losses)
     shutil.rmtree(output, ignore_errors=True)
     os.replace(staging, output)
     return output

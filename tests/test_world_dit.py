@@ -1,0 +1,42 @@
+"""The transformer world (world-dit): FLUX's transformer trained by flow matching, exported in FLUX's
+standard layout, loaded by the one loader, and fine-tuned from an export (`init_from`)."""
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from synthseg import SynthsegError
+from synthseg.pipeline import load_pipeline
+from synthseg.train.world_dit import load_dit_recipe, train_world_dit
+from synthseg.worldmodel import DiTRecipe
+
+TINY = DiTRecipe(num_layers=1, num_single_layers=1, attention_heads=2, attention_head_dim=16, axes_dims_rope=[4, 6, 6], steps=4,
+                 batch_size=2, warmup_steps=1)
+
+
+def tiny_recipe(**changes):
+    return dataclasses.replace(load_dit_recipe("world-dit"), **{"transformer": TINY, "checkpoint_every": 2, **changes})
+
+
+@pytest.mark.slow
+def test_world_dit_trains_exports_loads_and_fine_tunes(tmp_path):
+    export = train_world_dit(tiny_recipe(), tmp_path / "work", tmp_path / "dit", max_steps=2)
+    assert json.loads((export / "model_index.json").read_text())["_class_name"] == "FluxPipeline"
+    assert not any(p.name.startswith("text_encoder") for p in export.iterdir())  # MiniLM comes from its pip package
+    pipe = load_pipeline(export)
+    assert type(pipe.transformer).__name__ == "FluxTransformer2DModel" and pipe.transformer.dtype == torch.float32
+    pipe.set_progress_bar_config(disable=True)
+    image = pipe("a photograph of a star", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (64, 64)
+
+    tuned = train_world_dit(tiny_recipe(seed=1, init_from=str(export)), tmp_path / "tune", tmp_path / "tuned", max_steps=3)
+    assert json.loads((tuned / "training.json").read_text())["transformer"]["steps"] == 5  # the init's 2, then 3
+    init, fresh = load_pipeline(export).transformer.state_dict(), load_pipeline(tuned).transformer.state_dict()
+    moved = sum((fresh[k] - init[k]).abs().sum() for k in init)
+    assert 0 < moved < 0.5 * sum(init[k].abs().sum() for k in init)  # trained on from the init's weights, not from scratch
+
+    wider = dataclasses.replace(TINY, attention_head_dim=32, axes_dims_rope=[8, 12, 12])
+    with pytest.raises(SynthsegError, match="its transformer has another architecture"):
+        train_world_dit(tiny_recipe(init_from=str(export), transformer=wider), tmp_path / "wrong", tmp_path / "w", max_steps=1)
