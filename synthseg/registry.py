@@ -3,8 +3,8 @@
 One resolver for each kind of name, so "world" means the same thing to every command and loader:
 
 - `resolve_pipeline("world")`, `resolve_grounding("world")`, `resolve_annotator("world")`: the
-  folders of the bundled miniature world (`synthseg/assets/world/`). Any other spec passes through
-  (a hub id or a folder).
+  folders of the bundled miniature worlds (`synthseg/assets/world/`, and `world-dit/` for the
+  transformer world). Any other spec passes through (a hub id or a folder).
 - `recipe_path("voc", "dataset")`: a packaged recipe by name (`synthseg/recipes/*.yaml`) or a file.
 - `model_card(spec)`: what a text-to-image export says about itself for synthseg (`synthseg.json`:
   its class vocabulary and sampling defaults), for exports that carry one (the world's do).
@@ -27,28 +27,31 @@ RECIPES = PACKAGE / "recipes"
 ASSETS = PACKAGE / "assets"
 MODEL_CARD = "synthseg.json"
 
-# Recipe kinds: which packaged files each command's --recipe may name, and a prefix a short name may omit.
+# Recipe kinds: which packaged files each command's --recipe may name (globs), and a prefix a short name may omit.
 RECIPE_KINDS = {
-    "dataset": ("dataset-*.yaml", "dataset-"),
-    "grounding": ("*-grounding.yaml", ""),
-    "segmenter": ("segmenter-*.yaml", ""),
-    "world-model": ("world-t2i*.yaml", ""),
-    "world-dit": ("world-dit*.yaml", ""),
-    "annotator": ("*-annotator.yaml", ""),
+    "dataset": (("dataset-*.yaml",), "dataset-"),
+    "grounding": (("*-grounding.yaml",), ""),
+    "segmenter": (("segmenter-*.yaml",), ""),
+    "world-model": (("world-t2i*.yaml",), ""),
+    "world-dit": (("world-dit.yaml", "world-dit-finetune*.yaml"), ""),
+    "annotator": (("*-annotator.yaml",), ""),
 }
 
 
 @dataclass(frozen=True)
 class Bundle:
-    """A set of models shipped under one name: text-to-image pipeline, grounding module, annotator."""
+    """A set of models shipped under one name: text-to-image pipeline, grounding module (None until one
+    is trained and shipped), annotator."""
 
     pipeline: Path
-    grounding: Path
+    grounding: Path | None
     annotator: Path
 
 
 BUNDLES = {
     "world": Bundle(pipeline=ASSETS / "world" / "t2i", grounding=ASSETS / "world" / "grounding", annotator=ASSETS / "world" / "annotator"),
+    # The transformer world: FLUX's architecture on the same scenes, judged by the same annotator.
+    "world-dit": Bundle(pipeline=ASSETS / "world-dit" / "t2i", grounding=None, annotator=ASSETS / "world" / "annotator"),
 }
 
 
@@ -57,6 +60,9 @@ def _bundled(spec, part: str) -> Path | None:
     if bundle is None:
         return None
     folder = getattr(bundle, part)
+    if folder is None:
+        raise SynthsegError(f"{spec} ships no {part} module yet: train one (synthseg make-triplets and train-grounding with "
+                            f"--recipe {spec}-grounding) and pass its folder")
     if not folder.is_dir():
         raise SynthsegError(f"the bundled {spec} {part} is missing from {folder}: reinstall synthseg")
     return folder
@@ -113,10 +119,10 @@ def check_vocabulary(model: str | Path, class_names) -> None:
 
 def recipe_names(kind: str) -> dict[str, Path]:
     """{name: packaged file} of a recipe kind: file stems, and for datasets also the short set name."""
-    pattern, prefix = RECIPE_KINDS[kind]
+    patterns, prefix = RECIPE_KINDS[kind]
     names = {}
     for path in sorted(RECIPES.glob("*.yaml")):
-        if fnmatch.fnmatch(path.name, pattern):
+        if any(fnmatch.fnmatch(path.name, pattern) for pattern in patterns):
             names[path.stem] = path
             if prefix:
                 names[path.stem.removeprefix(prefix)] = path
