@@ -49,7 +49,7 @@ from .errors import SynthsegError
 from .formats import IGNORE, coco_annotation, coco_document, jsonl_text, label_image, png_bytes, write_atomic, write_json_atomic
 from .plan import dataset_item_bytes, plan_text, record_rate, time_line
 from .prompts import PAPER_TEMPLATES, Prompt, PromptPlanner
-from .registry import check_vocabulary, model_card, recipe_names, recipe_path, resolve_grounding, resolve_pipeline
+from .registry import BUNDLES, check_vocabulary, model_card, recipe_names, recipe_path, resolve_grounding, resolve_pipeline
 
 
 @dataclass
@@ -105,8 +105,12 @@ class DatasetRecipe:
 
 def load_dataset_recipe(classes: str = "world", recipe: str | Path | None = None, **overrides) -> DatasetRecipe:
     """The recipe of a job: `recipe` (a packaged name or a path), else the packaged recipe of a named
-    class set ("voc" -> dataset-voc), else just `classes`; then `overrides` (None values ignored), validated."""
+    class set ("voc" -> dataset-voc), else just `classes`; then `overrides` (None values ignored), validated.
+    A bundled model given without a grounding module brings its own ("world-dit" -> world-dit's)."""
     from .config import apply_overrides, load_config, read_mapping
+
+    if overrides.get("model") in BUNDLES and overrides.get("grounding") is None:
+        overrides["grounding"] = overrides["model"]
 
     if recipe is None and classes in recipe_names("dataset"):
         recipe = classes
