@@ -12,7 +12,6 @@ are recorded from a pipeline call stopped at its first denoiser call, so every f
 
 from __future__ import annotations
 
-import inspect
 import math
 import warnings
 from dataclasses import dataclass
@@ -21,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .capture import denoiser_of, replay
+from .capture import denoiser_arguments, denoiser_of, is_shared_input, replay
 from .errors import SynthsegError
 from .generate import predict_masks
 from .grounding import GroundingModule
@@ -44,19 +43,21 @@ class _Recorded(Exception):
 
 
 def recorded_call(pipe, prompt_count: int, height: int, width: int) -> dict:
-    """The keyword arguments `pipe` gives its denoiser at `height` x `width` for `prompt_count` prompts
-    (no CFG), from a pipeline call stopped before the denoiser runs."""
+    """The arguments `pipe` gives its denoiser at `height` x `width` for `prompt_count` prompts (no CFG),
+    named as `replay` takes them (shared positional ids with a row dimension), from a pipeline call
+    stopped before the denoiser runs."""
     denoiser = denoiser_of(pipe)
 
     def record(module, args, kwargs):
-        raise _Recorded(inspect.signature(module.forward).bind(*args, **kwargs).arguments)
+        raise _Recorded({name: value[None] if is_shared_input(name) else value
+                         for name, value in denoiser_arguments(module, args, kwargs).items()})
 
     handle = denoiser.register_forward_pre_hook(record, with_kwargs=True)
     try:
         text = encode_prompts(pipe, [""] * prompt_count, guidance_scale=1.0)
         pipe(**text.call, num_inference_steps=1, height=height, width=width, output_type="latent")
     except _Recorded as recorded:
-        return {k: v for k, v in recorded.args[0].items() if k != "return_dict"}
+        return recorded.args[0]
     finally:
         handle.remove()
     raise SynthsegError("the pipeline never called its denoiser")
@@ -156,7 +157,7 @@ def segment_images(pipe, grounding: GroundingModule, images: list[Image.Image], 
         pixels = torch.from_numpy(padded).permute(2, 0, 1)[None].float() / 127.5 - 1
         latents = _latents(pipe, pixels)
         if (height, width) not in calls:
-            calls[(height, width)] = _flatten(recorded_call(pipe, len(prompts) * noise_draws, height, width))
+            calls[(height, width)] = recorded_call(pipe, len(prompts) * noise_draws, height, width)
         generator = torch.Generator().manual_seed(seed * 1_000_003 + index)
         draws = [_noised(pipe, latents, timestep, generator) for _ in range(noise_draws)]
         inputs = dict(calls[(height, width)], **{k: v.repeat(noise_draws, *[1] * (v.ndim - 1)) for k, v in texts.items()})
@@ -174,15 +175,3 @@ def segment_images(pipe, grounding: GroundingModule, images: list[Image.Image], 
         labels[probs.max(0).values.numpy() <= threshold] = 0
         results.append(Segmentation(probs, labels))
     return results
-
-
-def _flatten(arguments: dict) -> dict:
-    """Recorded keyword arguments with dict values (SDXL's added_cond_kwargs) as "name.key" entries, as
-    `synthseg.capture.replay` reads them; shared positional ids (FLUX's) get a row dimension."""
-    flat = {}
-    for name, value in arguments.items():
-        if isinstance(value, dict):
-            flat.update({f"{name}.{key}": item for key, item in value.items()})
-        elif value is not None:
-            flat[name] = value[None] if name in ("img_ids", "txt_ids") else value
-    return flat

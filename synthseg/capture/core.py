@@ -153,6 +153,17 @@ def is_shared_input(name: str) -> bool:
     return name in ("img_ids", "txt_ids")
 
 
+def denoiser_arguments(denoiser, args, kwargs) -> dict:
+    """A denoiser call's arguments by name, as `synthseg.capture.replay` takes them: dict arguments
+    flattened to "name.key" (SDXL's `added_cond_kwargs`), None values and `return_dict` left out."""
+    flat = {}
+    for name, value in inspect.signature(denoiser.forward).bind(*args, **kwargs).arguments.items():
+        for key, item in value.items() if isinstance(value, dict) else [(None, value)]:
+            if item is not None and name != "return_dict":
+                flat[name if key is None else f"{name}.{key}"] = item
+    return flat
+
+
 class DenoiserHooks:
     """Explicit hook and unhook for a capture context (daam's ObjectHooker): `install` registers forward
     hooks through `hook` (and may swap attention processors); on exit every hook is removed and the
@@ -199,12 +210,7 @@ class DenoiserHooks:
         half; a 0-d tensor (a timestep), a (1, ...) one and a shared one (`is_shared_input`) repeated per row."""
         if not self.record_inputs:
             return
-        bound = inspect.signature(self.denoiser.forward).bind(*args, **kwargs).arguments
-        flat = {}
-        for name, value in bound.items():
-            for key, item in value.items() if isinstance(value, dict) else [(None, value)]:
-                if item is not None and name != "return_dict":
-                    flat[name if key is None else f"{name}.{key}"] = item
+        flat = denoiser_arguments(self.denoiser, args, kwargs)
         calls = next(v for v in flat.values() if isinstance(v, torch.Tensor)).shape[0]  # sample / hidden_states
         rows = calls // 2 if self.classifier_free_guidance else calls
         for name, value in flat.items():
