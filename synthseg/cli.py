@@ -36,6 +36,7 @@ FROM_RECIPE = "default: from the recipe"
 RESUMABLE = {"train-world-model", "train-world-dit", "train-world-annotator", "make-triplets", "train-grounding", "make-dataset", "train-segmenter"}
 
 Device = Annotated[str, typer.Option(help="auto (CUDA where present), cpu, cuda, cuda:N or mps.")]
+GROUNDING_HELP = "Grounding module: a bundled name or a folder; default: the bundled model's own."
 StopAt = Annotated[Optional[int], typer.Option(help="End this sitting at this training step; rerun the command to go on.")]
 
 
@@ -126,7 +127,7 @@ def generate(
     classes: Annotated[list[str], typer.Option(help="Comma-separated class names of each prompt, in prompt order.")],
     out: Annotated[Path, typer.Option(help="Output folder.")],
     model: Annotated[str, typer.Option(help="Pipeline: 'world', a hub id or a folder.")] = "world",
-    grounding: Annotated[str, typer.Option(help="Grounding module: 'world' or a folder.")] = "world",
+    grounding: Annotated[Optional[str], typer.Option(help=GROUNDING_HELP)] = None,
     seed: Annotated[int, typer.Option(help="Seed of the first prompt; prompt i uses seed + i.")] = 0,
     num_inference_steps: Annotated[Optional[int], typer.Option(help="Denoising steps; default: the model's.")] = None,
     guidance_scale: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale; default: the model's.")] = None,
@@ -140,13 +141,13 @@ def generate(
     from .generate import generate_grounded
     from .grounding import GroundingModule
     from .pipeline import load_pipeline
-    from .registry import check_vocabulary, model_card
+    from .registry import check_vocabulary, grounding_for, model_card
 
     names = [_names(group) for group in classes]
     check_vocabulary(model, [n for group in names for n in group])
     check_output_dir(out)
     card, torch_device = model_card(model), _device(device)
-    module = GroundingModule.from_pretrained(grounding).to(torch_device)
+    module = GroundingModule.from_pretrained(grounding_for(model, grounding)).to(torch_device)
     pipe = load_pipeline(model, device=torch_device)
     result = generate_grounded(
         pipe, module, prompt, names, [seed + i for i in range(len(prompt))],
@@ -297,6 +298,43 @@ def evaluate_grounding(
                       capture_step=CaptureStep(*capture_step_of(grounding, t)), batch_size=t.batch_size)
     result.save(out)
     print(result.markdown())
+
+
+@_command
+def segment(
+    images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, ...; any mode and size).")],
+    classes: Annotated[str, typer.Option(help="Comma-separated class names to look for, seen or unseen.")],
+    out: Annotated[Path, typer.Option(help="Output folder: labels/, overlays/ and annotations.json (COCO).")],
+    model: Annotated[str, typer.Option(help="Pipeline: a bundled name, a hub id or a folder.")] = "world",
+    grounding: Annotated[Optional[str], typer.Option(help=GROUNDING_HELP)] = None,
+    capture_timestep: Annotated[int, typer.Option(help="Noise the image to this timestep of 1000 (flow models: sigma = t / 1000).")] = 5,
+    noise_draws: Annotated[int, typer.Option(help="Average the masks over this many noise draws.")] = 1,
+    one_prompt_per_class: Annotated[bool, typer.Option("--one-prompt-per-class", help="One prompt per class, not as few prompts as fit.")] = False,
+    template: Annotated[str, typer.Option(help="Prompt template, '{}' for the class list.")] = "a photograph of {}",
+    threshold: Annotated[float, typer.Option(help="A pixel is labelled with its most probable class above this probability.")] = 0.5,
+    seed: Annotated[int, typer.Option(help="Seed of the noise.")] = 0,
+    device: Device = "auto",
+) -> None:
+    """Segment real images with a grounding module: one denoiser step on each image's noised latent (ODISE/VPD)."""
+    from .formats import check_output_dir
+    from .grounding import GroundingModule
+    from .pipeline import load_pipeline
+    from .readers import read_image
+    from .registry import grounding_for
+    from .segment import segment_images, write_segmentations
+
+    names = _names(classes)
+    if not names:
+        _fail("--classes names no class")
+    check_output_dir(out)
+    pictures = [read_image(path) for path in images]
+    torch_device = _device(device)
+    module = GroundingModule.from_pretrained(grounding_for(model, grounding)).to(torch_device).eval()
+    pipe = load_pipeline(model, device=torch_device)
+    results = segment_images(pipe, module, pictures, names, timestep=capture_timestep, noise_draws=noise_draws, seed=seed,
+                             template=template, one_prompt_per_class=one_prompt_per_class, threshold=threshold)
+    summary = write_segmentations(out, pictures, results, names)
+    _stderr.print(f"{out}: {summary['images']} images, {summary['instances']} instances")
 
 
 @_command

@@ -49,7 +49,7 @@ from .errors import SynthsegError
 from .formats import IGNORE, coco_annotation, coco_document, jsonl_text, label_image, png_bytes, write_atomic, write_json_atomic
 from .plan import dataset_item_bytes, plan_text, record_rate, time_line
 from .prompts import PAPER_TEMPLATES, Prompt, PromptPlanner
-from .registry import BUNDLES, check_vocabulary, model_card, recipe_names, recipe_path, resolve_grounding, resolve_pipeline
+from .registry import BUNDLES, check_vocabulary, grounding_for, model_card, recipe_names, recipe_path, resolve_grounding, resolve_pipeline
 
 
 @dataclass
@@ -109,8 +109,8 @@ def load_dataset_recipe(classes: str = "world", recipe: str | Path | None = None
     A bundled model given without a grounding module brings its own ("world-dit" -> world-dit's)."""
     from .config import apply_overrides, load_config, read_mapping
 
-    if overrides.get("model") in BUNDLES and overrides.get("grounding") is None:
-        overrides["grounding"] = overrides["model"]
+    if overrides.get("model") in BUNDLES:
+        overrides["grounding"] = grounding_for(overrides["model"], overrides.get("grounding"))
 
     if recipe is None and classes in recipe_names("dataset"):
         recipe = classes

@@ -59,11 +59,19 @@ def read_labels(path: Path) -> np.ndarray:
     return np.array(image)
 
 
-def _open_rgb(path: Path) -> Image.Image:
+def read_image(path: str | Path) -> Image.Image:
+    """An image file decoded as it is (any mode); a missing, unreadable or corrupt file is a one-line error."""
     try:
-        return Image.open(path).convert("RGB")
-    except (OSError, SyntaxError) as error:
+        image = Image.open(path)
+        image.load()
+    except (OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise SynthsegError(f"{path}: unreadable image ({error})") from None
+    image.filename = str(path)
+    return image
+
+
+def _open_rgb(path: Path) -> Image.Image:
+    return read_image(path).convert("RGB")
 
 
 def read_voc(root: str | Path, split: str = "val", class_names: tuple[str, ...] = VOC_CLASSES) -> SegmentationData:

@@ -78,6 +78,16 @@ def resolve_grounding(spec: str | Path) -> Path:
     return _bundled(spec, "grounding") or Path(spec)
 
 
+def grounding_for(model: str | Path, grounding: str | Path | None) -> str | Path:
+    """The grounding module to use with `model`: `grounding` when given, else the bundle's own when the
+    model is bundled ("world-dit" -> world-dit's); a model from elsewhere needs one named."""
+    if grounding is not None:
+        return grounding
+    if str(model) in BUNDLES:
+        return str(model)
+    raise SynthsegError(f"{model} is not a bundled model: name its grounding module (--grounding FOLDER)")
+
+
 def resolve_annotator(spec: str | Path) -> str:
     """A bundled name's annotator folder; "coco" and folders unchanged."""
     return str(_bundled(spec, "annotator") or spec)

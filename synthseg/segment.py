@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,6 +23,7 @@ from PIL import Image
 
 from .capture import denoiser_arguments, denoiser_of, is_shared_input, replay
 from .errors import SynthsegError
+from .formats import coco_annotation, coco_document, label_image, png_bytes, safe_file_name, voc_palette, write_atomic, write_json_atomic
 from .generate import predict_masks
 from .grounding import GroundingModule
 from .prompts import describe
@@ -53,6 +55,8 @@ def recorded_call(pipe, prompt_count: int, height: int, width: int) -> dict:
                          for name, value in denoiser_arguments(module, args, kwargs).items()})
 
     handle = denoiser.register_forward_pre_hook(record, with_kwargs=True)
+    progress = dict(getattr(pipe, "_progress_bar_config", {}))
+    pipe.set_progress_bar_config(disable=True)  # a bar for a call that never steps is noise
     try:
         text = encode_prompts(pipe, [""] * prompt_count, guidance_scale=1.0)
         pipe(**text.call, num_inference_steps=1, height=height, width=width, output_type="latent")
@@ -60,6 +64,7 @@ def recorded_call(pipe, prompt_count: int, height: int, width: int) -> dict:
         return recorded.args[0]
     finally:
         handle.remove()
+        pipe._progress_bar_config = progress
     raise SynthsegError("the pipeline never called its denoiser")
 
 
@@ -140,6 +145,10 @@ def segment_images(pipe, grounding: GroundingModule, images: list[Image.Image], 
         raise SynthsegError("no class names to segment")
     if noise_draws < 1:
         raise SynthsegError(f"noise_draws must be at least 1, got {noise_draws}")
+    if not 0 <= timestep < 1000:
+        raise SynthsegError(f"the capture timestep must be in 0..999 (of 1000), got {timestep}")
+    if not 0 <= threshold < 1:
+        raise SynthsegError(f"threshold must be in [0, 1), got {threshold}")
     grounding.config.check_pipeline(pipe)
     groups = prompts_for(pipe, list(class_names), template, one_prompt_per_class)
     prompts = [template.format(describe(group)) for group in groups]
@@ -175,3 +184,43 @@ def segment_images(pipe, grounding: GroundingModule, images: list[Image.Image], 
         labels[probs.max(0).values.numpy() <= threshold] = 0
         results.append(Segmentation(probs, labels))
     return results
+
+
+def overlay(image: Image.Image, labels: np.ndarray, alpha: float = 0.5) -> Image.Image:
+    """`image` (RGB) with each labelled pixel blended `alpha` towards its class's VOC colour."""
+    colours = np.array(voc_palette(), dtype=np.float32).reshape(-1, 3)[labels]
+    pixels = np.asarray(image, dtype=np.float32)
+    mixed = np.where((labels > 0)[..., None], (1 - alpha) * pixels + alpha * colours, pixels)
+    return Image.fromarray(mixed.round().astype(np.uint8))
+
+
+def write_segmentations(directory: str | Path, images: list[Image.Image], results: list[Segmentation], class_names: list[str],
+                        min_area: int = 4) -> dict:
+    """Write `labels/<stem>.png` (VOC palette: 0 background, k + 1 class k), `overlays/<stem>.png` and
+    `annotations.json` (COCO instances: one per connected region, scored by its mean probability; each
+    image's `file_name` its absolute path, so detectron2 and pycocotools open it from anywhere). Every
+    file is written atomically, annotations.json last. Returns {"images", "instances"}."""
+    from .dataset import instances
+
+    directory = Path(directory)
+    for sub in ("labels", "overlays"):
+        (directory / sub).mkdir(parents=True, exist_ok=True)
+    entries, annotations, stems = [], [], set()
+    for image_id, (image, result) in enumerate(zip(images, results), start=1):
+        source = Path(getattr(image, "filename", "") or f"image-{image_id}.png")
+        stem = safe_file_name(source.stem)
+        stem = stem if stem not in stems else f"{stem}-{image_id}"
+        stems.add(stem)
+        write_atomic(directory / "labels" / f"{stem}.png", png_bytes(label_image(result.labels)))
+        with warnings.catch_warnings():  # segment_images said what it converted
+            warnings.simplefilter("ignore")
+            rgb = to_rgb(image, str(source))
+        write_atomic(directory / "overlays" / f"{stem}.png", png_bytes(overlay(rgb, result.labels)))
+        entries.append(dict(id=image_id, file_name=str(source.resolve()), width=image.width, height=image.height,
+                            label_file_name=f"labels/{stem}.png"))
+        for k in range(len(class_names)):
+            for mask in instances(result.labels, k + 1, min_area):
+                score = float(result.probs[k].numpy()[mask].mean())
+                annotations.append(coco_annotation(len(annotations) + 1, image_id, k + 1, mask, score))
+    write_json_atomic(directory / "annotations.json", coco_document(entries, annotations, class_names, "synthseg segment"))
+    return {"images": len(entries), "instances": len(annotations)}

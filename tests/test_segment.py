@@ -87,3 +87,75 @@ def test_bad_class_lists_are_refused():
     groups = prompts_for(pipe, [f"class{i}" for i in range(40)], "a photograph of {}", one_per_class=False)
     assert len(groups) > 1 and sum(groups, []) == [f"class{i}" for i in range(40)]  # chunked within the 77 tokens
     assert prompts_for(pipe, ["dog", "cat"], "a photograph of {}", one_per_class=True) == [["dog"], ["cat"]]
+
+
+def test_segment_command_writes_palette_labels_overlays_and_coco_on_the_tiny_pipeline(tmp_path, pipe_dir, grounding):
+    """`synthseg segment` with a pipeline folder and a module folder: every output opens in standard tools."""
+    from pycocotools.coco import COCO
+    from typer.testing import CliRunner
+
+    from synthseg.cli import app
+
+    grounding.save_pretrained(tmp_path / "module")
+    paths = []
+    for name, image in [("a.png", photo((32, 32))), ("b.jpg", photo((30, 20))), ("grey.png", photo((32, 32), "L"))]:
+        image.save(tmp_path / name)
+        paths.append(str(tmp_path / name))
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["segment", *paths, "--classes", "dog,cat", "--out", str(out), "--model", str(pipe_dir),
+                                      "--grounding", str(tmp_path / "module"), "--threshold", "0.3"])
+    assert result.exit_code == 0, result.output
+    assert "grey.png is L; converted to RGB" in result.output and "padded to 32x24" in result.output
+    coco = COCO(str(out / "annotations.json"))
+    assert [c["name"] for c in coco.loadCats(coco.getCatIds())] == ["dog", "cat"]
+    for entry in coco.dataset["images"]:
+        labels = Image.open(out / entry["label_file_name"])
+        assert labels.mode == "P" and labels.size == (entry["width"], entry["height"]) and Path(entry["file_name"]).is_file()
+        assert Image.open(out / "overlays" / Path(entry["label_file_name"]).name).size == labels.size
+        for annotation in coco.loadAnns(coco.getAnnIds(imgIds=entry["id"])):  # each instance lies in its class's region
+            mask = coco.annToMask(annotation).astype(bool)
+            assert (np.asarray(labels)[mask] == annotation["category_id"]).all() and 0 <= annotation["score"] <= 1
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--classes", " , "], "--classes names no class"),
+    (["--classes", "circle", "--capture-timestep", "1000"], "capture timestep must be in 0..999"),
+    (["--classes", "circle", "--noise-draws", "0"], "noise_draws must be at least 1"),
+    (["--classes", "circle", "--model", "/nonexistent"], "is not a bundled model: name its grounding module"),
+    (["--classes", "circle", "--grounding", "world-dit"], "world-dit ships no grounding module yet"),
+])
+def test_segment_command_refuses_bad_input_in_one_line(tmp_path, args, message):
+    from typer.testing import CliRunner
+
+    from synthseg.cli import app
+
+    photo((32, 32)).save(tmp_path / "a.png")
+    (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
+    runner, out = CliRunner(), tmp_path / "out"
+    for images, expected in [([tmp_path / "a.png"], message), ([tmp_path / "a.png", tmp_path / "corrupt.png"], "unreadable image"),
+                             ([tmp_path / "missing.png"], "unreadable image")]:
+        result = runner.invoke(app, ["segment", *map(str, images), "--out", str(out), *(args if expected == message else ["--classes", "circle"])])
+        lines = result.output.strip().splitlines()
+        assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.output
+        assert not out.exists()
+
+
+@pytest.mark.slow
+def test_segment_command_on_the_bundled_world_matches_exact_masks(tmp_path):
+    """With no model arguments: the bundled world model and module, on rendered scenes with exact masks."""
+    from typer.testing import CliRunner
+
+    from synthseg.cli import app
+    from synthseg.world import WORLD_CLASSES, render_scene, scene_seed
+
+    scenes = [render_scene(scene_seed(i, held_out=True), [name]) for i, name in enumerate(["circle", "heart"])]
+    for i, scene in enumerate(scenes):
+        Image.fromarray(scene.image).save(tmp_path / f"scene{i}.png")
+    result = CliRunner().invoke(app, ["segment", str(tmp_path / "scene0.png"), "--classes", "circle", "--out", str(tmp_path / "circle")])
+    assert result.exit_code == 0, result.output
+    result = CliRunner().invoke(app, ["segment", str(tmp_path / "scene1.png"), "--classes", "heart", "--out", str(tmp_path / "heart")])
+    assert result.exit_code == 0, result.output
+    for scene, (out, name) in zip(scenes, [(tmp_path / "circle", "circle"), (tmp_path / "heart", "heart")]):
+        labels = np.asarray(Image.open(next((out / "labels").iterdir())))
+        truth = scene.semantic() == WORLD_CLASSES.index(name) + 1
+        assert ((labels == 1) & truth).sum() / ((labels == 1) | truth).sum() > 0.8
