@@ -421,15 +421,20 @@ def train_segmenter(
 def benchmark(
     dataset: Annotated[str, typer.Option(help="voc2012 (with --data-root), world (rendered held-out scenes), or a dataset folder or COCO JSON.")] = "voc2012",
     segmenter: Annotated[Path, typer.Option(help="A segmenter folder from train-segmenter.")] = Path("runs/segmenter"),
+    grounding: Annotated[Optional[str], typer.Option(help="Score a grounding module instead (a bundled name or a folder), "
+                                                          "given every class name, on --model.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Pipeline of --grounding: a bundled name, a hub id or a folder; default: the bundle's.")] = None,
+    capture_timestep: Annotated[int, typer.Option(help="With --grounding: noise each image to this timestep of 1000.")] = 5,
     data_root: Annotated[Optional[Path], typer.Option(help="Where --dataset voc2012 lives (VOCdevkit or VOCdevkit/VOC2012).")] = None,
     split: Annotated[Optional[str], typer.Option(help="Seen/unseen split (splits.yaml); default voc-15-5 on voc2012, world on world.")] = None,
     image_set: Annotated[str, typer.Option(help="VOC image set (ImageSets/Segmentation/<name>.txt).")] = "val",
     background: Annotated[bool, typer.Option("--background/--no-background", help="Count background as a seen class.")] = True,
     count: Annotated[int, typer.Option(help="Rendered scenes for --dataset world.")] = 500,
-    out: Annotated[Optional[Path], typer.Option(help="Folder for benchmark.json and benchmark.md; default SEGMENTER/benchmark-DATASET.")] = None,
+    out: Annotated[Optional[Path], typer.Option(help="Folder for benchmark.json and benchmark.md; default SEGMENTER/benchmark-DATASET "
+                                                    "(with --grounding: runs/benchmark-DATASET).")] = None,
     device: Device = "auto",
 ) -> None:
-    """Score a segmenter zero-shot: per-class IoU and seen, unseen and harmonic mIoU (Protocol ii)."""
+    """Score a segmenter, or a grounding module, zero-shot: per-class IoU and seen, unseen and harmonic mIoU (Protocol ii)."""
     from .benchmark import benchmark as score
     from .classes import get_split
     from .readers import open_dataset
@@ -439,6 +444,22 @@ def benchmark(
     split = split or {"voc2012": "voc-15-5", "world": "world"}.get(dataset)
     chosen = get_split(split) if split else None
     data = open_dataset(dataset, data_root, image_set, count)
-    result = score(Segmenter.from_pretrained(segmenter, torch_device), data, chosen, background, model_name=str(segmenter))
-    result.save(out or segmenter / f"benchmark-{Path(dataset).name}")
+    if grounding is None:
+        model_name, scored = str(segmenter), Segmenter.from_pretrained(segmenter, torch_device)
+        out = out or segmenter / f"benchmark-{Path(dataset).name}"
+    else:
+        from .grounding import GroundingModule
+        from .pipeline import load_pipeline
+        from .registry import BUNDLES
+        from .segment import GroundingSegmenter
+
+        model = model or (grounding if grounding in BUNDLES else None)
+        if model is None:
+            _fail("--grounding from a folder needs its pipeline: --model")
+        module = GroundingModule.from_pretrained(grounding).to(torch_device)
+        model_name = f"grounding {grounding} on {model}"
+        scored = GroundingSegmenter(load_pipeline(model, device=torch_device), module, data.class_names, timestep=capture_timestep)
+        out = out or Path("runs") / f"benchmark-{Path(dataset).name}"
+    result = score(scored, data, chosen, background, model_name=model_name)
+    result.save(out)
     print(result.markdown())

@@ -186,6 +186,25 @@ def segment_images(pipe, grounding: GroundingModule, images: list[Image.Image], 
     return results
 
 
+class GroundingSegmenter:
+    """A grounding module on its pipeline, with `Segmenter`'s interface (`class_names`, `predict`), so
+    `synthseg.benchmark` scores it with the same readers and confusion matrix as a trained segmenter.
+    Open vocabulary: every image is segmented with all of `class_names`."""
+
+    def __init__(self, pipe, grounding: GroundingModule, class_names, **options):
+        self.pipe, self.grounding, self.names, self.options = pipe, grounding.eval(), list(class_names), options
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """Label names in label order; label 0 is "background"."""
+        return ("background", *self.names)
+
+    def predict(self, image: Image.Image) -> np.ndarray:
+        """HW int64 labels of one image at its own size."""
+        (result,) = segment_images(self.pipe, self.grounding, [image], self.names, **self.options)
+        return result.labels.astype(np.int64)
+
+
 def overlay(image: Image.Image, labels: np.ndarray, alpha: float = 0.5) -> Image.Image:
     """`image` (RGB) with each labelled pixel blended `alpha` towards its class's VOC colour."""
     colours = np.array(voc_palette(), dtype=np.float32).reshape(-1, 3)[labels]

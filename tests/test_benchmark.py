@@ -175,3 +175,30 @@ def test_train_segmenter_cli_on_a_coco_folder_then_benchmark_world(tmp_path):
     assert report["split"] == "world" and report["unseen"] == ["heart", "ring", "arrow", "hourglass"] and report["background"] is False
     missing = runner.invoke(app, ["train-segmenter", "--dataset", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m2")])
     assert missing.exit_code == 1 and "no such file or folder" in missing.output
+
+
+def test_benchmark_scores_a_grounding_module_with_the_same_matrix(tmp_path):
+    """`--grounding world`: the module, given all 12 class names, scored like a segmenter; its labels are
+    exactly those of `segment_images` on the same scenes."""
+    from synthseg.grounding import GroundingModule
+    from synthseg.metrics import ConfusionMatrix
+    from synthseg.pipeline import load_pipeline
+    from synthseg.readers import open_dataset
+    from synthseg.segment import segment_images
+
+    runner = CliRunner()
+    result = runner.invoke(app, ["benchmark", "--dataset", "world", "--count", "3", "--grounding", "world", "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    scored = json.loads((tmp_path / "b" / "benchmark.json").read_text())
+    assert scored["model"] == "grounding world on world" and scored["images"] == 3
+    data = open_dataset("world", None, "val", 3)
+    pipe, module = load_pipeline("world"), GroundingModule.from_pretrained("world")
+    matrix = ConfusionMatrix(len(data.class_names) + 1, 255)
+    for index in range(3):
+        image, truth = data[index]
+        (segmentation,) = segment_images(pipe, module, [image], list(data.class_names))
+        matrix.update(segmentation.labels.astype(np.int64), truth)
+    for (name, iou), expected in zip(scored["iou"].items(), matrix.iou()):
+        assert (iou is None and np.isnan(expected)) or iou == pytest.approx(expected), name
+    folder = runner.invoke(app, ["benchmark", "--dataset", "world", "--count", "2", "--grounding", str(tmp_path)])
+    assert folder.exit_code == 1 and "--grounding from a folder needs its pipeline: --model" in folder.output
