@@ -90,6 +90,7 @@ def capture_pass(
     height: int | None = None,
     width: int | None = None,
     negative_prompt: str | list[str] | None = None,
+    pipeline_kwargs: dict | None = None,
 ) -> CaptureRun:
     """The one generate-and-capture pass that grounded generation, triplets and Protocol i all run.
 
@@ -99,6 +100,7 @@ def capture_pass(
     cross-attention (VPD inputs, attention pooling); `daam` also sums every step's (the baseline).
     `blocks`: the transformer blocks to record (see `synthseg.capture.default_blocks`; a UNet records all).
     `record_inputs`: also keep the capture step's denoiser arguments, to replay it (`synthseg.capture.replay`).
+    `pipeline_kwargs`: further arguments of the pipeline's call (a GLIGEN layout's phrases and boxes).
     Works for every family of `synthseg.text` (SD 1.x/2.x, SDXL, SD3, FLUX).
     """
     if len(seeds) != len(prompts):
@@ -113,7 +115,7 @@ def capture_pass(
                                                       attention=attention, dtype=feature_dtype, blocks=blocks,
                                                       record_inputs=record_inputs))
         images = pipe(**text.call, generator=generators, num_inference_steps=num_inference_steps, height=height, width=width,
-                      output_type="pil").images
+                      output_type="pil", **(pipeline_kwargs or {})).images
     if not capture.captured:
         raise SynthsegError(f"the pipeline never ran the capture step ({capture_step}); check the scheduler")
     return CaptureRun(images, capture.features, text.embeds, spans, capture.resolved, baseline.normalised_maps(spans) if daam else None)

@@ -7,6 +7,10 @@ and a box, and one instance mask per object from the grounding module's class ma
   `{"prompt": "...", "phrases": ["dog", "dog"], "boxes": [[x0, y0, x1, y1], ...], "seed": 7}`, boxes as
   fractions of the image in [0, 1] (`prompt` and `seed` optional). Each line is checked, and a bad one
   is named by its number.
+- `generate_layout`: one layout through a GLIGEN pipeline (`StableDiffusionGLIGENPipeline`, SD 1.x), the
+  grounding module's capture unchanged: GLIGEN's gated layers run only in the first steps (scheduled
+  sampling), so the late capture step reads the base UNet as in text-only generation. diffusers has
+  GLIGEN only for SD 1.x; SDXL, SD3 and FLUX pipelines take no boxes.
 - `instance_masks`: each phrase's instance, its class mask restricted to a margin around its box; where
   two instances claim a pixel, the module's probability weighted by the pixel's place in each box
   decides, so touching objects of one class come out as separate instances.
@@ -14,15 +18,21 @@ and a box, and one instance mask per object from the grounding module's class ma
 
 from __future__ import annotations
 
+import inspect
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
+from PIL import Image
 
+from .capture import CaptureStep, denoiser_of
 from .config import check_positive
 from .errors import SynthsegError
 from .prompts import describe
+
+MAX_GLIGEN_BOXES = 30  # StableDiffusionGLIGENPipeline's max_objs: the position net's token count
 
 
 @dataclass
@@ -204,3 +214,43 @@ def box_fill(mask: np.ndarray, box) -> float:
     x0, y0 = int(np.floor(box[0] * width)), int(np.floor(box[1] * height))
     x1, y1 = max(x0 + 1, int(np.ceil(box[2] * width))), max(y0 + 1, int(np.ceil(box[3] * height)))
     return float(mask[y0:y1, x0:x1].mean())
+
+
+def takes_layouts(pipe) -> bool:
+    """Whether `pipe` generates from boxes: a GLIGEN UNet (a position net) and a call that takes them."""
+    return (getattr(denoiser_of(pipe), "position_net", None) is not None
+            and "gligen_boxes" in inspect.signature(type(pipe).__call__).parameters)
+
+
+@dataclass
+class LayoutGeneration:
+    """One layout's result: the image, `probs` (K, H, W) float32 per class of `layout.classes`, and one
+    (H, W) bool instance mask per phrase, with the share of its box it fills."""
+
+    layout: Layout
+    image: Image.Image
+    probs: torch.Tensor
+    instances: list[np.ndarray]
+    fills: list[float]
+
+
+def generate_layout(pipe, grounding, layout: Layout, *, guidance_scale: float, num_inference_steps: int,
+                    capture_step: CaptureStep = CaptureStep(), margin: float = 0.1, scheduled_sampling_beta: float = 0.3) -> LayoutGeneration:
+    """Generate `layout` with a GLIGEN pipeline (one layout per call, as GLIGEN takes it) and cut its
+    instances from the grounding module's class masks (`instance_masks`). `scheduled_sampling_beta`: the
+    share of the steps GLIGEN's gated layers run in."""
+    from .generate import capture_pass, predict_masks
+
+    if not takes_layouts(pipe):
+        raise SynthsegError(f"{type(pipe).__name__} takes no layouts: box-grounded generation needs a GLIGEN pipeline "
+                            "(StableDiffusionGLIGENPipeline, SD 1.x); diffusers has no GLIGEN for SDXL, SD3 or FLUX")
+    check_layout(layout, list(dict.fromkeys(layout.phrases)), MAX_GLIGEN_BOXES, f"layout {layout.index}")
+    grounding.config.check_pipeline(pipe)
+    boxes = dict(gligen_phrases=list(layout.phrases), gligen_boxes=[list(box) for box in layout.boxes],
+                 gligen_scheduled_sampling_beta=scheduled_sampling_beta)
+    run = capture_pass(pipe, [layout.prompt], [layout.classes], [layout.seed], guidance_scale=guidance_scale,
+                       num_inference_steps=num_inference_steps, capture_step=capture_step, attention=grounding.config.needs_attention,
+                       blocks=grounding.config.feature_blocks or None, pipeline_kwargs=boxes)
+    (probs,) = predict_masks(grounding, run.features, run.prompt_embeds, run.spans, run.images[0].size[::-1])
+    masks = instance_masks(probs.numpy(), layout.classes, layout, margin)
+    return LayoutGeneration(layout, run.images[0], probs, masks, [box_fill(m, box) for m, box in zip(masks, layout.boxes)])

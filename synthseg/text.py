@@ -25,6 +25,7 @@ import torch
 
 from .capture.transformer import transformer_kind
 from .errors import SynthsegError
+from .prompts import plural
 
 
 def pipeline_family(pipe) -> str:
@@ -172,20 +173,22 @@ def _warn_if_cut(stream: str, tokenizer, prompt: str, limit: int) -> None:
 def class_token_span(tokenizer, prompt: str, class_name: str, limit: int | None = None) -> slice:
     """Token positions of `class_name` in `prompt`, as the pipeline tokenizes it (special tokens included).
 
-    The first occurrence wins. Raises SynthsegError if the name is not in the prompt, or is cut off
-    by `limit` (default: the tokenizer's maximum length), past which the pipeline encodes nothing.
+    The first occurrence wins; the plural counts where the name itself does not occur (a layout's "two
+    circles"). Raises SynthsegError if the name is not in the prompt, or is cut off by `limit` (default:
+    the tokenizer's maximum length), past which the pipeline encodes nothing.
     """
     limit = limit or tokenizer.model_max_length
     ids = tokenizer(prompt, verbose=False).input_ids  # untruncated, to tell a cut-off name from a missing one
-    name_ids = tokenizer(class_name, add_special_tokens=False).input_ids
-    if not name_ids:
+    if not tokenizer(class_name, add_special_tokens=False).input_ids:
         raise SynthsegError(f"class name {class_name!r} is empty after tokenization")
-    for start in range(len(ids) - len(name_ids) + 1):
-        if ids[start : start + len(name_ids)] == name_ids:
-            if start + len(name_ids) > limit - 1:  # the last kept position holds the end token
-                raise SynthsegError(f"class {class_name!r} is cut off: prompt {prompt!r} is {len(ids)} tokens and the "
-                                    f"tokenizer keeps {limit}; shorten the prompt")
-            return slice(start, start + len(name_ids))
+    for form in (class_name, plural(class_name)):
+        name_ids = tokenizer(form, add_special_tokens=False).input_ids
+        for start in range(len(ids) - len(name_ids) + 1):
+            if ids[start : start + len(name_ids)] == name_ids:
+                if start + len(name_ids) > limit - 1:  # the last kept position holds the end token
+                    raise SynthsegError(f"class {class_name!r} is cut off: prompt {prompt!r} is {len(ids)} tokens and the "
+                                        f"tokenizer keeps {limit}; shorten the prompt")
+                return slice(start, start + len(name_ids))
     raise SynthsegError(f"class {class_name!r} does not occur in prompt {prompt!r}")
 
 

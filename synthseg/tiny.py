@@ -12,7 +12,7 @@ import importlib.metadata
 from pathlib import Path
 
 import torch
-from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionGLIGENPipeline, StableDiffusionPipeline, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 from transformers.convert_slow_tokenizer import bytes_to_unicode
 
@@ -42,8 +42,8 @@ def clip_tokenizer(model_max_length: int = 77) -> CLIPTokenizer:
     return CLIPTokenizer(vocab=vocab, merges=[tuple(m.split()) for m in merges], model_max_length=model_max_length)
 
 
-def _pipeline(unet: UNet2DConditionModel, vae: AutoencoderKL, text: CLIPTextConfig) -> StableDiffusionPipeline:
-    return StableDiffusionPipeline(
+def _pipeline(unet: UNet2DConditionModel, vae: AutoencoderKL, text: CLIPTextConfig, kind=StableDiffusionPipeline) -> StableDiffusionPipeline:
+    return kind(
         unet=unet.eval(),
         vae=vae.eval(),
         text_encoder=CLIPTextModel(text).eval(),
@@ -55,13 +55,15 @@ def _pipeline(unet: UNet2DConditionModel, vae: AutoencoderKL, text: CLIPTextConf
     )
 
 
-def tiny_pipeline(seed: int = 0, sample_size: int = 16) -> StableDiffusionPipeline:
+def tiny_pipeline(seed: int = 0, sample_size: int = 16, gligen: bool = False) -> StableDiffusionPipeline:
     """A seeded SD-architecture pipeline small enough for CPU tests: 3 UNet levels, f=2 VAE.
 
-    Images are `2 * sample_size` pixels square (32 by default).
+    Images are `2 * sample_size` pixels square (32 by default). `gligen`: a `StableDiffusionGLIGENPipeline`
+    whose UNet has GLIGEN's gated self-attention and box-token projection (`attention_type="gated"`).
     """
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
+        attention_type="gated" if gligen else "default",
         sample_size=sample_size,
         in_channels=4,
         out_channels=4,
@@ -87,7 +89,7 @@ def tiny_pipeline(seed: int = 0, sample_size: int = 16) -> StableDiffusionPipeli
         vocab_size=49408, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
         num_attention_heads=4, max_position_embeddings=77, bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
     )
-    return _pipeline(unet, vae, text)
+    return _pipeline(unet, vae, text, StableDiffusionGLIGENPipeline if gligen else StableDiffusionPipeline)
 
 
 def sd15_pipeline(seed: int = 0) -> StableDiffusionPipeline:

@@ -112,3 +112,43 @@ def test_touching_objects_of_one_class_come_out_as_separate_instances():
     assert star[44:60, 44:60].all() and star.sum() == 16 * 16
     assert box_fill(left, layout.boxes[0]) == 1.0 and box_fill(np.zeros_like(left), layout.boxes[0]) == 0.0
     assert not instance_masks(probs * 0.5, ["circle", "star"], layout, margin=0.1)[0].any()  # below the threshold: no instance
+
+
+def test_a_gligen_pipeline_generates_a_layout_and_the_module_cuts_one_instance_per_phrase(tmp_path):
+    """A tiny GLIGEN UNet built from configs (gated self-attention plus the position net), loaded through the
+    one loader: the boxes reach the UNet, the capture is the text-only one, and every phrase gets a mask."""
+    import torch
+    from diffusers.models.attention import GatedSelfAttentionDense
+
+    from synthseg import GroundingConfig, GroundingModule
+    from synthseg.layouts import generate_layout, takes_layouts
+    from synthseg.pipeline import load_pipeline
+    from synthseg.tiny import tiny_pipeline
+
+    gligen = tiny_pipeline(gligen=True)
+    for layer in gligen.unet.modules():  # GLIGEN starts its gates shut (tanh 0); open them, as training would
+        if isinstance(layer, GatedSelfAttentionDense):
+            layer.alpha_attn.data.fill_(1.0)
+            layer.alpha_dense.data.fill_(1.0)
+    gligen.save_pretrained(tmp_path / "gligen")
+    pipe = load_pipeline(tmp_path / "gligen")
+    pipe.set_progress_bar_config(disable=True)
+    assert type(pipe).__name__ == "StableDiffusionGLIGENPipeline" and takes_layouts(pipe)
+    torch.manual_seed(0)
+    module = GroundingModule(GroundingConfig.for_pipeline(pipe, fuse_dim=16, mask_dim=16, hidden_dim=32, num_heads=4, ffn_dim=64,
+                                                          token_patch=2)).eval()
+    layout = Layout(0, "a photograph of two dogs and a cat", ["dog", "dog", "cat"], [(0, 0, .4, .4), (.5, 0, 1, .5), (.2, .5, .8, 1)], 7)
+    options = dict(guidance_scale=2.0, num_inference_steps=4, scheduled_sampling_beta=0.5)  # gated layers in 2 of 4 steps
+    first = generate_layout(pipe, module, layout, **options)
+    assert first.probs.shape == (2, 32, 32) and len(first.instances) == 3 and len(first.fills) == 3
+    for mask, box in zip(first.instances, layout.boxes):  # an instance stays within its box and margin
+        ys, xs = np.nonzero(mask)
+        assert mask.shape == (32, 32) and (len(xs) == 0 or (xs.min() >= (box[0] - .1 * (box[2] - box[0])) * 32 - 1))
+    again = generate_layout(pipe, module, layout, **options)
+    assert np.array_equal(np.asarray(again.image), np.asarray(first.image))  # seeded by the layout
+    moved = generate_layout(pipe, module, replace(layout, boxes=[(.6, .6, 1, 1), (0, .5, .4, 1), (0, 0, .5, .4)]), **options)
+    assert not np.array_equal(np.asarray(moved.image), np.asarray(first.image))  # the boxes steer the gated layers
+    with pytest.raises(SynthsegError, match="takes no layouts: box-grounded generation needs a GLIGEN pipeline"):
+        generate_layout(tiny_pipeline(), module, layout, **options)
+    with pytest.raises(SynthsegError, match="the model's position net takes at most 30"):
+        generate_layout(pipe, module, replace(layout, phrases=["dog"] * 31, boxes=[(0, 0, .5, .5)] * 31), **options)
