@@ -350,6 +350,8 @@ def make_dataset(
     seed: Annotated[Optional[int], typer.Option(help=f"Seed of the whole dataset; {FROM_RECIPE}.")] = None,
     num_inference_steps: Annotated[Optional[int], typer.Option(help="Denoising steps; default: the recipe's, else the model's.")] = None,
     guidance_scale: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale; default: the recipe's, else the model's.")] = None,
+    layouts: Annotated[bool, typer.Option("--layouts", help="Box layouts through a GLIGEN model, one COCO instance per box.")] = False,
+    layouts_file: Annotated[Optional[Path], typer.Option(help="Generate these layouts instead: JSONL of prompt, phrases, boxes (and seed).")] = None,
     num_shards: Annotated[Optional[int], typer.Option(help="Split the items over this many jobs (default: one, or torchrun's processes).")] = None,
     shard_index: Annotated[Optional[int], typer.Option(help="This job's shard, 0 to num-shards - 1.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (counts per class and pair, disk, time) without loading a model.")] = False,
@@ -359,7 +361,8 @@ def make_dataset(
     from .dataset import build_dataset, load_dataset_recipe, plan_summary
 
     config = load_dataset_recipe(classes, recipe, model=model, grounding=grounding, per_class=per_class, per_pair=per_pair,
-                                 templates=templates, seed=seed, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale)
+                                 templates=templates, seed=seed, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                 layouts=layouts, layouts_file=str(layouts_file.resolve()) if layouts_file else None)
     if dry_run:
         print(plan_summary(config, device))
         return

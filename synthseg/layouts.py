@@ -216,10 +216,13 @@ def box_fill(mask: np.ndarray, box) -> float:
     return float(mask[y0:y1, x0:x1].mean())
 
 
-def takes_layouts(pipe) -> bool:
-    """Whether `pipe` generates from boxes: a GLIGEN UNet (a position net) and a call that takes them."""
-    return (getattr(denoiser_of(pipe), "position_net", None) is not None
-            and "gligen_boxes" in inspect.signature(type(pipe).__call__).parameters)
+def check_takes_layouts(pipe) -> None:
+    """Refuse a pipeline that cannot generate from boxes: it needs a GLIGEN UNet (a position net) and a
+    call that takes boxes."""
+    if (getattr(denoiser_of(pipe), "position_net", None) is None
+            or "gligen_boxes" not in inspect.signature(type(pipe).__call__).parameters):
+        raise SynthsegError(f"{type(pipe).__name__} takes no layouts: box-grounded generation needs a GLIGEN pipeline "
+                            "(StableDiffusionGLIGENPipeline, SD 1.x); diffusers has no GLIGEN for SDXL, SD3 or FLUX")
 
 
 @dataclass
@@ -241,9 +244,7 @@ def generate_layout(pipe, grounding, layout: Layout, *, guidance_scale: float, n
     share of the steps GLIGEN's gated layers run in."""
     from .generate import capture_pass, predict_masks
 
-    if not takes_layouts(pipe):
-        raise SynthsegError(f"{type(pipe).__name__} takes no layouts: box-grounded generation needs a GLIGEN pipeline "
-                            "(StableDiffusionGLIGENPipeline, SD 1.x); diffusers has no GLIGEN for SDXL, SD3 or FLUX")
+    check_takes_layouts(pipe)
     check_layout(layout, list(dict.fromkeys(layout.phrases)), MAX_GLIGEN_BOXES, f"layout {layout.index}")
     grounding.config.check_pipeline(pipe)
     boxes = dict(gligen_phrases=list(layout.phrases), gligen_boxes=[list(box) for box in layout.boxes],

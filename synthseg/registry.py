@@ -40,18 +40,17 @@ RECIPE_KINDS = {
 
 @dataclass(frozen=True)
 class Bundle:
-    """A set of models shipped under one name: text-to-image pipeline, grounding module (None until one
-    is trained and shipped), annotator."""
+    """A set of models shipped under one name: text-to-image pipeline, grounding module, annotator."""
 
     pipeline: Path
-    grounding: Path | None
+    grounding: Path
     annotator: Path
 
 
 BUNDLES = {
     "world": Bundle(pipeline=ASSETS / "world" / "t2i", grounding=ASSETS / "world" / "grounding", annotator=ASSETS / "world" / "annotator"),
     # The transformer world: FLUX's architecture on the same scenes, judged by the same annotator.
-    "world-dit": Bundle(pipeline=ASSETS / "world-dit" / "t2i", grounding=None, annotator=ASSETS / "world" / "annotator"),
+    "world-dit": Bundle(pipeline=ASSETS / "world-dit" / "t2i", grounding=ASSETS / "world-dit" / "grounding", annotator=ASSETS / "world" / "annotator"),
 }
 
 
@@ -60,9 +59,6 @@ def _bundled(spec, part: str) -> Path | None:
     if bundle is None:
         return None
     folder = getattr(bundle, part)
-    if folder is None:
-        raise SynthsegError(f"{spec} ships no {part} module yet: train one (synthseg make-triplets and train-grounding with "
-                            f"--recipe {spec}-grounding) and pass its folder")
     if not folder.is_dir():
         raise SynthsegError(f"the bundled {spec} {part} is missing from {folder}: reinstall synthseg")
     return folder

@@ -40,7 +40,7 @@ def one_error(result, code: int = 1) -> str:
     (["--device", "cuda"], "--device cuda: this machine has no CUDA GPU"),
     (["--device", "cuda:3"], "--device cuda:3: this machine has no CUDA GPU"),
     (["--model", "/nonexistent"], "no pipeline folder at /nonexistent"),
-    (["--model", "world-dit"], "world-dit ships no grounding module yet"),  # a bundled model brings its own module
+    (["--model", "world-dit", "--grounding", "world"], "grounding module expects feature channels"),  # the UNet world's module
 ])
 def test_make_dataset_refuses_before_writing_anything(tmp_path, args, message):
     out = tmp_path / "out"

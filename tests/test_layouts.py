@@ -118,22 +118,16 @@ def test_a_gligen_pipeline_generates_a_layout_and_the_module_cuts_one_instance_p
     """A tiny GLIGEN UNet built from configs (gated self-attention plus the position net), loaded through the
     one loader: the boxes reach the UNet, the capture is the text-only one, and every phrase gets a mask."""
     import torch
-    from diffusers.models.attention import GatedSelfAttentionDense
 
     from synthseg import GroundingConfig, GroundingModule
-    from synthseg.layouts import generate_layout, takes_layouts
+    from synthseg.layouts import check_takes_layouts, generate_layout
     from synthseg.pipeline import load_pipeline
     from synthseg.tiny import tiny_pipeline
 
-    gligen = tiny_pipeline(gligen=True)
-    for layer in gligen.unet.modules():  # GLIGEN starts its gates shut (tanh 0); open them, as training would
-        if isinstance(layer, GatedSelfAttentionDense):
-            layer.alpha_attn.data.fill_(1.0)
-            layer.alpha_dense.data.fill_(1.0)
-    gligen.save_pretrained(tmp_path / "gligen")
-    pipe = load_pipeline(tmp_path / "gligen")
+    pipe = load_pipeline(_gligen_folder(tmp_path / "gligen"))
     pipe.set_progress_bar_config(disable=True)
-    assert type(pipe).__name__ == "StableDiffusionGLIGENPipeline" and takes_layouts(pipe)
+    assert type(pipe).__name__ == "StableDiffusionGLIGENPipeline"
+    check_takes_layouts(pipe)
     torch.manual_seed(0)
     module = GroundingModule(GroundingConfig.for_pipeline(pipe, fuse_dim=16, mask_dim=16, hidden_dim=32, num_heads=4, ffn_dim=64,
                                                           token_patch=2)).eval()
@@ -152,3 +146,78 @@ def test_a_gligen_pipeline_generates_a_layout_and_the_module_cuts_one_instance_p
         generate_layout(tiny_pipeline(), module, layout, **options)
     with pytest.raises(SynthsegError, match="the model's position net takes at most 30"):
         generate_layout(pipe, module, replace(layout, phrases=["dog"] * 31, boxes=[(0, 0, .5, .5)] * 31), **options)
+
+
+def _gligen_folder(directory):
+    """A tiny GLIGEN pipeline folder with its gates open (GLIGEN starts them shut)."""
+    from diffusers.models.attention import GatedSelfAttentionDense
+
+    from synthseg.tiny import tiny_pipeline
+
+    gligen = tiny_pipeline(gligen=True)
+    for layer in gligen.unet.modules():
+        if isinstance(layer, GatedSelfAttentionDense):
+            layer.alpha_attn.data.fill_(1.0)
+            layer.alpha_dense.data.fill_(1.0)
+    gligen.save_pretrained(directory)
+    return directory
+
+
+def test_make_dataset_with_a_layouts_file_writes_one_coco_instance_per_box(tmp_path):
+    """`make-dataset --layouts-file` on a GLIGEN folder: COCO instances are exactly the non-empty per-box masks
+    that `generate_layout` gives for the same layout and seed, several of one class where the file asks."""
+    import torch
+    from pycocotools.coco import COCO
+    from typer.testing import CliRunner
+
+    from synthseg import GroundingConfig, GroundingModule
+    from synthseg.cli import app
+    from synthseg.layouts import generate_layout
+    from synthseg.pipeline import load_pipeline
+
+    folder = _gligen_folder(tmp_path / "gligen")
+    pipe = load_pipeline(folder)
+    pipe.set_progress_bar_config(disable=True)
+    torch.manual_seed(3)
+    module = GroundingModule(GroundingConfig.for_pipeline(pipe, fuse_dim=16, mask_dim=16, hidden_dim=32, num_heads=4, ffn_dim=64,
+                                                          token_patch=2)).eval()
+    with torch.no_grad():  # a sure module: every class certain everywhere, so each box's instance is its own region
+        module.pixel_embed.weight.zero_(), module.pixel_embed.bias.fill_(1.0)
+        module.mask_mlp[-1].weight.zero_(), module.mask_mlp[-1].bias.fill_(1.0)
+    module.save_pretrained(tmp_path / "module")
+    lines = [{"phrases": ["dog", "dog", "cat"], "boxes": [[0, 0, .45, .45], [.5, 0, 1, .45], [.1, .5, .9, 1]], "seed": 1},
+             {"prompt": "a photograph of a cat", "phrases": ["cat"], "boxes": [[.2, .2, .8, .8]]}]
+    (tmp_path / "layouts.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text("classes: dog,cat\nrequire_all_classes: false\nnum_inference_steps: 4\nguidance_scale: 2.0\n"
+                      "layouts: {min_fill: 0.0, margin: 0.1}\n")
+    out = tmp_path / "ds"
+    args = ["make-dataset", "--recipe", str(recipe), "--model", str(folder), "--grounding", str(tmp_path / "module"),
+            "--layouts-file", str(tmp_path / "layouts.jsonl"), "--out", str(out)]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 0, result.output
+    coco = COCO(str(out / "annotations.json"))
+    records = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert [r["phrases"] for r in records] == [line["phrases"] for line in lines] and records[1]["boxes"] == [[.2, .2, .8, .8]]
+    for record, image_id in zip(records, sorted(coco.getImgIds())):
+        layout = Layout(record["index"], record["prompt"], record["phrases"], [tuple(b) for b in record["boxes"]], record["seed"])
+        made = generate_layout(pipe, module, layout, guidance_scale=2.0, num_inference_steps=4, margin=0.1)
+        expected = [(["dog", "cat"].index(p) + 1, m) for p, m in zip(layout.phrases, made.instances) if m.sum() >= 4]
+        annotations = coco.loadAnns(coco.getAnnIds(imgIds=image_id))
+        assert [a["category_id"] for a in annotations] == [c for c, _ in expected]
+        for annotation, (_, mask) in zip(annotations, expected):
+            assert np.array_equal(coco.annToMask(annotation).astype(bool), mask)
+    assert [a["category_id"] for a in coco.loadAnns(coco.getAnnIds(imgIds=sorted(coco.getImgIds())[0]))].count(1) == 2  # two dogs
+    again = CliRunner().invoke(app, args)  # finished: the same command changes nothing
+    assert again.exit_code == 0 and json.loads((out / "annotations.json").read_text()) == coco.dataset
+
+
+def test_make_dataset_layouts_on_a_model_without_gligen_is_refused_before_writing(tmp_path):
+    from typer.testing import CliRunner
+
+    from synthseg.cli import app
+
+    out = tmp_path / "ds"
+    result = CliRunner().invoke(app, ["make-dataset", "--layouts", "--per-class", "1", "--out", str(out)])
+    assert result.exit_code == 1 and "takes no layouts: box-grounded generation needs a GLIGEN pipeline" in result.output
+    assert not out.exists()

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from synthseg import SynthsegError
 from synthseg.annotators import load_annotator
@@ -41,8 +42,9 @@ def test_the_transformer_world_loads_by_name_and_generates_deterministically():
     first = sample()
     assert first.shape == (64, 64, 3) and np.array_equal(first, sample())
     assert load_annotator("world-dit") is not None  # the world's annotator judges both worlds
-    with pytest.raises(SynthsegError, match="world-dit ships no grounding module yet"):
-        GroundingModule.from_pretrained("world-dit")
+    GroundingModule.from_pretrained("world-dit").config.check_pipeline(pipe)  # its own module reads its blocks
+    with pytest.raises(SynthsegError, match="grounding module expects feature channels"):
+        GroundingModule.from_pretrained("world").config.check_pipeline(pipe)
 
 
 def test_bundled_pipeline_loads_offline_and_generates_deterministically(world_pipe):
@@ -82,3 +84,22 @@ def test_bundled_grounding_module_segments_seen_and_unseen_objects(world_pipe):
             ious[i] = (predicted & truth).sum() / max(1, (predicted | truth).sum())
     assert len(ious) >= 4 and {3, 4} & set(ious)
     assert np.mean(list(ious.values())) > 0.6
+
+
+def test_make_dataset_on_the_transformer_world_brings_its_own_module(tmp_path):
+    """`make-dataset --model world-dit`: FLUX's architecture end to end, grounded by world-dit's shipped module."""
+    from typer.testing import CliRunner
+
+    from synthseg.cli import app
+    from synthseg.dataset import file_hash
+
+    out = tmp_path / "ds"
+    result = CliRunner().invoke(app, ["make-dataset", "--model", "world-dit", "--classes", "circle,hexagon", "--per-class", "2",
+                                      "--per-pair", "0", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert records and {r["grounding_hash"] for r in records} == {file_hash(BUNDLES["world-dit"].grounding)}
+    names = [c["name"] for c in json.loads((out / "annotations.json").read_text())["categories"]]
+    for record in records:  # each kept image's label map holds its prompted class
+        labels = np.asarray(Image.open(out / record["mask_file_name"]))
+        assert all((labels == names.index(c) + 1).any() for c in record["classes"])
