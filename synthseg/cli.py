@@ -147,8 +147,8 @@ def generate(
     check_vocabulary(model, [n for group in names for n in group])
     check_output_dir(out)
     card, torch_device = model_card(model), _device(device)
+    pipe = load_pipeline(model, device=torch_device)  # first: a missing model is the error to report
     module = GroundingModule.from_pretrained(grounding_for(model, grounding)).to(torch_device)
-    pipe = load_pipeline(model, device=torch_device)
     result = generate_grounded(
         pipe, module, prompt, names, [seed + i for i in range(len(prompt))],
         guidance_scale=card.guidance_scale if guidance_scale is None else guidance_scale,
@@ -329,8 +329,8 @@ def segment(
     check_output_dir(out)
     pictures = [read_image(path) for path in images]
     torch_device = _device(device)
+    pipe = load_pipeline(model, device=torch_device)  # first: a missing model is the error to report
     module = GroundingModule.from_pretrained(grounding_for(model, grounding)).to(torch_device).eval()
-    pipe = load_pipeline(model, device=torch_device)
     results = segment_images(pipe, module, pictures, names, timestep=capture_timestep, noise_draws=noise_draws, seed=seed,
                              template=template, one_prompt_per_class=one_prompt_per_class, threshold=threshold)
     summary = write_segmentations(out, pictures, results, names)

@@ -169,3 +169,5 @@ def test_misleading_messages_are_gone(pipe_dir, grounding, tmp_path):
     assert warning.startswith("warning: prompt 'a photograph of a very") and "is 87 CLIP tokens and 77 are kept: 'a very" in warning
     assert result.exit_code == 1 and error.startswith("error: class 'dog' is cut off") and "tokenizer keeps 77" in error
     assert not (tmp_path / "o").exists()
+    unnamed = runner.invoke(app, ["generate", "--model", str(pipe_dir), "--prompt", "a dog", "--classes", "dog", "--out", str(tmp_path / "o")])
+    assert "is not a bundled model: name its grounding module (--grounding FOLDER)" in one_error(unnamed)

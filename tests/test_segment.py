@@ -121,7 +121,7 @@ def test_segment_command_writes_palette_labels_overlays_and_coco_on_the_tiny_pip
     (["--classes", " , "], "--classes names no class"),
     (["--classes", "circle", "--capture-timestep", "1000"], "capture timestep must be in 0..999"),
     (["--classes", "circle", "--noise-draws", "0"], "noise_draws must be at least 1"),
-    (["--classes", "circle", "--model", "/nonexistent"], "is not a bundled model: name its grounding module"),
+    (["--classes", "circle", "--model", "/nonexistent"], "no pipeline folder at /nonexistent"),
     (["--classes", "circle", "--grounding", "world-dit"], "grounding module expects feature channels"),  # on the UNet world
 ])
 def test_segment_command_refuses_bad_input_in_one_line(tmp_path, args, message):
