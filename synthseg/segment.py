@@ -26,6 +26,7 @@ from .errors import SynthsegError
 from .formats import coco_annotation, coco_document, label_image, png_bytes, safe_file_name, voc_palette, write_atomic, write_json_atomic
 from .generate import predict_masks
 from .grounding import GroundingModule
+from .progress import loss_progress
 from .prompts import describe
 from .text import encode_prompts, pipeline_family, prompt_token_spans, text_inputs, text_streams
 
@@ -132,31 +133,53 @@ def _input_size(pipe, image: Image.Image) -> tuple[int, int]:
     return (-(-image.height // multiple) * multiple, -(-image.width // multiple) * multiple)
 
 
-@torch.no_grad()
-def segment_images(pipe, grounding: GroundingModule, images: list[Image.Image], class_names: list[str], *, timestep: int = 5,
-                   noise_draws: int = 1, seed: int = 0, template: str = "a photograph of {}", one_prompt_per_class: bool = False,
-                   threshold: float = 0.5) -> list[Segmentation]:
-    """Segment `class_names` in each of `images` (PIL, any mode and size) with `grounding` on `pipe`'s
-    features at `timestep` (of 1000; flow models: sigma = timestep / 1000). A class's probability is
-    the mean over `noise_draws` noised latents (seeded by `seed` and the image's index). An image the
-    VAE cannot take at its size is padded (edge pixels) up to one it can, with a warning; the output is
-    cropped back. `template` has one slot for the class list."""
-    if not class_names:
-        raise SynthsegError("no class names to segment")
-    if noise_draws < 1:
-        raise SynthsegError(f"noise_draws must be at least 1, got {noise_draws}")
-    if not 0 <= timestep < 1000:
-        raise SynthsegError(f"the capture timestep must be in 0..999 (of 1000), got {timestep}")
-    if not 0 <= threshold < 1:
-        raise SynthsegError(f"threshold must be in [0, 1), got {threshold}")
-    grounding.config.check_pipeline(pipe)
-    groups = prompts_for(pipe, list(class_names), template, one_prompt_per_class)
-    prompts = [template.format(describe(group)) for group in groups]
-    spans = prompt_token_spans(pipe, prompts, groups)
-    embeds = encode_prompts(pipe, prompts, guidance_scale=1.0).embeds
-    texts = text_inputs(pipe, prompts)
-    results, calls = [], {}
-    for index, image in enumerate(images):
+class GroundingSegmenter:
+    """A grounding module on its pipeline, ready to segment `class_names` in any image: the prompts, their
+    class-token spans, text embeddings and the denoiser's recorded arguments (per input size) are made
+    once, not per image. It has `Segmenter`'s interface (`class_names`, `predict`), so
+    `synthseg.benchmark` scores it with the same readers and confusion matrix as a trained segmenter.
+
+    Options: `timestep` of 1000 (flow models: sigma = timestep / 1000); a class's probability is the mean
+    over `noise_draws` noised latents, seeded by `seed` and the image's index; `template` has one slot
+    for the class list; a pixel is labelled with its most probable class where that passes `threshold`.
+    """
+
+    def __init__(self, pipe, grounding: GroundingModule, class_names, *, timestep: int = 5, noise_draws: int = 1, seed: int = 0,
+                 template: str = "a photograph of {}", one_prompt_per_class: bool = False, threshold: float = 0.5):
+        names = list(class_names)
+        if not names:
+            raise SynthsegError("no class names to segment")
+        if noise_draws < 1:
+            raise SynthsegError(f"noise_draws must be at least 1, got {noise_draws}")
+        if not 0 <= timestep < 1000:
+            raise SynthsegError(f"the capture timestep must be in 0..999 (of 1000), got {timestep}")
+        if not 0 <= threshold < 1:
+            raise SynthsegError(f"threshold must be in [0, 1), got {threshold}")
+        grounding.config.check_pipeline(pipe)
+        self.pipe, self.grounding, self.names = pipe, grounding.eval(), names
+        self.timestep, self.noise_draws, self.seed, self.threshold = timestep, noise_draws, seed, threshold
+        self.groups = prompts_for(pipe, names, template, one_prompt_per_class)
+        prompts = [template.format(describe(group)) for group in self.groups]
+        with torch.no_grad():
+            self.spans = prompt_token_spans(pipe, prompts, self.groups)
+            self.embeds = encode_prompts(pipe, prompts, guidance_scale=1.0).embeds
+            self.texts = text_inputs(pipe, prompts)
+        self._calls: dict[tuple[int, int], dict] = {}
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        """Label names in label order; label 0 is "background"."""
+        return ("background", *self.names)
+
+    def predict(self, image: Image.Image) -> np.ndarray:
+        """HW int64 labels of one image at its own size (noise seeded as the first image of a list)."""
+        return self.segment(image).labels.astype(np.int64)
+
+    @torch.no_grad()
+    def segment(self, image: Image.Image, index: int = 0) -> Segmentation:
+        """Segment one PIL image (any mode and size; `index` seeds its noise). An image the VAE cannot take
+        at its size is padded (edge pixels) up to one it can, with a warning; the output is cropped back."""
+        pipe, draws_count, prompt_count = self.pipe, self.noise_draws, len(self.groups)
         name = getattr(image, "filename", "") or f"image {index}"
         rgb = to_rgb(image, name)
         height, width = _input_size(pipe, rgb)
@@ -165,44 +188,38 @@ def segment_images(pipe, grounding: GroundingModule, images: list[Image.Image], 
         padded = np.pad(np.asarray(rgb), ((0, height - rgb.height), (0, width - rgb.width), (0, 0)), mode="edge")
         pixels = torch.from_numpy(padded).permute(2, 0, 1)[None].float() / 127.5 - 1
         latents = _latents(pipe, pixels)
-        if (height, width) not in calls:
-            calls[(height, width)] = recorded_call(pipe, len(prompts) * noise_draws, height, width)
-        generator = torch.Generator().manual_seed(seed * 1_000_003 + index)
-        draws = [_noised(pipe, latents, timestep, generator) for _ in range(noise_draws)]
-        inputs = dict(calls[(height, width)], **{k: v.repeat(noise_draws, *[1] * (v.ndim - 1)) for k, v in texts.items()})
-        noisy = torch.cat([d[0] for d in draws]).repeat_interleave(len(prompts), dim=0)
+        if (height, width) not in self._calls:
+            self._calls[(height, width)] = recorded_call(pipe, prompt_count * draws_count, height, width)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        draws = [_noised(pipe, latents, self.timestep, generator) for _ in range(draws_count)]
+        inputs = dict(self._calls[(height, width)], **{k: v.repeat(draws_count, *[1] * (v.ndim - 1)) for k, v in self.texts.items()})
+        noisy = torch.cat([d[0] for d in draws]).repeat_interleave(prompt_count, dim=0)
         if pipeline_family(pipe) == "flux":
             noisy = pipe._pack_latents(noisy, noisy.shape[0], *noisy.shape[1:])
         inputs["hidden_states" if "hidden_states" in inputs else "sample"] = noisy
         inputs["timestep"] = torch.full((noisy.shape[0],), draws[0][1], dtype=torch.float32)
-        features = replay(pipe, inputs, attention=grounding.config.needs_attention, blocks=grounding.config.feature_blocks or None)
-        masks = predict_masks(grounding, features, embeds.repeat(noise_draws, 1, 1), spans * noise_draws, (height, width))
-        per_class = [torch.stack([masks[d * len(prompts) + g][q] for d in range(noise_draws)]).mean(0)
-                     for g, group in enumerate(groups) for q in range(len(group))]
+        config = self.grounding.config
+        features = replay(pipe, inputs, attention=config.needs_attention, blocks=config.feature_blocks or None)
+        masks = predict_masks(self.grounding, features, self.embeds.repeat(draws_count, 1, 1), self.spans * draws_count, (height, width))
+        per_class = [torch.stack([masks[d * prompt_count + g][q] for d in range(draws_count)]).mean(0)
+                     for g, group in enumerate(self.groups) for q in range(len(group))]
         probs = torch.stack(per_class)[:, : rgb.height, : rgb.width]
         labels = (probs.argmax(0) + 1).numpy().astype(np.uint8)
-        labels[probs.max(0).values.numpy() <= threshold] = 0
-        results.append(Segmentation(probs, labels))
+        labels[probs.max(0).values.numpy() <= self.threshold] = 0
+        return Segmentation(probs, labels)
+
+
+def segment_images(pipe, grounding: GroundingModule, images: list[Image.Image], class_names: list[str], **options) -> list[Segmentation]:
+    """Segment `class_names` in each of `images` with `grounding` on `pipe`'s features; `options` are
+    `GroundingSegmenter`'s. Image i's noise is seeded by `seed` and i. Shows progress with the running mean
+    of the labelled fraction of pixels."""
+    segmenter, results, labelled = GroundingSegmenter(pipe, grounding, class_names, **options), [], []
+    with loss_progress("segment", len(images), metric="labelled") as advance:  # the mean labelled fraction
+        for index, image in enumerate(images):
+            results.append(segmenter.segment(image, index))
+            labelled.append(float((results[-1].labels > 0).mean()))
+            advance(index + 1, labelled)
     return results
-
-
-class GroundingSegmenter:
-    """A grounding module on its pipeline, with `Segmenter`'s interface (`class_names`, `predict`), so
-    `synthseg.benchmark` scores it with the same readers and confusion matrix as a trained segmenter.
-    Open vocabulary: every image is segmented with all of `class_names`."""
-
-    def __init__(self, pipe, grounding: GroundingModule, class_names, **options):
-        self.pipe, self.grounding, self.names, self.options = pipe, grounding.eval(), list(class_names), options
-
-    @property
-    def class_names(self) -> tuple[str, ...]:
-        """Label names in label order; label 0 is "background"."""
-        return ("background", *self.names)
-
-    def predict(self, image: Image.Image) -> np.ndarray:
-        """HW int64 labels of one image at its own size."""
-        (result,) = segment_images(self.pipe, self.grounding, [image], self.names, **self.options)
-        return result.labels.astype(np.int64)
 
 
 def overlay(image: Image.Image, labels: np.ndarray, alpha: float = 0.5) -> Image.Image:

@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from synthseg import GroundingConfig, GroundingModule, SynthsegError
-from synthseg.segment import prompts_for, segment_images
+from synthseg.segment import GroundingSegmenter, prompts_for, segment_images
 from synthseg.tiny import tiny_flux_pipeline, tiny_pipeline, tiny_sd3_pipeline, tiny_sdxl_pipeline
 
 T5 = Path(__file__).parent / "fixtures" / "t5-tiny.model"
@@ -41,6 +41,27 @@ def test_every_family_segments_a_real_image(family):
     torch.testing.assert_close(again[0].probs, first[0].probs)  # seeded noise: the same image gives the same masks
     other = segment_images(pipe, module, [image], ["dog", "cat", "bus"], noise_draws=2, seed=1)
     assert not torch.equal(other[0].probs, first[0].probs)
+
+
+def test_a_segmenter_encodes_its_prompts_once_and_records_each_input_size_once():
+    """Many images cost one text encoding and one recorded pipeline call per size, not one per image."""
+    pipe = tiny_pipeline()
+    pipe.set_progress_bar_config(disable=True)
+    module = GroundingModule(GroundingConfig.for_pipeline(pipe, fuse_dim=16, mask_dim=16, hidden_dim=32, num_heads=4, ffn_dim=64,
+                                                          token_patch=2)).eval()
+    encoded, called = [], []
+    pipe.text_encoder.register_forward_hook(lambda *_: encoded.append(1))
+    pipe.unet.register_forward_pre_hook(lambda *_: called.append(1))
+    segmenter = GroundingSegmenter(pipe, module, ["dog", "cat"])
+    before = len(encoded)
+    images = [photo((32, 32)), photo((32, 32)), photo((24, 16)), photo((32, 32))]
+    results = [segmenter.segment(image, i) for i, image in enumerate(images)]
+    sizes = 2  # 32x32 and 24x16
+    assert len(encoded) == before + sizes  # per size, the recorded call's empty prompts; none per image
+    assert len(called) == sizes + len(images)  # per size, the recorded call (stopped at the UNet); per image, one step
+    torch.testing.assert_close(results[0].probs, segment_images(pipe, module, images[:1], ["dog", "cat"])[0].probs)
+    assert np.array_equal(segmenter.predict(images[1]), segmenter.segment(images[1], 0).labels.astype(np.int64))
+    assert segmenter.class_names == ("background", "dog", "cat")
 
 
 @pytest.mark.slow
