@@ -30,6 +30,8 @@ from .progress import loss_progress
 from .prompts import describe
 from .text import encode_prompts, pipeline_family, prompt_token_spans, text_inputs, text_streams
 
+SEGMENT_TEMPLATE = "a photograph of {}"  # the prompt around the class list ("a dog, a cat and a bus")
+
 
 @dataclass
 class Segmentation:
@@ -102,17 +104,19 @@ def to_rgb(image: Image.Image, name: str) -> Image.Image:
     return image.convert("RGB")
 
 
-def _latents(pipe, pixels: torch.Tensor) -> torch.Tensor:
-    """VAE latents as the denoiser reads them: mean of the posterior, shifted and scaled."""
+def encode_images(pipe, pixels: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) pixels in [-1, 1] -> (N, C, h, w) VAE latents as the denoiser reads them: the
+    posterior's mean, shifted and scaled."""
     config = pipe.vae.config
     latents = pipe.vae.encode(pixels.to(pipe.device, pipe.vae.dtype)).latent_dist.mean
     return (latents - (config.get("shift_factor") or 0.0)) * config.scaling_factor
 
 
-def _noised(pipe, latents: torch.Tensor, timestep: int, generator: torch.Generator) -> tuple[torch.Tensor, float]:
-    """(latent at `timestep`, the timestep value the denoiser takes): x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) e
-    on a DDPM-style schedule (the input Euler-type schedulers also scale to), x = (1 - s) x_0 + s e with
-    s = t / 1000 on a flow schedule (SD3, FLUX; FLUX's transformer takes s)."""
+def noise_latents(pipe, latents: torch.Tensor, timestep: int, generator: torch.Generator) -> tuple[torch.Tensor, float]:
+    """(latents at `timestep`, the timestep value the denoiser takes), one draw per row from `generator`:
+    x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) e on a DDPM-style schedule (the input Euler-type schedulers also
+    scale to), x = (1 - s) x_0 + s e with s = t / 1000 on a flow schedule (SD3, FLUX; FLUX's transformer
+    takes s)."""
     noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
     family = pipeline_family(pipe)
     if family in ("sd3", "flux"):
@@ -123,6 +127,18 @@ def _noised(pipe, latents: torch.Tensor, timestep: int, generator: torch.Generat
         raise SynthsegError(f"{type(pipe.scheduler).__name__} has no DDPM schedule to noise a real image with")
     alpha = alphas[timestep].to(latents.device, latents.dtype)
     return alpha.sqrt() * latents + (1 - alpha).sqrt() * noise, timestep
+
+
+def replay_noised(pipe, call: dict, noisy: torch.Tensor, value: float, texts: dict, *, attention: bool, blocks: list[str] | None):
+    """Capture one denoiser call on noised latents (N, C, h, w) at timestep `value`, with the text
+    arguments `texts` (N rows, `text_inputs`) and the rest of `call` (`recorded_call` for N prompts at
+    this size): the features a grounding module reads of an existing image."""
+    if pipeline_family(pipe) == "flux":
+        noisy = pipe._pack_latents(noisy, noisy.shape[0], *noisy.shape[1:])
+    inputs = dict(call, **texts)
+    inputs["hidden_states" if "hidden_states" in inputs else "sample"] = noisy
+    inputs["timestep"] = torch.full((noisy.shape[0],), value, dtype=torch.float32)
+    return replay(pipe, inputs, attention=attention, blocks=blocks)
 
 
 def _input_size(pipe, image: Image.Image) -> tuple[int, int]:
@@ -142,10 +158,11 @@ class GroundingSegmenter:
     Options: `timestep` of 1000 (flow models: sigma = timestep / 1000); a class's probability is the mean
     over `noise_draws` noised latents, seeded by `seed` and the image's index; `template` has one slot
     for the class list; a pixel is labelled with its most probable class where that passes `threshold`.
+    `grounding` is None only in a subclass that makes the probabilities otherwise (`AttentionSegmenter`).
     """
 
-    def __init__(self, pipe, grounding: GroundingModule, class_names, *, timestep: int = 5, noise_draws: int = 1, seed: int = 0,
-                 template: str = "a photograph of {}", one_prompt_per_class: bool = False, threshold: float = 0.5):
+    def __init__(self, pipe, grounding: GroundingModule | None, class_names, *, timestep: int = 5, noise_draws: int = 1, seed: int = 0,
+                 template: str = SEGMENT_TEMPLATE, one_prompt_per_class: bool = False, threshold: float = 0.5):
         names = list(class_names)
         if not names:
             raise SynthsegError("no class names to segment")
@@ -155,8 +172,10 @@ class GroundingSegmenter:
             raise SynthsegError(f"the capture timestep must be in 0..999 (of 1000), got {timestep}")
         if not 0 <= threshold < 1:
             raise SynthsegError(f"threshold must be in [0, 1), got {threshold}")
-        grounding.config.check_pipeline(pipe)
-        self.pipe, self.grounding, self.names = pipe, grounding.eval(), names
+        if grounding is not None:
+            grounding.config.check_pipeline(pipe)
+            grounding.eval()
+        self.pipe, self.grounding, self.names = pipe, grounding, names
         self.timestep, self.noise_draws, self.seed, self.threshold = timestep, noise_draws, seed, threshold
         self.groups = prompts_for(pipe, names, template, one_prompt_per_class)
         prompts = [template.format(describe(group)) for group in self.groups]
@@ -187,26 +206,49 @@ class GroundingSegmenter:
             warnings.warn(f"{name} is {rgb.width}x{rgb.height}; padded to {width}x{height} for the VAE, and its masks cropped back")
         padded = np.pad(np.asarray(rgb), ((0, height - rgb.height), (0, width - rgb.width), (0, 0)), mode="edge")
         pixels = torch.from_numpy(padded).permute(2, 0, 1)[None].float() / 127.5 - 1
-        latents = _latents(pipe, pixels)
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+        noisy, value = noise_latents(pipe, encode_images(pipe, pixels).expand(draws_count, -1, -1, -1), self.timestep, generator)
         if (height, width) not in self._calls:
             self._calls[(height, width)] = recorded_call(pipe, prompt_count * draws_count, height, width)
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        draws = [_noised(pipe, latents, self.timestep, generator) for _ in range(draws_count)]
-        inputs = dict(self._calls[(height, width)], **{k: v.repeat(draws_count, *[1] * (v.ndim - 1)) for k, v in self.texts.items()})
-        noisy = torch.cat([d[0] for d in draws]).repeat_interleave(prompt_count, dim=0)
-        if pipeline_family(pipe) == "flux":
-            noisy = pipe._pack_latents(noisy, noisy.shape[0], *noisy.shape[1:])
-        inputs["hidden_states" if "hidden_states" in inputs else "sample"] = noisy
-        inputs["timestep"] = torch.full((noisy.shape[0],), draws[0][1], dtype=torch.float32)
-        config = self.grounding.config
-        features = replay(pipe, inputs, attention=config.needs_attention, blocks=config.feature_blocks or None)
-        masks = predict_masks(self.grounding, features, self.embeds.repeat(draws_count, 1, 1), self.spans * draws_count, (height, width))
+        texts = {k: v.repeat(draws_count, *[1] * (v.ndim - 1)) for k, v in self.texts.items()}
+        features = replay_noised(pipe, self._calls[(height, width)], noisy.repeat_interleave(prompt_count, dim=0), value, texts,
+                                 **self._capture_options())
+        masks = self._class_probs(features, (height, width))
         per_class = [torch.stack([masks[d * prompt_count + g][q] for d in range(draws_count)]).mean(0)
                      for g, group in enumerate(self.groups) for q in range(len(group))]
         probs = torch.stack(per_class)[:, : rgb.height, : rgb.width]
         labels = (probs.argmax(0) + 1).numpy().astype(np.uint8)
         labels[probs.max(0).values.numpy() <= self.threshold] = 0
         return Segmentation(probs, labels)
+
+    def _capture_options(self) -> dict:
+        config = self.grounding.config
+        return dict(attention=config.needs_attention, blocks=config.feature_blocks or None)
+
+    def _class_probs(self, features, size: tuple[int, int]) -> list[torch.Tensor]:
+        """Per captured row (draw-major, then prompt), (K_g, H, W) probabilities of its prompt's classes."""
+        return predict_masks(self.grounding, features, self.embeds.repeat(self.noise_draws, 1, 1), self.spans * self.noise_draws, size)
+
+
+class AttentionSegmenter(GroundingSegmenter):
+    """The cross-attention baseline (DAAM) on an existing image, in place of a module: each class's
+    attention at the capture step (layers averaged per resolution, sub-word tokens summed, resolutions
+    summed; `CapturedFeatures.class_attention`), min-max scaled per class to [0, 1] as DAAM scales its
+    heat maps. Same prompts, noise and labelling as `GroundingSegmenter`."""
+
+    def __init__(self, pipe, class_names, **options):
+        super().__init__(pipe, None, class_names, **options)
+
+    def _capture_options(self) -> dict:
+        return dict(attention=True, blocks=None)
+
+    def _class_probs(self, features, size: tuple[int, int]) -> list[torch.Tensor]:
+        spans = self.spans * self.noise_draws
+        heat = features.class_attention(spans, size).float().cpu()
+        low = heat.flatten(2).min(-1).values[..., None, None]
+        high = heat.flatten(2).max(-1).values[..., None, None]
+        scaled = (heat - low) / (high - low).clamp(min=1e-8)
+        return [scaled[i, : len(row)] for i, row in enumerate(spans)]
 
 
 def segment_images(pipe, grounding: GroundingModule, images: list[Image.Image], class_names: list[str], **options) -> list[Segmentation]:

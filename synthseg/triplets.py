@@ -53,8 +53,9 @@ from .generate import capture_pass
 from .grounding import ATTENTION_FIELDS, PIPELINE_FIELDS, GroundingConfig, class_attention_input, grounding_inputs
 from .plan import MAX_CLASSES, feature_bytes, plan_text, record_rate, time_line, triplet_bytes
 from .progress import loss_progress
-from .prompts import PAPER_TEMPLATES, Prompt, PromptPlanner
-from .text import TEXT_INPUTS, class_queries, prompt_token_spans, text_inputs, text_tokens
+from .prompts import PAPER_TEMPLATES, Prompt, PromptPlanner, describe
+from .segment import SEGMENT_TEMPLATE, encode_images, noise_latents, recorded_call, replay_noised
+from .text import TEXT_INPUTS, class_queries, encode_prompts, prompt_token_spans, text_inputs, text_tokens
 
 # Above this many bytes of cached features per triplet, `storage: auto` replays: 1 MB per triplet is
 # 20 GB for the paper's 20,000 triplets, where a replay costs one denoiser call per training sample
@@ -84,6 +85,8 @@ class TripletRecipe:
     blocks: list[str] = field(default_factory=list)  # a transformer's blocks to record; empty: capture.default_blocks
     storage: str = "auto"  # "features", "replay" or "auto" (see the module docstring)
     replay_text: str = "embeddings"  # what a replay triplet keeps of the text: "embeddings", or "prompt" (re-encoded)
+    capture_from: str = "trajectory"  # "trajectory": the generation's capture step; "image": the finished image, as `segment` reads one
+    negatives: float = 0.0  # with capture_from image: the chance a query names a seen class the prompt did not (target: empty)
 
     def validate(self, source: str) -> None:
         if not self.seen:
@@ -96,6 +99,14 @@ class TripletRecipe:
             raise SynthsegError(f"{source}: storage must be 'auto', 'features' or 'replay', got {self.storage!r}")
         if self.replay_text not in ("embeddings", "prompt"):
             raise SynthsegError(f"{source}: replay_text must be 'embeddings' or 'prompt', got {self.replay_text!r}")
+        if self.capture_from not in ("trajectory", "image"):
+            raise SynthsegError(f"{source}: capture_from must be 'trajectory' or 'image', got {self.capture_from!r}")
+        if self.capture_from == "image" and self.storage == "replay":
+            raise SynthsegError(f"{source}: capture_from: image stores features; use storage: features or auto")
+        if not 0 <= self.negatives < 1 or (self.negatives and self.capture_from != "image"):
+            raise SynthsegError(f"{source}: negatives lies in [0, 1) and needs capture_from: image (a generation prompt cannot name an absent class)")
+        if self.capture_from == "image" and not 0 <= self.capture_timestep < 1000:
+            raise SynthsegError(f"{source}: capture_timestep must be in 0..999 to noise a finished image")
         check_positive(source, self, "count", "shard_size", "batch_size", "num_inference_steps")
         check_non_negative(source, self, "guidance_scale", "capture_timestep")
         if not 0 <= self.pair_fraction <= 1:
@@ -127,6 +138,8 @@ def plan_summary(recipe: TripletRecipe, model: str, device: str = "auto") -> str
 def storage_kind(pipe, recipe: TripletRecipe) -> str:
     """"features" or "replay": the recipe's choice, or for "auto" replay where cached features would pass
     `REPLAY_ABOVE` bytes per triplet at the pipeline's default size."""
+    if recipe.capture_from == "image":
+        return "features"  # recomputing them would take the image, not a stored denoiser call
     if recipe.storage != "auto":
         return recipe.storage
     dtype_bytes = torch.finfo(getattr(torch, recipe.feature_dtype)).bits // 8
@@ -200,16 +213,23 @@ def _generate_batch(pipe, annotator, recipe: TripletRecipe, indices: list[int], 
                        capture_step=CaptureStep(recipe.capture_timestep, recipe.capture_index), feature_dtype=dtype,
                        blocks=recipe.blocks or None, record_inputs=storage == "replay")
     images = np.stack([np.asarray(image) for image in run.images])
-    queries, valid = class_queries(run.prompt_embeds, run.spans)
     detected = annotator.annotate(list(images), [list(n) for n in names])
+    if recipe.capture_from == "image":
+        queried = [query_names(recipe, list(classes), index) for classes, index in zip(names, indices)]
+        features, embeds, spans, query_prompts = _capture_images(pipe, recipe, images, queried, indices)
+    else:
+        queried, features, embeds, spans, query_prompts = [list(n) for n in names], run.features, run.prompt_embeds, run.spans, None
+    queries, valid = class_queries(embeds, spans)
     width = MAX_CLASSES
     masks = np.zeros((len(indices), width, *images.shape[1:3]), dtype=np.uint8)
     missing = np.zeros((len(indices), width), dtype=bool)
     records = []
     for b, (index, prompt, classes, seed, found) in enumerate(zip(indices, prompts, names, seeds, detected)):
-        m, miss, scores = target_masks(found, list(classes), images.shape[1:3], recipe.target)
-        masks[b, : len(classes)], missing[b, : len(classes)] = m, miss
-        records.append(dict(index=index, prompt=prompt, seed=seed, classes=list(classes), missing=miss, scores=scores))
+        m, miss, scores = target_masks(found, queried[b], images.shape[1:3], recipe.target)
+        miss = [gone and name in classes for name, gone in zip(queried[b], miss)]  # a named absent class: its empty mask is the target
+        masks[b, : len(queried[b])], missing[b, : len(queried[b])] = m, miss
+        records.append(dict(index=index, prompt=prompt, seed=seed, classes=queried[b], missing=miss, scores=scores,
+                            **({"query_prompt": query_prompts[b], "prompted": list(classes)} if query_prompts else {})))
     padded = torch.zeros(len(indices), width, queries.shape[-1])
     padded[:, : queries.shape[1]] = queries.float()
     flags = torch.zeros(len(indices), width, dtype=torch.bool)
@@ -217,9 +237,36 @@ def _generate_batch(pipe, annotator, recipe: TripletRecipe, indices: list[int], 
     if storage == "replay":
         tensors = _replay_tensors(run.features.inputs, recipe, dtype)
     else:
-        tensors = _feature_tensors(pipe, recipe, run.features, run.spans, dtype)
+        tensors = _feature_tensors(pipe, recipe, features, spans, dtype)
     tensors.update(queries=padded.to(dtype), valid=flags, masks=torch.from_numpy(masks), missing=torch.from_numpy(missing))
     return dict(tensors=tensors, records=records)
+
+
+def query_names(recipe: TripletRecipe, prompted: list[str], index: int) -> list[str]:
+    """The classes triplet `index` queries: its prompt's, or with `negatives` MAX_CLASSES names where each
+    slot names an absent seen class with that chance (always, past the prompt's classes), in a seeded
+    random order."""
+    if not recipe.negatives:
+        return prompted
+    rng = np.random.default_rng([recipe.seed, index, 1])
+    absent = [str(c) for c in rng.permutation([c for c in recipe.seen if c not in prompted])]
+    names = [prompted[j] if j < len(prompted) and rng.random() >= recipe.negatives else absent.pop() for j in range(MAX_CLASSES)]
+    return [names[j] for j in rng.permutation(len(names))]
+
+
+def _capture_images(pipe, recipe: TripletRecipe, images: np.ndarray, queried: list[list[str]], indices: list[int]):
+    """Features of finished images (N, H, W, 3) uint8 as `synthseg segment` reads a real one: each VAE-encoded,
+    noised to the capture timestep (seeded by the recipe and its index) and replayed once with a prompt
+    naming `queried[i]` in `SEGMENT_TEMPLATE`. Returns (features, prompt embeddings, spans, prompts)."""
+    prompts = [SEGMENT_TEMPLATE.format(describe(names)) for names in queried]
+    spans = prompt_token_spans(pipe, prompts, queried)
+    latents = encode_images(pipe, torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1)
+    draws = [noise_latents(pipe, latents[i : i + 1], recipe.capture_timestep, torch.Generator().manual_seed(recipe.seed * 1_000_003 + index))
+             for i, index in enumerate(indices)]
+    call = recorded_call(pipe, len(prompts), *images.shape[1:3])
+    features = replay_noised(pipe, call, torch.cat([d[0] for d in draws]), draws[0][1], text_inputs(pipe, prompts),
+                             attention=True, blocks=recipe.blocks or None)
+    return features, encode_prompts(pipe, prompts, guidance_scale=1.0).embeds, spans, prompts
 
 
 def _feature_tensors(pipe, recipe: TripletRecipe, features, spans, dtype: torch.dtype) -> dict:

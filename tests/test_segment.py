@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from synthseg import GroundingConfig, GroundingModule, SynthsegError
-from synthseg.segment import GroundingSegmenter, prompts_for, segment_images
+from synthseg.segment import AttentionSegmenter, GroundingSegmenter, prompts_for, segment_images
 from synthseg.tiny import tiny_flux_pipeline, tiny_pipeline, tiny_sd3_pipeline, tiny_sdxl_pipeline
 
 T5 = Path(__file__).parent / "fixtures" / "t5-tiny.model"
@@ -41,6 +41,9 @@ def test_every_family_segments_a_real_image(family):
     torch.testing.assert_close(again[0].probs, first[0].probs)  # seeded noise: the same image gives the same masks
     other = segment_images(pipe, module, [image], ["dog", "cat", "bus"], noise_draws=2, seed=1)
     assert not torch.equal(other[0].probs, first[0].probs)
+    baseline = AttentionSegmenter(pipe, ["dog", "cat", "bus"]).segment(image)  # DAAM on the same noised latents
+    assert baseline.probs.shape == (3, size, size) and baseline.probs.min() >= 0
+    torch.testing.assert_close(baseline.probs.flatten(1).max(1).values, torch.ones(3))  # DAAM scales each class to a max of 1
 
 
 def test_a_segmenter_encodes_its_prompts_once_and_records_each_input_size_once():

@@ -264,3 +264,48 @@ def test_a_triplet_stores_exactly_the_features_generate_grounded_reads(pipe, tmp
         spans = class_token_spans(pipe.tokenizer, [p.prompt for p in planned], [p.classes for p in planned])
         pooled = class_attention_input(result.features, spans, 2)
         assert torch.equal(stored.get_tensor("class_attention"), pooled)
+
+
+def test_image_captured_triplets_name_absent_classes_with_empty_targets_and_store_what_segment_reads(pipe, tmp_path, monkeypatch):
+    """capture_from: image replays the finished image as `synthseg segment` reads a real one, so a module
+    trained on it learns to leave a named absent class empty (negatives), on the features it will read."""
+    import PIL.Image
+    from safetensors import safe_open
+
+    from synthseg import GroundingConfig, GroundingModule, segment
+    from synthseg.segment import GroundingSegmenter
+
+    class Recording(FakeAnnotator):
+        images = []
+
+        def annotate(self, images, class_names):
+            self.images += list(images)
+            return super().annotate(images, class_names)
+
+    annotator = Recording()
+    r = recipe(count=8, shard_size=8, batch_size=4, capture_from="image", negatives=0.5, feature_dtype="float32", cross_attention=True)
+    make_triplets(pipe, annotator, r, tmp_path / "t")
+    records = TripletShards(tmp_path / "t").records()
+    negatives = 0
+    for rec in records:
+        prompted = triplet_prompt(r, rec["index"]).classes
+        assert rec["prompted"] == list(prompted) and len(rec["classes"]) == 2 and len(set(rec["classes"])) == 2
+        assert all(name in rec["query_prompt"] for name in rec["classes"])
+        for name, gone in zip(rec["classes"], rec["missing"]):
+            assert gone == (name in prompted and name != prompted[0])  # the fake annotator finds only the first prompted class
+            negatives += name not in prompted
+    assert 0 < negatives < 16
+    with safe_open(tmp_path / "t" / "shard-00000.safetensors", framework="pt") as stored:  # row i: triplet i
+        blocks = {k.removeprefix("features."): stored.get_tensor(k) for k in stored.keys() if k.startswith("features.")}
+
+    seen = {}
+    original = segment.predict_masks
+    monkeypatch.setattr(segment, "predict_masks", lambda module, features, *a: seen.setdefault("f", features) and original(module, features, *a))
+    module = GroundingModule(GroundingConfig.for_pipeline(pipe, cross_attention=True, attention_pooling=True, fuse_dim=16, mask_dim=16,
+                                                          hidden_dim=32, num_heads=4, ffn_dim=64, token_patch=2)).eval()
+    rec = records[5]
+    GroundingSegmenter(pipe, module, rec["classes"], seed=r.seed).segment(PIL.Image.fromarray(annotator.images[5]), index=5)
+    for name, block in seen["f"].blocks.items():
+        torch.testing.assert_close(blocks[name][5], block[0].float(), rtol=1e-4, atol=1e-4)
+    with pytest.raises(SynthsegError, match="needs capture_from: image"):
+        recipe(negatives=0.5)
