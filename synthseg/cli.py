@@ -300,6 +300,14 @@ def evaluate_grounding(
     print(result.markdown())
 
 
+def _module_timestep(module: str | Path, given: int | None) -> int:
+    """`given`, or the capture timestep a grounding module's triplets used (its recipe.json; else 5)."""
+    from .train.grounding import capture_step_of
+    from .triplets import TripletRecipe
+
+    return given if given is not None else capture_step_of(module, TripletRecipe())[0]
+
+
 @_command
 def segment(
     images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, ...; any mode and size).")],
@@ -307,7 +315,8 @@ def segment(
     out: Annotated[Path, typer.Option(help="Output folder: labels/, overlays/ and annotations.json (COCO).")],
     model: Annotated[str, typer.Option(help="Pipeline: a bundled name, a hub id or a folder.")] = "world",
     grounding: Annotated[Optional[str], typer.Option(help=GROUNDING_HELP)] = None,
-    capture_timestep: Annotated[int, typer.Option(help="Noise the image to this timestep of 1000 (flow models: sigma = t / 1000).")] = 5,
+    capture_timestep: Annotated[Optional[int], typer.Option(help="Noise the image to this timestep of 1000 (flow models: sigma = t / 1000); "
+                                                                 "default: the one the module's triplets used.")] = None,
     noise_draws: Annotated[int, typer.Option(help="Average the masks over this many noise draws.")] = 1,
     one_prompt_per_class: Annotated[bool, typer.Option("--one-prompt-per-class", help="One prompt per class, not as few prompts as fit.")] = False,
     template: Annotated[str, typer.Option(help="Prompt template, '{}' for the class list.")] = "a photograph of {}",
@@ -330,8 +339,9 @@ def segment(
     pictures = [read_image(path) for path in images]
     torch_device = _device(device)
     pipe = load_pipeline(model, device=torch_device)  # first: a missing model is the error to report
-    module = GroundingModule.from_pretrained(grounding_for(model, grounding)).to(torch_device).eval()
-    results = segment_images(pipe, module, pictures, names, timestep=capture_timestep, noise_draws=noise_draws, seed=seed,
+    module_dir = grounding_for(model, grounding)
+    module = GroundingModule.from_pretrained(module_dir).to(torch_device).eval()
+    results = segment_images(pipe, module, pictures, names, timestep=_module_timestep(module_dir, capture_timestep), noise_draws=noise_draws, seed=seed,
                              template=template, one_prompt_per_class=one_prompt_per_class, threshold=threshold)
     summary = write_segmentations(out, pictures, results, names)
     _stderr.print(f"{out}: {summary['images']} images, {summary['instances']} instances")
@@ -427,7 +437,8 @@ def benchmark(
     grounding: Annotated[Optional[str], typer.Option(help="Score a grounding module instead (a bundled name or a folder), "
                                                           "given every class name, on --model.")] = None,
     model: Annotated[Optional[str], typer.Option(help="Pipeline of --grounding: a bundled name, a hub id or a folder; default: the bundle's.")] = None,
-    capture_timestep: Annotated[int, typer.Option(help="With --grounding: noise each image to this timestep of 1000.")] = 5,
+    capture_timestep: Annotated[Optional[int], typer.Option(help="With --grounding: noise each image to this timestep of 1000; "
+                                                                 "default: the one the module's triplets used.")] = None,
     data_root: Annotated[Optional[Path], typer.Option(help="Where --dataset voc2012 lives (VOCdevkit or VOCdevkit/VOC2012).")] = None,
     split: Annotated[Optional[str], typer.Option(help="Seen/unseen split (splits.yaml); default voc-15-5 on voc2012, world on world.")] = None,
     image_set: Annotated[str, typer.Option(help="VOC image set (ImageSets/Segmentation/<name>.txt).")] = "val",
@@ -461,7 +472,8 @@ def benchmark(
             _fail("--grounding from a folder needs its pipeline: --model")
         module = GroundingModule.from_pretrained(grounding).to(torch_device)
         model_name = f"grounding {grounding} on {model}"
-        scored = GroundingSegmenter(load_pipeline(model, device=torch_device), module, data.class_names, timestep=capture_timestep)
+        scored = GroundingSegmenter(load_pipeline(model, device=torch_device), module, data.class_names,
+                                    timestep=_module_timestep(grounding, capture_timestep))
         out = out or Path("runs") / f"benchmark-{Path(dataset).name}"
     result = score(scored, data, chosen, background, model_name=model_name)
     result.save(out)

@@ -141,6 +141,27 @@ def test_segment_command_writes_palette_labels_overlays_and_coco_on_the_tiny_pip
             assert (np.asarray(labels)[mask] == annotation["category_id"]).all() and 0 <= annotation["score"] <= 1
 
 
+def test_segment_command_noises_to_the_modules_own_capture_timestep_unless_told(tmp_path, pipe_dir, grounding, monkeypatch):
+    """A module trained on features at t=300 reads images noised to t=300 by default (its recipe.json)."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from synthseg import segment
+    from synthseg.cli import app
+
+    grounding.save_pretrained(tmp_path / "module")
+    (tmp_path / "module" / "recipe.json").write_text(json.dumps({"triplets": {"capture_timestep": 300}}))
+    photo((32, 32)).save(tmp_path / "a.png")
+    used, original = [], segment.segment_images
+    monkeypatch.setattr(segment, "segment_images", lambda *a, **k: used.append(k["timestep"]) or original(*a, **k))
+    base = ["segment", str(tmp_path / "a.png"), "--classes", "dog", "--model", str(pipe_dir), "--grounding", str(tmp_path / "module")]
+    for extra, out in [([], "one"), (["--capture-timestep", "40"], "two")]:
+        result = CliRunner().invoke(app, [*base, *extra, "--out", str(tmp_path / out)])
+        assert result.exit_code == 0, result.output
+    assert used == [300, 40]
+
+
 @pytest.mark.parametrize("args, message", [
     (["--classes", " , "], "--classes names no class"),
     (["--classes", "circle", "--capture-timestep", "1000"], "capture timestep must be in 0..999"),
