@@ -211,7 +211,8 @@ def _generate_batch(pipe, annotator, recipe: TripletRecipe, indices: list[int], 
     prompts, names, seeds = [p.prompt for p in planned], [p.classes for p in planned], [p.seed for p in planned]
     run = capture_pass(pipe, prompts, names, seeds, guidance_scale=recipe.guidance_scale, num_inference_steps=recipe.num_inference_steps,
                        capture_step=CaptureStep(recipe.capture_timestep, recipe.capture_index), feature_dtype=dtype,
-                       blocks=recipe.blocks or None, record_inputs=storage == "replay")
+                       blocks=recipe.blocks or None, record_inputs=storage == "replay",
+                       attention=recipe.capture_from == "trajectory")  # an image capture records its own, below
     images = np.stack([np.asarray(image) for image in run.images])
     detected = annotator.annotate(list(images), [list(n) for n in names])
     if recipe.capture_from == "image":
