@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .capture import denoiser_arguments, denoiser_of, is_shared_input, replay
+from .capture import denoiser_arguments, denoiser_of, is_shared_input, replay, unit_scaled
 from .errors import SynthsegError
 from .formats import coco_annotation, coco_document, label_image, png_bytes, safe_file_name, voc_palette, write_atomic, write_json_atomic
 from .generate import predict_masks
@@ -181,8 +181,8 @@ class GroundingSegmenter:
         prompts = [template.format(describe(group)) for group in self.groups]
         with torch.no_grad():
             self.spans = prompt_token_spans(pipe, prompts, self.groups)
-            self.embeds = encode_prompts(pipe, prompts, guidance_scale=1.0).embeds
-            self.texts = text_inputs(pipe, prompts)
+            encoded = encode_prompts(pipe, prompts, guidance_scale=1.0)
+            self.embeds, self.texts = encoded.embeds, text_inputs(pipe, prompts, encoded)
         self._calls: dict[tuple[int, int], dict] = {}
 
     @property
@@ -244,10 +244,7 @@ class AttentionSegmenter(GroundingSegmenter):
 
     def _class_probs(self, features, size: tuple[int, int]) -> list[torch.Tensor]:
         spans = self.spans * self.noise_draws
-        heat = features.class_attention(spans, size).float().cpu()
-        low = heat.flatten(2).min(-1).values[..., None, None]
-        high = heat.flatten(2).max(-1).values[..., None, None]
-        scaled = (heat - low) / (high - low).clamp(min=1e-8)
+        scaled = unit_scaled(features.class_attention(spans, size).float().cpu())
         return [scaled[i, : len(row)] for i, row in enumerate(spans)]
 
 

@@ -127,10 +127,11 @@ def encode_prompts(pipe, prompts: list[str], guidance_scale: float, negative_pro
 TEXT_INPUTS = ("encoder_hidden_states", "added_cond_kwargs.text_embeds", "pooled_projections")
 
 
-def text_inputs(pipe, prompts: list[str]) -> dict:
+def text_inputs(pipe, prompts: list[str], encoded: EncodedPrompts | None = None) -> dict:
     """The denoiser's text arguments for `prompts` (conditional), by their `TEXT_INPUTS` names: what a
-    replay of a stored denoiser call needs when it kept the prompt rather than its states."""
-    call = encode_prompts(pipe, prompts, guidance_scale=0.0).call
+    replay of a stored denoiser call needs when it kept the prompt rather than its states. `encoded`:
+    these prompts already encoded (`encode_prompts`), so they are not encoded again."""
+    call = (encoded or encode_prompts(pipe, prompts, guidance_scale=0.0)).call
     pooled = {"sdxl": "added_cond_kwargs.text_embeds", "sd3": "pooled_projections", "flux": "pooled_projections"}.get(pipeline_family(pipe))
     return {"encoder_hidden_states": call["prompt_embeds"], **({pooled: call["pooled_prompt_embeds"]} if pooled else {})}
 

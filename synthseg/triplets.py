@@ -265,9 +265,10 @@ def _capture_images(pipe, recipe: TripletRecipe, images: np.ndarray, queried: li
     draws = [noise_latents(pipe, latents[i : i + 1], recipe.capture_timestep, torch.Generator().manual_seed(recipe.seed * 1_000_003 + index))
              for i, index in enumerate(indices)]
     call = recorded_call(pipe, len(prompts), *images.shape[1:3])
-    features = replay_noised(pipe, call, torch.cat([d[0] for d in draws]), draws[0][1], text_inputs(pipe, prompts),
+    encoded = encode_prompts(pipe, prompts, guidance_scale=1.0)
+    features = replay_noised(pipe, call, torch.cat([d[0] for d in draws]), draws[0][1], text_inputs(pipe, prompts, encoded),
                              attention=True, blocks=recipe.blocks or None)
-    return features, encode_prompts(pipe, prompts, guidance_scale=1.0).embeds, spans, prompts
+    return features, encoded.embeds, spans, prompts
 
 
 def _feature_tensors(pipe, recipe: TripletRecipe, features, spans, dtype: torch.dtype) -> dict:

@@ -14,14 +14,14 @@ from __future__ import annotations
 import torch
 
 from ..errors import SynthsegError
-from .core import CapturedFeatures, CaptureStep, ResolvedStep, class_maps, denoiser_arguments, is_shared_input, normalised_class_maps
+from .core import CapturedFeatures, CaptureStep, ResolvedStep, class_maps, denoiser_arguments, is_shared_input, normalised_class_maps, unit_scaled
 from .transformer import TransformerCapture, default_blocks, token_stride, transformer_feature_layout
 from .unet import CrossAttentionMaps, FeatureCapture, unet_attention_strides, unet_feature_blocks, unet_feature_layout
 
 __all__ = [
     "CaptureStep", "CapturedFeatures", "CrossAttentionMaps", "FeatureCapture", "ResolvedStep", "TransformerCapture",
     "attention_maps", "attention_strides", "class_maps", "default_blocks", "denoiser_arguments", "denoiser_of", "feature_capture", "feature_layout",
-    "normalised_class_maps", "replay", "unet_attention_strides", "unet_feature_blocks", "unet_feature_layout",
+    "normalised_class_maps", "replay", "unit_scaled", "unet_attention_strides", "unet_feature_blocks", "unet_feature_layout",
 ]
 
 

@@ -138,13 +138,15 @@ def class_maps(token_maps: torch.Tensor, spans: list[list[slice]], width: int | 
 def normalised_class_maps(heat: torch.Tensor, spans) -> list[torch.Tensor]:
     """(B, T, H, W) summed attention -> per image (K_i, H, W): each class's token maps summed over its
     tokens, min-max scaled to [0, 1] (DAAM's per-class heat maps)."""
-    out = []
-    for per_class, row in zip(class_maps(heat, spans), spans):
-        per_class = per_class[: len(row)]
-        low = per_class.flatten(1).min(1).values[:, None, None]
-        high = per_class.flatten(1).max(1).values[:, None, None]
-        out.append((per_class - low) / (high - low).clamp(min=1e-8))
-    return out
+    return [unit_scaled(per_class[: len(row)]) for per_class, row in zip(class_maps(heat, spans), spans)]
+
+
+def unit_scaled(maps: torch.Tensor) -> torch.Tensor:
+    """(..., H, W) maps, each min-max scaled to [0, 1] over its H x W (a constant map becomes 0): how DAAM
+    scales its heat maps."""
+    low = maps.flatten(-2).min(-1).values[..., None, None]
+    high = maps.flatten(-2).max(-1).values[..., None, None]
+    return (maps - low) / (high - low).clamp(min=1e-8)
 
 
 def is_shared_input(name: str) -> bool:
