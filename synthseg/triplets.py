@@ -105,6 +105,8 @@ class TripletRecipe:
             raise SynthsegError(f"{source}: capture_from: image stores features; use storage: features or auto")
         if not 0 <= self.negatives < 1 or (self.negatives and self.capture_from != "image"):
             raise SynthsegError(f"{source}: negatives lies in [0, 1) and needs capture_from: image (a generation prompt cannot name an absent class)")
+        if self.negatives and len(self.seen) < 2 * MAX_CLASSES:  # a two-class prompt may have both queries replaced
+            raise SynthsegError(f"{source}: negatives needs at least {2 * MAX_CLASSES} seen classes, got {len(self.seen)}")
         if self.capture_from == "image" and not 0 <= self.capture_timestep < 1000:
             raise SynthsegError(f"{source}: capture_timestep must be in 0..999 to noise a finished image")
         check_positive(source, self, "count", "shard_size", "batch_size", "num_inference_steps")

@@ -309,3 +309,5 @@ def test_image_captured_triplets_name_absent_classes_with_empty_targets_and_stor
         torch.testing.assert_close(blocks[name][5], block[0].float(), rtol=1e-4, atol=1e-4)
     with pytest.raises(SynthsegError, match="needs capture_from: image"):
         recipe(negatives=0.5)
+    with pytest.raises(SynthsegError, match="negatives needs at least 4 seen classes, got 3"):
+        recipe(seen=SEEN[:3], capture_from="image", negatives=0.5)
