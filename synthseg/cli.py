@@ -33,7 +33,8 @@ app = typer.Typer(
 )
 _stderr = Console(stderr=True)
 FROM_RECIPE = "default: from the recipe"
-RESUMABLE = {"train-world-model", "train-world-dit", "train-world-annotator", "make-triplets", "train-grounding", "make-dataset", "train-segmenter"}
+RESUMABLE = {"train-world-model", "train-world-dit", "train-world-layout",
+              "train-world-annotator", "make-triplets", "train-grounding", "make-dataset", "train-segmenter"}
 
 Device = Annotated[str, typer.Option(help="auto (CUDA where present), cpu, cuda, cuda:N or mps.")]
 GROUNDING_HELP = "Grounding module: a bundled name or a folder; default: the bundled model's own."
@@ -185,10 +186,25 @@ def train_world_dit(
 
 
 @_command
+def train_world_layout(
+    recipe: Annotated[str, typer.Option(help="World GLIGEN recipe: a packaged name or a YAML file.")] = "world-layout",
+    workdir: Annotated[Path, typer.Option(help="Checkpoints; rerunning the command resumes from here.")] = Path("runs/world-layout"),
+    out: Annotated[Path, typer.Option(help="Where GLIGEN's trained layers are exported.")] = Path("runs/world-layout/pipeline"),
+    stop_at: StopAt = None,
+) -> None:
+    """Train GLIGEN's box grounding (gated self-attention, box tokens) into the frozen world UNet."""
+    from .train.world_layout import load_layout_recipe, train_world_layout as train
+
+    _stderr.print(f"saved {train(load_layout_recipe(recipe), workdir, out, stop_at)}")
+
+
+@_command
 def train_world_annotator(
     recipe: Annotated[str, typer.Option(help="Annotator recipe: a packaged name or a YAML file.")] = "world-annotator",
     workdir: Annotated[Path, typer.Option(help="Checkpoints; rerunning the command resumes from here.")] = Path("runs/world-annotator"),
     out: Annotated[Path, typer.Option(help="Where the trained annotator is saved.")] = Path("runs/world-annotator/annotator"),
+    train_data: Annotated[Optional[Path], typer.Option(help="Train on this folder's COCO instances (a synthseg dataset) instead of rendered scenes.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help=f"Training steps; {FROM_RECIPE}.")] = None,
     stop_at: StopAt = None,
 ) -> None:
     """Train the miniature world's Mask R-CNN annotator, then score its mask AP on held-out scenes."""
@@ -197,7 +213,7 @@ def train_world_annotator(
     from .annotators import MaskRCNNAnnotator
     from .train.annotator import load_annotator_recipe, train_world_annotator as train, world_mask_ap
 
-    config = load_annotator_recipe(recipe)
+    config = load_annotator_recipe(recipe, train_data=str(train_data.resolve()) if train_data else None, steps=steps)
     train(config, workdir, out, stop_at)
     metrics = world_mask_ap(MaskRCNNAnnotator.from_pretrained(out), config.eval_scenes)  # as shipped
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")

@@ -50,7 +50,7 @@ from .formats import IGNORE, coco_annotation, coco_document, jsonl_text, label_i
 from .layouts import MAX_GLIGEN_BOXES, Layout, LayoutGeneration, LayoutRecipe, check_takes_layouts, generate_layout, read_layouts, sample_layouts
 from .plan import dataset_item_bytes, plan_text, record_rate, time_line
 from .prompts import PAPER_TEMPLATES, Prompt, PromptPlanner
-from .registry import BUNDLES, check_vocabulary, grounding_for, model_card, recipe_names, recipe_path, resolve_grounding, resolve_pipeline
+from .registry import BUNDLES, check_vocabulary, grounding_for, layout_model, model_card, recipe_names, recipe_path, resolve_grounding, resolve_pipeline
 
 
 @dataclass
@@ -114,19 +114,22 @@ class DatasetRecipe:
 def load_dataset_recipe(classes: str = "world", recipe: str | Path | None = None, **overrides) -> DatasetRecipe:
     """The recipe of a job: `recipe` (a packaged name or a path), else the packaged recipe of a named
     class set ("voc" -> dataset-voc), else just `classes`; then `overrides` (None values ignored), validated.
-    A bundled model given without a grounding module brings its own ("world-dit" -> world-dit's)."""
+    A bundled model given without a grounding module brings its own ("world-dit" -> world-dit's). With
+    `layouts` (or a `layouts_file`, or a recipe with a `layouts` section), a bundled model generates through its GLIGEN companion ("world" ->
+    "world-layout"), and the recipe's `layouts` section applies over the limits of that model's card."""
     from .config import apply_overrides, load_config, read_mapping
-
-    if overrides.get("model") in BUNDLES:
-        overrides["grounding"] = grounding_for(overrides["model"], overrides.get("grounding"))
-    if overrides.pop("layouts", False) or overrides.get("layouts_file"):
-        overrides["layouts"] = {}  # the recipe's layouts section, else LayoutRecipe's defaults
 
     if recipe is None and classes in recipe_names("dataset"):
         recipe = classes
     path = recipe_path(recipe, "dataset") if recipe is not None else None
     source = str(path or "make-dataset")
     data = read_mapping(path) if path else {"classes": classes}
+    if overrides.pop("layouts", False) or overrides.get("layouts_file") or data.get("layouts") is not None:
+        model = layout_model(overrides.get("model") or data.get("model", DatasetRecipe.model))
+        overrides["model"] = model
+        overrides["layouts"] = {**model_card(model).layouts, **(data.pop("layouts", None) or {})}
+    if overrides.get("model") in BUNDLES:
+        overrides["grounding"] = grounding_for(overrides["model"], overrides.get("grounding"))
     return load_config(DatasetRecipe, apply_overrides(data, overrides, source), source)
 
 

@@ -1,7 +1,7 @@
 """Layouts for box-grounded generation (GLIGEN): per image, 1 to N objects, each a phrase (a class name)
 and a box, and one instance mask per object from the grounding module's class masks.
 
-- `sample_layouts`: layouts drawn from a class set and its pairs, same-class repeats included, with
+- `sample_layouts` (`sample_layout` for one): layouts drawn from a class set and its pairs, same-class repeats included, with
   boxes inside size, aspect and overlap limits. Layout i depends only on the recipe's seed and i.
 - `read_layouts`: a user's JSONL file, one layout per line:
   `{"prompt": "...", "phrases": ["dog", "dog"], "boxes": [[x0, y0, x1, y1], ...], "seed": 7}`, boxes as
@@ -108,37 +108,39 @@ def _draw_box(rng: np.random.Generator, recipe: LayoutRecipe) -> tuple[float, fl
     return (round(float(x0), 4), round(float(y0), 4), round(float(x0 + width), 4), round(float(y0 + height), 4))
 
 
-def sample_layouts(recipe: LayoutRecipe, class_names: list[str], pairs: list[list[str]], count: int) -> list[Layout]:
-    """`count` layouts. Each draws from its own stream (seed, index): its number of objects n; whether a
-    class repeats (`repeat_fraction` of the layouts with n >= 2: then 1 to n - 1 distinct classes, the
-    rest repeats of them, so "three circles" occurs); its distinct classes (two of them a pair of `pairs`
-    for `pair_fraction` of the time, else drawn without replacement); and boxes, redrawn until no two
-    overlap by more than `max_overlap` IoU (a box that finds no place in 100 tries is left out)."""
+def sample_layout(recipe: LayoutRecipe, class_names: list[str], pairs: list[list[str]], index: int) -> Layout:
+    """Layout `index`, from its own stream (seed, index): its number of objects n; whether a class repeats
+    (`repeat_fraction` of the layouts with n >= 2: then 1 to n - 1 distinct classes, the rest repeats of
+    them, so "three circles" occurs); its distinct classes (two of them a pair of `pairs` for
+    `pair_fraction` of the time, else drawn without replacement); and boxes, redrawn until no two overlap
+    by more than `max_overlap` IoU (a box that finds no place in 100 tries is left out)."""
     if not class_names:
         raise SynthsegError("layouts need at least one class")
-    layouts = []
-    for index in range(count):
-        rng = np.random.default_rng([recipe.seed, index])
-        n = int(rng.integers(recipe.min_objects, recipe.max_objects + 1))
-        distinct = int(rng.integers(1, n)) if n >= 2 and rng.random() < recipe.repeat_fraction else n
-        distinct = min(distinct, len(class_names))
-        if distinct == 2 and pairs and rng.random() < recipe.pair_fraction:
-            chosen = list(pairs[int(rng.integers(len(pairs)))])
-        else:
-            chosen = [class_names[i] for i in rng.choice(len(class_names), size=distinct, replace=False)]
-        phrases = chosen + [chosen[int(rng.integers(len(chosen)))] for _ in range(n - len(chosen))]
-        boxes: list[tuple[float, float, float, float]] = []
-        kept = []
-        for phrase in phrases:
-            for _ in range(100):
-                box = _draw_box(rng, recipe)
-                if all(box_iou(box, other) <= recipe.max_overlap for other in boxes):
-                    boxes.append(box)
-                    kept.append(phrase)
-                    break
-        template = recipe.templates[int(rng.integers(len(recipe.templates)))]
-        layouts.append(Layout(index, template.format(describe(kept)), kept, boxes, int(rng.integers(2**31))))
-    return layouts
+    rng = np.random.default_rng([recipe.seed, index])
+    n = int(rng.integers(recipe.min_objects, recipe.max_objects + 1))
+    distinct = int(rng.integers(1, n)) if n >= 2 and rng.random() < recipe.repeat_fraction else n
+    distinct = min(distinct, len(class_names))
+    if distinct == 2 and pairs and rng.random() < recipe.pair_fraction:
+        chosen = list(pairs[int(rng.integers(len(pairs)))])
+    else:
+        chosen = [class_names[i] for i in rng.choice(len(class_names), size=distinct, replace=False)]
+    phrases = chosen + [chosen[int(rng.integers(len(chosen)))] for _ in range(n - len(chosen))]
+    boxes: list[tuple[float, float, float, float]] = []
+    kept = []
+    for phrase in phrases:
+        for _ in range(100):
+            box = _draw_box(rng, recipe)
+            if all(box_iou(box, other) <= recipe.max_overlap for other in boxes):
+                boxes.append(box)
+                kept.append(phrase)
+                break
+    template = recipe.templates[int(rng.integers(len(recipe.templates)))]
+    return Layout(index, template.format(describe(kept)), kept, boxes, int(rng.integers(2**31)))
+
+
+def sample_layouts(recipe: LayoutRecipe, class_names: list[str], pairs: list[list[str]], count: int) -> list[Layout]:
+    """Layouts 0 to `count` - 1 (`sample_layout`): layout i depends only on the recipe's seed and i."""
+    return [sample_layout(recipe, class_names, pairs, index) for index in range(count)]
 
 
 def check_layout(layout: Layout, class_names: list[str], max_boxes: int | None, where: str) -> None:

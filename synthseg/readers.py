@@ -1,7 +1,8 @@
 """Reading labelled segmentation data: synthseg datasets, VOC layout, COCO JSON, rendered world scenes.
 
 Every reader returns a `SegmentationData`: a sequence of (RGB PIL image, HW uint8 labels) where 0 is
-background, k is `class_names[k - 1]` and 255 is ignore. Label PNGs are read as indices, never
+background, k is `class_names[k - 1]` and 255 is ignore; `read_coco_instances` an `InstanceData`, one
+mask per instance, for instance segmenters. Label PNGs are read as indices, never
 converted to RGB. A missing or wrong layout is refused with the tree that was expected.
 """
 
@@ -127,9 +128,9 @@ def read_synthseg(root: str | Path) -> SegmentationData:
     return SegmentationData(f"synthseg:{root}", names, [r["file_name"] for r in records], load)
 
 
-def read_coco(path: str | Path) -> SegmentationData:
-    """COCO instances as semantic maps: category k-th by id -> label k; larger instances are painted
-    first so smaller ones stay visible; crowd regions are 255."""
+def _open_coco(path: str | Path):
+    """(COCO index, JSON path, category ids in id order, their names, image ids) of a COCO instances JSON
+    or a folder holding annotations.json."""
     from pycocotools.coco import COCO
 
     path = Path(path)
@@ -141,17 +142,27 @@ def read_coco(path: str | Path) -> SegmentationData:
     except (json.JSONDecodeError, KeyError, TypeError, AssertionError) as error:
         raise SynthsegError(f"{json_path}: not a COCO instances JSON ({error})") from None
     category_ids = sorted(coco.getCatIds())
+    return coco, json_path, category_ids, tuple(coco.loadCats(c)[0]["name"] for c in category_ids), sorted(coco.getImgIds())
+
+
+def _coco_image(coco, json_path: Path, image_id: int) -> Image.Image:
+    info = coco.loadImgs(image_id)[0]
+    folder = json_path.parent
+    file = next((p for p in (folder / info["file_name"], folder / "images" / info["file_name"]) if p.is_file()), None)
+    if file is None:
+        raise SynthsegError(f"{json_path}: image {info['file_name']} not found; {COCO_TREE}")
+    return _open_rgb(file)
+
+
+def read_coco(path: str | Path) -> SegmentationData:
+    """COCO instances as semantic maps: category k-th by id -> label k; larger instances are painted
+    first so smaller ones stay visible; crowd regions are 255."""
+    coco, json_path, category_ids, names, image_ids = _open_coco(path)
     label_of = {c: i + 1 for i, c in enumerate(category_ids)}
-    names = tuple(coco.loadCats(c)[0]["name"] for c in category_ids)
-    image_ids = sorted(coco.getImgIds())
 
     def load(index: int):
         info = coco.loadImgs(image_ids[index])[0]
-        folder = json_path.parent
-        file = next((p for p in (folder / info["file_name"], folder / "images" / info["file_name"]) if p.is_file()), None)
-        if file is None:
-            raise SynthsegError(f"{json_path}: image {info['file_name']} not found; {COCO_TREE}")
-        image = _open_rgb(file)
+        image = _coco_image(coco, json_path, image_ids[index])
         labels = np.zeros((info["height"], info["width"]), dtype=np.uint8)
         annotations = sorted(coco.loadAnns(coco.getAnnIds(imgIds=info["id"])), key=lambda a: -a["area"])
         for annotation in annotations:
@@ -160,6 +171,40 @@ def read_coco(path: str | Path) -> SegmentationData:
         return image, labels
 
     return SegmentationData(f"coco-json:{json_path}", names, [str(i) for i in image_ids], load)
+
+
+@dataclass
+class InstanceData:
+    """`len(data)` items; `data[i]` is (RGB PIL image, (N, H, W) bool instance masks, (N,) labels), label k
+    naming `class_names[k - 1]`; crowd regions are left out. `ids[i]` names item i."""
+
+    name: str
+    class_names: tuple[str, ...]
+    ids: list[str]
+    load: Callable[[int], tuple[Image.Image, np.ndarray, np.ndarray]]
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __getitem__(self, index: int):
+        if not 0 <= index < len(self.ids):
+            raise IndexError(index)
+        return self.load(index)
+
+
+def read_coco_instances(path: str | Path) -> InstanceData:
+    """COCO instances, one mask each (what instance segmenters train on): a COCO JSON, a folder holding
+    annotations.json, or a synthseg dataset (whose annotations.json is COCO)."""
+    coco, json_path, category_ids, names, image_ids = _open_coco(path)
+    label_of = {c: i + 1 for i, c in enumerate(category_ids)}
+
+    def load(index: int):
+        info = coco.loadImgs(image_ids[index])[0]
+        annotations = [a for a in coco.loadAnns(coco.getAnnIds(imgIds=info["id"])) if not a.get("iscrowd", 0)]
+        masks = np.array([coco.annToMask(a).astype(bool) for a in annotations]).reshape(-1, info["height"], info["width"])
+        return _coco_image(coco, json_path, image_ids[index]), masks, np.array([label_of[a["category_id"]] for a in annotations], dtype=np.int64)
+
+    return InstanceData(f"coco-json:{json_path}", names, [str(i) for i in image_ids], load)
 
 
 def read_world(count: int = 500, size: int = 64, held_out: bool = True) -> SegmentationData:

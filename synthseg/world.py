@@ -156,6 +156,35 @@ def render_scene(seed: int, classes: list[str] | None = None, size: int = 64, mi
     return Scene(np.clip(image, 0, 255).round().astype(np.uint8), np.stack(visible), list(classes), seed)
 
 
+def render_layout(seed: int, phrases: list[str], boxes, size: int = 64) -> Scene:
+    """Render one object per phrase inside its box (x0, y0, x1, y1 as fractions of the image), back to
+    front, deterministic for `seed`: each shape centred in its box, as large as the box's shorter side
+    allows, at a random angle. The scenes GLIGEN's world layers train on; masks are the visible regions."""
+    rng = np.random.default_rng(seed)
+    if not phrases or len(phrases) != len(boxes):
+        raise SynthsegError(f"a layout scene needs one box per phrase, got {len(phrases)} phrases and {len(boxes)} boxes")
+    full = []
+    for name, (x0, y0, x1, y1) in zip(phrases, boxes):
+        radius = min(x1 - x0, y1 - y0) * size / 2
+        full.append(shape_mask(name, size, ((x0 + x1) * size / 2, (y0 + y1) * size / 2), radius, rng.uniform(0, 2 * np.pi)))
+    visible = [m & ~np.any(full[i + 1 :], axis=0) if i + 1 < len(full) else m for i, m in enumerate(full)]
+    image = _background(rng, size)
+    colours = _COLOURS[rng.choice(len(_COLOURS), size=len(phrases), replace=len(phrases) > len(_COLOURS))]
+    for mask, colour in zip(full, colours):
+        shade = colour + rng.normal(0, 6, size=(size, size, 3))
+        image[mask] = shade[mask]
+    return Scene(np.clip(image, 0, 255).round().astype(np.uint8), np.stack(visible), list(phrases), seed)
+
+
+def mask_box(mask: np.ndarray) -> tuple[float, float, float, float] | None:
+    """The bounding box (x0, y0, x1, y1, fractions of the image) of an HW bool mask; None if it is empty."""
+    ys, xs = np.nonzero(mask)
+    if not len(xs):
+        return None
+    height, width = mask.shape
+    return (xs.min() / width, ys.min() / height, (xs.max() + 1) / width, (ys.max() + 1) / height)
+
+
 def export_scenes(directory: str | Path, seeds: list[int], size: int = 64) -> Path:
     """Render `seeds` into a labelled dataset: the "real" test set of Protocol ii.
 

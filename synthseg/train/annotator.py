@@ -1,5 +1,6 @@
 """Training the miniature world's annotator (`synthseg.annotators`): a small Mask R-CNN on rendered scenes,
-then its mask AP on held-out scenes."""
+or on a dataset's COCO instances (`train_data`: instance-level Protocol ii trains the same architecture
+on a generated dataset), then its mask AP on held-out scenes."""
 
 from __future__ import annotations
 
@@ -10,8 +11,10 @@ import numpy as np
 import torch
 
 from ..annotators import MaskRCNNAnnotator, MaskRCNNConfig, build_maskrcnn
-from ..config import check_positive, load_config, read_mapping
+from ..config import apply_overrides, check_positive, load_config, read_mapping
+from ..errors import SynthsegError
 from ..formats import coco_annotation, coco_document
+from ..readers import read_coco_instances
 from ..registry import recipe_path
 from ..world import WORLD_CLASSES, render_scene, scene_seed
 from .loop import claim_workdir, train_loop, warmup_cosine, write_training_record
@@ -19,7 +22,9 @@ from .loop import claim_workdir, train_loop, warmup_cosine, write_training_recor
 
 @dataclass
 class WorldAnnotatorRecipe:
-    """Recipe of `train_world_annotator`; see recipes/world-annotator.yaml."""
+    """Recipe of `train_world_annotator`; see recipes/world-annotator.yaml. `train_data`: a folder of COCO
+    instances (a synthseg dataset, or `world.export_scenes`'s) to train on instead of freshly rendered
+    scenes; its class names must be among the model's categories."""
 
     model: MaskRCNNConfig
     seed: int = 0
@@ -31,27 +36,58 @@ class WorldAnnotatorRecipe:
     score_threshold: float = 0.5
     mask_threshold: float = 0.5
     eval_scenes: int = 500
+    train_data: str | None = None
 
     def validate(self, source: str) -> None:
         check_positive(source, self, "steps", "batch_size", "checkpoint_every", "eval_scenes")
 
 
-def scene_targets(scene) -> dict:
-    """torchvision detection targets of a rendered scene: XYXY boxes, labels 1..K, (N, H, W) masks."""
-    masks = torch.from_numpy(scene.masks)
+def instance_targets(masks: np.ndarray, labels) -> dict:
+    """torchvision detection targets: XYXY boxes, labels 1..K, (N, H, W) uint8 masks; empty masks left out."""
+    keep = masks.reshape(len(masks), -1).any(1)
+    masks, labels = masks[keep], np.asarray(labels, dtype=np.int64)[keep]
     boxes = []
-    for mask in scene.masks:
+    for mask in masks:
         ys, xs = np.nonzero(mask)
         boxes.append([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1])
-    labels = [WORLD_CLASSES.index(c) + 1 for c in scene.classes]
-    return dict(boxes=torch.tensor(boxes, dtype=torch.float32), labels=torch.tensor(labels), masks=masks.to(torch.uint8))
+    return dict(boxes=torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4), labels=torch.from_numpy(labels),
+                masks=torch.from_numpy(masks).to(torch.uint8))
+
+
+def scene_targets(scene) -> dict:
+    """`instance_targets` of a rendered scene."""
+    return instance_targets(scene.masks, [WORLD_CLASSES.index(c) + 1 for c in scene.classes])
+
+
+def training_batches(recipe: WorldAnnotatorRecipe):
+    """batch(step) -> (images as (3, H, W) floats in [0, 1], targets): freshly rendered training scenes
+    (even seeds), or `recipe.train_data`'s items drawn with replacement, from default_rng([seed, step])."""
+    if recipe.train_data is None:
+        def rendered(step: int):
+            rng = np.random.default_rng([recipe.seed, step])
+            scenes = [render_scene(scene_seed(int(rng.integers(2**30)), held_out=False)) for _ in range(recipe.batch_size)]
+            return [torch.from_numpy(s.image).permute(2, 0, 1).float() / 255 for s in scenes], [scene_targets(s) for s in scenes]
+        return rendered
+    data = read_coco_instances(recipe.train_data)
+    unknown = [name for name in data.class_names if name not in recipe.model.categories]
+    if unknown or not len(data):
+        raise SynthsegError(f"{recipe.train_data}: " + (f"class {unknown[0]!r} is not a category of the annotator" if unknown else "no images"))
+    label_map = np.array([0] + [recipe.model.categories.index(name) + 1 for name in data.class_names])
+
+    def from_data(step: int):
+        rng = np.random.default_rng([recipe.seed, step])
+        items = [data[int(i)] for i in rng.integers(len(data), size=recipe.batch_size)]
+        images = [torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255 for image, _, _ in items]
+        return images, [instance_targets(masks, label_map[labels]) for _, masks, labels in items]
+    return from_data
 
 
 def train_world_annotator(recipe: WorldAnnotatorRecipe, workdir: Path, output: Path, max_steps: int | None = None) -> MaskRCNNAnnotator:
-    """Train the world's Mask R-CNN on rendered scenes (even seeds; odd seeds are held out).
-
-    Resumes from workdir/annotator.ckpt; the batch of step s is drawn from default_rng([seed, s]).
+    """Train the world's Mask R-CNN on rendered scenes (even seeds; odd seeds are held out), or on
+    `recipe.train_data`. Resumes from workdir/annotator.ckpt; the batch of step s is drawn from
+    default_rng([seed, s]).
     """
+    batch = training_batches(recipe)  # a bad train_data is refused before the workdir is claimed
     claim_workdir(workdir, recipe)
     torch.manual_seed(recipe.seed)
     model = build_maskrcnn(recipe.model).train()
@@ -59,10 +95,7 @@ def train_world_annotator(recipe: WorldAnnotatorRecipe, workdir: Path, output: P
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(recipe.warmup_steps, recipe.steps))
 
     def step_loss(step: int) -> torch.Tensor:
-        rng = np.random.default_rng([recipe.seed, step])
-        scenes = [render_scene(scene_seed(int(rng.integers(2**30)), held_out=False)) for _ in range(recipe.batch_size)]
-        images = [torch.from_numpy(s.image).permute(2, 0, 1).float() / 255 for s in scenes]
-        return sum(model(images, [scene_targets(s) for s in scenes]).values())
+        return sum(model(*batch(step)).values())
 
     losses = train_loop("annotator", step_loss, model=model, optimizer=optimizer, checkpoint=workdir / "annotator.ckpt",
                         steps=recipe.steps, checkpoint_every=recipe.checkpoint_every, max_steps=max_steps, schedule=schedule, clip_norm=10.0)
@@ -98,7 +131,7 @@ def world_mask_ap(annotator: MaskRCNNAnnotator, count: int = 500) -> dict:
     return dict(mask_ap=float(evaluator.stats[0]), mask_ap50=float(evaluator.stats[1]), mask_ap75=float(evaluator.stats[2]), scenes=count)
 
 
-def load_annotator_recipe(spec: str | Path) -> WorldAnnotatorRecipe:
-    """An annotator recipe by packaged name ("world-annotator") or path."""
+def load_annotator_recipe(spec: str | Path, **overrides) -> WorldAnnotatorRecipe:
+    """An annotator recipe by packaged name ("world-annotator") or path, with `overrides` (None: the recipe's)."""
     path = recipe_path(spec, "annotator")
-    return load_config(WorldAnnotatorRecipe, read_mapping(path), str(path))
+    return load_config(WorldAnnotatorRecipe, apply_overrides(read_mapping(path), overrides, str(path)), str(path))

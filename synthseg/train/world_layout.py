@@ -1,0 +1,120 @@
+"""Training the world's GLIGEN (`worldmodel.LayoutModelRecipe`): gated self-attention layers and the
+box-token projection in the frozen world UNet, as GLIGEN trains them into a frozen Stable Diffusion,
+on rendered layouts whose boxes are exact.
+
+The batch of step s is layouts s * batch_size ... of the recipe's layout stream (`layouts.sample_layout`)
+rendered by `world.render_layout`, so a resumed run sees the batches an uninterrupted one would. Each
+object is one grounding token: its phrase's pooled text embedding (as `StableDiffusionGLIGENPipeline`
+computes it) and its visible box, padded with null tokens to the pipeline's 30.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import asdict
+from pathlib import Path
+
+import torch
+from diffusers import DDPMScheduler, StableDiffusionGLIGENPipeline
+from safetensors.torch import save_file
+
+from ..config import load_config, read_mapping
+from ..layouts import MAX_GLIGEN_BOXES, sample_layout
+from ..pipeline import load_pipeline
+from ..registry import MODEL_CARD, recipe_path
+from ..world import WORLD_CLASSES, mask_box, render_layout, scene_seed
+from ..worldmodel import GLIGEN_WEIGHTS, LayoutModelRecipe, build_gligen_unet, is_gligen_weight
+from .loop import claim_workdir, train_loop, warmup_cosine, write_training_record
+from .world_t2i import caption_states, diffusion_loss
+
+# What the model card says about the layouts trained on: the limits a dataset's layouts start from.
+CARD_LAYOUT_LIMITS = ("min_objects", "max_objects", "min_size", "max_size", "max_aspect", "max_overlap", "templates")
+
+
+def load_layout_recipe(spec: str | Path) -> LayoutModelRecipe:
+    """A world-layout recipe by packaged name ("world-layout") or path."""
+    path = recipe_path(spec, "world-layout")
+    return load_config(LayoutModelRecipe, read_mapping(path), str(path))
+
+
+@torch.no_grad()
+def phrase_embeddings(tokenizer, encoder, phrases: list[str]) -> torch.Tensor:
+    """(N, D) the pooled output of each phrase, as `StableDiffusionGLIGENPipeline` embeds box phrases."""
+    return encoder(**tokenizer(phrases, padding=True, return_tensors="pt")).pooler_output
+
+
+def layout_batch(recipe: LayoutModelRecipe, step: int, phrases: dict[str, torch.Tensor], image_size: int):
+    """Step `step`'s scenes: images (B, 3, H, W) in [-1, 1], captions, and GLIGEN's inputs: boxes
+    (B, 30, 4), phrase embeddings (B, 30, D) and masks (B, 30), 1 for an object's token."""
+    images, captions = [], []
+    boxes = torch.zeros(recipe.batch_size, MAX_GLIGEN_BOXES, 4)
+    embeds = torch.zeros(recipe.batch_size, MAX_GLIGEN_BOXES, next(iter(phrases.values())).shape[-1])
+    masks = torch.zeros(recipe.batch_size, MAX_GLIGEN_BOXES)
+    for i in range(recipe.batch_size):
+        layout = sample_layout(recipe.layouts, list(WORLD_CLASSES), [], step * recipe.batch_size + i)
+        scene = render_layout(scene_seed(layout.seed, held_out=False), layout.phrases, layout.boxes, image_size)
+        images.append(torch.from_numpy(scene.image).permute(2, 0, 1).float() / 127.5 - 1)
+        captions.append(layout.prompt)
+        found = [(name, box) for name, box in zip(scene.classes, map(mask_box, scene.masks)) if box is not None]
+        for k, (name, box) in enumerate(found):
+            boxes[i, k], embeds[i, k], masks[i, k] = torch.tensor(box), phrases[name], 1
+    return torch.stack(images), captions, boxes, embeds, masks
+
+
+def train_world_layout(recipe: LayoutModelRecipe, workdir: Path, output: Path, max_steps: int | None = None) -> Path:
+    """Train (or resume) GLIGEN's layers in `workdir`, then export them to `output`: unet/config.json (the
+    GLIGEN UNet's), unet/gligen.safetensors (the added weights, fp16, of the EMA model), model_index.json,
+    the model card (synthseg.json: classes, sampling defaults, the layout limits trained on, base) and
+    training.json."""
+    claim_workdir(workdir, recipe)
+    base = load_pipeline(recipe.base, torch_dtype=torch.float32)
+    vae, tokenizer, encoder = base.vae.requires_grad_(False), base.tokenizer, base.text_encoder.requires_grad_(False)
+    tokenizer.model_max_length = recipe.max_tokens
+    torch.manual_seed(recipe.seed)
+    unet = build_gligen_unet(base.unet)
+    for name, parameter in unet.named_parameters():
+        parameter.requires_grad_(is_gligen_weight(name))
+    trained = [p for p in unet.parameters() if p.requires_grad]
+    ema = torch.optim.swa_utils.AveragedModel(unet, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(recipe.ema_decay))
+    optimizer = torch.optim.AdamW(trained, lr=recipe.lr, weight_decay=0.0)
+    lr = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(recipe.warmup_steps, recipe.steps))
+    scheduler = DDPMScheduler.from_config(base.scheduler.config)
+    phrases = dict(zip(WORLD_CLASSES, phrase_embeddings(tokenizer, encoder, list(WORLD_CLASSES))))
+    image_size = vae.config.sample_size
+    cache: dict[str, torch.Tensor] = {}
+    unet.train()
+
+    def step_loss(step: int) -> torch.Tensor:
+        images, captions, boxes, embeds, masks = layout_batch(recipe, step, phrases, image_size)
+        g = torch.Generator().manual_seed(recipe.seed * 1_000_003 + step)
+        captions = ["" if d else c for c, d in zip(captions, torch.rand(len(captions), generator=g) < recipe.caption_dropout)]
+        masks = masks * (torch.rand(len(masks), 1, generator=g) >= recipe.box_dropout)
+        missing = [c for c in set(captions) if c not in cache]
+        if missing:
+            cache.update(zip(missing, caption_states(tokenizer, encoder, missing)))
+        with torch.no_grad():
+            latents = vae.encode(images).latent_dist.sample(generator=g) * vae.config.scaling_factor
+        gligen = {"gligen": dict(boxes=boxes, positive_embeddings=embeds, masks=masks)}
+        return diffusion_loss(unet, scheduler, latents, torch.stack([cache[c] for c in captions]), g, gligen)
+
+    losses = train_loop("gligen", step_loss, model=unet, optimizer=optimizer, checkpoint=workdir / "gligen.ckpt", steps=recipe.steps,
+                        checkpoint_every=recipe.checkpoint_every, max_steps=max_steps, schedule=lr, ema=ema, clip_norm=1.0)
+    trained_unet = ema.module.eval()
+    staging = output.with_name(output.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    (staging / "unet").mkdir(parents=True)
+    trained_unet.save_config(staging / "unet")
+    save_file({k: v.half().contiguous() for k, v in trained_unet.state_dict().items() if is_gligen_weight(k)}, staging / "unet" / GLIGEN_WEIGHTS)
+    (staging / "unet" / GLIGEN_WEIGHTS).chmod(0o644)  # safetensors writes owner-only files
+    StableDiffusionGLIGENPipeline(vae=vae, text_encoder=encoder, tokenizer=tokenizer, unet=trained_unet, scheduler=base.scheduler,
+                                  safety_checker=None, feature_extractor=None, requires_safety_checker=False).save_config(staging)
+    limits = {k: v for k, v in asdict(recipe.layouts).items() if k in CARD_LAYOUT_LIMITS}
+    card = dict(classes=list(WORLD_CLASSES), num_inference_steps=recipe.num_inference_steps, guidance_scale=recipe.guidance_scale,
+                layouts=limits, base=recipe.base)
+    (staging / MODEL_CARD).write_text(json.dumps(card, indent=2) + "\n")
+    write_training_record(staging, None, gligen=losses)
+    shutil.rmtree(output, ignore_errors=True)
+    os.replace(staging, output)
+    return output

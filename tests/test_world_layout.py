@@ -1,0 +1,109 @@
+"""The world's GLIGEN (`world-layout`): layout scenes put each object in its box, training moves only
+GLIGEN's weights and resumes exactly, and the export (GLIGEN's weights alone, over a named base) loads
+through the one loader as a `StableDiffusionGLIGENPipeline`."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import torch
+from diffusers import StableDiffusionGLIGENPipeline
+from safetensors.torch import load_file, save_file
+from test_worldmodel import tiny_recipe
+
+from synthseg import SynthsegError, load_pipeline
+from synthseg.train.world_layout import layout_batch, phrase_embeddings, train_world_layout
+from synthseg.train.world_t2i import train_world_model
+from synthseg.world import WORLD_CLASSES, mask_box, render_layout
+from synthseg.worldmodel import GLIGEN_WEIGHTS, LayoutModelRecipe, WorldGLIGENPipeline, is_gligen_weight
+
+
+def test_a_layout_scene_puts_each_object_in_its_box():
+    boxes = [(0.05, 0.05, 0.45, 0.45), (0.55, 0.1, 0.95, 0.5), (0.3, 0.55, 0.7, 0.95)]
+    scene = render_layout(3, ["circle", "circle", "star"], boxes)
+    again = render_layout(3, ["circle", "circle", "star"], boxes)
+    assert np.array_equal(scene.image, again.image) and np.array_equal(scene.masks, again.masks)
+    assert scene.classes == ["circle", "circle", "star"] and scene.masks.shape == (3, 64, 64)
+    for mask, box in zip(scene.masks, boxes):
+        x0, y0, x1, y1 = mask_box(mask)
+        assert x0 >= box[0] - 1 / 64 and y0 >= box[1] - 1 / 64 and x1 <= box[2] + 1 / 64 and y1 <= box[3] + 1 / 64
+    circle = mask_box(scene.masks[0])
+    assert circle[2] - circle[0] > 0.9 * 0.4  # as large as the box allows
+    assert mask_box(np.zeros((4, 4), bool)) is None
+    with pytest.raises(SynthsegError, match="one box per phrase"):
+        render_layout(0, ["circle"], boxes)
+
+
+@pytest.fixture(scope="module")
+def base(tmp_path_factory):
+    """A tiny world export (32 px) for GLIGEN to train over."""
+    tmp = tmp_path_factory.mktemp("base")
+    return train_world_model(tiny_recipe(), tmp / "work", tmp / "t2i", max_steps=1)
+
+
+def tiny_layout_recipe(base) -> LayoutModelRecipe:
+    return LayoutModelRecipe(base=str(base), steps=4, batch_size=2, warmup_steps=1, checkpoint_every=1000)
+
+
+def test_a_training_batch_conditions_each_object_on_its_visible_box(base):
+    pipe = load_pipeline(base)
+    recipe = tiny_layout_recipe(base)
+    phrases = dict(zip(WORLD_CLASSES, phrase_embeddings(pipe.tokenizer, pipe.text_encoder, list(WORLD_CLASSES))))
+    images, captions, boxes, embeds, masks = layout_batch(recipe, 5, phrases, 32)
+    assert images.shape == (2, 3, 32, 32) and boxes.shape == (2, 30, 4) and embeds.shape == (2, 30, 384) and masks.shape == (2, 30)
+    again = layout_batch(recipe, 5, phrases, 32)
+    assert captions == again[1] and torch.equal(boxes, again[2])  # the batch of a step is fixed: resumable
+    for row in range(2):
+        n = int(masks[row].sum())
+        assert 1 <= n <= 4 and masks[row, :n].all() and not boxes[row, n:].any() and not embeds[row, n:].any()
+        assert ((boxes[row, :n, 2:] > boxes[row, :n, :2]).all())
+        # each token's embedding is the pooled embedding of one class named in the caption
+        named = [name for name in WORLD_CLASSES if any(torch.equal(embeds[row, k], phrases[name]) for k in range(n))]
+        assert named and all(name in captions[row] for name in named)
+
+
+@pytest.mark.slow
+def test_training_moves_only_gligen_weights_resumes_exactly_and_loads_as_a_gligen_pipeline(base, tmp_path):
+    recipe = tiny_layout_recipe(base)
+    whole = train_world_layout(recipe, tmp_path / "whole", tmp_path / "whole-out")
+    train_world_layout(recipe, tmp_path / "split", tmp_path / "split-out", max_steps=2)
+    split = train_world_layout(recipe, tmp_path / "split", tmp_path / "split-out")  # the second sitting
+    assert json.loads((whole / "training.json").read_text()) == json.loads((split / "training.json").read_text())
+    saved = load_file(whole / "unet" / GLIGEN_WEIGHTS)
+    assert saved.keys() == load_file(split / "unet" / GLIGEN_WEIGHTS).keys()
+    assert all(torch.equal(v, load_file(split / "unet" / GLIGEN_WEIGHTS)[k]) for k, v in saved.items())
+    assert sorted(p.name for p in whole.iterdir()) == ["model_index.json", "synthseg.json", "training.json", "unet"]  # GLIGEN's alone
+    assert all(is_gligen_weight(k) for k in saved) and any(".fuser.alpha_attn" in k and v != 0 for k, v in saved.items())
+    card = json.loads((whole / "synthseg.json").read_text())
+    assert card["base"] == str(base) and card["layouts"]["max_objects"] == 4 and card["layouts"]["templates"] == ["{}"]
+
+    pipe = load_pipeline(whole)
+    assert isinstance(pipe, WorldGLIGENPipeline) and isinstance(pipe, StableDiffusionGLIGENPipeline)
+    plain = load_pipeline(base)
+    state = pipe.unet.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in plain.unet.state_dict().items())  # the base UNet, frozen
+    pipe.set_progress_bar_config(disable=True)
+
+    def draw(boxes):
+        return pipe("a circle and a star", gligen_phrases=["circle", "star"], gligen_boxes=boxes, gligen_scheduled_sampling_beta=1.0,
+                    num_inference_steps=3, guidance_scale=2.0, generator=torch.Generator().manual_seed(0), output_type="np").images
+
+    first = draw([[0, 0, .5, .5], [.5, .5, 1, 1]])
+    assert first.shape == (1, 32, 32, 3) and np.array_equal(first, draw([[0, 0, .5, .5], [.5, .5, 1, 1]]))
+    assert not np.array_equal(first, draw([[.5, .5, 1, 1], [0, 0, .5, .5]]))  # the boxes reach the trained layers
+
+    (whole / "synthseg.json").write_text(json.dumps({k: v for k, v in card.items() if k != "base"}))
+    with pytest.raises(SynthsegError, match="naming its base pipeline"):
+        load_pipeline(whole)
+    (whole / "synthseg.json").write_text(json.dumps(card))
+    save_file({k: v for k, v in saved.items() if "position_net" not in k}, whole / "unet" / GLIGEN_WEIGHTS)
+    with pytest.raises(SynthsegError, match="does not fit base"):
+        load_pipeline(whole)
+
+
+def test_bad_layout_model_recipes():
+    with pytest.raises(SynthsegError, match="box_dropout"):
+        LayoutModelRecipe(box_dropout=1.0).validate("r")
+    with pytest.raises(SynthsegError, match="min_size"):
+        dataclasses.replace(LayoutModelRecipe(), layouts=dataclasses.replace(LayoutModelRecipe().layouts, min_size=0.9)).validate("r")
