@@ -1,7 +1,7 @@
 """Instance-level Protocol ii on the world: the world annotator's Mask R-CNN architecture trained three
 times on the same number of images, scored by mask AP (pycocotools) on 500 held-out rendered scenes.
 
-- (a) a layout dataset: `make-dataset --layouts` (GLIGEN, `world-layout`; one COCO instance per box);
+- (a) a layout dataset: `make-dataset --layouts` with a world-layout export (GLIGEN; one COCO instance per box);
 - (b) a text-only dataset: `make-dataset` (the world model; instances are connected components);
 - (c) rendered scenes with exact instances (even seeds): the oracle.
 
@@ -11,7 +11,7 @@ plan. Each annotator trains `--steps` steps of batch 8 from the same recipe
 Targets: (a) >= 0.8 x (c), and (a) >= (b) + 10 AP points. Writes the "Protocol ii, instances (world)"
 section of benchmarks/RESULTS.md.
 
-    python benchmarks/bench_protocol_ii_instances.py [--per-class 50] [--steps 1000] [--work runs/pii-instances]
+    python benchmarks/bench_protocol_ii_instances.py --layout-model runs/world-layout/pipeline [--per-class 50] [--steps 1000]
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=50)
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--work", type=Path, default=Path("runs/pii-instances"))
+    parser.add_argument("--layout-model", required=True, help="a world-layout export folder (train-world-layout --out)")
     args = parser.parse_args()
 
     from dataclasses import replace
@@ -45,7 +46,8 @@ def main() -> None:
     datasets, rows = {"rendered": (work / "rendered", planned, 0.0)}, {}
     for name in ("rendered", "text", "layouts"):  # the oracle first: it needs no generated data
         if name != "rendered":
-            recipe = load_dataset_recipe("world", per_class=args.per_class, per_pair=0, layouts=name == "layouts")
+            model = args.layout_model if name == "layouts" else "world"
+            recipe = load_dataset_recipe("world", model=model, grounding="world", per_class=args.per_class, per_pair=0, layouts=name == "layouts")
             start = time.perf_counter()
             summary = build_dataset(recipe, work / name)
             datasets[name] = (work / name, summary["images"], time.perf_counter() - start)
@@ -59,7 +61,7 @@ def main() -> None:
         rows[name] = json.loads(metrics_file.read_text())
 
     a, b, c = (100 * rows[k]["mask_ap"] for k in ("layouts", "text", "rendered"))
-    labels = {"layouts": "(a) layout dataset (`world-layout`, one instance per box)", "text": "(b) text-only dataset (`world`, connected components)",
+    labels = {"layouts": "(a) layout dataset (world-layout export, one instance per box)", "text": "(b) text-only dataset (`world`, connected components)",
               "rendered": "(c) rendered scenes, exact instances (oracle)"}
     table = "\n".join(f"| {labels[k]} | {datasets[k][1]} | {100 * r['mask_ap']:.1f} | {100 * r['mask_ap50']:.1f} | {100 * r['mask_ap75']:.1f} |"
                       for k, r in sorted(rows.items(), key=lambda kv: list(labels).index(kv[0])))
@@ -77,7 +79,7 @@ Generation time: layouts {datasets['layouts'][2] / 60:.1f} min, text only {datas
 found the dataset complete).
 """
     print(body)
-    write_section("Protocol ii, instances (world)", body, bundle="world-layout")
+    write_section("Protocol ii, instances (world)", body, bundle="world")
 
 
 if __name__ == "__main__":

@@ -19,7 +19,7 @@ from types import SimpleNamespace
 import torch
 
 from .formats import write_atomic
-from .registry import resolve_pipeline
+from .registry import model_card, resolve_pipeline
 
 MAX_CLASSES = 2  # a triplet's prompt names one or two classes
 
@@ -29,6 +29,9 @@ def model_config(model: str, subfolder: str, name: str = "config.json") -> dict 
     local = Path(resolve_pipeline(model)) / subfolder / name
     if local.is_file():
         return json.loads(local.read_text())
+    base = model_card(model).base
+    if base:  # an export of added layers (world-layout) takes its other parts from its base
+        return model_config(base, subfolder, name)
     from huggingface_hub import try_to_load_from_cache
 
     cached = try_to_load_from_cache(model, f"{subfolder}/{name}") if model.count("/") == 1 else None
@@ -194,16 +197,25 @@ def _human(count: float) -> str:
     raise AssertionError("unreachable")
 
 
-def plan_text(kind: str, prompts, bytes_per_item: int | None, note: str = "", time: str | None = None) -> str:
-    """The dry-run report: total, counts per class (one-class prompts) and per pair, disk and `time`."""
-    singles = Counter(p.classes[0] for p in prompts if len(p.classes) == 1)
-    pairs = Counter(" + ".join(sorted(p.classes)) for p in prompts if len(p.classes) == 2)
-    lines = [f"{len(prompts)} {kind}: {sum(singles.values())} one-class and {sum(pairs.values())} two-class prompts"]
-    lines.append(f"per class ({len(singles)}): " + ", ".join(f"{c} {n}" for c, n in singles.items()))
-    if pairs:
-        lines.append(f"per pair ({len(pairs)}): " + ", ".join(f"{c} {n}" for c, n in pairs.items()))
+def plan_text(kind: str, items, bytes_per_item: int | None, note: str = "", time: str | None = None) -> str:
+    """The dry-run report: total, counts per class (one-class prompts) and per pair, or for layouts the
+    boxes per class and objects per image; disk and `time`."""
+    if items and hasattr(items[0], "boxes"):
+        boxes = Counter(phrase for layout in items for phrase in layout.phrases)
+        sizes = Counter(len(layout.phrases) for layout in items)
+        repeats = sum(len(layout.classes) < len(layout.phrases) for layout in items)
+        lines = [f"{len(items)} {kind} from layouts: {sum(boxes.values())} boxes; objects per image "
+                 + ", ".join(f"{n}: {sizes[n]}" for n in sorted(sizes)) + f"; {repeats} repeat a class"]
+        lines.append(f"boxes per class ({len(boxes)}): " + ", ".join(f"{c} {n}" for c, n in boxes.items()))
+    else:
+        singles = Counter(p.classes[0] for p in items if len(p.classes) == 1)
+        pairs = Counter(" + ".join(sorted(p.classes)) for p in items if len(p.classes) == 2)
+        lines = [f"{len(items)} {kind}: {sum(singles.values())} one-class and {sum(pairs.values())} two-class prompts"]
+        lines.append(f"per class ({len(singles)}): " + ", ".join(f"{c} {n}" for c, n in singles.items()))
+        if pairs:
+            lines.append(f"per pair ({len(pairs)}): " + ", ".join(f"{c} {n}" for c, n in pairs.items()))
     if bytes_per_item is None:
         lines.append("disk: unknown (the model's config files are not on this machine)")
     else:
-        lines.append(f"disk: about {_human(bytes_per_item * len(prompts))} ({_human(bytes_per_item)} per item{note})")
+        lines.append(f"disk: about {_human(bytes_per_item * len(items))} ({_human(bytes_per_item)} per item{note})")
     return "\n".join(lines + ([time] if time else []))

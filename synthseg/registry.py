@@ -3,9 +3,8 @@
 One resolver for each kind of name, so "world" means the same thing to every command and loader:
 
 - `resolve_pipeline("world")`, `resolve_grounding("world")`, `resolve_annotator("world")`: the
-  folders of the bundled miniature worlds (`synthseg/assets/world/`, `world-dit/` for the
-  transformer world, `world-layout/` for the world with GLIGEN). Any other spec passes through (a hub
-  id or a folder). `layout_model("world")` is "world-layout", the model box layouts use in its place.
+  folders of the bundled miniature worlds (`synthseg/assets/world/`, and `world-dit/` for the
+  transformer world). Any other spec passes through (a hub id or a folder).
 - `recipe_path("voc", "dataset")`: a packaged recipe by name (`synthseg/recipes/*.yaml`) or a file.
 - `model_card(spec)`: what a text-to-image export says about itself for synthseg (`synthseg.json`:
   its class vocabulary and sampling defaults), for exports that carry one (the world's do).
@@ -42,21 +41,15 @@ RECIPE_KINDS = {
 
 @dataclass(frozen=True)
 class Bundle:
-    """A set of models shipped under one name: text-to-image pipeline, grounding module, annotator, and
-    the bundle whose pipeline takes box layouts in this one's place (GLIGEN), if any."""
+    """A set of models shipped under one name: text-to-image pipeline, grounding module, annotator."""
 
     pipeline: Path
     grounding: Path
     annotator: Path
-    layouts: str | None = None
 
 
 BUNDLES = {
-    "world": Bundle(pipeline=ASSETS / "world" / "t2i", grounding=ASSETS / "world" / "grounding", annotator=ASSETS / "world" / "annotator",
-                    layouts="world-layout"),
-    # The world with GLIGEN's box grounding: its gated layers over the world's UNet, read by the world's module.
-    "world-layout": Bundle(pipeline=ASSETS / "world-layout" / "t2i", grounding=ASSETS / "world" / "grounding",
-                           annotator=ASSETS / "world" / "annotator"),
+    "world": Bundle(pipeline=ASSETS / "world" / "t2i", grounding=ASSETS / "world" / "grounding", annotator=ASSETS / "world" / "annotator"),
     # The transformer world: FLUX's architecture on the same scenes, judged by the same annotator.
     "world-dit": Bundle(pipeline=ASSETS / "world-dit" / "t2i", grounding=ASSETS / "world-dit" / "grounding", annotator=ASSETS / "world" / "annotator"),
 }
@@ -92,13 +85,6 @@ def grounding_for(model: str | Path, grounding: str | Path | None) -> str | Path
     raise SynthsegError(f"{model} is not a bundled model: name its grounding module (--grounding FOLDER)")
 
 
-def layout_model(model: str | Path) -> str | Path:
-    """The model that generates box layouts in `model`'s place: a bundle's GLIGEN companion
-    ("world" -> "world-layout"); any other model itself (it must be a GLIGEN pipeline)."""
-    bundle = BUNDLES.get(str(model))
-    return bundle.layouts if bundle is not None and bundle.layouts else model
-
-
 def resolve_annotator(spec: str | Path) -> str:
     """A bundled name's annotator folder; "coco" and folders unchanged."""
     return str(_bundled(spec, "annotator") or spec)
@@ -108,12 +94,14 @@ def resolve_annotator(spec: str | Path) -> str:
 class ModelCard:
     """`synthseg.json` beside a pipeline's model_index.json. classes: the only names the model was
     trained to draw (empty: open vocabulary). Sampling defaults for datasets made with it; for a GLIGEN
-    model, `layouts`: the layout limits it was trained on (a dataset's `layouts` section over them)."""
+    model, `layouts`: the layout limits it was trained on (a dataset's `layouts` section over them). `base`:
+    the pipeline an export of added layers only (world-layout) takes its other parts from."""
 
     classes: tuple[str, ...] = ()
     num_inference_steps: int = 50
     guidance_scale: float = 7.5
     layouts: dict = field(default_factory=dict)
+    base: str | None = None
 
 
 SD_SAMPLING = ModelCard()  # Stable Diffusion's pipeline defaults, for models without a card
@@ -126,7 +114,8 @@ def model_card(spec: str | Path) -> ModelCard:
         return SD_SAMPLING
     try:
         data = json.loads(path.read_text())
-        return ModelCard(tuple(data.get("classes", ())), int(data["num_inference_steps"]), float(data["guidance_scale"]), dict(data.get("layouts", {})))
+        return ModelCard(tuple(data.get("classes", ())), int(data["num_inference_steps"]), float(data["guidance_scale"]),
+                         dict(data.get("layouts", {})), data.get("base"))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError):
         raise SynthsegError(f"{path}: corrupt model card") from None
 

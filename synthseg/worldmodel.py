@@ -244,19 +244,22 @@ class LayoutModelRecipe:
     """Recipe of `train_world_layout`; see recipes/world-layout.yaml. `base`: the pipeline whose UNet
     (frozen) gains GLIGEN's layers. Each step's scenes are `layouts` rendered by `world.render_layout`,
     conditioned on the visible boxes of their objects; `box_dropout` of them get no boxes (GLIGEN's
-    null tokens, what classifier-free guidance's unconditional pass reads)."""
+    null tokens, what classifier-free guidance's unconditional pass reads). Timesteps are drawn from
+    `min_timestep` on: the gated layers run only in the first, noisiest steps of sampling (GLIGEN's
+    scheduled sampling), where the layout is decided."""
 
     seed: int = 0
     base: str = "world"
     max_tokens: int = 16
     layouts: LayoutRecipe = field(default_factory=_world_layouts)
-    steps: int = 4000
+    steps: int = 3000
     batch_size: int = 32
     lr: float = 5e-4
     warmup_steps: int = 200
     ema_decay: float = 0.999
     caption_dropout: float = 0.1
     box_dropout: float = 0.1
+    min_timestep: int = 0
     checkpoint_every: int = 250
     num_inference_steps: int = 25
     guidance_scale: float = 2.0
@@ -265,6 +268,8 @@ class LayoutModelRecipe:
         self.layouts.validate(source)
         if not 0 <= self.caption_dropout < 1 or not 0 <= self.box_dropout < 1:
             raise SynthsegError(f"{source}: caption_dropout and box_dropout must lie in [0, 1)")
+        if not 0 <= self.min_timestep < 1000:
+            raise SynthsegError(f"{source}: min_timestep must lie in [0, 1000)")
         check_positive(source, self, "max_tokens", "steps", "batch_size", "checkpoint_every", "num_inference_steps")
 
 
@@ -298,12 +303,12 @@ class WorldGLIGENPipeline(StableDiffusionGLIGENPipeline):
     @classmethod
     def from_export(cls, folder: str | Path, **kwargs) -> "WorldGLIGENPipeline":
         from .pipeline import load_pipeline
+        from .registry import model_card
 
         folder = Path(folder)
-        try:
-            base_name = json.loads((folder / "synthseg.json").read_text())["base"]
-        except (OSError, json.JSONDecodeError, KeyError, TypeError):
-            raise SynthsegError(f"{folder}: a world-layout export needs a model card (synthseg.json) naming its base pipeline") from None
+        base_name = model_card(folder).base
+        if not base_name:
+            raise SynthsegError(f"{folder}: a world-layout export needs a model card (synthseg.json) naming its base pipeline")
         base = load_pipeline(base_name, torch_dtype=kwargs.get("dtype"))
         unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
         try:

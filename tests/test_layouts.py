@@ -218,6 +218,6 @@ def test_make_dataset_layouts_on_a_model_without_gligen_is_refused_before_writin
     from synthseg.cli import app
 
     out = tmp_path / "ds"
-    result = CliRunner().invoke(app, ["make-dataset", "--layouts", "--model", "world-dit", "--per-class", "1", "--out", str(out)])
+    result = CliRunner().invoke(app, ["make-dataset", "--layouts", "--per-class", "1", "--out", str(out)])
     assert result.exit_code == 1 and "takes no layouts: box-grounded generation needs a GLIGEN pipeline" in result.output
     assert not out.exists()

@@ -93,6 +93,18 @@ def test_training_moves_only_gligen_weights_resumes_exactly_and_loads_as_a_glige
     assert first.shape == (1, 32, 32, 3) and np.array_equal(first, draw([[0, 0, .5, .5], [.5, .5, 1, 1]]))
     assert not np.array_equal(first, draw([[.5, .5, 1, 1], [0, 0, .5, .5]]))  # the boxes reach the trained layers
 
+    # make-dataset --layouts on the export: layouts within its card's limits, a recipe's section over them
+    from synthseg.dataset import load_dataset_recipe, plan_summary
+
+    boxed = load_dataset_recipe("world", layouts=True, model=str(whole), grounding="world", per_class=2, per_pair=0)
+    assert boxed.layouts.templates == ["{}"] and boxed.layouts.max_aspect == 1.3 and boxed.layouts.margin == 0.1
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(f"classes: world\nmodel: {whole}\nper_class: 1\nlayouts: {{max_objects: 2, margin: 0.2}}\n")
+    narrowed = load_dataset_recipe(recipe=str(mine))  # a layouts section asks for layouts
+    assert narrowed.layouts.max_objects == 2 and narrowed.layouts.margin == 0.2 and narrowed.layouts.max_aspect == 1.3
+    summary = plan_summary(boxed, "cpu")  # no model loaded: the image size comes from the base's configs
+    assert summary.startswith("24 images from layouts:") and "boxes per class (12)" in summary and "per item" in summary
+
     (whole / "synthseg.json").write_text(json.dumps({k: v for k, v in card.items() if k != "base"}))
     with pytest.raises(SynthsegError, match="naming its base pipeline"):
         load_pipeline(whole)
@@ -105,5 +117,7 @@ def test_training_moves_only_gligen_weights_resumes_exactly_and_loads_as_a_glige
 def test_bad_layout_model_recipes():
     with pytest.raises(SynthsegError, match="box_dropout"):
         LayoutModelRecipe(box_dropout=1.0).validate("r")
+    with pytest.raises(SynthsegError, match="min_timestep"):
+        LayoutModelRecipe(min_timestep=1000).validate("r")
     with pytest.raises(SynthsegError, match="min_size"):
         dataclasses.replace(LayoutModelRecipe(), layouts=dataclasses.replace(LayoutModelRecipe().layouts, min_size=0.9)).validate("r")

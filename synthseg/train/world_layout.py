@@ -97,7 +97,7 @@ def train_world_layout(recipe: LayoutModelRecipe, workdir: Path, output: Path, m
         with torch.no_grad():
             latents = vae.encode(images).latent_dist.sample(generator=g) * vae.config.scaling_factor
         gligen = {"gligen": dict(boxes=boxes, positive_embeddings=embeds, masks=masks)}
-        return diffusion_loss(unet, scheduler, latents, torch.stack([cache[c] for c in captions]), g, gligen)
+        return diffusion_loss(unet, scheduler, latents, torch.stack([cache[c] for c in captions]), g, gligen, recipe.min_timestep)
 
     losses = train_loop("gligen", step_loss, model=unet, optimizer=optimizer, checkpoint=workdir / "gligen.ckpt", steps=recipe.steps,
                         checkpoint_every=recipe.checkpoint_every, max_steps=max_steps, schedule=lr, ema=ema, clip_norm=1.0)

@@ -83,11 +83,11 @@ def caption_states(tokenizer, encoder, captions: list[str]) -> torch.Tensor:
 
 
 def diffusion_loss(unet, scheduler: DDPMScheduler, latents: torch.Tensor, text: torch.Tensor, generator: torch.Generator,
-                   cross_attention_kwargs: dict | None = None) -> torch.Tensor:
-    """MSE of the UNet's prediction (noise or v, per the scheduler) at random timesteps; `cross_attention_kwargs`
-    carry further conditioning (GLIGEN's boxes)."""
+                   cross_attention_kwargs: dict | None = None, min_timestep: int = 0) -> torch.Tensor:
+    """MSE of the UNet's prediction (noise or v, per the scheduler) at random timesteps from `min_timestep`
+    on; `cross_attention_kwargs` carry further conditioning (GLIGEN's boxes)."""
     noise = torch.randn(latents.shape, generator=generator)
-    t = torch.randint(0, scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
+    t = torch.randint(min_timestep, scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
     noisy = scheduler.add_noise(latents, noise, t)
     target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, t)
     return F.mse_loss(unet(noisy, t, encoder_hidden_states=text, cross_attention_kwargs=cross_attention_kwargs).sample, target)
