@@ -15,9 +15,9 @@ pooled output where FLUX reads CLIP's). Its export is a standard `FluxPipeline` 
 
 `world-layout` is the UNet world with GLIGEN's box grounding: gated self-attention layers and the
 box-token projection (`attention_type="gated"`) trained into the frozen world UNet, as GLIGEN trains
-them into a frozen Stable Diffusion. Its export holds only what GLIGEN adds (`unet/gligen.safetensors`,
-2.5 MB) and names its base pipeline in its model card; it loads as a `WorldGLIGENPipeline`, a
-`StableDiffusionGLIGENPipeline`.
+them into a frozen Stable Diffusion (not bundled yet: no export follows its boxes so far). Its export
+holds only what GLIGEN adds (`unet/gligen.safetensors`, 2.7 MB) and names its base pipeline in its
+model card; it loads as a `WorldGLIGENPipeline`, a `StableDiffusionGLIGENPipeline`.
 
 This module holds the architectures and their recipes; `synthseg.train.world_t2i`,
 `synthseg.train.world_dit` and `synthseg.train.world_layout` train them.
@@ -254,12 +254,12 @@ class LayoutModelRecipe:
     layouts: LayoutRecipe = field(default_factory=_world_layouts)
     steps: int = 3000
     batch_size: int = 32
-    lr: float = 5e-4
-    warmup_steps: int = 200
-    ema_decay: float = 0.999
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    ema_decay: float = 0.995
     caption_dropout: float = 0.1
     box_dropout: float = 0.1
-    min_timestep: int = 0
+    min_timestep: int = 600
     checkpoint_every: int = 250
     num_inference_steps: int = 25
     guidance_scale: float = 2.0
