@@ -254,7 +254,7 @@ class LayoutModelRecipe:
     layouts: LayoutRecipe = field(default_factory=_world_layouts)
     steps: int = 3000
     batch_size: int = 32
-    lr: float = 1e-3
+    lr: float = 1e-4
     warmup_steps: int = 100
     ema_decay: float = 0.995
     caption_dropout: float = 0.1
