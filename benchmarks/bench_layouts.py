@@ -28,6 +28,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from bench_world_fidelity import sample
 from PIL import Image, ImageDraw
 from results import write_section
 
@@ -60,16 +61,6 @@ def judge(annotator, images, layouts) -> dict[str, np.ndarray]:
         counts.append(Counter(i.class_name for i in instances) == Counter(layout.phrases))
         found.append(set(layout.classes) <= {i.class_name for i in instances})
     return dict(hits=np.array([h for row in hits for h in row]), counts=np.array(counts), found=np.array(found))
-
-
-def text_only(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: float, batch: int = 25) -> list[Image.Image]:
-    from synthseg.text import encode_prompts
-
-    images = []
-    for i in range(0, len(prompts), batch):
-        generators = [torch.Generator().manual_seed(s) for s in seeds[i : i + batch]]
-        images += pipe(**encode_prompts(pipe, prompts[i : i + batch], guidance).call, generator=generators, num_inference_steps=steps).images
-    return images
 
 
 def with_boxes(pipe, layouts, steps: int, guidance: float, beta: float) -> list[Image.Image]:
@@ -127,8 +118,8 @@ def main() -> None:
     seconds = (time.perf_counter() - start) / len(boxed)
     base = load_pipeline("world")
     base.set_progress_bar_config(disable=True)
-    plain = text_only(base, [lay.prompt for lay in layouts] + [caption(p.classes) for p in pairs],
-                      [lay.seed for lay in layouts + pairs], steps, guidance)
+    plain = sample(base, [lay.prompt for lay in layouts] + [caption(p.classes) for p in pairs],
+                   [lay.seed for lay in layouts + pairs], steps, guidance, batch=25)
     rendered = [render_layout(scene_seed(lay.seed, held_out=True), lay.phrases, lay.boxes).image for lay in layouts + pairs]
     SHEET.parent.mkdir(exist_ok=True)
     sheet(boxed[:24], layouts[:24]).save(SHEET)

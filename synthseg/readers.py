@@ -145,8 +145,8 @@ def _open_coco(path: str | Path):
     return coco, json_path, category_ids, tuple(coco.loadCats(c)[0]["name"] for c in category_ids), sorted(coco.getImgIds())
 
 
-def _coco_image(coco, json_path: Path, image_id: int) -> Image.Image:
-    info = coco.loadImgs(image_id)[0]
+def _coco_image(json_path: Path, info: dict) -> Image.Image:
+    """The RGB image of a COCO `images` entry, beside the JSON or in its images/ folder."""
     folder = json_path.parent
     file = next((p for p in (folder / info["file_name"], folder / "images" / info["file_name"]) if p.is_file()), None)
     if file is None:
@@ -162,7 +162,7 @@ def read_coco(path: str | Path) -> SegmentationData:
 
     def load(index: int):
         info = coco.loadImgs(image_ids[index])[0]
-        image = _coco_image(coco, json_path, image_ids[index])
+        image = _coco_image(json_path, info)
         labels = np.zeros((info["height"], info["width"]), dtype=np.uint8)
         annotations = sorted(coco.loadAnns(coco.getAnnIds(imgIds=info["id"])), key=lambda a: -a["area"])
         for annotation in annotations:
@@ -173,23 +173,9 @@ def read_coco(path: str | Path) -> SegmentationData:
     return SegmentationData(f"coco-json:{json_path}", names, [str(i) for i in image_ids], load)
 
 
-@dataclass
-class InstanceData:
+class InstanceData(SegmentationData):
     """`len(data)` items; `data[i]` is (RGB PIL image, (N, H, W) bool instance masks, (N,) labels), label k
     naming `class_names[k - 1]`; crowd regions are left out. `ids[i]` names item i."""
-
-    name: str
-    class_names: tuple[str, ...]
-    ids: list[str]
-    load: Callable[[int], tuple[Image.Image, np.ndarray, np.ndarray]]
-
-    def __len__(self) -> int:
-        return len(self.ids)
-
-    def __getitem__(self, index: int):
-        if not 0 <= index < len(self.ids):
-            raise IndexError(index)
-        return self.load(index)
 
 
 def read_coco_instances(path: str | Path) -> InstanceData:
@@ -202,7 +188,7 @@ def read_coco_instances(path: str | Path) -> InstanceData:
         info = coco.loadImgs(image_ids[index])[0]
         annotations = [a for a in coco.loadAnns(coco.getAnnIds(imgIds=info["id"])) if not a.get("iscrowd", 0)]
         masks = np.array([coco.annToMask(a).astype(bool) for a in annotations]).reshape(-1, info["height"], info["width"])
-        return _coco_image(coco, json_path, image_ids[index]), masks, np.array([label_of[a["category_id"]] for a in annotations], dtype=np.int64)
+        return _coco_image(json_path, info), masks, np.array([label_of[a["category_id"]] for a in annotations], dtype=np.int64)
 
     return InstanceData(f"coco-json:{json_path}", names, [str(i) for i in image_ids], load)
 

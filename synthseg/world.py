@@ -143,17 +143,28 @@ def render_scene(seed: int, classes: list[str] | None = None, size: int = 64, mi
             radius = rng.uniform(*scale) * size
             center = rng.uniform(radius * 0.8, size - radius * 0.8, size=2)
             full.append(shape_mask(name, size, tuple(center), radius, rng.uniform(0, 2 * np.pi)))
-        visible = [m & ~np.any(full[i + 1 :], axis=0) if i + 1 < len(full) else m for i, m in enumerate(full)]
+        visible = _visible(full)
         if all(v.sum() >= min_visible * max(f.sum(), 1) and v.any() for v, f in zip(visible, full)):
             break
     else:
         raise SynthsegError(f"could not place {classes} with {min_visible:.0%} visible in {PLACEMENT_TRIES} tries (seed {seed})")
+    return _paint(rng, full, classes, size, seed)
+
+
+def _visible(full: list[np.ndarray]) -> list[np.ndarray]:
+    """Each object's visible region: its full mask less every object drawn after (in front of) it."""
+    return [m & ~np.any(full[i + 1 :], axis=0) if i + 1 < len(full) else m for i, m in enumerate(full)]
+
+
+def _paint(rng: np.random.Generator, full: list[np.ndarray], classes: list[str], size: int, seed: int) -> Scene:
+    """The scene of placed objects (`full` masks, back to front): a background, then each object in its own
+    colour (distinct while there are colours enough), drawn from `rng`."""
     image = _background(rng, size)
-    colours = _COLOURS[rng.choice(len(_COLOURS), size=len(classes), replace=False)]
+    colours = _COLOURS[rng.choice(len(_COLOURS), size=len(classes), replace=len(classes) > len(_COLOURS))]
     for mask, colour in zip(full, colours):
         shade = colour + rng.normal(0, 6, size=(size, size, 3))
         image[mask] = shade[mask]
-    return Scene(np.clip(image, 0, 255).round().astype(np.uint8), np.stack(visible), list(classes), seed)
+    return Scene(np.clip(image, 0, 255).round().astype(np.uint8), np.stack(_visible(full)), list(classes), seed)
 
 
 def render_layout(seed: int, phrases: list[str], boxes, size: int = 64) -> Scene:
@@ -167,13 +178,7 @@ def render_layout(seed: int, phrases: list[str], boxes, size: int = 64) -> Scene
     for name, (x0, y0, x1, y1) in zip(phrases, boxes):
         radius = min(x1 - x0, y1 - y0) * size / 2
         full.append(shape_mask(name, size, ((x0 + x1) * size / 2, (y0 + y1) * size / 2), radius, rng.uniform(0, 2 * np.pi)))
-    visible = [m & ~np.any(full[i + 1 :], axis=0) if i + 1 < len(full) else m for i, m in enumerate(full)]
-    image = _background(rng, size)
-    colours = _COLOURS[rng.choice(len(_COLOURS), size=len(phrases), replace=len(phrases) > len(_COLOURS))]
-    for mask, colour in zip(full, colours):
-        shade = colour + rng.normal(0, 6, size=(size, size, 3))
-        image[mask] = shade[mask]
-    return Scene(np.clip(image, 0, 255).round().astype(np.uint8), np.stack(visible), list(phrases), seed)
+    return _paint(rng, full, phrases, size, seed)
 
 
 def mask_box(mask: np.ndarray) -> tuple[float, float, float, float] | None:

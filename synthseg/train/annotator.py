@@ -63,23 +63,25 @@ def training_batches(recipe: WorldAnnotatorRecipe):
     """batch(step) -> (images as (3, H, W) floats in [0, 1], targets): freshly rendered training scenes
     (even seeds), or `recipe.train_data`'s items drawn with replacement, from default_rng([seed, step])."""
     if recipe.train_data is None:
-        def rendered(step: int):
-            rng = np.random.default_rng([recipe.seed, step])
+        def items(rng: np.random.Generator):
             scenes = [render_scene(scene_seed(int(rng.integers(2**30)), held_out=False)) for _ in range(recipe.batch_size)]
-            return [torch.from_numpy(s.image).permute(2, 0, 1).float() / 255 for s in scenes], [scene_targets(s) for s in scenes]
-        return rendered
-    data = read_coco_instances(recipe.train_data)
-    unknown = [name for name in data.class_names if name not in recipe.model.categories]
-    if unknown or not len(data):
-        raise SynthsegError(f"{recipe.train_data}: " + (f"class {unknown[0]!r} is not a category of the annotator" if unknown else "no images"))
-    label_map = np.array([0] + [recipe.model.categories.index(name) + 1 for name in data.class_names])
+            return [(s.image, s.masks, [WORLD_CLASSES.index(c) + 1 for c in s.classes]) for s in scenes]
+    else:
+        data = read_coco_instances(recipe.train_data)
+        unknown = [name for name in data.class_names if name not in recipe.model.categories]
+        if unknown or not len(data):
+            raise SynthsegError(f"{recipe.train_data}: " + (f"class {unknown[0]!r} is not a category of the annotator" if unknown else "no images"))
+        label_map = np.array([0] + [recipe.model.categories.index(name) + 1 for name in data.class_names])
 
-    def from_data(step: int):
-        rng = np.random.default_rng([recipe.seed, step])
-        items = [data[int(i)] for i in rng.integers(len(data), size=recipe.batch_size)]
-        images = [torch.from_numpy(np.array(image)).permute(2, 0, 1).float() / 255 for image, _, _ in items]
-        return images, [instance_targets(masks, label_map[labels]) for _, masks, labels in items]
-    return from_data
+        def items(rng: np.random.Generator):
+            drawn = [data[int(i)] for i in rng.integers(len(data), size=recipe.batch_size)]
+            return [(np.array(image), masks, label_map[labels]) for image, masks, labels in drawn]
+
+    def batch(step: int):
+        drawn = items(np.random.default_rng([recipe.seed, step]))
+        return ([torch.from_numpy(image).permute(2, 0, 1).float() / 255 for image, _, _ in drawn],
+                [instance_targets(masks, labels) for _, masks, labels in drawn])
+    return batch
 
 
 def train_world_annotator(recipe: WorldAnnotatorRecipe, workdir: Path, output: Path, max_steps: int | None = None) -> MaskRCNNAnnotator:

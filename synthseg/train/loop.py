@@ -11,6 +11,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 
 import torch
@@ -49,6 +50,18 @@ def write_training_record(directory: str | Path, prior: dict | None = None, **st
               {"steps": prior.get(name, {}).get("steps", 0) + len(losses), "loss": round(recent_loss(losses), 4)}
               for name, losses in stages.items() if losses is not None or name in prior}
     (Path(directory) / "training.json").write_text(json.dumps(record, indent=2) + "\n")
+
+
+@contextlib.contextmanager
+def staged_export(output: Path):
+    """A fresh staging folder beside `output` to write an export into; when the block ends without an
+    error it replaces `output` whole, so a killed export never leaves a half-written model."""
+    staging = output.with_name(output.name + ".tmp")
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    yield staging
+    shutil.rmtree(output, ignore_errors=True)
+    os.replace(staging, output)
 
 
 def claim_workdir(workdir: str | Path, recipe) -> None:

@@ -9,8 +9,6 @@ the transformer predicts the velocity e - x_0. Captions are encoded by the pipel
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import torch
@@ -23,8 +21,8 @@ from ..pipeline import load_pipeline
 from ..registry import MODEL_CARD, recipe_path, resolve_pipeline
 from ..world import WORLD_CLASSES
 from ..worldmodel import WorldDiTRecipe, WorldFluxPipeline, build_transformer, load_text_encoder
-from .loop import claim_workdir, train_loop, warmup_cosine, write_training_record
-from .world_t2i import sample_scenes
+from .loop import claim_workdir, staged_export, train_loop, warmup_cosine, write_training_record
+from .world_t2i import captioned_latents, sample_scenes
 
 
 def load_dit_recipe(spec: str | Path) -> WorldDiTRecipe:
@@ -92,20 +90,16 @@ def train_world_dit(recipe: WorldDiTRecipe, workdir: Path, output: Path, max_ste
     ema = torch.optim.swa_utils.AveragedModel(transformer, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(t.ema_decay))
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=t.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(t.warmup_steps, t.steps))
-    scaling, cache = pipe.vae.config.scaling_factor, {}
+    cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+
+    def encode(captions: list[str]):
+        embeds, pooled, _ = pipe.encode_prompt(captions, prompt_2=None, device="cpu", max_sequence_length=recipe.max_tokens)
+        return zip(embeds, pooled)
 
     def step_loss(step: int) -> torch.Tensor:
         images, captions = sample_scenes(recipe, step, t.batch_size)
         g = torch.Generator().manual_seed(recipe.seed * 1_000_003 + step)
-        drop = torch.rand(len(captions), generator=g) < t.caption_dropout
-        captions = ["" if d else c for c, d in zip(captions, drop)]
-        missing = sorted(c for c in set(captions) if c not in cache)
-        if missing:
-            with torch.no_grad():
-                embeds, pooled, _ = pipe.encode_prompt(missing, prompt_2=None, device="cpu", max_sequence_length=recipe.max_tokens)
-            cache.update({c: (e, p) for c, e, p in zip(missing, embeds, pooled)})
-        with torch.no_grad():
-            latents = pipe.vae.encode(images).latent_dist.sample(generator=g) * scaling
+        latents, captions = captioned_latents(pipe.vae, images, captions, t.caption_dropout, g, cache, encode)
         text = torch.stack([cache[c][0] for c in captions])
         pooled = torch.stack([cache[c][1] for c in captions])
         return flow_matching_loss(pipe, latents, text, pooled, g, recipe)
@@ -114,19 +108,16 @@ def train_world_dit(recipe: WorldDiTRecipe, workdir: Path, output: Path, max_ste
                         steps=t.steps, checkpoint_every=recipe.checkpoint_every, max_steps=max_steps, schedule=schedule, ema=ema,
                         clip_norm=1.0)
     pipe.transformer = ema.module.eval()
-    staging = output.with_name(output.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    for part in ("vae", "transformer"):  # the text encoders are not written: their pip package holds them
-        getattr(pipe, part).half().save_pretrained(staging / part)  # half(), not to(): no warning for FLUX
-    for part in ("scheduler", "tokenizer", "tokenizer_2"):
-        getattr(pipe, part).save_pretrained(staging / part)
-    pipe.register_modules(transformer=pipe.transformer)
-    pipe.save_config(staging)
-    index = json.loads((staging / "model_index.json").read_text())  # diffusers' own class, as a standard FLUX folder
-    (staging / "model_index.json").write_text(json.dumps(dict(index, _class_name="FluxPipeline"), indent=2) + "\n")
-    card = dict(classes=list(WORLD_CLASSES), num_inference_steps=recipe.num_inference_steps, guidance_scale=recipe.guidance_scale)
-    (staging / MODEL_CARD).write_text(json.dumps(card, indent=2) + "\n")
-    write_training_record(staging, prior, transformer=losses)
-    shutil.rmtree(output, ignore_errors=True)
-    os.replace(staging, output)
+    with staged_export(output) as staging:
+        for part in ("vae", "transformer"):  # the text encoders are not written: their pip package holds them
+            getattr(pipe, part).half().save_pretrained(staging / part)  # half(), not to(): no warning for FLUX
+        for part in ("scheduler", "tokenizer", "tokenizer_2"):
+            getattr(pipe, part).save_pretrained(staging / part)
+        pipe.register_modules(transformer=pipe.transformer)
+        pipe.save_config(staging)
+        index = json.loads((staging / "model_index.json").read_text())  # diffusers' own class, as a standard FLUX folder
+        (staging / "model_index.json").write_text(json.dumps(dict(index, _class_name="FluxPipeline"), indent=2) + "\n")
+        card = dict(classes=list(WORLD_CLASSES), num_inference_steps=recipe.num_inference_steps, guidance_scale=recipe.guidance_scale)
+        (staging / MODEL_CARD).write_text(json.dumps(card, indent=2) + "\n")
+        write_training_record(staging, prior, transformer=losses)
     return output

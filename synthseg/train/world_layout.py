@@ -11,8 +11,6 @@ computes it) and its visible box, padded with null tokens to the pipeline's 30.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from dataclasses import asdict
 from pathlib import Path
 
@@ -26,8 +24,8 @@ from ..pipeline import load_pipeline
 from ..registry import MODEL_CARD, recipe_path
 from ..world import WORLD_CLASSES, mask_box, render_layout, scene_seed
 from ..worldmodel import GLIGEN_WEIGHTS, LayoutModelRecipe, build_gligen_unet, is_gligen_weight
-from .loop import claim_workdir, train_loop, warmup_cosine, write_training_record
-from .world_t2i import caption_states, diffusion_loss
+from .loop import claim_workdir, staged_export, train_loop, warmup_cosine, write_training_record
+from .world_t2i import caption_states, captioned_latents, diffusion_loss
 
 # What the model card says about the layouts trained on: the limits a dataset's layouts start from.
 CARD_LAYOUT_LIMITS = ("min_objects", "max_objects", "min_size", "max_size", "max_aspect", "max_overlap", "templates")
@@ -89,32 +87,24 @@ def train_world_layout(recipe: LayoutModelRecipe, workdir: Path, output: Path, m
     def step_loss(step: int) -> torch.Tensor:
         images, captions, boxes, embeds, masks = layout_batch(recipe, step, phrases, image_size)
         g = torch.Generator().manual_seed(recipe.seed * 1_000_003 + step)
-        captions = ["" if d else c for c, d in zip(captions, torch.rand(len(captions), generator=g) < recipe.caption_dropout)]
+        latents, captions = captioned_latents(vae, images, captions, recipe.caption_dropout, g, cache,
+                                              lambda missing: caption_states(tokenizer, encoder, missing))
         masks = masks * (torch.rand(len(masks), 1, generator=g) >= recipe.box_dropout)
-        missing = [c for c in set(captions) if c not in cache]
-        if missing:
-            cache.update(zip(missing, caption_states(tokenizer, encoder, missing)))
-        with torch.no_grad():
-            latents = vae.encode(images).latent_dist.sample(generator=g) * vae.config.scaling_factor
         gligen = {"gligen": dict(boxes=boxes, positive_embeddings=embeds, masks=masks)}
         return diffusion_loss(unet, scheduler, latents, torch.stack([cache[c] for c in captions]), g, gligen, recipe.min_timestep)
 
     losses = train_loop("gligen", step_loss, model=unet, optimizer=optimizer, checkpoint=workdir / "gligen.ckpt", steps=recipe.steps,
                         checkpoint_every=recipe.checkpoint_every, max_steps=max_steps, schedule=lr, ema=ema, clip_norm=1.0)
     trained_unet = ema.module.eval()
-    staging = output.with_name(output.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    (staging / "unet").mkdir(parents=True)
-    trained_unet.save_config(staging / "unet")
-    save_file({k: v.half().contiguous() for k, v in trained_unet.state_dict().items() if is_gligen_weight(k)}, staging / "unet" / GLIGEN_WEIGHTS)
-    (staging / "unet" / GLIGEN_WEIGHTS).chmod(0o644)  # safetensors writes owner-only files
-    StableDiffusionGLIGENPipeline(vae=vae, text_encoder=encoder, tokenizer=tokenizer, unet=trained_unet, scheduler=base.scheduler,
-                                  safety_checker=None, feature_extractor=None, requires_safety_checker=False).save_config(staging)
-    limits = {k: v for k, v in asdict(recipe.layouts).items() if k in CARD_LAYOUT_LIMITS}
-    card = dict(classes=list(WORLD_CLASSES), num_inference_steps=recipe.num_inference_steps, guidance_scale=recipe.guidance_scale,
-                layouts=limits, base=recipe.base)
-    (staging / MODEL_CARD).write_text(json.dumps(card, indent=2) + "\n")
-    write_training_record(staging, None, gligen=losses)
-    shutil.rmtree(output, ignore_errors=True)
-    os.replace(staging, output)
+    with staged_export(output) as staging:
+        trained_unet.save_config(staging / "unet")
+        save_file({k: v.half().contiguous() for k, v in trained_unet.state_dict().items() if is_gligen_weight(k)}, staging / "unet" / GLIGEN_WEIGHTS)
+        (staging / "unet" / GLIGEN_WEIGHTS).chmod(0o644)  # safetensors writes owner-only files
+        StableDiffusionGLIGENPipeline(vae=vae, text_encoder=encoder, tokenizer=tokenizer, unet=trained_unet, scheduler=base.scheduler,
+                                      safety_checker=None, feature_extractor=None, requires_safety_checker=False).save_config(staging)
+        limits = {k: v for k, v in asdict(recipe.layouts).items() if k in CARD_LAYOUT_LIMITS}
+        card = dict(classes=list(WORLD_CLASSES), num_inference_steps=recipe.num_inference_steps, guidance_scale=recipe.guidance_scale,
+                    layouts=limits, base=recipe.base)
+        (staging / MODEL_CARD).write_text(json.dumps(card, indent=2) + "\n")
+        write_training_record(staging, None, gligen=losses)
     return output

@@ -10,8 +10,6 @@ resumed from a checkpoint sees exactly the batches an uninterrupted run would.
 from __future__ import annotations
 
 import json
-import os
-import shutil
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +24,7 @@ from ..prompts import caption
 from ..registry import MODEL_CARD, recipe_path, resolve_pipeline
 from ..world import WORLD_CLASSES, render_scene, scene_seed
 from ..worldmodel import WorldModelRecipe, build_unet, build_vae, load_text_encoder
-from .loop import claim_workdir, train_loop, warmup_cosine, write_training_record
+from .loop import claim_workdir, staged_export, train_loop, warmup_cosine, write_training_record
 
 
 def load_recipe(spec: str | Path) -> WorldModelRecipe:
@@ -82,6 +80,22 @@ def caption_states(tokenizer, encoder, captions: list[str]) -> torch.Tensor:
     return encoder(ids)[0]
 
 
+def captioned_latents(vae: AutoencoderKL, images: torch.Tensor, captions: list[str], dropout: float, generator: torch.Generator,
+                      cache: dict, encode) -> tuple[torch.Tensor, list[str]]:
+    """A training batch's scaled VAE latents (sampled) and its captions, `dropout` of them emptied for
+    classifier-free guidance; captions not yet in `cache` are encoded first (`encode(captions)`: one
+    cache entry per caption)."""
+    drop = torch.rand(len(captions), generator=generator) < dropout
+    captions = ["" if d else c for c, d in zip(captions, drop)]
+    missing = sorted(c for c in set(captions) if c not in cache)
+    if missing:
+        with torch.no_grad():
+            cache.update(zip(missing, encode(missing)))
+    with torch.no_grad():
+        latents = vae.encode(images).latent_dist.sample(generator=generator) * vae.config.scaling_factor
+    return latents, captions
+
+
 def diffusion_loss(unet, scheduler: DDPMScheduler, latents: torch.Tensor, text: torch.Tensor, generator: torch.Generator,
                    cross_attention_kwargs: dict | None = None, min_timestep: int = 0) -> torch.Tensor:
     """MSE of the UNet's prediction (noise or v, per the scheduler) at random timesteps from `min_timestep`
@@ -117,7 +131,6 @@ def train_unet(recipe: WorldModelRecipe, vae: AutoencoderKL, workdir: Path, max_
     Resumes from workdir."""
     tokenizer, encoder = load_text_encoder(recipe.max_tokens)
     vae.requires_grad_(False)
-    scaling = vae.config.scaling_factor
     torch.manual_seed(recipe.seed + 1)
     unet = init if init is not None else build_unet(recipe, encoder.config.hidden_size, recipe.vae.latent_channels)
     ema = torch.optim.swa_utils.AveragedModel(unet, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(recipe.unet.ema_decay))
@@ -130,13 +143,8 @@ def train_unet(recipe: WorldModelRecipe, vae: AutoencoderKL, workdir: Path, max_
     def step_loss(step: int) -> torch.Tensor:
         images, captions = sample_scenes(recipe, step, recipe.unet.batch_size)
         g = torch.Generator().manual_seed(recipe.seed * 1_000_003 + step)
-        drop = torch.rand(len(captions), generator=g) < recipe.unet.caption_dropout
-        captions = ["" if d else c for c, d in zip(captions, drop)]
-        missing = [c for c in set(captions) if c not in cache]
-        if missing:
-            cache.update(zip(missing, caption_states(tokenizer, encoder, missing)))
-        with torch.no_grad():
-            latents = vae.encode(images).latent_dist.sample(generator=g) * scaling
+        latents, captions = captioned_latents(vae, images, captions, recipe.unet.caption_dropout, g, cache,
+                                              lambda missing: caption_states(tokenizer, encoder, missing))
         return diffusion_loss(unet, scheduler, latents, torch.stack([cache[c] for c in captions]), g)
 
     losses = train_loop("unet", step_loss, model=unet, optimizer=optimizer, checkpoint=workdir / "unet.ckpt",
@@ -165,16 +173,13 @@ def train_world_model(recipe: WorldModelRecipe, workdir: Path, output: Path, max
                             clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=encoder, tokenizer=tokenizer, unet=unet, scheduler=sampler,
                                    safety_checker=None, feature_extractor=None, requires_safety_checker=False)
-    staging = output.with_name(output.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
-    for part in ("vae", "unet"):  # the text encoder is not written: its pip package holds it
-        getattr(pipe, part).half().save_pretrained(staging / part)
-    for part in ("scheduler", "tokenizer"):
-        getattr(pipe, part).save_pretrained(staging / part)
-    pipe.save_config(staging)
-    card = dict(classes=list(WORLD_CLASSES), num_inference_steps=recipe.num_inference_steps, guidance_scale=recipe.guidance_scale)
-    (staging / MODEL_CARD).write_text(json.dumps(card, indent=2) + "\n")
-    write_training_record(staging, prior, vae=vae_losses, unet=unet_losses)
-    shutil.rmtree(output, ignore_errors=True)
-    os.replace(staging, output)
+    with staged_export(output) as staging:
+        for part in ("vae", "unet"):  # the text encoder is not written: its pip package holds it
+            getattr(pipe, part).half().save_pretrained(staging / part)
+        for part in ("scheduler", "tokenizer"):
+            getattr(pipe, part).save_pretrained(staging / part)
+        pipe.save_config(staging)
+        card = dict(classes=list(WORLD_CLASSES), num_inference_steps=recipe.num_inference_steps, guidance_scale=recipe.guidance_scale)
+        (staging / MODEL_CARD).write_text(json.dumps(card, indent=2) + "\n")
+        write_training_record(staging, prior, vae=vae_losses, unet=unet_losses)
     return output
