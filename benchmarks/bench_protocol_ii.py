@@ -1,15 +1,16 @@
 """Protocol ii on the miniature world: a small MaskFormer trained on synthetic data, scored on exact masks.
 
-Three trainings of the same tiny MaskFormer (recipes/segmenter-tiny.yaml), each scored on 500
+Three trainings of the same tiny segmenter (`--recipe`: MaskFormer's segmenter-tiny by default, or
+segmenter-tiny-mask2former), each scored on 500
 held-out rendered scenes (split "world", background counted as a seen class):
   (a) a synthseg dataset from the world's grounded generation, all class names (the paper's setting);
   (b) the same number of rendered training scenes with exact masks (the oracle);
   (c) (a) without the images whose prompt names an unseen class (strict zero-shot; Grounded-Diffusion #8).
 Each is trained once per `--seeds` entry and the table gives the means (the from-scratch segmenter varies
 from seed to seed). Target: (a) reaches >= 85% of (b)'s harmonic mIoU. Writes the "Protocol ii (world)" section of
-benchmarks/RESULTS.md; work files go under runs/protocol-ii (resumable).
+benchmarks/RESULTS.md (another --recipe: its own section); work files go under runs/protocol-ii (resumable).
 
-    python benchmarks/bench_protocol_ii.py [--per-class 50] [--per-pair 4] [--steps N (default: the recipe's)] [--seeds 0 1]
+    python benchmarks/bench_protocol_ii.py [--recipe segmenter-tiny] [--per-class 50] [--per-pair 4] [--steps N (default: the recipe's)] [--seeds 0 1]
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-class", type=int, default=50)
     parser.add_argument("--per-pair", type=int, default=4)
+    parser.add_argument("--recipe", default="segmenter-tiny", help="segmenter recipe (segmenter-tiny-mask2former: Mask2Former)")
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--eval-scenes", type=int, default=500)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="segmenter seeds; the table gives means over them")
@@ -41,7 +43,8 @@ def main() -> None:
     from synthseg.grounding import GroundingModule
     from synthseg.pipeline import load_pipeline
     from synthseg.readers import SegmentationData, read_synthseg, read_world
-    from synthseg.segmenter import Segmenter, load_segmenter_recipe, train_segmenter
+    from synthseg.segmenter import Segmenter, load_segmenter_recipe
+    from synthseg.train.segmenter import train_segmenter
 
     split = get_split("world")
     recipe = load_dataset_recipe("world", per_class=args.per_class, per_pair=args.per_pair)
@@ -56,13 +59,13 @@ def main() -> None:
                                  lambda i: synthetic[records[i]])
     runs = {"(a) grounded generation, all class names": synthetic, "(b) oracle: rendered scenes, exact masks": read_world(len(synthetic), held_out=False),
             "(c) grounded generation, seen-class images only": seen_only}
-    segmenter_recipe = load_segmenter_recipe("segmenter-tiny", steps=args.steps)
+    segmenter_recipe = load_segmenter_recipe(args.recipe, steps=args.steps)
     test = read_world(args.eval_scenes)
     rows, results, harmonic = [], {}, {}
     for key, (name, data) in zip("abc", runs.items()):
         results[key] = []
         for seed in args.seeds:
-            folder = WORK / (f"segmenter-{key}" if seed == 0 else f"segmenter-{key}-seed{seed}")
+            folder = WORK / args.recipe.removeprefix("segmenter-tiny").lstrip("-") / (f"segmenter-{key}" if seed == 0 else f"segmenter-{key}-seed{seed}")
             model = train_segmenter(replace(segmenter_recipe, seed=seed), data, folder, folder.with_name(folder.name + "-work"))
             results[key].append(benchmark(Segmenter.from_pretrained(model), test, split, model_name=f"{name}, seed {seed}"))
         seen, unseen, harmonic[key] = np.mean([(r.seen_miou, r.unseen_miou, r.harmonic_miou) for r in results[key]], axis=0)
@@ -73,7 +76,8 @@ def main() -> None:
     if oracle < harmonic["a"]:
         ratio += (" - the oracle does not score above (a): the from-scratch segmenter, more than the labels, limits"
                   " both (compare the seeds' spread)")
-    body = f"""Tiny MaskFormer (`recipes/segmenter-tiny.yaml`, {segmenter_recipe.steps} steps) trained three ways, once per seed
+    arch = {"maskformer": "MaskFormer", "mask2former": "Mask2Former"}[segmenter_recipe.arch]
+    body = f"""Tiny {arch} (`recipes/{args.recipe}.yaml`, {segmenter_recipe.steps} steps) trained three ways, once per seed
 ({", ".join(map(str, args.seeds))}), scored on {args.eval_scenes} held-out rendered scenes with exact masks; mIoU are means over the seeds.
 Protocol: {results['a'][0].protocol()}.
 Synthetic data: `make-dataset --classes world --per-class {args.per_class} --per-pair {args.per_pair}`
@@ -87,7 +91,7 @@ Synthetic data: `make-dataset --classes world --per-class {args.per_class} --per
 of the model but have no training pixels, so a closed-vocabulary segmenter cannot learn them.
 """
     print(body)
-    write_section("Protocol ii (world)", body, bundle="world")
+    write_section("Protocol ii (world)" if args.recipe == "segmenter-tiny" else f"Protocol ii (world, {args.recipe})", body, bundle="world")
 
 
 if __name__ == "__main__":

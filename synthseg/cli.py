@@ -338,6 +338,7 @@ def segment(
     template: Annotated[str, typer.Option(help="Prompt template, '{}' for the class list.")] = "a photograph of {}",
     threshold: Annotated[float, typer.Option(help="A pixel is labelled with its most probable class above this probability.")] = 0.5,
     seed: Annotated[int, typer.Option(help="Seed of the noise.")] = 0,
+    batch_size: Annotated[int, typer.Option(help="Images of one size per denoiser call (the masks do not depend on it).")] = 1,
     device: Device = "auto",
 ) -> None:
     """Segment real images with a grounding module: one denoiser step on each image's noised latent (ODISE/VPD)."""
@@ -351,14 +352,16 @@ def segment(
     names = _names(classes)
     if not names:
         _fail("--classes names no class")
+    if batch_size < 1:
+        _fail(f"--batch-size must be at least 1, got {batch_size}")
     check_output_dir(out)
     pictures = [read_image(path) for path in images]
     torch_device = _device(device)
     pipe = load_pipeline(model, device=torch_device)  # first: a missing model is the error to report
     module_dir = grounding_for(model, grounding)
     module = GroundingModule.from_pretrained(module_dir).to(torch_device).eval()
-    results = segment_images(pipe, module, pictures, names, timestep=_module_timestep(module_dir, capture_timestep), noise_draws=noise_draws, seed=seed,
-                             template=template, one_prompt_per_class=one_prompt_per_class, threshold=threshold)
+    results = segment_images(pipe, module, pictures, names, batch_size, timestep=_module_timestep(module_dir, capture_timestep), noise_draws=noise_draws,
+                             seed=seed, template=template, one_prompt_per_class=one_prompt_per_class, threshold=threshold)
     summary = write_segmentations(out, pictures, results, names)
     _stderr.print(f"{out}: {summary['images']} images, {summary['instances']} instances")
 
@@ -427,6 +430,7 @@ def train_segmenter(
     recipe: Annotated[str, typer.Option(help="Segmenter recipe: a packaged name or a YAML file.")] = "segmenter-tiny",
     out: Annotated[Path, typer.Option(help="Where the trained segmenter (save_pretrained) goes.")] = Path("runs/segmenter"),
     workdir: Annotated[Optional[Path], typer.Option(help="Checkpoints; rerunning the command resumes from here. Default: OUT-work beside OUT.")] = None,
+    arch: Annotated[Optional[str], typer.Option(help=f"maskformer or mask2former; {FROM_RECIPE}.")] = None,
     backbone: Annotated[Optional[str], typer.Option(help=f"Backbone architecture, e.g. resnet-101, resnet-50, resnet-tiny; {FROM_RECIPE}.")] = None,
     pretrained_backbone: Annotated[Optional[bool], typer.Option("--pretrained-backbone/--no-pretrained-backbone",
                                                                 help=f"Start from ImageNet weights (hub), or from scratch; {FROM_RECIPE}.")] = None,
@@ -435,13 +439,14 @@ def train_segmenter(
     device: Device = "auto",
     stop_at: StopAt = None,
 ) -> None:
-    """Train MaskFormer on a labelled dataset (Protocol ii); several GPUs with `accelerate launch`."""
+    """Train MaskFormer or Mask2Former on a labelled dataset (Protocol ii); several GPUs with `accelerate launch`."""
     from .readers import open_data
     from .segmenter import load_segmenter_recipe
     from .train.segmenter import train_segmenter as train
 
     _device(device)
-    config = load_segmenter_recipe(recipe, backbone=backbone, pretrained_backbone=pretrained_backbone, steps=train_steps, batch_size=batch_size)
+    config = load_segmenter_recipe(recipe, arch=arch, backbone=backbone, pretrained_backbone=pretrained_backbone, steps=train_steps,
+                                   batch_size=batch_size)
     data = open_data("auto", dataset)
     _stderr.print(f"saved {train(config, data, out, workdir or out.with_name(out.name + '-work'), stop_at, device)}")
 

@@ -141,14 +141,6 @@ def replay_noised(pipe, call: dict, noisy: torch.Tensor, value: float, texts: di
     return replay(pipe, inputs, attention=attention, blocks=blocks)
 
 
-def _input_size(pipe, image: Image.Image) -> tuple[int, int]:
-    """The smallest (H, W) at or above the image's that the pipeline takes: multiples of 8 (what the
-    pipelines check) and of the VAE's factor times the transformer's patch (FLUX packs 2x2)."""
-    patch = 2 if pipeline_family(pipe) == "flux" else int(getattr(denoiser_of(pipe).config, "patch_size", None) or 1)
-    multiple = math.lcm(8, pipe.vae_scale_factor * patch)
-    return (-(-image.height // multiple) * multiple, -(-image.width // multiple) * multiple)
-
-
 class GroundingSegmenter:
     """A grounding module on its pipeline, ready to segment `class_names` in any image: the prompts, their
     class-token spans, text embeddings and the denoiser's recorded arguments (per input size) are made
@@ -194,40 +186,64 @@ class GroundingSegmenter:
         """HW int64 labels of one image at its own size (noise seeded as the first image of a list)."""
         return self.segment(image).labels.astype(np.int64)
 
-    @torch.no_grad()
     def segment(self, image: Image.Image, index: int = 0) -> Segmentation:
         """Segment one PIL image (any mode and size; `index` seeds its noise). An image the VAE cannot take
         at its size is padded (edge pixels) up to one it can, with a warning; the output is cropped back."""
+        return self.segment_batch([image], [index])[0]
+
+    @torch.no_grad()
+    def segment_batch(self, images: list[Image.Image], indices: list[int]) -> list[Segmentation]:
+        """Segment images of one input size (`input_size`) in one denoiser call: for each image, its noise
+        draws times the prompts, image-major. Image i's noise is seeded by indices[i] alone, so a batch
+        gives what one image at a time gives (to float rounding)."""
         pipe, draws_count, prompt_count = self.pipe, self.noise_draws, len(self.groups)
-        name = getattr(image, "filename", "") or f"image {index}"
-        rgb = to_rgb(image, name)
-        height, width = _input_size(pipe, rgb)
-        if (height, width) != (rgb.height, rgb.width):
-            warnings.warn(f"{name} is {rgb.width}x{rgb.height}; padded to {width}x{height} for the VAE, and its masks cropped back")
-        padded = np.pad(np.asarray(rgb), ((0, height - rgb.height), (0, width - rgb.width), (0, 0)), mode="edge")
-        pixels = torch.from_numpy(padded).permute(2, 0, 1)[None].float() / 127.5 - 1
-        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-        noisy, value = noise_latents(pipe, encode_images(pipe, pixels).expand(draws_count, -1, -1, -1), self.timestep, generator)
-        if (height, width) not in self._calls:
-            self._calls[(height, width)] = recorded_call(pipe, prompt_count * draws_count, height, width)
-        texts = {k: v.repeat(draws_count, *[1] * (v.ndim - 1)) for k, v in self.texts.items()}
-        features = replay_noised(pipe, self._calls[(height, width)], noisy.repeat_interleave(prompt_count, dim=0), value, texts,
-                                 **self._capture_options())
-        masks = self._class_probs(features, (height, width))
-        per_class = [torch.stack([masks[d * prompt_count + g][q] for d in range(draws_count)]).mean(0)
-                     for g, group in enumerate(self.groups) for q in range(len(group))]
-        probs = torch.stack(per_class)[:, : rgb.height, : rgb.width]
-        labels = (probs.argmax(0) + 1).numpy().astype(np.uint8)
-        labels[probs.max(0).values.numpy() <= self.threshold] = 0
-        return Segmentation(probs, labels)
+        rgbs, latents = [], []
+        for image, index in zip(images, indices):
+            name = getattr(image, "filename", "") or f"image {index}"
+            rgb = to_rgb(image, name)
+            height, width = self.input_size(rgb)
+            if (height, width) != (rgb.height, rgb.width):
+                warnings.warn(f"{name} is {rgb.width}x{rgb.height}; padded to {width}x{height} for the VAE, and its masks cropped back")
+            if rgbs and (height, width) != self.input_size(rgbs[0]):
+                raise SynthsegError(f"{name}: a batch takes images of one input size; group them with input_size")
+            padded = np.pad(np.asarray(rgb), ((0, height - rgb.height), (0, width - rgb.width), (0, 0)), mode="edge")
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+            latent = encode_images(pipe, torch.from_numpy(padded).permute(2, 0, 1)[None].float() / 127.5 - 1)
+            noisy, value = noise_latents(pipe, latent.expand(draws_count, -1, -1, -1), self.timestep, generator)
+            rgbs.append(rgb)
+            latents.append(noisy)
+        copies = len(images) * draws_count
+        if (height, width, copies) not in self._calls:
+            self._calls[(height, width, copies)] = recorded_call(pipe, prompt_count * copies, height, width)
+        texts = {k: v.repeat(copies, *[1] * (v.ndim - 1)) for k, v in self.texts.items()}
+        features = replay_noised(pipe, self._calls[(height, width, copies)], torch.cat(latents).repeat_interleave(prompt_count, dim=0),
+                                 value, texts, **self._capture_options())
+        masks = self._class_probs(features, (height, width), copies)
+        results = []
+        for b, rgb in enumerate(rgbs):
+            rows = [(b * draws_count + d) * prompt_count for d in range(draws_count)]
+            per_class = [torch.stack([masks[row + g][q] for row in rows]).mean(0) for g, group in enumerate(self.groups) for q in range(len(group))]
+            probs = torch.stack(per_class)[:, : rgb.height, : rgb.width]
+            labels = (probs.argmax(0) + 1).numpy().astype(np.uint8)
+            labels[probs.max(0).values.numpy() <= self.threshold] = 0
+            results.append(Segmentation(probs, labels))
+        return results
+
+    def input_size(self, image: Image.Image) -> tuple[int, int]:
+        """The (H, W) an image is padded to: the smallest at or above its own that the pipeline takes
+        (multiples of 8, and of the VAE's factor times the transformer's patch: FLUX packs 2x2)."""
+        patch = 2 if pipeline_family(self.pipe) == "flux" else int(getattr(denoiser_of(self.pipe).config, "patch_size", None) or 1)
+        multiple = math.lcm(8, self.pipe.vae_scale_factor * patch)
+        return (-(-image.height // multiple) * multiple, -(-image.width // multiple) * multiple)
 
     def _capture_options(self) -> dict:
         config = self.grounding.config
         return dict(attention=config.needs_attention, blocks=config.feature_blocks or None)
 
-    def _class_probs(self, features, size: tuple[int, int]) -> list[torch.Tensor]:
-        """Per captured row (draw-major, then prompt), (K_g, H, W) probabilities of its prompt's classes."""
-        return predict_masks(self.grounding, features, self.embeds.repeat(self.noise_draws, 1, 1), self.spans * self.noise_draws, size)
+    def _class_probs(self, features, size: tuple[int, int], copies: int) -> list[torch.Tensor]:
+        """Per captured row (`copies` times the prompts: image, then draw, then prompt), (K_g, H, W)
+        probabilities of its prompt's classes."""
+        return predict_masks(self.grounding, features, self.embeds.repeat(copies, 1, 1), self.spans * copies, size)
 
 
 class AttentionSegmenter(GroundingSegmenter):
@@ -242,22 +258,31 @@ class AttentionSegmenter(GroundingSegmenter):
     def _capture_options(self) -> dict:
         return dict(attention=True, blocks=None)
 
-    def _class_probs(self, features, size: tuple[int, int]) -> list[torch.Tensor]:
-        spans = self.spans * self.noise_draws
+    def _class_probs(self, features, size: tuple[int, int], copies: int) -> list[torch.Tensor]:
+        spans = self.spans * copies
         scaled = unit_scaled(features.class_attention(spans, size).float().cpu())
         return [scaled[i, : len(row)] for i, row in enumerate(spans)]
 
 
-def segment_images(pipe, grounding: GroundingModule, images: list[Image.Image], class_names: list[str], **options) -> list[Segmentation]:
+def segment_images(pipe, grounding: GroundingModule, images: list[Image.Image], class_names: list[str], batch_size: int = 1,
+                   **options) -> list[Segmentation]:
     """Segment `class_names` in each of `images` with `grounding` on `pipe`'s features; `options` are
-    `GroundingSegmenter`'s. Image i's noise is seeded by `seed` and i. Shows progress with the running mean
-    of the labelled fraction of pixels."""
+    `GroundingSegmenter`'s. Up to `batch_size` consecutive images of one input size share a denoiser
+    call; image i's noise is seeded by `seed` and i whatever the batch. Shows progress with the running
+    mean of the labelled fraction of pixels."""
+    if batch_size < 1:
+        raise SynthsegError(f"batch_size must be at least 1, got {batch_size}")
     segmenter, results, labelled = GroundingSegmenter(pipe, grounding, class_names, **options), [], []
     with loss_progress("segment", len(images), metric="labelled") as advance:  # the mean labelled fraction
-        for index, image in enumerate(images):
-            results.append(segmenter.segment(image, index))
-            labelled.append(float((results[-1].labels > 0).mean()))
-            advance(index + 1, labelled)
+        start = 0
+        while start < len(images):
+            end, size = start + 1, segmenter.input_size(images[start])
+            while end < len(images) and end - start < batch_size and segmenter.input_size(images[end]) == size:
+                end += 1
+            results += segmenter.segment_batch(images[start:end], list(range(start, end)))
+            labelled += [float((r.labels > 0).mean()) for r in results[start:]]
+            advance(end, labelled)
+            start = end
     return results
 
 

@@ -1,4 +1,4 @@
-"""The segmenter of Protocol ii: MaskFormer (transformers) trained on semantic label maps.
+"""The segmenter of Protocol ii: MaskFormer or Mask2Former (transformers) trained on semantic label maps.
 
 Labels: the model's label 0 is "background" and label k is the data's k-th class, so the image
 processor runs with `do_reduce_labels=False` (set explicitly: transformers 5 ignores the old
@@ -32,15 +32,19 @@ BACKBONES = {
     "resnet-50": dict(layer_type="bottleneck", depths=[3, 4, 6, 3], hidden_sizes=[256, 512, 1024, 2048], embedding_size=64),
     "resnet-101": dict(layer_type="bottleneck", depths=[3, 4, 23, 3], hidden_sizes=[256, 512, 1024, 2048], embedding_size=64),
 }
+ARCHS = ("maskformer", "mask2former")
 BACKBONE_WEIGHTS = {"resnet-18": "microsoft/resnet-18", "resnet-50": "microsoft/resnet-50", "resnet-101": "microsoft/resnet-101"}
 
 
 @dataclass
 class SegmenterRecipe:
-    """MaskFormer and its training. `backbone`: a name of BACKBONES; `backbone_weights`: hub id or
-    folder of ImageNet weights (default: the name's microsoft/resnet-* id; ignored without
-    `pretrained_backbone`)."""
+    """The segmenter and its training. `arch`: "maskformer" (the paper's) or "mask2former" (its successor:
+    masked attention, and a deformable-attention pixel decoder of `pixel_decoder_layers` over the
+    backbone's strides 8-32, so it needs a four-stage backbone). `backbone`: a name of BACKBONES;
+    `backbone_weights`: hub id or folder of ImageNet weights (default: the name's microsoft/resnet-* id;
+    ignored without `pretrained_backbone`). The decoder fields size either arch's transformer decoder."""
 
+    arch: str = "maskformer"
     backbone: str = "resnet-101"
     pretrained_backbone: bool = True
     backbone_weights: str | None = None
@@ -51,6 +55,7 @@ class SegmenterRecipe:
     decoder_heads: int = 8
     decoder_ffn: int = 2048
     num_queries: int = 100
+    pixel_decoder_layers: int = 6
     steps: int = 40000
     batch_size: int = 8
     crop_size: int = 512
@@ -64,13 +69,19 @@ class SegmenterRecipe:
     checkpoint_every: int = 1000
 
     def validate(self, source: str) -> None:
+        if self.arch not in ARCHS:
+            raise SynthsegError(f"{source}: unknown arch {self.arch!r}; known: {', '.join(ARCHS)}")
         if self.backbone not in BACKBONES:
             raise SynthsegError(f"{source}: unknown backbone {self.backbone!r}; known: {', '.join(BACKBONES)}")
+        if self.arch == "mask2former" and len(BACKBONES[self.backbone]["depths"]) != 4:
+            raise SynthsegError(f"{source}: mask2former reads four backbone stages (strides 4-32); {self.backbone} has "
+                                f"{len(BACKBONES[self.backbone]['depths'])}")
         if self.pretrained_backbone and not (self.backbone_weights or self.backbone in BACKBONE_WEIGHTS):
             raise SynthsegError(f"{source}: {self.backbone} has no ImageNet weights; set pretrained_backbone: false")
         if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
             raise SynthsegError(f"{source}: scale_range is [low, high] with 0 < low <= high")
-        check_positive(source, self, "steps", "batch_size", "crop_size", "num_queries", "checkpoint_every", "decoder_layers")
+        check_positive(source, self, "steps", "batch_size", "crop_size", "num_queries", "checkpoint_every", "decoder_layers",
+                       "pixel_decoder_layers")
 
 
 def load_segmenter_recipe(spec: str | Path, **overrides) -> SegmenterRecipe:
@@ -83,27 +94,41 @@ def load_segmenter_recipe(spec: str | Path, **overrides) -> SegmenterRecipe:
 
 
 def image_processor(recipe: SegmenterRecipe):
-    """MaskFormer's processor: inference resizes the short side to `crop_size`; labels 0..K, 255 ignore."""
-    from transformers import MaskFormerImageProcessor
+    """The arch's processor: inference resizes the short side to `crop_size`; labels 0..K, 255 ignore."""
+    from transformers import Mask2FormerImageProcessor, MaskFormerImageProcessor
 
-    return MaskFormerImageProcessor(
+    kind = Mask2FormerImageProcessor if recipe.arch == "mask2former" else MaskFormerImageProcessor
+    return kind(
         do_resize=True, size={"shortest_edge": recipe.crop_size, "longest_edge": 4 * recipe.crop_size}, size_divisor=0,
         do_normalize=True, image_mean=IMAGENET_MEAN, image_std=IMAGENET_STD, do_reduce_labels=False, ignore_index=IGNORE,
     )
 
 
-def build_maskformer(recipe: SegmenterRecipe, class_names: tuple[str, ...]):
-    """MaskFormerForInstanceSegmentation over ["background", *class_names], ImageNet backbone if asked."""
+def build_segmenter(recipe: SegmenterRecipe, class_names: tuple[str, ...]):
+    """The recipe's arch over ["background", *class_names], ImageNet backbone if asked."""
+    labels = (BACKGROUND, *class_names)
+    names = dict(num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
+    model = _build_mask2former(recipe, names) if recipe.arch == "mask2former" else _build_maskformer(recipe, names)
+    if recipe.pretrained_backbone:
+        load_backbone_weights(model, recipe.backbone_weights or BACKBONE_WEIGHTS[recipe.backbone])
+    else:
+        # Both draw every BatchNorm weight from N(0, 0.02), which only a pretrained backbone overwrites; from
+        # scratch that scales each residual branch down to noise, so the backbone gets the usual weight 1.
+        for module in model.model.pixel_level_module.encoder.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                torch.nn.init.ones_(module.weight)
+    return model
+
+
+def _build_maskformer(recipe: SegmenterRecipe, names: dict):
     from transformers import MaskFormerConfig, MaskFormerForInstanceSegmentation
 
-    labels = (BACKGROUND, *class_names)
     config = MaskFormerConfig(
         backbone_config=backbone_config(recipe.backbone),
         decoder_config=dict(model_type="detr", decoder_layers=recipe.decoder_layers, d_model=recipe.decoder_dim,
                             decoder_attention_heads=recipe.decoder_heads, decoder_ffn_dim=recipe.decoder_ffn,
                             num_queries=recipe.num_queries),
-        fpn_feature_size=recipe.fpn_feature_size, mask_feature_size=recipe.mask_feature_size, num_labels=len(labels),
-        id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)},
+        fpn_feature_size=recipe.fpn_feature_size, mask_feature_size=recipe.mask_feature_size, **names,
     )
     model = MaskFormerForInstanceSegmentation(config)
     # transformers draws the object queries from N(0, 0.02), which only a pretrained MaskFormer overwrites: from
@@ -114,15 +139,19 @@ def build_maskformer(recipe: SegmenterRecipe, class_names: tuple[str, ...]):
     for parameter in model.model.transformer_module.decoder.parameters():
         if parameter.dim() > 1:
             torch.nn.init.xavier_uniform_(parameter)
-    if recipe.pretrained_backbone:
-        load_backbone_weights(model, recipe.backbone_weights or BACKBONE_WEIGHTS[recipe.backbone])
-    else:
-        # MaskFormer draws every BatchNorm weight from N(0, 0.02), which only a pretrained backbone overwrites;
-        # from scratch that scales each residual branch down to noise, so the backbone gets the usual weight 1.
-        for module in model.model.pixel_level_module.encoder.modules():
-            if isinstance(module, torch.nn.BatchNorm2d):
-                torch.nn.init.ones_(module.weight)
     return model
+
+
+def _build_mask2former(recipe: SegmenterRecipe, names: dict):
+    from transformers import Mask2FormerConfig, Mask2FormerForUniversalSegmentation
+
+    config = Mask2FormerConfig(
+        backbone_config=backbone_config(recipe.backbone), feature_size=recipe.fpn_feature_size, mask_feature_size=recipe.mask_feature_size,
+        encoder_layers=recipe.pixel_decoder_layers, encoder_feedforward_dim=4 * recipe.fpn_feature_size, hidden_dim=recipe.decoder_dim,
+        decoder_layers=recipe.decoder_layers, num_attention_heads=recipe.decoder_heads, dim_feedforward=recipe.decoder_ffn,
+        num_queries=recipe.num_queries, train_num_points=min(12544, recipe.crop_size**2), **names,
+    )
+    return Mask2FormerForUniversalSegmentation(config)
 
 
 def backbone_config(name: str):
@@ -150,7 +179,7 @@ def load_backbone_weights(model, source: str) -> None:
 
 
 class Segmenter:
-    """A trained MaskFormer with its processor; `predict` gives HW int64 label maps in model labels."""
+    """A trained MaskFormer or Mask2Former with its processor; `predict` gives HW int64 label maps in model labels."""
 
     def __init__(self, model, processor):
         self.model = model.eval()
@@ -158,15 +187,15 @@ class Segmenter:
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str = "cpu") -> "Segmenter":
-        from transformers import MaskFormerForInstanceSegmentation, MaskFormerImageProcessor
+        from transformers import AutoImageProcessor, AutoModelForUniversalSegmentation
 
         directory = Path(directory)
         if not (directory / "config.json").is_file() or not (directory / "preprocessor_config.json").is_file():
             raise SynthsegError(f"{directory}: not a trained segmenter (config.json and preprocessor_config.json expected; "
                                 "make one with synthseg train-segmenter)")
         try:
-            model = MaskFormerForInstanceSegmentation.from_pretrained(directory).to(device)
-            processor = MaskFormerImageProcessor.from_pretrained(directory)
+            model = AutoModelForUniversalSegmentation.from_pretrained(directory).to(device)
+            processor = AutoImageProcessor.from_pretrained(directory)
         except (OSError, ValueError) as error:
             raise SynthsegError(f"{directory}: corrupt segmenter ({str(error).splitlines()[0]})") from None
         return cls(model, processor)

@@ -39,6 +39,9 @@ def test_every_family_segments_a_real_image(family):
         assert 0 <= result.probs.min() and result.probs.max() <= 1 and set(np.unique(result.labels)) <= {0, 1, 2, 3}
     again = segment_images(pipe, module, [image], ["dog", "cat", "bus"], noise_draws=2)
     torch.testing.assert_close(again[0].probs, first[0].probs)  # seeded noise: the same image gives the same masks
+    batched = segment_images(pipe, module, [image, image], ["dog", "cat", "bus"], noise_draws=2, batch_size=2)  # one denoiser call
+    for one, both in zip(first, batched):
+        torch.testing.assert_close(both.probs, one.probs, atol=1e-4, rtol=1e-4)
     other = segment_images(pipe, module, [image], ["dog", "cat", "bus"], noise_draws=2, seed=1)
     assert not torch.equal(other[0].probs, first[0].probs)
     baseline = AttentionSegmenter(pipe, ["dog", "cat", "bus"]).segment(image)  # DAAM on the same noised latents
@@ -65,6 +68,15 @@ def test_a_segmenter_encodes_its_prompts_once_and_records_each_input_size_once()
     torch.testing.assert_close(results[0].probs, segment_images(pipe, module, images[:1], ["dog", "cat"])[0].probs)
     assert np.array_equal(segmenter.predict(images[1]), segmenter.segment(images[1], 0).labels.astype(np.int64))
     assert segmenter.class_names == ("background", "dog", "cat")
+    called.clear()
+    batched = segment_images(pipe, module, images, ["dog", "cat"], batch_size=3)  # consecutive images of one size share a call
+    assert len(called) == 3 + 3  # [0, 1], [2] (24x16), [3]: three recorded calls (one per size and batch) and three steps
+    for one, other in zip(results, batched):
+        torch.testing.assert_close(other.probs, one.probs, atol=1e-4, rtol=1e-4)
+    with pytest.raises(SynthsegError, match="one input size"):
+        segmenter.segment_batch(images[1:3], [1, 2])
+    with pytest.raises(SynthsegError, match="batch_size"):
+        segment_images(pipe, module, images, ["dog"], batch_size=0)
 
 
 @pytest.mark.slow
@@ -127,7 +139,7 @@ def test_segment_command_writes_palette_labels_overlays_and_coco_on_the_tiny_pip
         paths.append(str(tmp_path / name))
     out = tmp_path / "out"
     result = CliRunner().invoke(app, ["segment", *paths, "--classes", "dog,cat", "--out", str(out), "--model", str(pipe_dir),
-                                      "--grounding", str(tmp_path / "module"), "--threshold", "0.3"])
+                                      "--grounding", str(tmp_path / "module"), "--threshold", "0.3", "--batch-size", "2"])
     assert result.exit_code == 0, result.output
     assert "grey.png is L; converted to RGB" in result.output and "padded to 32x24" in result.output
     coco = COCO(str(out / "annotations.json"))
@@ -166,6 +178,7 @@ def test_segment_command_noises_to_the_modules_own_capture_timestep_unless_told(
     (["--classes", " , "], "--classes names no class"),
     (["--classes", "circle", "--capture-timestep", "1000"], "capture timestep must be in 0..999"),
     (["--classes", "circle", "--noise-draws", "0"], "noise_draws must be at least 1"),
+    (["--classes", "circle", "--batch-size", "0"], "--batch-size must be at least 1"),
     (["--classes", "circle", "--model", "/nonexistent"], "no pipeline folder at /nonexistent"),
     (["--classes", "circle", "--grounding", "world-dit"], "grounding module expects feature channels"),  # on the UNet world
 ])

@@ -9,7 +9,7 @@ from synthseg import SynthsegError
 from synthseg.config import load_config
 from synthseg.dataset import DatasetRecipe, make_dataset
 from synthseg.readers import read_synthseg, read_world
-from synthseg.segmenter import Segmenter, SegmenterRecipe, build_maskformer, image_processor, load_backbone_weights
+from synthseg.segmenter import Segmenter, SegmenterRecipe, build_segmenter, image_processor, load_backbone_weights
 from synthseg.train.segmenter import augment, train_segmenter, training_loss
 
 TINY = dict(backbone="resnet-tiny", pretrained_backbone=False, fpn_feature_size=32, mask_feature_size=32, decoder_layers=1,
@@ -60,13 +60,29 @@ def test_tiny_maskformer_loss_falls_on_a_synthseg_dataset(synthseg_data, tmp_pat
     assert labels.shape == (37, 45) and labels.min() >= 0 and labels.max() <= 2
 
 
+def test_tiny_mask2former_learns_saves_and_predicts(synthseg_data, tmp_path):
+    from transformers import Mask2FormerForUniversalSegmentation
+
+    data = read_synthseg(synthseg_data)
+    recipe = tiny_recipe(arch="mask2former", steps=60, lr=3e-3, pixel_decoder_layers=1)
+    out = train_segmenter(recipe, data, tmp_path / "model", tmp_path / "work")
+    losses = torch.load(tmp_path / "work" / "segmenter.ckpt", weights_only=True)["losses"]
+    assert len(losses) == 60 and np.mean(losses[-10:]) < 0.9 * np.mean(losses[:10])
+    segmenter = Segmenter.from_pretrained(out)
+    assert isinstance(segmenter.model, Mask2FormerForUniversalSegmentation) and segmenter.class_names == ("background", "dog", "cat")
+    assert type(segmenter.processor).__name__ == "Mask2FormerImageProcessor" and segmenter.processor.ignore_index == 255
+    assert segmenter.model.config.encoder_layers == 1 and segmenter.model.config.num_queries == 8
+    labels = segmenter.predict(data[0][0].resize((45, 37)))
+    assert labels.shape == (37, 45) and labels.min() >= 0 and labels.max() <= 2
+
+
 def test_training_loss_supervises_every_decoder_layer():
     recipe = tiny_recipe(decoder_layers=2)
     data = read_world(2)
     batch = image_processor(recipe).preprocess(images=[np.array(data[i][0]) for i in range(2)],
                                                segmentation_maps=[data[i][1] for i in range(2)], return_tensors="pt")
     torch.manual_seed(0)
-    model = build_maskformer(recipe, data.class_names).eval()
+    model = build_segmenter(recipe, data.class_names).eval()
     model.config.use_auxiliary_loss = True  # as train_segmenter sets it
     supervised = training_loss(model, batch, "cpu")
     model.config.use_auxiliary_loss = False
@@ -77,7 +93,7 @@ def test_training_loss_supervises_every_decoder_layer():
 def test_decoder_reads_the_last_backbone_stage():
     x = torch.zeros(1, 3, 64, 64)
     for backbone, side in (("resnet-tiny", 2), ("resnet-tiny-s8", 8)):  # stride 32 and stride 8
-        model = build_maskformer(tiny_recipe(backbone=backbone), ("a",)).eval()
+        model = build_segmenter(tiny_recipe(backbone=backbone), ("a",)).eval()
         with torch.no_grad():
             assert model.model(x).encoder_last_hidden_state.shape[-2:] == (side, side), backbone
 
@@ -96,7 +112,7 @@ def test_from_scratch_init_gives_distinct_queries_unit_batchnorm_and_xavier_deco
     # transformers' init (queries and BatchNorm weights from N(0, 0.02)) made every query of a model trained from
     # scratch predict the same class and mask once dropout was off (Protocol ii collapsed to one class per image);
     # its N(0, 0.02) decoder weights kept attention uniform, so even 32 scenes were not learnt in 1,000 steps.
-    model = build_maskformer(tiny_recipe(num_queries=20), ("a", "b"))
+    model = build_segmenter(tiny_recipe(num_queries=20), ("a", "b"))
     queries = model.model.transformer_module.queries_embedder.weight
     assert 0.7 < queries.std().item() < 1.3
     norms = [m for m in model.model.pixel_level_module.encoder.modules() if isinstance(m, torch.nn.BatchNorm2d)]
@@ -115,10 +131,11 @@ def test_pretrained_backbone_goes_through_from_pretrained(tmp_path):
 
     torch.manual_seed(1)
     ResNetBackbone(backbone_config("resnet-tiny")).save_pretrained(tmp_path / "resnet")
-    model = build_maskformer(tiny_recipe(pretrained_backbone=True, backbone_weights=str(tmp_path / "resnet")), ("a",))
     reference = ResNetBackbone.from_pretrained(tmp_path / "resnet").state_dict()
-    encoder = model.model.pixel_level_module.encoder.state_dict()
-    assert all(torch.equal(encoder[k], reference[k]) for k in reference)
+    for arch in ("maskformer", "mask2former"):
+        model = build_segmenter(tiny_recipe(arch=arch, pretrained_backbone=True, backbone_weights=str(tmp_path / "resnet")), ("a",))
+        encoder = model.model.pixel_level_module.encoder.state_dict()
+        assert all(torch.equal(encoder[k], reference[k]) for k in reference), arch
     with pytest.raises(SynthsegError, match="--no-pretrained-backbone"):
         load_backbone_weights(model, "microsoft/resnet-101")  # offline in tests
 
@@ -126,6 +143,10 @@ def test_pretrained_backbone_goes_through_from_pretrained(tmp_path):
 def test_recipe_errors():
     with pytest.raises(SynthsegError, match="unknown backbone"):
         tiny_recipe(backbone="resnet-7")
+    with pytest.raises(SynthsegError, match="unknown arch 'segformer'"):
+        tiny_recipe(arch="segformer")
+    with pytest.raises(SynthsegError, match="mask2former reads four backbone stages"):
+        tiny_recipe(arch="mask2former", backbone="resnet-tiny-s8")
     with pytest.raises(SynthsegError, match="no ImageNet weights"):
         tiny_recipe(pretrained_backbone=True)
     with pytest.raises(SynthsegError, match="not a trained segmenter"):

@@ -1,4 +1,4 @@
-"""Training MaskFormer (`synthseg.segmenter`) on a labelled dataset: Protocol ii's segmenter.
+"""Training the segmenter (`synthseg.segmenter`: MaskFormer or Mask2Former) on a labelled dataset: Protocol ii's.
 
 Augmentation follows MaskFormer's semantic recipe: the short side is scaled to `crop_size * U(scale_range)`,
 then a random `crop_size` crop (padded with ignore where the image is smaller) and a random horizontal flip.
@@ -18,7 +18,7 @@ from ..config import stamped
 from ..errors import SynthsegError
 from ..formats import IGNORE
 from ..readers import SegmentationData
-from ..segmenter import SegmenterRecipe, build_maskformer, image_processor
+from ..segmenter import SegmenterRecipe, build_segmenter, image_processor
 from .loop import claim_workdir, poly, train_loop, write_training_record
 
 
@@ -41,8 +41,8 @@ def augment(image: Image.Image, labels: np.ndarray, rng: np.random.Generator, cr
 
 
 def training_loss(model, batch, device) -> torch.Tensor:
-    """MaskFormer's matched loss (class CE, focal and dice) on a processor batch; with `use_auxiliary_loss` (deep
-    supervision, as MaskFormer trains) it is summed over every decoder layer's predictions."""
+    """The matched loss (class CE, and focal or sigmoid CE, and dice) on a processor batch; with `use_auxiliary_loss`
+    (deep supervision, as both archs train) it is summed over every decoder layer's predictions."""
     # transformers 5 drops the decoder layers' outputs that the auxiliary losses read unless they are asked for
     return model(pixel_values=batch["pixel_values"].to(device), mask_labels=[m.to(device) for m in batch["mask_labels"]],
                  class_labels=[c.to(device) for c in batch["class_labels"]], output_hidden_states=True).loss
@@ -50,7 +50,7 @@ def training_loss(model, batch, device) -> torch.Tensor:
 
 def train_segmenter(recipe: SegmenterRecipe, data: SegmentationData, output: str | Path, workdir: str | Path,
                     max_steps: int | None = None, device: str = "auto") -> Path:
-    """Train MaskFormer on `data`, resuming from workdir/segmenter.ckpt; save_pretrained to `output`.
+    """Train the recipe's arch on `data`, resuming from workdir/segmenter.ckpt; save_pretrained to `output`.
 
     The batch and dropout of step s are drawn from default_rng([seed, s, process]), so a resumed run repeats an
     uninterrupted one. Run under `accelerate launch` for several GPUs: each process takes
@@ -67,8 +67,8 @@ def train_segmenter(recipe: SegmenterRecipe, data: SegmentationData, output: str
     if recipe.batch_size % accelerator.num_processes:
         raise SynthsegError(f"batch_size {recipe.batch_size} does not split over {accelerator.num_processes} processes")
     torch.manual_seed(recipe.seed)
-    model = build_maskformer(recipe, data.class_names).train()
-    model.config.use_auxiliary_loss = True  # MaskFormer's deep supervision (transformers leaves it off); off when saved
+    model = build_segmenter(recipe, data.class_names).train()
+    model.config.use_auxiliary_loss = True  # deep supervision (transformers leaves it off for MaskFormer)
     processor = image_processor(recipe)
     backbone = [p for n, p in model.named_parameters() if ".pixel_level_module.encoder." in n]
     others = [p for n, p in model.named_parameters() if ".pixel_level_module.encoder." not in n]
@@ -91,7 +91,8 @@ def train_segmenter(recipe: SegmenterRecipe, data: SegmentationData, output: str
     output = Path(output)
     if accelerator.is_main_process:
         trained = accelerator.unwrap_model(model)
-        trained.config.use_auxiliary_loss = False  # transformers' inference fails with it on
+        # transformers' MaskFormer inference fails with it on, its Mask2Former inference with it off
+        trained.config.use_auxiliary_loss = recipe.arch == "mask2former"
         trained.save_pretrained(output)
         processor.save_pretrained(output)
         (output / "synthseg-segmenter.yaml").write_text(yaml.safe_dump(stamped(dict(recipe=asdict(recipe), trained_on=data.name), recipe)))
