@@ -8,6 +8,7 @@ backbone LR x0.1, poly schedule 0.9, gradient clipping, deep supervision), is `s
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,10 @@ BACKBONES = {
     "resnet-101": dict(layer_type="bottleneck", depths=[3, 4, 23, 3], hidden_sizes=[256, 512, 1024, 2048], embedding_size=64),
 }
 ARCHS = ("maskformer", "mask2former")
+# Mask2FormerConfig warns on every build and load that a ResNet backbone "may not be compatible" (its checkpoints
+# are Swin); Mask2Former's paper trains ResNets too, and transformers' implementation takes them (tested).
+logging.getLogger("transformers.models.mask2former.configuration_mask2former").addFilter(
+    lambda record: "is not a supported model" not in record.getMessage())
 BACKBONE_WEIGHTS = {"resnet-18": "microsoft/resnet-18", "resnet-50": "microsoft/resnet-50", "resnet-101": "microsoft/resnet-101"}
 
 
