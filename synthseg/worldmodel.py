@@ -30,7 +30,10 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import torch
 from diffusers import AutoencoderKL, FluxPipeline, FluxTransformer2DModel, StableDiffusionGLIGENPipeline, StableDiffusionPipeline, UNet2DConditionModel
+from diffusers.models.attention import GatedSelfAttentionDense
+from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, BertModel
 
@@ -254,7 +257,7 @@ class LayoutModelRecipe:
     layouts: LayoutRecipe = field(default_factory=_world_layouts)
     steps: int = 3000
     batch_size: int = 32
-    lr: float = 1e-4
+    lr: float = 1e-3
     warmup_steps: int = 100
     ema_decay: float = 0.995
     caption_dropout: float = 0.1
@@ -276,11 +279,83 @@ class LayoutModelRecipe:
 GLIGEN_WEIGHTS = "gligen.safetensors"
 
 
+class BoxGatedSelfAttention(GatedSelfAttentionDense):
+    """GLIGEN's gated self-attention in which a visual token reads only the object tokens whose box holds
+    its centre (and every visual token, as before). The weights are diffusers' layer's, unchanged.
+
+    With open attention, the world's GLIGEN never learnt which object token belongs to which tokens: after
+    up to 2,000 CPU steps its denoising loss was the same with the layout's boxes, with null tokens and with
+    another image's boxes, and the coarse blocks spent their attention on the null padding tokens (cell
+    positions, open gates and masked padding did not change that). With this mask, 300 steps gave a loss 28%
+    lower with the boxes than with null tokens at t 800 (README, "Box layouts"). `boxes` (B, N, 4) and
+    `masks` (B, N) are the position net's inputs and `grid` the (H, W) of the visual tokens, set before each
+    call by the hooks of `gligen_unet`.
+    """
+
+    def __init__(self, query_dim: int, context_dim: int, n_heads: int, d_head: int):
+        super().__init__(query_dim, context_dim, n_heads, d_head)
+        self.grid: tuple[int, int] | None = None
+        self.boxes: torch.Tensor | None = None
+        self.masks: torch.Tensor | None = None
+
+    def attention_mask(self, batch: int, objects: int, device, dtype) -> torch.Tensor:
+        """(B, L, L) additive mask over [visual; object] tokens: -inf where a visual token's centre is
+        outside an object's box, or the object is padding."""
+        h, w = self.grid
+        y, x = torch.meshgrid((torch.arange(h, device=device) + 0.5) / h, (torch.arange(w, device=device) + 0.5) / w, indexing="ij")
+        x, y, boxes = x.reshape(1, -1, 1), y.reshape(1, -1, 1), self.boxes.to(device)[:, None]
+        inside = (x >= boxes[..., 0]) & (x <= boxes[..., 2]) & (y >= boxes[..., 1]) & (y <= boxes[..., 3]) & (self.masks.to(device)[:, None] > 0)
+        allowed = torch.ones(batch, h * w + objects, h * w + objects, dtype=torch.bool, device=device)
+        allowed[:, : h * w, h * w :] = inside
+        return torch.zeros(allowed.shape, dtype=dtype, device=device).masked_fill(~allowed, float("-inf"))
+
+    def forward(self, x: torch.Tensor, objs: torch.Tensor) -> torch.Tensor:
+        if not self.enabled:
+            return x
+        if self.grid is None or self.boxes is None or self.grid[0] * self.grid[1] != x.shape[1]:
+            raise SynthsegError(f"box-gated attention needs its grid and boxes set by the UNet's hooks (got {x.shape[1]} tokens, grid {self.grid})")
+        n_visual, mask = x.shape[1], self.attention_mask(x.shape[0], objs.shape[1], x.device, x.dtype)
+        objs = self.linear(objs)
+        # GatedSelfAttentionDense.forward, with the box mask
+        x = x + self.alpha_attn.tanh() * self.attn(self.norm1(torch.cat([x, objs], dim=1)), attention_mask=mask)[:, :n_visual, :]
+        x = x + self.alpha_dense.tanh() * self.ff(self.norm2(x))
+        return x
+
+
+def _set_boxes(unet: UNet2DConditionModel, args: tuple, kwargs: dict) -> None:
+    """UNet forward pre-hook: the call's GLIGEN boxes and masks to its box-gated layers."""
+    gligen = (kwargs.get("cross_attention_kwargs") or {}).get("gligen")
+    for module in unet.modules():
+        if isinstance(module, BoxGatedSelfAttention):
+            module.boxes, module.masks = (gligen["boxes"], gligen["masks"]) if gligen else (None, None)
+
+
+def _set_grid(transformer: Transformer2DModel, args: tuple, kwargs: dict) -> None:
+    """Transformer forward pre-hook: its input's (H, W) to its blocks' box-gated layers."""
+    hidden_states = args[0] if args else kwargs["hidden_states"]
+    for block in transformer.transformer_blocks:
+        block.fuser.grid = tuple(hidden_states.shape[-2:])
+
+
+def gligen_unet(config: dict) -> UNet2DConditionModel:
+    """A world GLIGEN UNet from its config (`attention_type="gated"`), diffusers' gated self-attention made
+    box-gated (`BoxGatedSelfAttention`, same weights) in every transformer block; GLIGEN weights random.
+    The hooks are module-level functions of the module they run on, so copies (EMA) work alike."""
+    unet = UNet2DConditionModel.from_config(config)
+    for transformer in (m for m in unet.modules() if isinstance(m, Transformer2DModel)):
+        for block in transformer.transformer_blocks:
+            old = block.fuser
+            block.fuser = BoxGatedSelfAttention(old.linear.out_features, old.linear.in_features, old.attn.heads, old.attn.inner_dim // old.attn.heads)
+        transformer.register_forward_pre_hook(_set_grid, with_kwargs=True)
+    unet.register_forward_pre_hook(_set_boxes, with_kwargs=True)
+    return unet
+
+
 def build_gligen_unet(base: UNet2DConditionModel) -> UNet2DConditionModel:
-    """`base`'s architecture with GLIGEN's gated self-attention in every transformer block and its
+    """`base`'s architecture with box-gated GLIGEN self-attention in every transformer block and GLIGEN's
     box-token projection (`position_net`), holding `base`'s weights; the added layers start as the
     identity (their gates are tanh(0))."""
-    unet = UNet2DConditionModel.from_config({**base.config, "attention_type": "gated"})
+    unet = gligen_unet({**base.config, "attention_type": "gated"})
     unet.load_state_dict(base.state_dict(), strict=False)  # all but GLIGEN's weights, which stay as initialised
     return unet
 
@@ -310,7 +385,7 @@ class WorldGLIGENPipeline(StableDiffusionGLIGENPipeline):
         if not base_name:
             raise SynthsegError(f"{folder}: a world-layout export needs a model card (synthseg.json) naming its base pipeline")
         base = load_pipeline(base_name, torch_dtype=kwargs.get("dtype"))
-        unet = UNet2DConditionModel.from_config(UNet2DConditionModel.load_config(folder / "unet"))
+        unet = gligen_unet(UNet2DConditionModel.load_config(folder / "unet"))
         try:
             unet.load_state_dict({**base.unet.state_dict(), **load_file(folder / "unet" / GLIGEN_WEIGHTS)})
         except (RuntimeError, OSError) as error:

@@ -16,7 +16,7 @@ from synthseg import SynthsegError, load_pipeline
 from synthseg.train.world_layout import layout_batch, phrase_embeddings, train_world_layout
 from synthseg.train.world_t2i import train_world_model
 from synthseg.world import WORLD_CLASSES, mask_box, render_layout
-from synthseg.worldmodel import GLIGEN_WEIGHTS, LayoutModelRecipe, WorldGLIGENPipeline, is_gligen_weight
+from synthseg.worldmodel import GLIGEN_WEIGHTS, BoxGatedSelfAttention, LayoutModelRecipe, WorldGLIGENPipeline, build_gligen_unet, is_gligen_weight
 
 
 def test_a_layout_scene_puts_each_object_in_its_box():
@@ -121,3 +121,33 @@ def test_bad_layout_model_recipes():
         LayoutModelRecipe(min_timestep=1000).validate("r")
     with pytest.raises(SynthsegError, match="min_size"):
         dataclasses.replace(LayoutModelRecipe(), layouts=dataclasses.replace(LayoutModelRecipe().layouts, min_size=0.9)).validate("r")
+
+
+def test_a_visual_token_reads_only_the_objects_whose_box_holds_it(base):
+    unet = build_gligen_unet(load_pipeline(base).unet)
+    fusers = [m for m in unet.modules() if isinstance(m, BoxGatedSelfAttention)]
+    assert fusers and len(fusers) == sum(1 for name, _ in unet.named_modules() if name.endswith(".fuser"))
+    boxes = torch.zeros(1, 30, 4)
+    boxes[0, 0], boxes[0, 1] = torch.tensor([0.0, 0.0, 0.5, 0.5]), torch.tensor([0.5, 0.5, 1.0, 1.0])
+    masks = torch.zeros(1, 30)
+    masks[0, 0] = 1  # object 1 is padding: its box must not matter
+    text = torch.randn(1, 16, unet.config.cross_attention_dim)
+    gligen = dict(boxes=boxes, positive_embeddings=torch.randn(1, 30, 384), masks=masks)
+    for height, width in ((4, 4), (8, 4)):  # latents; the hooks set each call's boxes and each block's grid
+        with torch.no_grad():
+            unet(torch.randn(1, 4, height, width), 500, encoder_hidden_states=text, cross_attention_kwargs={"gligen": gligen})
+        assert (height, width) in {f.grid for f in fusers} and all(f.boxes is boxes for f in fusers)
+    fuser = fusers[0]
+    fuser.grid = (4, 4)
+    with torch.no_grad():
+        fuser.alpha_attn.fill_(1.0)
+        x, objs = torch.randn(1, 16, fuser.linear.out_features), torch.randn(1, 30, fuser.linear.in_features)
+        out = fuser(x, objs)
+        for k, changed_tokens in ((0, [0, 1, 4, 5]), (1, [])):  # object 0 fills the top-left 2x2 cells
+            other = objs.clone()
+            other[0, k] += 1.0
+            moved = (fuser(x, other) - out).abs().amax(-1)[0]
+            assert sorted(torch.nonzero(moved > 1e-6).flatten().tolist()) == changed_tokens
+    fuser.grid = (3, 3)
+    with pytest.raises(SynthsegError, match="grid and boxes"):
+        fuser(x, objs)
