@@ -60,12 +60,13 @@ def main() -> None:
     runs = {"(a) grounded generation, all class names": synthetic, "(b) oracle: rendered scenes, exact masks": read_world(len(synthetic), held_out=False),
             "(c) grounded generation, seen-class images only": seen_only}
     segmenter_recipe = load_segmenter_recipe(args.recipe, steps=args.steps)
+    variant = "" if args.recipe == "segmenter-tiny" else args.recipe  # another recipe: its own work folder and section
     test = read_world(args.eval_scenes)
     rows, results, harmonic = [], {}, {}
     for key, (name, data) in zip("abc", runs.items()):
         results[key] = []
         for seed in args.seeds:
-            folder = WORK / args.recipe.removeprefix("segmenter-tiny").lstrip("-") / (f"segmenter-{key}" if seed == 0 else f"segmenter-{key}-seed{seed}")
+            folder = WORK / variant / (f"segmenter-{key}" if seed == 0 else f"segmenter-{key}-seed{seed}")
             model = train_segmenter(replace(segmenter_recipe, seed=seed), data, folder, folder.with_name(folder.name + "-work"))
             results[key].append(benchmark(Segmenter.from_pretrained(model), test, split, model_name=f"{name}, seed {seed}"))
         seen, unseen, harmonic[key] = np.mean([(r.seen_miou, r.unseen_miou, r.harmonic_miou) for r in results[key]], axis=0)
@@ -91,7 +92,7 @@ Synthetic data: `make-dataset --classes world --per-class {args.per_class} --per
 of the model but have no training pixels, so a closed-vocabulary segmenter cannot learn them.
 """
     print(body)
-    write_section("Protocol ii (world)" if args.recipe == "segmenter-tiny" else f"Protocol ii (world, {args.recipe})", body, bundle="world")
+    write_section(f"Protocol ii (world, {variant})" if variant else "Protocol ii (world)", body, bundle="world")
 
 
 if __name__ == "__main__":

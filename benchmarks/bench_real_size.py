@@ -125,6 +125,8 @@ def main() -> None:
     parser.add_argument("--note", default="", help="a sentence on the run's conditions, written under the table's caption")
     args = parser.parse_args()
 
+    from synthseg.classes import VOC_CLASSES  # no torch: this process's peak memory stays small
+
     with tempfile.TemporaryDirectory() as tmp:
         work = args.work or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)
@@ -135,7 +137,7 @@ def main() -> None:
             sys.exit(f"error: building the models failed (exit code {builder.exitcode})")
         paths = recipes(work, args)
         env = {**os.environ, "TORCH_HOME": str(work / "torch"), "HF_HUB_OFFLINE": "1"}
-        images = 20  # make-dataset --classes voc at one image per class and no pairs
+        images = len(VOC_CLASSES)  # make-dataset --classes voc at one image per class and no pairs
         stages = [
             ("1. make-triplets (512^2)", ["make-triplets", "--recipe", str(paths["grounding"]), "--out", str(work / "triplets")],
              work / "triplets", args.triplets, "triplets"),

@@ -197,15 +197,15 @@ class GroundingSegmenter:
         draws times the prompts, image-major. Image i's noise is seeded by indices[i] alone, so a batch
         gives what one image at a time gives (to float rounding)."""
         pipe, draws_count, prompt_count = self.pipe, self.noise_draws, len(self.groups)
-        rgbs, latents = [], []
+        rgbs, latents, size = [], [], None
         for image, index in zip(images, indices):
             name = getattr(image, "filename", "") or f"image {index}"
             rgb = to_rgb(image, name)
-            height, width = self.input_size(rgb)
-            if (height, width) != (rgb.height, rgb.width):
-                warnings.warn(f"{name} is {rgb.width}x{rgb.height}; padded to {width}x{height} for the VAE, and its masks cropped back")
-            if rgbs and (height, width) != self.input_size(rgbs[0]):
+            if size not in (None, self.input_size(rgb)):
                 raise SynthsegError(f"{name}: a batch takes images of one input size; group them with input_size")
+            height, width = size = self.input_size(rgb)
+            if size != (rgb.height, rgb.width):
+                warnings.warn(f"{name} is {rgb.width}x{rgb.height}; padded to {width}x{height} for the VAE, and its masks cropped back")
             padded = np.pad(np.asarray(rgb), ((0, height - rgb.height), (0, width - rgb.width), (0, 0)), mode="edge")
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
             latent = encode_images(pipe, torch.from_numpy(padded).permute(2, 0, 1)[None].float() / 127.5 - 1)
