@@ -7,7 +7,7 @@ another image's boxes. This is the quick check to run on a training run before s
 step (`layout_batch` at steps 10^6 + i), rendered exactly; fixed noise per batch; v or epsilon target as the
 scheduler predicts. Writes the "world-layout conditioning" section of benchmarks/RESULTS.md.
 
-    python benchmarks/bench_layout_conditioning.py --model FOLDER [--batches 2] [--recipe world-layout]
+    python benchmarks/bench_layout_conditioning.py [--model world-layout] [--batches 2] [--recipe world-layout]
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ TIMESTEPS = (650, 800, 950)
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--model", required=True, help="a world-layout export (train-world-layout --out)")
+    parser.add_argument("--model", default="world-layout", help="the shipped world-layout, or an export folder (train-world-layout --out)")
     parser.add_argument("--recipe", default="world-layout", help="the recipe whose layouts and tokens to use")
     parser.add_argument("--batches", type=int, default=2, help="batches of the recipe's batch size")
     args = parser.parse_args()
@@ -34,6 +34,7 @@ def main() -> None:
     from diffusers import DDPMScheduler
 
     from synthseg.pipeline import load_pipeline
+    from synthseg.registry import resolve_pipeline
     from synthseg.train.world_layout import layout_batch, load_layout_recipe, phrase_embeddings
     from synthseg.train.world_t2i import caption_states
     from synthseg.world import WORLD_CLASSES
@@ -70,9 +71,10 @@ def main() -> None:
     names = list(conditions)
     rows = [f"| {name} | " + " | ".join(f"{mean[(t, name)]:.4f}" for t in TIMESTEPS) + " |" for name in names]
     gain = " | ".join(f"{100 * (1 - mean[(t, names[0])] / mean[(t, names[1])]):+.1f}%" for t in TIMESTEPS)
-    record = json.loads((Path(args.model) / "training.json").read_text())
+    folder = Path(resolve_pipeline(args.model))
+    record = json.loads((folder / "training.json").read_text())
     steps = ", ".join(f"{stage} {r['steps']:,} steps" for stage, r in record.items())
-    digest = hashlib.sha256(b"".join(f.read_bytes() for f in sorted(Path(args.model).rglob("*.safetensors")))).hexdigest()[:8]
+    digest = hashlib.sha256(b"".join(f.read_bytes() for f in sorted(folder.rglob("*.safetensors")))).hexdigest()[:8]
     body = f"""Export `{args.model}` {digest} ({steps}), {args.batches * recipe.batch_size} held-out layouts of the `{args.recipe}` recipe,
 denoising loss (MSE against the scheduler's target) at three timesteps:
 

@@ -16,7 +16,7 @@ layout's list of objects; for two classes the paper's "a photograph of a X and a
 the annotator's own ceiling. Writes the "world-layout" section of benchmarks/RESULTS.md and
 benchmarks/world-layout_samples.png (requested boxes drawn over the images).
 
-    python benchmarks/bench_layouts.py --model runs/world-layout/pipeline [--count 200] [--pairs 100] [--beta 0.3]
+    python benchmarks/bench_layouts.py [--model world-layout] [--count 200] [--pairs 100] [--beta 0.3]
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=200, help="layouts of 1-4 objects")
     parser.add_argument("--pairs", type=int, default=100, help="two-object, two-class layouts")
     parser.add_argument("--beta", type=float, default=0.3, help="share of the steps GLIGEN's gated layers run in")
-    parser.add_argument("--model", required=True, help="a GLIGEN pipeline: a world-layout export folder (train-world-layout --out)")
+    parser.add_argument("--model", default="world-layout", help="a GLIGEN pipeline: the shipped world-layout, or an export folder (train-world-layout --out)")
     args = parser.parse_args()
 
     from dataclasses import replace
@@ -150,7 +150,7 @@ fidelity {rows[0][3] / max(rows[1][3], 1e-9):.2f}.
 Sampling time with boxes: {seconds:.3f} s per image on this CPU (one layout per call, as GLIGEN takes them).
 """
     print(body)
-    write_section("world-layout", body)
+    write_section("world-layout", body, bundle=args.model if args.model == "world-layout" else None)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,7 @@ plan. Each annotator trains `--steps` steps of batch 8 from the same recipe
 Targets: (a) >= 0.8 x (c), and (a) >= (b) + 10 AP points. Writes the "Protocol ii, instances (world)"
 section of benchmarks/RESULTS.md.
 
-    python benchmarks/bench_protocol_ii_instances.py --layout-model runs/world-layout/pipeline [--per-class 50] [--steps 1000]
+    python benchmarks/bench_protocol_ii_instances.py [--layout-model world-layout] [--per-class 50] [--steps 1000]
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ def main() -> None:
     parser.add_argument("--per-class", type=int, default=50)
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--work", type=Path, default=Path("runs/pii-instances"))
-    parser.add_argument("--layout-model", required=True, help="a world-layout export folder (train-world-layout --out)")
+    parser.add_argument("--layout-model", default="world-layout", help="the shipped world-layout, or an export folder (train-world-layout --out)")
     args = parser.parse_args()
 
     from dataclasses import replace

@@ -50,7 +50,7 @@ from .formats import IGNORE, coco_annotation, coco_document, jsonl_text, label_i
 from .layouts import MAX_GLIGEN_BOXES, Layout, LayoutGeneration, LayoutRecipe, check_takes_layouts, generate_layout, read_layouts, sample_layouts
 from .plan import dataset_item_bytes, plan_text, record_rate, time_line
 from .prompts import PAPER_TEMPLATES, Prompt, PromptPlanner
-from .registry import BUNDLES, check_vocabulary, grounding_for, model_card, recipe_names, recipe_path, resolve_grounding, resolve_pipeline
+from .registry import BUNDLES, LAYOUT_MODELS, check_vocabulary, grounding_for, model_card, recipe_names, recipe_path, resolve_grounding, resolve_pipeline
 
 
 @dataclass
@@ -115,8 +115,9 @@ def load_dataset_recipe(classes: str = "world", recipe: str | Path | None = None
     """The recipe of a job: `recipe` (a packaged name or a path), else the packaged recipe of a named
     class set ("voc" -> dataset-voc), else just `classes`; then `overrides` (None values ignored), validated.
     A bundled model given without a grounding module brings its own ("world-dit" -> world-dit's). With
-    `layouts` (or a `layouts_file`, or a recipe with a `layouts` section), the recipe's `layouts` section
-    applies over the layout limits of the model's card (a world-layout export's: what it was trained on)."""
+    `layouts` (or a `layouts_file`, or a recipe with a `layouts` section), a model left unnamed that is the
+    bundled "world" becomes its GLIGEN ("world-layout"), and the recipe's `layouts` section applies over
+    the layout limits of the model's card (a world-layout export's: what it was trained on)."""
     from .config import apply_overrides, load_config, read_mapping
 
     if recipe is None and classes in recipe_names("dataset"):
@@ -126,6 +127,8 @@ def load_dataset_recipe(classes: str = "world", recipe: str | Path | None = None
     data = read_mapping(path) if path else {"classes": classes}
     if overrides.pop("layouts", False) or overrides.get("layouts_file") or data.get("layouts") is not None:
         model = overrides.get("model") or data.get("model", DatasetRecipe.model)
+        if not overrides.get("model") and model in LAYOUT_MODELS:  # not named: the bundled world's GLIGEN draws the boxes
+            model = overrides["model"] = LAYOUT_MODELS[model]
         overrides["layouts"] = {**model_card(model).layouts, **(data.pop("layouts", None) or {})}
     if overrides.get("model") in BUNDLES:
         overrides["grounding"] = grounding_for(overrides["model"], overrides.get("grounding"))

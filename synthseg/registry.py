@@ -3,8 +3,9 @@
 One resolver for each kind of name, so "world" means the same thing to every command and loader:
 
 - `resolve_pipeline("world")`, `resolve_grounding("world")`, `resolve_annotator("world")`: the
-  folders of the bundled miniature worlds (`synthseg/assets/world/`, and `world-dit/` for the
-  transformer world). Any other spec passes through (a hub id or a folder).
+  folders of the bundled miniature worlds (`synthseg/assets/world/`, `world-dit/` for the
+  transformer world, `world-layout/` for the world's GLIGEN). Any other spec passes through (a hub id
+  or a folder).
 - `recipe_path("voc", "dataset")`: a packaged recipe by name (`synthseg/recipes/*.yaml`) or a file.
 - `model_card(spec)`: what a text-to-image export says about itself for synthseg (`synthseg.json`:
   its class vocabulary and sampling defaults), for exports that carry one (the world's do).
@@ -52,7 +53,10 @@ BUNDLES = {
     "world": Bundle(pipeline=ASSETS / "world" / "t2i", grounding=ASSETS / "world" / "grounding", annotator=ASSETS / "world" / "annotator"),
     # The transformer world: FLUX's architecture on the same scenes, judged by the same annotator.
     "world-dit": Bundle(pipeline=ASSETS / "world-dit" / "t2i", grounding=ASSETS / "world-dit" / "grounding", annotator=ASSETS / "world" / "annotator"),
+    # The world's GLIGEN: box layers over the world UNet (the export's card names "world" as its base), read by the world's module.
+    "world-layout": Bundle(pipeline=ASSETS / "world-layout", grounding=ASSETS / "world" / "grounding", annotator=ASSETS / "world" / "annotator"),
 }
+LAYOUT_MODELS = {"world": "world-layout"}  # the bundled GLIGEN export that `--layouts` uses in place of a bundled text-only model
 
 
 def _bundled(spec, part: str) -> Path | None:

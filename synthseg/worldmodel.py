@@ -394,6 +394,14 @@ class WorldGLIGENPipeline(StableDiffusionGLIGENPipeline):
             unet.to(dtype=base.unet.dtype)
         return cls(vae=base.vae, text_encoder=base.text_encoder, tokenizer=base.tokenizer, unet=unet, scheduler=base.scheduler)
 
+    def enable_fuser(self, enabled: bool = True) -> None:
+        """Switch the gated layers on or off (scheduled sampling: off after `gligen_scheduled_sampling_beta`
+        of the steps). diffusers' test is `type(module) is GatedSelfAttentionDense`, which misses the box-gated
+        subclass, so its layers would run at every step."""
+        for module in self.unet.modules():
+            if isinstance(module, GatedSelfAttentionDense):
+                module.enabled = enabled
+
 
 WORLD_PIPELINES = {"StableDiffusionPipeline": WorldPipeline, "FluxPipeline": WorldFluxPipeline,
                    "StableDiffusionGLIGENPipeline": WorldGLIGENPipeline}

@@ -218,6 +218,29 @@ def test_make_dataset_layouts_on_a_model_without_gligen_is_refused_before_writin
     from synthseg.cli import app
 
     out = tmp_path / "ds"
-    result = CliRunner().invoke(app, ["make-dataset", "--layouts", "--per-class", "1", "--out", str(out)])
+    result = CliRunner().invoke(app, ["make-dataset", "--layouts", "--model", "world", "--per-class", "1", "--out", str(out)])
     assert result.exit_code == 1 and "takes no layouts: box-grounded generation needs a GLIGEN pipeline" in result.output
     assert not out.exists()
+
+
+def test_make_dataset_layouts_with_no_model_uses_the_bundled_world_gligen(tmp_path):
+    """`make-dataset --layouts` alone: the shipped world-layout export draws the boxes, the world's module
+    masks them, and a layout's same-class repeats come out as separate COCO instances."""
+    from pycocotools.coco import COCO
+    from typer.testing import CliRunner
+
+    from synthseg.cli import app
+    from synthseg.dataset import file_hash, load_dataset_recipe
+    from synthseg.registry import BUNDLES
+
+    recipe = load_dataset_recipe("world", layouts=True)
+    assert recipe.model == "world-layout" and recipe.layouts.max_objects == 4  # the export's card's limits
+    out = tmp_path / "ds"
+    result = CliRunner().invoke(app, ["make-dataset", "--layouts", "--classes", "circle,ring", "--per-class", "3", "--per-pair", "0",
+                                      "--seed", "4", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    records = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
+    assert records and {r["grounding_hash"] for r in records} == {file_hash(BUNDLES["world"].grounding)}
+    coco = COCO(str(out / "annotations.json"))
+    counts = [len(coco.getAnnIds(imgIds=i)) for i in coco.getImgIds()]
+    assert sum(counts) >= len(counts) and max(counts) >= 2  # one instance per kept box, several in a layout

@@ -23,6 +23,7 @@ def test_the_wheel_installs_and_runs_from_another_folder(tmp_path):
     assert {"synthseg/assets/world/t2i/unet/diffusion_pytorch_model.safetensors", "synthseg/assets/world/t2i/synthseg.json",
             "synthseg/assets/world/grounding/model.safetensors", "synthseg/assets/world/annotator/model.safetensors",
             "synthseg/assets/world-dit/t2i/transformer/diffusion_pytorch_model.safetensors", "synthseg/assets/world-dit/t2i/synthseg.json",
+            "synthseg/assets/world-layout/unet/gligen.safetensors", "synthseg/assets/world-layout/synthseg.json",
             "synthseg/recipes/world-dit-finetune.yaml", "synthseg/recipes/world-layout.yaml"} <= set(names)
     subprocess.run([sys.executable, "-m", "pip", "install", "--no-deps", "-q", "--target", str(tmp_path / "site"), str(wheel)],
                    check=True, capture_output=True)

@@ -26,9 +26,11 @@ def world_pipe():
 
 def test_shipped_files_stay_small():
     total = sum(p.stat().st_size for p in ASSETS.rglob("*") if p.is_file())
-    assert total <= 60 * 2**20, f"{total / 2**20:.1f} MB shipped"  # both worlds together
+    assert total <= 60 * 2**20, f"{total / 2**20:.1f} MB shipped"  # both worlds and the world's GLIGEN together
     assert json.loads((BUNDLES["world"].pipeline / "model_index.json").read_text())["_class_name"] == "StableDiffusionPipeline"
     assert json.loads((BUNDLES["world-dit"].pipeline / "model_index.json").read_text())["_class_name"] == "FluxPipeline"
+    assert json.loads((BUNDLES["world-layout"].pipeline / "model_index.json").read_text())["_class_name"] == "StableDiffusionGLIGENPipeline"
+    assert sum(p.stat().st_size for p in BUNDLES["world-layout"].pipeline.rglob("*")) <= 10 * 2**20  # GLIGEN's layers alone
 
 
 def test_the_transformer_world_loads_by_name_and_generates_deterministically():

@@ -92,6 +92,10 @@ def test_training_moves_only_gligen_weights_resumes_exactly_and_loads_as_a_glige
     first = draw([[0, 0, .5, .5], [.5, .5, 1, 1]])
     assert first.shape == (1, 32, 32, 3) and np.array_equal(first, draw([[0, 0, .5, .5], [.5, .5, 1, 1]]))
     assert not np.array_equal(first, draw([[.5, .5, 1, 1], [0, 0, .5, .5]]))  # the boxes reach the trained layers
+    fusers, runs = [m for m in pipe.unet.modules() if isinstance(m, BoxGatedSelfAttention)], []
+    pipe.unet.register_forward_pre_hook(lambda module, args: runs.append([f.enabled for f in fusers]))
+    pipe("a circle", gligen_phrases=["circle"], gligen_boxes=[[0, 0, .5, .5]], gligen_scheduled_sampling_beta=0.34, num_inference_steps=3)
+    assert fusers and [set(r) for r in runs] == [{True}, {False}, {False}]  # scheduled sampling: the gated layers in the first third only
 
     # make-dataset --layouts on the export: layouts within its card's limits, a recipe's section over them
     from synthseg.dataset import load_dataset_recipe, plan_summary
