@@ -93,6 +93,12 @@ def test_the_world_module_segments_rendered_scenes_given_their_class():
         truth = scene.semantic() == WORLD_CLASSES.index(name) + 1
         ious.append(((result.labels == 1) & truth).sum() / ((result.labels == 1) | truth).sum())
     assert min(ious) > 0.8, ious
+    # 62x56 pads to 64x56: a 14-row latent, which the UNet's downsamplings round up to 7 and 4 rows
+    scene = render_scene(scene_seed(0, held_out=True), ["circle"])
+    with pytest.warns(UserWarning, match="padded to 64x56"):
+        (result,) = segment_images(pipe, module, [Image.fromarray(scene.image[:56, :62])], ["circle"])
+    truth = scene.semantic()[:56, :62] == WORLD_CLASSES.index("circle") + 1
+    assert result.labels.shape == (56, 62) and ((result.labels == 1) & truth).sum() / ((result.labels == 1) | truth).sum() > 0.8
 
 
 def test_odd_sizes_are_padded_and_cropped_back_and_modes_converted_with_a_warning():

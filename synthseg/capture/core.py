@@ -103,7 +103,7 @@ class CapturedFeatures:
         by_size = self._maps_by_size()
         maps = []
         for stride in strides:
-            size = (latent_size[0] // stride, latent_size[1] // stride)
+            size = (-(-latent_size[0] // stride), -(-latent_size[1] // stride))  # downsampling rounds odd sides up
             if size not in by_size:
                 raise SynthsegError(f"no cross-attention maps at {size[0]}x{size[1]} were captured (attention=True needed)")
             maps.append(by_size[size])

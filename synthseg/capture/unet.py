@@ -190,10 +190,19 @@ class FeatureCapture(DenoiserHooks):
         """probs: (batch * heads, h * w, T) softmax over tokens -> stored as (B, h, w, T)."""
         batch_heads, positions, tokens = probs.shape
         probs = probs.reshape(batch_heads // heads, heads, positions, tokens)
-        latent_h, latent_w = self._latent_hw
-        factor = round((latent_h * latent_w / positions) ** 0.5)
         mean = self._conditional(probs).float().mean(dim=1)
-        self.features.cross_attention[name] = mean.reshape(-1, latent_h // factor, latent_w // factor, tokens)
+        self.features.cross_attention[name] = mean.reshape(-1, *attention_grid(self._latent_hw, positions), tokens)
+
+
+def attention_grid(latent_hw: tuple[int, int], positions: int) -> tuple[int, int]:
+    """The (h, w) grid of an attention layer's `positions` queries in a UNet reading a latent of `latent_hw`:
+    each downsampling (a stride-2 convolution) rounds odd sides up, so a side is ceil(side / factor)."""
+    latent_h, latent_w = latent_hw
+    for factor in (2**k for k in range(8)):
+        grid = (-(-latent_h // factor), -(-latent_w // factor))
+        if grid[0] * grid[1] == positions:
+            return grid
+    raise SynthsegError(f"{positions} attention positions match no downsampling of a {latent_h}x{latent_w} latent")
 
 
 class CrossAttentionMaps(DenoiserHooks):
@@ -226,10 +235,8 @@ class CrossAttentionMaps(DenoiserHooks):
     def _record_attention(self, name: str, probs: torch.Tensor, heads: int) -> None:
         batch_heads, positions, tokens = probs.shape
         probs = self._conditional(probs.reshape(batch_heads // heads, heads, positions, tokens))
-        latent_h, latent_w = self._latent_hw
-        factor = round((latent_h * latent_w / positions) ** 0.5)
-        maps = probs.float().sum(dim=1).reshape(-1, latent_h // factor, latent_w // factor, tokens).permute(0, 3, 1, 2)
-        maps = torch.nn.functional.interpolate(maps, size=(latent_h, latent_w), mode="bicubic", align_corners=False).clamp_(min=0)
+        maps = probs.float().sum(dim=1).reshape(-1, *attention_grid(self._latent_hw, positions), tokens).permute(0, 3, 1, 2)
+        maps = torch.nn.functional.interpolate(maps, size=self._latent_hw, mode="bicubic", align_corners=False).clamp_(min=0)
         self._sum = maps if self._sum is None else self._sum + maps
 
     def heat_maps(self) -> torch.Tensor:
