@@ -21,6 +21,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
 from .errors import SynthsegError
 
@@ -49,11 +50,11 @@ def _root() -> None:
 
 def _warning(message, category, filename, lineno, file=None, line=None) -> None:
     """A warning as one `warning:` line (a prompt cut by a tokenizer's limit, ...), not two lines of source."""
-    _stderr.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    _stderr.print(f"[yellow]warning:[/] {escape(str(message))}", highlight=False, soft_wrap=True)
 
 
 def _fail(message: str, code: int = 1):
-    _stderr.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    _stderr.print(f"[bold red]error:[/] {escape(message)}", highlight=False, soft_wrap=True)  # "[x0, y0, ...]" is not markup
     raise typer.Exit(code)
 
 

@@ -369,6 +369,7 @@ def make_dataset(pipe, grounding, recipe: DatasetRecipe, directory: str | Path, 
         num_shards, shard_index = state.num_processes, state.process_index
     check_shards(num_shards, shard_index)
     num_shards, shard_index = num_shards or 1, shard_index or 0
+    items = plan(recipe)  # a bad layouts file is refused here, before the folder is claimed
     if state is None or state.is_main_process:
         claim(directory, recipe)
     if state is not None:
@@ -377,7 +378,6 @@ def make_dataset(pipe, grounding, recipe: DatasetRecipe, directory: str | Path, 
     for sub in ("images", "masks", "records"):
         (directory / sub).mkdir(parents=True, exist_ok=True)
 
-    items = plan(recipe)
     batches = [items[i : i + recipe.batch_size] for i in range(0, len(items), recipe.batch_size)]
     mine = batches[shard_index::num_shards]
     written = {item.index for batch in mine for item in batch if _intact(directory, item)}  # verified once, at the start

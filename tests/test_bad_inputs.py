@@ -48,6 +48,25 @@ def test_make_dataset_refuses_before_writing_anything(tmp_path, args, message):
     assert not out.exists()
 
 
+def test_a_bad_layouts_file_is_refused_before_the_folder_is_claimed(tmp_path):
+    layouts, out = tmp_path / "layouts.jsonl", tmp_path / "out"
+    layouts.write_text('{"phrases": ["circle"], "boxes": [[0, 0, 0.5, 0.5]]}\n{"phrases": ["circle"], "boxes": [[0, 0, 1.2, 0.5]]}\n')
+    error = one_error(runner.invoke(app, ["make-dataset", "--classes", "circle,ring", "--layouts-file", str(layouts), "--out", str(out)]))
+    assert error.endswith("line 2: box [0.0, 0.0, 1.2, 0.5] must be [x0, y0, x1, y1] with every value in [0, 1]")  # brackets kept, not markup
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("args, message", [
+    (["segment", "--classes", "circle"], "error: Missing argument 'images'. (see synthseg segment --help)"),
+    (["make-dataset", "--per-class", "many"], "error: Invalid value for '--per-class'"),
+    (["make-dataset", "--bogus"], "error: No such option: --bogus"),
+    (["bogus"], "error: No such command 'bogus'. (see synthseg --help)"),
+])
+def test_usage_errors_of_the_real_command_are_one_line(tmp_path, args, message):
+    done = subprocess.run([sys.executable, "-m", "synthseg", *args], cwd=tmp_path, capture_output=True, text=True)
+    assert done.returncode == 2 and done.stdout == "" and done.stderr.startswith(message) and done.stderr.count("\n") == 1, done.stderr
+
+
 @pytest.mark.parametrize("command", [
     ["generate", "--prompt", "a photograph of a star", "--classes", "star"],
     ["make-triplets"], ["train-grounding", "--online"], ["evaluate-grounding"], ["benchmark", "--dataset", "world"], ["train-segmenter"],
