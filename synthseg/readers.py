@@ -8,6 +8,8 @@ converted to RGB. A missing or wrong layout is refused with the tree that was ex
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -138,7 +140,8 @@ def _open_coco(path: str | Path):
     if not json_path.is_file():
         raise SynthsegError(f"{path}: no COCO JSON; {COCO_TREE}")
     try:
-        coco = COCO(str(json_path))
+        with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress ("loading annotations into memory...")
+            coco = COCO(str(json_path))
     except (json.JSONDecodeError, KeyError, TypeError, AssertionError) as error:
         raise SynthsegError(f"{json_path}: not a COCO instances JSON ({error})") from None
     category_ids = sorted(coco.getCatIds())

@@ -56,6 +56,13 @@ def test_a_bad_layouts_file_is_refused_before_the_folder_is_claimed(tmp_path):
     assert not out.exists()
 
 
+def test_a_corrupt_coco_file_is_one_line_without_pycocotools_chatter(tmp_path):
+    (tmp_path / "ds").mkdir()
+    (tmp_path / "ds" / "annotations.json").write_text("{bad")
+    error = one_error(runner.invoke(app, ["train-segmenter", "--dataset", str(tmp_path / "ds"), "--out", str(tmp_path / "seg")]))
+    assert "annotations.json: not a COCO instances JSON" in error and not (tmp_path / "seg").exists()
+
+
 @pytest.mark.parametrize("args, message", [
     (["segment", "--classes", "circle"], "error: Missing argument 'images'. (see synthseg segment --help)"),
     (["make-dataset", "--per-class", "many"], "error: Invalid value for '--per-class'"),
