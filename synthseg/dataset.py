@@ -115,8 +115,8 @@ def load_dataset_recipe(classes: str = "world", recipe: str | Path | None = None
     """The recipe of a job: `recipe` (a packaged name or a path), else the packaged recipe of a named
     class set ("voc" -> dataset-voc), else just `classes`; then `overrides` (None values ignored), validated.
     A bundled model given without a grounding module brings its own ("world-dit" -> world-dit's). With
-    `layouts` (or a `layouts_file`, or a recipe with a `layouts` section), a model left unnamed that is the
-    bundled "world" becomes its GLIGEN ("world-layout"), and the recipe's `layouts` section applies over
+    `layouts` (or a `layouts_file`, or a recipe with a `layouts` section), the bundled "world" from the
+    recipe becomes its GLIGEN ("world-layout"; given as `model`, it is refused), and the recipe's `layouts` section applies over
     the layout limits of the model's card (a world-layout export's: what it was trained on)."""
     from .config import apply_overrides, load_config, read_mapping
 
@@ -127,7 +127,10 @@ def load_dataset_recipe(classes: str = "world", recipe: str | Path | None = None
     data = read_mapping(path) if path else {"classes": classes}
     if overrides.pop("layouts", False) or overrides.get("layouts_file") or data.get("layouts") is not None:
         model = overrides.get("model") or data.get("model", DatasetRecipe.model)
-        if not overrides.get("model") and model in LAYOUT_MODELS:  # not named: the bundled world's GLIGEN draws the boxes
+        if model in LAYOUT_MODELS:  # the bundled text-only world takes no boxes; its GLIGEN does
+            if overrides.get("model"):
+                raise SynthsegError(f"model {model!r} takes no layouts: its GLIGEN is {LAYOUT_MODELS[model]!r}, which --layouts uses "
+                                    "when no --model is given")
             model = overrides["model"] = LAYOUT_MODELS[model]
         overrides["layouts"] = {**model_card(model).layouts, **(data.pop("layouts", None) or {})}
     if overrides.get("model") in BUNDLES:

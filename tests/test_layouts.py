@@ -219,6 +219,8 @@ def test_make_dataset_layouts_on_a_model_without_gligen_is_refused_before_writin
 
     out = tmp_path / "ds"
     result = CliRunner().invoke(app, ["make-dataset", "--layouts", "--model", "world", "--per-class", "1", "--out", str(out)])
+    assert result.exit_code == 1 and "model 'world' takes no layouts: its GLIGEN is 'world-layout'" in result.output
+    result = CliRunner().invoke(app, ["make-dataset", "--layouts", "--model", "world-dit", "--per-class", "1", "--out", str(out)])
     assert result.exit_code == 1 and "takes no layouts: box-grounded generation needs a GLIGEN pipeline" in result.output
     assert not out.exists()
 
