@@ -1,4 +1,5 @@
-"""`python -m synthseg` and the `synthseg` command: Ctrl-C at any point ends in one line, exit 130."""
+"""`python -m synthseg` and the `synthseg` command: Ctrl-C at any point ends in one line, exit 130; a usage
+error (a missing argument, an unknown option, a value of the wrong type) in one line, exit 2."""
 
 import os
 import signal
