@@ -150,7 +150,7 @@ fidelity {rows[0][3] / max(rows[1][3], 1e-9):.2f}.
 Sampling time with boxes: {seconds:.3f} s per image on this CPU (one layout per call, as GLIGEN takes them).
 """
     print(body)
-    write_section("world-layout", body, bundle=args.model if args.model == "world-layout" else None)
+    write_section("world-layout", body, bundle=("world", args.model) if args.model == "world-layout" else "world")
 
 
 if __name__ == "__main__":

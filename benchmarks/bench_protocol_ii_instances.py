@@ -61,7 +61,7 @@ def main() -> None:
         rows[name] = json.loads(metrics_file.read_text())
 
     a, b, c = (100 * rows[k]["mask_ap"] for k in ("layouts", "text", "rendered"))
-    labels = {"layouts": "(a) layout dataset (world-layout export, one instance per box)", "text": "(b) text-only dataset (`world`, connected components)",
+    labels = {"layouts": f"(a) layout dataset (`{args.layout_model}`, one instance per box)", "text": "(b) text-only dataset (`world`, connected components)",
               "rendered": "(c) rendered scenes, exact instances (oracle)"}
     table = "\n".join(f"| {labels[k]} | {datasets[k][1]} | {100 * r['mask_ap']:.1f} | {100 * r['mask_ap50']:.1f} | {100 * r['mask_ap75']:.1f} |"
                       for k, r in sorted(rows.items(), key=lambda kv: list(labels).index(kv[0])))
@@ -79,7 +79,7 @@ Generation time: layouts {datasets['layouts'][2] / 60:.1f} min, text only {datas
 found the dataset complete).
 """
     print(body)
-    write_section("Protocol ii, instances (world)", body, bundle="world")
+    write_section("Protocol ii, instances (world)", body, bundle=("world", args.layout_model) if args.layout_model == "world-layout" else "world")
 
 
 if __name__ == "__main__":

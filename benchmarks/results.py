@@ -29,28 +29,28 @@ def machine() -> str:
     return f"{cpu}, {os.cpu_count()} cores, {gpu}; torch {torch.__version__}, diffusers {diffusers.__version__}, Python {platform.python_version()}"
 
 
-def shipped_world(bundle: str = "world") -> list[tuple[Path, str, dict]]:
-    """(folder, digest, training record) of each model of a bundled world ("world", "world-dit"). The
-    digest (sha256 of the folder's safetensors, 8 hex digits) tells which export a recorded figure was
-    measured with."""
+def shipped_world(*bundles: str) -> list[tuple[Path, str, dict]]:
+    """(folder, digest, training record) of each model of bundled worlds ("world", "world-dit",
+    "world-layout"; default "world"), each folder once. The digest (sha256 of the folder's safetensors, 8
+    hex digits) tells which export a recorded figure was measured with."""
     from synthseg.registry import BUNDLES
 
     shipped = []
-    world = BUNDLES[bundle]
-    for folder in sorted((f for f in (world.pipeline, world.grounding, world.annotator) if f is not None), key=lambda f: f.name):
+    folders = {f for name in bundles or ("world",) for f in (BUNDLES[name].pipeline, BUNDLES[name].grounding, BUNDLES[name].annotator)}
+    for folder in sorted(folders, key=lambda f: (f.name, str(f))):
         digest = hashlib.sha256(b"".join(f.read_bytes() for f in sorted(folder.rglob("*.safetensors"))))
         shipped.append((folder, digest.hexdigest()[:8], json.loads((folder / "training.json").read_text())))
     return shipped
 
 
-def write_section(name: str, body: str, bundle: str | None = None) -> None:
+def write_section(name: str, body: str, bundle: str | tuple[str, ...] | None = None) -> None:
     """Replace (or append) the section `name` of RESULTS.md, stamped with command, machine and date, and
-    with a `bundle` name the shipped world models it ran on (see `shipped_world`)."""
+    with `bundle` (a name, or several) the shipped world models it ran on (see `shipped_world`)."""
     command = "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
     stamp = f"Command: `{command}`  \nMachine: {machine()}  \nDate: {datetime.date.today().isoformat()}"
     if bundle:
         models = []
-        for folder, digest, record in shipped_world(bundle):
+        for folder, digest, record in shipped_world(*((bundle,) if isinstance(bundle, str) else bundle)):
             steps = ", ".join(f"{stage} {r['steps']:,} steps" for stage, r in record.items())
             models.append(f"`{folder.parent.name}/{folder.name}/` {digest} ({steps})")
         stamp += f"  \nWorld models: {'; '.join(models)}"
