@@ -201,9 +201,10 @@ class GroundingSegmenter:
         for image, index in zip(images, indices):
             name = getattr(image, "filename", "") or f"image {index}"
             rgb = to_rgb(image, name)
-            if size not in (None, self.input_size(rgb)):
+            own = self.input_size(rgb)
+            if size not in (None, own):
                 raise SynthsegError(f"{name}: a batch takes images of one input size; group them with input_size")
-            height, width = size = self.input_size(rgb)
+            height, width = size = own
             if size != (rgb.height, rgb.width):
                 warnings.warn(f"{name} is {rgb.width}x{rgb.height}; padded to {width}x{height} for the VAE, and its masks cropped back")
             padded = np.pad(np.asarray(rgb), ((0, height - rgb.height), (0, width - rgb.width), (0, 0)), mode="edge")
