@@ -66,6 +66,12 @@ class ResolvedStep:
     timestep: int | float
 
 
+def downsampled(size: tuple[int, int], factor: int) -> tuple[int, int]:
+    """A (h, w) map after a UNet's downsamplings by `factor` in all: each stride-2 convolution rounds an odd
+    side up, so a side becomes ceil(side / factor)."""
+    return (-(-size[0] // factor), -(-size[1] // factor))
+
+
 @dataclass
 class CapturedFeatures:
     """What one capture recorded, conditional half only (the unconditional CFG half is dropped).
@@ -103,7 +109,7 @@ class CapturedFeatures:
         by_size = self._maps_by_size()
         maps = []
         for stride in strides:
-            size = (-(-latent_size[0] // stride), -(-latent_size[1] // stride))  # downsampling rounds odd sides up
+            size = downsampled(latent_size, stride)
             if size not in by_size:
                 raise SynthsegError(f"no cross-attention maps at {size[0]}x{size[1]} were captured (attention=True needed)")
             maps.append(by_size[size])

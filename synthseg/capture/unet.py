@@ -22,7 +22,7 @@ import torch
 from diffusers.models.attention_processor import Attention
 
 from ..errors import SynthsegError
-from .core import DenoiserHooks, normalised_class_maps
+from .core import DenoiserHooks, downsampled, normalised_class_maps
 
 
 def unet_feature_blocks(unet) -> dict[str, torch.nn.Module]:
@@ -195,14 +195,13 @@ class FeatureCapture(DenoiserHooks):
 
 
 def attention_grid(latent_hw: tuple[int, int], positions: int) -> tuple[int, int]:
-    """The (h, w) grid of an attention layer's `positions` queries in a UNet reading a latent of `latent_hw`:
-    each downsampling (a stride-2 convolution) rounds odd sides up, so a side is ceil(side / factor)."""
-    latent_h, latent_w = latent_hw
+    """The (h, w) grid of an attention layer's `positions` queries in a UNet reading a latent of `latent_hw`
+    (`downsampled` by the power of two that gives that many positions)."""
     for factor in (2**k for k in range(8)):
-        grid = (-(-latent_h // factor), -(-latent_w // factor))
+        grid = downsampled(latent_hw, factor)
         if grid[0] * grid[1] == positions:
             return grid
-    raise SynthsegError(f"{positions} attention positions match no downsampling of a {latent_h}x{latent_w} latent")
+    raise SynthsegError(f"{positions} attention positions match no downsampling of a {latent_hw[0]}x{latent_hw[1]} latent")
 
 
 class CrossAttentionMaps(DenoiserHooks):
