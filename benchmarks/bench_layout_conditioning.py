@@ -13,12 +13,10 @@ scheduler predicts. Writes the "world-layout conditioning" section of benchmarks
 from __future__ import annotations
 
 import argparse
-import hashlib
-import json
 from pathlib import Path
 
 import torch
-from results import write_section
+from results import export_digest, write_section
 
 TIMESTEPS = (650, 800, 950)
 
@@ -71,10 +69,8 @@ def main() -> None:
     names = list(conditions)
     rows = [f"| {name} | " + " | ".join(f"{mean[(t, name)]:.4f}" for t in TIMESTEPS) + " |" for name in names]
     gain = " | ".join(f"{100 * (1 - mean[(t, names[0])] / mean[(t, names[1])]):+.1f}%" for t in TIMESTEPS)
-    folder = Path(resolve_pipeline(args.model))
-    record = json.loads((folder / "training.json").read_text())
+    digest, record = export_digest(Path(resolve_pipeline(args.model)))
     steps = ", ".join(f"{stage} {r['steps']:,} steps" for stage, r in record.items())
-    digest = hashlib.sha256(b"".join(f.read_bytes() for f in sorted(folder.rglob("*.safetensors")))).hexdigest()[:8]
     body = f"""Export `{args.model}` {digest} ({steps}), {args.batches * recipe.batch_size} held-out layouts of the `{args.recipe}` recipe,
 denoising loss (MSE against the scheduler's target) at three timesteps:
 

@@ -35,12 +35,15 @@ def shipped_world(*bundles: str) -> list[tuple[Path, str, dict]]:
     hex digits) tells which export a recorded figure was measured with."""
     from synthseg.registry import BUNDLES
 
-    shipped = []
     folders = {f for name in bundles or ("world",) for f in (BUNDLES[name].pipeline, BUNDLES[name].grounding, BUNDLES[name].annotator)}
-    for folder in sorted(folders, key=lambda f: (f.name, str(f))):
-        digest = hashlib.sha256(b"".join(f.read_bytes() for f in sorted(folder.rglob("*.safetensors"))))
-        shipped.append((folder, digest.hexdigest()[:8], json.loads((folder / "training.json").read_text())))
-    return shipped
+    return [(folder, *export_digest(folder)) for folder in sorted(folders, key=lambda f: (f.name, str(f)))]
+
+
+def export_digest(folder: Path) -> tuple[str, dict]:
+    """(digest, training record) of one exported model folder: sha256 of its safetensors (8 hex digits) and its
+    training.json."""
+    digest = hashlib.sha256(b"".join(f.read_bytes() for f in sorted(folder.rglob("*.safetensors"))))
+    return digest.hexdigest()[:8], json.loads((folder / "training.json").read_text())
 
 
 def write_section(name: str, body: str, bundle: str | tuple[str, ...] | None = None) -> None:
