@@ -74,7 +74,7 @@ def main() -> None:
             rows.append(f"| {name} | {image.width}x{image.height} | {seconds:.1f} | {peak:.2f} | {tuple(result.probs.shape)} |")
     body = f"""Stable Diffusion 1.5's architecture (`synthseg.tiny.sd15_pipeline`, random weights, fp32, CPU), a module
 with the voc-grounding recipe's sizes (random weights), all {len(VOC_CLASSES)} VOC class names in
-{len(segmenter.groups)} prompt(s), {args.noise_draws} noise draw(s), capture t 5:
+{len(segmenter.prompts(segmenter.names).groups)} prompt(s), {args.noise_draws} noise draw(s), capture t 5:
 
 | photograph | size | seconds | process peak memory (GiB) | probabilities |
 |---|---|---|---|---|

@@ -35,10 +35,13 @@ app = typer.Typer(
 _stderr = Console(stderr=True)
 FROM_RECIPE = "default: from the recipe"
 RESUMABLE = {"train-world-model", "train-world-dit", "train-world-layout",
-              "train-world-annotator", "make-triplets", "train-grounding", "make-dataset", "train-segmenter"}
+              "train-world-annotator", "make-triplets", "train-grounding", "make-dataset", "train-segmenter", "train-captioner"}
 
 Device = Annotated[str, typer.Option(help="auto (CUDA where present), cpu, cuda, cuda:N or mps.")]
 GROUNDING_HELP = "Grounding module: a bundled name or a folder; default: the bundled model's own."
+CAPTIONER_HELP = ("Implicit captioner (a bundled name or a folder from train-captioner): each image is first given the classes "
+                  "its caption holds, and only those are segmented; 'none': every class is prompted; default: the bundled model's own.")
+MaxClasses = Annotated[int, typer.Option(help="With --captioner: the most classes an image's caption may hold.")]
 StopAt = Annotated[Optional[int], typer.Option(help="End this sitting at this training step; rerun the command to go on.")]
 
 
@@ -288,6 +291,33 @@ def train_grounding(
 
 
 @_command
+def train_captioner(
+    dataset: Annotated[Path, typer.Option(help="Training data: a synthseg dataset (make-dataset), or a COCO or VOC-layout folder.")],
+    model: Annotated[str, typer.Option(help="Pipeline whose VAE and text encoder the captioner is for: 'world', a hub id or a folder.")] = "world",
+    recipe: Annotated[str, typer.Option(help="Captioner recipe: a packaged name or a YAML file.")] = "captioner-world",
+    workdir: Annotated[Path, typer.Option(help="Checkpoints; rerunning the command resumes from here.")] = Path("runs/captioner"),
+    out: Annotated[Path, typer.Option(help="save_pretrained folder of the trained captioner.")] = Path("runs/captioner/captioner"),
+    train_steps: Annotated[Optional[int], typer.Option(help=f"Training steps; {FROM_RECIPE}.")] = None,
+    device: Device = "auto",
+    stop_at: StopAt = None,
+) -> None:
+    """Train ODISE's implicit captioner: image (VAE latent) -> the text embedding of the classes it holds."""
+    from dataclasses import replace
+
+    from .pipeline import load_pipeline
+    from .readers import open_data
+    from .train.captioner import load_captioner_recipe, train_captioner as train
+
+    config = load_captioner_recipe(recipe)
+    if train_steps is not None:
+        config = replace(config, steps=train_steps)
+        config.validate("--train-steps")
+    data = open_data("auto", dataset)
+    train(load_pipeline(model, device=_device(device)), data, config, workdir, out, stop_at)
+    _stderr.print(f"saved {out}")
+
+
+@_command
 def evaluate_grounding(
     grounding: Annotated[str, typer.Option(help="Grounding module: 'world' or a folder.")] = "world",
     recipe: Annotated[str, typer.Option(help="Grounding recipe (split, templates, steps, guidance, capture step): a name or a file.")] = "world-grounding",
@@ -317,6 +347,18 @@ def evaluate_grounding(
     print(result.markdown())
 
 
+def _captioner(model: str, spec: str | None, device):
+    """The implicit captioner of --captioner (or the bundled model's own), on `device`; None without one."""
+    from .registry import captioner_for
+
+    spec = captioner_for(model, spec)
+    if spec is None:
+        return None
+    from .captioner import ImplicitCaptioner
+
+    return ImplicitCaptioner.from_pretrained(spec).to(device)
+
+
 def _module_timestep(module: str | Path, given: int | None) -> int:
     """`given`, or the capture timestep a grounding module's triplets used (its recipe.json; else 5)."""
     from .train.grounding import capture_step_of
@@ -340,6 +382,8 @@ def segment(
     threshold: Annotated[float, typer.Option(help="A pixel is labelled with its most probable class above this probability.")] = 0.5,
     seed: Annotated[int, typer.Option(help="Seed of the noise.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Images of one size per denoiser call (the masks do not depend on it).")] = 1,
+    captioner: Annotated[Optional[str], typer.Option(help=CAPTIONER_HELP)] = None,
+    max_classes: MaxClasses = 2,
     device: Device = "auto",
 ) -> None:
     """Segment real images with a grounding module: one denoiser step on each image's noised latent (ODISE/VPD)."""
@@ -362,7 +406,8 @@ def segment(
     module_dir = grounding_for(model, grounding)
     module = GroundingModule.from_pretrained(module_dir).to(torch_device).eval()
     results = segment_images(pipe, module, pictures, names, batch_size, timestep=_module_timestep(module_dir, capture_timestep), noise_draws=noise_draws,
-                             seed=seed, template=template, one_prompt_per_class=one_prompt_per_class, threshold=threshold)
+                             seed=seed, template=template, one_prompt_per_class=one_prompt_per_class, threshold=threshold,
+                             captioner=_captioner(model, captioner, torch_device), max_classes=max_classes)
     summary = write_segmentations(out, pictures, results, names)
     _stderr.print(f"{out}: {summary['images']} images, {summary['instances']} instances")
 
@@ -466,6 +511,8 @@ def benchmark(
     image_set: Annotated[str, typer.Option(help="VOC image set (ImageSets/Segmentation/<name>.txt).")] = "val",
     background: Annotated[bool, typer.Option("--background/--no-background", help="Count background as a seen class.")] = True,
     count: Annotated[int, typer.Option(help="Rendered scenes for --dataset world.")] = 500,
+    captioner: Annotated[Optional[str], typer.Option(help="With --grounding: " + CAPTIONER_HELP)] = None,
+    max_classes: MaxClasses = 2,
     out: Annotated[Optional[Path], typer.Option(help="Folder for benchmark.json and benchmark.md; default SEGMENTER/benchmark-DATASET "
                                                     "(with --grounding: runs/benchmark-DATASET).")] = None,
     device: Device = "auto",
@@ -481,6 +528,8 @@ def benchmark(
     chosen = get_split(split) if split else None
     data = open_dataset(dataset, data_root, image_set, count)
     if grounding is None:
+        if captioner is not None:
+            _fail("--captioner goes with --grounding (a segmenter is closed-vocabulary)")
         model_name, scored = str(segmenter), Segmenter.from_pretrained(segmenter, torch_device)
         out = out or segmenter / f"benchmark-{Path(dataset).name}"
     else:
@@ -495,7 +544,8 @@ def benchmark(
         module = GroundingModule.from_pretrained(grounding).to(torch_device)
         model_name = f"grounding {grounding} on {model}"
         scored = GroundingSegmenter(load_pipeline(model, device=torch_device), module, data.class_names,
-                                    timestep=_module_timestep(grounding, capture_timestep))
+                                    timestep=_module_timestep(grounding, capture_timestep), captioner=_captioner(model, captioner, torch_device),
+                                    max_classes=max_classes)
         out = out or Path("runs") / f"benchmark-{Path(dataset).name}"
     result = score(scored, data, chosen, background, model_name=model_name)
     result.save(out)

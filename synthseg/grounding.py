@@ -24,24 +24,20 @@ Saved as a folder with `config.json` and `model.safetensors` (`save_pretrained`/
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
 from torch import nn
 
 from .capture import CapturedFeatures, attention_strides, default_blocks, feature_layout
-from .config import load_config, read_mapping, stamped
+from .config import load_config
 from .errors import SynthsegError
 from .registry import resolve_grounding
 from .text import text_dim, text_tokens
+from .weights import load_model, save_model
 
-CONFIG_NAME = "config.json"
-WEIGHTS_NAME = "model.safetensors"
 PIPELINE_FIELDS = ("feature_channels", "feature_strides", "text_dim", "feature_blocks")  # GroundingConfig fields the pipeline fixes
 ATTENTION_FIELDS = ("cross_attention_strides", "text_tokens")  # ... and those of its cross-attention inputs
 
@@ -225,33 +221,13 @@ class GroundingModule(nn.Module):
 
     def save_pretrained(self, directory: str | Path) -> None:
         """Write `config.json` and `model.safetensors` into `directory`."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / CONFIG_NAME).write_text(json.dumps(stamped(asdict(self.config), self), indent=2) + "\n")
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, directory / WEIGHTS_NAME, metadata={"format": "pt"})
+        save_model(self, self.config, directory)
 
     @classmethod
     def from_pretrained(cls, directory: str | Path) -> "GroundingModule":
         """Load a folder written by `save_pretrained`, or a bundled module by name ("world"); one-line
         errors for a missing or corrupt file."""
-        directory = resolve_grounding(directory)
-        if not directory.is_dir():
-            raise SynthsegError(f"no grounding module at {directory}: expected a folder with {CONFIG_NAME} and {WEIGHTS_NAME}")
-        config = load_config(GroundingConfig, read_mapping(directory / CONFIG_NAME), str(directory / CONFIG_NAME))
-        weights = directory / WEIGHTS_NAME
-        if not weights.is_file():
-            raise SynthsegError(f"{weights}: file not found")
-        try:
-            state = load_file(weights)
-        except (SafetensorError, OSError) as error:
-            raise SynthsegError(f"{weights}: corrupt safetensors file ({error})") from None
-        module = cls(config)
-        try:
-            module.load_state_dict(state)
-        except RuntimeError:
-            raise SynthsegError(f"{weights}: weights do not match {CONFIG_NAME} (missing, extra or mis-shaped tensors)") from None
-        return module.eval()
+        return load_model(cls, GroundingConfig, resolve_grounding(directory), "grounding module")
 
 
 def grounding_inputs(features: CapturedFeatures, config: GroundingConfig) -> list[torch.Tensor]:

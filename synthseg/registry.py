@@ -37,20 +37,24 @@ RECIPE_KINDS = {
     "world-dit": (("world-dit.yaml", "world-dit-finetune*.yaml"), ""),
     "world-layout": (("world-layout*.yaml",), ""),
     "annotator": (("*-annotator.yaml",), ""),
+    "captioner": (("captioner-*.yaml",), "captioner-"),
 }
 
 
 @dataclass(frozen=True)
 class Bundle:
-    """A set of models shipped under one name: text-to-image pipeline, grounding module, annotator."""
+    """A set of models shipped under one name: text-to-image pipeline, grounding module, annotator, and
+    the implicit captioner that recognises the named classes in an image (`synthseg.captioner`), if one ships."""
 
     pipeline: Path
     grounding: Path
     annotator: Path
+    captioner: Path | None = None
 
 
 BUNDLES = {
-    "world": Bundle(pipeline=ASSETS / "world" / "t2i", grounding=ASSETS / "world" / "grounding", annotator=ASSETS / "world" / "annotator"),
+    "world": Bundle(pipeline=ASSETS / "world" / "t2i", grounding=ASSETS / "world" / "grounding", annotator=ASSETS / "world" / "annotator",
+                    captioner=ASSETS / "world" / "captioner"),
     # The transformer world: FLUX's architecture on the same scenes, judged by the same annotator.
     "world-dit": Bundle(pipeline=ASSETS / "world-dit" / "t2i", grounding=ASSETS / "world-dit" / "grounding", annotator=ASSETS / "world" / "annotator"),
     # The world's GLIGEN: box layers over the world UNet (the export's card names "world" as its base), read by the world's module.
@@ -64,6 +68,8 @@ def _bundled(spec, part: str) -> Path | None:
     if bundle is None:
         return None
     folder = getattr(bundle, part)
+    if folder is None:
+        raise SynthsegError(f"the bundled {spec} ships no {part}: name a folder")
     if not folder.is_dir():
         raise SynthsegError(f"the bundled {spec} {part} is missing from {folder}: reinstall synthseg")
     return folder
@@ -77,6 +83,20 @@ def resolve_pipeline(spec: str | Path) -> str:
 def resolve_grounding(spec: str | Path) -> Path:
     """A bundled name's grounding module folder; anything else is a folder."""
     return _bundled(spec, "grounding") or Path(spec)
+
+
+def resolve_captioner(spec: str | Path) -> Path:
+    """A bundled name's implicit captioner folder; anything else is a folder."""
+    return _bundled(spec, "captioner") or Path(spec)
+
+
+def captioner_for(model: str | Path, captioner: str | None) -> str | None:
+    """The implicit captioner to use with `model`: `captioner` when given ("none": no captioner), else the
+    bundle's own when the model is bundled and ships one, else none."""
+    if captioner is not None:
+        return None if captioner == "none" else captioner
+    bundle = BUNDLES.get(str(model))
+    return str(model) if bundle is not None and bundle.captioner is not None else None
 
 
 def grounding_for(model: str | Path, grounding: str | Path | None) -> str | Path:

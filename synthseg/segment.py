@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .captioner import ImplicitCaptioner, Recogniser
 from .capture import denoiser_arguments, denoiser_of, is_shared_input, replay, unit_scaled
 from .errors import SynthsegError
 from .formats import coco_annotation, coco_document, label_image, png_bytes, safe_file_name, voc_palette, write_atomic, write_json_atomic
@@ -104,6 +105,12 @@ def to_rgb(image: Image.Image, name: str) -> Image.Image:
     return image.convert("RGB")
 
 
+def pixel_tensor(pixels: np.ndarray) -> torch.Tensor:
+    """(H, W, 3) or (N, H, W, 3) uint8 RGB -> (N, 3, H, W) float in [-1, 1], as a VAE reads images."""
+    images = torch.from_numpy(np.array(pixels))
+    return (images[None] if images.ndim == 3 else images).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
 def encode_images(pipe, pixels: torch.Tensor) -> torch.Tensor:
     """(N, 3, H, W) pixels in [-1, 1] -> (N, C, h, w) VAE latents as the denoiser reads them: the
     posterior's mean, shifted and scaled."""
@@ -141,6 +148,17 @@ def replay_noised(pipe, call: dict, noisy: torch.Tensor, value: float, texts: di
     return replay(pipe, inputs, attention=attention, blocks=blocks)
 
 
+@dataclass
+class _Prompts:
+    """A class list made into prompts, once: the prompt groups, their class-token spans, text states
+    (`embeds`, the module's queries) and the denoiser's text arguments."""
+
+    groups: list[list[str]]
+    spans: list
+    embeds: torch.Tensor
+    texts: dict
+
+
 class GroundingSegmenter:
     """A grounding module on its pipeline, ready to segment `class_names` in any image: the prompts, their
     class-token spans, text embeddings and the denoiser's recorded arguments (per input size) are made
@@ -150,11 +168,15 @@ class GroundingSegmenter:
     Options: `timestep` of 1000 (flow models: sigma = timestep / 1000); a class's probability is the mean
     over `noise_draws` noised latents, seeded by `seed` and the image's index; `template` has one slot
     for the class list; a pixel is labelled with its most probable class where that passes `threshold`.
+    With a `captioner` (ODISE's implicit captioner, `synthseg.captioner`), each image is first given the
+    1 to `max_classes` of the names its caption holds, and only those are prompted and segmented (the
+    others get probability 0); without one, every image is prompted with all the names.
     `grounding` is None only in a subclass that makes the probabilities otherwise (`AttentionSegmenter`).
     """
 
     def __init__(self, pipe, grounding: GroundingModule | None, class_names, *, timestep: int = 5, noise_draws: int = 1, seed: int = 0,
-                 template: str = SEGMENT_TEMPLATE, one_prompt_per_class: bool = False, threshold: float = 0.5):
+                 template: str = SEGMENT_TEMPLATE, one_prompt_per_class: bool = False, threshold: float = 0.5,
+                 captioner: ImplicitCaptioner | None = None, max_classes: int = 2):
         names = list(class_names)
         if not names:
             raise SynthsegError("no class names to segment")
@@ -169,18 +191,28 @@ class GroundingSegmenter:
             grounding.eval()
         self.pipe, self.grounding, self.names = pipe, grounding, names
         self.timestep, self.noise_draws, self.seed, self.threshold = timestep, noise_draws, seed, threshold
-        self.groups = prompts_for(pipe, names, template, one_prompt_per_class)
-        prompts = [template.format(describe(group)) for group in self.groups]
-        with torch.no_grad():
-            self.spans = prompt_token_spans(pipe, prompts, self.groups)
-            encoded = encode_prompts(pipe, prompts, guidance_scale=1.0)
-            self.embeds, self.texts = encoded.embeds, text_inputs(pipe, prompts, encoded)
-        self._calls: dict[tuple[int, int], dict] = {}
+        self.template, self.one_prompt_per_class = template, one_prompt_per_class
+        self._prompt_sets: dict[tuple[str, ...], _Prompts] = {}
+        self.prompts(names)  # every name must fit a prompt, whatever an image is found to hold
+        self.recogniser = Recogniser(pipe, captioner, names, max_classes) if captioner is not None else None
+        self._calls: dict[tuple[int, int, int], dict] = {}
 
     @property
     def class_names(self) -> tuple[str, ...]:
         """Label names in label order; label 0 is "background"."""
         return ("background", *self.names)
+
+    def prompts(self, names: list[str]) -> _Prompts:
+        """`names` made into prompts (cached per class list)."""
+        key = tuple(names)
+        if key not in self._prompt_sets:
+            groups = prompts_for(self.pipe, names, self.template, self.one_prompt_per_class)
+            prompts = [self.template.format(describe(group)) for group in groups]
+            with torch.no_grad():
+                encoded = encode_prompts(self.pipe, prompts, guidance_scale=1.0)
+                self._prompt_sets[key] = _Prompts(groups, prompt_token_spans(self.pipe, prompts, groups), encoded.embeds,
+                                                  text_inputs(self.pipe, prompts, encoded))
+        return self._prompt_sets[key]
 
     def predict(self, image: Image.Image) -> np.ndarray:
         """HW int64 labels of one image at its own size (noise seeded as the first image of a list)."""
@@ -193,11 +225,11 @@ class GroundingSegmenter:
 
     @torch.no_grad()
     def segment_batch(self, images: list[Image.Image], indices: list[int]) -> list[Segmentation]:
-        """Segment images of one input size (`input_size`) in one denoiser call: for each image, its noise
-        draws times the prompts, image-major. Image i's noise is seeded by indices[i] alone, so a batch
-        gives what one image at a time gives (to float rounding)."""
-        pipe, draws_count, prompt_count = self.pipe, self.noise_draws, len(self.groups)
-        rgbs, latents, size = [], [], None
+        """Segment images of one input size (`input_size`), the images prompted with the same class list
+        in one denoiser call: for each image, its noise draws times the prompts, image-major. Image i's
+        noise is seeded by indices[i] alone, so a batch gives what one image at a time gives (to float
+        rounding)."""
+        rgbs, clean, noisy, size = [], [], [], None
         for image, index in zip(images, indices):
             name = getattr(image, "filename", "") or f"image {index}"
             rgb = to_rgb(image, name)
@@ -209,26 +241,44 @@ class GroundingSegmenter:
                 warnings.warn(f"{name} is {rgb.width}x{rgb.height}; padded to {width}x{height} for the VAE, and its masks cropped back")
             padded = np.pad(np.asarray(rgb), ((0, height - rgb.height), (0, width - rgb.width), (0, 0)), mode="edge")
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-            latent = encode_images(pipe, torch.from_numpy(padded).permute(2, 0, 1)[None].float() / 127.5 - 1)
-            noisy, value = noise_latents(pipe, latent.expand(draws_count, -1, -1, -1), self.timestep, generator)
+            latent = encode_images(self.pipe, pixel_tensor(padded))
+            draws, value = noise_latents(self.pipe, latent.expand(self.noise_draws, -1, -1, -1), self.timestep, generator)
             rgbs.append(rgb)
-            latents.append(noisy)
-        copies = len(images) * draws_count
-        if (height, width, copies) not in self._calls:
-            self._calls[(height, width, copies)] = recorded_call(pipe, prompt_count * copies, height, width)
-        texts = {k: v.repeat(copies, *[1] * (v.ndim - 1)) for k, v in self.texts.items()}
-        features = replay_noised(pipe, self._calls[(height, width, copies)], torch.cat(latents).repeat_interleave(prompt_count, dim=0),
-                                 value, texts, **self._capture_options())
-        masks = self._class_probs(features, (height, width), copies)
+            clean.append(latent)
+            noisy.append(draws)
+        named = self.recogniser(torch.cat(clean)) if self.recogniser is not None else [self.names] * len(images)
+        probs: list[torch.Tensor] = [torch.empty(0)] * len(images)
+        for names in dict.fromkeys(tuple(n) for n in named):
+            members = [i for i, n in enumerate(named) if tuple(n) == names]
+            rows = [self.names.index(n) for n in names]
+            for i, own in zip(members, self._probs(self.prompts(list(names)), [noisy[i] for i in members], value, size)):
+                probs[i] = torch.zeros((len(self.names), *size))
+                probs[i][rows] = own
         results = []
-        for b, rgb in enumerate(rgbs):
-            rows = [(b * draws_count + d) * prompt_count for d in range(draws_count)]
-            per_class = [torch.stack([masks[row + g][q] for row in rows]).mean(0) for g, group in enumerate(self.groups) for q in range(len(group))]
-            probs = torch.stack(per_class)[:, : rgb.height, : rgb.width]
-            labels = (probs.argmax(0) + 1).numpy().astype(np.uint8)
-            labels[probs.max(0).values.numpy() <= self.threshold] = 0
-            results.append(Segmentation(probs, labels))
+        for rgb, full in zip(rgbs, probs):
+            full = full[:, : rgb.height, : rgb.width]
+            labels = (full.argmax(0) + 1).numpy().astype(np.uint8)
+            labels[full.max(0).values.numpy() <= self.threshold] = 0
+            results.append(Segmentation(full, labels))
         return results
+
+    def _probs(self, prompts: _Prompts, noisy: list[torch.Tensor], value: float, size: tuple[int, int]) -> list[torch.Tensor]:
+        """Per image of `noisy` (each its (draws, C, h, w) noised latents), (K, H, W) probabilities of the
+        prompts' classes, averaged over the draws: one denoiser call for all of them."""
+        draws_count, prompt_count, copies = self.noise_draws, len(prompts.groups), len(noisy) * self.noise_draws
+        key = (*size, prompt_count * copies)
+        if key not in self._calls:
+            self._calls[key] = recorded_call(self.pipe, prompt_count * copies, *size)
+        texts = {k: v.repeat(copies, *[1] * (v.ndim - 1)) for k, v in prompts.texts.items()}
+        features = replay_noised(self.pipe, self._calls[key], torch.cat(noisy).repeat_interleave(prompt_count, dim=0), value, texts,
+                                 **self._capture_options())
+        masks = self._class_probs(features, prompts, size, copies)
+        out = []
+        for b in range(len(noisy)):
+            rows = [(b * draws_count + d) * prompt_count for d in range(draws_count)]
+            out.append(torch.stack([torch.stack([masks[row + g][q] for row in rows]).mean(0)
+                                    for g, group in enumerate(prompts.groups) for q in range(len(group))]))
+        return out
 
     def input_size(self, image: Image.Image) -> tuple[int, int]:
         """The (H, W) an image is padded to: the smallest at or above its own that the pipeline takes
@@ -241,10 +291,10 @@ class GroundingSegmenter:
         config = self.grounding.config
         return dict(attention=config.needs_attention, blocks=config.feature_blocks or None)
 
-    def _class_probs(self, features, size: tuple[int, int], copies: int) -> list[torch.Tensor]:
+    def _class_probs(self, features, prompts: _Prompts, size: tuple[int, int], copies: int) -> list[torch.Tensor]:
         """Per captured row (`copies` times the prompts: image, then draw, then prompt), (K_g, H, W)
         probabilities of its prompt's classes."""
-        return predict_masks(self.grounding, features, self.embeds.repeat(copies, 1, 1), self.spans * copies, size)
+        return predict_masks(self.grounding, features, prompts.embeds.repeat(copies, 1, 1), prompts.spans * copies, size)
 
 
 class AttentionSegmenter(GroundingSegmenter):
@@ -259,8 +309,8 @@ class AttentionSegmenter(GroundingSegmenter):
     def _capture_options(self) -> dict:
         return dict(attention=True, blocks=None)
 
-    def _class_probs(self, features, size: tuple[int, int], copies: int) -> list[torch.Tensor]:
-        spans = self.spans * copies
+    def _class_probs(self, features, prompts: _Prompts, size: tuple[int, int], copies: int) -> list[torch.Tensor]:
+        spans = prompts.spans * copies
         scaled = unit_scaled(features.class_attention(spans, size).float().cpu())
         return [scaled[i, : len(row)] for i, row in enumerate(spans)]
 

@@ -54,7 +54,7 @@ from .grounding import ATTENTION_FIELDS, PIPELINE_FIELDS, GroundingConfig, class
 from .plan import MAX_CLASSES, feature_bytes, plan_text, record_rate, time_line, triplet_bytes
 from .progress import loss_progress
 from .prompts import PAPER_TEMPLATES, Prompt, PromptPlanner, describe
-from .segment import SEGMENT_TEMPLATE, encode_images, noise_latents, recorded_call, replay_noised
+from .segment import SEGMENT_TEMPLATE, encode_images, noise_latents, pixel_tensor, recorded_call, replay_noised
 from .text import TEXT_INPUTS, class_queries, encode_prompts, prompt_token_spans, text_inputs, text_tokens
 
 # Above this many bytes of cached features per triplet, `storage: auto` replays: 1 MB per triplet is
@@ -263,7 +263,7 @@ def _capture_images(pipe, recipe: TripletRecipe, images: np.ndarray, queried: li
     naming `queried[i]` in `SEGMENT_TEMPLATE`. Returns (features, prompt embeddings, spans, prompts)."""
     prompts = [SEGMENT_TEMPLATE.format(describe(names)) for names in queried]
     spans = prompt_token_spans(pipe, prompts, queried)
-    latents = encode_images(pipe, torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1)
+    latents = encode_images(pipe, pixel_tensor(images))
     draws = [noise_latents(pipe, latents[i : i + 1], recipe.capture_timestep, torch.Generator().manual_seed(recipe.seed * 1_000_003 + index))
              for i, index in enumerate(indices)]
     call = recorded_call(pipe, len(prompts), *images.shape[1:3])

@@ -153,7 +153,8 @@ def test_train_segmenter_cli_on_a_coco_folder_then_benchmark_world(tmp_path):
 
 def test_benchmark_scores_a_grounding_module_with_the_same_matrix(tmp_path):
     """`--grounding world`: the module, given all 12 class names, scored like a segmenter; its labels are
-    exactly those of `segment_images` on the same scenes."""
+    exactly those of `segment_images` on the same scenes, with the world's captioner (the default) and without."""
+    from synthseg.captioner import ImplicitCaptioner
     from synthseg.grounding import GroundingModule
     from synthseg.metrics import ConfusionMatrix
     from synthseg.pipeline import load_pipeline
@@ -161,18 +162,20 @@ def test_benchmark_scores_a_grounding_module_with_the_same_matrix(tmp_path):
     from synthseg.segment import segment_images
 
     runner = CliRunner()
-    result = runner.invoke(app, ["benchmark", "--dataset", "world", "--count", "3", "--grounding", "world", "--out", str(tmp_path / "b")])
-    assert result.exit_code == 0, result.output
-    scored = json.loads((tmp_path / "b" / "benchmark.json").read_text())
-    assert scored["model"] == "grounding world on world" and scored["images"] == 3
     data = open_dataset("world", None, "val", 3)
     pipe, module = load_pipeline("world"), GroundingModule.from_pretrained("world")
-    matrix = ConfusionMatrix(len(data.class_names) + 1, 255)
-    for index in range(3):
-        image, truth = data[index]
-        (segmentation,) = segment_images(pipe, module, [image], list(data.class_names))
-        matrix.update(segmentation.labels.astype(np.int64), truth)
-    for (name, iou), expected in zip(scored["iou"].items(), matrix.iou()):
-        assert (iou is None and np.isnan(expected)) or iou == pytest.approx(expected), name
+    for option, captioner in (([], ImplicitCaptioner.from_pretrained("world")), (["--captioner", "none"], None)):
+        out = tmp_path / f"b{len(option)}"
+        result = runner.invoke(app, ["benchmark", "--dataset", "world", "--count", "3", "--grounding", "world", "--out", str(out), *option])
+        assert result.exit_code == 0, result.output
+        scored = json.loads((out / "benchmark.json").read_text())
+        assert scored["model"] == "grounding world on world" and scored["images"] == 3
+        matrix = ConfusionMatrix(len(data.class_names) + 1, 255)
+        for index in range(3):
+            image, truth = data[index]
+            (segmentation,) = segment_images(pipe, module, [image], list(data.class_names), captioner=captioner)
+            matrix.update(segmentation.labels.astype(np.int64), truth)
+        for (name, iou), expected in zip(scored["iou"].items(), matrix.iou()):
+            assert (iou is None and np.isnan(expected)) or iou == pytest.approx(expected), name
     folder = runner.invoke(app, ["benchmark", "--dataset", "world", "--count", "2", "--grounding", str(tmp_path)])
     assert folder.exit_code == 1 and "--grounding from a folder needs its pipeline: --model" in folder.output

@@ -1,0 +1,123 @@
+"""Train the implicit captioner (`synthseg.captioner`) on a labelled dataset, resumably.
+
+Each image's caption is the class list its label map holds (`template` around it, as the candidates
+are written at use), so a `make-dataset` folder trains it with no further labels: the generator was
+asked for those classes, and the grounding module found each of them. Images are VAE-encoded once,
+at `image_size`, by the pipeline the captioner is for. The loss is CLIP's: cross-entropy of the
+image's scaled cosine similarity to every distinct caption of the dataset, the right one the target.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..captioner import CaptionerConfig, ImplicitCaptioner, caption_embeddings
+from ..config import check_non_negative, check_positive, load_config, read_mapping, stamped
+from ..errors import SynthsegError
+from ..progress import loss_progress
+from ..readers import SegmentationData
+from ..registry import recipe_path
+from ..segment import encode_images, pixel_tensor
+from .loop import claim_workdir, train_loop, warmup_cosine, write_training_record
+
+
+@dataclass
+class CaptionerRecipe:
+    """See recipes/captioner-world.yaml. image_size: the side images are resized to before encoding
+    (None: the pipeline's default). rotations: also turn latents by multiples of 90 degrees (for scenes
+    with no up, as the world's); horizontal flips are always drawn."""
+
+    template: str = "a photograph of {}"
+    width: int = 64
+    hidden_dim: int = 512
+    image_size: int | None = None
+    steps: int = 3000
+    batch_size: int = 64
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    weight_decay: float = 1e-4
+    rotations: bool = False
+    seed: int = 0
+    checkpoint_every: int = 500
+
+    def validate(self, source: str) -> None:
+        check_positive(source, self, "steps", "batch_size", "checkpoint_every")
+        check_non_negative(source, self, "warmup_steps", "lr", "weight_decay")
+        if self.image_size is not None and (self.image_size < 8 or self.image_size % 8):
+            raise SynthsegError(f"{source}: image_size must be a multiple of 8, got {self.image_size}")
+        CaptionerConfig(1, 1, self.template, self.width, self.hidden_dim).validate(source)
+
+
+def load_captioner_recipe(spec: str | Path) -> CaptionerRecipe:
+    """A captioner recipe by packaged name ("captioner-world") or path."""
+    path = recipe_path(spec, "captioner")
+    return load_config(CaptionerRecipe, read_mapping(path), str(path))
+
+
+@torch.no_grad()
+def encode_dataset(pipe, data: SegmentationData, size: int) -> tuple[torch.Tensor, list[list[str]]]:
+    """(N, C, h, w) VAE latents of every image at `size` x `size`, and each image's classes (its label
+    map's, in the dataset's class order); an image with no class is skipped."""
+    latents, classes = [], []
+    with loss_progress("encode", len(data), metric="kept") as advance:
+        kept = []
+        for index in range(len(data)):
+            image, labels = data[index]
+            present = [data.class_names[k - 1] for k in np.unique(labels) if 0 < k <= len(data.class_names)]
+            kept.append(float(bool(present)))
+            if present:
+                latents.append(encode_images(pipe, pixel_tensor(np.asarray(image.convert("RGB").resize((size, size))))).float().cpu())
+                classes.append(present)
+            advance(index + 1, kept)
+    if not latents:
+        raise SynthsegError(f"{data.name}: no image holds a labelled class; nothing to train the captioner on")
+    return torch.cat(latents), classes
+
+
+def augment(latents: torch.Tensor, rng: np.random.Generator, rotations: bool) -> torch.Tensor:
+    """Per latent: a horizontal flip with chance 1/2, then (with `rotations`) a random quarter turn."""
+    out = []
+    for latent in latents:
+        if rng.random() < 0.5:
+            latent = latent.flip(-1)
+        out.append(torch.rot90(latent, int(rng.integers(4)), (-2, -1)) if rotations else latent)
+    return torch.stack(out)
+
+
+def train_captioner(pipe, data: SegmentationData, recipe: CaptionerRecipe, workdir: str | Path, output: str | Path,
+                    max_steps: int | None = None) -> ImplicitCaptioner:
+    """Train (or resume) a captioner for `pipe` on `data` in `workdir`; save it to `output` with its recipe
+    and training record. Step s's batch is drawn from default_rng([seed, s]), so a resumed run repeats an
+    uninterrupted one."""
+    workdir, output = Path(workdir), Path(output)
+    config = CaptionerConfig.for_pipeline(pipe, template=recipe.template, width=recipe.width, hidden_dim=recipe.hidden_dim)
+    claim_workdir(workdir, recipe)
+    size = recipe.image_size or pipe.default_sample_size * pipe.vae_scale_factor
+    latents, classes = encode_dataset(pipe, data, size)
+    captions = sorted({tuple(c) for c in classes}, key=lambda c: (len(c), [data.class_names.index(n) for n in c]))
+    targets = torch.tensor([captions.index(tuple(c)) for c in classes])
+    embeddings = caption_embeddings(pipe, [list(c) for c in captions], recipe.template)
+    torch.manual_seed(recipe.seed)
+    captioner = ImplicitCaptioner(config).train()
+    optimizer = torch.optim.AdamW(captioner.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(recipe.warmup_steps, recipe.steps))
+
+    def step_loss(step: int) -> torch.Tensor:
+        rng = np.random.default_rng([recipe.seed, step])
+        rows = torch.from_numpy(rng.integers(len(latents), size=recipe.batch_size))
+        logits = captioner(augment(latents[rows], rng, recipe.rotations)) @ embeddings.T * captioner.logit_scale.exp()
+        return F.cross_entropy(logits, targets[rows])
+
+    losses = train_loop("captioner", step_loss, model=captioner, optimizer=optimizer, checkpoint=workdir / "captioner.ckpt",
+                        steps=recipe.steps, checkpoint_every=recipe.checkpoint_every, max_steps=max_steps, schedule=schedule)
+    captioner.eval().save_pretrained(output)
+    made = dict(asdict(recipe), images=len(latents), captions=len(captions), dataset=data.name)
+    (output / "recipe.json").write_text(json.dumps(stamped(made, recipe), indent=2) + "\n")
+    write_training_record(output, captioner=losses)
+    return captioner

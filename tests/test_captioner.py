@@ -1,0 +1,143 @@
+"""ODISE's implicit captioner: candidates, save/load, training (it learns, resumes), and segmenting with
+the classes it recognises, for every family; bad input."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from typer.testing import CliRunner
+
+from synthseg import SynthsegError
+from synthseg.captioner import CaptionerConfig, ImplicitCaptioner, Recogniser, candidate_class_lists, caption_embeddings
+from synthseg.cli import app
+from synthseg.readers import SegmentationData
+from synthseg.segment import GroundingSegmenter, encode_images, pixel_tensor
+from synthseg.tiny import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_sdxl_pipeline
+from synthseg.train.captioner import CaptionerRecipe, train_captioner
+
+T5 = Path(__file__).parent / "fixtures" / "t5-tiny.model"
+NAMES = ["dog", "cat", "bus"]
+
+
+def pointing_at(pipe, names: list[str], template="a photograph of {}") -> ImplicitCaptioner:
+    """A captioner that gives every image the caption of `names`: zero weights, the caption's embedding as bias."""
+    captioner = ImplicitCaptioner(CaptionerConfig.for_pipeline(pipe, template=template, width=8, hidden_dim=8))
+    with torch.no_grad():
+        for parameter in captioner.head[-1].parameters():
+            parameter.zero_()
+        captioner.head[-1].bias.copy_(caption_embeddings(pipe, [names], template)[0])
+    return captioner.eval()
+
+
+def test_candidates_are_every_list_of_one_to_max_classes_in_name_order():
+    assert candidate_class_lists(["a", "b", "c"], 2) == [["a"], ["b"], ["c"], ["a", "b"], ["a", "c"], ["b", "c"]]
+    assert len(candidate_class_lists(NAMES, 5)) == 7  # no more than the names allow
+    with pytest.raises(SynthsegError, match="max_classes"):
+        candidate_class_lists(NAMES, 0)
+
+
+def test_save_and_load_round_trip(pipe, tmp_path):
+    captioner = pointing_at(pipe, ["cat"])
+    captioner.save_pretrained(tmp_path / "c")
+    again = ImplicitCaptioner.from_pretrained(tmp_path / "c")
+    latents = torch.randn(2, 4, 4, 4)
+    torch.testing.assert_close(again(latents), captioner(latents))
+    assert again.config == captioner.config
+    (tmp_path / "c" / "model.safetensors").write_bytes(b"junk")
+    with pytest.raises(SynthsegError, match="corrupt"):
+        ImplicitCaptioner.from_pretrained(tmp_path / "c")
+    with pytest.raises(SynthsegError, match="no captioner"):
+        ImplicitCaptioner.from_pretrained(tmp_path / "missing")
+    with pytest.raises(SynthsegError, match="template"):
+        CaptionerConfig(4, 32, template="no slot").validate()
+
+
+@pytest.mark.parametrize("family", ["sd", "sdxl", "sd3", "flux"])
+def test_segmenting_with_a_captioner_prompts_only_the_recognised_classes(family, pipe, grounding):
+    """The recognised classes' probabilities equal a segmenter given only them; the others are 0."""
+    from synthseg import GroundingConfig, GroundingModule
+
+    if family != "sd":
+        pipe = {"sdxl": tiny_sdxl_pipeline, "sd3": lambda: tiny_sd3_pipeline(T5), "flux": lambda: tiny_flux_pipeline(T5)}[family]()
+        pipe.set_progress_bar_config(disable=True)
+        torch.manual_seed(0)
+        grounding = GroundingModule(GroundingConfig.for_pipeline(pipe, fuse_dim=16, mask_dim=16, hidden_dim=32, num_heads=4, ffn_dim=64,
+                                                                 token_patch=2)).eval()
+    size = 16 if family == "flux" else 32
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8))
+    recognised = GroundingSegmenter(pipe, grounding, NAMES, captioner=pointing_at(pipe, ["dog", "bus"]), max_classes=2).segment(image)
+    alone = GroundingSegmenter(pipe, grounding, ["dog", "bus"]).segment(image)
+    torch.testing.assert_close(recognised.probs[[0, 2]], alone.probs)
+    assert recognised.probs[1].abs().max() == 0
+    assert set(np.unique(recognised.labels)) <= {0, 1, 3}
+    assert Recogniser(pipe, pointing_at(pipe, ["cat"]), NAMES)(torch.randn(3, 4, size // 8, size // 8)) == [["cat"]] * 3
+
+
+def test_a_captioner_for_another_pipeline_is_refused(pipe, grounding):
+    other = ImplicitCaptioner(CaptionerConfig(latent_channels=16, text_dim=pipe.text_encoder.config.hidden_size))  # FLUX's latents
+    with pytest.raises(SynthsegError, match="train one for it"):
+        GroundingSegmenter(pipe, grounding, NAMES, captioner=other)
+
+
+def coloured(colour: tuple[int, int, int], size=32) -> tuple[Image.Image, np.ndarray]:
+    """A square of `colour` on grey, labelled 1 (red), 2 (green) or 3 (blue)."""
+    pixels = np.full((size, size, 3), 128, np.uint8)
+    pixels[8:24, 8:24] = colour
+    labels = np.zeros((size, size), np.uint8)
+    labels[8:24, 8:24] = 1 + int(np.argmax(colour))
+    return Image.fromarray(pixels), labels
+
+
+def test_training_learns_the_captions_and_resumes(pipe, tmp_path):
+    items = [coloured(c) for c in [(255, 0, 0), (0, 255, 0), (0, 0, 255)] * 4]
+    data = SegmentationData("colours", ("red thing", "green thing", "blue thing"), [str(i) for i in range(len(items))], items.__getitem__)
+    recipe = CaptionerRecipe(width=16, hidden_dim=32, image_size=32, steps=60, batch_size=12, lr=3e-3, warmup_steps=5, checkpoint_every=30)
+    captioner = train_captioner(pipe, data, recipe, tmp_path / "work", tmp_path / "out")
+    recogniser = Recogniser(pipe, captioner, list(data.class_names), max_classes=1)
+    latents = torch.cat([encode_images(pipe, pixel_tensor(np.asarray(items[i][0]))) for i in range(3)])
+    assert recogniser(latents) == [["red thing"], ["green thing"], ["blue thing"]]
+    assert (tmp_path / "out" / "training.json").is_file() and (tmp_path / "out" / "recipe.json").is_file()
+    resumed = train_captioner(pipe, data, recipe, tmp_path / "work2", tmp_path / "out2", max_steps=30)  # a first sitting
+    resumed = train_captioner(pipe, data, recipe, tmp_path / "work2", tmp_path / "out2")  # the second, from the checkpoint
+    for a, b in zip(resumed.state_dict().values(), captioner.state_dict().values()):
+        torch.testing.assert_close(a, b)
+
+
+def test_train_captioner_cli_refuses_bad_input(tmp_path):
+    runner = CliRunner()
+    result = runner.invoke(app, ["train-captioner", "--dataset", str(tmp_path / "nothing"), "--out", str(tmp_path / "c")])
+    assert result.exit_code == 1 and result.output.count("error:") == 1 and "Traceback" not in result.output
+    result = runner.invoke(app, ["train-captioner", "--dataset", str(tmp_path), "--recipe", "captioner-nope"])
+    assert result.exit_code == 1 and "unknown captioner recipe" in result.output
+    result = runner.invoke(app, ["benchmark", "--dataset", "world", "--count", "1", "--captioner", "world"])
+    assert result.exit_code == 1 and "--captioner goes with --grounding" in result.output
+
+
+@pytest.mark.slow
+def test_the_shipped_world_captioner_lets_segment_find_the_class_among_all_names(tmp_path):
+    """Given all 12 world names, `segment` (the world's captioner by default) outlines a one-object scene's class,
+    seen and unseen, far better than the module alone (`--captioner none`), which spreads it over wrong classes."""
+    from synthseg.world import WORLD_CLASSES, render_scene, scene_seed
+
+    runner = CliRunner()
+    names = ["circle", "star", "heart", "hourglass"]  # heart and hourglass are unseen classes
+    scenes = [render_scene(scene_seed(10 + i, held_out=True), [name]) for i, name in enumerate(names)]
+    paths = []
+    for i, scene in enumerate(scenes):
+        paths.append(str(tmp_path / f"scene{i}.png"))
+        Image.fromarray(scene.image).save(paths[-1])
+    ious = {}
+    for captioner in ([], ["--captioner", "none"]):
+        out = tmp_path / f"out{len(captioner)}"
+        result = runner.invoke(app, ["segment", *paths, "--classes", ",".join(WORLD_CLASSES), "--out", str(out), *captioner])
+        assert result.exit_code == 0, result.output
+        ious[not captioner] = []
+        for i, (scene, name) in enumerate(zip(scenes, names)):
+            labels = np.asarray(Image.open(out / "labels" / f"scene{i}.png"))
+            label = WORLD_CLASSES.index(name) + 1
+            truth = scene.semantic() == label
+            ious[not captioner].append(((labels == label) & truth).sum() / ((labels == label) | truth).sum())
+    assert min(ious[True]) > 0.8, ious
+    assert np.mean(ious[False]) < np.mean(ious[True]) - 0.2, ious
