@@ -29,7 +29,7 @@ from .config import check_positive
 from .errors import SynthsegError
 from .prompts import describe
 from .registry import resolve_captioner
-from .text import encode_prompts, text_dim
+from .text import encode_prompts, fits_prompt, text_dim
 from .weights import load_model, save_model
 
 
@@ -111,14 +111,16 @@ def candidate_class_lists(class_names: list[str], max_classes: int) -> list[list
 
 
 class Recogniser:
-    """Which of `class_names` each image holds, by its nearest candidate caption (`candidate_class_lists`),
-    for `captioner` on `pipe`. The candidates' embeddings are made once."""
+    """Which of `class_names` each image holds, by its nearest candidate caption (`candidate_class_lists`,
+    less those the text encoder would cut), for `captioner` on `pipe`. The candidates' embeddings are made once."""
 
     def __init__(self, pipe, captioner: ImplicitCaptioner, class_names: list[str], max_classes: int = 2):
         captioner.config.check_pipeline(pipe)
         self.captioner = captioner.eval()
-        self.candidates = candidate_class_lists(list(class_names), max_classes)
-        self.embeddings = caption_embeddings(pipe, self.candidates, captioner.config.template)
+        template = captioner.config.template
+        candidates = candidate_class_lists(list(class_names), max_classes)
+        self.candidates = [names for names in candidates if len(names) == 1 or fits_prompt(pipe, template.format(describe(names)))]
+        self.embeddings = caption_embeddings(pipe, self.candidates, template)
 
     @torch.no_grad()
     def __call__(self, latents: torch.Tensor) -> list[list[str]]:

@@ -29,7 +29,7 @@ from .generate import predict_masks
 from .grounding import GroundingModule
 from .progress import loss_progress
 from .prompts import describe
-from .text import encode_prompts, pipeline_family, prompt_token_spans, text_inputs, text_streams
+from .text import encode_prompts, fits_prompt, pipeline_family, prompt_token_spans, text_inputs, text_streams
 
 SEGMENT_TEMPLATE = "a photograph of {}"  # the prompt around the class list ("a dog, a cat and a bus")
 
@@ -77,18 +77,14 @@ def prompts_for(pipe, class_names: list[str], template: str, one_per_class: bool
     stream keeps whole. A name that does not fit a prompt alone is an error."""
     groups: list[list[str]] = []
     for name in class_names:
-        if groups and not one_per_class and _fits(pipe, template.format(describe(groups[-1] + [name]))):
+        if groups and not one_per_class and fits_prompt(pipe, template.format(describe(groups[-1] + [name]))):
             groups[-1].append(name)
-        elif _fits(pipe, template.format(describe([name]))):
+        elif fits_prompt(pipe, template.format(describe([name]))):
             groups.append([name])
         else:
             limit = min(kept for _, _, _, kept in text_streams(pipe))
             raise SynthsegError(f"class name {name!r} does not fit in a prompt of the text encoder's {limit} tokens")
     return groups
-
-
-def _fits(pipe, prompt: str) -> bool:
-    return all(len(tokenizer(prompt).input_ids) <= kept for _, tokenizer, _, kept in text_streams(pipe))
 
 
 def to_rgb(image: Image.Image, name: str) -> Image.Image:

@@ -60,6 +60,12 @@ def text_streams(pipe) -> list[tuple[str, object, int, int]]:
     return streams
 
 
+def fits_prompt(pipe, prompt: str) -> bool:
+    """Whether every text stream of `pipe` keeps all of `prompt`'s tokens (asked quietly: a tokenizer warns
+    of a sequence over its limit, which is what is being tested)."""
+    return all(len(tokenizer(prompt, verbose=False).input_ids) <= kept for _, tokenizer, _, kept in text_streams(pipe))
+
+
 def text_tokens(pipe) -> int:
     """T, the length of the text states the denoiser reads."""
     family = pipeline_family(pipe)

@@ -141,3 +141,12 @@ def test_the_shipped_world_captioner_lets_segment_find_the_class_among_all_names
             ious[not captioner].append(((labels == label) & truth).sum() / ((labels == label) | truth).sum())
     assert min(ious[True]) > 0.8, ious
     assert np.mean(ious[False]) < np.mean(ious[True]) - 0.2, ious
+
+
+def test_candidates_the_text_encoder_would_cut_are_left_out(pipe):
+    """A caption of several long names over the tokenizer's limit is no candidate (its embedding would be of a cut
+    prompt); one name alone always is (a name that does not fit alone is refused by the segmenter)."""
+    long = ["dog " * 35 + "a", "dog " * 35 + "b"]  # each fits the 77 tokens alone, not both
+    recogniser = Recogniser(pipe, pointing_at(pipe, ["cat"]), ["cat", *long], max_classes=2)
+    assert ["cat"] in recogniser.candidates and [long[0]] in recogniser.candidates
+    assert [long[0], long[1]] not in recogniser.candidates and ["cat", long[0]] in recogniser.candidates
