@@ -13,12 +13,14 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+local"
 
 _EXPORTS = {
+    "captioner": ("CaptionerConfig", "ImplicitCaptioner"),
     "capture": ("CaptureStep", "CapturedFeatures", "FeatureCapture", "ResolvedStep", "TransformerCapture", "feature_layout",
                 "unet_feature_layout"),
     "errors": ("SynthsegError",),
     "generate": ("CaptureRun", "GroundedGeneration", "capture_pass", "generate_grounded"),
     "grounding": ("GroundingConfig", "GroundingModule", "grounding_loss"),
     "pipeline": ("load_pipeline",),
+    "segment": ("GroundingSegmenter", "segment_images"),
     "text": ("class_queries", "class_token_span", "class_token_spans", "encode_prompts", "prompt_token_spans"),
 }
 _HOME = {name: module for module, names in _EXPORTS.items() for name in names}
