@@ -72,13 +72,13 @@ def main() -> None:
         rows[f"{label}, t {timestep}"] = score(label, GroundingSegmenter(pipe, module, names, timestep=timestep))
         first = first or (label, module, timestep)
     label, module, timestep = first
-    truth = [[names[k - 1] for k in np.unique(data[i][1]) if 0 < k <= len(names)] for i in range(len(data))]
+    truth = [data.classes_in(data[i][1]) for i in range(len(data))]
     captioner = ImplicitCaptioner.from_pretrained(args.captioner)
     captioned = GroundingSegmenter(pipe, module, names, timestep=timestep, captioner=captioner, max_classes=args.max_classes)
     best = f"{label} + implicit captioner, t {timestep}"  # what synthseg segment --captioner does; the targets are judged on it
     rows[best] = score(label, captioned)
     recognised = [captioned.recogniser(encode_images(pipe, pixel_tensor(np.asarray(data[i][0]))))[0] for i in range(len(data))]
-    oracle = GroundingSegmenter(pipe, module, names, timestep=timestep, captioner=captioner)
+    oracle = GroundingSegmenter(pipe, module, names, timestep=timestep)
     scenes = iter(truth)
     oracle.recogniser = lambda latents: [next(scenes)]  # benchmark() visits the scenes in order, one per call
     rows[f"{label} given each scene's true class names (presence oracle), t {timestep}"] = score(label, oracle)

@@ -302,16 +302,11 @@ def train_captioner(
     stop_at: StopAt = None,
 ) -> None:
     """Train ODISE's implicit captioner: image (VAE latent) -> the text embedding of the classes it holds."""
-    from dataclasses import replace
-
     from .pipeline import load_pipeline
     from .readers import open_data
     from .train.captioner import load_captioner_recipe, train_captioner as train
 
-    config = load_captioner_recipe(recipe)
-    if train_steps is not None:
-        config = replace(config, steps=train_steps)
-        config.validate("--train-steps")
+    config = load_captioner_recipe(recipe, steps=train_steps)
     data = open_data("auto", dataset)
     train(load_pipeline(model, device=_device(device)), data, config, workdir, out, stop_at)
     _stderr.print(f"saved {out}")

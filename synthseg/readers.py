@@ -49,6 +49,10 @@ class SegmentationData:
             raise IndexError(index)
         return self.load(index)
 
+    def classes_in(self, labels: np.ndarray) -> list[str]:
+        """The class names a label map of this data holds, in class order (background and ignore left out)."""
+        return [self.class_names[k - 1] for k in np.unique(labels) if 0 < k <= len(self.class_names)]
+
 
 def read_labels(path: Path) -> np.ndarray:
     """HW uint8 label indices of a palette ("P") or greyscale ("L") PNG; anything else is refused."""

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 from ..captioner import CaptionerConfig, ImplicitCaptioner, caption_embeddings
-from ..config import check_non_negative, check_positive, load_config, read_mapping, stamped
+from ..config import apply_overrides, check_non_negative, check_positive, load_config, read_mapping, stamped
 from ..errors import SynthsegError
 from ..progress import loss_progress
 from ..readers import SegmentationData
@@ -54,10 +54,10 @@ class CaptionerRecipe:
         CaptionerConfig(1, 1, self.template, self.width, self.hidden_dim).validate(source)
 
 
-def load_captioner_recipe(spec: str | Path) -> CaptionerRecipe:
-    """A captioner recipe by packaged name ("captioner-world") or path."""
+def load_captioner_recipe(spec: str | Path, **overrides) -> CaptionerRecipe:
+    """A captioner recipe by packaged name ("captioner-world") or path, with `overrides` (None: the recipe's)."""
     path = recipe_path(spec, "captioner")
-    return load_config(CaptionerRecipe, read_mapping(path), str(path))
+    return load_config(CaptionerRecipe, apply_overrides(read_mapping(path), overrides, str(path)), str(path))
 
 
 @torch.no_grad()
@@ -69,7 +69,7 @@ def encode_dataset(pipe, data: SegmentationData, size: int) -> tuple[torch.Tenso
         kept = []
         for index in range(len(data)):
             image, labels = data[index]
-            present = [data.class_names[k - 1] for k in np.unique(labels) if 0 < k <= len(data.class_names)]
+            present = data.classes_in(labels)
             kept.append(float(bool(present)))
             if present:
                 latents.append(encode_images(pipe, pixel_tensor(np.asarray(image.convert("RGB").resize((size, size))))).float().cpu())
