@@ -1,20 +1,21 @@
 """Protocol iii on the miniature world: grounding modules segment held-out *rendered* scenes, scored
-against their exact masks, every class named.
+against their exact masks, every class named, on a bundled world model (--model world, the UNet, or
+world-dit, the transformer).
 
 Each row is a `synthseg.benchmark` run (one confusion matrix over background and the 12 classes,
 background counted as a seen class, split "world") on the same held-out scenes, the images read as
 `synthseg segment` reads real ones: VAE-encoded, noised to the capture timestep, one denoiser call per
 prompt of the class list. Rows: each --module (its own capture timestep); the first module with ODISE's implicit
-captioner (--captioner: each scene is prompted with the classes its caption holds), and with each scene's true
+captioner (--captioner, by default the model's own: each scene is prompted with the classes its caption holds), and with each scene's true
 class names (a presence oracle: what perfect recognition would give); the cross-attention baseline
 (DAAM) on the same noised latents, thresholded at --daam-threshold (Protocol i (world) tunes it on seen
-classes); Protocol ii's segmenters (a) and (b), read from RESULTS.md's "Protocol ii (world)" section,
-which scored them on the same 500 scenes with the same matrix. Ablations of the first module on the
+classes); for the world, Protocol ii's segmenters (a) and (b), read from RESULTS.md's "Protocol ii (world)"
+section, which scored them on the same 500 scenes with the same matrix. Ablations of the first module on the
 first --ablation-count scenes: the capture timestep, K noise draws and one prompt per class.
 Targets: harmonic mIoU >= 70, unseen >= 0.9 x seen, above Protocol ii's (a).
-Writes the "Protocol iii (world)" section of benchmarks/RESULTS.md.
+Writes the "Protocol iii (MODEL)" section of benchmarks/RESULTS.md.
 
-    python benchmarks/bench_protocol_iii.py [--module "NAME=DIR" ...] [--captioner DIR] [--count 500] [--ablation-count 100]
+    python benchmarks/bench_protocol_iii.py [--model world] [--module "NAME=DIR" ...] [--captioner DIR] [--count 500] [--ablation-count 100]
 """
 
 from __future__ import annotations
@@ -35,11 +36,12 @@ def protocol_ii_rows() -> dict[str, tuple[str, str, str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--module", action="append", default=[], help="NAME=DIR of a grounding module on the world pipeline; the first is ablated")
+    parser.add_argument("--model", default="world", choices=["world", "world-dit"], help="the bundled world model whose modules are scored")
+    parser.add_argument("--module", action="append", default=[], help="NAME=DIR of a grounding module on that model; the first is ablated")
     parser.add_argument("--count", type=int, default=500)
     parser.add_argument("--ablation-count", type=int, default=100)
     parser.add_argument("--daam-threshold", type=float, default=0.4)
-    parser.add_argument("--captioner", default="world", help="implicit captioner: a bundled name or a folder")
+    parser.add_argument("--captioner", help="implicit captioner: a bundled name or a folder (default: the model's own)")
     parser.add_argument("--max-classes", type=int, default=2)
     args = parser.parse_args()
 
@@ -55,8 +57,8 @@ def main() -> None:
     from synthseg.train.grounding import capture_step_of
     from synthseg.triplets import TripletRecipe
 
-    modules = dict(m.split("=", 1) for m in args.module) or {"generation module (shipped)": "world"}
-    pipe, split = load_pipeline("world"), get_split("world")
+    modules = dict(m.split("=", 1) for m in args.module) or {"generation module (shipped)": args.model}
+    pipe, split, captioner_name = load_pipeline(args.model), get_split("world"), args.captioner or args.model
     data, subset = open_dataset("world", None, "val", args.count), open_dataset("world", None, "val", args.ablation_count)
     names = list(data.class_names)
     rows, ablations, start = {}, {}, time.perf_counter()
@@ -73,7 +75,7 @@ def main() -> None:
         first = first or (label, module, timestep)
     label, module, timestep = first
     truth = [data.classes_in(data[i][1]) for i in range(len(data))]
-    captioner = ImplicitCaptioner.from_pretrained(args.captioner)
+    captioner = ImplicitCaptioner.from_pretrained(captioner_name)
     captioned = GroundingSegmenter(pipe, module, names, timestep=timestep, captioner=captioner, max_classes=args.max_classes)
     best = f"{label} + implicit captioner, t {timestep}"  # what synthseg segment --captioner does; the targets are judged on it
     rows[best] = score(label, captioned)
@@ -104,9 +106,10 @@ def main() -> None:
 
     head = ["| method | scenes | seen mIoU | unseen mIoU | harmonic mIoU |", "|---|---|---|---|---|"]
     table = head + [line(n, r) for n, r in rows.items()]
-    table += [f"| Protocol ii {n} (its own run) | 500 | {s} | {u} | {h} |" for n, (s, u, h) in protocol_ii_rows().items()]
+    segmenters = protocol_ii_rows() if args.model == "world" else {}  # Protocol ii trained on the world's own data
+    table += [f"| Protocol ii {n} (its own run) | 500 | {s} | {u} | {h} |" for n, (s, u, h) in segmenters.items()]
     main_row = rows[best]
-    a = protocol_ii_rows().get(next((n for n in protocol_ii_rows() if n.startswith("(a)")), ""), None)
+    a = next((row for n, row in segmenters.items() if n.startswith("(a)")), None)
     verdict = (f"Targets for `{best}`: harmonic mIoU **{100 * main_row['harmonic']:.1f}** (target >= 70); unseen / seen = "
                f"**{main_row['unseen'] / max(main_row['seen'], 1e-9):.2f}** (target >= 0.9)"
                + (f"; Protocol ii's (a): {a[2]} harmonic (target: above it)." if a else "."))
@@ -122,13 +125,13 @@ Ablations of `{label}` on the first {args.ablation_count} scenes:
 
 {chr(10).join(head + [line(n, r) for n, r in ablations.items()])}
 
-The implicit captioner (`{args.captioner}`, up to {args.max_classes} class{"es" if args.max_classes > 1 else ""} per caption) on these scenes: the exact class
+The implicit captioner (`{captioner_name}`, up to {args.max_classes} class{"es" if args.max_classes > 1 else ""} per caption) on these scenes: the exact class
 set {100 * exact:.1f}% of scenes; precision {100 * precision:.1f}%; recall {100 * recall["seen"]:.1f}% of seen and
 {100 * recall["unseen"]:.1f}% of unseen class occurrences. It reads the image's clean VAE latent; the module then segments only
 the classes it names.
 """
     print(body)
-    write_section("Protocol iii (world)", body, bundle="world")
+    write_section(f"Protocol iii ({args.model})", body, bundle=args.model)
 
 
 if __name__ == "__main__":

@@ -55,8 +55,10 @@ class Bundle:
 BUNDLES = {
     "world": Bundle(pipeline=ASSETS / "world" / "t2i", grounding=ASSETS / "world" / "grounding", annotator=ASSETS / "world" / "annotator",
                     captioner=ASSETS / "world" / "captioner"),
-    # The transformer world: FLUX's architecture on the same scenes, judged by the same annotator.
-    "world-dit": Bundle(pipeline=ASSETS / "world-dit" / "t2i", grounding=ASSETS / "world-dit" / "grounding", annotator=ASSETS / "world" / "annotator"),
+    # The transformer world: FLUX's architecture on the same scenes, judged by the same annotator. Its captioner
+    # is the world's: it reads the same VAE's latents into the same MiniLM states.
+    "world-dit": Bundle(pipeline=ASSETS / "world-dit" / "t2i", grounding=ASSETS / "world-dit" / "grounding", annotator=ASSETS / "world" / "annotator",
+                        captioner=ASSETS / "world" / "captioner"),
     # The world's GLIGEN: box layers over the world UNet (the export's card names "world" as its base), read by the world's module.
     "world-layout": Bundle(pipeline=ASSETS / "world-layout", grounding=ASSETS / "world" / "grounding", annotator=ASSETS / "world" / "annotator"),
 }

@@ -181,7 +181,9 @@ class DiTRecipe:
 @dataclass
 class WorldDiTRecipe:
     """Recipe of `train_world_dit`; see the world-dit recipes. `vae_from`: the pipeline whose VAE (frozen)
-    the transformer learns the latents of; `init_from`: a stage's starting weights (world-dit-finetune)."""
+    the transformer learns the latents of; `init_from`: a stage's starting weights (world-dit-finetune);
+    `teacher`: distil a trained UNet's flow instead of regressing one noise draw's velocity (see
+    `train.world_dit.teacher_velocity`)."""
 
     seed: int = 0
     image_size: int = 64
@@ -192,6 +194,7 @@ class WorldDiTRecipe:
     checkpoint_every: int = 500
     vae_from: str = "world"
     init_from: str | None = None  # a FLUX pipeline ("world-dit", a folder) whose transformer trains on, with a fresh optimizer
+    teacher: str | None = None  # a UNet pipeline on vae_from's latents ("world") whose velocities are the targets
     num_inference_steps: int = 25
     guidance_scale: float = 2.0  # true classifier-free guidance: conditional and unconditional passes
     transformer: DiTRecipe = field(default_factory=DiTRecipe)

@@ -116,9 +116,11 @@ def test_train_captioner_cli_refuses_bad_input(tmp_path):
 
 
 @pytest.mark.slow
-def test_the_shipped_world_captioner_lets_segment_find_the_class_among_all_names(tmp_path):
-    """Given all 12 world names, `segment` (the world's captioner by default) outlines a one-object scene's class,
-    seen and unseen, far better than the module alone (`--captioner none`), which spreads it over wrong classes."""
+@pytest.mark.parametrize("model, min_iou", [("world", 0.8), ("world-dit", 0.5)])
+def test_the_shipped_world_captioner_lets_segment_find_the_class_among_all_names(tmp_path, model, min_iou):
+    """Given all 12 world names, `segment` (the world's captioner by default, which the transformer world shares)
+    outlines a one-object scene's class, seen and unseen, far better than the module alone (`--captioner none`),
+    which spreads it over wrong classes. The transformer world's module outlines less exactly (its star)."""
     from synthseg.world import WORLD_CLASSES, render_scene, scene_seed
 
     runner = CliRunner()
@@ -131,7 +133,7 @@ def test_the_shipped_world_captioner_lets_segment_find_the_class_among_all_names
     ious = {}
     for captioner in ([], ["--captioner", "none"]):
         out = tmp_path / f"out{len(captioner)}"
-        result = runner.invoke(app, ["segment", *paths, "--classes", ",".join(WORLD_CLASSES), "--out", str(out), *captioner])
+        result = runner.invoke(app, ["segment", *paths, "--model", model, "--classes", ",".join(WORLD_CLASSES), "--out", str(out), *captioner])
         assert result.exit_code == 0, result.output
         ious[not captioner] = []
         for i, (scene, name) in enumerate(zip(scenes, names)):
@@ -139,7 +141,7 @@ def test_the_shipped_world_captioner_lets_segment_find_the_class_among_all_names
             label = WORLD_CLASSES.index(name) + 1
             truth = scene.semantic() == label
             ious[not captioner].append(((labels == label) & truth).sum() / ((labels == label) | truth).sum())
-    assert min(ious[True]) > 0.8, ious
+    assert min(ious[True]) > min_iou, ious
     assert np.mean(ious[False]) < np.mean(ious[True]) - 0.2, ious
 
 

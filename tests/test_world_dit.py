@@ -1,15 +1,18 @@
 """The transformer world (world-dit): FLUX's transformer trained by flow matching, exported in FLUX's
-standard layout, loaded by the one loader, and fine-tuned from an export (`init_from`)."""
+standard layout, loaded by the one loader, fine-tuned from an export (`init_from`) and distilled from a
+UNet world (`teacher`)."""
 
 import dataclasses
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
+from diffusers import DDPMScheduler
 
 from synthseg import SynthsegError
 from synthseg.pipeline import load_pipeline
-from synthseg.train.world_dit import load_dit_recipe, train_world_dit
+from synthseg.train.world_dit import load_dit_recipe, load_teacher, teacher_velocity, train_world_dit
 from synthseg.worldmodel import DiTRecipe
 
 TINY = DiTRecipe(num_layers=1, num_single_layers=1, attention_heads=2, attention_head_dim=16, axes_dims_rope=[4, 6, 6], steps=4,
@@ -40,3 +43,35 @@ def test_world_dit_trains_exports_loads_and_fine_tunes(tmp_path):
     wider = dataclasses.replace(TINY, attention_head_dim=32, axes_dims_rope=[8, 12, 12])
     with pytest.raises(SynthsegError, match="its transformer has another architecture"):
         train_world_dit(tiny_recipe(init_from=str(export), transformer=wider), tmp_path / "wrong", tmp_path / "w", max_steps=1)
+
+
+def test_teacher_velocity_of_an_exact_unet_is_the_flow_velocity():
+    """A UNet that predicts its target exactly, read at a flow sample x_s = (1 - s) x_0 + s e, gives e - x_0:
+    the conversion between the two parameterisations is exact at the sigmas of the UNet's timesteps, and
+    off them within the grid's spacing."""
+    g = torch.Generator().manual_seed(0)
+    x0, noise = torch.randn(6, 4, 8, 8, generator=g), torch.randn(6, 4, 8, 8, generator=g)
+    scheduler = DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
+    timesteps = torch.tensor([0, 10, 250, 500, 900, 999])
+    a, b = scheduler.alphas_cumprod[timesteps].sqrt(), (1 - scheduler.alphas_cumprod[timesteps]).sqrt()
+    on_grid = b / (a + b)
+
+    def exact_unet(x_t, t, encoder_hidden_states):
+        alphas = scheduler.alphas_cumprod[t][:, None, None, None]
+        return SimpleNamespace(sample=alphas.sqrt() * noise - (1 - alphas).sqrt() * x0)
+
+    teacher = SimpleNamespace(scheduler=scheduler, unet=exact_unet)
+    off_grid = torch.cat([on_grid[:1], on_grid[1:-1] * 1.01, on_grid[-1:]])
+    for sigma, atol in ((on_grid, 1e-4), (off_grid, 2e-2)):
+        s = sigma[:, None, None, None]
+        velocity = teacher_velocity(teacher, (1 - s) * x0 + s * noise, sigma, None)
+        assert torch.allclose(velocity, noise - x0, atol=atol)
+
+
+@pytest.mark.slow
+def test_world_dit_distils_the_unet_world(tmp_path):
+    """With `teacher: world` training runs on the UNet world's velocities; a teacher on other latents is refused."""
+    export = train_world_dit(tiny_recipe(teacher="world"), tmp_path / "work", tmp_path / "dit", max_steps=2)
+    assert json.loads((export / "training.json").read_text())["transformer"]["steps"] == 2
+    with pytest.raises(SynthsegError, match="teacher world-dit: not a v-prediction UNet pipeline"):
+        load_teacher(tiny_recipe(teacher="world-dit"), load_pipeline("world").vae)

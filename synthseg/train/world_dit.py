@@ -2,8 +2,9 @@
 the frozen latents of the UNet world's VAE, resumably, with EMA weights.
 
 Flow matching (rectified flow, as SD3 and FLUX): x_s = (1 - s) x_0 + s e for a sigma s in (0, 1), and
-the transformer predicts the velocity e - x_0. Captions are encoded by the pipeline's own
-`encode_prompt`, so training sees exactly the text states generation will.
+the transformer predicts the velocity e - x_0, or, with a recipe's `teacher`, the velocity a trained UNet
+predicts at x_s (distillation). Captions are encoded by the pipeline's own `encode_prompt`, so training
+sees exactly the text states generation will.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from diffusers import FlowMatchEulerDiscreteScheduler
+from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 
 from ..config import load_config, read_mapping
 from ..errors import SynthsegError
@@ -22,7 +23,7 @@ from ..registry import MODEL_CARD, recipe_path, resolve_pipeline
 from ..world import WORLD_CLASSES
 from ..worldmodel import WorldDiTRecipe, WorldFluxPipeline, build_transformer, load_text_encoder
 from .loop import claim_workdir, staged_export, train_loop, warmup_cosine, write_training_record
-from .world_t2i import captioned_latents, sample_scenes
+from .world_t2i import caption_states, captioned_latents, sample_scenes
 
 
 def load_dit_recipe(spec: str | Path) -> WorldDiTRecipe:
@@ -55,9 +56,43 @@ def load_init(recipe: WorldDiTRecipe, transformer) -> dict:
     return json.loads(record.read_text()) if record.is_file() else {}
 
 
+def load_teacher(recipe: WorldDiTRecipe, vae) -> DiffusionPipeline:
+    """`recipe.teacher`'s pipeline, which must be a v-prediction UNet on the latents of `vae` (the recipe's
+    VAE). v, not epsilon: x_0 from an epsilon prediction divides by a, which vanishes at high noise."""
+    teacher = load_pipeline(resolve_pipeline(recipe.teacher), torch_dtype=torch.float32)
+    same_latents = getattr(teacher, "vae", None) is not None and all(
+        teacher.vae.config[key] == vae.config[key] for key in ("latent_channels", "scaling_factor"))
+    if getattr(teacher, "unet", None) is None or not same_latents or teacher.scheduler.config.prediction_type != "v_prediction":
+        raise SynthsegError(f"teacher {recipe.teacher}: not a v-prediction UNet pipeline on the latents of vae_from ({recipe.vae_from})")
+    teacher.unet.eval().requires_grad_(False)
+    return teacher
+
+
+@torch.no_grad()
+def teacher_velocity(teacher: DiffusionPipeline, noisy: torch.Tensor, sigma: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+    """The velocity e - x_0 that `teacher`'s DDPM-trained v-prediction UNet predicts at flow
+    samples `noisy` (B, C, h, w) of sigmas (B,), for its text states (B, L, D).
+
+    The flow's x_s = (1 - s) x_0 + s e, divided by ((1 - s)^2 + s^2)^0.5, is the UNet's a x_0 + b e at
+    the timestep whose b / a is nearest s / (1 - s). The result is the UNet's estimate of the expected
+    velocity given x_s, where one draw's e - x_0 is that plus noise which, at high sigma, dwarfs it: a
+    lower-variance target, which a transformer learning a world's shapes from noise needs far fewer steps for.
+    """
+    alphas = teacher.scheduler.alphas_cumprod.to(noisy.device)
+    log_ratio = 0.5 * torch.log((1 - alphas) / alphas)  # log b/a per timestep
+    timesteps = (log_ratio[None] - torch.log(sigma / (1 - sigma))[:, None]).abs().argmin(dim=1)
+    a, b = (v[:, None, None, None] for v in (alphas[timesteps].sqrt(), (1 - alphas[timesteps]).sqrt()))
+    scale = ((1 - sigma) ** 2 + sigma**2).rsqrt()[:, None, None, None]
+    x_t = noisy * scale
+    v = teacher.unet(x_t, timesteps, encoder_hidden_states=text).sample
+    return (b - a) * x_t + (a + b) * v  # e - x_0, with e = b x_t + a v and x_0 = a x_t - b v
+
+
 def flow_matching_loss(pipe: WorldFluxPipeline, latents: torch.Tensor, text: torch.Tensor, pooled: torch.Tensor,
-                       generator: torch.Generator, recipe: WorldDiTRecipe) -> torch.Tensor:
-    """MSE of the predicted velocity at logit-normal sigmas; latents (B, C, h, w) are packed 2x2 as FLUX reads them."""
+                       generator: torch.Generator, recipe: WorldDiTRecipe, teacher: DiffusionPipeline | None = None,
+                       teacher_text: torch.Tensor | None = None) -> torch.Tensor:
+    """MSE of the predicted velocity at logit-normal sigmas, against e - x_0 or `teacher`'s velocity (read
+    with `teacher_text`); latents (B, C, h, w) are packed 2x2 as FLUX reads them."""
     batch, channels, height, width = latents.shape
     noise = torch.randn(latents.shape, generator=generator)
     sigma = torch.sigmoid(recipe.transformer.logit_mean + recipe.transformer.logit_std * torch.randn(batch, generator=generator))
@@ -67,7 +102,8 @@ def flow_matching_loss(pipe: WorldFluxPipeline, latents: torch.Tensor, text: tor
     text_ids = torch.zeros(text.shape[1], 3)
     velocity = pipe.transformer(hidden_states=packed, timestep=sigma, pooled_projections=pooled, encoder_hidden_states=text,
                                 txt_ids=text_ids, img_ids=image_ids, return_dict=False)[0]
-    return F.mse_loss(velocity, pack_latents(noise - latents))
+    target = noise - latents if teacher is None else teacher_velocity(teacher, noisy, sigma, teacher_text)
+    return F.mse_loss(velocity, pack_latents(target))
 
 
 def pack_latents(latents: torch.Tensor) -> torch.Tensor:
@@ -85,16 +121,19 @@ def train_world_dit(recipe: WorldDiTRecipe, workdir: Path, output: Path, max_ste
     torch.manual_seed(recipe.seed + 1)
     pipe = world_flux_pipeline(recipe)
     prior = load_init(recipe, pipe.transformer) if recipe.init_from else {}
+    teacher = load_teacher(recipe, pipe.vae) if recipe.teacher else None
     t = recipe.transformer
     transformer = pipe.transformer.train()
     ema = torch.optim.swa_utils.AveragedModel(transformer, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(t.ema_decay))
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=t.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(t.warmup_steps, t.steps))
-    cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    cache: dict[str, tuple[torch.Tensor, ...]] = {}
 
     def encode(captions: list[str]):
         embeds, pooled, _ = pipe.encode_prompt(captions, prompt_2=None, device="cpu", max_sequence_length=recipe.max_tokens)
-        return zip(embeds, pooled)
+        if teacher is None:
+            return zip(embeds, pooled)
+        return zip(embeds, pooled, caption_states(teacher.tokenizer, teacher.text_encoder, captions))
 
     def step_loss(step: int) -> torch.Tensor:
         images, captions = sample_scenes(recipe, step, t.batch_size)
@@ -102,7 +141,8 @@ def train_world_dit(recipe: WorldDiTRecipe, workdir: Path, output: Path, max_ste
         latents, captions = captioned_latents(pipe.vae, images, captions, t.caption_dropout, g, cache, encode)
         text = torch.stack([cache[c][0] for c in captions])
         pooled = torch.stack([cache[c][1] for c in captions])
-        return flow_matching_loss(pipe, latents, text, pooled, g, recipe)
+        teacher_text = torch.stack([cache[c][2] for c in captions]) if teacher is not None else None
+        return flow_matching_loss(pipe, latents, text, pooled, g, recipe, teacher, teacher_text)
 
     losses = train_loop("transformer", step_loss, model=transformer, optimizer=optimizer, checkpoint=Path(workdir) / "transformer.ckpt",
                         steps=t.steps, checkpoint_every=recipe.checkpoint_every, max_steps=max_steps, schedule=schedule, ema=ema,
