@@ -59,7 +59,7 @@ def load_init(recipe: WorldDiTRecipe, transformer) -> dict:
 def load_teacher(recipe: WorldDiTRecipe, vae) -> DiffusionPipeline:
     """`recipe.teacher`'s pipeline, which must be a v-prediction UNet on the latents of `vae` (the recipe's
     VAE). v, not epsilon: x_0 from an epsilon prediction divides by a, which vanishes at high noise."""
-    teacher = load_pipeline(resolve_pipeline(recipe.teacher), torch_dtype=torch.float32)
+    teacher = load_pipeline(recipe.teacher, torch_dtype=torch.float32)
     same_latents = getattr(teacher, "vae", None) is not None and all(
         teacher.vae.config[key] == vae.config[key] for key in ("latent_channels", "scaling_factor"))
     if getattr(teacher, "unet", None) is None or not same_latents or teacher.scheduler.config.prediction_type != "v_prediction":
@@ -75,8 +75,8 @@ def teacher_velocity(teacher: DiffusionPipeline, noisy: torch.Tensor, sigma: tor
 
     The flow's x_s = (1 - s) x_0 + s e, divided by ((1 - s)^2 + s^2)^0.5, is the UNet's a x_0 + b e at
     the timestep whose b / a is nearest s / (1 - s). The result is the UNet's estimate of the expected
-    velocity given x_s, where one draw's e - x_0 is that plus noise which, at high sigma, dwarfs it: a
-    lower-variance target, which a transformer learning a world's shapes from noise needs far fewer steps for.
+    velocity given x_s, where one draw's e - x_0 is that plus noise which, at high sigma, dwarfs it: the
+    same regression function, with a lower-variance target.
     """
     alphas = teacher.scheduler.alphas_cumprod.to(noisy.device)
     log_ratio = 0.5 * torch.log((1 - alphas) / alphas)  # log b/a per timestep
