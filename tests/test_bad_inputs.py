@@ -107,6 +107,24 @@ def test_an_unusable_out_is_refused_before_any_work(tmp_path):
         subprocess.run(["chattr", "-i", str(frozen)], check=True)
 
 
+@pytest.mark.parametrize("command, kind, recipe, line", [
+    ("train-world-model", "world-model", "world-t2i-finetune", "init_from: /nonexistent"),
+    ("train-world-dit", "world-dit", "world-dit-finetune", "init_from: /nonexistent"),
+    ("train-world-dit", "world-dit", "world-dit-finetune", "teacher: /nonexistent"),
+    ("train-world-layout", "world-layout", "world-layout", "base: /nonexistent"),
+])
+def test_a_world_recipe_naming_a_missing_model_leaves_no_workdir(tmp_path, command, kind, recipe, line):
+    """The models a recipe starts from load before the workdir is claimed, so the fixed recipe can use it."""
+    from synthseg.registry import recipe_path
+
+    key = line.split(":")[0]
+    kept = [row for row in recipe_path(recipe, kind).read_text().splitlines() if not row.startswith(f"{key}:")]
+    (tmp_path / "bad.yaml").write_text("\n".join(kept + [line]) + "\n")
+    work = tmp_path / "work"
+    error = one_error(runner.invoke(app, [command, "--recipe", str(tmp_path / "bad.yaml"), "--workdir", str(work), "--out", str(tmp_path / "o")]))
+    assert "/nonexistent" in error and not work.exists()
+
+
 def test_an_unknown_recipe_lists_the_known_ones():
     assert "known: segmenter-maskformer-r101, segmenter-tiny" in one_error(runner.invoke(app, ["train-segmenter", "--recipe", "tiny"]))
     grounding = one_error(runner.invoke(app, ["make-triplets", "--recipe", "x"]))

@@ -12,7 +12,7 @@ from diffusers import DDPMScheduler
 
 from synthseg import SynthsegError
 from synthseg.pipeline import load_pipeline
-from synthseg.train.world_dit import load_dit_recipe, load_teacher, teacher_velocity, train_world_dit
+from synthseg.train.world_dit import load_dit_recipe, teacher_velocity, train_world_dit
 from synthseg.worldmodel import DiTRecipe
 
 TINY = DiTRecipe(num_layers=1, num_single_layers=1, attention_heads=2, attention_head_dim=16, axes_dims_rope=[4, 6, 6], steps=4,
@@ -74,4 +74,5 @@ def test_world_dit_distils_the_unet_world(tmp_path):
     export = train_world_dit(tiny_recipe(teacher="world"), tmp_path / "work", tmp_path / "dit", max_steps=2)
     assert json.loads((export / "training.json").read_text())["transformer"]["steps"] == 2
     with pytest.raises(SynthsegError, match="teacher world-dit: not a v-prediction UNet pipeline"):
-        load_teacher(tiny_recipe(teacher="world-dit"), load_pipeline("world").vae)
+        train_world_dit(tiny_recipe(teacher="world-dit"), tmp_path / "bad", tmp_path / "bad-dit", max_steps=1)
+    assert not (tmp_path / "bad").exists()  # refused before the workdir is claimed

@@ -117,11 +117,11 @@ def train_world_dit(recipe: WorldDiTRecipe, workdir: Path, output: Path, max_ste
     the pipeline's own parts to `output`: transformer/ and vae/ (fp16), scheduler/, both tokenizers,
     model_index.json, the model card and training.json (counting `init_from`'s steps first). The text
     encoder stays in its pip package (see `WorldFluxPipeline`)."""
-    claim_workdir(workdir, recipe)
     torch.manual_seed(recipe.seed + 1)
     pipe = world_flux_pipeline(recipe)
     prior = load_init(recipe, pipe.transformer) if recipe.init_from else {}
     teacher = load_teacher(recipe, pipe.vae) if recipe.teacher else None
+    claim_workdir(workdir, recipe)  # once the recipe's models have loaded: a bad name leaves no workdir behind
     t = recipe.transformer
     transformer = pipe.transformer.train()
     ema = torch.optim.swa_utils.AveragedModel(transformer, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(t.ema_decay))

@@ -66,8 +66,8 @@ def train_world_layout(recipe: LayoutModelRecipe, workdir: Path, output: Path, m
     GLIGEN UNet's), unet/gligen.safetensors (the added weights, fp16, of the EMA model), model_index.json,
     the model card (synthseg.json: classes, sampling defaults, the layout limits trained on, base) and
     training.json."""
-    claim_workdir(workdir, recipe)
     base = load_pipeline(recipe.base, torch_dtype=torch.float32)
+    claim_workdir(workdir, recipe)  # once the base has loaded: a bad name leaves no workdir behind
     vae, tokenizer, encoder = base.vae.requires_grad_(False), base.tokenizer, base.text_encoder.requires_grad_(False)
     tokenizer.model_max_length = recipe.max_tokens
     torch.manual_seed(recipe.seed)

@@ -160,14 +160,12 @@ def train_world_model(recipe: WorldModelRecipe, workdir: Path, output: Path, max
     model card (synthseg.json); the text encoder stays in its pip package (see `WorldPipeline`). With
     `recipe.init_from`, the VAE stage is that pipeline's VAE, and training.json counts its steps first.
     """
-    claim_workdir(workdir, recipe)
-    if recipe.init_from:
-        vae, init, prior = load_init(recipe)
-        vae_losses = None
-    else:
+    vae, init, prior = load_init(recipe) if recipe.init_from else (None, None, {})
+    claim_workdir(workdir, recipe)  # once init_from has loaded: a bad name leaves no workdir behind
+    vae_losses = None
+    if vae is None:
         vae, vae_losses = train_vae(recipe, workdir, max_steps)
         vae.register_to_config(scaling_factor=latent_scale(vae, recipe))
-        init, prior = None, {}
     unet, tokenizer, encoder, unet_losses = train_unet(recipe, vae, workdir, max_steps, init)
     sampler = DDIMScheduler(beta_schedule=recipe.unet.beta_schedule, prediction_type=recipe.unet.prediction_type,
                             clip_sample=False, set_alpha_to_one=False, steps_offset=1)
