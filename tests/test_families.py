@@ -67,6 +67,38 @@ def test_daam_maps_for_every_family(family):
     assert all(float(m.min()) == 0.0 and float(m.max()) == pytest.approx(1.0) for m in run.heat_maps)
 
 
+def test_daam_sums_every_step_also_where_the_feature_capture_records(family):
+    # the two contexts nest: at the capture step both record, each through its own wrapper
+    _, pipe = family
+    kwargs = dict(guidance_scale=2.0, num_inference_steps=3)
+    alone = capture_pass(pipe, PROMPTS, NAMES, [0, 1], attention=False, blocks=None, **kwargs, daam=True)
+    nested = capture_pass(pipe, PROMPTS, NAMES, [0, 1], attention=True, **kwargs, daam=True)
+    assert nested.features.cross_attention
+    for a, b in zip(alone.heat_maps, nested.heat_maps):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_block_hooks_live_for_the_captured_call_only(family):
+    name, pipe = family
+    denoiser = pipe.unet if name in ("sd", "sdxl") else pipe.transformer
+    hooked = []
+    original = denoiser.forward
+
+    def counting(*args, **kwargs):
+        hooked.append(sum(len(m._forward_hooks) for m in denoiser.modules()))
+        return original(*args, **kwargs)
+
+    denoiser.forward = counting
+    try:
+        capture_pass(pipe, PROMPTS, NAMES, [0, 1], guidance_scale=2.0, num_inference_steps=4, capture_step=CaptureStep(index=1))
+    finally:
+        del denoiser.forward
+    captured = 2 if name == "flux" else 1  # step 1's first call (FLUX's true CFG: two passes a step, the conditional first)
+    assert hooked[captured] > 1  # the recorded blocks are hooked in the captured call...
+    assert hooked[:captured] + hooked[captured + 1 :] == [1] * (len(hooked) - 1)  # ...and every other has the context's post-call hook only
+    assert sum(len(m._forward_hooks) + len(m._forward_pre_hooks) for m in denoiser.modules()) == 0
+
+
 def test_sd3_finds_a_class_in_both_text_streams():
     pipe = tiny_sd3_pipeline(T5)
     (row,) = prompt_token_spans(pipe, PROMPTS[:1], NAMES[:1])

@@ -191,6 +191,7 @@ class DenoiserHooks:
         self.record_inputs = record_inputs
         self.features = CapturedFeatures()
         self._handles: list = []
+        self._step_handles: list = []
         self._original: dict = {}
         self._active = False
 
@@ -208,6 +209,16 @@ class DenoiserHooks:
 
     def hook(self, handle) -> None:
         self._handles.append(handle)
+
+    def hook_step(self, modules: dict[str, torch.nn.Module], make_hook) -> None:
+        """Forward hooks `make_hook(name)` on `modules` for the captured call only (`end_step` removes them),
+        so that every other denoising step runs without them."""
+        self._step_handles += [module.register_forward_hook(make_hook(name)) for name, module in modules.items()]
+
+    def end_step(self) -> None:
+        for handle in self._step_handles:
+            handle.remove()
+        self._step_handles.clear()
 
     def _conditional(self, tensor: torch.Tensor) -> torch.Tensor:
         """The conditional half of a CFG batch (batch dim 0), detached."""
@@ -242,6 +253,7 @@ class DenoiserHooks:
         return self
 
     def remove_hooks(self) -> None:
+        self.end_step()
         for handle in self._handles:
             handle.remove()
         self._handles.clear()

@@ -15,10 +15,13 @@ sequence that is split at the text length. What is recorded at the capture step:
   distribution over the prompt, as DAAM's cross-attention maps are, so one set of consumers serves
   every family.
 
-The recording processors wrap the originals and call them for the block's real output, so the
-attention backend (SDPA or diffusers' dispatch) computes every output, and the originals come back
-on exit, also after an error. The step to capture is resolved on the pipeline's live schedule at
-the first denoiser call, so custom sigmas and resolution shifts (FLUX) are matched exactly.
+The recording processors wrap the processors in place (the originals, or a nested capture's recorders,
+so that the DAAM sum and the feature capture both see the capture step) and call them for the block's
+real output, so the attention backend (SDPA or diffusers' dispatch) computes every output. Recorders
+and block hooks exist for the captured call only (the DAAM sum's recorders for the whole run), and
+the originals come back on exit, also after an error. The step to capture is resolved on the
+pipeline's live schedule at the first denoiser call, so custom sigmas and resolution shifts (FLUX)
+are matched exactly.
 """
 
 from __future__ import annotations
@@ -142,6 +145,12 @@ class TransformerCapture(DenoiserHooks):
         self.attention, self.dtype, self.every_step = attention, dtype, every_step
         self.block_names = [] if every_step else (blocks or default_blocks(transformer))
         transformer_feature_layout(transformer, self.block_names or None)  # refuses unknown names
+        blocks = transformer_feature_blocks(self.transformer)
+        self._blocks = {name: blocks[name] for name in self.block_names}
+        # the attention layers to record: each captured block's `attn` (every block's for the DAAM sum), the
+        # ones that see text (SD3.5's image-only `attn2` does not)
+        self._layers = {f"{name}.attn": block.attn for name, block in blocks.items() if every_step or name in self.block_names}
+        self._replaced: dict = {}
         self.text_len, self.grid = 0, (0, 0)
         self._done = False
         self._sum: torch.Tensor | None = None
@@ -150,15 +159,15 @@ class TransformerCapture(DenoiserHooks):
     def install(self) -> None:
         self.hook(self.transformer.register_forward_pre_hook(self._before, with_kwargs=True))
         self.hook(self.transformer.register_forward_hook(self._after))
-        blocks = transformer_feature_blocks(self.transformer)
-        for name in self.block_names:
-            self.hook(blocks[name].register_forward_hook(self._block_hook(name)))
+        if self.every_step and self.attention:
+            self._wrap_layers()
 
-    def _text_processors(self) -> dict:
-        """The attention layers to record: the `attn` of each captured block (every block's for the DAAM
-        sum), the ones that see text (SD3.5's image-only `attn2` does not)."""
-        return {name: p for name, p in self._original.items() if name.split(".")[-2] == "attn"
-                and (self.every_step or name.removesuffix(".attn.processor") in self.block_names)}
+    def _wrap_layers(self) -> None:
+        """Put a recorder in front of each recorded layer's current processor (which may be another
+        capture's recorder: nested captures each record)."""
+        self._replaced = {name: layer.processor for name, layer in self._layers.items()}
+        for name, layer in self._layers.items():
+            layer.set_processor(_TextAttentionRecorder(layer.processor, self, name))
 
     def _timestep(self, kwargs) -> float:
         """The call's timestep on the scheduler's scale (FLUX's transformer takes sigma, timestep / 1000)."""
@@ -191,9 +200,10 @@ class TransformerCapture(DenoiserHooks):
             self.grid = (height // self.transformer.config.patch_size, width // self.transformer.config.patch_size)
         self._active = True
         self._record_inputs(args, kwargs)
-        if self.attention:
-            recorders = {name: _TextAttentionRecorder(p, self, name.removesuffix(".processor")) for name, p in self._text_processors().items()}
-            self.transformer.set_attn_processor({**self._original, **recorders})
+        if not self.every_step:
+            self.hook_step(self._blocks, self._block_hook)
+            if self.attention:
+                self._wrap_layers()
 
     def _after(self, module, args, output):
         if not self._active:
@@ -202,7 +212,9 @@ class TransformerCapture(DenoiserHooks):
         if not self.every_step:
             self._done = True
             self.features.timestep = self.resolved.timestep
-            self.transformer.set_attn_processor(dict(self._original))
+            self.end_step()
+            for name, processor in self._replaced.items():
+                self._layers[name].set_processor(processor)
 
     def _grid_map(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, N, C) image tokens -> (B, C, H/p, W/p)."""
@@ -210,9 +222,8 @@ class TransformerCapture(DenoiserHooks):
 
     def _block_hook(self, name: str):
         def hook(module, args, output):
-            if self._active:
-                image = self._grid_map(self._conditional(output[1]))
-                self.features.blocks[name] = image.to(self.dtype) if self.dtype is not None else image
+            image = self._grid_map(self._conditional(output[1]))
+            self.features.blocks[name] = image.to(self.dtype) if self.dtype is not None else image
 
         return hook
 

@@ -150,8 +150,6 @@ class FeatureCapture(DenoiserHooks):
     def install(self) -> None:
         self.hook(self.unet.register_forward_pre_hook(self._before_unet, with_kwargs=True))
         self.hook(self.unet.register_forward_hook(self._after_unet))
-        for name, block in unet_feature_blocks(self.unet).items():
-            self.hook(block.register_forward_hook(self._block_hook(name)))
 
     def wants(self, args, kwargs) -> bool:
         """The first call at the chosen timestep."""
@@ -165,6 +163,7 @@ class FeatureCapture(DenoiserHooks):
         self._latent_hw = tuple(sample.shape[-2:])
         self._active = True
         self._record_inputs(args, kwargs)
+        self.hook_step(unet_feature_blocks(self.unet), self._block_hook)
         if self.attention:
             for name, attn in self._cross_attention.items():
                 attn.set_processor(_RecordingAttnProcessor.over(attn.processor, self, name))
@@ -173,6 +172,7 @@ class FeatureCapture(DenoiserHooks):
         if not self._active:
             return
         self._active = False
+        self.end_step()
         self.features.timestep = self.timestep
         if self.attention:
             for name, attn in self._cross_attention.items():
@@ -180,9 +180,8 @@ class FeatureCapture(DenoiserHooks):
 
     def _block_hook(self, name: str):
         def hook(module, args, output):
-            if self._active:
-                hidden = self._conditional(output[0] if isinstance(output, tuple) else output)
-                self.features.blocks[name] = hidden.to(self.dtype) if self.dtype is not None else hidden
+            hidden = self._conditional(output[0] if isinstance(output, tuple) else output)
+            self.features.blocks[name] = hidden.to(self.dtype) if self.dtype is not None else hidden
 
         return hook
 
