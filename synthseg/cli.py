@@ -157,7 +157,7 @@ def generate(
     result = generate_grounded(
         pipe, module, prompt, names, [seed + i for i in range(len(prompt))],
         guidance_scale=card.guidance_scale if guidance_scale is None else guidance_scale,
-        num_inference_steps=num_inference_steps or card.num_inference_steps,
+        num_inference_steps=card.num_inference_steps if num_inference_steps is None else num_inference_steps,
         capture_step=CaptureStep(timestep=capture_timestep, index=capture_index),
     )
     _stderr.print(f"wrote {len(result.images)} images and masks to {result.save(out)}")

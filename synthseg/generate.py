@@ -105,6 +105,10 @@ def capture_pass(
     """
     if len(seeds) != len(prompts):
         raise SynthsegError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
+    if num_inference_steps < 1:
+        raise SynthsegError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
+    if guidance_scale < 0:
+        raise SynthsegError(f"guidance_scale must be 0 or more, got {guidance_scale}")
     spans = prompt_token_spans(pipe, list(prompts), class_names)
     text = encode_prompts(pipe, prompts, guidance_scale, negative_prompt)
     cfg = text.classifier_free_guidance

@@ -215,3 +215,15 @@ def test_misleading_messages_are_gone(pipe_dir, grounding, tmp_path):
     assert not (tmp_path / "o").exists()
     unnamed = runner.invoke(app, ["generate", "--model", str(pipe_dir), "--prompt", "a dog", "--classes", "dog", "--out", str(tmp_path / "o")])
     assert "is not a bundled model: name its grounding module (--grounding FOLDER)" in one_error(unnamed)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--num-inference-steps", "0"], "num_inference_steps must be at least 1, got 0"),  # not taken as "the model's default"
+    (["--guidance-scale", "-1"], "guidance_scale must be 0 or more, got -1.0"),
+])
+def test_generate_refuses_bad_sampling_values(pipe_dir, grounding, tmp_path, args, message):
+    grounding.save_pretrained(tmp_path / "g")
+    result = runner.invoke(app, ["generate", "--model", str(pipe_dir), "--grounding", str(tmp_path / "g"), "--prompt", "a photograph of a dog",
+                                 "--classes", "dog", "--out", str(tmp_path / "o"), *args])
+    assert message in one_error(result)
+    assert not (tmp_path / "o").exists()
