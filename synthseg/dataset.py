@@ -49,7 +49,7 @@ from .errors import SynthsegError
 from .formats import IGNORE, coco_annotation, coco_document, jsonl_text, label_image, png_bytes, write_atomic, write_json_atomic
 from .layouts import MAX_GLIGEN_BOXES, Layout, LayoutGeneration, LayoutRecipe, check_takes_layouts, generate_layout, read_layouts, sample_layouts
 from .plan import dataset_item_bytes, plan_text, record_rate, time_line
-from .prompts import PAPER_TEMPLATES, Prompt, PromptPlanner
+from .prompts import PAPER_TEMPLATES, Prompt, PromptPlanner, template_slots
 from .registry import BUNDLES, LAYOUT_MODELS, check_vocabulary, grounding_for, model_card, recipe_names, recipe_path, resolve_grounding, resolve_pipeline
 
 
@@ -97,7 +97,7 @@ class DatasetRecipe:
             check_names(pair, names, f"{source}: pair")
         if not 0 <= self.band < 1:
             raise SynthsegError(f"{source}: band must lie in [0, 1)")
-        slots = {t.count("{}") for t in self.templates}
+        slots = {template_slots(t, source) for t in self.templates}
         if 1 not in slots or (self.per_pair and 2 not in slots):
             raise SynthsegError(f"{source}: templates need a one-class slot ('{{}}'), and a two-class one when per_pair > 0")
         if self.layouts_file is not None and self.layouts is None:

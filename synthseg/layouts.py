@@ -30,7 +30,7 @@ from PIL import Image
 from .capture import CaptureStep, denoiser_of
 from .config import check_positive
 from .errors import SynthsegError
-from .prompts import describe
+from .prompts import describe, template_slots
 
 MAX_GLIGEN_BOXES = 30  # StableDiffusionGLIGENPipeline's max_objs: the position net's token count
 
@@ -66,7 +66,7 @@ class LayoutRecipe:
                 raise SynthsegError(f"{source}: layouts.{name} must lie in [0, 1]")
         if self.max_aspect < 1 or self.margin < 0:
             raise SynthsegError(f"{source}: layouts.max_aspect must be at least 1 and margin not negative")
-        if any(t.count("{}") != 1 for t in self.templates):
+        if any(template_slots(t, source) != 1 for t in self.templates):
             raise SynthsegError(f"{source}: each layouts template has one slot for the objects, e.g. 'a photograph of {{}}'")
 
 

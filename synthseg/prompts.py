@@ -7,6 +7,7 @@ Every plan depends only on its inputs and seed, never on how a job is split or r
 from __future__ import annotations
 
 import re
+import string
 from dataclasses import dataclass
 from itertools import combinations
 
@@ -19,6 +20,18 @@ PAPER_TEMPLATES = ("a photograph of a {}", "a photograph of a {} and a {}")
 _ARTICLE = re.compile(r"\ba ([aeiouAEIOU])")
 COUNT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten")
 _IRREGULAR = {"person": "people", "sheep": "sheep", "mouse": "mice", "knife": "knives", "skis": "skis", "scissors": "scissors"}
+
+
+def template_slots(template: str, source: str) -> int:
+    """The number of `{}` slots of a prompt template, each filled by one class name. A template that names
+    or numbers a field, or holds a lone brace, is refused: `str.format` would fail on it mid-run."""
+    try:
+        fields = [field for _, field, _, _ in string.Formatter().parse(template) if field is not None]
+    except ValueError as error:
+        raise SynthsegError(f"{source}: template {template!r} is not a format string ({error}); write a literal brace as '{{{{'") from None
+    if any(fields):
+        raise SynthsegError(f"{source}: template {template!r} may hold only empty '{{}}' slots")
+    return len(fields)
 
 
 def fill_template(template: str, class_names: list[str] | tuple[str, ...]) -> str:

@@ -53,7 +53,7 @@ from .generate import capture_pass
 from .grounding import ATTENTION_FIELDS, PIPELINE_FIELDS, GroundingConfig, class_attention_input, grounding_inputs
 from .plan import MAX_CLASSES, feature_bytes, plan_text, record_rate, time_line, triplet_bytes
 from .progress import loss_progress
-from .prompts import PAPER_TEMPLATES, Prompt, PromptPlanner, describe
+from .prompts import PAPER_TEMPLATES, Prompt, PromptPlanner, describe, template_slots
 from .segment import SEGMENT_TEMPLATE, encode_images, noise_latents, pixel_tensor, recorded_call, replay_noised
 from .text import TEXT_INPUTS, class_queries, encode_prompts, prompt_token_spans, text_inputs, text_tokens
 
@@ -115,7 +115,7 @@ class TripletRecipe:
             raise SynthsegError(f"{source}: pair_fraction must lie in [0, 1]")
         if self.shard_size % self.batch_size:
             raise SynthsegError(f"{source}: shard_size must be a multiple of batch_size")
-        slots = {t.count("{}") for t in self.templates}
+        slots = {template_slots(t, source) for t in self.templates}
         if not slots <= {1, 2} or (1 not in slots):
             raise SynthsegError(f"{source}: templates need one-class ('{{}}') and optionally two-class slots")
         if self.pair_fraction > 0 and 2 not in slots:

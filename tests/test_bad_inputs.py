@@ -227,3 +227,26 @@ def test_generate_refuses_bad_sampling_values(pipe_dir, grounding, tmp_path, arg
                                  "--classes", "dog", "--out", str(tmp_path / "o"), *args])
     assert message in one_error(result)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("template, message", [
+    ("{}{}", "template must have one {} slot for the class list, got '{}{}'"),
+    ("a {x} of {}", "template 'a {x} of {}' may hold only empty '{}' slots"),
+    ("a {} {", "template 'a {} {' is not a format string"),
+])
+def test_a_template_str_format_cannot_fill_is_one_line(tmp_path, template, message):
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (200, 200, 200)).save(tmp_path / "scene.png")
+    result = runner.invoke(app, ["segment", str(tmp_path / "scene.png"), "--classes", "circle,star", "--template", template,
+                                 "--out", str(tmp_path / "o")])
+    assert message in one_error(result)
+    assert not (tmp_path / "o").exists()
+
+
+def test_template_slots_counts_empty_fields_only():
+    from synthseg.prompts import template_slots
+
+    assert template_slots("a photograph of a {} and a {}", "t") == 2
+    assert template_slots("{{literal}} {}", "t") == 1
+    assert template_slots("no slot", "t") == 0
