@@ -85,6 +85,8 @@ def benchmark(segmenter: Segmenter, data: SegmentationData, split: Split | None 
     if split is not None and set(split.all_classes) != set(data.class_names):
         raise SynthsegError(f"split {split.name!r} is over the {split.classes} classes, not this dataset's "
                             f"({', '.join(data.class_names[:6])}, ...)")
+    if len(data) == 0:
+        raise SynthsegError(f"{data.name}: no images to score")
     to_data = label_mapping(segmenter.class_names, data.class_names)
     names = (BACKGROUND, *data.class_names)
     matrix = ConfusionMatrix(len(names), IGNORE)

@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from .capture import CaptureStep
 from .classes import Split
+from .errors import SynthsegError
 from .generate import capture_pass, predict_masks
 from .metrics import MaskIoU
 from .progress import loss_progress
@@ -59,10 +60,14 @@ def evaluate_grounding(pipe, grounding, annotator, split: Split, *, per_class: i
                        templates: list[str], num_inference_steps: int = 50, guidance_scale: float = 7.5,
                        capture_step: CaptureStep = CaptureStep(), seed: int = 1_000_000, batch_size: int = 8) -> ProtocolIResult:
     """Run Protocol i on `split`'s classes; see the module docstring."""
+    if per_class < 0 or pairs < 0:
+        raise SynthsegError(f"per_class and pairs must be 0 or more, got {per_class} and {pairs}")
     classes = list(split.all_classes)
     for name in classes:  # refuse a class the annotator cannot label before any generation
         annotator.category_of(name)
     prompts = PromptPlanner(templates, seed).evaluation(classes, per_class, pairs)
+    if not prompts:
+        raise SynthsegError("no test prompts: per_class and pairs are 0 (or pairs without a two-class template)")
     module = {n: MaskIoU(classes) for n in (1, 2)}
     daam = {(n, t): MaskIoU(classes) for n in (1, 2) for t in THRESHOLDS}
     grounding.config.check_pipeline(pipe)

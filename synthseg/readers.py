@@ -245,6 +245,8 @@ def open_data(kind: str, path: str | Path | None = None, split: str = "val", cou
 def open_dataset(spec: str, data_root: str | Path | None = None, image_set: str = "val", count: int = 500) -> SegmentationData:
     """A `--dataset` value: "voc2012" (at `data_root`), "world" (`count` held-out scenes), or a path,
     whose layout is detected."""
+    if spec == "world" and count < 1:
+        raise SynthsegError(f"--count must be at least 1, got {count}")
     if spec in ("voc2012", "world"):
         return open_data(spec, data_root, image_set, count)
     if data_root is not None:

@@ -250,3 +250,27 @@ def test_template_slots_counts_empty_fields_only():
     assert template_slots("a photograph of a {} and a {}", "t") == 2
     assert template_slots("{{literal}} {}", "t") == 1
     assert template_slots("no slot", "t") == 0
+
+
+def test_a_benchmark_of_no_images_is_refused(tmp_path):
+    from synthseg.benchmark import benchmark
+    from synthseg.errors import SynthsegError
+    from synthseg.readers import SegmentationData
+    from synthseg.world import WORLD_CLASSES
+
+    result = runner.invoke(app, ["benchmark", "--dataset", "world", "--grounding", "world", "--count", "0", "--out", str(tmp_path / "b")])
+    assert "--count must be at least 1, got 0" in one_error(result)
+    assert not (tmp_path / "b").exists()
+    empty = SegmentationData("empty", WORLD_CLASSES, [], lambda i: None)
+    with pytest.raises(SynthsegError, match="empty: no images to score"):
+        benchmark(None, empty)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--per-class", "0", "--pairs", "0"], "no test prompts: per_class and pairs are 0"),
+    (["--per-class", "-1"], "per_class and pairs must be 0 or more, got -1 and"),
+])
+def test_protocol_i_with_no_prompts_is_refused(tmp_path, args, message):
+    result = runner.invoke(app, ["evaluate-grounding", *args, "--out", str(tmp_path / "p.md")])
+    assert message in one_error(result)
+    assert not list(tmp_path.iterdir())
