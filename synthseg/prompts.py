@@ -80,7 +80,7 @@ class PromptPlanner:
         self.seed = seed
 
     def fill(self, class_names, rng: np.random.Generator | None = None) -> str:
-        choices = [t for t in self.templates if t.count("{}") == len(class_names)]
+        choices = [t for t in self.templates if template_slots(t, "template") == len(class_names)]
         if not choices:
             raise SynthsegError(f"no template with {len(class_names)} slots in {list(self.templates)}")
         return fill_template(choices[0] if rng is None else choices[int(rng.integers(len(choices)))], class_names)
@@ -107,7 +107,7 @@ class PromptPlanner:
         """`per_class` one-class prompts of each class, then `pairs` random two-class prompts (if a
         two-class template exists), all drawn from one stream `default_rng([seed, 1])`."""
         rng = np.random.default_rng([self.seed, 1])
-        two = any(t.count("{}") == 2 for t in self.templates)
+        two = any(template_slots(t, "template") == 2 for t in self.templates)
         groups = [[c] for c in classes for _ in range(per_class)]
         groups += [[classes[i] for i in rng.choice(len(classes), 2, replace=False)] for _ in range(pairs if two else 0)]
         return [self._drawn(i, names, rng) for i, names in enumerate(groups)]

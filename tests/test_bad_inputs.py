@@ -250,6 +250,11 @@ def test_template_slots_counts_empty_fields_only():
     assert template_slots("a photograph of a {} and a {}", "t") == 2
     assert template_slots("{{literal}} {}", "t") == 1
     assert template_slots("no slot", "t") == 0
+    from synthseg.prompts import PromptPlanner
+
+    # the planner counts slots the same way: a literal '{{}}' is no slot, so this template never takes a pair
+    planner = PromptPlanner(["a {{}} photo of a {}", "a photograph of a {} and a {}"], 0)
+    assert planner.fill(["circle"]) == "a {} photo of a circle" and planner.fill(["circle", "star"]) == "a photograph of a circle and a star"
 
 
 def test_a_benchmark_of_no_images_is_refused(tmp_path):
