@@ -35,7 +35,7 @@ app = typer.Typer(
 _stderr = Console(stderr=True)
 FROM_RECIPE = "default: from the recipe"
 RESUMABLE = {"train-world-model", "train-world-dit", "train-world-layout",
-              "train-world-annotator", "make-triplets", "train-grounding", "make-dataset", "train-segmenter", "train-captioner"}
+              "train-world-annotator", "train-backbone", "make-triplets", "train-grounding", "make-dataset", "train-segmenter", "train-captioner"}
 
 Device = Annotated[str, typer.Option(help="auto (CUDA where present), cpu, cuda, cuda:N or mps.")]
 GROUNDING_HELP = "Grounding module: a bundled name or a folder; default: the bundled model's own."
@@ -208,7 +208,7 @@ def train_world_annotator(
     workdir: Annotated[Path, typer.Option(help="Checkpoints; rerunning the command resumes from here.")] = Path("runs/world-annotator"),
     out: Annotated[Path, typer.Option(help="Where the trained annotator is saved.")] = Path("runs/world-annotator/annotator"),
     train_data: Annotated[Optional[Path], typer.Option(help="Train on this folder's COCO instances (a synthseg dataset) instead of rendered scenes.")] = None,
-    steps: Annotated[Optional[int], typer.Option(help=f"Training steps; {FROM_RECIPE}.")] = None,
+    train_steps: Annotated[Optional[int], typer.Option(help=f"Training steps; {FROM_RECIPE}.")] = None,
     stop_at: StopAt = None,
 ) -> None:
     """Train the miniature world's Mask R-CNN annotator, then score its mask AP on held-out scenes."""
@@ -217,11 +217,31 @@ def train_world_annotator(
     from .annotators import MaskRCNNAnnotator
     from .train.annotator import load_annotator_recipe, train_world_annotator as train, world_mask_ap
 
-    config = load_annotator_recipe(recipe, train_data=str(train_data.resolve()) if train_data else None, steps=steps)
+    config = load_annotator_recipe(recipe, train_data=str(train_data.resolve()) if train_data else None, steps=train_steps)
     train(config, workdir, out, stop_at)
     metrics = world_mask_ap(MaskRCNNAnnotator.from_pretrained(out), config.eval_scenes)  # as shipped
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     _stderr.print(f"saved {out}; mask AP {metrics['mask_ap']:.3f} (AP50 {metrics['mask_ap50']:.3f}) on {config.eval_scenes} held-out scenes")
+
+
+@_command
+def train_backbone(
+    recipe: Annotated[str, typer.Option(help="Backbone recipe: a packaged name or a YAML file.")] = "backbone-world",
+    workdir: Annotated[Path, typer.Option(help="Checkpoints; rerunning the command resumes from here.")] = Path("runs/world-backbone"),
+    out: Annotated[Path, typer.Option(help="save_pretrained folder of the classifier, for a segmenter recipe's backbone_weights.")]
+        = Path("runs/world-backbone/backbone"),
+    train_steps: Annotated[Optional[int], typer.Option(help=f"Training steps; {FROM_RECIPE}.")] = None,
+    stop_at: StopAt = None,
+) -> None:
+    """Pretrain the world segmenter's ResNet by naming the classes of rendered scenes (the world's ImageNet)."""
+    import json
+
+    from .train.backbone import load_backbone_recipe, pretrain_backbone
+
+    config = load_backbone_recipe(recipe, steps=train_steps)
+    pretrain_backbone(config, workdir, out, stop_at)
+    held_out = json.loads((out / "recipe.json").read_text())["held_out"]
+    _stderr.print(f"saved {out}; exact class set of {100 * held_out['exact_class_set']:.1f}% of {config.eval_scenes} held-out scenes")
 
 
 @_command
@@ -474,7 +494,9 @@ def train_segmenter(
     arch: Annotated[Optional[str], typer.Option(help=f"maskformer or mask2former; {FROM_RECIPE}.")] = None,
     backbone: Annotated[Optional[str], typer.Option(help=f"Backbone architecture, e.g. resnet-101, resnet-50, resnet-tiny; {FROM_RECIPE}.")] = None,
     pretrained_backbone: Annotated[Optional[bool], typer.Option("--pretrained-backbone/--no-pretrained-backbone",
-                                                                help=f"Start from ImageNet weights (hub), or from scratch; {FROM_RECIPE}.")] = None,
+                                                                help=f"Start from pretrained weights, or from scratch; {FROM_RECIPE}.")] = None,
+    backbone_weights: Annotated[Optional[str], typer.Option(help="Pretrained backbone: a hub id, a folder (train-backbone's) or 'world'; "
+                                                                 "default: the recipe's, else the backbone's ImageNet id.")] = None,
     train_steps: Annotated[Optional[int], typer.Option(help=f"Training steps; {FROM_RECIPE}.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help=f"Images per step (over all processes); {FROM_RECIPE}.")] = None,
     device: Device = "auto",
@@ -486,8 +508,8 @@ def train_segmenter(
     from .train.segmenter import train_segmenter as train
 
     _device(device)
-    config = load_segmenter_recipe(recipe, arch=arch, backbone=backbone, pretrained_backbone=pretrained_backbone, steps=train_steps,
-                                   batch_size=batch_size)
+    config = load_segmenter_recipe(recipe, arch=arch, backbone=backbone, pretrained_backbone=pretrained_backbone,
+                                   backbone_weights=backbone_weights, steps=train_steps, batch_size=batch_size)
     data = open_data("auto", dataset)
     _stderr.print(f"saved {train(config, data, out, workdir or out.with_name(out.name + '-work'), stop_at, device)}")
 

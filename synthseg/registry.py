@@ -2,10 +2,10 @@
 
 One resolver for each kind of name, so "world" means the same thing to every command and loader:
 
-- `resolve_pipeline("world")`, `resolve_grounding("world")`, `resolve_annotator("world")`: the
-  folders of the bundled miniature worlds (`synthseg/assets/world/`, `world-dit/` for the
-  transformer world, `world-layout/` for the world's GLIGEN). Any other spec passes through (a hub id
-  or a folder).
+- `resolve_pipeline("world")`, `resolve_grounding("world")`, `resolve_annotator("world")`,
+  `resolve_backbone("world")`: the folders of the bundled miniature worlds (`synthseg/assets/world/`,
+  `world-dit/` for the transformer world, `world-layout/` for the world's GLIGEN). Any other spec passes
+  through (a hub id or a folder).
 - `recipe_path("voc", "dataset")`: a packaged recipe by name (`synthseg/recipes/*.yaml`) or a file.
 - `model_card(spec)`: what a text-to-image export says about itself for synthseg (`synthseg.json`:
   its class vocabulary and sampling defaults), for exports that carry one (the world's do).
@@ -38,23 +38,26 @@ RECIPE_KINDS = {
     "world-layout": (("world-layout*.yaml",), ""),
     "annotator": (("*-annotator.yaml",), ""),
     "captioner": (("captioner-*.yaml",), "captioner-"),
+    "backbone": (("backbone-*.yaml",), "backbone-"),
 }
 
 
 @dataclass(frozen=True)
 class Bundle:
-    """A set of models shipped under one name: text-to-image pipeline, grounding module, annotator, and
-    the implicit captioner that recognises the named classes in an image (`synthseg.captioner`), if one ships."""
+    """A set of models shipped under one name: text-to-image pipeline, grounding module, annotator, the
+    implicit captioner that recognises the named classes in an image (`synthseg.captioner`), and the
+    classification-pretrained ResNet its segmenters start from (`train.backbone`), where those ship."""
 
     pipeline: Path
     grounding: Path
     annotator: Path
     captioner: Path | None = None
+    backbone: Path | None = None
 
 
 BUNDLES = {
     "world": Bundle(pipeline=ASSETS / "world" / "t2i", grounding=ASSETS / "world" / "grounding", annotator=ASSETS / "world" / "annotator",
-                    captioner=ASSETS / "world" / "captioner"),
+                    captioner=ASSETS / "world" / "captioner", backbone=ASSETS / "world" / "backbone"),
     # The transformer world: FLUX's architecture on the same scenes, judged by the same annotator. Its captioner
     # is the world's: it reads the same VAE's latents into the same MiniLM states.
     "world-dit": Bundle(pipeline=ASSETS / "world-dit" / "t2i", grounding=ASSETS / "world-dit" / "grounding", annotator=ASSETS / "world" / "annotator",
@@ -90,6 +93,11 @@ def resolve_grounding(spec: str | Path) -> Path:
 def resolve_captioner(spec: str | Path) -> Path:
     """A bundled name's implicit captioner folder; anything else is a folder."""
     return _bundled(spec, "captioner") or Path(spec)
+
+
+def resolve_backbone(spec: str | Path) -> str:
+    """A bundled name's pretrained segmenter backbone folder; any other spec (hub id or folder) unchanged."""
+    return str(_bundled(spec, "backbone") or spec)
 
 
 def captioner_for(model: str | Path, captioner: str | None) -> str | None:

@@ -29,6 +29,9 @@ BACKBONES = {
     # Two stages: its last map, which the transformer decoder reads, is at stride 8 (8x8 on the world's 64 px scenes,
     # where a stride-32 map is 2x2; MaskFormer's decoder reads 16x16 on 512 px crops).
     "resnet-tiny-s8": dict(layer_type="basic", depths=[1, 1], hidden_sizes=[32, 64], embedding_size=16),
+    # Four stages, one block each: the world segmenter's backbone, pretrained by classification on the world
+    # (train.backbone; bundled as the world's backbone) as MaskFormer's ResNets are on ImageNet.
+    "resnet-world": dict(layer_type="basic", depths=[1, 1, 1, 1], hidden_sizes=[32, 64, 128, 256], embedding_size=32),
     "resnet-18": dict(layer_type="basic", depths=[2, 2, 2, 2], hidden_sizes=[64, 128, 256, 512], embedding_size=64),
     "resnet-50": dict(layer_type="bottleneck", depths=[3, 4, 6, 3], hidden_sizes=[256, 512, 1024, 2048], embedding_size=64),
     "resnet-101": dict(layer_type="bottleneck", depths=[3, 4, 23, 3], hidden_sizes=[256, 512, 1024, 2048], embedding_size=64),
@@ -38,7 +41,7 @@ ARCHS = ("maskformer", "mask2former")
 # are Swin); Mask2Former's paper trains ResNets too, and transformers' implementation takes them (tested).
 logging.getLogger("transformers.models.mask2former.configuration_mask2former").addFilter(
     lambda record: "is not a supported model" not in record.getMessage())
-BACKBONE_WEIGHTS = {"resnet-18": "microsoft/resnet-18", "resnet-50": "microsoft/resnet-50", "resnet-101": "microsoft/resnet-101"}
+BACKBONE_WEIGHTS = {"resnet-world": "world", "resnet-18": "microsoft/resnet-18", "resnet-50": "microsoft/resnet-50", "resnet-101": "microsoft/resnet-101"}
 
 
 @dataclass
@@ -46,8 +49,8 @@ class SegmenterRecipe:
     """The segmenter and its training. `arch`: "maskformer" (the paper's) or "mask2former" (its successor:
     masked attention, and a deformable-attention pixel decoder of `pixel_decoder_layers` over the
     backbone's strides 8-32, so it needs a four-stage backbone). `backbone`: a name of BACKBONES;
-    `backbone_weights`: hub id or folder of ImageNet weights (default: the name's microsoft/resnet-* id;
-    ignored without `pretrained_backbone`). The decoder fields size either arch's transformer decoder."""
+    `backbone_weights`: hub id or folder of pretrained weights, or a bundled name (default: the name's
+    microsoft/resnet-* id, or "world" for resnet-world; ignored without `pretrained_backbone`). The decoder fields size either arch's transformer decoder."""
 
     arch: str = "maskformer"
     backbone: str = "resnet-101"
@@ -76,8 +79,7 @@ class SegmenterRecipe:
     def validate(self, source: str) -> None:
         if self.arch not in ARCHS:
             raise SynthsegError(f"{source}: unknown arch {self.arch!r}; known: {', '.join(ARCHS)}")
-        if self.backbone not in BACKBONES:
-            raise SynthsegError(f"{source}: unknown backbone {self.backbone!r}; known: {', '.join(BACKBONES)}")
+        check_backbone(source, self.backbone)
         if self.arch == "mask2former" and len(BACKBONES[self.backbone]["depths"]) != 4:
             raise SynthsegError(f"{source}: mask2former reads four backbone stages (strides 4-32); {self.backbone} has "
                                 f"{len(BACKBONES[self.backbone]['depths'])}")
@@ -87,6 +89,12 @@ class SegmenterRecipe:
             raise SynthsegError(f"{source}: scale_range is [low, high] with 0 < low <= high")
         check_positive(source, self, "steps", "batch_size", "crop_size", "num_queries", "checkpoint_every", "decoder_layers",
                        "pixel_decoder_layers")
+
+
+def check_backbone(source: str, name: str) -> None:
+    """Refuse a backbone name that BACKBONES lacks, listing the known ones."""
+    if name not in BACKBONES:
+        raise SynthsegError(f"{source}: unknown backbone {name!r}; known: {', '.join(BACKBONES)}")
 
 
 def load_segmenter_recipe(spec: str | Path, **overrides) -> SegmenterRecipe:
@@ -110,7 +118,7 @@ def image_processor(recipe: SegmenterRecipe):
 
 
 def build_segmenter(recipe: SegmenterRecipe, class_names: tuple[str, ...]):
-    """The recipe's arch over ["background", *class_names], ImageNet backbone if asked."""
+    """The recipe's arch over ["background", *class_names], with a pretrained backbone if asked."""
     labels = (BACKGROUND, *class_names)
     names = dict(num_labels=len(labels), id2label=dict(enumerate(labels)), label2id={n: i for i, n in enumerate(labels)})
     model = _build_mask2former(recipe, names) if recipe.arch == "mask2former" else _build_maskformer(recipe, names)
@@ -168,15 +176,24 @@ def backbone_config(name: str):
 
 
 def load_backbone_weights(model, source: str) -> None:
-    """Copy an ImageNet ResNet (hub id or folder) into MaskFormer's encoder; offline, say what to do."""
+    """Copy a pretrained ResNet (hub id, folder, or a bundled name: the world's) into the segmenter's
+    encoder; offline, say what to do. A classifier's head (ResNetForImageClassification) is left out."""
     from transformers import ResNetBackbone
+    from transformers.utils import logging as transformers_logging
 
+    from .registry import resolve_backbone
+
+    source = resolve_backbone(source)
+    verbosity = transformers_logging.get_verbosity()
+    transformers_logging.set_verbosity_error()  # its load report lists the classifier head the backbone leaves out
     try:
         pretrained = ResNetBackbone.from_pretrained(source, out_features=model.config.backbone_config.out_features)
     except (OSError, ValueError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        raise SynthsegError(f"cannot load the ImageNet backbone {source!r} ({reason}); download it into the Hugging Face "
+        raise SynthsegError(f"cannot load the pretrained backbone {source!r} ({reason}); download it into the Hugging Face "
                             "cache or pass a local folder as backbone_weights, or train from scratch with --no-pretrained-backbone") from None
+    finally:
+        transformers_logging.set_verbosity(verbosity)
     encoder = model.model.pixel_level_module.encoder
     mismatch = encoder.load_state_dict(pretrained.state_dict(), strict=False)
     if mismatch.missing_keys:

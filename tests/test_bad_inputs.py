@@ -132,6 +132,16 @@ def test_an_unknown_recipe_lists_the_known_ones():
     assert "nope.yaml: recipe file not found" in one_error(runner.invoke(app, ["train-grounding", "--recipe", "nope.yaml"]))
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--recipe", "imagenet"], "unknown backbone recipe 'imagenet'; known: world"),
+    (["--train-steps", "0"], "steps must be at least 1, got 0"),
+])
+def test_train_backbone_refuses_bad_input(tmp_path, args, message):
+    work = tmp_path / "work"
+    assert message in one_error(runner.invoke(app, ["train-backbone", "--workdir", str(work), "--out", str(tmp_path / "o"), *args]))
+    assert not work.exists()
+
+
 def test_dry_runs_print_the_plan_without_loading_a_model(monkeypatch):
     import synthseg.pipeline
 

@@ -14,7 +14,8 @@ def test_help_lists_only_working_commands():
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
     commands = re.findall(r"│ (\S+)\s{2,}", result.output.split("Commands")[1])
-    assert commands == ["generate", "train-world-model", "train-world-dit", "train-world-layout", "train-world-annotator", "make-triplets", "train-grounding",
+    assert commands == ["generate", "train-world-model", "train-world-dit", "train-world-layout", "train-world-annotator", "train-backbone",
+                        "make-triplets", "train-grounding",
                         "train-captioner", "evaluate-grounding", "segment", "make-dataset",
                         "merge-dataset", "show", "train-segmenter", "benchmark"]
 

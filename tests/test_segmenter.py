@@ -151,3 +151,31 @@ def test_recipe_errors():
         tiny_recipe(pretrained_backbone=True)
     with pytest.raises(SynthsegError, match="not a trained segmenter"):
         Segmenter.from_pretrained("/nonexistent")
+
+
+def test_backbone_pretraining_resumes_and_the_segmenter_starts_from_it(tmp_path):
+    from transformers import ResNetForImageClassification
+
+    from synthseg.train.backbone import BackboneRecipe, pretrain_backbone
+
+    recipe = load_config(BackboneRecipe, dict(backbone="resnet-tiny", image_size=32, steps=4, batch_size=4, checkpoint_every=2,
+                                              eval_scenes=6), "recipe")
+    straight = pretrain_backbone(recipe, tmp_path / "wa", tmp_path / "a")
+    pretrain_backbone(recipe, tmp_path / "wb", tmp_path / "b", max_steps=2)  # a first sitting
+    resumed = pretrain_backbone(recipe, tmp_path / "wb", tmp_path / "b")
+    a, b = (ResNetForImageClassification.from_pretrained(p, dtype=torch.float32).state_dict() for p in (straight, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    made = json.loads((resumed / "recipe.json").read_text())
+    assert made["_class_name"] == "BackboneRecipe" and set(made["held_out"]) == {"exact_class_set", "per_class_decisions"}
+    assert json.loads((resumed / "training.json").read_text())["backbone"]["steps"] == 4
+    model = build_segmenter(tiny_recipe(pretrained_backbone=True, backbone_weights=str(straight)), ("a",))
+    encoder = model.model.pixel_level_module.encoder.state_dict()
+    body = {k.removeprefix("resnet."): v for k, v in a.items() if k.startswith("resnet.")}  # the classifier head is left out
+    assert set(encoder) <= set(body) and all(torch.equal(encoder[k], body[k]) for k in encoder)
+
+
+def test_bad_backbone_weights_leave_no_workdir(tmp_path):
+    recipe = tiny_recipe(pretrained_backbone=True, backbone_weights=str(tmp_path / "none"))
+    with pytest.raises(SynthsegError, match="cannot load the pretrained backbone"):
+        train_segmenter(recipe, read_world(2), tmp_path / "out", tmp_path / "work")
+    assert not (tmp_path / "work").exists()

@@ -70,6 +70,24 @@ def test_annotator_finds_objects_in_rendered_scenes_well_above_chance():
     assert json.loads((BUNDLES["world"].annotator / "metrics.json").read_text())["scenes"] == 500
 
 
+def test_bundled_backbone_names_the_classes_of_held_out_scenes_and_a_segmenter_starts_from_it():
+    from transformers import ResNetForImageClassification
+
+    from synthseg.config import load_config
+    from synthseg.registry import resolve_backbone
+    from synthseg.segmenter import SegmenterRecipe, build_segmenter
+    from synthseg.train.backbone import BackboneRecipe, held_out_accuracy
+
+    classifier = ResNetForImageClassification.from_pretrained(resolve_backbone("world"), dtype=torch.float32)
+    accuracy = held_out_accuracy(classifier, BackboneRecipe(eval_scenes=100))
+    assert accuracy["exact_class_set"] >= 0.5  # chance is near 0: the right subset of 12 classes, 1 to 3 of them
+    recipe = load_config(SegmenterRecipe, dict(backbone="resnet-world", fpn_feature_size=32, mask_feature_size=32, decoder_layers=1,
+                                               decoder_dim=16, decoder_heads=2, decoder_ffn=32, num_queries=4), "recipe")
+    encoder = build_segmenter(recipe, ("a",)).model.pixel_level_module.encoder.state_dict()  # pretrained_backbone by default
+    body = classifier.resnet.state_dict()
+    assert all(torch.equal(encoder[k], body[k]) for k in encoder)
+
+
 def test_bundled_grounding_module_segments_seen_and_unseen_objects(world_pipe):
     module = GroundingModule.from_pretrained("world")
     module.config.check_pipeline(world_pipe)

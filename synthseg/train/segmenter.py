@@ -61,13 +61,13 @@ def train_segmenter(recipe: SegmenterRecipe, data: SegmentationData, output: str
     if len(data) == 0:
         raise SynthsegError(f"{data.name}: no images to train on")
     accelerator = Accelerator(cpu=device == "cpu" or not torch.cuda.is_available())
-    if accelerator.is_main_process:
-        claim_workdir(workdir, recipe)
-    accelerator.wait_for_everyone()
     if recipe.batch_size % accelerator.num_processes:
         raise SynthsegError(f"batch_size {recipe.batch_size} does not split over {accelerator.num_processes} processes")
     torch.manual_seed(recipe.seed)
-    model = build_segmenter(recipe, data.class_names).train()
+    model = build_segmenter(recipe, data.class_names).train()  # before the workdir is claimed: bad weights leave none
+    if accelerator.is_main_process:
+        claim_workdir(workdir, recipe)
+    accelerator.wait_for_everyone()
     model.config.use_auxiliary_loss = True  # deep supervision (transformers leaves it off for MaskFormer)
     processor = image_processor(recipe)
     backbone = [p for n, p in model.named_parameters() if ".pixel_level_module.encoder." in n]
