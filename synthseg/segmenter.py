@@ -184,8 +184,9 @@ def load_backbone_weights(model, source: str) -> None:
     from .registry import resolve_backbone
 
     source = resolve_backbone(source)
-    verbosity = transformers_logging.get_verbosity()
+    verbosity, bars = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
     transformers_logging.set_verbosity_error()  # its load report lists the classifier head the backbone leaves out
+    transformers_logging.disable_progress_bar()  # and a bar per load: training shows its own progress
     try:
         pretrained = ResNetBackbone.from_pretrained(source, out_features=model.config.backbone_config.out_features)
     except (OSError, ValueError) as error:
@@ -194,6 +195,8 @@ def load_backbone_weights(model, source: str) -> None:
                             "cache or pass a local folder as backbone_weights, or train from scratch with --no-pretrained-backbone") from None
     finally:
         transformers_logging.set_verbosity(verbosity)
+        if bars:
+            transformers_logging.enable_progress_bar()
     encoder = model.model.pixel_level_module.encoder
     mismatch = encoder.load_state_dict(pretrained.state_dict(), strict=False)
     if mismatch.missing_keys:
