@@ -27,7 +27,7 @@ from torch import nn
 
 from .config import check_positive
 from .errors import SynthsegError
-from .prompts import describe, template_slots
+from .prompts import check_list_template, describe
 from .registry import resolve_captioner
 from .text import encode_prompts, fits_prompt, text_dim
 from .weights import load_model, save_model
@@ -47,8 +47,7 @@ class CaptionerConfig:
 
     def validate(self, source: str = "captioner config") -> None:
         check_positive(source, self, "latent_channels", "text_dim", "width", "hidden_dim")
-        if template_slots(self.template, source) != 1:
-            raise SynthsegError(f"{source}: template must have one {{}} slot for the class list, got {self.template!r}")
+        check_list_template(self.template, source)
         if self.width % 8:
             raise SynthsegError(f"{source}: width must be a multiple of 8 (GroupNorm of 8 groups), got {self.width}")
 

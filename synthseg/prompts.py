@@ -34,6 +34,13 @@ def template_slots(template: str, source: str) -> int:
     return len(fields)
 
 
+def check_list_template(template: str, source: str) -> None:
+    """Refuse a template that is not one `{}` slot for a whole class list ("a photograph of {}" around
+    "a dog and a cat"), as segment and the implicit captioner write their prompts."""
+    if template_slots(template, source) != 1:
+        raise SynthsegError(f"{source}: template must have one {{}} slot for the class list, got {template!r}")
+
+
 def fill_template(template: str, class_names: list[str] | tuple[str, ...]) -> str:
     """Fill `{}` slots with class names and fix the article: "a photograph of a arrow" -> "... an arrow"."""
     return _ARTICLE.sub(r"an \1", template.format(*class_names))
@@ -77,10 +84,11 @@ class PromptPlanner:
 
     def __init__(self, templates, seed: int = 0):
         self.templates = tuple(templates)
+        self.slots = tuple(template_slots(t, "template") for t in self.templates)  # parsed once, not per prompt
         self.seed = seed
 
     def fill(self, class_names, rng: np.random.Generator | None = None) -> str:
-        choices = [t for t in self.templates if template_slots(t, "template") == len(class_names)]
+        choices = [t for t, slots in zip(self.templates, self.slots) if slots == len(class_names)]
         if not choices:
             raise SynthsegError(f"no template with {len(class_names)} slots in {list(self.templates)}")
         return fill_template(choices[0] if rng is None else choices[int(rng.integers(len(choices)))], class_names)
@@ -107,7 +115,7 @@ class PromptPlanner:
         """`per_class` one-class prompts of each class, then `pairs` random two-class prompts (if a
         two-class template exists), all drawn from one stream `default_rng([seed, 1])`."""
         rng = np.random.default_rng([self.seed, 1])
-        two = any(template_slots(t, "template") == 2 for t in self.templates)
+        two = 2 in self.slots
         groups = [[c] for c in classes for _ in range(per_class)]
         groups += [[classes[i] for i in rng.choice(len(classes), 2, replace=False)] for _ in range(pairs if two else 0)]
         return [self._drawn(i, names, rng) for i, names in enumerate(groups)]

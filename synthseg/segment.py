@@ -28,7 +28,7 @@ from .formats import coco_annotation, coco_document, label_image, png_bytes, saf
 from .generate import predict_masks
 from .grounding import GroundingModule
 from .progress import loss_progress
-from .prompts import describe, template_slots
+from .prompts import check_list_template, describe
 from .text import encode_prompts, fits_prompt, pipeline_family, prompt_token_spans, text_inputs, text_streams
 
 SEGMENT_TEMPLATE = "a photograph of {}"  # the prompt around the class list ("a dog, a cat and a bus")
@@ -182,8 +182,7 @@ class GroundingSegmenter:
             raise SynthsegError(f"the capture timestep must be in 0..999 (of 1000), got {timestep}")
         if not 0 <= threshold < 1:
             raise SynthsegError(f"threshold must be in [0, 1), got {threshold}")
-        if template_slots(template, "segment") != 1:
-            raise SynthsegError(f"segment: template must have one {{}} slot for the class list, got {template!r}")
+        check_list_template(template, "segment")
         if grounding is not None:
             grounding.config.check_pipeline(pipe)
             grounding.eval()
