@@ -9,13 +9,15 @@ prompt of the class list. Rows: each --module (its own capture timestep); the fi
 captioner (--captioner, by default the model's own: each scene is prompted with the classes its caption holds), and with each scene's true
 class names (a presence oracle: what perfect recognition would give); the cross-attention baseline
 (DAAM) on the same noised latents, thresholded at --daam-threshold (Protocol i (world) tunes it on seen
-classes); for the world, Protocol ii's segmenters (a) and (b), read from RESULTS.md's "Protocol ii (world)"
-section, which scored them on the same 500 scenes with the same matrix. Ablations of the first module on the
+classes); for the world, Protocol ii's segmenters (a) and (b), read from the RESULTS.md section that
+--protocol-ii names (by default the pretrained-backbone recipe's, segmenter-world, the world's strongest), which
+scored them on the same 500 scenes with the same matrix. Ablations of the first module on the
 first --ablation-count scenes: the capture timestep, K noise draws and one prompt per class.
 Targets: harmonic mIoU >= 70, unseen >= 0.9 x seen, above Protocol ii's (a).
 Writes the "Protocol iii (MODEL)" section of benchmarks/RESULTS.md.
 
-    python benchmarks/bench_protocol_iii.py [--model world] [--module "NAME=DIR" ...] [--captioner DIR] [--count 500] [--ablation-count 100]
+    python benchmarks/bench_protocol_iii.py [--model world] [--protocol-ii SECTION] [--module "NAME=DIR" ...] [--captioner DIR]
+        [--count 500] [--ablation-count 100]
 """
 
 from __future__ import annotations
@@ -27,9 +29,9 @@ import time
 from results import RESULTS, write_section
 
 
-def protocol_ii_rows() -> dict[str, tuple[str, str, str]]:
-    """{"(a) ...": (seen, unseen, harmonic)} from the Protocol ii (world) section, or {} if it is absent."""
-    section = re.search(r"<!-- Protocol ii \(world\):start -->(.*?)<!-- Protocol ii \(world\):end -->", RESULTS.read_text(), re.S)
+def protocol_ii_rows(name: str) -> dict[str, tuple[str, str, str]]:
+    """{"(a) ...": (seen, unseen, harmonic)} from the RESULTS.md section `name`, or {} if it is absent."""
+    section = re.search(rf"<!-- {re.escape(name)}:start -->(.*?)<!-- {re.escape(name)}:end -->", RESULTS.read_text(), re.S)
     rows = re.findall(r"^\| (\([ab]\)[^|]*) \| \d+ \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|", section.group(1) if section else "", re.M)
     return {name.strip(): (seen, unseen, harmonic) for name, seen, unseen, harmonic in rows}
 
@@ -37,6 +39,8 @@ def protocol_ii_rows() -> dict[str, tuple[str, str, str]]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="world", choices=["world", "world-dit"], help="the bundled world model whose modules are scored")
+    parser.add_argument("--protocol-ii", default="Protocol ii (world, segmenter-world)",
+                        help="the RESULTS.md section whose segmenters (a) and (b) are compared (--model world)")
     parser.add_argument("--module", action="append", default=[], help="NAME=DIR of a grounding module on that model; the first is ablated")
     parser.add_argument("--count", type=int, default=500)
     parser.add_argument("--ablation-count", type=int, default=100)
@@ -106,8 +110,8 @@ def main() -> None:
 
     head = ["| method | scenes | seen mIoU | unseen mIoU | harmonic mIoU |", "|---|---|---|---|---|"]
     table = head + [line(n, r) for n, r in rows.items()]
-    segmenters = protocol_ii_rows() if args.model == "world" else {}  # Protocol ii trained on the world's own data
-    table += [f"| Protocol ii {n} (its own run) | 500 | {s} | {u} | {h} |" for n, (s, u, h) in segmenters.items()]
+    segmenters = protocol_ii_rows(args.protocol_ii) if args.model == "world" else {}  # Protocol ii trained on the world's own data
+    table += [f"| {args.protocol_ii} {n} (its own run) | 500 | {s} | {u} | {h} |" for n, (s, u, h) in segmenters.items()]
     main_row = rows[best]
     a = next((row for n, row in segmenters.items() if n.startswith("(a)")), None)
     verdict = (f"Targets for `{best}`: harmonic mIoU **{100 * main_row['harmonic']:.1f}** (target >= 70); unseen / seen = "

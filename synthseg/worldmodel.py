@@ -57,6 +57,11 @@ class VAERecipe:
     lr: float = 1e-3
     kl_weight: float = 1e-6
 
+    def validate(self, source: str) -> None:
+        if not self.block_out_channels or any(c < 1 or c % 16 for c in self.block_out_channels):
+            raise SynthsegError(f"{source}: block_out_channels must be multiples of 16 (the VAE's GroupNorm has 16 groups)")
+        check_positive(source, self, "steps", "batch_size", "latent_channels", "layers_per_block")
+
 
 @dataclass
 class UNetRecipe:
@@ -100,7 +105,6 @@ class WorldModelRecipe:
         if self.unet.prediction_type not in ("epsilon", "v_prediction"):
             raise SynthsegError(f"{source}: unet.prediction_type must be epsilon or v_prediction")
         check_positive(source, self, "image_size", "max_tokens", "checkpoint_every", "num_inference_steps")
-        check_positive(source, self.vae, "steps", "batch_size", "latent_channels", "layers_per_block")
         check_positive(source, self.unet, "steps", "batch_size", "attention_heads", "layers_per_block")
 
 
@@ -121,7 +125,7 @@ def load_text_encoder(max_tokens: int):
         encoder = BertModel.from_pretrained(folder).eval().requires_grad_(False)
     return tokenizer, encoder
 
-def build_vae(recipe: WorldModelRecipe) -> AutoencoderKL:
+def build_vae(recipe: WorldModelRecipe | WorldDiTRecipe) -> AutoencoderKL:
     channels = recipe.vae.block_out_channels
     return AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=recipe.vae.latent_channels,
@@ -182,10 +186,11 @@ class DiTRecipe:
 
 @dataclass
 class WorldDiTRecipe:
-    """Recipe of `train_world_dit`; see the world-dit recipes. `vae_from`: the pipeline whose VAE (frozen)
-    the transformer learns the latents of; `init_from`: a stage's starting weights (world-dit-finetune);
-    `teacher`: distil a trained UNet's flow instead of regressing one noise draw's velocity (see
-    `train.world_dit.teacher_velocity`)."""
+    """Recipe of `train_world_dit`; see the world-dit recipes. The latents are those of `vae_from`'s VAE
+    (frozen), or, with `vae_from` null, of the recipe's own `vae`, trained first in the same workdir: an
+    f=2 VAE gives 16x16 tokens of a 64 px scene where the UNet world's f=4 VAE gives 8x8. `init_from`: a
+    stage's starting weights (world-dit-finetune); `teacher`: distil a trained UNet's flow instead of
+    regressing one noise draw's velocity (see `train.world_dit.teacher_velocity`)."""
 
     seed: int = 0
     image_size: int = 64
@@ -194,7 +199,8 @@ class WorldDiTRecipe:
     min_visible: float = 0.5
     templates: list[str] = field(default_factory=lambda: list(PAPER_TEMPLATES))
     checkpoint_every: int = 500
-    vae_from: str = "world"
+    vae_from: str | None = "world"
+    vae: VAERecipe | None = None  # the recipe's own VAE, with vae_from null
     init_from: str | None = None  # a FLUX pipeline ("world-dit", a folder) whose transformer trains on, with a fresh optimizer
     teacher: str | None = None  # a UNet pipeline on vae_from's latents ("world") whose velocities are the targets
     num_inference_steps: int = 25
@@ -202,8 +208,13 @@ class WorldDiTRecipe:
     transformer: DiTRecipe = field(default_factory=DiTRecipe)
 
     def validate(self, source: str) -> None:
-        if self.image_size % 8:
-            raise SynthsegError(f"{source}: image_size must be a multiple of 8 (f=4 VAE, then 2x2 packing)")
+        if (self.vae_from is None) == (self.vae is None):
+            raise SynthsegError(f"{source}: give either vae_from (a pipeline whose VAE to use) or vae (a VAE to train), not both")
+        if self.teacher is not None and self.vae_from is None:
+            raise SynthsegError(f"{source}: a teacher needs vae_from: it predicts the latents of its own VAE")
+        factor = 4 if self.vae is None else 2 ** (len(self.vae.block_out_channels) - 1)
+        if self.image_size % (2 * factor):
+            raise SynthsegError(f"{source}: image_size must be a multiple of {2 * factor} (the f={factor} VAE, then 2x2 packing)")
         if sum(self.transformer.axes_dims_rope) != self.transformer.attention_head_dim:
             raise SynthsegError(f"{source}: transformer.axes_dims_rope must sum to attention_head_dim")
         if not 0 <= self.pair_fraction <= 1 or not 0 <= self.transformer.caption_dropout < 1 or not 0 < self.min_visible <= 1:

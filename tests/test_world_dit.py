@@ -13,7 +13,7 @@ from diffusers import DDPMScheduler
 from synthseg import SynthsegError
 from synthseg.pipeline import load_pipeline
 from synthseg.train.world_dit import load_dit_recipe, teacher_velocity, train_world_dit
-from synthseg.worldmodel import DiTRecipe
+from synthseg.worldmodel import DiTRecipe, VAERecipe
 
 TINY = DiTRecipe(num_layers=1, num_single_layers=1, attention_heads=2, attention_head_dim=16, axes_dims_rope=[4, 6, 6], steps=4,
                  batch_size=2, warmup_steps=1)
@@ -76,3 +76,30 @@ def test_world_dit_distils_the_unet_world(tmp_path):
     with pytest.raises(SynthsegError, match="teacher world-dit: not a v-prediction UNet pipeline"):
         train_world_dit(tiny_recipe(teacher="world-dit"), tmp_path / "bad", tmp_path / "bad-dit", max_steps=1)
     assert not (tmp_path / "bad").exists()  # refused before the workdir is claimed
+
+
+@pytest.mark.slow
+def test_world_dit_trains_its_own_f2_vae_first(tmp_path):
+    """With `vae_from` null the recipe's own VAE trains first in the same workdir; an f=2 VAE gives FLUX
+    16x16 tokens of a 64 px scene (32x32 latents packed 2x2), and the export samples at 64 px."""
+    recipe = tiny_recipe(vae_from=None, vae=VAERecipe(block_out_channels=[16, 16], steps=2, batch_size=2))
+    export = train_world_dit(recipe, tmp_path / "work", tmp_path / "dit", max_steps=2)
+    assert (tmp_path / "work" / "vae.ckpt").is_file()
+    assert set(json.loads((export / "training.json").read_text())) == {"vae", "transformer"}
+    pipe = load_pipeline(export)
+    assert pipe.vae_scale_factor == 2 and pipe.vae.config.shift_factor == 0.0
+    latents = pipe("a photograph of a star", num_inference_steps=1, output_type="latent", generator=torch.Generator().manual_seed(0)).images
+    assert latents.shape == (1, 16 * 16, 16)  # 16x16 packed tokens of 4 x (2x2) channels
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe("a photograph of a star", num_inference_steps=1).images[0].size == (64, 64)
+
+
+@pytest.mark.parametrize("changes, message", [
+    (dict(vae_from=None), "give either vae_from"),
+    (dict(vae=VAERecipe()), "give either vae_from"),
+    (dict(vae_from=None, vae=VAERecipe(), teacher="world"), "a teacher needs vae_from"),
+    (dict(vae_from=None, vae=VAERecipe(block_out_channels=[16, 16, 16, 16]), image_size=40), "multiple of 16"),
+])
+def test_world_dit_recipe_checks_its_latents(changes, message):
+    with pytest.raises(SynthsegError, match=message):
+        dataclasses.replace(load_dit_recipe("world-dit"), **changes).validate("recipe")

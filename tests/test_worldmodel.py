@@ -50,6 +50,9 @@ def test_bad_recipe_values(tmp_path):
     (tmp_path / "r.yaml").write_text("unet: {prediction_type: sample}\n")
     with pytest.raises(SynthsegError, match="epsilon or v_prediction"):
         load_recipe(tmp_path / "r.yaml")
+    (tmp_path / "r.yaml").write_text("vae: {block_out_channels: [8, 16]}\n")
+    with pytest.raises(SynthsegError, match=r"r.yaml: vae: block_out_channels must be multiples of 16"):
+        load_recipe(tmp_path / "r.yaml")
 
 
 def test_training_scenes_keep_the_recipe_s_visible_share(monkeypatch):

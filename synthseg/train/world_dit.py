@@ -1,5 +1,6 @@
 """Training `world-dit` (`synthseg.worldmodel.WorldDiTRecipe`): FLUX's transformer by flow matching on
-the frozen latents of the UNet world's VAE, resumably, with EMA weights.
+the frozen latents of the UNet world's VAE or of the recipe's own (trained first, as the UNet world's
+is), resumably, with EMA weights.
 
 Flow matching (rectified flow, as SD3 and FLUX): x_s = (1 - s) x_0 + s e for a sigma s in (0, 1), and
 the transformer predicts the velocity e - x_0, or, with a recipe's `teacher`, the velocity a trained UNet
@@ -21,9 +22,9 @@ from ..errors import SynthsegError
 from ..pipeline import load_pipeline
 from ..registry import MODEL_CARD, recipe_path, resolve_pipeline
 from ..world import WORLD_CLASSES
-from ..worldmodel import WorldDiTRecipe, WorldFluxPipeline, build_transformer, load_text_encoder
+from ..worldmodel import WorldDiTRecipe, WorldFluxPipeline, build_transformer, build_vae, load_text_encoder
 from .loop import claim_workdir, staged_export, train_loop, warmup_cosine, write_training_record
-from .world_t2i import caption_states, captioned_latents, sample_scenes
+from .world_t2i import caption_states, captioned_latents, latent_scale, sample_scenes, train_vae
 
 
 def load_dit_recipe(spec: str | Path) -> WorldDiTRecipe:
@@ -32,10 +33,12 @@ def load_dit_recipe(spec: str | Path) -> WorldDiTRecipe:
     return load_config(WorldDiTRecipe, read_mapping(path), str(path))
 
 
-def world_flux_pipeline(recipe: WorldDiTRecipe, transformer=None) -> WorldFluxPipeline:
-    """A `WorldFluxPipeline` of the recipe: `vae_from`'s VAE (frozen, shift 0 as FLUX decodes), MiniLM in
-    both text slots, a flow-matching Euler sampler without resolution shift (64 px scenes)."""
-    vae = load_pipeline(recipe.vae_from, torch_dtype=torch.float32).vae.requires_grad_(False).eval()
+def world_flux_pipeline(recipe: WorldDiTRecipe, transformer=None, vae=None) -> WorldFluxPipeline:
+    """A `WorldFluxPipeline` of the recipe: `vae` or else `vae_from`'s VAE (frozen, shift 0 as FLUX
+    decodes), MiniLM in both text slots, a flow-matching Euler sampler without resolution shift (64 px
+    scenes)."""
+    vae = vae if vae is not None else load_pipeline(recipe.vae_from, torch_dtype=torch.float32).vae
+    vae.requires_grad_(False).eval()
     vae.register_to_config(shift_factor=0.0)
     tokenizer, encoder = load_text_encoder(recipe.max_tokens)
     transformer = transformer if transformer is not None else build_transformer(recipe, encoder.config.hidden_size, vae.config.latent_channels)
@@ -113,15 +116,21 @@ def pack_latents(latents: torch.Tensor) -> torch.Tensor:
 
 
 def train_world_dit(recipe: WorldDiTRecipe, workdir: Path, output: Path, max_steps: int | None = None) -> Path:
-    """Train (or resume) the transformer in `workdir`, from `recipe.init_from`'s weights if given; export
-    the pipeline's own parts to `output`: transformer/ and vae/ (fp16), scheduler/, both tokenizers,
+    """Train (or resume) the recipe's own VAE, if it has one, then the transformer in `workdir`, from
+    `recipe.init_from`'s weights if given; export the pipeline's own parts to `output`: transformer/ and
+    vae/ (fp16), scheduler/, both tokenizers,
     model_index.json, the model card and training.json (counting `init_from`'s steps first). The text
     encoder stays in its pip package (see `WorldFluxPipeline`)."""
     torch.manual_seed(recipe.seed + 1)
-    pipe = world_flux_pipeline(recipe)
+    pipe = world_flux_pipeline(recipe, vae=build_vae(recipe) if recipe.vae is not None else None)  # own VAE: trained below
     prior = load_init(recipe, pipe.transformer) if recipe.init_from else {}
     teacher = load_teacher(recipe, pipe.vae) if recipe.teacher else None
     claim_workdir(workdir, recipe)  # once the recipe's models have loaded: a bad name leaves no workdir behind
+    vae_losses = None
+    if recipe.vae is not None:
+        vae, vae_losses = train_vae(recipe, workdir, max_steps)
+        vae.register_to_config(scaling_factor=latent_scale(vae, recipe), shift_factor=0.0)
+        pipe.register_modules(vae=vae.requires_grad_(False))
     t = recipe.transformer
     transformer = pipe.transformer.train()
     ema = torch.optim.swa_utils.AveragedModel(transformer, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(t.ema_decay))
@@ -159,5 +168,5 @@ def train_world_dit(recipe: WorldDiTRecipe, workdir: Path, output: Path, max_ste
         (staging / "model_index.json").write_text(json.dumps(dict(index, _class_name="FluxPipeline"), indent=2) + "\n")
         card = dict(classes=list(WORLD_CLASSES), num_inference_steps=recipe.num_inference_steps, guidance_scale=recipe.guidance_scale)
         (staging / MODEL_CARD).write_text(json.dumps(card, indent=2) + "\n")
-        write_training_record(staging, prior, transformer=losses)
+        write_training_record(staging, prior, vae=vae_losses, transformer=losses)
     return output

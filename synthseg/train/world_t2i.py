@@ -23,7 +23,7 @@ from ..pipeline import load_pipeline
 from ..prompts import caption
 from ..registry import MODEL_CARD, recipe_path, resolve_pipeline
 from ..world import WORLD_CLASSES, render_scene, scene_seed
-from ..worldmodel import WorldModelRecipe, build_unet, build_vae, load_text_encoder
+from ..worldmodel import WorldDiTRecipe, WorldModelRecipe, build_unet, build_vae, load_text_encoder
 from .loop import claim_workdir, staged_export, train_loop, warmup_cosine, write_training_record
 
 
@@ -33,7 +33,7 @@ def load_recipe(spec: str | Path) -> WorldModelRecipe:
     return load_config(WorldModelRecipe, read_mapping(path), str(path))
 
 
-def sample_scenes(recipe: WorldModelRecipe, step: int, batch_size: int):
+def sample_scenes(recipe: WorldModelRecipe | WorldDiTRecipe, step: int, batch_size: int):
     """The batch of `step`: scenes of one or two classes with their captions, deterministic."""
     rng = np.random.default_rng([recipe.seed, step])
     scenes, captions = [], []
@@ -50,7 +50,7 @@ def noise_scheduler(recipe: WorldModelRecipe) -> DDPMScheduler:
     return DDPMScheduler(beta_schedule=recipe.unet.beta_schedule, prediction_type=recipe.unet.prediction_type, clip_sample=False)
 
 
-def train_vae(recipe: WorldModelRecipe, workdir: Path, max_steps: int | None = None) -> tuple[AutoencoderKL, list[float]]:
+def train_vae(recipe: WorldModelRecipe | WorldDiTRecipe, workdir: Path, max_steps: int | None = None) -> tuple[AutoencoderKL, list[float]]:
     """Stage 1: the autoencoder, L1 + MSE reconstruction with a small KL term. Resumes from workdir;
     returns the VAE and its losses so far."""
     torch.manual_seed(recipe.seed)
@@ -68,7 +68,7 @@ def train_vae(recipe: WorldModelRecipe, workdir: Path, max_steps: int | None = N
     return vae.eval(), losses
 
 @torch.no_grad()
-def latent_scale(vae: AutoencoderKL, recipe: WorldModelRecipe) -> float:
+def latent_scale(vae: AutoencoderKL, recipe: WorldModelRecipe | WorldDiTRecipe) -> float:
     """1 / std of the latents over 256 scenes: SD's `scaling_factor`, so latents are unit-variance."""
     images, _ = sample_scenes(recipe, 20_000_000, 256)
     return float(1.0 / vae.encode(images).latent_dist.mean.std())
