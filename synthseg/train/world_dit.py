@@ -118,9 +118,9 @@ def pack_latents(latents: torch.Tensor) -> torch.Tensor:
 def train_world_dit(recipe: WorldDiTRecipe, workdir: Path, output: Path, max_steps: int | None = None) -> Path:
     """Train (or resume) the recipe's own VAE, if it has one, then the transformer in `workdir`, from
     `recipe.init_from`'s weights if given; export the pipeline's own parts to `output`: transformer/ and
-    vae/ (fp16), scheduler/, both tokenizers,
-    model_index.json, the model card and training.json (counting `init_from`'s steps first). The text
-    encoder stays in its pip package (see `WorldFluxPipeline`)."""
+    vae/ (fp16), scheduler/, both tokenizers, model_index.json, the model card and training.json
+    (counting `init_from`'s steps first). The text encoder stays in its pip package (see
+    `WorldFluxPipeline`)."""
     torch.manual_seed(recipe.seed + 1)
     pipe = world_flux_pipeline(recipe, vae=build_vae(recipe) if recipe.vae is not None else None)  # own VAE: trained below
     prior = load_init(recipe, pipe.transformer) if recipe.init_from else {}
