@@ -22,18 +22,23 @@ def looks_like_path(spec: str | Path) -> bool:
 
 
 @contextlib.contextmanager
-def quiet_loading():
+def quiet_loading(load_report: bool = True):
     """diffusers' and transformers' per-component loading bars off while a model loads (they print
-    several bars for a load of seconds); each library's setting is restored afterwards."""
+    several bars for a load of seconds); with `load_report` False, transformers' report of the weights a
+    load left out too (errors only). Each setting is restored afterwards."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
     states = [(lib, lib.is_progress_bar_enabled()) for lib in (diffusers_logging, transformers_logging)]
+    verbosity = transformers_logging.get_verbosity()
     for lib, _ in states:
         lib.disable_progress_bar()
+    if not load_report:
+        transformers_logging.set_verbosity_error()
     try:
         yield
     finally:
+        transformers_logging.set_verbosity(verbosity)
         for lib, enabled in states:
             if enabled:
                 lib.enable_progress_bar()

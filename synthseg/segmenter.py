@@ -179,24 +179,18 @@ def load_backbone_weights(model, source: str) -> None:
     """Copy a pretrained ResNet (hub id, folder, or a bundled name: the world's) into the segmenter's
     encoder; offline, say what to do. A classifier's head (ResNetForImageClassification) is left out."""
     from transformers import ResNetBackbone
-    from transformers.utils import logging as transformers_logging
 
+    from .pipeline import quiet_loading
     from .registry import resolve_backbone
 
     source = resolve_backbone(source)
-    verbosity, bars = transformers_logging.get_verbosity(), transformers_logging.is_progress_bar_enabled()
-    transformers_logging.set_verbosity_error()  # its load report lists the classifier head the backbone leaves out
-    transformers_logging.disable_progress_bar()  # and a bar per load: training shows its own progress
     try:
-        pretrained = ResNetBackbone.from_pretrained(source, out_features=model.config.backbone_config.out_features)
+        with quiet_loading(load_report=False):  # the report lists the classifier head the backbone leaves out
+            pretrained = ResNetBackbone.from_pretrained(source, out_features=model.config.backbone_config.out_features)
     except (OSError, ValueError) as error:
         reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         raise SynthsegError(f"cannot load the pretrained backbone {source!r} ({reason}); download it into the Hugging Face "
                             "cache or pass a local folder as backbone_weights, or train from scratch with --no-pretrained-backbone") from None
-    finally:
-        transformers_logging.set_verbosity(verbosity)
-        if bars:
-            transformers_logging.enable_progress_bar()
     encoder = model.model.pixel_level_module.encoder
     mismatch = encoder.load_state_dict(pretrained.state_dict(), strict=False)
     if mismatch.missing_keys:
