@@ -88,9 +88,9 @@ def test_world_dit_trains_its_own_f2_vae_first(tmp_path):
     assert set(json.loads((export / "training.json").read_text())) == {"vae", "transformer"}
     pipe = load_pipeline(export)
     assert pipe.vae_scale_factor == 2 and pipe.vae.config.shift_factor == 0.0
+    pipe.set_progress_bar_config(disable=True)
     latents = pipe("a photograph of a star", num_inference_steps=1, output_type="latent", generator=torch.Generator().manual_seed(0)).images
     assert latents.shape == (1, 16 * 16, 16)  # 16x16 packed tokens of 4 x (2x2) channels
-    pipe.set_progress_bar_config(disable=True)
     assert pipe("a photograph of a star", num_inference_steps=1).images[0].size == (64, 64)
 
 
