@@ -6,12 +6,14 @@ import dataclasses
 import json
 from types import SimpleNamespace
 
+import numpy as np
 import pytest
 import torch
 from diffusers import DDPMScheduler
 
 from synthseg import SynthsegError
 from synthseg.pipeline import load_pipeline
+from synthseg.train import loop
 from synthseg.train.world_dit import load_dit_recipe, teacher_velocity, train_world_dit
 from synthseg.worldmodel import DiTRecipe, VAERecipe
 
@@ -69,10 +71,15 @@ def test_teacher_velocity_of_an_exact_unet_is_the_flow_velocity():
 
 
 @pytest.mark.slow
-def test_world_dit_distils_the_unet_world(tmp_path):
-    """With `teacher: world` training runs on the UNet world's velocities; a teacher on other latents is refused."""
+def test_world_dit_distils_the_unet_world(tmp_path, monkeypatch):
+    """With `teacher: world` training runs on the UNet world's velocities, its batches made by a worker
+    process as in-process; a teacher on other latents is refused."""
     export = train_world_dit(tiny_recipe(teacher="world"), tmp_path / "work", tmp_path / "dit", max_steps=2)
     assert json.loads((export / "training.json").read_text())["transformer"]["steps"] == 2
+    monkeypatch.setattr(loop.multiprocessing, "get_all_start_methods", lambda: ["spawn"])  # no fork: no worker
+    train_world_dit(tiny_recipe(teacher="world"), tmp_path / "inline", tmp_path / "inline-dit", max_steps=2)
+    losses = [torch.load(tmp_path / run / "transformer.ckpt", weights_only=True)["losses"] for run in ("work", "inline")]
+    assert np.allclose(losses[0], losses[1], rtol=1e-5, atol=0)  # the same batches (up to BLAS rounding by alignment)
     with pytest.raises(SynthsegError, match="teacher world-dit: not a v-prediction UNet pipeline"):
         train_world_dit(tiny_recipe(teacher="world-dit"), tmp_path / "bad", tmp_path / "bad-dit", max_steps=1)
     assert not (tmp_path / "bad").exists()  # refused before the workdir is claimed

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from synthseg import SynthsegError, load_pipeline
-from synthseg.train import world_t2i
-from synthseg.train.loop import write_training_record
+from synthseg.train import loop, world_t2i
+from synthseg.train.loop import prefetched, write_training_record
 from synthseg.train.world_t2i import (
     caption_states,
     diffusion_loss,
@@ -74,6 +74,14 @@ def test_training_record_adds_the_fine_tuned_model_s_steps(tmp_path):
                                                                    "unet": {"steps": 15002, "loss": 0.375}}
     write_training_record(tmp_path, {}, vae=None, unet=[0.5])  # an init without a record, e.g. a hub model
     assert json.loads((tmp_path / "training.json").read_text()) == {"unet": {"steps": 1, "loss": 0.5}}
+
+
+@pytest.mark.parametrize("fork", [True, False])
+def test_prefetched_batches_come_in_step_order_from_the_resumed_step(fork, monkeypatch):
+    if not fork:
+        monkeypatch.setattr(loop.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
+    made = list(prefetched(lambda step: torch.full((2,), step), 3, 7))
+    assert [batch.tolist() for batch in made] == [[3, 3], [4, 4], [5, 5], [6, 6]]
 
 
 @pytest.mark.slow

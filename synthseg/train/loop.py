@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import math
+import multiprocessing
 import os
 import shutil
 from pathlib import Path
@@ -93,9 +94,26 @@ def load_checkpoint(path: Path, **objects) -> tuple[int, list[float]]:
     return state["step"], state["losses"]
 
 
+class _Steps(torch.utils.data.Dataset):
+    def __init__(self, batches):
+        self.batches = batches
+
+    def __getitem__(self, step: int):
+        return self.batches(step)
+
+
+def prefetched(batches, start: int, end: int) -> torch.utils.data.DataLoader:
+    """batches(start), ..., batches(end - 1), in order: made two ahead by one forked worker process
+    (which inherits `batches` and its models without pickling them), or in this process where the
+    platform cannot fork."""
+    fork = "fork" in multiprocessing.get_all_start_methods()
+    return torch.utils.data.DataLoader(_Steps(batches), sampler=range(start, end), batch_size=None, num_workers=int(fork),
+                                       prefetch_factor=2 if fork else None, multiprocessing_context="fork" if fork else None)
+
+
 def train_loop(description: str, step_loss, *, model, optimizer, checkpoint: Path, steps: int, checkpoint_every: int,
                max_steps: int | None = None, schedule=None, ema=None, clip_norm: float | None = None,
-               accelerator=None) -> list[float]:
+               accelerator=None, batches=None) -> list[float]:
     """The loop every synthseg trainer runs: resume, step, log, checkpoint.
 
     step_loss(step) returns the loss of step `step` (its batch must depend only on the step, so a
@@ -106,6 +124,11 @@ def train_loop(description: str, step_loss, *, model, optimizer, checkpoint: Pat
 
     With an `accelerate.Accelerator` (model and optimizer already prepared), gradients go through
     it, so several processes train one model; only the main process writes checkpoints.
+
+    With `batches`, step_loss(step, batch) gets batches(step), made ahead by a DataLoader worker
+    process while the steps before train: rendering and frozen encoders (a VAE, a teacher) then run on
+    a second core beside the trained model. batches(step) must depend only on the step, and not on the
+    trained weights (the worker has a copy of them from before training).
     """
     objects = dict(model=model, optimizer=optimizer)
     objects.update({k: v for k, v in (("lr", schedule), ("ema", ema)) if v is not None})
@@ -114,9 +137,11 @@ def train_loop(description: str, step_loss, *, model, optimizer, checkpoint: Pat
     start, losses = load_checkpoint(checkpoint, **objects)
     end = min(steps, max_steps or steps)
     main = accelerator is None or accelerator.is_main_process
-    with loss_progress(description, steps, start) if main else contextlib.nullcontext(lambda *_: None) as advance:
+    with contextlib.ExitStack() as stack:
+        advance = stack.enter_context(loss_progress(description, steps, start)) if main else (lambda *_: None)
+        made = iter(prefetched(batches, start, end)) if batches is not None else None
         for step in range(start, end):
-            loss = step_loss(step)
+            loss = step_loss(step) if made is None else step_loss(step, next(made))
             optimizer.zero_grad(set_to_none=True)
             if accelerator is None:
                 loss.backward()

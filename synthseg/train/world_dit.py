@@ -10,6 +10,7 @@ sees exactly the text states generation will.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -91,22 +92,41 @@ def teacher_velocity(teacher: DiffusionPipeline, noisy: torch.Tensor, sigma: tor
     return (b - a) * x_t + (a + b) * v  # e - x_0, with e = b x_t + a v and x_0 = a x_t - b v
 
 
-def flow_matching_loss(pipe: WorldFluxPipeline, latents: torch.Tensor, text: torch.Tensor, pooled: torch.Tensor,
-                       generator: torch.Generator, recipe: WorldDiTRecipe, teacher: DiffusionPipeline | None = None,
-                       teacher_text: torch.Tensor | None = None) -> torch.Tensor:
-    """MSE of the predicted velocity at logit-normal sigmas, against e - x_0 or `teacher`'s velocity (read
-    with `teacher_text`); latents (B, C, h, w) are packed 2x2 as FLUX reads them."""
-    batch, channels, height, width = latents.shape
+@dataclasses.dataclass
+class FlowBatch:
+    """One flow-matching training batch: the packed noisy latents (B, h/2 * w/2, 4C) at `sigma` (B,),
+    their velocity targets (packed alike), the height and width of the unpacked latents (for the image
+    ids), and the text states (B, L, D) and pooled vectors (B, D) the transformer reads."""
+
+    packed: torch.Tensor
+    sigma: torch.Tensor
+    target: torch.Tensor
+    size: tuple[int, int]
+    text: torch.Tensor
+    pooled: torch.Tensor
+
+
+def flow_matching_batch(latents: torch.Tensor, text: torch.Tensor, pooled: torch.Tensor, generator: torch.Generator,
+                        recipe: WorldDiTRecipe, teacher: DiffusionPipeline | None = None,
+                        teacher_text: torch.Tensor | None = None) -> FlowBatch:
+    """Latents (B, C, h, w) noised at logit-normal sigmas, with the target e - x_0 or `teacher`'s velocity
+    (read with `teacher_text`)."""
+    batch = len(latents)
     noise = torch.randn(latents.shape, generator=generator)
     sigma = torch.sigmoid(recipe.transformer.logit_mean + recipe.transformer.logit_std * torch.randn(batch, generator=generator))
     noisy = (1 - sigma[:, None, None, None]) * latents + sigma[:, None, None, None] * noise
-    packed = pack_latents(noisy)
-    image_ids = pipe._prepare_latent_image_ids(batch, height // 2, width // 2, latents.device, latents.dtype)
-    text_ids = torch.zeros(text.shape[1], 3)
-    velocity = pipe.transformer(hidden_states=packed, timestep=sigma, pooled_projections=pooled, encoder_hidden_states=text,
-                                txt_ids=text_ids, img_ids=image_ids, return_dict=False)[0]
     target = noise - latents if teacher is None else teacher_velocity(teacher, noisy, sigma, teacher_text)
-    return F.mse_loss(velocity, pack_latents(target))
+    return FlowBatch(pack_latents(noisy), sigma, pack_latents(target), tuple(latents.shape[2:]), text, pooled)
+
+
+def flow_matching_loss(pipe: WorldFluxPipeline, batch: FlowBatch) -> torch.Tensor:
+    """MSE of the transformer's velocity against the batch's targets."""
+    height, width = batch.size
+    image_ids = pipe._prepare_latent_image_ids(len(batch.packed), height // 2, width // 2, batch.packed.device, batch.packed.dtype)
+    text_ids = torch.zeros(batch.text.shape[1], 3)
+    velocity = pipe.transformer(hidden_states=batch.packed, timestep=batch.sigma, pooled_projections=batch.pooled,
+                                encoder_hidden_states=batch.text, txt_ids=text_ids, img_ids=image_ids, return_dict=False)[0]
+    return F.mse_loss(velocity, batch.target)
 
 
 def pack_latents(latents: torch.Tensor) -> torch.Tensor:
@@ -144,18 +164,18 @@ def train_world_dit(recipe: WorldDiTRecipe, workdir: Path, output: Path, max_ste
             return zip(embeds, pooled)
         return zip(embeds, pooled, caption_states(teacher.tokenizer, teacher.text_encoder, captions))
 
-    def step_loss(step: int) -> torch.Tensor:
+    def step_batch(step: int) -> FlowBatch:  # everything but the transformer: made beside the step before (train_loop)
         images, captions = sample_scenes(recipe, step, t.batch_size)
         g = torch.Generator().manual_seed(recipe.seed * 1_000_003 + step)
         latents, captions = captioned_latents(pipe.vae, images, captions, t.caption_dropout, g, cache, encode)
         text = torch.stack([cache[c][0] for c in captions])
         pooled = torch.stack([cache[c][1] for c in captions])
         teacher_text = torch.stack([cache[c][2] for c in captions]) if teacher is not None else None
-        return flow_matching_loss(pipe, latents, text, pooled, g, recipe, teacher, teacher_text)
+        return flow_matching_batch(latents, text, pooled, g, recipe, teacher, teacher_text)
 
-    losses = train_loop("transformer", step_loss, model=transformer, optimizer=optimizer, checkpoint=Path(workdir) / "transformer.ckpt",
-                        steps=t.steps, checkpoint_every=recipe.checkpoint_every, max_steps=max_steps, schedule=schedule, ema=ema,
-                        clip_norm=1.0)
+    losses = train_loop("transformer", lambda step, batch: flow_matching_loss(pipe, batch), model=transformer, optimizer=optimizer,
+                        checkpoint=Path(workdir) / "transformer.ckpt", steps=t.steps, checkpoint_every=recipe.checkpoint_every,
+                        max_steps=max_steps, schedule=schedule, ema=ema, clip_norm=1.0, batches=step_batch)
     pipe.transformer = ema.module.eval()
     with staged_export(output) as staging:
         for part in ("vae", "transformer"):  # the text encoders are not written: their pip package holds them

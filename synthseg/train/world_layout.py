@@ -84,17 +84,22 @@ def train_world_layout(recipe: LayoutModelRecipe, workdir: Path, output: Path, m
     cache: dict[str, torch.Tensor] = {}
     unet.train()
 
-    def step_loss(step: int) -> torch.Tensor:
+    def step_batch(step: int):  # latents, text states, the noise's generator and the boxes (made ahead: train_loop)
         images, captions, boxes, embeds, masks = layout_batch(recipe, step, phrases, image_size)
         g = torch.Generator().manual_seed(recipe.seed * 1_000_003 + step)
         latents, captions = captioned_latents(vae, images, captions, recipe.caption_dropout, g, cache,
                                               lambda missing: caption_states(tokenizer, encoder, missing))
         masks = masks * (torch.rand(len(masks), 1, generator=g) >= recipe.box_dropout)
         gligen = {"gligen": dict(boxes=boxes, positive_embeddings=embeds, masks=masks)}
-        return diffusion_loss(unet, scheduler, latents, torch.stack([cache[c] for c in captions]), g, gligen, recipe.min_timestep)
+        return latents, torch.stack([cache[c] for c in captions]), g, gligen
+
+    def step_loss(step: int, batch) -> torch.Tensor:
+        latents, text, g, gligen = batch
+        return diffusion_loss(unet, scheduler, latents, text, g, gligen, recipe.min_timestep)
 
     losses = train_loop("gligen", step_loss, model=unet, optimizer=optimizer, checkpoint=workdir / "gligen.ckpt", steps=recipe.steps,
-                        checkpoint_every=recipe.checkpoint_every, max_steps=max_steps, schedule=lr, ema=ema, clip_norm=1.0)
+                        checkpoint_every=recipe.checkpoint_every, max_steps=max_steps, schedule=lr, ema=ema, clip_norm=1.0,
+                        batches=step_batch)
     trained_unet = ema.module.eval()
     with staged_export(output) as staging:
         trained_unet.save_config(staging / "unet")

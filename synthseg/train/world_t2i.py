@@ -140,16 +140,16 @@ def train_unet(recipe: WorldModelRecipe, vae: AutoencoderKL, workdir: Path, max_
     cache: dict[str, torch.Tensor] = {}
     unet.train()
 
-    def step_loss(step: int) -> torch.Tensor:
+    def step_batch(step: int):  # latents, text states and the generator the noise comes from (made ahead: train_loop)
         images, captions = sample_scenes(recipe, step, recipe.unet.batch_size)
         g = torch.Generator().manual_seed(recipe.seed * 1_000_003 + step)
         latents, captions = captioned_latents(vae, images, captions, recipe.unet.caption_dropout, g, cache,
                                               lambda missing: caption_states(tokenizer, encoder, missing))
-        return diffusion_loss(unet, scheduler, latents, torch.stack([cache[c] for c in captions]), g)
+        return latents, torch.stack([cache[c] for c in captions]), g
 
-    losses = train_loop("unet", step_loss, model=unet, optimizer=optimizer, checkpoint=workdir / "unet.ckpt",
-                        steps=recipe.unet.steps, checkpoint_every=recipe.checkpoint_every, max_steps=max_steps,
-                        schedule=lr, ema=ema, clip_norm=1.0)
+    losses = train_loop("unet", lambda step, batch: diffusion_loss(unet, scheduler, *batch), model=unet, optimizer=optimizer,
+                        checkpoint=workdir / "unet.ckpt", steps=recipe.unet.steps, checkpoint_every=recipe.checkpoint_every,
+                        max_steps=max_steps, schedule=lr, ema=ema, clip_norm=1.0, batches=step_batch)
     return ema.module.eval(), tokenizer, encoder, losses
 
 
