@@ -57,6 +57,11 @@ class VAERecipe:
     lr: float = 1e-3
     kl_weight: float = 1e-6
 
+    @property
+    def factor(self) -> int:
+        """Image pixels per latent, along each side: every block after the first halves the image."""
+        return 2 ** (len(self.block_out_channels) - 1)
+
     def validate(self, source: str) -> None:
         if not self.block_out_channels or any(c < 1 or c % 16 for c in self.block_out_channels):
             raise SynthsegError(f"{source}: block_out_channels must be multiples of 16 (the VAE's GroupNorm has 16 groups)")
@@ -96,8 +101,8 @@ class WorldModelRecipe:
     unet: UNetRecipe = field(default_factory=UNetRecipe)
 
     def validate(self, source: str) -> None:
-        if self.image_size % 4:
-            raise SynthsegError(f"{source}: image_size must be a multiple of 4 (the VAE downsamples by 4)")
+        if self.image_size % self.vae.factor:
+            raise SynthsegError(f"{source}: image_size must be a multiple of {self.vae.factor} (the VAE downsamples by {self.vae.factor})")
         if not 0 <= self.pair_fraction <= 1 or not 0 <= self.unet.caption_dropout < 1:
             raise SynthsegError(f"{source}: pair_fraction and unet.caption_dropout must lie in [0, 1)")
         if not 0 < self.min_visible <= 1:
@@ -138,7 +143,7 @@ def build_unet(recipe: WorldModelRecipe, text_dim: int, latent_channels: int) ->
     u = recipe.unet
     levels = len(u.block_out_channels)
     return UNet2DConditionModel(
-        sample_size=recipe.image_size // 4, in_channels=latent_channels, out_channels=latent_channels,
+        sample_size=recipe.image_size // recipe.vae.factor, in_channels=latent_channels, out_channels=latent_channels,
         block_out_channels=u.block_out_channels, layers_per_block=u.layers_per_block,
         down_block_types=("CrossAttnDownBlock2D",) * (levels - 1) + ("DownBlock2D",),
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
@@ -212,7 +217,7 @@ class WorldDiTRecipe:
             raise SynthsegError(f"{source}: give either vae_from (a pipeline whose VAE to use) or vae (a VAE to train), not both")
         if self.teacher is not None and self.vae_from is None:
             raise SynthsegError(f"{source}: a teacher needs vae_from: it predicts the latents of its own VAE")
-        factor = 4 if self.vae is None else 2 ** (len(self.vae.block_out_channels) - 1)
+        factor = 4 if self.vae is None else self.vae.factor
         if self.image_size % (2 * factor):
             raise SynthsegError(f"{source}: image_size must be a multiple of {2 * factor} (the f={factor} VAE, then 2x2 packing)")
         if sum(self.transformer.axes_dims_rope) != self.transformer.attention_head_dim:

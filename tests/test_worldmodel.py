@@ -44,6 +44,9 @@ def test_bad_recipe_values(tmp_path):
     (tmp_path / "r.yaml").write_text("image_size: 30\n")
     with pytest.raises(SynthsegError, match="multiple of 4"):
         load_recipe(tmp_path / "r.yaml")
+    (tmp_path / "r.yaml").write_text("image_size: 36\nvae: {block_out_channels: [16, 32, 32, 64]}\n")  # f=8
+    with pytest.raises(SynthsegError, match="multiple of 8"):
+        load_recipe(tmp_path / "r.yaml")
     (tmp_path / "r.yaml").write_text("min_visible: 0\n")
     with pytest.raises(SynthsegError, match="min_visible"):
         load_recipe(tmp_path / "r.yaml")
@@ -53,6 +56,11 @@ def test_bad_recipe_values(tmp_path):
     (tmp_path / "r.yaml").write_text("vae: {block_out_channels: [8, 16]}\n")
     with pytest.raises(SynthsegError, match=r"r.yaml: vae: block_out_channels must be multiples of 16"):
         load_recipe(tmp_path / "r.yaml")
+
+
+def test_the_unet_s_sample_size_follows_the_vae_s_factor():
+    recipe = dataclasses.replace(tiny_recipe(), vae=VAERecipe(block_out_channels=[16, 32]))  # f=2: 32 px -> 16x16 latents
+    assert build_unet(recipe, 384, 4).config.sample_size == 16
 
 
 def test_training_scenes_keep_the_recipe_s_visible_share(monkeypatch):
