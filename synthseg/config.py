@@ -58,8 +58,9 @@ def record_recipe(path: str | Path, recipe, refusal: str) -> None:
         found = unstamped(json.loads(path.read_text()), str(path))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise SynthsegError(f"{path}: corrupt; remove it to start over") from None
-    changed = sorted(k for k in set(found) | set(wanted) if found.get(k) != wanted.get(k))
-    if changed:  # a field added since, at None, is no change: the recorded run ran without it
+    defaults = {f.name: f.default for f in dataclasses.fields(recipe) if f.default is not dataclasses.MISSING}
+    changed = sorted(k for k in set(found) | set(wanted) if found.get(k, defaults.get(k)) != wanted.get(k))
+    if changed:  # a field added since, at its default, is no change: the recorded run ran without it
         raise SynthsegError(refusal.format(changed=", ".join(changed)))
 
 

@@ -82,6 +82,7 @@ def test_every_saved_recipe_and_model_config_names_its_writer(tmp_path):
 def test_a_run_recorded_before_a_field_was_added_resumes_only_if_the_field_is_unset(tmp_path):
     import json
 
+    from synthseg.train.backbone import load_backbone_recipe
     from synthseg.train.loop import claim_workdir
     from synthseg.train.world_dit import load_dit_recipe
 
@@ -93,3 +94,11 @@ def test_a_run_recorded_before_a_field_was_added_resumes_only_if_the_field_is_un
     claim_workdir(tmp_path / "work", recipe)
     with pytest.raises(SynthsegError, match=r"another recipe \(init_from differ\)"):
         claim_workdir(tmp_path / "work", dataclasses.replace(recipe, init_from="world-dit"))
+    backbone = load_backbone_recipe("backbone-world")  # a field added with a default other than None
+    claim_workdir(tmp_path / "bb", backbone)
+    recorded = json.loads((tmp_path / "bb" / "recipe.json").read_text())
+    del recorded["rotations"]
+    (tmp_path / "bb" / "recipe.json").write_text(json.dumps(recorded))
+    claim_workdir(tmp_path / "bb", backbone)
+    with pytest.raises(SynthsegError, match=r"another recipe \(rotations differ\)"):
+        claim_workdir(tmp_path / "bb", dataclasses.replace(backbone, rotations=True))
