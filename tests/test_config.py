@@ -97,8 +97,8 @@ def test_a_run_recorded_before_a_field_was_added_resumes_only_if_the_field_is_un
     backbone = load_backbone_recipe("backbone-world")  # a field added with a default other than None
     claim_workdir(tmp_path / "bb", backbone)
     recorded = json.loads((tmp_path / "bb" / "recipe.json").read_text())
-    del recorded["rotations"]
+    del recorded["eval_scenes"]  # as a run recorded before `eval_scenes` (default 500) existed
     (tmp_path / "bb" / "recipe.json").write_text(json.dumps(recorded))
     claim_workdir(tmp_path / "bb", backbone)
-    with pytest.raises(SynthsegError, match=r"another recipe \(rotations differ\)"):
-        claim_workdir(tmp_path / "bb", dataclasses.replace(backbone, rotations=True))
+    with pytest.raises(SynthsegError, match=r"another recipe \(eval_scenes differ\)"):
+        claim_workdir(tmp_path / "bb", dataclasses.replace(backbone, eval_scenes=100))

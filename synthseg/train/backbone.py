@@ -41,7 +41,6 @@ class BackboneRecipe:
     seed: int = 0
     checkpoint_every: int = 500
     eval_scenes: int = 500
-    rotations: bool = False  # also turn scenes by multiples of 90 degrees (the world's scenes have no up)
 
     def validate(self, source: str) -> None:
         check_backbone(source, self.backbone)
@@ -55,17 +54,15 @@ def load_backbone_recipe(spec: str | Path, **overrides) -> BackboneRecipe:
     return load_config(BackboneRecipe, apply_overrides(read_mapping(path), overrides, str(path)), str(path))
 
 
-def scene_batch(seeds, size: int, rng: np.random.Generator | None = None, rotations: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+def scene_batch(seeds, size: int, rng: np.random.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Rendered scenes of `seeds` -> (B, 3, size, size) pixels normalised as the segmenter's processor
     normalises them, and (B, 12) multi-hot labels of the classes each holds; with `rng`, each is flipped
-    left-right with chance 1/2, then (with `rotations`) turned by a random multiple of 90 degrees."""
+    left-right with chance 1/2."""
     scenes = [render_scene(seed, size=size) for seed in seeds]
     pixels = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float() / 255
     if rng is not None:
         flip = torch.from_numpy(rng.random(len(scenes)) < 0.5)
         pixels[flip] = pixels[flip].flip(-1)
-        if rotations:
-            pixels = torch.stack([torch.rot90(p, int(k), (-2, -1)) for p, k in zip(pixels, rng.integers(4, size=len(scenes)))])
     pixels = (pixels - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
     labels = torch.zeros(len(scenes), len(WORLD_CLASSES))
     for row, scene in enumerate(scenes):
@@ -108,7 +105,7 @@ def pretrain_backbone(recipe: BackboneRecipe, workdir: str | Path, output: str |
     def step_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:  # rendered ahead, beside the step before (train_loop)
         rng = np.random.default_rng([recipe.seed, step])
         seeds = [scene_seed(int(k), held_out=False) for k in rng.integers(2**30, size=recipe.batch_size)]
-        return scene_batch(seeds, recipe.image_size, rng, recipe.rotations)
+        return scene_batch(seeds, recipe.image_size, rng)
 
     def step_loss(step: int, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         pixels, labels = batch
