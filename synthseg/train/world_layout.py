@@ -93,13 +93,9 @@ def train_world_layout(recipe: LayoutModelRecipe, workdir: Path, output: Path, m
         gligen = {"gligen": dict(boxes=boxes, positive_embeddings=embeds, masks=masks)}
         return latents, torch.stack([cache[c] for c in captions]), g, gligen
 
-    def step_loss(step: int, batch) -> torch.Tensor:
-        latents, text, g, gligen = batch
-        return diffusion_loss(unet, scheduler, latents, text, g, gligen, recipe.min_timestep)
-
-    losses = train_loop("gligen", step_loss, model=unet, optimizer=optimizer, checkpoint=workdir / "gligen.ckpt", steps=recipe.steps,
-                        checkpoint_every=recipe.checkpoint_every, max_steps=max_steps, schedule=lr, ema=ema, clip_norm=1.0,
-                        batches=step_batch)
+    losses = train_loop("gligen", lambda step, batch: diffusion_loss(unet, scheduler, *batch, recipe.min_timestep), model=unet,
+                        optimizer=optimizer, checkpoint=workdir / "gligen.ckpt", steps=recipe.steps, checkpoint_every=recipe.checkpoint_every,
+                        max_steps=max_steps, schedule=lr, ema=ema, clip_norm=1.0, batches=step_batch)
     trained_unet = ema.module.eval()
     with staged_export(output) as staging:
         trained_unet.save_config(staging / "unet")
