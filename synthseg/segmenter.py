@@ -50,12 +50,16 @@ class SegmenterRecipe:
     masked attention, and a deformable-attention pixel decoder of `pixel_decoder_layers` over the
     backbone's strides 8-32, so it needs a four-stage backbone). `backbone`: a name of BACKBONES;
     `backbone_weights`: hub id or folder of pretrained weights, or a bundled name (default: the name's
-    microsoft/resnet-* id, or "world" for resnet-world; ignored without `pretrained_backbone`). The decoder fields size either arch's transformer decoder."""
+    microsoft/resnet-* id, or "world" for resnet-world; ignored without `pretrained_backbone`).
+    `frozen_backbone_norm`: a pretrained backbone's BatchNorm keeps its statistics and affine while training
+    (detectron2's FrozenBN, which MaskFormer's and Mask2Former's ResNet configs train with); a backbone
+    from scratch always trains its BatchNorm. The decoder fields size either arch's transformer decoder."""
 
     arch: str = "maskformer"
     backbone: str = "resnet-101"
     pretrained_backbone: bool = True
     backbone_weights: str | None = None
+    frozen_backbone_norm: bool = True
     fpn_feature_size: int = 256
     mask_feature_size: int = 256
     decoder_layers: int = 6

@@ -140,6 +140,25 @@ def test_pretrained_backbone_goes_through_from_pretrained(tmp_path):
         load_backbone_weights(model, "microsoft/resnet-101")  # offline in tests
 
 
+@pytest.mark.parametrize("frozen", [True, False])
+def test_a_pretrained_backbone_trains_with_frozen_batchnorm(tmp_path, frozen):
+    # MaskFormer's ResNet configs keep detectron2's FrozenBN; batch statistics of a few 32 px crops would replace
+    # the pretrained ones (and the model would normalise differently in training and at inference)
+    from transformers import ResNetBackbone
+
+    from synthseg.segmenter import backbone_config
+
+    torch.manual_seed(1)
+    ResNetBackbone(backbone_config("resnet-tiny")).save_pretrained(tmp_path / "resnet")
+    reference = ResNetBackbone.from_pretrained(tmp_path / "resnet").state_dict()
+    recipe = tiny_recipe(steps=3, pretrained_backbone=True, backbone_weights=str(tmp_path / "resnet"), frozen_backbone_norm=frozen)
+    trained = Segmenter.from_pretrained(train_segmenter(recipe, read_world(4), tmp_path / "out", tmp_path / "work"))
+    encoder = trained.model.model.pixel_level_module.encoder.state_dict()
+    norms = [k for k in reference if ".normalization." in k and not k.endswith("num_batches_tracked")]
+    convs = [k for k in reference if ".convolution." in k]
+    assert norms and convs and not any(torch.equal(encoder[k], reference[k]) for k in convs)  # the backbone trains
+    assert all(torch.equal(encoder[k], reference[k]) for k in norms) == frozen
+
 def test_recipe_errors():
     with pytest.raises(SynthsegError, match="unknown backbone"):
         tiny_recipe(backbone="resnet-7")

@@ -48,6 +48,14 @@ def training_loss(model, batch, device) -> torch.Tensor:
                  class_labels=[c.to(device) for c in batch["class_labels"]], output_hidden_states=True).loss
 
 
+def freeze_backbone_norm(model) -> None:
+    """detectron2's FrozenBN in the backbone: each BatchNorm normalises with its pretrained statistics and
+    keeps its affine, where the batch statistics of a few small crops would otherwise replace both."""
+    for module in model.model.pixel_level_module.encoder.modules():
+        if isinstance(module, torch.nn.BatchNorm2d):
+            module.eval().requires_grad_(False)
+
+
 def train_segmenter(recipe: SegmenterRecipe, data: SegmentationData, output: str | Path, workdir: str | Path,
                     max_steps: int | None = None, device: str = "auto") -> Path:
     """Train the recipe's arch on `data`, resuming from workdir/segmenter.ckpt; save_pretrained to `output`.
@@ -69,6 +77,8 @@ def train_segmenter(recipe: SegmenterRecipe, data: SegmentationData, output: str
         claim_workdir(workdir, recipe)
     accelerator.wait_for_everyone()
     model.config.use_auxiliary_loss = True  # deep supervision (transformers leaves it off for MaskFormer)
+    if recipe.pretrained_backbone and recipe.frozen_backbone_norm:
+        freeze_backbone_norm(model)
     processor = image_processor(recipe)
     backbone = [p for n, p in model.named_parameters() if ".pixel_level_module.encoder." in n]
     others = [p for n, p in model.named_parameters() if ".pixel_level_module.encoder." not in n]
