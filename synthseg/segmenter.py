@@ -52,7 +52,7 @@ class SegmenterRecipe:
     `backbone_weights`: hub id or folder of pretrained weights, or a bundled name (default: the name's
     microsoft/resnet-* id, or "world" for resnet-world; ignored without `pretrained_backbone`).
     `frozen_backbone_norm`: a pretrained backbone's BatchNorm keeps its statistics and affine while training
-    (detectron2's FrozenBN, which MaskFormer's and Mask2Former's ResNet configs train with); a backbone
+    (detectron2's FrozenBN, which MaskFormer's ResNet configs train with); a backbone
     from scratch always trains its BatchNorm. The decoder fields size either arch's transformer decoder."""
 
     arch: str = "maskformer"
