@@ -124,14 +124,19 @@ def test_from_scratch_init_gives_distinct_queries_unit_batchnorm_and_xavier_deco
             assert weight.abs().max() <= bound and weight.std() > 0.8 * bound / 3**0.5, name
 
 
-def test_pretrained_backbone_goes_through_from_pretrained(tmp_path):
+def pretrained_tiny_resnet(folder) -> dict:
+    """Save a seeded resnet-tiny as a pretrained backbone in `folder`; its state dict as read back."""
     from transformers import ResNetBackbone
 
     from synthseg.segmenter import backbone_config
 
     torch.manual_seed(1)
-    ResNetBackbone(backbone_config("resnet-tiny")).save_pretrained(tmp_path / "resnet")
-    reference = ResNetBackbone.from_pretrained(tmp_path / "resnet").state_dict()
+    ResNetBackbone(backbone_config("resnet-tiny")).save_pretrained(folder)
+    return ResNetBackbone.from_pretrained(folder).state_dict()
+
+
+def test_pretrained_backbone_goes_through_from_pretrained(tmp_path):
+    reference = pretrained_tiny_resnet(tmp_path / "resnet")
     for arch in ("maskformer", "mask2former"):
         model = build_segmenter(tiny_recipe(arch=arch, pretrained_backbone=True, backbone_weights=str(tmp_path / "resnet")), ("a",))
         encoder = model.model.pixel_level_module.encoder.state_dict()
@@ -144,13 +149,7 @@ def test_pretrained_backbone_goes_through_from_pretrained(tmp_path):
 def test_a_pretrained_backbone_trains_with_frozen_batchnorm(tmp_path, frozen):
     # MaskFormer's ResNet configs keep detectron2's FrozenBN; batch statistics of a few 32 px crops would replace
     # the pretrained ones (and the model would normalise differently in training and at inference)
-    from transformers import ResNetBackbone
-
-    from synthseg.segmenter import backbone_config
-
-    torch.manual_seed(1)
-    ResNetBackbone(backbone_config("resnet-tiny")).save_pretrained(tmp_path / "resnet")
-    reference = ResNetBackbone.from_pretrained(tmp_path / "resnet").state_dict()
+    reference = pretrained_tiny_resnet(tmp_path / "resnet")
     recipe = tiny_recipe(steps=3, pretrained_backbone=True, backbone_weights=str(tmp_path / "resnet"), frozen_backbone_norm=frozen)
     trained = Segmenter.from_pretrained(train_segmenter(recipe, read_world(4), tmp_path / "out", tmp_path / "work"))
     encoder = trained.model.model.pixel_level_module.encoder.state_dict()
@@ -158,6 +157,7 @@ def test_a_pretrained_backbone_trains_with_frozen_batchnorm(tmp_path, frozen):
     convs = [k for k in reference if ".convolution." in k]
     assert norms and convs and not any(torch.equal(encoder[k], reference[k]) for k in convs)  # the backbone trains
     assert all(torch.equal(encoder[k], reference[k]) for k in norms) == frozen
+
 
 def test_recipe_errors():
     with pytest.raises(SynthsegError, match="unknown backbone"):
