@@ -53,7 +53,8 @@ class SegmenterRecipe:
     microsoft/resnet-* id, or "world" for resnet-world; ignored without `pretrained_backbone`).
     `frozen_backbone_norm`: a pretrained backbone's BatchNorm keeps its statistics and affine while training
     (detectron2's FrozenBN, which MaskFormer's ResNet configs train with); a backbone
-    from scratch always trains its BatchNorm. The decoder fields size either arch's transformer decoder."""
+    from scratch always trains its BatchNorm. The decoder fields size either arch's transformer decoder.
+    `warmup_steps`: a linear warm-up of the learning rate before its poly decay (MaskFormer's configs have none)."""
 
     arch: str = "maskformer"
     backbone: str = "resnet-101"
@@ -76,6 +77,7 @@ class SegmenterRecipe:
     backbone_lr_multiplier: float = 0.1
     weight_decay: float = 1e-4
     poly_power: float = 0.9
+    warmup_steps: int = 0
     clip_norm: float = 0.01
     seed: int = 0
     checkpoint_every: int = 1000
@@ -91,6 +93,8 @@ class SegmenterRecipe:
             raise SynthsegError(f"{source}: {self.backbone} has no ImageNet weights; set pretrained_backbone: false")
         if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
             raise SynthsegError(f"{source}: scale_range is [low, high] with 0 < low <= high")
+        if not 0 <= self.warmup_steps < self.steps:
+            raise SynthsegError(f"{source}: warmup_steps must be at least 0 and below steps ({self.steps})")
         check_positive(source, self, "steps", "batch_size", "crop_size", "num_queries", "checkpoint_every", "decoder_layers",
                        "pixel_decoder_layers")
 

@@ -168,8 +168,18 @@ def test_recipe_errors():
         tiny_recipe(arch="mask2former", backbone="resnet-tiny-s8")
     with pytest.raises(SynthsegError, match="no ImageNet weights"):
         tiny_recipe(pretrained_backbone=True)
+    with pytest.raises(SynthsegError, match="warmup_steps must be at least 0 and below steps"):
+        tiny_recipe(steps=10, warmup_steps=10)
     with pytest.raises(SynthsegError, match="not a trained segmenter"):
         Segmenter.from_pretrained("/nonexistent")
+
+
+def test_the_learning_rate_warms_up_linearly_then_decays_as_maskformer_s_poly():
+    from synthseg.train.loop import poly
+
+    plain, warm = poly(100, 0.9), poly(100, 0.9, warmup=10)
+    assert plain(0) == 1.0 and warm(0) == pytest.approx(0.1) and warm(4) == pytest.approx(0.5 * plain(4))
+    assert all(warm(step) == plain(step) for step in range(9, 101)) and plain(100) == 0.0
 
 
 def test_backbone_pretraining_resumes_and_the_segmenter_starts_from_it(tmp_path):

@@ -33,9 +33,10 @@ def warmup_cosine(warmup: int, total: int):
     return factor
 
 
-def poly(total: int, power: float = 0.9):
-    """LambdaLR factor (1 - step/total)^power: MaskFormer's (detectron2 WarmupPolyLR without warm-up)."""
-    return lambda step: max(0.0, 1 - step / total) ** power
+def poly(total: int, power: float = 0.9, warmup: int = 0):
+    """LambdaLR factor (1 - step/total)^power, scaled by a linear warm-up over `warmup` steps: detectron2's
+    WarmupPolyLR (MaskFormer's configs set no warm-up)."""
+    return lambda step: min(1.0, (step + 1) / warmup if warmup else 1.0) * max(0.0, 1 - step / total) ** power
 
 
 def write_training_record(directory: str | Path, prior: dict | None = None, **stages: list[float] | None) -> None:

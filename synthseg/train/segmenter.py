@@ -84,7 +84,7 @@ def train_segmenter(recipe: SegmenterRecipe, data: SegmentationData, output: str
     others = [p for n, p in model.named_parameters() if ".pixel_level_module.encoder." not in n]
     optimizer = torch.optim.AdamW([dict(params=backbone, lr=recipe.lr * recipe.backbone_lr_multiplier), dict(params=others)],
                                   lr=recipe.lr, weight_decay=recipe.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, poly(recipe.steps, recipe.poly_power))
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, poly(recipe.steps, recipe.poly_power, recipe.warmup_steps))
     model, optimizer = accelerator.prepare(model, optimizer)
     per_process = recipe.batch_size // accelerator.num_processes
 
