@@ -110,7 +110,7 @@ def test_an_unusable_out_is_refused_before_any_work(tmp_path):
 @pytest.mark.parametrize("command, kind, recipe, line", [
     ("train-world-model", "world-model", "world-t2i-finetune", "init_from: /nonexistent"),
     ("train-world-dit", "world-dit", "world-dit-finetune", "init_from: /nonexistent"),
-    ("train-world-dit", "world-dit", "world-dit-finetune", "teacher: /nonexistent"),
+    ("train-world-dit", "world-dit", "world-dit", "teacher: /nonexistent"),  # stage 1: its init_from is unset
     ("train-world-layout", "world-layout", "world-layout", "base: /nonexistent"),
 ])
 def test_a_world_recipe_naming_a_missing_model_leaves_no_workdir(tmp_path, command, kind, recipe, line):
