@@ -33,6 +33,18 @@ def warmup_cosine(warmup: int, total: int):
     return factor
 
 
+def load_init_pipeline(init_from: str):
+    """The folder and float32 pipeline that a recipe's `init_from` names, loaded as any other pipeline. A stage
+    whose predecessor was not trained yet is the usual miss, so the error says which field and what to do."""
+    from ..pipeline import load_pipeline
+    from ..registry import resolve_pipeline
+
+    try:
+        source = resolve_pipeline(init_from)
+        return source, load_pipeline(source, torch_dtype=torch.float32)
+    except SynthsegError as error:
+        raise SynthsegError(f"init_from: {error} (train the recipe that exports it first, or name another export)") from None
+
 def poly(total: int, power: float = 0.9, warmup: int = 0):
     """LambdaLR factor (1 - step/total)^power, scaled by a linear warm-up over `warmup` steps: detectron2's
     WarmupPolyLR (MaskFormer's configs set no warm-up)."""

@@ -21,10 +21,10 @@ from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 from ..config import load_config, read_mapping
 from ..errors import SynthsegError
 from ..pipeline import load_pipeline
-from ..registry import MODEL_CARD, recipe_path, resolve_pipeline
+from ..registry import MODEL_CARD, recipe_path
 from ..world import WORLD_CLASSES
 from ..worldmodel import WorldDiTRecipe, WorldFluxPipeline, build_transformer, build_vae, load_text_encoder
-from .loop import claim_workdir, staged_export, train_loop, warmup_cosine, write_training_record
+from .loop import claim_workdir, load_init_pipeline, staged_export, train_loop, warmup_cosine, write_training_record
 from .world_t2i import caption_states, captioned_latents, latent_scale, sample_scenes, train_vae
 
 
@@ -50,8 +50,8 @@ def world_flux_pipeline(recipe: WorldDiTRecipe, transformer=None, vae=None) -> W
 def load_init(recipe: WorldDiTRecipe, transformer) -> dict:
     """Load the transformer weights of `recipe.init_from` (loaded by `load_pipeline` like any other
     pipeline) into `transformer`, the recipe's architecture (a mismatch is an error); its training record."""
-    source = resolve_pipeline(recipe.init_from)
-    weights = load_pipeline(source, torch_dtype=torch.float32).transformer.state_dict()
+    source, pipe = load_init_pipeline(recipe.init_from)
+    weights = pipe.transformer.state_dict()
     try:
         transformer.load_state_dict(weights)
     except RuntimeError:

@@ -19,12 +19,11 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusi
 
 from ..config import load_config, read_mapping
 from ..errors import SynthsegError
-from ..pipeline import load_pipeline
 from ..prompts import caption
-from ..registry import MODEL_CARD, recipe_path, resolve_pipeline
+from ..registry import MODEL_CARD, recipe_path
 from ..world import WORLD_CLASSES, render_scene, scene_seed
 from ..worldmodel import WorldDiTRecipe, WorldModelRecipe, build_unet, build_vae, load_text_encoder
-from .loop import claim_workdir, staged_export, train_loop, warmup_cosine, write_training_record
+from .loop import claim_workdir, load_init_pipeline, staged_export, train_loop, warmup_cosine, write_training_record
 
 
 def load_recipe(spec: str | Path) -> WorldModelRecipe:
@@ -111,8 +110,7 @@ def load_init(recipe: WorldModelRecipe) -> tuple[AutoencoderKL, UNet2DConditionM
     """The VAE, UNet and training record of the pipeline named by `recipe.init_from`, loaded by
     `load_pipeline` like any other. Its weights go into the recipe's own architectures (a mismatch is an
     error), so that the fine-tuned model is the one the recipe describes and its configs are the recipe's."""
-    source = resolve_pipeline(recipe.init_from)
-    pipe = load_pipeline(source, torch_dtype=torch.float32)
+    source, pipe = load_init_pipeline(recipe.init_from)
     vae = build_vae(recipe)
     unet = build_unet(recipe, pipe.unet.config.cross_attention_dim, recipe.vae.latent_channels)
     for name, model, weights in (("VAE", vae, pipe.vae), ("UNet", unet, pipe.unet)):
