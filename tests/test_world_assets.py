@@ -53,7 +53,6 @@ def test_the_transformer_world_loads_by_name_and_generates_deterministically():
         GroundingModule.from_pretrained("world").config.check_pipeline(pipe)
 
 
-
 def test_the_transformer_world_draws_the_prompted_class():
     """Guided as `generate` guides FLUX (true CFG, separate passes), the shipped world-dit draws what the world's
     annotator finds, two seeds per class: 21 of 24 (stage 1, before distillation, drew 17)."""
@@ -66,6 +65,7 @@ def test_the_transformer_world_draws_the_prompted_class():
     images = pipe(**call, generator=[torch.Generator().manual_seed(i) for i in range(len(names))], num_inference_steps=25).images
     found = load_annotator("world").annotate(images, [[name] for name in names])
     assert sum(name in {inst.class_name for inst in instances} for name, instances in zip(names, found)) >= 19
+
 
 def test_bundled_pipeline_loads_offline_and_generates_deterministically(world_pipe):
     prompts = ["a photograph of a star", "a photograph of a ring and a square"]

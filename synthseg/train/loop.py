@@ -45,6 +45,7 @@ def load_init_pipeline(init_from: str):
     except SynthsegError as error:
         raise SynthsegError(f"init_from: {error} (train the recipe that exports it first, or name another export)") from None
 
+
 def poly(total: int, power: float = 0.9, warmup: int = 0):
     """LambdaLR factor (1 - step/total)^power, scaled by a linear warm-up over `warmup` steps: detectron2's
     WarmupPolyLR (MaskFormer's configs set no warm-up)."""
