@@ -171,9 +171,9 @@ def train_world_model(
     stop_at: StopAt = None,
 ) -> None:
     """Train the miniature world's text-to-image model (VAE, then latent UNet) from a recipe."""
-    from .train.world_t2i import load_recipe, train_world_model as train
+    from .train.world_t2i import load_world_model_recipe, train_world_model as train
 
-    _stderr.print(f"saved {train(load_recipe(recipe), workdir, out, stop_at)}")
+    _stderr.print(f"saved {train(load_world_model_recipe(recipe), workdir, out, stop_at)}")
 
 
 @_command

@@ -1,5 +1,6 @@
 """Configs and recipes: dataclasses read from JSON or YAML, checked in one place.
 
+`load_recipe(cls, name_or_path, kind)` reads a packaged or user recipe (`extends:` resolved);
 `load_config(cls, data, source)` turns a mapping into `cls`, refusing unknown and missing keys and
 values of the wrong type with one-line errors that name the file, then runs the dataclass's own
 `validate()` for the checks that depend on several fields (`check_positive` and `check_non_negative`
@@ -152,14 +153,55 @@ def read_mapping(path: str | Path) -> dict:
 def apply_overrides(data: dict, overrides: dict, source: str) -> dict:
     """Merge command-line `overrides` into a recipe mapping, before `load_config` validates it.
 
-    A None value leaves the recipe's own; a dict value overrides inside that section
-    (e.g. train={"steps": 500}).
+    A None value leaves the recipe's own (an option not given); a dict value overrides inside that
+    section (e.g. train={"steps": 500}).
     """
-    for key, value in overrides.items():
+    return merge_mappings(data, overrides, source, none_keeps=True)
+
+
+def merge_mappings(data: dict, update: dict, source: str, none_keeps: bool = False) -> dict:
+    """`data` with `update`'s keys over it, section by section (a mapping in both merges key by key);
+    with `none_keeps`, a None in `update` keeps `data`'s value."""
+    for key, value in update.items():
         if isinstance(value, dict):
             if not isinstance(data.setdefault(key, {}), dict):
                 raise SynthsegError(f"{source}: {key} must be a mapping")
-            apply_overrides(data[key], value, f"{source}: {key}")
-        elif value is not None:
+            merge_mappings(data[key], value, f"{source}: {key}", none_keeps)
+        elif value is not None or not none_keeps:
             data[key] = value
     return data
+
+
+def read_recipe(spec: str | Path, kind: str, chain: tuple[Path, ...] = ()) -> tuple[dict, str]:
+    """A recipe's mapping and its source name, by packaged name of `kind` or path.
+
+    `extends: NAME` (a packaged recipe of the same kind, or a file path relative to this recipe's folder)
+    reads that recipe first and lays this one's keys over it, section by section, so a stage of a staged
+    training states only what it changes.
+    """
+    from .registry import recipe_path
+
+    path = recipe_path(spec, kind)
+    if path.resolve() in chain:
+        names = " -> ".join(p.stem for p in (*chain, path.resolve()))
+        raise SynthsegError(f"{path}: extends forms a cycle ({names})")
+    data = read_mapping(path)
+    base = data.pop("extends", None)
+    if base is None:
+        return data, str(path)
+    if not isinstance(base, str):
+        raise SynthsegError(f"{path}: extends names one recipe, got {base!r}")
+    relative = path.parent / base
+    try:
+        base_path = relative if relative.is_file() else recipe_path(base, kind)
+    except SynthsegError as error:
+        raise SynthsegError(f"{path}: extends: {error}") from None
+    base_data, _ = read_recipe(base_path, kind, (*chain, path.resolve()))
+    return merge_mappings(base_data, data, str(path)), str(path)
+
+
+def load_recipe(cls, spec: str | Path, kind: str, **overrides):
+    """Recipe dataclass `cls` by packaged name of `kind` or path (`read_recipe`), with `overrides` (None: the
+    recipe's own; a dict: inside that section), validated."""
+    data, source = read_recipe(spec, kind)
+    return load_config(cls, apply_overrides(data, overrides, source), source)

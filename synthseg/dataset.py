@@ -50,7 +50,7 @@ from .formats import IGNORE, coco_annotation, coco_document, jsonl_text, label_i
 from .layouts import MAX_GLIGEN_BOXES, Layout, LayoutGeneration, LayoutRecipe, check_takes_layouts, generate_layout, read_layouts, sample_layouts
 from .plan import dataset_item_bytes, plan_text, record_rate, time_line
 from .prompts import PAPER_TEMPLATES, Prompt, PromptPlanner, template_slots
-from .registry import BUNDLES, LAYOUT_MODELS, check_vocabulary, grounding_for, model_card, recipe_names, recipe_path, resolve_grounding, resolve_pipeline
+from .registry import BUNDLES, LAYOUT_MODELS, check_vocabulary, grounding_for, model_card, recipe_names, resolve_grounding, resolve_pipeline
 
 
 @dataclass
@@ -118,13 +118,11 @@ def load_dataset_recipe(classes: str = "world", recipe: str | Path | None = None
     `layouts` (or a `layouts_file`, or a recipe with a `layouts` section), the bundled "world" from the
     recipe becomes its GLIGEN ("world-layout"; given as `model`, it is refused), and the recipe's `layouts` section applies over
     the layout limits of the model's card (a world-layout export's: what it was trained on)."""
-    from .config import apply_overrides, load_config, read_mapping
+    from .config import apply_overrides, load_config, read_recipe
 
     if recipe is None and classes in recipe_names("dataset"):
         recipe = classes
-    path = recipe_path(recipe, "dataset") if recipe is not None else None
-    source = str(path or "make-dataset")
-    data = read_mapping(path) if path else {"classes": classes}
+    data, source = read_recipe(recipe, "dataset") if recipe is not None else ({"classes": classes}, "make-dataset")
     if overrides.pop("layouts", False) or overrides.get("layouts_file") or data.get("layouts") is not None:
         model = overrides.get("model") or data.get("model", DatasetRecipe.model)
         if model in LAYOUT_MODELS:  # the bundled text-only world takes no boxes; its GLIGEN does

@@ -107,11 +107,9 @@ def check_backbone(source: str, name: str) -> None:
 
 def load_segmenter_recipe(spec: str | Path, **overrides) -> SegmenterRecipe:
     """A recipe by packaged name ("segmenter-tiny") or path, with `overrides` (None values ignored), validated."""
-    from .config import apply_overrides, load_config, read_mapping
-    from .registry import recipe_path
+    from .config import load_recipe
 
-    path = recipe_path(spec, "segmenter")
-    return load_config(SegmenterRecipe, apply_overrides(read_mapping(path), overrides, str(path)), str(path))
+    return load_recipe(SegmenterRecipe, spec, "segmenter", **overrides)
 
 
 def image_processor(recipe: SegmenterRecipe):

@@ -5,6 +5,7 @@ import pytest
 
 from synthseg import SynthsegError
 from synthseg.config import load_config, read_mapping
+from synthseg.segmenter import load_segmenter_recipe
 
 
 @dataclass
@@ -41,6 +42,31 @@ def test_read_mapping_errors(tmp_path):
         read_mapping(tmp_path / "list.yaml")
     (tmp_path / "ok.yaml").write_text("name: x\nsizes: [3]\n")
     assert load_config(Example, read_mapping(tmp_path / "ok.yaml")).sizes == [3]
+
+
+def test_a_recipe_extends_another_and_states_only_what_it_changes(tmp_path):
+    shipped = load_segmenter_recipe("segmenter-world")
+    (tmp_path / "longer.yaml").write_text("extends: segmenter-world\nsteps: 8000\nbackbone_weights: null\n")
+    longer = load_segmenter_recipe(tmp_path / "longer.yaml")
+    assert longer == dataclasses.replace(shipped, steps=8000, backbone_weights=None)
+    (tmp_path / "warm.yaml").write_text("extends: longer.yaml\nwarmup_steps: 300\n")  # a file beside it, itself extending
+    assert load_segmenter_recipe(tmp_path / "warm.yaml", seed=4) == dataclasses.replace(longer, warmup_steps=300, seed=4)
+    (tmp_path / "bad-arch.yaml").write_text("extends: warm.yaml\narch: unet\n")  # the merged recipe is what validates
+    with pytest.raises(SynthsegError, match=r"bad-arch.yaml: unknown arch 'unet'"):
+        load_segmenter_recipe(tmp_path / "bad-arch.yaml")
+
+
+def test_extends_errors_name_the_file(tmp_path):
+    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
+    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
+    with pytest.raises(SynthsegError, match=r"extends forms a cycle \(a -> b -> a\)"):
+        load_segmenter_recipe(tmp_path / "a.yaml")
+    (tmp_path / "c.yaml").write_text("extends: segmenter-wrold\n")
+    with pytest.raises(SynthsegError, match=r"c.yaml: extends: unknown segmenter recipe 'segmenter-wrold'; known: .*segmenter-world"):
+        load_segmenter_recipe(tmp_path / "c.yaml")
+    (tmp_path / "d.yaml").write_text("extends: [segmenter-world, segmenter-tiny]\n")
+    with pytest.raises(SynthsegError, match=r"d.yaml: extends names one recipe"):
+        load_segmenter_recipe(tmp_path / "d.yaml")
 
 
 def test_saved_configs_are_stamped_and_a_newer_format_is_refused(grounding, tmp_path):

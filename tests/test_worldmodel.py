@@ -13,7 +13,7 @@ from synthseg.train.loop import prefetched, write_training_record
 from synthseg.train.world_t2i import (
     caption_states,
     diffusion_loss,
-    load_recipe,
+    load_world_model_recipe,
     noise_scheduler,
     sample_scenes,
     train_unet,
@@ -32,30 +32,30 @@ def tiny_recipe(**unet) -> WorldModelRecipe:
 
 
 def test_shipped_recipe_is_valid():
-    recipe = load_recipe("world-t2i")
+    recipe = load_world_model_recipe("world-t2i")
     assert recipe.image_size == 64 and recipe.unet.prediction_type == "v_prediction"
-    stage2 = load_recipe("world-t2i-finetune")  # fine-tunes stage 1's default output, same architecture
+    stage2 = load_world_model_recipe("world-t2i-finetune")  # fine-tunes stage 1's default output, same architecture
     assert stage2.init_from == "runs/world-t2i/pipeline" and stage2.unet.block_out_channels == recipe.unet.block_out_channels
-    stage3 = load_recipe("world-t2i-finetune2")  # fine-tunes stage 2's output on less occluded pairs
+    stage3 = load_world_model_recipe("world-t2i-finetune2")  # fine-tunes stage 2's output on less occluded pairs
     assert stage3.init_from == "runs/world-t2i-ft/pipeline" and stage3.min_visible > recipe.min_visible
 
 
 def test_bad_recipe_values(tmp_path):
     (tmp_path / "r.yaml").write_text("image_size: 30\n")
     with pytest.raises(SynthsegError, match="multiple of 4"):
-        load_recipe(tmp_path / "r.yaml")
+        load_world_model_recipe(tmp_path / "r.yaml")
     (tmp_path / "r.yaml").write_text("image_size: 36\nvae: {block_out_channels: [16, 32, 32, 64]}\n")  # f=8
     with pytest.raises(SynthsegError, match="multiple of 8"):
-        load_recipe(tmp_path / "r.yaml")
+        load_world_model_recipe(tmp_path / "r.yaml")
     (tmp_path / "r.yaml").write_text("min_visible: 0\n")
     with pytest.raises(SynthsegError, match="min_visible"):
-        load_recipe(tmp_path / "r.yaml")
+        load_world_model_recipe(tmp_path / "r.yaml")
     (tmp_path / "r.yaml").write_text("unet: {prediction_type: sample}\n")
     with pytest.raises(SynthsegError, match="epsilon or v_prediction"):
-        load_recipe(tmp_path / "r.yaml")
+        load_world_model_recipe(tmp_path / "r.yaml")
     (tmp_path / "r.yaml").write_text("vae: {block_out_channels: [8, 16]}\n")
     with pytest.raises(SynthsegError, match=r"r.yaml: vae: block_out_channels must be multiples of 16"):
-        load_recipe(tmp_path / "r.yaml")
+        load_world_model_recipe(tmp_path / "r.yaml")
 
 
 def test_the_unet_s_sample_size_follows_the_vae_s_factor():

@@ -11,11 +11,10 @@ import numpy as np
 import torch
 
 from ..annotators import MaskRCNNAnnotator, MaskRCNNConfig, build_maskrcnn
-from ..config import apply_overrides, check_positive, load_config, read_mapping
+from ..config import check_positive, load_recipe
 from ..errors import SynthsegError
 from ..formats import coco_annotation, coco_document
 from ..readers import read_coco_instances
-from ..registry import recipe_path
 from ..world import WORLD_CLASSES, render_scene, scene_seed
 from .loop import claim_workdir, train_loop, warmup_cosine, write_training_record
 
@@ -135,5 +134,4 @@ def world_mask_ap(annotator: MaskRCNNAnnotator, count: int = 500) -> dict:
 
 def load_annotator_recipe(spec: str | Path, **overrides) -> WorldAnnotatorRecipe:
     """An annotator recipe by packaged name ("world-annotator") or path, with `overrides` (None: the recipe's)."""
-    path = recipe_path(spec, "annotator")
-    return load_config(WorldAnnotatorRecipe, apply_overrides(read_mapping(path), overrides, str(path)), str(path))
+    return load_recipe(WorldAnnotatorRecipe, spec, "annotator", **overrides)

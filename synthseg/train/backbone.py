@@ -19,8 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..config import apply_overrides, check_non_negative, check_positive, load_config, read_mapping, stamped
-from ..registry import recipe_path
+from ..config import check_non_negative, check_positive, load_recipe, stamped
 from ..segmenter import IMAGENET_MEAN, IMAGENET_STD, backbone_config, check_backbone
 from ..world import WORLD_CLASSES, render_scene, scene_seed
 from .loop import claim_workdir, staged_export, train_loop, warmup_cosine, write_training_record
@@ -50,8 +49,7 @@ class BackboneRecipe:
 
 def load_backbone_recipe(spec: str | Path, **overrides) -> BackboneRecipe:
     """A backbone recipe by packaged name ("backbone-world", "world") or path, with `overrides` (None: the recipe's)."""
-    path = recipe_path(spec, "backbone")
-    return load_config(BackboneRecipe, apply_overrides(read_mapping(path), overrides, str(path)), str(path))
+    return load_recipe(BackboneRecipe, spec, "backbone", **overrides)
 
 
 def scene_batch(seeds, size: int, rng: np.random.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:

@@ -18,11 +18,10 @@ import torch
 import torch.nn.functional as F
 
 from ..captioner import CaptionerConfig, ImplicitCaptioner, caption_embeddings
-from ..config import apply_overrides, check_non_negative, check_positive, load_config, read_mapping, stamped
+from ..config import check_non_negative, check_positive, load_recipe, stamped
 from ..errors import SynthsegError
 from ..progress import loss_progress
 from ..readers import SegmentationData
-from ..registry import recipe_path
 from ..segment import encode_images, pixel_tensor
 from .loop import claim_workdir, train_loop, warmup_cosine, write_training_record
 
@@ -56,8 +55,7 @@ class CaptionerRecipe:
 
 def load_captioner_recipe(spec: str | Path, **overrides) -> CaptionerRecipe:
     """A captioner recipe by packaged name ("captioner-world") or path, with `overrides` (None: the recipe's)."""
-    path = recipe_path(spec, "captioner")
-    return load_config(CaptionerRecipe, apply_overrides(read_mapping(path), overrides, str(path)), str(path))
+    return load_recipe(CaptionerRecipe, spec, "captioner", **overrides)
 
 
 @torch.no_grad()

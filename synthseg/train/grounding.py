@@ -20,10 +20,10 @@ import numpy as np
 import torch
 
 from ..classes import get_split
-from ..config import apply_overrides, check_non_negative, check_positive, load_config, read_mapping, stamped
+from ..config import apply_overrides, check_non_negative, check_positive, load_config, read_recipe, stamped
 from ..errors import SynthsegError
 from ..grounding import ATTENTION_FIELDS, GroundingArchitecture, GroundingConfig, GroundingModule, grounding_loss
-from ..registry import check_vocabulary, recipe_path, resolve_grounding
+from ..registry import check_vocabulary, resolve_grounding
 from ..triplets import TripletRecipe
 from .loop import claim_workdir, train_loop, warmup_cosine, write_training_record
 
@@ -99,12 +99,12 @@ def load_grounding_recipe(spec: str | Path, **overrides: dict) -> GroundingRecip
     """A grounding recipe by packaged name ("world-grounding") or path, with per-section `overrides`
     (e.g. train={"steps": 500}; None values ignored) applied before validation; triplet prompts
     default to the split's seen classes."""
-    path = recipe_path(spec, "grounding")
-    data = apply_overrides(read_mapping(path), overrides, str(path))
+    data, source = read_recipe(spec, "grounding")
+    data = apply_overrides(data, overrides, source)
     triplets = data.setdefault("triplets", {})
     if isinstance(triplets, dict) and not triplets.get("seen") and isinstance(data.get("split"), str):
         triplets["seen"] = get_split(data["split"]).seen
-    return load_config(GroundingRecipe, data, str(path))
+    return load_config(GroundingRecipe, data, source)
 
 
 def select_blocks(layout: dict, blocks: list[str]) -> tuple[dict, list[int]]:

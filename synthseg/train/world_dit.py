@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from diffusers import DiffusionPipeline, FlowMatchEulerDiscreteScheduler
 
-from ..config import load_config, read_mapping
+from ..config import load_recipe
 from ..errors import SynthsegError
 from ..pipeline import load_pipeline
-from ..registry import MODEL_CARD, recipe_path
+from ..registry import MODEL_CARD
 from ..world import WORLD_CLASSES
 from ..worldmodel import WorldDiTRecipe, WorldFluxPipeline, build_transformer, build_vae, load_text_encoder
 from .loop import claim_workdir, load_init_pipeline, staged_export, train_loop, warmup_cosine, write_training_record
@@ -30,8 +30,7 @@ from .world_t2i import caption_states, captioned_latents, latent_scale, sample_s
 
 def load_dit_recipe(spec: str | Path) -> WorldDiTRecipe:
     """A world-dit recipe by packaged name ("world-dit") or path."""
-    path = recipe_path(spec, "world-dit")
-    return load_config(WorldDiTRecipe, read_mapping(path), str(path))
+    return load_recipe(WorldDiTRecipe, spec, "world-dit")
 
 
 def world_flux_pipeline(recipe: WorldDiTRecipe, transformer=None, vae=None) -> WorldFluxPipeline:

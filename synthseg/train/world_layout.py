@@ -18,10 +18,10 @@ import torch
 from diffusers import DDPMScheduler, StableDiffusionGLIGENPipeline
 from safetensors.torch import save_file
 
-from ..config import load_config, read_mapping
+from ..config import load_recipe
 from ..layouts import MAX_GLIGEN_BOXES, sample_layout
 from ..pipeline import load_pipeline
-from ..registry import MODEL_CARD, recipe_path
+from ..registry import MODEL_CARD
 from ..world import WORLD_CLASSES, mask_box, render_layout, scene_seed
 from ..worldmodel import GLIGEN_WEIGHTS, LayoutModelRecipe, build_gligen_unet, is_gligen_weight
 from .loop import claim_workdir, staged_export, train_loop, warmup_cosine, write_training_record
@@ -33,8 +33,7 @@ CARD_LAYOUT_LIMITS = ("min_objects", "max_objects", "min_size", "max_size", "max
 
 def load_layout_recipe(spec: str | Path) -> LayoutModelRecipe:
     """A world-layout recipe by packaged name ("world-layout") or path."""
-    path = recipe_path(spec, "world-layout")
-    return load_config(LayoutModelRecipe, read_mapping(path), str(path))
+    return load_recipe(LayoutModelRecipe, spec, "world-layout")
 
 
 @torch.no_grad()

@@ -17,19 +17,18 @@ import torch
 import torch.nn.functional as F
 from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusionPipeline, UNet2DConditionModel
 
-from ..config import load_config, read_mapping
+from ..config import load_recipe
 from ..errors import SynthsegError
 from ..prompts import caption
-from ..registry import MODEL_CARD, recipe_path
+from ..registry import MODEL_CARD
 from ..world import WORLD_CLASSES, render_scene, scene_seed
 from ..worldmodel import WorldDiTRecipe, WorldModelRecipe, build_unet, build_vae, load_text_encoder
 from .loop import claim_workdir, load_init_pipeline, staged_export, train_loop, warmup_cosine, write_training_record
 
 
-def load_recipe(spec: str | Path) -> WorldModelRecipe:
+def load_world_model_recipe(spec: str | Path) -> WorldModelRecipe:
     """A world-model recipe by packaged name ("world-t2i") or path."""
-    path = recipe_path(spec, "world-model")
-    return load_config(WorldModelRecipe, read_mapping(path), str(path))
+    return load_recipe(WorldModelRecipe, spec, "world-model")
 
 
 def sample_scenes(recipe: WorldModelRecipe | WorldDiTRecipe, step: int, batch_size: int):
