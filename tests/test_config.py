@@ -56,17 +56,16 @@ def test_a_recipe_extends_another_and_states_only_what_it_changes(tmp_path):
         load_segmenter_recipe(tmp_path / "bad-arch.yaml")
 
 
-def test_extends_errors_name_the_file(tmp_path):
-    (tmp_path / "a.yaml").write_text("extends: b.yaml\n")
-    (tmp_path / "b.yaml").write_text("extends: a.yaml\n")
-    with pytest.raises(SynthsegError, match=r"extends forms a cycle \(a -> b -> a\)"):
+@pytest.mark.parametrize("files, error", [
+    ({"a.yaml": "extends: b.yaml", "b.yaml": "extends: a.yaml"}, r"a.yaml: extends forms a cycle \(a -> b -> a\)"),
+    ({"a.yaml": "extends: segmenter-wrold"}, r"a.yaml: extends: unknown segmenter recipe 'segmenter-wrold'; known: .*segmenter-world"),
+    ({"a.yaml": "extends: [segmenter-world, segmenter-tiny]"}, r"a.yaml: extends names one recipe"),
+])
+def test_extends_errors_name_the_file(tmp_path, files, error):
+    for name, text in files.items():
+        (tmp_path / name).write_text(text + "\n")
+    with pytest.raises(SynthsegError, match=error):
         load_segmenter_recipe(tmp_path / "a.yaml")
-    (tmp_path / "c.yaml").write_text("extends: segmenter-wrold\n")
-    with pytest.raises(SynthsegError, match=r"c.yaml: extends: unknown segmenter recipe 'segmenter-wrold'; known: .*segmenter-world"):
-        load_segmenter_recipe(tmp_path / "c.yaml")
-    (tmp_path / "d.yaml").write_text("extends: [segmenter-world, segmenter-tiny]\n")
-    with pytest.raises(SynthsegError, match=r"d.yaml: extends names one recipe"):
-        load_segmenter_recipe(tmp_path / "d.yaml")
 
 
 def test_saved_configs_are_stamped_and_a_newer_format_is_refused(grounding, tmp_path):
