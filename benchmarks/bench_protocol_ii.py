@@ -10,14 +10,18 @@ Each is trained once per `--seeds` entry and the table gives the means (the from
 from seed to seed). Target: (a) reaches >= 85% of (b)'s harmonic mIoU. Writes the "Protocol ii (world)" section of
 benchmarks/RESULTS.md (another --recipe: its own section); work files go under runs/protocol-ii (resumable).
 
-    python benchmarks/bench_protocol_ii.py [--recipe segmenter-tiny] [--per-class 50] [--per-pair 4] [--steps N (default: the recipe's)] [--seeds 0 1]
+    python benchmarks/bench_protocol_ii.py [--recipe segmenter-tiny] [--per-class 50] [--per-pair 4]
+        [--steps N (default: the recipe's)] [--seeds 0 1] [--jobs 2]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
+import os
 import time
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
@@ -25,6 +29,36 @@ import numpy as np
 from results import write_section
 
 WORK = Path("runs/protocol-ii")
+NAMES = {"a": "(a) grounded generation, all class names", "b": "(b) oracle: rendered scenes, exact masks",
+         "c": "(c) grounded generation, seen-class images only"}
+
+
+def training_data(key: str):
+    """Row `key`'s training set: the synthetic dataset, rendered scenes as many, or the synthetic images
+    whose prompt names no unseen class."""
+    from synthseg.classes import get_split
+    from synthseg.readers import SegmentationData, read_synthseg, read_world
+
+    synthetic = read_synthseg(WORK / "synthetic")
+    if key == "a":
+        return synthetic
+    if key == "b":
+        return read_world(len(synthetic), held_out=False)
+    unseen = set(get_split("world").unseen)
+    prompted = [json.loads(line)["classes"] for line in (WORK / "synthetic" / "metadata.jsonl").read_text().splitlines()]
+    records = [i for i, names in enumerate(prompted) if not set(names) & unseen]
+    return SegmentationData(synthetic.name + ":seen-only", synthetic.class_names, [synthetic.ids[i] for i in records],
+                            lambda i: synthetic[records[i]])
+
+
+def train_row(key: str, seed: int, recipe, folder: Path, threads: int) -> Path:
+    """Train row `key`'s segmenter with `seed` into `folder` (resumable), on `threads` CPU threads."""
+    import torch
+
+    from synthseg.train.segmenter import train_segmenter
+
+    torch.set_num_threads(threads)
+    return train_segmenter(replace(recipe, seed=seed), training_data(key), folder, folder.with_name(folder.name + "-work"))
 
 
 def main() -> None:
@@ -35,6 +69,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None)
     parser.add_argument("--eval-scenes", type=int, default=500)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="segmenter seeds; the table gives means over them")
+    parser.add_argument("--jobs", type=int, default=1, help="segmenters trained at once, in processes that share the CPU cores")
     args = parser.parse_args()
 
     from synthseg.benchmark import benchmark
@@ -42,9 +77,8 @@ def main() -> None:
     from synthseg.dataset import load_dataset_recipe, make_dataset, provenance
     from synthseg.grounding import GroundingModule
     from synthseg.pipeline import load_pipeline
-    from synthseg.readers import SegmentationData, read_synthseg, read_world
+    from synthseg.readers import read_world
     from synthseg.segmenter import Segmenter, load_segmenter_recipe
-    from synthseg.train.segmenter import train_segmenter
 
     split = get_split("world")
     recipe = load_dataset_recipe("world", per_class=args.per_class, per_pair=args.per_pair)
@@ -52,26 +86,22 @@ def main() -> None:
     make_dataset(load_pipeline(recipe.model), GroundingModule.from_pretrained(recipe.grounding), recipe,
                  WORK / "synthetic", provenance(recipe.model, recipe.grounding))
     generation = time.perf_counter() - start
-    synthetic = read_synthseg(WORK / "synthetic")
-    prompted = [json.loads(line)["classes"] for line in (WORK / "synthetic" / "metadata.jsonl").read_text().splitlines()]
-    records = [i for i, names in enumerate(prompted) if not set(names) & set(split.unseen)]
-    seen_only = SegmentationData(synthetic.name + ":seen-only", synthetic.class_names, [synthetic.ids[i] for i in records],
-                                 lambda i: synthetic[records[i]])
-    runs = {"(a) grounded generation, all class names": synthetic, "(b) oracle: rendered scenes, exact masks": read_world(len(synthetic), held_out=False),
-            "(c) grounded generation, seen-class images only": seen_only}
     segmenter_recipe = load_segmenter_recipe(args.recipe, steps=args.steps)
     variant = "" if args.recipe == "segmenter-tiny" else args.recipe  # another recipe: its own work folder and section
+    folders = {(key, seed): WORK / variant / (f"segmenter-{key}" if seed == 0 else f"segmenter-{key}-seed{seed}")
+               for key in NAMES for seed in args.seeds}
+    threads = max(1, (os.cpu_count() or 1) // args.jobs)
+    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        trained = {run: pool.submit(train_row, *run, segmenter_recipe, folder, threads) for run, folder in folders.items()}
+        models = {run: job.result() for run, job in trained.items()}
     test = read_world(args.eval_scenes)
     rows, results, harmonic = [], {}, {}
-    for key, (name, data) in zip("abc", runs.items()):
-        results[key] = []
-        for seed in args.seeds:
-            folder = WORK / variant / (f"segmenter-{key}" if seed == 0 else f"segmenter-{key}-seed{seed}")
-            model = train_segmenter(replace(segmenter_recipe, seed=seed), data, folder, folder.with_name(folder.name + "-work"))
-            results[key].append(benchmark(Segmenter.from_pretrained(model), test, split, model_name=f"{name}, seed {seed}"))
+    for key, name in NAMES.items():
+        results[key] = [benchmark(Segmenter.from_pretrained(models[key, seed]), test, split, model_name=f"{name}, seed {seed}")
+                        for seed in args.seeds]
         seen, unseen, harmonic[key] = np.mean([(r.seen_miou, r.unseen_miou, r.harmonic_miou) for r in results[key]], axis=0)
         each = ", ".join(f"{100 * r.harmonic_miou:.1f}" for r in results[key])
-        rows.append(f"| {name} | {len(data)} | {100 * seen:.1f} | {100 * unseen:.1f} | {100 * harmonic[key]:.1f} | {each} |")
+        rows.append(f"| {name} | {len(training_data(key))} | {100 * seen:.1f} | {100 * unseen:.1f} | {100 * harmonic[key]:.1f} | {each} |")
     oracle = harmonic["b"]
     ratio = f"{harmonic['a'] / oracle:.2f}" if oracle > 0 else "n/a (the oracle's harmonic mIoU is 0)"
     if oracle < harmonic["a"]:
