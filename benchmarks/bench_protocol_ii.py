@@ -18,15 +18,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import multiprocessing
-import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-from results import write_section
+from results import run_parallel, write_section
 
 WORK = Path("runs/protocol-ii")
 NAMES = {"a": "(a) grounded generation, all class names", "b": "(b) oracle: rendered scenes, exact masks",
@@ -90,10 +87,7 @@ def main() -> None:
     variant = "" if args.recipe == "segmenter-tiny" else args.recipe  # another recipe: its own work folder and section
     folders = {(key, seed): WORK / variant / (f"segmenter-{key}" if seed == 0 else f"segmenter-{key}-seed{seed}")
                for key in NAMES for seed in args.seeds}
-    threads = max(1, (os.cpu_count() or 1) // args.jobs)
-    with ProcessPoolExecutor(args.jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        trained = {run: pool.submit(train_row, *run, segmenter_recipe, folder, threads) for run, folder in folders.items()}
-        models = {run: job.result() for run, job in trained.items()}
+    models = run_parallel(train_row, {run: (*run, segmenter_recipe, folder) for run, folder in folders.items()}, args.jobs)
     test = read_world(args.eval_scenes)
     rows, results, harmonic = [], {}, {}
     for key, name in NAMES.items():

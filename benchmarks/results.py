@@ -5,10 +5,12 @@ from __future__ import annotations
 import datetime
 import hashlib
 import json
+import multiprocessing
 import os
 import platform
 import re
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import torch
@@ -64,3 +66,12 @@ def write_section(name: str, body: str, bundle: str | tuple[str, ...] | None = N
     pattern = re.compile(rf"<!-- {re.escape(name)}:start -->.*?<!-- {re.escape(name)}:end -->", re.S)
     text = pattern.sub(lambda _: section, text) if pattern.search(text) else text.rstrip() + "\n\n" + section + "\n"
     RESULTS.write_text(text)
+
+
+def run_parallel(function, calls: dict, jobs: int) -> dict:
+    """{key: function(*args, threads)} for each `calls[key]` = args, run in `jobs` spawned processes that share the CPU
+    cores (`threads` torch threads each): the small world models train faster side by side than on more threads."""
+    threads = max(1, (os.cpu_count() or 1) // jobs)
+    with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+        futures = {key: pool.submit(function, *args, threads) for key, args in calls.items()}
+        return {key: future.result() for key, future in futures.items()}
