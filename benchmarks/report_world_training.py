@@ -49,6 +49,9 @@ def main() -> None:
     exports = [f"| `{folder.name}/` | {digest} | {stage} | {r['steps']:,} | {r['loss']:.4f} |"
                for folder, digest, record in world for stage, r in record.items()]
     metrics = json.loads((Path(resolve_annotator("world")) / "metrics.json").read_text())
+    layouts = (f"; mask AP **{metrics['layout_mask_ap']:.3f}**, AP50 {metrics['layout_mask_ap50']:.3f}, AP75 "
+               f"{metrics['layout_mask_ap75']:.3f} on {metrics['layout_scenes']} held-out layout scenes (1-4 objects, repeats)"
+               if "layout_mask_ap" in metrics else "")
     body = f"""Checkpoints on this machine (training resumes from them):
 
 | model | checkpoint | steps | mean loss, last 50 steps |
@@ -65,7 +68,7 @@ line of the other sections:
 {chr(10).join(exports)}
 
 Shipped annotator: mask AP **{metrics['mask_ap']:.3f}**, AP50 {metrics['mask_ap50']:.3f}, AP75 {metrics['mask_ap75']:.3f}
-on {metrics['scenes']} held-out scenes (pycocotools COCOeval "segm").
+on {metrics['scenes']} held-out scenes{layouts} (pycocotools COCOeval "segm").
 """
     print(body)
     write_section("world training", body)

@@ -219,9 +219,11 @@ def train_world_annotator(
 
     config = load_annotator_recipe(recipe, train_data=str(train_data.resolve()) if train_data else None, steps=train_steps)
     train(config, workdir, out, stop_at)
-    metrics = world_mask_ap(MaskRCNNAnnotator.from_pretrained(out), config.eval_scenes)  # as shipped
+    metrics = world_mask_ap(MaskRCNNAnnotator.from_pretrained(out), config.eval_scenes,  # as shipped
+                            config.layouts if config.layout_fraction else None)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    _stderr.print(f"saved {out}; mask AP {metrics['mask_ap']:.3f} (AP50 {metrics['mask_ap50']:.3f}) on {config.eval_scenes} held-out scenes")
+    layouts = f", {metrics['layout_mask_ap']:.3f} on as many held-out layout scenes" if config.layout_fraction else ""
+    _stderr.print(f"saved {out}; mask AP {metrics['mask_ap']:.3f} (AP50 {metrics['mask_ap50']:.3f}) on {config.eval_scenes} held-out scenes{layouts}")
 
 
 @_command

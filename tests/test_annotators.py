@@ -67,12 +67,16 @@ def test_short_training_lowers_the_loss_and_round_trips(tmp_path):
     assert after < 0.8 * before
     assert json.loads((tmp_path / "annotator" / "training.json").read_text())["annotator"]["steps"] == recipe.steps
     loaded = MaskRCNNAnnotator.from_pretrained(tmp_path / "annotator", score_threshold=0.0)
+    saved = loaded.model.state_dict()
+    for name, value in annotator.model.state_dict().items():  # the export holds the weights in fp16
+        assert torch.equal(saved[name], value.half().to(value.dtype) if value.is_floating_point() else value), name
+    annotator.model.load_state_dict(saved)
     annotator.model.eval()
     annotator.score_threshold = 0.0
-    a = annotator.annotate([scenes[0].image], [list(WORLD_CLASSES)])[0]
-    b = loaded.annotate([scenes[0].image], [list(WORLD_CLASSES)])[0]
-    assert [(i.class_name, i.score) for i in a] == [(i.class_name, i.score) for i in b]
-    assert all(np.array_equal(x.mask, y.mask) for x, y in zip(a, b))
+    a = annotator.annotate([s.image for s in scenes], [list(WORLD_CLASSES)] * len(scenes))
+    b = loaded.annotate([s.image for s in scenes], [list(WORLD_CLASSES)] * len(scenes))
+    assert [[(i.class_name, i.score) for i in x] for x in a] == [[(i.class_name, i.score) for i in y] for y in b]
+    assert all(np.array_equal(x.mask, y.mask) for xs, ys in zip(a, b) for x, y in zip(xs, ys))
 
 
 def test_scene_targets_match_the_masks():
@@ -128,3 +132,45 @@ def test_training_batches_from_a_coco_folder_carry_its_instances(tmp_path):
     assert not (tmp_path / "work").exists()
     with pytest.raises(SynthsegError, match="'circle' is not a category of the annotator"):
         training_batches(replace(recipe, model=replace(recipe.model, categories=["square"])))
+
+
+def test_layout_fraction_mixes_layout_scenes_into_the_batches():
+    """With `layout_fraction`, that share of the rendered training scenes are layouts of the recipe's
+    stream (up to four objects, same-class repeats possible, each inside its box), the rest world scenes;
+    the batch of a step is fixed. A fraction outside [0, 1] is refused."""
+    from dataclasses import replace
+
+    from synthseg.layouts import LayoutRecipe, sample_layout
+    from synthseg.train.annotator import training_scene
+
+    layouts = LayoutRecipe(min_objects=4, max_objects=4, repeat_fraction=1.0, min_size=0.25, max_size=0.3, max_overlap=0.0, seed=5)
+    recipe = replace(small_recipe(), layout_fraction=0.5, layouts=layouts)
+    rng = np.random.default_rng(0)
+    scenes = [training_scene(recipe, rng) for _ in range(40)]
+    from_layouts = [s for s in scenes if len(s.classes) == 4]  # world scenes hold 1-3 objects
+    assert 10 <= len(from_layouts) <= 30
+    for scene in from_layouts:
+        assert len(set(scene.classes)) < 4  # repeat_fraction 1: a class repeats
+        areas = scene.masks.reshape(4, -1).sum(1)
+        assert areas.max() <= (0.3 * 64) ** 2  # each object within its box's shorter side
+    draws = np.random.default_rng(1)
+    draws.random()  # whether the scene is a layout's, then the layout's index
+    expected = sample_layout(layouts, list(WORLD_CLASSES), [], int(draws.integers(2**30)))
+    rng = np.random.default_rng(1)
+    assert training_scene(replace(recipe, layout_fraction=1.0), rng).classes == expected.phrases
+    world_only = [training_scene(replace(recipe, layout_fraction=0.0), rng) for _ in range(10)]
+    assert all(len(s.classes) <= 3 and len(set(s.classes)) == len(s.classes) for s in world_only)
+    with pytest.raises(SynthsegError, match="layout_fraction must lie in"):
+        load_annotator_recipe("world-annotator", layout_fraction=1.5)
+
+
+def test_shipped_recipe_draws_layouts_from_a_stream_no_bench_uses():
+    """The annotator judges bench_layouts, so its training layouts (and its held-out AP's) come from
+    streams other than the bench's (1 and 2) and world-layout's (0)."""
+    from synthseg.train.world_layout import load_layout_recipe
+
+    recipe = load_annotator_recipe("world-annotator")
+    assert recipe.layout_fraction > 0
+    streams = {recipe.layouts.seed, recipe.layouts.seed + 1}
+    assert not streams & {0, 1, 2, load_layout_recipe("world-layout").layouts.seed}
+    assert recipe.layouts.min_size <= load_layout_recipe("world-layout").layouts.min_size

@@ -4,7 +4,7 @@ on a generated dataset), then its mask AP on held-out scenes."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -14,8 +14,9 @@ from ..annotators import MaskRCNNAnnotator, MaskRCNNConfig, build_maskrcnn
 from ..config import check_positive, load_recipe
 from ..errors import SynthsegError
 from ..formats import coco_annotation, coco_document
+from ..layouts import LayoutRecipe, sample_layout
 from ..readers import read_coco_instances
-from ..world import WORLD_CLASSES, render_scene, scene_seed
+from ..world import WORLD_CLASSES, Scene, render_layout, render_scene, scene_seed
 from .loop import claim_workdir, train_loop, warmup_cosine, write_training_record
 
 
@@ -23,7 +24,9 @@ from .loop import claim_workdir, train_loop, warmup_cosine, write_training_recor
 class WorldAnnotatorRecipe:
     """Recipe of `train_world_annotator`; see recipes/world-annotator.yaml. `train_data`: a folder of COCO
     instances (a synthseg dataset, or `world.export_scenes`'s) to train on instead of freshly rendered
-    scenes; its class names must be among the model's categories."""
+    scenes; its class names must be among the model's categories. `layout_fraction` of the rendered
+    training scenes are `layouts` drawn as GLIGEN's (`render_layout`: smaller objects than the world's,
+    up to four, same-class repeats), so the annotator can judge layout generation."""
 
     model: MaskRCNNConfig
     seed: int = 0
@@ -36,9 +39,13 @@ class WorldAnnotatorRecipe:
     mask_threshold: float = 0.5
     eval_scenes: int = 500
     train_data: str | None = None
+    layout_fraction: float = 0.0
+    layouts: LayoutRecipe = field(default_factory=LayoutRecipe)
 
     def validate(self, source: str) -> None:
         check_positive(source, self, "steps", "batch_size", "checkpoint_every", "eval_scenes")
+        if not 0 <= self.layout_fraction <= 1:
+            raise SynthsegError(f"{source}: layout_fraction must lie in [0, 1], got {self.layout_fraction}")
 
 
 def instance_targets(masks: np.ndarray, labels) -> dict:
@@ -58,12 +65,21 @@ def scene_targets(scene) -> dict:
     return instance_targets(scene.masks, [WORLD_CLASSES.index(c) + 1 for c in scene.classes])
 
 
+def training_scene(recipe: WorldAnnotatorRecipe, rng: np.random.Generator) -> Scene:
+    """One rendered training scene (even seeds): a layout's (`recipe.layouts`' stream, a random index) with
+    probability `layout_fraction`, else a world scene."""
+    if recipe.layout_fraction and rng.random() < recipe.layout_fraction:  # no draw at 0: world-only streams stay as they were
+        layout = sample_layout(recipe.layouts, list(WORLD_CLASSES), [], int(rng.integers(2**30)))
+        return render_layout(scene_seed(layout.seed, held_out=False), layout.phrases, layout.boxes)
+    return render_scene(scene_seed(int(rng.integers(2**30)), held_out=False))
+
+
 def training_batches(recipe: WorldAnnotatorRecipe):
     """batch(step) -> (images as (3, H, W) floats in [0, 1], targets): freshly rendered training scenes
-    (even seeds), or `recipe.train_data`'s items drawn with replacement, from default_rng([seed, step])."""
+    (`training_scene`), or `recipe.train_data`'s items drawn with replacement, from default_rng([seed, step])."""
     if recipe.train_data is None:
         def items(rng: np.random.Generator):
-            scenes = [render_scene(scene_seed(int(rng.integers(2**30)), held_out=False)) for _ in range(recipe.batch_size)]
+            scenes = [training_scene(recipe, rng) for _ in range(recipe.batch_size)]
             return [(s.image, s.masks, [WORLD_CLASSES.index(c) + 1 for c in s.classes]) for s in scenes]
     else:
         data = read_coco_instances(recipe.train_data)
@@ -107,29 +123,50 @@ def train_world_annotator(recipe: WorldAnnotatorRecipe, workdir: Path, output: P
     return annotator
 
 
-def world_mask_ap(annotator: MaskRCNNAnnotator, count: int = 500) -> dict:
-    """COCO mask AP (pycocotools COCOeval "segm") on `count` held-out rendered scenes (odd seeds)."""
+def held_out_scenes(count: int) -> list[Scene]:
+    """The first `count` held-out world scenes (odd seeds)."""
+    return [render_scene(scene_seed(k, held_out=True)) for k in range(1, count + 1)]
+
+
+def held_out_layout_scenes(layouts: LayoutRecipe, count: int) -> list[Scene]:
+    """`count` layouts of stream `layouts.seed + 1` (training draws from `layouts.seed`), rendered at held-out seeds."""
+    stream = replace(layouts, seed=layouts.seed + 1)
+    drawn = [sample_layout(stream, list(WORLD_CLASSES), [], index) for index in range(count)]
+    return [render_layout(scene_seed(lay.seed, held_out=True), lay.phrases, lay.boxes) for lay in drawn]
+
+
+def mask_ap(annotator: MaskRCNNAnnotator, scenes: list[Scene]) -> dict:
+    """COCO mask AP (pycocotools COCOeval "segm") of `annotator` on rendered `scenes`, whose masks are exact."""
     from pycocotools.coco import COCO
     from pycocotools.cocoeval import COCOeval
 
     ranking = MaskRCNNAnnotator(annotator.model, annotator.categories, score_threshold=0.05,  # AP ranks all detections
                                 mask_threshold=annotator.mask_threshold, name_map=annotator.name_map)
     images, truth, detections = [], [], []
-    for image_id in range(1, count + 1):
-        scene = render_scene(scene_seed(image_id, held_out=True))
+    for image_id, scene in enumerate(scenes, start=1):
         images.append(dict(id=image_id, width=scene.image.shape[1], height=scene.image.shape[0], file_name=f"{image_id}.png"))
         for mask, name in zip(scene.masks, scene.classes):
-            truth.append(coco_annotation(len(truth) + 1, image_id, WORLD_CLASSES.index(name) + 1, mask))
+            if mask.any():
+                truth.append(coco_annotation(len(truth) + 1, image_id, WORLD_CLASSES.index(name) + 1, mask))
         for inst in ranking.annotate([scene.image], [list(WORLD_CLASSES)])[0]:
             detections.append(coco_annotation(len(detections) + 1, image_id, WORLD_CLASSES.index(inst.class_name) + 1, inst.mask, inst.score))
     gt = COCO()
-    gt.dataset = coco_document(images, truth, WORLD_CLASSES, "held-out world scenes")
+    gt.dataset = coco_document(images, truth, WORLD_CLASSES, "held-out rendered scenes")
     gt.createIndex()
     evaluator = COCOeval(gt, gt.loadRes(detections) if detections else COCO(), "segm")
     evaluator.evaluate()
     evaluator.accumulate()
     evaluator.summarize()
-    return dict(mask_ap=float(evaluator.stats[0]), mask_ap50=float(evaluator.stats[1]), mask_ap75=float(evaluator.stats[2]), scenes=count)
+    return dict(mask_ap=float(evaluator.stats[0]), mask_ap50=float(evaluator.stats[1]), mask_ap75=float(evaluator.stats[2]), scenes=len(scenes))
+
+
+def world_mask_ap(annotator: MaskRCNNAnnotator, count: int = 500, layouts: LayoutRecipe | None = None) -> dict:
+    """`mask_ap` on `count` held-out world scenes; with `layouts`, also on `count` held-out layout scenes
+    (`held_out_layout_scenes`), under keys prefixed "layout_"."""
+    metrics = mask_ap(annotator, held_out_scenes(count))
+    if layouts is not None:
+        metrics.update({f"layout_{key}": value for key, value in mask_ap(annotator, held_out_layout_scenes(layouts, count)).items()})
+    return metrics
 
 
 def load_annotator_recipe(spec: str | Path, **overrides) -> WorldAnnotatorRecipe:
