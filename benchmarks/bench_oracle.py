@@ -23,7 +23,7 @@ MASKFORMER = {"arch": "maskformer", "decoder_layers": 2}  # segmenter-world's de
 # folder: (what the row says, fields changed from segmenter-world, seeds)
 VARIANTS = {
     "segmenter-world": ("segmenter-world: Mask2Former, warm-up 250", {}, [0, 1]),
-    "steps8000": ("8,000 steps (the loss still fell at 4,000)", {"steps": 8000}, [0]),
+    "steps8000": ("8,000 steps (the loss still fell at 4,000)", {"steps": 8000}, [0, 1]),
     "decoder6": ("six decoder layers (two rounds of masked attention)", {"decoder_layers": 6}, [0]),
     "maskformer": ("MaskFormer", MASKFORMER, [0, 1]),
     "maskformer-frozenbn": ("MaskFormer, FrozenBN (the paper's)", {**MASKFORMER, "frozen_backbone_norm": True}, [0]),
