@@ -222,7 +222,7 @@ def train_world_annotator(
     metrics = world_mask_ap(MaskRCNNAnnotator.from_pretrained(out), config.eval_scenes,  # as shipped
                             config.layouts if config.layout_fraction else None)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
-    layouts = f", {metrics['layout_mask_ap']:.3f} on as many held-out layout scenes" if config.layout_fraction else ""
+    layouts = f", {metrics['layout_mask_ap']:.3f} on as many held-out layout scenes" if "layout_mask_ap" in metrics else ""
     _stderr.print(f"saved {out}; mask AP {metrics['mask_ap']:.3f} (AP50 {metrics['mask_ap50']:.3f}) on {config.eval_scenes} held-out scenes{layouts}")
 
 
