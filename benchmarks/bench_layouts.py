@@ -16,7 +16,7 @@ layout's list of objects; for two classes the paper's "a photograph of a X and a
 the annotator's own ceiling, and their exact masks, the measures' ceiling. Writes the "world-layout" section of benchmarks/RESULTS.md and
 benchmarks/world-layout_samples.png (requested boxes drawn over the images).
 
-    python benchmarks/bench_layouts.py [--model world-layout] [--count 200] [--pairs 100] [--beta 0.3]
+    python benchmarks/bench_layouts.py [--model world-layout] [--count 200] [--pairs 100] [--beta B]
 """
 
 from __future__ import annotations
@@ -93,7 +93,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=200, help="layouts of 1-4 objects")
     parser.add_argument("--pairs", type=int, default=100, help="two-object, two-class layouts")
-    parser.add_argument("--beta", type=float, default=0.3, help="share of the steps GLIGEN's gated layers run in")
+    parser.add_argument("--beta", type=float, default=None, help="share of the steps GLIGEN's gated layers run in (default: the model card's)")
     parser.add_argument("--model", default="world-layout", help="a GLIGEN pipeline: the shipped world-layout, or an export folder (train-world-layout --out)")
     args = parser.parse_args()
 
@@ -108,6 +108,7 @@ def main() -> None:
     from synthseg.world import WORLD_CLASSES, render_layout, scene_seed
 
     section = replace(load_dataset_recipe("world", layouts=True, model=args.model).layouts, seed=BENCH_SEED)
+    beta = section.scheduled_sampling_beta if args.beta is None else args.beta
     layouts = sample_layouts(section, list(WORLD_CLASSES), [], args.count)
     two = replace(section, min_objects=2, max_objects=2, repeat_fraction=0.0, seed=BENCH_SEED + 1)
     pairs = [lay for lay in sample_layouts(two, list(WORLD_CLASSES), [], 2 * args.pairs) if len(lay.classes) == 2][: args.pairs]
@@ -118,7 +119,7 @@ def main() -> None:
     gligen = load_pipeline(args.model)
     gligen.set_progress_bar_config(disable=True)
     start = time.perf_counter()
-    boxed = with_boxes(gligen, layouts + pairs, steps, guidance, args.beta)
+    boxed = with_boxes(gligen, layouts + pairs, steps, guidance, beta)
     seconds = (time.perf_counter() - start) / len(boxed)
     base = load_pipeline("world")
     base.set_progress_bar_config(disable=True)
@@ -142,7 +143,7 @@ def main() -> None:
     table = "\n".join(f"| {n} | {h:.1f}% | {c:.1f}% | {f:.1f}% |" for n, h, c, f in rows)
     boxes = sum(len(lay.phrases) for lay in layouts)
     body = f"""`{args.model}`: GLIGEN's gated self-attention and box tokens over the frozen world UNet, {steps} steps,
-guidance {guidance}, gated layers in the first {args.beta:.0%} of the steps; judged by the bundled world annotator.
+guidance {guidance}, gated layers in the first {beta:.0%} of the steps; judged by the bundled world annotator.
 {len(layouts)} layouts of 1-4 objects ({boxes} boxes, {int(many.sum())} layouts of 2-4 objects, same-class repeats
 included) drawn as `make-dataset --layouts` draws them, with seed {BENCH_SEED}; {len(pairs)} two-object layouts of
 two classes. Samples, requested boxes drawn: `benchmarks/{SHEET.name}`.

@@ -16,7 +16,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from results import run_parallel, section_rows, write_section
+from results import run_parallel, run_stamp, section_rows, write_section
 
 WORK = Path("runs/oracle")
 MASKFORMER = {"arch": "maskformer", "decoder_layers": 2}  # segmenter-world's decoder sizes otherwise
@@ -24,6 +24,7 @@ MASKFORMER = {"arch": "maskformer", "decoder_layers": 2}  # segmenter-world's de
 VARIANTS = {
     "segmenter-world": ("segmenter-world: Mask2Former, warm-up 250", {}, [0, 1]),
     "steps8000": ("8,000 steps (the loss still fell at 4,000)", {"steps": 8000}, [0, 1]),
+    "steps12000": ("12,000 steps", {"steps": 12000}, [0]),
     "decoder6": ("six decoder layers (two rounds of masked attention)", {"decoder_layers": 6}, [0]),
     "maskformer": ("MaskFormer", MASKFORMER, [0, 1]),
     "maskformer-frozenbn": ("MaskFormer, FrozenBN (the paper's)", {**MASKFORMER, "frozen_backbone_norm": True}, [0]),
@@ -62,7 +63,7 @@ def main() -> None:
     runs = {(name, seed): WORK / (name if seed == 0 else f"{name}-seed{seed}") for name in args.variants for seed in VARIANTS[name][2]}
     models = run_parallel(train_variant, {run: (folder, VARIANTS[run[0]][1], run[1], args.scenes) for run, folder in runs.items()}, args.jobs)
     test, split = read_world(args.eval_scenes), get_split("world")
-    previous_run, previous = section_rows("Protocol ii oracle (world)")
+    previous = section_rows("Protocol ii oracle (world)")
     rows, kept = [], []
     for name, (label, changes, seeds) in VARIANTS.items():
         if name not in args.variants:
@@ -74,19 +75,19 @@ def main() -> None:
         seen, unseen, harmonic = np.mean([(r.seen_miou, r.unseen_miou, r.harmonic_miou) for r in results], axis=0)
         changed = ", ".join(f"`{k}: {v}`" for k, v in changes.items()) or "(as shipped)"
         each = ", ".join(f"{100 * r.harmonic_miou:.1f}" for r in results)
-        rows.append(f"| {label} | {changed} | {100 * seen:.1f} | {100 * unseen:.1f} | {100 * harmonic:.1f} | {each} |")
+        rows.append(f"| {label} | {changed} | {100 * seen:.1f} | {100 * unseen:.1f} | {100 * harmonic:.1f} | {each} | {run_stamp()} |")
     body = f"""Protocol ii's oracle (b): `recipes/segmenter-world.yaml` with the fields shown changed, trained on {args.scenes}
 rendered scenes with exact masks (the size of Protocol ii's synthetic dataset) and scored on {args.eval_scenes} held-out
 scenes; mIoU are means over the seeds. Protocol: {results[0].protocol()}.
 
-| variant | changed | seen mIoU | unseen mIoU | harmonic mIoU | harmonic, each seed |
-|---|---|---|---|---|---|
+| variant | changed | seen mIoU | unseen mIoU | harmonic mIoU | harmonic, each seed | run |
+|---|---|---|---|---|---|---|
 {chr(10).join(rows)}
 
 Target for the oracle: harmonic mIoU >= 75.
 """
     if kept:
-        body += f"\nThis run trained and scored {', '.join(args.variants)}; the {len(kept)} other rows are the section's earlier run ({previous_run}).\n"
+        body += f"\nThis run trained and scored {', '.join(args.variants)}; the {len(kept)} other rows are kept from the runs their last cell names.\n"
     print(body)
     write_section("Protocol ii oracle (world)", body, bundle="world")
 

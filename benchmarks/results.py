@@ -68,16 +68,18 @@ def write_section(name: str, body: str, bundle: str | tuple[str, ...] | None = N
     RESULTS.write_text(text)
 
 
-def section_rows(name: str) -> tuple[str, dict[str, str]]:
-    """(when and where it ran, its table rows by first cell) of RESULTS.md's section `name` ("", {} if it
-    has none): what a bench that reruns only some of its rows keeps of the others."""
+def section_rows(name: str) -> dict[str, str]:
+    """The table rows of RESULTS.md's section `name` by first cell ({} if it has none): what a bench that reruns
+    only some of its rows keeps of the others (each row then says in its own cells which run it came from)."""
     text = RESULTS.read_text() if RESULTS.exists() else ""
     found = re.search(rf"<!-- {re.escape(name)}:start -->(.*?)<!-- {re.escape(name)}:end -->", text, re.S)
-    if not found:
-        return "", {}
-    stamp = dict(re.findall(r"^(Date|Machine): (.*?) *$", found.group(1), re.M))
-    rows = [line for line in found.group(1).splitlines() if line.startswith("| ") and not line.startswith("|---")]
-    return f"{stamp.get('Date', '?')}, {stamp.get('Machine', '?')}", {row.split(" | ")[0][2:]: row for row in rows}
+    rows = [line for line in found.group(1).splitlines() if line.startswith("| ") and not line.startswith("|---")] if found else []
+    return {row.split(" | ")[0][2:]: row for row in rows}
+
+
+def run_stamp() -> str:
+    """Date and CPU model of this run, short enough for a table cell: which run a kept row came from."""
+    return f"{datetime.date.today().isoformat()}, {machine().split(',')[0]}"
 
 
 def run_parallel(function, calls: dict, jobs: int) -> dict:

@@ -40,7 +40,9 @@ class LayoutRecipe:
     """How layouts are drawn (a dataset recipe's `layouts` section). Sizes are box sides as fractions of
     the image side; `max_overlap` bounds the IoU of any two boxes of a layout; `repeat_fraction` of the
     layouts repeat one class; `margin` widens a box (as a fraction of its side) where its instance mask
-    may reach; an instance covering less than `min_fill` of its box drops the image."""
+    may reach; an instance covering less than `min_fill` of its box drops the image.
+    `scheduled_sampling_beta`: the share of the sampling steps GLIGEN's gated layers run in (GLIGEN's
+    scheduled sampling; diffusers' default 0.3); a GLIGEN model's card gives its own."""
 
     min_objects: int = 1
     max_objects: int = 4
@@ -52,6 +54,7 @@ class LayoutRecipe:
     max_overlap: float = 0.2
     margin: float = 0.1
     min_fill: float = 0.1
+    scheduled_sampling_beta: float = 0.3
     seed: int = 0
     templates: list[str] = field(default_factory=lambda: ["a photograph of {}"])
 
@@ -61,7 +64,7 @@ class LayoutRecipe:
             raise SynthsegError(f"{source}: layouts.min_objects {self.min_objects} is above max_objects {self.max_objects}")
         if not 0 < self.min_size <= self.max_size <= 1:
             raise SynthsegError(f"{source}: layouts need 0 < min_size <= max_size <= 1")
-        for name in ("repeat_fraction", "pair_fraction", "max_overlap", "min_fill"):
+        for name in ("repeat_fraction", "pair_fraction", "max_overlap", "min_fill", "scheduled_sampling_beta"):
             if not 0 <= getattr(self, name) <= 1:
                 raise SynthsegError(f"{source}: layouts.{name} must lie in [0, 1]")
         if self.max_aspect < 1 or self.margin < 0:

@@ -266,7 +266,8 @@ def _world_layouts() -> LayoutRecipe:
 @dataclass
 class LayoutModelRecipe:
     """Recipe of `train_world_layout`; see recipes/world-layout.yaml. `base`: the pipeline whose UNet
-    (frozen) gains GLIGEN's layers. Each step's scenes are `layouts` rendered by `world.render_layout`,
+    (frozen) gains GLIGEN's layers; `init_from`, a world-layout export over that base whose GLIGEN weights
+    train on (a later stage, as `WorldModelRecipe.init_from` extends a UNet). Each step's scenes are `layouts` rendered by `world.render_layout`,
     conditioned on the visible boxes of their objects; `box_dropout` of them get no boxes (GLIGEN's
     null tokens, what classifier-free guidance's unconditional pass reads). Timesteps are drawn from
     `min_timestep` on: the gated layers run only in the first, noisiest steps of sampling (GLIGEN's
@@ -274,6 +275,7 @@ class LayoutModelRecipe:
 
     seed: int = 0
     base: str = "world"
+    init_from: str | None = None
     max_tokens: int = 16
     layouts: LayoutRecipe = field(default_factory=_world_layouts)
     steps: int = 3000

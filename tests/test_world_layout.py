@@ -118,6 +118,25 @@ def test_training_moves_only_gligen_weights_resumes_exactly_and_loads_as_a_glige
         load_pipeline(whole)
 
 
+@pytest.mark.slow
+def test_a_later_stage_trains_on_from_an_export_and_its_card_gives_the_sampling_beta(base, tmp_path):
+    first = train_world_layout(tiny_layout_recipe(base), tmp_path / "first", tmp_path / "first-out")
+    layouts = dataclasses.replace(tiny_layout_recipe(base).layouts, scheduled_sampling_beta=0.6)
+    frozen = dataclasses.replace(tiny_layout_recipe(base), init_from=str(first), steps=2, lr=0.0, layouts=layouts)  # lr 0: weights kept
+    second = train_world_layout(frozen, tmp_path / "second", tmp_path / "second-out")
+    before, after = load_file(first / "unet" / GLIGEN_WEIGHTS), load_file(second / "unet" / GLIGEN_WEIGHTS)
+    assert before.keys() == after.keys() and all(torch.equal(v, after[k]) for k, v in before.items())  # started from stage 1
+    assert json.loads((second / "training.json").read_text())["gligen"]["steps"] == 4 + 2  # stage 1's steps counted first
+    assert json.loads((second / "synthseg.json").read_text())["layouts"]["scheduled_sampling_beta"] == 0.6
+
+    from synthseg.dataset import load_dataset_recipe
+
+    assert load_dataset_recipe("world", layouts=True, model=str(second), grounding="world").layouts.scheduled_sampling_beta == 0.6
+    with pytest.raises(SynthsegError, match="not a GLIGEN export over the base"):
+        train_world_layout(dataclasses.replace(frozen, init_from=str(base)), tmp_path / "bad", tmp_path / "bad-out")
+    assert not (tmp_path / "bad").exists()  # refused before the workdir was claimed
+
+
 def test_bad_layout_model_recipes():
     with pytest.raises(SynthsegError, match="box_dropout"):
         LayoutModelRecipe(box_dropout=1.0).validate("r")

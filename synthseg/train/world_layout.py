@@ -19,16 +19,17 @@ from diffusers import DDPMScheduler, StableDiffusionGLIGENPipeline
 from safetensors.torch import save_file
 
 from ..config import load_recipe
+from ..errors import SynthsegError
 from ..layouts import MAX_GLIGEN_BOXES, sample_layout
 from ..pipeline import load_pipeline
 from ..registry import MODEL_CARD
 from ..world import WORLD_CLASSES, mask_box, render_layout, scene_seed
 from ..worldmodel import GLIGEN_WEIGHTS, LayoutModelRecipe, build_gligen_unet, is_gligen_weight
-from .loop import claim_workdir, staged_export, train_loop, warmup_cosine, write_training_record
+from .loop import claim_workdir, load_init_pipeline, staged_export, train_loop, warmup_cosine, write_training_record
 from .world_t2i import caption_states, captioned_latents, diffusion_loss
 
 # What the model card says about the layouts trained on: the limits a dataset's layouts start from.
-CARD_LAYOUT_LIMITS = ("min_objects", "max_objects", "min_size", "max_size", "max_aspect", "max_overlap", "templates")
+CARD_LAYOUT_LIMITS = ("min_objects", "max_objects", "min_size", "max_size", "max_aspect", "max_overlap", "templates", "scheduled_sampling_beta")
 
 
 def load_layout_recipe(spec: str | Path) -> LayoutModelRecipe:
@@ -60,17 +61,32 @@ def layout_batch(recipe: LayoutModelRecipe, step: int, phrases: dict[str, torch.
     return torch.stack(images), captions, boxes, embeds, masks
 
 
+def load_init(recipe: LayoutModelRecipe, unet) -> dict:
+    """Load the GLIGEN weights of `recipe.init_from` (a world-layout export, loaded by `load_pipeline` like
+    any other) into `unet`, the recipe's GLIGEN UNet over its base (another architecture is an error); the
+    export's training record."""
+    source, pipe = load_init_pipeline(recipe.init_from)
+    weights = {k: v for k, v in pipe.unet.state_dict().items() if is_gligen_weight(k)}
+    ours = {k for k in unet.state_dict() if is_gligen_weight(k)}
+    if not weights or set(weights) != ours or any(unet.state_dict()[k].shape != v.shape for k, v in weights.items()):
+        raise SynthsegError(f"init_from {recipe.init_from}: not a GLIGEN export over the base {recipe.base!r}")
+    unet.load_state_dict(weights, strict=False)
+    record = Path(source) / "training.json"
+    return json.loads(record.read_text()) if record.is_file() else {}
+
+
 def train_world_layout(recipe: LayoutModelRecipe, workdir: Path, output: Path, max_steps: int | None = None) -> Path:
     """Train (or resume) GLIGEN's layers in `workdir`, then export them to `output`: unet/config.json (the
     GLIGEN UNet's), unet/gligen.safetensors (the added weights, fp16, of the EMA model), model_index.json,
     the model card (synthseg.json: classes, sampling defaults, the layout limits trained on, base) and
-    training.json."""
+    training.json (counting `recipe.init_from`'s steps first)."""
     base = load_pipeline(recipe.base, torch_dtype=torch.float32)
-    claim_workdir(workdir, recipe)  # once the base has loaded: a bad name leaves no workdir behind
     vae, tokenizer, encoder = base.vae.requires_grad_(False), base.tokenizer, base.text_encoder.requires_grad_(False)
     tokenizer.model_max_length = recipe.max_tokens
     torch.manual_seed(recipe.seed)
     unet = build_gligen_unet(base.unet)
+    prior = load_init(recipe, unet) if recipe.init_from else {}
+    claim_workdir(workdir, recipe)  # once the base and init_from have loaded: a bad name leaves no workdir behind
     for name, parameter in unet.named_parameters():
         parameter.requires_grad_(is_gligen_weight(name))
     trained = [p for p in unet.parameters() if p.requires_grad]
@@ -106,5 +122,5 @@ def train_world_layout(recipe: LayoutModelRecipe, workdir: Path, output: Path, m
         card = dict(classes=list(WORLD_CLASSES), num_inference_steps=recipe.num_inference_steps, guidance_scale=recipe.guidance_scale,
                     layouts=limits, base=recipe.base)
         (staging / MODEL_CARD).write_text(json.dumps(card, indent=2) + "\n")
-        write_training_record(staging, None, gligen=losses)
+        write_training_record(staging, prior, gligen=losses)
     return output
