@@ -233,10 +233,11 @@ def test_make_dataset_layouts_with_no_model_uses_the_bundled_world_gligen(tmp_pa
 
     from synthseg.cli import app
     from synthseg.dataset import file_hash, load_dataset_recipe
-    from synthseg.registry import BUNDLES
+    from synthseg.registry import BUNDLES, model_card
 
     recipe = load_dataset_recipe("world", layouts=True)
     assert recipe.model == "world-layout" and recipe.layouts.max_objects == 4  # the export's card's limits
+    assert recipe.layouts.scheduled_sampling_beta == model_card("world-layout").layouts["scheduled_sampling_beta"] != 0.3  # and beta
     out = tmp_path / "ds"
     result = CliRunner().invoke(app, ["make-dataset", "--layouts", "--classes", "circle,ring", "--per-class", "3", "--per-pair", "0",
                                       "--seed", "4", "--out", str(out)])
