@@ -181,6 +181,13 @@ def render_layout(seed: int, phrases: list[str], boxes, size: int = 64) -> Scene
     return _paint(rng, full, phrases, size, seed)
 
 
+def layout_scene(layout, held_out: bool, size: int = 64) -> Scene:
+    """A layout (`layouts.Layout`: phrases, boxes, seed) drawn by the world itself (`render_layout`), from
+    its seed's side of the split rule (`scene_seed`): exact training scenes for the layout models, or
+    exact held-out renders that judge them."""
+    return render_layout(scene_seed(layout.seed, held_out), layout.phrases, layout.boxes, size)
+
+
 def mask_box(mask: np.ndarray) -> tuple[float, float, float, float] | None:
     """The bounding box (x0, y0, x1, y1, fractions of the image) of an HW bool mask; None if it is empty."""
     ys, xs = np.nonzero(mask)

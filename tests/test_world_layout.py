@@ -15,7 +15,7 @@ from test_worldmodel import tiny_recipe
 from synthseg import SynthsegError, load_pipeline
 from synthseg.train.world_layout import layout_batch, phrase_embeddings, train_world_layout
 from synthseg.train.world_t2i import train_world_model
-from synthseg.world import WORLD_CLASSES, mask_box, render_layout
+from synthseg.world import WORLD_CLASSES, layout_scene, mask_box, render_layout, scene_seed
 from synthseg.worldmodel import GLIGEN_WEIGHTS, BoxGatedSelfAttention, LayoutModelRecipe, WorldGLIGENPipeline, build_gligen_unet, is_gligen_weight
 
 
@@ -33,6 +33,12 @@ def test_a_layout_scene_puts_each_object_in_its_box():
     assert mask_box(np.zeros((4, 4), bool)) is None
     with pytest.raises(SynthsegError, match="one box per phrase"):
         render_layout(0, ["circle"], boxes)
+    from synthseg.layouts import Layout
+
+    layout = Layout(0, "two circles and a star", ["circle", "circle", "star"], boxes, 1)
+    held_out, training = layout_scene(layout, held_out=True), layout_scene(layout, held_out=False)
+    assert np.array_equal(held_out.image, render_layout(scene_seed(1, held_out=True), layout.phrases, boxes).image)
+    assert not np.array_equal(held_out.image, training.image)  # the two sides of the split rule draw apart
 
 
 @pytest.fixture(scope="module")

@@ -16,7 +16,7 @@ from ..errors import SynthsegError
 from ..formats import coco_annotation, coco_document
 from ..layouts import LayoutRecipe, sample_layout
 from ..readers import read_coco_instances
-from ..world import WORLD_CLASSES, Scene, render_layout, render_scene, scene_seed
+from ..world import WORLD_CLASSES, Scene, layout_scene, render_scene, scene_seed
 from .loop import claim_workdir, train_loop, warmup_cosine, write_training_record
 
 
@@ -70,7 +70,7 @@ def training_scene(recipe: WorldAnnotatorRecipe, rng: np.random.Generator) -> Sc
     probability `layout_fraction`, else a world scene."""
     if recipe.layout_fraction and rng.random() < recipe.layout_fraction:  # no draw at 0: world-only streams stay as they were
         layout = sample_layout(recipe.layouts, list(WORLD_CLASSES), [], int(rng.integers(2**30)))
-        return render_layout(scene_seed(layout.seed, held_out=False), layout.phrases, layout.boxes)
+        return layout_scene(layout, held_out=False)
     return render_scene(scene_seed(int(rng.integers(2**30)), held_out=False))
 
 
@@ -132,7 +132,7 @@ def held_out_layout_scenes(layouts: LayoutRecipe, count: int) -> list[Scene]:
     """`count` layouts of stream `layouts.seed + 1` (training draws from `layouts.seed`), rendered at held-out seeds."""
     stream = replace(layouts, seed=layouts.seed + 1)
     drawn = [sample_layout(stream, list(WORLD_CLASSES), [], index) for index in range(count)]
-    return [render_layout(scene_seed(lay.seed, held_out=True), lay.phrases, lay.boxes) for lay in drawn]
+    return [layout_scene(lay, held_out=True) for lay in drawn]
 
 
 def mask_ap(annotator: MaskRCNNAnnotator, scenes: list[Scene]) -> dict:

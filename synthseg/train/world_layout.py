@@ -3,7 +3,7 @@ box-token projection in the frozen world UNet, as GLIGEN trains them into a froz
 on rendered layouts whose boxes are exact.
 
 The batch of step s is layouts s * batch_size ... of the recipe's layout stream (`layouts.sample_layout`)
-rendered by `world.render_layout`, so a resumed run sees the batches an uninterrupted one would. Each
+rendered by `world.layout_scene`, so a resumed run sees the batches an uninterrupted one would. Each
 object is one grounding token: its phrase's pooled text embedding (as `StableDiffusionGLIGENPipeline`
 computes it) and its visible box, padded with null tokens to the pipeline's 30.
 """
@@ -23,7 +23,7 @@ from ..errors import SynthsegError
 from ..layouts import MAX_GLIGEN_BOXES, sample_layout
 from ..pipeline import load_pipeline
 from ..registry import MODEL_CARD
-from ..world import WORLD_CLASSES, mask_box, render_layout, scene_seed
+from ..world import WORLD_CLASSES, layout_scene, mask_box
 from ..worldmodel import GLIGEN_WEIGHTS, LayoutModelRecipe, build_gligen_unet, is_gligen_weight
 from .loop import claim_workdir, load_init_pipeline, staged_export, train_loop, warmup_cosine, write_training_record
 from .world_t2i import caption_states, captioned_latents, diffusion_loss
@@ -52,7 +52,7 @@ def layout_batch(recipe: LayoutModelRecipe, step: int, phrases: dict[str, torch.
     masks = torch.zeros(recipe.batch_size, MAX_GLIGEN_BOXES)
     for i in range(recipe.batch_size):
         layout = sample_layout(recipe.layouts, list(WORLD_CLASSES), [], step * recipe.batch_size + i)
-        scene = render_layout(scene_seed(layout.seed, held_out=False), layout.phrases, layout.boxes, image_size)
+        scene = layout_scene(layout, held_out=False, size=image_size)
         images.append(torch.from_numpy(scene.image).permute(2, 0, 1).float() / 127.5 - 1)
         captions.append(layout.prompt)
         found = [(name, box) for name, box in zip(scene.classes, map(mask_box, scene.masks)) if box is not None]
