@@ -166,12 +166,12 @@ def test_layout_fraction_mixes_layout_scenes_into_the_batches():
 
 def test_shipped_recipe_draws_layouts_from_a_stream_no_bench_uses():
     """The annotator judges bench_layouts, so its training layouts (and its held-out AP's) come from
-    streams other than the bench's (1 and 2) and world-layout's stages' (0, 7)."""
+    streams other than the bench's (1 and 2) and world-layout's stages' (0, 7, 8)."""
     from synthseg.train.world_layout import load_layout_recipe
 
     recipe = load_annotator_recipe("world-annotator")
     assert recipe.layout_fraction > 0
     streams = {recipe.layouts.seed, recipe.layouts.seed + 1}
-    stages = {load_layout_recipe(name).layouts.seed for name in ("world-layout", "world-layout-finetune")}
-    assert len(stages) == 2 and not streams & ({1, 2} | stages)
+    stages = {load_layout_recipe(name).layouts.seed for name in ("world-layout", "world-layout-finetune", "world-layout-finetune2")}
+    assert len(stages) == 3 and not streams & ({1, 2} | stages)
     assert recipe.layouts.min_size <= load_layout_recipe("world-layout").layouts.min_size
