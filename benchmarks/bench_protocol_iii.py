@@ -74,7 +74,7 @@ def main() -> None:
 
     truth = [data.classes_in(data[i][1]) for i in range(len(data))]
     captioner = ImplicitCaptioner.from_pretrained(captioner_name)
-    first, best, recognised = None, None, None
+    first, recognised = None, None
     for label, directory in modules.items():
         module = GroundingModule.from_pretrained(directory)
         timestep = capture_step_of(directory, TripletRecipe(seen=["x"]))[0]
@@ -86,9 +86,10 @@ def main() -> None:
         oracle.recogniser = lambda latents, scenes=scenes: [next(scenes)]  # benchmark() visits the scenes in order, one per call
         rows[f"{label} given each scene's true class names (presence oracle), t {timestep}"] = score(label, oracle)
         if first is None:  # the targets are judged on the first module with the captioner; the ablations are the first's
-            first, best = (label, module, timestep), f"{label} + implicit captioner, t {timestep}"
+            first = (label, module, timestep)
             recognised = [captioned.recogniser(encode_images(pipe, pixel_tensor(np.asarray(data[i][0]))))[0] for i in range(len(data))]
     label, module, timestep = first
+    best = f"{label} + implicit captioner, t {timestep}"
     rows[f"cross-attention (DAAM), t {timestep}, threshold {args.daam_threshold}"] = score(
         "DAAM", AttentionSegmenter(pipe, names, timestep=timestep, threshold=args.daam_threshold))
     for t in (1, 100, 250, 500):

@@ -243,7 +243,8 @@ class LayoutGeneration:
 
 
 def generate_layout(pipe, grounding, layout: Layout, *, guidance_scale: float, num_inference_steps: int,
-                    capture_step: CaptureStep = CaptureStep(), margin: float = 0.1, scheduled_sampling_beta: float = 0.3) -> LayoutGeneration:
+                    capture_step: CaptureStep = CaptureStep(), margin: float = LayoutRecipe.margin,
+                    scheduled_sampling_beta: float = LayoutRecipe.scheduled_sampling_beta) -> LayoutGeneration:
     """Generate `layout` with a GLIGEN pipeline (one layout per call, as GLIGEN takes it) and cut its
     instances from the grounding module's class masks (`instance_masks`). `scheduled_sampling_beta`: the
     share of the steps GLIGEN's gated layers run in."""

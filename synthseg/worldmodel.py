@@ -267,7 +267,7 @@ def _world_layouts() -> LayoutRecipe:
 class LayoutModelRecipe:
     """Recipe of `train_world_layout`; see recipes/world-layout.yaml. `base`: the pipeline whose UNet
     (frozen) gains GLIGEN's layers; `init_from`, a world-layout export over that base whose GLIGEN weights
-    train on (a later stage, as `WorldModelRecipe.init_from` extends a UNet). Each step's scenes are `layouts` rendered by `world.render_layout`,
+    train on (a later stage, as `WorldModelRecipe.init_from` extends a UNet). Each step's scenes are `layouts` rendered by `world.layout_scene`,
     conditioned on the visible boxes of their objects; `box_dropout` of them get no boxes (GLIGEN's
     null tokens, what classifier-free guidance's unconditional pass reads). Timesteps are drawn from
     `min_timestep` on: the gated layers run only in the first, noisiest steps of sampling (GLIGEN's

@@ -67,8 +67,8 @@ def load_init(recipe: LayoutModelRecipe, unet) -> dict:
     export's training record."""
     source, pipe = load_init_pipeline(recipe.init_from)
     weights = {k: v for k, v in pipe.unet.state_dict().items() if is_gligen_weight(k)}
-    ours = {k for k in unet.state_dict() if is_gligen_weight(k)}
-    if not weights or set(weights) != ours or any(unet.state_dict()[k].shape != v.shape for k, v in weights.items()):
+    shapes = {k: v.shape for k, v in unet.state_dict().items() if is_gligen_weight(k)}
+    if not weights or {k: v.shape for k, v in weights.items()} != shapes:
         raise SynthsegError(f"init_from {recipe.init_from}: not a GLIGEN export over the base {recipe.base!r}")
     unet.load_state_dict(weights, strict=False)
     record = Path(source) / "training.json"
