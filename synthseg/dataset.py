@@ -402,7 +402,8 @@ def make_dataset(pipe, grounding, recipe: DatasetRecipe, directory: str | Path, 
                 outputs = [(item, image, probs, None) for item, image, probs in zip(batch, result.images, result.masks)]
             else:  # GLIGEN takes one layout per call
                 made = [generate_layout(pipe, grounding, item, guidance_scale=recipe.guidance_scale, num_inference_steps=recipe.num_inference_steps,
-                                        margin=recipe.layouts.margin, scheduled_sampling_beta=recipe.layouts.scheduled_sampling_beta)
+                                        margin=recipe.layouts.margin, scheduled_sampling_beta=recipe.layouts.scheduled_sampling_beta,
+                                        box_attention=recipe.layouts.box_attention)
                         for item in batch]
                 outputs = [(item, g.image, g.probs, g) for item, g in zip(batch, made)]
             for item, image, probs, layout in outputs:

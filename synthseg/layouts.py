@@ -11,6 +11,9 @@ and a box, and one instance mask per object from the grounding module's class ma
   grounding module's capture unchanged: GLIGEN's gated layers run only in the first steps (scheduled
   sampling), so the late capture step reads the base UNet as in text-only generation. diffusers has
   GLIGEN only for SD 1.x; SDXL, SD3 and FLUX pipelines take no boxes.
+- `BoxAttention`: optional, while the gated layers run: each class's tokens are pulled toward its boxes
+  in the base UNet's cross-attention (DenseDiffusion's attention modulation), so that a box draws its
+  own class and not its neighbour's.
 - `instance_masks`: each phrase's instance, its class mask restricted to a margin around its box; where
   two instances claim a pixel, the module's probability weighted by the pixel's place in each box
   decides, so touching objects of one class come out as separate instances.
@@ -18,6 +21,7 @@ and a box, and one instance mask per object from the grounding module's class ma
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import json
 from dataclasses import dataclass, field
@@ -28,6 +32,8 @@ import torch
 from PIL import Image
 
 from .capture import CaptureStep, denoiser_of
+from .capture.core import DenoiserHooks
+from .capture.unet import attention_grid
 from .config import check_positive
 from .errors import SynthsegError
 from .prompts import describe, template_slots
@@ -42,7 +48,8 @@ class LayoutRecipe:
     layouts repeat one class; `margin` widens a box (as a fraction of its side) where its instance mask
     may reach; an instance covering less than `min_fill` of its box drops the image.
     `scheduled_sampling_beta`: the share of the sampling steps GLIGEN's gated layers run in (GLIGEN's
-    scheduled sampling; diffusers' default 0.3); a GLIGEN model's card gives its own."""
+    scheduled sampling; diffusers' default 0.3); a GLIGEN model's card gives its own. `box_attention`:
+    the logit bias of `BoxAttention` (0: off)."""
 
     min_objects: int = 1
     max_objects: int = 4
@@ -55,6 +62,7 @@ class LayoutRecipe:
     margin: float = 0.1
     min_fill: float = 0.1
     scheduled_sampling_beta: float = 0.3
+    box_attention: float = 0.0
     seed: int = 0
     templates: list[str] = field(default_factory=lambda: ["a photograph of {}"])
 
@@ -67,8 +75,8 @@ class LayoutRecipe:
         for name in ("repeat_fraction", "pair_fraction", "max_overlap", "min_fill", "scheduled_sampling_beta"):
             if not 0 <= getattr(self, name) <= 1:
                 raise SynthsegError(f"{source}: layouts.{name} must lie in [0, 1]")
-        if self.max_aspect < 1 or self.margin < 0:
-            raise SynthsegError(f"{source}: layouts.max_aspect must be at least 1 and margin not negative")
+        if self.max_aspect < 1 or self.margin < 0 or self.box_attention < 0:
+            raise SynthsegError(f"{source}: layouts.max_aspect must be at least 1, and margin and box_attention not negative")
         if any(template_slots(t, source) != 1 for t in self.templates):
             raise SynthsegError(f"{source}: each layouts template has one slot for the objects, e.g. 'a photograph of {{}}'")
 
@@ -230,6 +238,77 @@ def check_takes_layouts(pipe) -> None:
                             "(StableDiffusionGLIGENPipeline, SD 1.x); diffusers has no GLIGEN for SDXL, SD3 or FLUX")
 
 
+def box_region(boxes, height: int, width: int) -> torch.Tensor:
+    """(height * width,) bool: the cells of a height x width grid that any of `boxes` (fractions) overlaps."""
+    ys, xs = torch.arange(height) / height, torch.arange(width) / width
+    region = torch.zeros(height, width, dtype=torch.bool)
+    for x0, y0, x1, y1 in boxes:
+        region |= ((ys < y1) & (ys + 1 / height > y0))[:, None] & ((xs < x1) & (xs + 1 / width > x0))[None, :]
+    return region.flatten()
+
+
+class BoxAttention(DenoiserHooks):
+    """Context manager: while GLIGEN's gated layers run, every cross-attention layer of a gated block adds
+    `strength` to the logits of a class's prompt tokens at the positions its boxes overlap, and subtracts it
+    elsewhere (DenseDiffusion's cross-attention modulation, Kim et al. 2023, as a constant bias). The base
+    UNet never learnt where a name goes, and the caption names every class of the image, so without it a
+    box may draw its neighbour's class. The unconditional half of a CFG batch is left as it is, and so is
+    every step after the gated layers switch off (the grounding module's capture step among them).
+
+    Args:
+        unet: a GLIGEN `UNet2DConditionModel` (gated transformer blocks).
+        layouts: one `Layout` per image of the batch.
+        spans: per image, per class of `layout.classes`, its token positions (`prompt_token_spans`).
+        strength: the bias, in logits.
+        classifier_free_guidance: the UNet batch is [unconditional; conditional].
+    """
+
+    def __init__(self, unet, layouts: list[Layout], spans: list[list[list[int]]], strength: float, *, classifier_free_guidance: bool):
+        super().__init__(unet, classifier_free_guidance)
+        self.layouts, self.spans, self.strength = layouts, spans, float(strength)
+        self._latent_hw: tuple[int, int] | None = None
+        self._bias: dict[tuple[int, int], torch.Tensor] = {}
+
+    def install(self) -> None:
+        self.hook(self.denoiser.register_forward_pre_hook(self._before_unet, with_kwargs=True))
+        for block in self.denoiser.modules():
+            if getattr(block, "fuser", None) is not None and getattr(block, "attn2", None) is not None:
+                block.attn2.set_processor(_BoxBiasProcessor(self, block.attn2.processor, block.fuser))
+
+    def _before_unet(self, module, args, kwargs):
+        sample = kwargs.get("sample", args[0] if args else None)
+        self._latent_hw = tuple(sample.shape[-2:])
+
+    def bias(self, positions: int, tokens: int) -> torch.Tensor:
+        """(B, positions, tokens) additive logits for a layer with `positions` queries (cached per size)."""
+        if (positions, tokens) not in self._bias:
+            height, width = attention_grid(self._latent_hw, positions)
+            rows = []
+            for layout, row in zip(self.layouts, self.spans):
+                bias = torch.zeros(positions, tokens)
+                for name, token_positions in zip(layout.classes, row):
+                    inside = box_region([b for p, b in zip(layout.phrases, layout.boxes) if p == name], height, width)
+                    bias[:, token_positions] = torch.where(inside, self.strength, -self.strength)[:, None]
+                rows.append(bias)
+            conditional = torch.stack(rows)
+            self._bias[positions, tokens] = torch.cat([torch.zeros_like(conditional), conditional]) if self.classifier_free_guidance else conditional
+        return self._bias[positions, tokens]
+
+
+class _BoxBiasProcessor:
+    """Runs the layer's own processor with `BoxAttention`'s bias as its (additive, float) attention mask
+    while the block's gated layer is on."""
+
+    def __init__(self, context: BoxAttention, base, fuser):
+        self.context, self.base, self.fuser = context, base, fuser
+
+    def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
+        if self.fuser.enabled and encoder_hidden_states is not None and attention_mask is None:
+            bias = self.context.bias(hidden_states.shape[1], encoder_hidden_states.shape[1])
+            attention_mask = bias.to(hidden_states.device, hidden_states.dtype)
+        return self.base(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+
+
 @dataclass
 class LayoutGeneration:
     """One layout's result: the image, `probs` (K, H, W) float32 per class of `layout.classes`, and one
@@ -244,20 +323,26 @@ class LayoutGeneration:
 
 def generate_layout(pipe, grounding, layout: Layout, *, guidance_scale: float, num_inference_steps: int,
                     capture_step: CaptureStep = CaptureStep(), margin: float = LayoutRecipe.margin,
-                    scheduled_sampling_beta: float = LayoutRecipe.scheduled_sampling_beta) -> LayoutGeneration:
+                    scheduled_sampling_beta: float = LayoutRecipe.scheduled_sampling_beta,
+                    box_attention: float = LayoutRecipe.box_attention) -> LayoutGeneration:
     """Generate `layout` with a GLIGEN pipeline (one layout per call, as GLIGEN takes it) and cut its
     instances from the grounding module's class masks (`instance_masks`). `scheduled_sampling_beta`: the
-    share of the steps GLIGEN's gated layers run in."""
+    share of the steps GLIGEN's gated layers run in; `box_attention`: `BoxAttention`'s bias in them (0: none)."""
     from .generate import capture_pass, predict_masks
+    from .text import prompt_token_spans
 
     check_takes_layouts(pipe)
     check_layout(layout, list(dict.fromkeys(layout.phrases)), MAX_GLIGEN_BOXES, f"layout {layout.index}")
     grounding.config.check_pipeline(pipe)
     boxes = dict(gligen_phrases=list(layout.phrases), gligen_boxes=[list(box) for box in layout.boxes],
                  gligen_scheduled_sampling_beta=scheduled_sampling_beta)
-    run = capture_pass(pipe, [layout.prompt], [layout.classes], [layout.seed], guidance_scale=guidance_scale,
-                       num_inference_steps=num_inference_steps, capture_step=capture_step, attention=grounding.config.needs_attention,
-                       blocks=grounding.config.feature_blocks or None, pipeline_kwargs=boxes)
+    with contextlib.ExitStack() as stack:
+        if box_attention:
+            spans = prompt_token_spans(pipe, [layout.prompt], [layout.classes])
+            stack.enter_context(BoxAttention(pipe.unet, [layout], spans, box_attention, classifier_free_guidance=guidance_scale > 1))
+        run = capture_pass(pipe, [layout.prompt], [layout.classes], [layout.seed], guidance_scale=guidance_scale,
+                           num_inference_steps=num_inference_steps, capture_step=capture_step, attention=grounding.config.needs_attention,
+                           blocks=grounding.config.feature_blocks or None, pipeline_kwargs=boxes)
     (probs,) = predict_masks(grounding, run.features, run.prompt_embeds, run.spans, run.images[0].size[::-1])
     masks = instance_masks(probs.numpy(), layout.classes, layout, margin)
     return LayoutGeneration(layout, run.images[0], probs, masks, [box_fill(m, box) for m, box in zip(masks, layout.boxes)])

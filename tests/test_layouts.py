@@ -6,6 +6,7 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
+import torch
 
 from synthseg import SynthsegError
 from synthseg.config import load_config
@@ -53,6 +54,7 @@ def test_prompts_name_each_class_once_with_its_count():
 
 def test_bad_recipe_values_are_refused_by_name(tmp_path):
     for bad, message in [(dict(min_objects=3, max_objects=2), "above max_objects"), (dict(max_overlap=1.5), "max_overlap"),
+                         (dict(box_attention=-1.0), "box_attention not negative"),
                          (dict(min_size=0.7, max_size=0.5), "min_size"), (dict(templates=["a {} and {}"]), "one slot")]:
         with pytest.raises(SynthsegError, match=message):
             load_config(LayoutRecipe, bad, "recipe.yaml")
@@ -117,8 +119,6 @@ def test_touching_objects_of_one_class_come_out_as_separate_instances():
 def test_a_gligen_pipeline_generates_a_layout_and_the_module_cuts_one_instance_per_phrase(tmp_path):
     """A tiny GLIGEN UNet built from configs (gated self-attention plus the position net), loaded through the
     one loader: the boxes reach the UNet, the capture is the text-only one, and every phrase gets a mask."""
-    import torch
-
     from synthseg import GroundingConfig, GroundingModule
     from synthseg.layouts import check_takes_layouts, generate_layout
     from synthseg.pipeline import load_pipeline
@@ -142,10 +142,36 @@ def test_a_gligen_pipeline_generates_a_layout_and_the_module_cuts_one_instance_p
     assert np.array_equal(np.asarray(again.image), np.asarray(first.image))  # seeded by the layout
     moved = generate_layout(pipe, module, replace(layout, boxes=[(.6, .6, 1, 1), (0, .5, .4, 1), (0, 0, .5, .4)]), **options)
     assert not np.array_equal(np.asarray(moved.image), np.asarray(first.image))  # the boxes steer the gated layers
+    processors = dict(pipe.unet.attn_processors)
+    steered = generate_layout(pipe, module, layout, **options, box_attention=5.0)
+    assert not np.array_equal(np.asarray(steered.image), np.asarray(first.image))  # the bias reaches the cross-attention
+    assert all(pipe.unet.attn_processors[k] is v for k, v in processors.items())  # and is gone after
+    unsteered = dict(options, scheduled_sampling_beta=0.0)  # gated layers off: box attention is off with them
+    assert np.array_equal(np.asarray(generate_layout(pipe, module, layout, **unsteered, box_attention=5.0).image),
+                          np.asarray(generate_layout(pipe, module, layout, **unsteered).image))
     with pytest.raises(SynthsegError, match="takes no layouts: box-grounded generation needs a GLIGEN pipeline"):
         generate_layout(tiny_pipeline(), module, layout, **options)
     with pytest.raises(SynthsegError, match="the model's position net takes at most 30"):
         generate_layout(pipe, module, replace(layout, phrases=["dog"] * 31, boxes=[(0, 0, .5, .5)] * 31), **options)
+
+
+def test_box_attention_biases_each_class_s_tokens_toward_its_boxes_in_the_conditional_half_only():
+    from synthseg.layouts import BoxAttention, box_region
+    from synthseg.tiny import tiny_pipeline
+
+    region = box_region([(0, 0, .5, .25), (.75, .75, 1, 1)], 4, 4).reshape(4, 4)
+    assert region.tolist() == [[True, True, False, False], [False] * 4, [False] * 4, [False, False, False, True]]
+    assert box_region([(.3, .3, .4, .4)], 2, 2).reshape(2, 2).tolist() == [[True, False], [False, False]]  # a small box keeps a cell
+
+    layout = Layout(0, "two dogs and a cat", ["dog", "dog", "cat"], [(0, 0, .5, .5), (.5, .5, 1, 1), (.5, 0, 1, .5)], 0)
+    context = BoxAttention(tiny_pipeline(gligen=True).unet, [layout], [[[1, 2], [4]]], 3, classifier_free_guidance=True)  # an int bias too
+    context._latent_hw = (8, 8)
+    bias = context.bias(16, 6)  # a 4x4 attention grid, 6 tokens
+    assert bias.shape == (2, 16, 6) and not bias[0].any()  # the unconditional half is left alone
+    dog, cat = bias[1, :, 1].reshape(4, 4), bias[1, :, 4].reshape(4, 4)
+    assert torch.equal(bias[1, :, 1], bias[1, :, 2]) and not bias[1, :, [0, 3, 5]].any()
+    assert (dog[:2, :2] == 3).all() and (dog[2:, 2:] == 3).all() and (dog[:2, 2:] == -3).all() and (dog[2:, :2] == -3).all()
+    assert (cat[:2, 2:] == 3).all() and (cat[2:] == -3).all() and (cat[:, :2] == -3).all()
 
 
 def _gligen_folder(directory):
@@ -166,7 +192,6 @@ def _gligen_folder(directory):
 def test_make_dataset_with_a_layouts_file_writes_one_coco_instance_per_box(tmp_path):
     """`make-dataset --layouts-file` on a GLIGEN folder: COCO instances are exactly the non-empty per-box masks
     that `generate_layout` gives for the same layout and seed, several of one class where the file asks."""
-    import torch
     from pycocotools.coco import COCO
     from typer.testing import CliRunner
 

@@ -28,8 +28,9 @@ from ..worldmodel import GLIGEN_WEIGHTS, LayoutModelRecipe, build_gligen_unet, i
 from .loop import claim_workdir, load_init_pipeline, staged_export, train_loop, warmup_cosine, write_training_record
 from .world_t2i import caption_states, captioned_latents, diffusion_loss
 
-# What the model card says about the layouts trained on: the limits a dataset's layouts start from.
-CARD_LAYOUT_LIMITS = ("min_objects", "max_objects", "min_size", "max_size", "max_aspect", "max_overlap", "templates", "scheduled_sampling_beta")
+# What the model card says about the layouts trained on and how to sample them: where a dataset's layouts section starts.
+CARD_LAYOUT_LIMITS = ("min_objects", "max_objects", "min_size", "max_size", "max_aspect", "max_overlap", "templates", "scheduled_sampling_beta",
+                     "box_attention")
 
 
 def load_layout_recipe(spec: str | Path) -> LayoutModelRecipe:
