@@ -77,16 +77,11 @@ def judge(found_instances: list[list], layouts) -> dict[str, np.ndarray]:
 
 def with_boxes(pipe, layouts, steps: int, guidance: float, beta: float, box_attention: float) -> list[Image.Image]:
     """Each layout generated as `make-dataset --layouts` generates it (one per call), without the capture."""
-    from contextlib import nullcontext
-
-    from synthseg.layouts import BoxAttention
-    from synthseg.text import prompt_token_spans
+    from synthseg.layouts import box_steering
 
     images = []
     for layout in layouts:
-        spans = prompt_token_spans(pipe, [layout.prompt], [layout.classes])
-        steer = BoxAttention(pipe.unet, [layout], spans, box_attention, classifier_free_guidance=guidance > 1) if box_attention else nullcontext()
-        with steer:
+        with box_steering(pipe, layout, box_attention, guidance):
             images += pipe(layout.prompt, gligen_phrases=layout.phrases, gligen_boxes=[list(b) for b in layout.boxes],
                            gligen_scheduled_sampling_beta=beta, num_inference_steps=steps, guidance_scale=guidance,
                            generator=torch.Generator().manual_seed(layout.seed)).images

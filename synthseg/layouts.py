@@ -11,7 +11,7 @@ and a box, and one instance mask per object from the grounding module's class ma
   grounding module's capture unchanged: GLIGEN's gated layers run only in the first steps (scheduled
   sampling), so the late capture step reads the base UNet as in text-only generation. diffusers has
   GLIGEN only for SD 1.x; SDXL, SD3 and FLUX pipelines take no boxes.
-- `BoxAttention`: optional, while the gated layers run: each class's tokens are pulled toward its boxes
+- `BoxAttention` (`box_steering` for one layout): optional, while the gated layers run: each class's tokens are pulled toward its boxes
   in the base UNet's cross-attention (DenseDiffusion's attention modulation), so that a box draws its
   own class and not its neighbour's.
 - `instance_masks`: each phrase's instance, its class mask restricted to a margin around its box; where
@@ -295,6 +295,18 @@ class BoxAttention(DenoiserHooks):
         return self._bias[positions, tokens]
 
 
+def box_steering(pipe, layout: Layout, strength: float, guidance_scale: float) -> contextlib.AbstractContextManager:
+    """The context one layout's GLIGEN call runs in: `BoxAttention` on `pipe`'s UNet with `strength` over the
+    layout's class tokens (the pipeline batches [unconditional; conditional] when guidance_scale > 1), or
+    nothing at strength 0."""
+    from .text import prompt_token_spans
+
+    if not strength:
+        return contextlib.nullcontext()
+    spans = prompt_token_spans(pipe, [layout.prompt], [layout.classes])
+    return BoxAttention(pipe.unet, [layout], spans, strength, classifier_free_guidance=guidance_scale > 1)
+
+
 class _BoxBiasProcessor:
     """Runs the layer's own processor with `BoxAttention`'s bias as its (additive, float) attention mask
     while the block's gated layer is on."""
@@ -329,17 +341,13 @@ def generate_layout(pipe, grounding, layout: Layout, *, guidance_scale: float, n
     instances from the grounding module's class masks (`instance_masks`). `scheduled_sampling_beta`: the
     share of the steps GLIGEN's gated layers run in; `box_attention`: `BoxAttention`'s bias in them (0: none)."""
     from .generate import capture_pass, predict_masks
-    from .text import prompt_token_spans
 
     check_takes_layouts(pipe)
     check_layout(layout, list(dict.fromkeys(layout.phrases)), MAX_GLIGEN_BOXES, f"layout {layout.index}")
     grounding.config.check_pipeline(pipe)
     boxes = dict(gligen_phrases=list(layout.phrases), gligen_boxes=[list(box) for box in layout.boxes],
                  gligen_scheduled_sampling_beta=scheduled_sampling_beta)
-    with contextlib.ExitStack() as stack:
-        if box_attention:
-            spans = prompt_token_spans(pipe, [layout.prompt], [layout.classes])
-            stack.enter_context(BoxAttention(pipe.unet, [layout], spans, box_attention, classifier_free_guidance=guidance_scale > 1))
+    with box_steering(pipe, layout, box_attention, guidance_scale):
         run = capture_pass(pipe, [layout.prompt], [layout.classes], [layout.seed], guidance_scale=guidance_scale,
                            num_inference_steps=num_inference_steps, capture_step=capture_step, attention=grounding.config.needs_attention,
                            blocks=grounding.config.feature_blocks or None, pipeline_kwargs=boxes)
