@@ -5,19 +5,21 @@ times on the same number of images, scored by mask AP (pycocotools) on 500 held-
 - (b) a text-only dataset: `make-dataset` (the world model; instances are connected components);
 - (c) rendered scenes with exact instances (even seeds): the oracle.
 
-(a) and (b) plan `--per-class` items per world class (no pairs); (c) renders as many scenes as they
-plan. Each annotator trains `--steps` steps of batch 8 from the same recipe
-(recipes/world-annotator.yaml with `train_data`). Everything resumes: rerun the same command to go on.
+(a) and (b) ask `--per-class` items per world class (no pairs), and (a) plans `--spare` more layouts
+to stand in for the images its quality filter drops, so that all three keep the same number; (c)
+renders as many scenes. Each annotator trains `--steps` steps of batch 8 from the same recipe
+(recipes/world-annotator.yaml with `train_data`). Everything resumes: rerun the same command to go on (an annotator whose data changed retrains).
 Targets: (a) >= 0.8 x (c), and (a) >= (b) + 10 AP points. Writes the "Protocol ii, instances (world)"
 section of benchmarks/RESULTS.md.
 
-    python benchmarks/bench_protocol_ii_instances.py [--layout-model world-layout] [--per-class 50] [--steps 1000]
+    python benchmarks/bench_protocol_ii_instances.py [--layout-model world-layout] [--per-class 50] [--spare 0.5] [--steps 1000]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -27,6 +29,7 @@ from results import write_section
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-class", type=int, default=50)
+    parser.add_argument("--spare", type=float, default=0.5, help="extra layouts planned for (a), as a fraction of those asked")
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--work", type=Path, default=Path("runs/pii-instances"))
     parser.add_argument("--layout-model", default="world-layout", help="the shipped world-layout, or an export folder (train-world-layout --out)")
@@ -35,7 +38,7 @@ def main() -> None:
     from dataclasses import replace
 
     from synthseg.annotators import MaskRCNNAnnotator
-    from synthseg.dataset import build_dataset, load_dataset_recipe
+    from synthseg.dataset import build_dataset, file_hash, load_dataset_recipe
     from synthseg.train.annotator import load_annotator_recipe, train_world_annotator, world_mask_ap
     from synthseg.world import WORLD_CLASSES, export_scenes, scene_seed
 
@@ -47,16 +50,19 @@ def main() -> None:
     for name in ("rendered", "text", "layouts"):  # the oracle first: it needs no generated data
         if name != "rendered":
             model = args.layout_model if name == "layouts" else "world"
-            recipe = load_dataset_recipe("world", model=model, grounding="world", per_class=args.per_class, per_pair=0, layouts=name == "layouts")
+            recipe = load_dataset_recipe("world", model=model, grounding="world", per_class=args.per_class, per_pair=0, layouts=name == "layouts",
+                                         spare=args.spare if name == "layouts" else 0.0)
             start = time.perf_counter()
             summary = build_dataset(recipe, work / name)
             datasets[name] = (work / name, summary["images"], time.perf_counter() - start)
         recipe = replace(load_annotator_recipe("world-annotator"), steps=args.steps, train_data=str(datasets[name][0].resolve()))
         out = work / f"annotator-{name}"
-        metrics_file = out / "metrics.json"
-        if not metrics_file.is_file() or json.loads(metrics_file.read_text()).get("steps") != args.steps:
+        metrics_file, data = out / "metrics.json", file_hash(datasets[name][0] / "annotations.json")
+        if not metrics_file.is_file() or {k: json.loads(metrics_file.read_text()).get(k) for k in ("steps", "data")} != dict(steps=args.steps, data=data):
+            if metrics_file.is_file():  # a finished training of other data or steps: start over, not from its checkpoint
+                shutil.rmtree(work / f"annotator-{name}-work", ignore_errors=True)
             train_world_annotator(recipe, work / f"annotator-{name}-work", out)
-            metrics = dict(world_mask_ap(MaskRCNNAnnotator.from_pretrained(out), 500), steps=args.steps)
+            metrics = dict(world_mask_ap(MaskRCNNAnnotator.from_pretrained(out), 500), steps=args.steps, data=data)
             metrics_file.write_text(json.dumps(metrics, indent=2) + "\n")
         rows[name] = json.loads(metrics_file.read_text())
 
@@ -67,8 +73,9 @@ def main() -> None:
                       for k, r in sorted(rows.items(), key=lambda kv: list(labels).index(kv[0])))
     body = f"""The world annotator's Mask R-CNN architecture (recipes/world-annotator.yaml), trained {args.steps} steps of
 batch 8 on each dataset's COCO instances, scored by pycocotools mask AP on the same 500 held-out rendered
-scenes. (a) and (b): `make-dataset` with {args.per_class} items planned per world class (no pairs); images the
-quality filters dropped are not replaced. (c) renders as many training scenes as (a) and (b) plan.
+scenes. (a) and (b): `make-dataset` with {args.per_class} items asked per world class (no pairs); (a) plans
+{args.spare:.0%} spare layouts (`--spare {args.spare}`), which stand in, in plan order, for the images its quality
+filter drops. (c) renders as many training scenes as (a) and (b) ask.
 
 | training data | images | mask AP | AP50 | AP75 |
 |---|---|---|---|---|

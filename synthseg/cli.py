@@ -438,6 +438,8 @@ def make_dataset(
     grounding: Annotated[Optional[str], typer.Option(help=f"Grounding module: 'world' or a folder; {FROM_RECIPE}.")] = None,
     per_class: Annotated[Optional[int], typer.Option(help=f"Images per class; {FROM_RECIPE}.")] = None,
     per_pair: Annotated[Optional[int], typer.Option(help=f"Images per co-occurring pair; {FROM_RECIPE}.")] = None,
+    spare: Annotated[Optional[float], typer.Option(help="Extra items planned, as a fraction of those asked, to stand in for images the "
+                                                        f"filters drop; the asked number that pass are kept; {FROM_RECIPE}.")] = None,
     templates: Annotated[Optional[list[str]], typer.Option("--template", help=f"Prompt template, '{{}}' per class; repeat for more; {FROM_RECIPE}.")] = None,
     seed: Annotated[Optional[int], typer.Option(help=f"Seed of the whole dataset; {FROM_RECIPE}.")] = None,
     num_inference_steps: Annotated[Optional[int], typer.Option(help="Denoising steps; default: the recipe's, else the model's.")] = None,
@@ -453,7 +455,7 @@ def make_dataset(
     from .dataset import build_dataset, load_dataset_recipe, plan_summary
 
     config = load_dataset_recipe(classes, recipe, model=model, grounding=grounding, per_class=per_class, per_pair=per_pair,
-                                 templates=templates, seed=seed, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
+                                 spare=spare, templates=templates, seed=seed, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                                  layouts=layouts, layouts_file=str(layouts_file.resolve()) if layouts_file else None)
     if dry_run:
         print(plan_summary(config, device))

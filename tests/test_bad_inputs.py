@@ -32,6 +32,8 @@ def one_error(result, code: int = 1) -> str:
     (["--num-shards", "-1"], "--num-shards must be at least 1, got -1"),
     (["--num-shards", "2", "--shard-index", "2"], "--shard-index 2 is outside 0..1"),
     (["--num-inference-steps", "0"], "num_inference_steps must be at least 1, got 0"),
+    (["--spare", "-0.5"], "spare must be 0 or more, got -0.5"),
+    (["--spare", "0.5", "--layouts-file", "layouts.jsonl"], "spare plans extra items, which a layouts_file does not have"),
     (["--classes", "dog,circle"], "model 'world' cannot draw 'dog': it knows only circle, square"),
     (["--classes", "world,notaclass"], "unknown class 'notaclass'"),
     (["--classes", "voc,dgo", "--model", "sd"], "unknown class 'dgo'; did you mean 'dog'"),
@@ -152,6 +154,8 @@ def test_dry_runs_print_the_plan_without_loading_a_model(monkeypatch):
     assert result.exit_code == 0, result.output
     assert "102 images: 36 one-class and 66 two-class prompts" in result.output  # 12 world classes x 3, and each of their 66 pairs once
     assert "per class (12): circle 3, square 3" in result.output and "disk: about 2.1 MB" in result.output
+    result = runner.invoke(app, ["make-dataset", "--dry-run", "--per-class", "3", "--per-pair", "1", "--spare", "0.5"])
+    assert "192 images: 60 one-class and 132 two-class prompts" in result.output  # 5 per class and 2 per pair stand for 3 and 1
     result = runner.invoke(app, ["make-triplets", "--dry-run", "--count", "100"])
     assert result.exit_code == 0 and result.output.startswith("100 triplets:") and "disk: about 9.4 MB (94.2 KB per item; features storage)" in result.output
 

@@ -10,7 +10,7 @@ from pycocotools.cocoeval import COCOeval
 
 from synthseg import SynthsegError
 from synthseg.config import load_config
-from synthseg.dataset import DatasetRecipe, instances, label_map, make_dataset, plan
+from synthseg.dataset import DatasetRecipe, finalize, instances, label_map, make_dataset, plan
 
 PROVENANCE = dict(model="tiny", model_hash=None, grounding_hash="0", versions={})
 
@@ -102,6 +102,36 @@ def test_dataset_is_valid_deterministic_resumable_and_shardable(pipe, grounding,
     loaded = load_dataset("imagefolder", data_dir=str(tmp_path / "a"), split="train")
     assert len(loaded) == 7 and {"image", "mask"} <= set(loaded.column_names)
     assert np.array(loaded[0]["mask"]).shape == (32, 32)
+
+
+@pytest.mark.slow
+def test_spare_items_stand_in_for_dropped_ones(pipe, grounding, tmp_path):
+    r = recipe(spare=0.5)  # 2 per class -> 3 planned, 1 per pair -> 2
+    items = plan(r)
+    assert [len(i.classes) for i in items] == [1] * 9 + [2] * 2 and [i.classes[0] for i in items[:9:3]] == ["dog", "cat", "cow"]
+    summary = make_dataset(pipe, grounding, r, tmp_path, PROVENANCE)
+    assert (summary["planned"], summary["images"], summary["unused"], summary["short"], summary["dropped"]) == (11, 7, 4, 0, {})
+
+    def kept():
+        return [json.loads(line)["file_name"][7:13] for line in (tmp_path / "metadata.jsonl").read_text().splitlines()]
+
+    assert kept() == ["000000", "000001", "000003", "000004", "000006", "000007", "000009"]
+
+    def drop(*indices):
+        for index in indices:
+            path = tmp_path / "records" / f"{index:06d}.json"
+            path.write_text(json.dumps(dict(json.loads(path.read_text()), dropped="dropped in the test")))
+
+    drop(0, 9)  # a dog image and the pair's image: their spares take their places
+    summary = finalize(tmp_path, r)
+    assert kept() == ["000001", "000002", "000003", "000004", "000006", "000007", "000010"]
+    assert (summary["images"], summary["unused"], summary["short"]) == (7, 2, 0)
+    drop(3, 4)  # two of cat's three: one short
+    summary = finalize(tmp_path, r)
+    assert (summary["images"], summary["unused"], summary["short"]) == (6, 1, 1) and "000005" in kept()
+    assert "short of the asked number: 1" in (tmp_path / "README.md").read_text()
+    with pytest.raises(SynthsegError, match="spare must be 0 or more"):
+        recipe(spare=-0.5)
 
 
 def test_bad_inputs():
