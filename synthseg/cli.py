@@ -462,6 +462,9 @@ def make_dataset(
         return
     summary = build_dataset(config, out, device=device, num_shards=num_shards, shard_index=shard_index)
     _stderr.print(f"{out}: " + (f"{summary['images']} images, {summary['instances']} instances" if summary else "shard done; other shards pending"))
+    if summary and summary["short"]:
+        _stderr.print(f"warning: {summary['short']} short of the images asked: the filters dropped more than the spares (--spare {config.spare:g}) "
+                      "could replace; the card counts the drops by reason")
 
 
 @_command

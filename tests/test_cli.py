@@ -98,13 +98,16 @@ def test_make_dataset_and_show(pipe_dir, grounding, tmp_path, monkeypatch):
     result = runner.invoke(app, [*args, "--dry-run"])
     assert result.exit_code == 0 and "time: unknown (no images rate recorded for this model on cpu" in result.output, result.output
     result = runner.invoke(app, args)
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 0 and "short of the images asked" not in result.output, result.output
     assert (tmp_path / "ds" / "annotations.json").is_file() and (tmp_path / "ds" / "README.md").is_file()
     (rate,) = json.loads((tmp_path / "cache" / "throughput.json").read_text()).values()  # the run measured its rate
     assert rate["items"] == 5 and rate["steps"] == 2 and rate["seconds_per_item"] > 0
     result = runner.invoke(app, [*args, "--dry-run", "--num-inference-steps", "4"])
     assert f"time: about {5 * 2 * rate['seconds_per_item']:.0f} s ({2 * rate['seconds_per_item']:.3g} s per item on cpu" in result.output
     assert "scaled from 2 steps" in result.output
+    (tmp_path / "strict.yaml").write_text("classes: dog,cat\nband: 0.999\n")  # no pixel is that sure: every image is dropped
+    result = runner.invoke(app, [*args[:-1], str(tmp_path / "strict"), "--recipe", str(tmp_path / "strict.yaml"), "--spare", "0.5"])
+    assert result.exit_code == 0 and "warning: 5 short of the images asked" in result.output and "(--spare 0.5)" in result.output, result.output
     result = runner.invoke(app, ["show", str(tmp_path / "ds")])
     assert result.exit_code == 0, result.output
     sheet = np.asarray(Image.open(tmp_path / "ds" / "contact_sheet.png"))
