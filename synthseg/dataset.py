@@ -180,7 +180,11 @@ def plan_summary(recipe: DatasetRecipe, device: str = "auto") -> str:
     """What `make_dataset` would write, and in what time on `device`, without loading a model."""
     items = plan(recipe)
     took = time_line("images", recipe.model, resolve_device(device), recipe.guidance_scale, recipe.num_inference_steps, len(items))
-    return plan_text("images", items, dataset_item_bytes(recipe.model), " at most, before PNG compression", took)
+    text = plan_text("images", items, dataset_item_bytes(recipe.model), " at most, before PNG compression", took)
+    if not recipe.spare:
+        return text
+    asked = sum(n for _, n in {recipe.quota(item) for item in items})
+    return f"{text}\nspares: {len(items)} planned for {asked} asked (spare {recipe.spare:g}); the first that pass the filters are kept"
 
 
 def label_map(probs: np.ndarray, class_ids: list[int], band: float) -> np.ndarray:

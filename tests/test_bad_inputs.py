@@ -156,6 +156,7 @@ def test_dry_runs_print_the_plan_without_loading_a_model(monkeypatch):
     assert "per class (12): circle 3, square 3" in result.output and "disk: about 2.1 MB" in result.output
     result = runner.invoke(app, ["make-dataset", "--dry-run", "--per-class", "3", "--per-pair", "1", "--spare", "0.5"])
     assert "192 images: 60 one-class and 132 two-class prompts" in result.output  # 5 per class and 2 per pair stand for 3 and 1
+    assert "spares: 192 planned for 102 asked (spare 0.5)" in result.output
     result = runner.invoke(app, ["make-triplets", "--dry-run", "--count", "100"])
     assert result.exit_code == 0 and result.output.startswith("100 triplets:") and "disk: about 9.4 MB (94.2 KB per item; features storage)" in result.output
 
