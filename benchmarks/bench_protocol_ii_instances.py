@@ -58,13 +58,14 @@ def main() -> None:
         recipe = replace(load_annotator_recipe("world-annotator"), steps=args.steps, train_data=str(datasets[name][0].resolve()))
         out = work / f"annotator-{name}"
         metrics_file, data = out / "metrics.json", file_hash(datasets[name][0] / "annotations.json")
-        if not metrics_file.is_file() or {k: json.loads(metrics_file.read_text()).get(k) for k in ("steps", "data")} != dict(steps=args.steps, data=data):
-            if metrics_file.is_file():  # a finished training of other data or steps: start over, not from its checkpoint
+        metrics = json.loads(metrics_file.read_text()) if metrics_file.is_file() else None
+        if metrics is None or (metrics.get("steps"), metrics.get("data")) != (args.steps, data):
+            if metrics is not None:  # a finished training of other data or steps: start over, not from its checkpoint
                 shutil.rmtree(work / f"annotator-{name}-work", ignore_errors=True)
             train_world_annotator(recipe, work / f"annotator-{name}-work", out)
             metrics = dict(world_mask_ap(MaskRCNNAnnotator.from_pretrained(out), 500), steps=args.steps, data=data)
             metrics_file.write_text(json.dumps(metrics, indent=2) + "\n")
-        rows[name] = json.loads(metrics_file.read_text())
+        rows[name] = metrics
 
     a, b, c = (100 * rows[k]["mask_ap"] for k in ("layouts", "text", "rendered"))
     labels = {"layouts": f"(a) layout dataset (`{args.layout_model}`, one instance per box)", "text": "(b) text-only dataset (`world`, connected components)",

@@ -137,6 +137,10 @@ class DatasetRecipe:
             return (), self.layout_count
         return tuple(item.classes), self.per_class if len(item.classes) == 1 else self.per_pair
 
+    def asked(self, items: list[Prompt] | list[Layout]) -> dict[tuple[str, ...], int]:
+        """The images asked of each group of the plan `items` that has a limit (`quota`)."""
+        return {group: n for group, n in map(self.quota, items) if n is not None}
+
 
 def load_dataset_recipe(classes: str = "world", recipe: str | Path | None = None, **overrides) -> DatasetRecipe:
     """The recipe of a job: `recipe` (a packaged name or a path), else the packaged recipe of a named
@@ -183,7 +187,7 @@ def plan_summary(recipe: DatasetRecipe, device: str = "auto") -> str:
     text = plan_text("images", items, dataset_item_bytes(recipe.model), " at most, before PNG compression", took)
     if not recipe.spare:
         return text
-    asked = sum(n for _, n in {recipe.quota(item) for item in items})
+    asked = sum(recipe.asked(items).values())
     return f"{text}\nspares: {len(items)} planned for {asked} asked (spare {recipe.spare:g}); the first that pass the filters are kept"
 
 
@@ -303,8 +307,7 @@ def finalize(directory: str | Path, recipe: DatasetRecipe) -> dict:
         metadata.append({k: v for k, v in record.items() if k not in ("dropped", "width", "height")})
     write_json_atomic(directory / "annotations.json", coco_document(images, annotations, recipe.class_names, "synthseg synthetic dataset"))
     write_atomic(directory / "metadata.jsonl", jsonl_text(metadata))
-    asked = {recipe.quota(item) for item in items}
-    short = sum(max(0, n - kept[group]) for group, n in asked if n is not None)
+    short = sum(max(0, n - kept[group]) for group, n in recipe.asked(items).items())
     summary = dict(images=len(images), instances=len(annotations), planned=len(items), dropped=dropped, short=short,
                    unused=sum(kept.values()) - len(images))
     write_atomic(directory / "README.md", _card(recipe, summary, metadata[0] if metadata else {}))
