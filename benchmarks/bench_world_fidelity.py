@@ -7,7 +7,7 @@ this machine, and commits a contact sheet of samples with their prompts. The sam
 as held-out world scenes are the reference: how often the annotator finds them in the world itself.
 Writes the "world fidelity" section of benchmarks/RESULTS.md and benchmarks/world_samples.png.
 
-    python benchmarks/bench_world_fidelity.py [--count 200] [--steps 50] [--guidance 2.0]
+    python benchmarks/bench_world_fidelity.py [--count 200] [--model world] [--steps N] [--guidance G] (default: the model card's)
 """
 
 from __future__ import annotations
@@ -59,8 +59,8 @@ def contact_sheet(images: list[Image.Image], prompts: list[str], columns: int = 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--count", type=int, default=200)
-    parser.add_argument("--steps", type=int, default=50)
-    parser.add_argument("--guidance", type=float, default=2.0)
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: the model card's)")
+    parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model card's)")
     parser.add_argument("--batch", type=int, default=25)
     parser.add_argument("--model", default="world", help="a world model: 'world', 'world-dit' or an export folder")
     parser.add_argument("--targets", type=float, nargs=2, default=[80, 60], metavar=("ONE", "TWO"),
@@ -70,8 +70,12 @@ def main() -> None:
     from synthseg.annotators import load_annotator
     from synthseg.pipeline import load_pipeline
     from synthseg.prompts import caption
+    from synthseg.registry import model_card
     from synthseg.world import WORLD_CLASSES, render_scene, scene_seed
 
+    card = model_card(args.model)
+    args.steps = args.steps or card.num_inference_steps
+    args.guidance = args.guidance or card.guidance_scale
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
     annotator = load_annotator("world")
