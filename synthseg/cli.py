@@ -314,7 +314,8 @@ def train_grounding(
 
 @_command
 def train_captioner(
-    dataset: Annotated[Path, typer.Option(help="Training data: a synthseg dataset (make-dataset), or a COCO or VOC-layout folder.")],
+    dataset: Annotated[list[Path], typer.Option(help="Training data: a synthseg dataset (make-dataset), or a COCO or VOC-layout folder; "
+                                                     "repeat it to train on several (one class list).")],
     model: Annotated[str, typer.Option(help="Pipeline whose VAE and text encoder the captioner is for: 'world', a hub id or a folder.")] = "world",
     recipe: Annotated[str, typer.Option(help="Captioner recipe: a packaged name or a YAML file.")] = "captioner-world",
     workdir: Annotated[Path, typer.Option(help="Checkpoints; rerunning the command resumes from here.")] = Path("runs/captioner"),
@@ -325,11 +326,11 @@ def train_captioner(
 ) -> None:
     """Train ODISE's implicit captioner: image (VAE latent) -> the text embedding of the classes it holds."""
     from .pipeline import load_pipeline
-    from .readers import open_data
+    from .readers import open_training_data
     from .train.captioner import load_captioner_recipe, train_captioner as train
 
     config = load_captioner_recipe(recipe, steps=train_steps)
-    data = open_data("auto", dataset)
+    data = open_training_data(dataset)
     train(load_pipeline(model, device=_device(device)), data, config, workdir, out, stop_at)
     _stderr.print(f"saved {out}")
 
@@ -494,7 +495,8 @@ def show(
 
 @_command
 def train_segmenter(
-    dataset: Annotated[Path, typer.Option(help="Training data: a synthseg dataset, or a COCO or VOC-layout folder.")] = Path("out/dataset"),
+    dataset: Annotated[list[Path], typer.Option(help="Training data: a synthseg dataset, or a COCO or VOC-layout folder; "
+                                                     "repeat it to train on several (one class list).")] = [Path("out/dataset")],
     recipe: Annotated[str, typer.Option(help="Segmenter recipe: a packaged name or a YAML file.")] = "segmenter-tiny",
     out: Annotated[Path, typer.Option(help="Where the trained segmenter (save_pretrained) goes.")] = Path("runs/segmenter"),
     workdir: Annotated[Optional[Path], typer.Option(help="Checkpoints; rerunning the command resumes from here. Default: OUT-work beside OUT.")] = None,
@@ -510,14 +512,14 @@ def train_segmenter(
     stop_at: StopAt = None,
 ) -> None:
     """Train MaskFormer or Mask2Former on a labelled dataset (Protocol ii); several GPUs with `accelerate launch`."""
-    from .readers import open_data
+    from .readers import open_training_data
     from .segmenter import load_segmenter_recipe
     from .train.segmenter import train_segmenter as train
 
     _device(device)
     config = load_segmenter_recipe(recipe, arch=arch, backbone=backbone, pretrained_backbone=pretrained_backbone,
                                    backbone_weights=backbone_weights, steps=train_steps, batch_size=batch_size)
-    data = open_data("auto", dataset)
+    data = open_training_data(dataset)
     _stderr.print(f"saved {train(config, data, out, workdir or out.with_name(out.name + '-work'), stop_at, device)}")
 
 

@@ -242,6 +242,26 @@ def open_data(kind: str, path: str | Path | None = None, split: str = "val", cou
     return readers[kind]()
 
 
+def concat_data(parts: list[SegmentationData]) -> SegmentationData:
+    """Several datasets of one class list as one, in order (for training on more than one folder)."""
+    if not parts:
+        raise SynthsegError("no training data given")
+    if len(parts) == 1:
+        return parts[0]
+    for part in parts[1:]:
+        if part.class_names != parts[0].class_names:
+            raise SynthsegError(f"{part.name} has classes {', '.join(part.class_names)}; {parts[0].name} has "
+                                f"{', '.join(parts[0].class_names)}: datasets trained on together need one class list")
+    index = [(part, i) for part in parts for i in range(len(part))]
+    return SegmentationData("+".join(part.name for part in parts), parts[0].class_names, [part.ids[i] for part, i in index],
+                            lambda k: index[k][0][index[k][1]])
+
+
+def open_training_data(paths: list[Path]) -> SegmentationData:
+    """The `--dataset` folders of a training command (each a synthseg, COCO or VOC-layout dataset), as one."""
+    return concat_data([open_data("auto", path) for path in paths])
+
+
 def open_dataset(spec: str, data_root: str | Path | None = None, image_set: str = "val", count: int = 500) -> SegmentationData:
     """A `--dataset` value: "voc2012" (at `data_root`), "world" (`count` held-out scenes), or a path,
     whose layout is detected."""

@@ -15,7 +15,7 @@ from synthseg.classes import VOC_CLASSES, get_split
 from synthseg.cli import app
 from synthseg.config import load_config
 from synthseg.metrics import ConfusionMatrix
-from synthseg.readers import open_data, read_coco, read_voc2012
+from synthseg.readers import open_data, open_training_data, read_coco, read_voc2012
 from synthseg.segmenter import Segmenter, SegmenterRecipe, build_segmenter, image_processor
 from synthseg.tiny import write_voc_photos
 
@@ -149,6 +149,27 @@ def test_train_segmenter_cli_on_a_coco_folder_then_benchmark_world(tmp_path):
     assert report["split"] == "world" and report["unseen"] == ["heart", "ring", "arrow", "hourglass"] and report["background"] is False
     missing = runner.invoke(app, ["train-segmenter", "--dataset", str(tmp_path / "nowhere"), "--out", str(tmp_path / "m2")])
     assert missing.exit_code == 1 and "no such file or folder" in missing.output
+
+
+def test_training_data_from_several_folders(tmp_path):
+    """Repeated --dataset: the folders' items in order, under one class list; another class list is refused."""
+    from synthseg.world import export_scenes, render_scene
+
+    export_scenes(tmp_path / "a", [1, 3])
+    export_scenes(tmp_path / "b", [5])
+    data = open_training_data([tmp_path / "a", tmp_path / "b"])
+    assert len(data) == 3 and data.name.count("+") == 1
+    for i, seed in enumerate((1, 3, 5)):
+        assert np.array_equal(data[i][1], render_scene(seed).semantic())
+    coco = json.loads((tmp_path / "b" / "annotations.json").read_text())
+    coco["categories"][0]["name"] = "disc"
+    (tmp_path / "b" / "annotations.json").write_text(json.dumps(coco))
+    with pytest.raises(SynthsegError, match="one class list"):
+        open_training_data([tmp_path / "a", tmp_path / "b"])
+    result = CliRunner().invoke(app, ["train-segmenter", "--dataset", str(tmp_path / "a"), "--dataset", str(tmp_path / "b"),
+                                      "--out", str(tmp_path / "model")])
+    assert result.exit_code == 1 and result.output.count("error:") == 1 and "one class list" in result.output
+    assert not (tmp_path / "model").exists()
 
 
 def test_benchmark_scores_a_grounding_module_with_the_same_matrix(tmp_path):
