@@ -1,0 +1,56 @@
+"""Ad hoc: world-dit fidelity against its sampling settings (guidance, steps, schedule shift).
+
+Same prompts, seeds and annotator as bench_world_fidelity.py; prints one row per setting and writes nothing.
+
+    cd benchmarks && python adhoc/dit_sampling_sweep.py --settings 2:25:1 4:25:1 [--count 200] [--stream 0]
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench_world_fidelity import found_classes, sample  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--settings", nargs="+", required=True, help="GUIDANCE:STEPS:SHIFT")
+    parser.add_argument("--count", type=int, default=200)
+    parser.add_argument("--model", default="world-dit")
+    parser.add_argument("--stream", type=int, default=0, help="0: the bench's prompts and seeds; k: another draw of both")
+    args = parser.parse_args()
+
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from synthseg.annotators import load_annotator
+    from synthseg.pipeline import load_pipeline
+    from synthseg.prompts import caption
+    from synthseg.world import WORLD_CLASSES
+
+    pipe = load_pipeline(args.model)
+    pipe.set_progress_bar_config(disable=True)
+    base = dict(pipe.scheduler.config)
+    annotator = load_annotator("world")
+    rng = np.random.default_rng(args.stream)
+    singles = [[WORLD_CLASSES[i % len(WORLD_CLASSES)]] for i in range(args.count)]
+    pairs = [list(rng.choice(WORLD_CLASSES, size=2, replace=False)) for _ in range(args.count)]
+    groups = singles + pairs
+    prompts = [caption(g) for g in groups]
+    seeds = [args.stream * 100_000 + i for i in range(len(prompts))]
+    print("| guidance | steps | shift | one class | two classes |\n|---|---|---|---|---|", flush=True)
+    for setting in args.settings:
+        guidance, steps, shift = setting.split(":")
+        pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config({**base, "shift": float(shift)})
+        images = sample(pipe, prompts, seeds, int(steps), float(guidance), 25)
+        found = found_classes(annotator, images, groups, 25)
+        print(f"| {guidance} | {steps} | {shift} | {100 * found[: args.count].mean():.1f}% | "
+              f"{100 * found[args.count :].mean():.1f}% |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,19 @@
+"""Ad hoc: segmenters of the label-band trial scored on held-out scenes 500-999, not Protocol ii's test scenes 0-499.
+
+Run from the repository root after label_band.sh, label_band_12k.sh and bench_protocol_ii.py --recipe segmenter-world:
+    python benchmarks/adhoc/label_band_validation.py runs/band-trial/seg0.0 runs/band-trial/seg0.5 ...
+"""
+
+import sys
+
+from synthseg.benchmark import benchmark
+from synthseg.classes import get_split
+from synthseg.readers import SegmentationData, read_world
+from synthseg.segmenter import Segmenter
+
+world = read_world(1000)
+validation = SegmentationData("world:held-out:500-999", world.class_names, world.ids[500:], lambda i: world[500 + i])
+print("| segmenter | seen | unseen | harmonic |\n|---|---|---|---|")
+for folder in sys.argv[1:]:
+    result = benchmark(Segmenter.from_pretrained(folder), validation, get_split("world"), model_name=folder)
+    print(f"| {folder} | {100 * result.seen_miou:.1f} | {100 * result.unseen_miou:.1f} | {100 * result.harmonic_miou:.1f} |", flush=True)
