@@ -148,7 +148,8 @@ def load_dataset_recipe(classes: str = "world", recipe: str | Path | None = None
     A bundled model given without a grounding module brings its own ("world-dit" -> world-dit's). With
     `layouts` (or a `layouts_file`, or a recipe with a `layouts` section), the bundled "world" from the
     recipe becomes its GLIGEN ("world-layout"; given as `model`, it is refused), and the recipe's `layouts` section applies over
-    the layout limits of the model's card (a world-layout export's: what it was trained on)."""
+    the layout limits of the model's card (a world-layout export's: what it was trained on). A section that names no
+    `seed` draws the layout stream of the dataset's seed, so another `--seed` gives other layouts and images."""
     from .config import apply_overrides, load_config, read_recipe
 
     if recipe is None and classes in recipe_names("dataset"):
@@ -161,7 +162,10 @@ def load_dataset_recipe(classes: str = "world", recipe: str | Path | None = None
                 raise SynthsegError(f"model {model!r} takes no layouts: its GLIGEN is {LAYOUT_MODELS[model]!r}, which --layouts uses "
                                     "when no --model is given")
             model = overrides["model"] = LAYOUT_MODELS[model]
-        overrides["layouts"] = {**model_card(model).layouts, **(data.pop("layouts", None) or {})}
+        section = {**model_card(model).layouts, **(data.pop("layouts", None) or {})}
+        seed = overrides.get("seed")
+        section.setdefault("seed", data.get("seed", DatasetRecipe.seed) if seed is None else seed)
+        overrides["layouts"] = section
     if overrides.get("model") in BUNDLES:
         overrides["grounding"] = grounding_for(overrides["model"], overrides.get("grounding"))
     return load_config(DatasetRecipe, apply_overrides(data, overrides, source), source)

@@ -49,7 +49,8 @@ class LayoutRecipe:
     may reach; an instance covering less than `min_fill` of its box drops the image.
     `scheduled_sampling_beta`: the share of the sampling steps GLIGEN's gated layers run in (GLIGEN's
     scheduled sampling; diffusers' default 0.3); a GLIGEN model's card gives its own. `box_attention`:
-    the logit bias of `BoxAttention` (0: off)."""
+    the logit bias of `BoxAttention` (0: off). `seed`: the layout stream (layouts and their images' seeds);
+    a dataset recipe's section that names none takes the dataset's seed."""
 
     min_objects: int = 1
     max_objects: int = 4

@@ -26,6 +26,16 @@ def test_sampling_is_deterministic_and_a_layout_does_not_depend_on_the_count():
     assert sample_layouts(replace(recipe, seed=4), CLASSES, PAIRS, 40) != first
 
 
+def test_a_dataset_s_seed_draws_its_layouts_unless_its_section_names_one(tmp_path):
+    from synthseg.dataset import load_dataset_recipe, plan
+
+    zero, one = (load_dataset_recipe("world", layouts=True, per_class=2, seed=seed) for seed in (0, 1))
+    assert (zero.layouts.seed, one.layouts.seed) == (0, 1)
+    assert [(lay.phrases, lay.boxes, lay.seed) for lay in plan(zero)] != [(lay.phrases, lay.boxes, lay.seed) for lay in plan(one)]
+    (tmp_path / "named.yaml").write_text("classes: world\nper_class: 2\nlayouts: {seed: 5}\n")
+    assert load_dataset_recipe(recipe=tmp_path / "named.yaml", seed=1).layouts.seed == 5
+
+
 def test_sampled_layouts_keep_the_recipe_s_limits():
     recipe = LayoutRecipe(min_objects=1, max_objects=4, repeat_fraction=0.5, max_overlap=0.2, min_size=0.2, max_size=0.6, max_aspect=2.0)
     layouts = sample_layouts(recipe, CLASSES, PAIRS, 300)
