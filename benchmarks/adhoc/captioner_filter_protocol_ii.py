@@ -1,0 +1,51 @@
+"""Ad hoc: Protocol ii (a) with and without a captioner filter on its synthetic dataset (segmenter-world, 4,000 steps).
+
+Run from the repository root after bench_protocol_ii.py: python benchmarks/adhoc/captioner_filter_protocol_ii.py WORK KEEP_RANK [--no-filter]
+An image is kept when the shipped world captioner ranks its prompt's caption (of 1-2 classes) within the top
+KEEP_RANK + 1 of all such captions. Prints harmonic mIoU on Protocol ii's test scenes (0-499) and on scenes 500-999.
+"""
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from synthseg.benchmark import benchmark
+from synthseg.captioner import ImplicitCaptioner, candidate_class_lists, caption_embeddings
+from synthseg.classes import get_split
+from synthseg.pipeline import load_pipeline
+from synthseg.readers import SegmentationData, read_synthseg, read_world
+from synthseg.segment import encode_images, pixel_tensor
+from synthseg.segmenter import Segmenter, load_segmenter_recipe
+from synthseg.train.segmenter import train_segmenter
+from synthseg.world import WORLD_CLASSES
+
+work, keep_rank, filtered = Path(sys.argv[1]), int(sys.argv[2]), "--no-filter" not in sys.argv
+source = Path("runs/protocol-ii/synthetic")
+data = read_synthseg(source)
+prompted = [json.loads(line)["classes"] for line in (source / "metadata.jsonl").read_text().splitlines()]
+keep = list(range(len(data)))
+if filtered:
+    pipe, captioner = load_pipeline("world"), ImplicitCaptioner.from_pretrained("world").eval()
+    captions = candidate_class_lists(list(WORLD_CLASSES), 2)
+    embeddings = caption_embeddings(pipe, captions, captioner.config.template)
+    keep = []
+    for i in range(len(data)):
+        with torch.no_grad():
+            scores = (captioner(encode_images(pipe, pixel_tensor(np.asarray(data[i][0])))) @ embeddings.T)[0]
+        own = scores[captions.index(sorted(prompted[i], key=WORLD_CLASSES.index))]
+        if int((scores > own).sum()) <= keep_rank:
+            keep.append(i)
+subset = SegmentationData(f"{data.name}:kept{len(keep)}", data.class_names, [data.ids[i] for i in keep], lambda k: data[keep[k]])
+print(f"{'filtered' if filtered else 'all'}: {len(keep)} of {len(data)} images", flush=True)
+recipe = replace(load_segmenter_recipe("segmenter-world", steps=4000), seed=0)
+model = train_segmenter(recipe, subset, work / "segmenter", work / "segmenter-work")
+world, split = read_world(1000), get_split("world")
+for name, scenes in (("test 0-499", read_world(500)),
+                     ("scenes 500-999", SegmentationData("world:500-999", world.class_names, world.ids[500:], lambda i: world[500 + i]))):
+    r = benchmark(Segmenter.from_pretrained(model), scenes, split, model_name=name)
+    label = "filtered" if filtered else "all"
+    print(f"| {label} | {len(keep)} | {name} | {100 * r.seen_miou:.1f} | {100 * r.unseen_miou:.1f} | {100 * r.harmonic_miou:.1f} |", flush=True)
