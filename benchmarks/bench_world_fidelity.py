@@ -35,6 +35,16 @@ def sample(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: flo
     return images
 
 
+def prompt_groups(count: int, stream: int = 0) -> list[list[str]]:
+    """The bench's class lists: `count` one-class lists (the world's classes in turn), then `count` random
+    pairs drawn from `stream` (0: the bench's own)."""
+    from synthseg.world import WORLD_CLASSES
+
+    rng = np.random.default_rng(stream)
+    singles = [[WORLD_CLASSES[i % len(WORLD_CLASSES)]] for i in range(count)]
+    return singles + [list(rng.choice(WORLD_CLASSES, size=2, replace=False)) for _ in range(count)]
+
+
 def found_classes(annotator, images, groups: list[list[str]], batch: int) -> np.ndarray:
     """(N,) bool: the annotator finds every class of `groups[i]` in `images[i]`."""
     found = []
@@ -74,15 +84,13 @@ def main() -> None:
     from synthseg.world import WORLD_CLASSES, render_scene, scene_seed
 
     card = model_card(args.model)
-    args.steps = args.steps or card.num_inference_steps
-    args.guidance = args.guidance or card.guidance_scale
+    args.steps = card.num_inference_steps if args.steps is None else args.steps
+    args.guidance = card.guidance_scale if args.guidance is None else args.guidance
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
     annotator = load_annotator("world")
-    rng = np.random.default_rng(0)
-    singles = [[WORLD_CLASSES[i % len(WORLD_CLASSES)]] for i in range(args.count)]
-    pairs = [list(rng.choice(WORLD_CLASSES, size=2, replace=False)) for _ in range(args.count)]
-    groups = singles + pairs
+    groups = prompt_groups(args.count)
+    singles = groups[: args.count]
     prompts = [caption(g) for g in groups]
     seeds = list(range(len(prompts)))
     start = time.perf_counter()

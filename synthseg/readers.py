@@ -200,18 +200,20 @@ def read_coco_instances(path: str | Path) -> InstanceData:
     return InstanceData(f"coco-json:{json_path}", names, [str(i) for i in image_ids], load)
 
 
-def read_world(count: int = 500, size: int = 64, held_out: bool = True) -> SegmentationData:
-    """`count` rendered scenes of the miniature world with exact masks: held out (odd seeds, never
-    trained on by the world's models) or training scenes (even seeds)."""
+def read_world(count: int = 500, size: int = 64, held_out: bool = True, first: int = 0) -> SegmentationData:
+    """`count` rendered scenes of the miniature world with exact masks, scenes `first` to `first + count - 1`
+    of one side: held out (odd seeds, never trained on by the world's models) or training scenes (even seeds).
+    The benches test on held-out scenes 0-499, so `first=500` gives scenes that no bench reads."""
     from .world import WORLD_CLASSES, render_scene, scene_seed
 
-    seeds = [scene_seed(i, held_out) for i in range(count)]
+    seeds = [scene_seed(i, held_out) for i in range(first, first + count)]
 
     def load(index: int):
         scene = render_scene(seeds[index], size=size)
         return Image.fromarray(scene.image), scene.semantic()
 
-    return SegmentationData(f"world:{'held-out' if held_out else 'train'}:{count}", WORLD_CLASSES, [f"scene-{s}" for s in seeds], load)
+    span = f"{count}" if not first else f"{first}-{first + count - 1}"
+    return SegmentationData(f"world:{'held-out' if held_out else 'train'}:{span}", WORLD_CLASSES, [f"scene-{s}" for s in seeds], load)
 
 
 def detect_layout(path: str | Path) -> str:

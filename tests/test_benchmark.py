@@ -151,6 +151,15 @@ def test_train_segmenter_cli_on_a_coco_folder_then_benchmark_world(tmp_path):
     assert missing.exit_code == 1 and "no such file or folder" in missing.output
 
 
+def test_world_scenes_from_a_later_first_scene():
+    """read_world(first=k): held-out scenes k and on, the same scenes as the first reading's tail."""
+    from synthseg.readers import read_world
+
+    tail, whole = read_world(2, first=3), read_world(5)
+    assert tail.ids == whole.ids[3:] and tail.name == "world:held-out:3-4"
+    assert np.array_equal(tail[1][1], whole[4][1])
+
+
 def test_training_data_from_several_folders(tmp_path):
     """Repeated --dataset: the folders' items in order, under one class list; another class list is refused."""
     from synthseg.world import export_scenes, render_scene

@@ -8,25 +8,22 @@ Same prompts and seeds as the bench's two-class half (seeds 200 and on), 25 step
 import sys
 import time
 
-import numpy as np
 import torch
 from diffusers import StableDiffusionAttendAndExcitePipeline
 
 sys.path.insert(0, "benchmarks")
-from bench_world_fidelity import found_classes  # noqa: E402
+from bench_world_fidelity import found_classes, prompt_groups  # noqa: E402
 
 from synthseg.annotators import load_annotator  # noqa: E402
 from synthseg.pipeline import load_pipeline  # noqa: E402
 from synthseg.prompts import caption  # noqa: E402
-from synthseg.world import WORLD_CLASSES  # noqa: E402
 
 count, iterations, scale = int(sys.argv[1]), int(sys.argv[2]), float(sys.argv[3])
 pipe = load_pipeline("world")
 excite = StableDiffusionAttendAndExcitePipeline(**{k: v for k, v in pipe.components.items() if k != "image_encoder"},
                                                 requires_safety_checker=False)
 excite.set_progress_bar_config(disable=True)
-rng = np.random.default_rng(0)
-pairs = [list(rng.choice(WORLD_CLASSES, size=2, replace=False)) for _ in range(200)][:count]
+pairs = prompt_groups(200)[200 : 200 + count]  # the bench's two-class half, whose seeds are 200 and on
 images, start = [], time.perf_counter()
 for i, names in enumerate(pairs):
     prompt = caption(names)

@@ -15,7 +15,7 @@ from synthseg.captioner import ImplicitCaptioner
 from synthseg.classes import get_split
 from synthseg.grounding import GroundingModule
 from synthseg.pipeline import load_pipeline
-from synthseg.readers import SegmentationData, open_training_data, read_world
+from synthseg.readers import open_training_data, read_world
 from synthseg.segment import GroundingSegmenter
 from synthseg.train.captioner import load_captioner_recipe, train_captioner
 
@@ -23,13 +23,12 @@ work, folders = Path(sys.argv[1]), sys.argv[2:]
 data = open_training_data([Path(f) for f in folders])
 pipe = load_pipeline("world")
 trained = train_captioner(pipe, data, load_captioner_recipe("captioner-world"), work, work / "captioner")
-world = read_world(700)
-scenes = SegmentationData("world:held-out:500-699", world.class_names, world.ids[500:], lambda i: world[500 + i])
+scenes = read_world(200, first=500)
 module, split = GroundingModule.from_pretrained("world"), get_split("world")
 print(f"captioner trained on {len(data)} images of {', '.join(folders)}")
 print("| captioner | captions of up to | seen | unseen | harmonic |\n|---|---|---|---|---|")
 for name, captioner in (("shipped", ImplicitCaptioner.from_pretrained("world")), ("trained here", trained)):
     for most in (1, 2, 3):
-        segmenter = GroundingSegmenter(pipe, module, list(world.class_names), captioner=captioner, max_classes=most)
+        segmenter = GroundingSegmenter(pipe, module, list(scenes.class_names), captioner=captioner, max_classes=most)
         r = benchmark(segmenter, scenes, split, model_name=f"{name} {most}")
         print(f"| {name} | {most} | {100 * r.seen_miou:.1f} | {100 * r.unseen_miou:.1f} | {100 * r.harmonic_miou:.1f} |", flush=True)

@@ -19,7 +19,7 @@ from PIL import Image
 
 sys.path.insert(0, "benchmarks")
 from bench_layouts import box_hits  # noqa: E402
-from bench_world_fidelity import found_classes, sample  # noqa: E402
+from bench_world_fidelity import found_classes, prompt_groups, sample  # noqa: E402
 
 from synthseg.annotators import load_annotator  # noqa: E402
 from synthseg.captioner import ImplicitCaptioner, candidate_class_lists, caption_embeddings  # noqa: E402
@@ -30,10 +30,10 @@ from synthseg.segment import encode_images, pixel_tensor  # noqa: E402
 from synthseg.world import WORLD_CLASSES  # noqa: E402
 
 
-def ranks(pipe, captioner, pixels: np.ndarray, captions: list[list[str]], wanted: list[int]) -> np.ndarray:
-    """Rank of caption `wanted[i]` among `captions` for image i (0: the nearest)."""
+def ranks(pipe, captioner, pixels: np.ndarray, embeddings: torch.Tensor, wanted: list[int]) -> np.ndarray:
+    """Rank of caption `wanted[i]` among the captions of `embeddings` (`caption_embeddings`) for image i (0: the nearest)."""
     with torch.no_grad():
-        scores = captioner(encode_images(pipe, pixel_tensor(pixels))) @ caption_embeddings(pipe, captions, captioner.config.template).T
+        scores = captioner(encode_images(pipe, pixel_tensor(pixels))) @ embeddings.T
     own = scores[torch.arange(len(wanted)), torch.tensor(wanted)]
     return (scores > own[:, None]).sum(1).numpy()
 
@@ -49,12 +49,12 @@ def report(name: str, hit: np.ndarray, rank: np.ndarray) -> None:
 def prompts(model: str) -> None:
     pipe, captioner = load_pipeline(model), ImplicitCaptioner.from_pretrained("world").eval()
     pipe.set_progress_bar_config(disable=True)
-    rng = np.random.default_rng(0)
-    groups = [[WORLD_CLASSES[i % 12]] for i in range(200)] + [list(rng.choice(WORLD_CLASSES, size=2, replace=False)) for _ in range(200)]
+    groups = prompt_groups(200)
     images = sample(pipe, [caption(g) for g in groups], list(range(400)), 25, 2.0, 25)
     found = found_classes(load_annotator("world"), images, groups, 25)
     captions = candidate_class_lists(list(WORLD_CLASSES), 2)
-    rank = ranks(pipe, captioner, np.stack([np.asarray(i) for i in images]), captions,
+    embeddings = caption_embeddings(pipe, captions, captioner.config.template)
+    rank = ranks(pipe, captioner, np.stack([np.asarray(i) for i in images]), embeddings,
                  [captions.index(sorted(g, key=WORLD_CLASSES.index)) for g in groups])
     report("one class", found[:200], rank[:200])
     report("two classes", found[200:], rank[200:])
@@ -63,7 +63,7 @@ def prompts(model: str) -> None:
 def boxes() -> None:
     folder = Path("runs/pii-instances/layouts")
     pipe, captioner, annotator = load_pipeline("world"), ImplicitCaptioner.from_pretrained("world").eval(), load_annotator("world")
-    captions = candidate_class_lists(list(WORLD_CLASSES), 1)
+    embeddings = caption_embeddings(pipe, candidate_class_lists(list(WORLD_CLASSES), 1), captioner.config.template)
     rows = {"blanked": ([], []), "cropped": ([], [])}
     for item in plan(read_recipe(folder)):
         path = folder / f"records/{item.index:06d}.json"
@@ -87,7 +87,7 @@ def boxes() -> None:
         wanted = [WORLD_CLASSES.index(p) for p in item.phrases]
         for name, views in (("blanked", blanked), ("cropped", cropped)):
             rows[name][0].extend(hits)
-            rows[name][1].extend(ranks(pipe, captioner, np.stack(views), captions, wanted))
+            rows[name][1].extend(ranks(pipe, captioner, np.stack(views), embeddings, wanted))
     for name, (hit, rank) in rows.items():
         report(f"boxes, {name}", np.array(hit, dtype=bool), np.array(rank))
 

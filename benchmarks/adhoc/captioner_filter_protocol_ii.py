@@ -11,17 +11,18 @@ from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import torch
 
-from synthseg.benchmark import benchmark
-from synthseg.captioner import ImplicitCaptioner, candidate_class_lists, caption_embeddings
-from synthseg.classes import get_split
-from synthseg.pipeline import load_pipeline
-from synthseg.readers import SegmentationData, read_synthseg, read_world
-from synthseg.segment import encode_images, pixel_tensor
-from synthseg.segmenter import Segmenter, load_segmenter_recipe
-from synthseg.train.segmenter import train_segmenter
-from synthseg.world import WORLD_CLASSES
+sys.path.insert(0, "benchmarks/adhoc")
+from captioner_filter import ranks  # noqa: E402
+
+from synthseg.benchmark import benchmark  # noqa: E402
+from synthseg.captioner import ImplicitCaptioner, candidate_class_lists, caption_embeddings  # noqa: E402
+from synthseg.classes import get_split  # noqa: E402
+from synthseg.pipeline import load_pipeline  # noqa: E402
+from synthseg.readers import SegmentationData, read_synthseg, read_world  # noqa: E402
+from synthseg.segmenter import Segmenter, load_segmenter_recipe  # noqa: E402
+from synthseg.train.segmenter import train_segmenter  # noqa: E402
+from synthseg.world import WORLD_CLASSES  # noqa: E402
 
 work, keep_rank, filtered = Path(sys.argv[1]), int(sys.argv[2]), "--no-filter" not in sys.argv
 source = Path("runs/protocol-ii/synthetic")
@@ -32,20 +33,15 @@ if filtered:
     pipe, captioner = load_pipeline("world"), ImplicitCaptioner.from_pretrained("world").eval()
     captions = candidate_class_lists(list(WORLD_CLASSES), 2)
     embeddings = caption_embeddings(pipe, captions, captioner.config.template)
-    keep = []
-    for i in range(len(data)):
-        with torch.no_grad():
-            scores = (captioner(encode_images(pipe, pixel_tensor(np.asarray(data[i][0])))) @ embeddings.T)[0]
-        own = scores[captions.index(sorted(prompted[i], key=WORLD_CLASSES.index))]
-        if int((scores > own).sum()) <= keep_rank:
-            keep.append(i)
+    rank = ranks(pipe, captioner, np.stack([np.asarray(data[i][0]) for i in range(len(data))]), embeddings,
+                 [captions.index(sorted(names, key=WORLD_CLASSES.index)) for names in prompted])
+    keep = [i for i in range(len(data)) if rank[i] <= keep_rank]
 subset = SegmentationData(f"{data.name}:kept{len(keep)}", data.class_names, [data.ids[i] for i in keep], lambda k: data[keep[k]])
 print(f"{'filtered' if filtered else 'all'}: {len(keep)} of {len(data)} images", flush=True)
 recipe = replace(load_segmenter_recipe("segmenter-world", steps=4000), seed=0)
 model = train_segmenter(recipe, subset, work / "segmenter", work / "segmenter-work")
-world, split = read_world(1000), get_split("world")
-for name, scenes in (("test 0-499", read_world(500)),
-                     ("scenes 500-999", SegmentationData("world:500-999", world.class_names, world.ids[500:], lambda i: world[500 + i]))):
+split = get_split("world")
+for name, scenes in (("test 0-499", read_world(500)), ("scenes 500-999", read_world(500, first=500))):
     r = benchmark(Segmenter.from_pretrained(model), scenes, split, model_name=name)
     label = "filtered" if filtered else "all"
     print(f"| {label} | {len(keep)} | {name} | {100 * r.seen_miou:.1f} | {100 * r.unseen_miou:.1f} | {100 * r.harmonic_miou:.1f} |", flush=True)

@@ -11,10 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_world_fidelity import found_classes, sample  # noqa: E402
+from bench_world_fidelity import found_classes, prompt_groups, sample  # noqa: E402
 
 
 def main() -> None:
@@ -30,16 +28,12 @@ def main() -> None:
     from synthseg.annotators import load_annotator
     from synthseg.pipeline import load_pipeline
     from synthseg.prompts import caption
-    from synthseg.world import WORLD_CLASSES
 
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
     base = dict(pipe.scheduler.config)
     annotator = load_annotator("world")
-    rng = np.random.default_rng(args.stream)
-    singles = [[WORLD_CLASSES[i % len(WORLD_CLASSES)]] for i in range(args.count)]
-    pairs = [list(rng.choice(WORLD_CLASSES, size=2, replace=False)) for _ in range(args.count)]
-    groups = singles + pairs
+    groups = prompt_groups(args.count, args.stream)
     prompts = [caption(g) for g in groups]
     seeds = [args.stream * 100_000 + i for i in range(len(prompts))]
     print("| guidance | steps | shift | one class | two classes |\n|---|---|---|---|---|", flush=True)

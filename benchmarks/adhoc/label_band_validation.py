@@ -8,11 +8,10 @@ import sys
 
 from synthseg.benchmark import benchmark
 from synthseg.classes import get_split
-from synthseg.readers import SegmentationData, read_world
+from synthseg.readers import read_world
 from synthseg.segmenter import Segmenter
 
-world = read_world(1000)
-validation = SegmentationData("world:held-out:500-999", world.class_names, world.ids[500:], lambda i: world[500 + i])
+validation = read_world(500, first=500)
 print("| segmenter | seen | unseen | harmonic |\n|---|---|---|---|")
 for folder in sys.argv[1:]:
     result = benchmark(Segmenter.from_pretrained(folder), validation, get_split("world"), model_name=folder)
