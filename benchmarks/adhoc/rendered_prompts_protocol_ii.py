@@ -1,0 +1,40 @@
+"""Ad hoc: the oracle (b) trained on rendered scenes of Protocol ii's prompts (their 1-2 classes each) instead of
+scenes of 1-3 random classes: whether (a)'s gap to (b) is in what its images show (one or two objects, the classes'
+mix) or in how the world model draws them.
+
+Run from the repository root: python benchmarks/adhoc/rendered_prompts_protocol_ii.py WORK STEPS
+Scene i renders the classes of Protocol ii's synthetic image i (training-side seeds), with exact masks;
+segmenter-world at STEPS, seed 0. Compare with the oracle at the same steps (bench_oracle.py).
+"""
+
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+from PIL import Image
+
+from synthseg.benchmark import benchmark
+from synthseg.classes import get_split
+from synthseg.readers import SegmentationData, read_world
+from synthseg.segmenter import Segmenter, load_segmenter_recipe
+from synthseg.train.segmenter import train_segmenter
+from synthseg.world import WORLD_CLASSES, render_scene, scene_seed
+
+work, steps = Path(sys.argv[1]), int(sys.argv[2])
+source = Path("runs/protocol-ii/synthetic")
+prompted = [json.loads(line)["classes"] for line in (source / "metadata.jsonl").read_text().splitlines()]
+
+
+def load(index: int):
+    scene = render_scene(scene_seed(index, held_out=False), classes=prompted[index])
+    return Image.fromarray(scene.image), scene.semantic()
+
+
+data = SegmentationData("world:protocol-ii-prompts", tuple(WORLD_CLASSES), [str(i) for i in range(len(prompted))], load)
+recipe = replace(load_segmenter_recipe("segmenter-world", steps=steps), seed=0)
+model = train_segmenter(recipe, data, work / "segmenter", work / "segmenter-work")
+split = get_split("world")
+for name, scenes in (("test 0-499", read_world(500)), ("scenes 500-999", read_world(500, first=500))):
+    r = benchmark(Segmenter.from_pretrained(model), scenes, split, model_name=name)
+    print(f"| rendered prompts | {len(data)} | {name} | {100 * r.seen_miou:.1f} | {100 * r.unseen_miou:.1f} | {100 * r.harmonic_miou:.1f} |", flush=True)
