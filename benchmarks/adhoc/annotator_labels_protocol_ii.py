@@ -11,17 +11,15 @@ Run from the repository root: python benchmarks/adhoc/annotator_labels_protocol_
 
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
+sys.path.insert(0, "benchmarks/adhoc")
+from segmenter_trial import train_and_score  # noqa: E402
+
 from synthseg.annotators import load_annotator
-from synthseg.benchmark import benchmark
-from synthseg.classes import get_split
-from synthseg.readers import SegmentationData, read_synthseg, read_world
-from synthseg.segmenter import Segmenter, load_segmenter_recipe
-from synthseg.train.segmenter import train_segmenter
+from synthseg.readers import SegmentationData, read_synthseg
 
 work, steps = Path(sys.argv[1]), int(sys.argv[2])
 source = Path("runs/protocol-ii/synthetic")
@@ -45,9 +43,4 @@ valid = module_maps != 255
 print(f"pixels where the module's label (outside its ignore band) agrees with the annotator's: "
       f"{100 * (module_maps[valid] == maps[valid]).mean():.1f}%", flush=True)
 relabelled = SegmentationData(f"{data.name}:annotator", data.class_names, data.ids, lambda k: (data[k][0], maps[k]))
-recipe = replace(load_segmenter_recipe("segmenter-world", steps=steps), seed=0)
-model = train_segmenter(recipe, relabelled, work / "segmenter", work / "segmenter-work")
-split = get_split("world")
-for name, scenes in (("test 0-499", read_world(500)), ("scenes 500-999", read_world(500, first=500))):
-    r = benchmark(Segmenter.from_pretrained(model), scenes, split, model_name=name)
-    print(f"| annotator labels | {len(data)} | {name} | {100 * r.seen_miou:.1f} | {100 * r.unseen_miou:.1f} | {100 * r.harmonic_miou:.1f} |", flush=True)
+train_and_score("annotator labels", relabelled, work, steps)

@@ -7,21 +7,17 @@ KEEP_RANK + 1 of all such captions. Prints harmonic mIoU on Protocol ii's test s
 
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, "benchmarks/adhoc")
 from captioner_filter import ranks  # noqa: E402
+from segmenter_trial import train_and_score  # noqa: E402
 
-from synthseg.benchmark import benchmark  # noqa: E402
 from synthseg.captioner import ImplicitCaptioner, candidate_class_lists, caption_embeddings  # noqa: E402
-from synthseg.classes import get_split  # noqa: E402
 from synthseg.pipeline import load_pipeline  # noqa: E402
-from synthseg.readers import SegmentationData, read_synthseg, read_world  # noqa: E402
-from synthseg.segmenter import Segmenter, load_segmenter_recipe  # noqa: E402
-from synthseg.train.segmenter import train_segmenter  # noqa: E402
+from synthseg.readers import SegmentationData, read_synthseg  # noqa: E402
 from synthseg.world import WORLD_CLASSES  # noqa: E402
 
 work, keep_rank, filtered = Path(sys.argv[1]), int(sys.argv[2]), "--no-filter" not in sys.argv
@@ -38,10 +34,4 @@ if filtered:
     keep = [i for i in range(len(data)) if rank[i] <= keep_rank]
 subset = SegmentationData(f"{data.name}:kept{len(keep)}", data.class_names, [data.ids[i] for i in keep], lambda k: data[keep[k]])
 print(f"{'filtered' if filtered else 'all'}: {len(keep)} of {len(data)} images", flush=True)
-recipe = replace(load_segmenter_recipe("segmenter-world", steps=4000), seed=0)
-model = train_segmenter(recipe, subset, work / "segmenter", work / "segmenter-work")
-split = get_split("world")
-for name, scenes in (("test 0-499", read_world(500)), ("scenes 500-999", read_world(500, first=500))):
-    r = benchmark(Segmenter.from_pretrained(model), scenes, split, model_name=name)
-    label = "filtered" if filtered else "all"
-    print(f"| {label} | {len(keep)} | {name} | {100 * r.seen_miou:.1f} | {100 * r.unseen_miou:.1f} | {100 * r.harmonic_miou:.1f} |", flush=True)
+train_and_score("filtered" if filtered else "all", subset, work, 4000)

@@ -9,16 +9,14 @@ segmenter-world at STEPS, seed 0. Compare with the oracle at the same steps (ben
 
 import json
 import sys
-from dataclasses import replace
 from pathlib import Path
 
 from PIL import Image
 
-from synthseg.benchmark import benchmark
-from synthseg.classes import get_split
-from synthseg.readers import SegmentationData, read_world
-from synthseg.segmenter import Segmenter, load_segmenter_recipe
-from synthseg.train.segmenter import train_segmenter
+sys.path.insert(0, "benchmarks/adhoc")
+from segmenter_trial import train_and_score  # noqa: E402
+
+from synthseg.readers import SegmentationData
 from synthseg.world import WORLD_CLASSES, render_scene, scene_seed
 
 work, steps = Path(sys.argv[1]), int(sys.argv[2])
@@ -32,9 +30,4 @@ def load(index: int):
 
 
 data = SegmentationData("world:protocol-ii-prompts", tuple(WORLD_CLASSES), [str(i) for i in range(len(prompted))], load)
-recipe = replace(load_segmenter_recipe("segmenter-world", steps=steps), seed=0)
-model = train_segmenter(recipe, data, work / "segmenter", work / "segmenter-work")
-split = get_split("world")
-for name, scenes in (("test 0-499", read_world(500)), ("scenes 500-999", read_world(500, first=500))):
-    r = benchmark(Segmenter.from_pretrained(model), scenes, split, model_name=name)
-    print(f"| rendered prompts | {len(data)} | {name} | {100 * r.seen_miou:.1f} | {100 * r.unseen_miou:.1f} | {100 * r.harmonic_miou:.1f} |", flush=True)
+train_and_score("rendered prompts", data, work, steps)

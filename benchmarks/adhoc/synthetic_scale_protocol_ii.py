@@ -9,14 +9,12 @@ oracle's count, 50 per class.
 """
 
 import sys
-from dataclasses import replace
 from pathlib import Path
 
-from synthseg.benchmark import benchmark
-from synthseg.classes import get_split
+sys.path.insert(0, "benchmarks/adhoc")
+from segmenter_trial import train_and_score  # noqa: E402
+
 from synthseg.readers import SegmentationData, concat_data, read_synthseg, read_world
-from synthseg.segmenter import Segmenter, load_segmenter_recipe
-from synthseg.train.segmenter import train_segmenter
 
 
 def part(spec: str) -> SegmentationData:
@@ -32,10 +30,4 @@ def part(spec: str) -> SegmentationData:
 work, seed, steps = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
 data = concat_data([part(spec) for spec in sys.argv[4:]])
 print(f"{data.name}: {len(data)} images, seed {seed}, {steps} steps", flush=True)
-recipe = replace(load_segmenter_recipe("segmenter-world", steps=steps), seed=seed)
-model = train_segmenter(recipe, data, work / "segmenter", work / "segmenter-work")
-split = get_split("world")
-for name, scenes in (("test 0-499", read_world(500)), ("scenes 500-999", read_world(500, first=500))):
-    r = benchmark(Segmenter.from_pretrained(model), scenes, split, model_name=name)
-    print(f"| {len(data)} | {seed} | {steps} | {name} | {100 * r.seen_miou:.1f} | {100 * r.unseen_miou:.1f} | {100 * r.harmonic_miou:.1f} |",
-          flush=True)
+train_and_score(f"seed {seed}, {steps} steps", data, work, steps, seed)

@@ -1,0 +1,22 @@
+"""Shared by the Protocol ii ad hoc trials: train segmenter-world on some data, score it on two sets of held-out scenes."""
+
+from dataclasses import replace
+from pathlib import Path
+
+from synthseg.benchmark import benchmark
+from synthseg.classes import get_split
+from synthseg.readers import SegmentationData, read_world
+from synthseg.segmenter import Segmenter, load_segmenter_recipe
+from synthseg.train.segmenter import train_segmenter
+
+
+def train_and_score(label: str, data: SegmentationData, work: Path, steps: int | None = None, seed: int = 0) -> None:
+    """Train (resumable, in WORK/segmenter-work) and print one row per scene set: Protocol ii's test scenes (0-499) and
+    scenes 500-999, which no bench reads. `steps`: the recipe's unless given."""
+    overrides = {} if steps is None else {"steps": steps}
+    recipe = replace(load_segmenter_recipe("segmenter-world", **overrides), seed=seed)
+    model = train_segmenter(recipe, data, work / "segmenter", work / "segmenter-work")
+    split = get_split("world")
+    for name, scenes in (("test 0-499", read_world(500)), ("scenes 500-999", read_world(500, first=500))):
+        r = benchmark(Segmenter.from_pretrained(model), scenes, split, model_name=name)
+        print(f"| {label} | {len(data)} | {name} | {100 * r.seen_miou:.1f} | {100 * r.unseen_miou:.1f} | {100 * r.harmonic_miou:.1f} |", flush=True)
