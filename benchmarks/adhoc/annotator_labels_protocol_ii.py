@@ -9,22 +9,19 @@ overlap, the higher score wins. segmenter-world at STEPS, seed 0; compare with
 Run from the repository root: python benchmarks/adhoc/annotator_labels_protocol_ii.py WORK STEPS
 """
 
-import json
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, "benchmarks/adhoc")
-from segmenter_trial import train_and_score  # noqa: E402
+from segmenter_trial import SYNTHETIC, prompted_classes, train_and_score  # noqa: E402
 
 from synthseg.annotators import load_annotator
 from synthseg.readers import SegmentationData, read_synthseg
 
 work, steps = Path(sys.argv[1]), int(sys.argv[2])
-source = Path("runs/protocol-ii/synthetic")
-data = read_synthseg(source)
-prompted = [json.loads(line)["classes"] for line in (source / "metadata.jsonl").read_text().splitlines()]
+data, prompted = read_synthseg(SYNTHETIC), prompted_classes()
 cache = work / "annotator-labels.npy"
 if not cache.is_file():
     annotator = load_annotator("world")

@@ -7,21 +7,19 @@ Scene i renders the classes of Protocol ii's synthetic image i (training-side se
 segmenter-world at STEPS, seed 0. Compare with the oracle at the same steps (bench_oracle.py).
 """
 
-import json
 import sys
 from pathlib import Path
 
 from PIL import Image
 
 sys.path.insert(0, "benchmarks/adhoc")
-from segmenter_trial import train_and_score  # noqa: E402
+from segmenter_trial import prompted_classes, train_and_score  # noqa: E402
 
 from synthseg.readers import SegmentationData
 from synthseg.world import WORLD_CLASSES, render_scene, scene_seed
 
 work, steps = Path(sys.argv[1]), int(sys.argv[2])
-source = Path("runs/protocol-ii/synthetic")
-prompted = [json.loads(line)["classes"] for line in (source / "metadata.jsonl").read_text().splitlines()]
+prompted = prompted_classes()
 
 
 def load(index: int):

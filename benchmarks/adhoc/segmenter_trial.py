@@ -1,5 +1,7 @@
-"""Shared by the Protocol ii ad hoc trials: train segmenter-world on some data, score it on two sets of held-out scenes."""
+"""Shared by the Protocol ii ad hoc trials: Protocol ii's synthetic dataset and its prompts, subsets, and training
+segmenter-world on some data, scored on two sets of held-out scenes."""
 
+import json
 from dataclasses import replace
 from pathlib import Path
 
@@ -8,6 +10,18 @@ from synthseg.classes import get_split
 from synthseg.readers import SegmentationData, read_world
 from synthseg.segmenter import Segmenter, load_segmenter_recipe
 from synthseg.train.segmenter import train_segmenter
+
+SYNTHETIC = Path("runs/protocol-ii/synthetic")  # bench_protocol_ii.py's synthetic dataset
+
+
+def prompted_classes(folder: Path = SYNTHETIC) -> list[list[str]]:
+    """Per kept image of a make-dataset folder (as read_synthseg orders them), the classes its prompt named."""
+    return [json.loads(line)["classes"] for line in (folder / "metadata.jsonl").read_text().splitlines() if line.strip()]
+
+
+def subset(data: SegmentationData, indices: list[int], tag: str) -> SegmentationData:
+    """The items `indices` of `data`, in that order."""
+    return SegmentationData(f"{data.name}:{tag}", data.class_names, [data.ids[i] for i in indices], lambda k: data[indices[k]])
 
 
 def train_and_score(label: str, data: SegmentationData, work: Path, steps: int | None = None, seed: int = 0) -> None:

@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, "benchmarks/adhoc")
-from segmenter_trial import train_and_score  # noqa: E402
+from segmenter_trial import subset, train_and_score  # noqa: E402
 
 from synthseg.readers import SegmentationData, concat_data, read_synthseg, read_world
 
@@ -24,7 +24,7 @@ def part(spec: str) -> SegmentationData:
     data = read_synthseg(Path(folder))
     if not count:
         return data
-    return SegmentationData(f"{data.name}:first{count}", data.class_names, data.ids[: int(count)], data.load)
+    return subset(data, list(range(int(count))), f"first{count}")
 
 
 work, seed, steps = Path(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3])
