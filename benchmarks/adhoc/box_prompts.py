@@ -30,10 +30,13 @@ from synthseg.world import WORLD_CLASSES  # noqa: E402
 
 
 class BoxPrompts:
-    """Forward hook on the GLIGEN UNet: blends per-box (or per-class) conditional predictions into the batch's."""
+    """Forward hook on the GLIGEN UNet: blends per-box (or per-class) conditional predictions into the batch's.
+    `inside`: a per-box pass is running (the UNet hook and BoxAttention's bias leave it alone)."""
+
+    inside = False
 
     def __init__(self, pipe, layout, classifier_free_guidance: bool, mode: str):
-        self.pipe, self.layout, self.cfg, self.mode, self.inside = pipe, layout, classifier_free_guidance, mode, False
+        self.pipe, self.layout, self.cfg, self.mode = pipe, layout, classifier_free_guidance, mode
         self.groups = ([[j] for j in range(len(layout.phrases))] if mode in ("box", "boxall")
                        else [[j for j, p in enumerate(layout.phrases) if p == c] for c in layout.classes])
         full = describe(layout.phrases)
@@ -50,7 +53,7 @@ class BoxPrompts:
         self.handle.remove()
 
     def after(self, module, args, kwargs, output):
-        if self.inside or (self.mode != "boxall" and not self.gate.enabled):
+        if BoxPrompts.inside or (self.mode != "boxall" and not self.gate.enabled):
             return None
         sample, timestep = args[0], args[1]
         eps = (output[0] if isinstance(output, tuple) else output.sample).clone()
@@ -61,12 +64,12 @@ class BoxPrompts:
             masks[i, group] = 1
         own = {"boxes": gligen["boxes"][row:row + 1].expand(n, -1, -1),
                "positive_embeddings": gligen["positive_embeddings"][row:row + 1].expand(n, -1, -1), "masks": masks}
-        self.inside = True
+        BoxPrompts.inside = True
         try:
             region_eps = module(sample[row:row + 1].expand(n, -1, -1, -1), timestep, encoder_hidden_states=self.embeds,
                                 cross_attention_kwargs={"gligen": own}, return_dict=False)[0]
         finally:
-            self.inside = False
+            BoxPrompts.inside = False
         h, w = sample.shape[-2:]
         weights = torch.stack([box_region([self.layout.boxes[j] for j in g], h, w).float().reshape(h, w) for g in self.groups])
         weights = weights / weights.sum(0).clamp(min=1)
@@ -74,13 +77,15 @@ class BoxPrompts:
         return (eps,) if isinstance(output, tuple) else type(output)(sample=eps)
 
 
+box_bias = L._BoxBiasProcessor.__call__
+
+
 def biased(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
-    """BoxAttention's processor, skipping the per-box passes (their batch is not the pipeline's)."""
-    if self.fuser.enabled and encoder_hidden_states is not None and attention_mask is None:
-        bias = self.context.bias(hidden_states.shape[1], encoder_hidden_states.shape[1])
-        if bias.shape[0] == hidden_states.shape[0]:
-            attention_mask = bias.to(hidden_states.device, hidden_states.dtype)
-    return self.base(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+    """BoxAttention's processor, except in the per-box passes: their prompts name one class, and the bias is built
+    for the pipeline's [unconditional; conditional] batch."""
+    if BoxPrompts.inside:
+        return self.base(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+    return box_bias(self, attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
 
 
 L._BoxBiasProcessor.__call__ = biased
