@@ -195,7 +195,8 @@ class WorldDiTRecipe:
     (frozen), or, with `vae_from` null, of the recipe's own `vae`, trained first in the same workdir: an
     f=2 VAE gives 16x16 tokens of a 64 px scene where the UNet world's f=4 VAE gives 8x8. `init_from`: a
     stage's starting weights (world-dit-finetune); `teacher`: distil a trained UNet's flow instead of
-    regressing one noise draw's velocity (see `train.world_dit.teacher_velocity`)."""
+    regressing one noise draw's velocity (see `train.world_dit.teacher_velocity`), guided by `teacher_guidance`
+    as FLUX-dev's guidance distillation is, though into the conditional velocity itself: no guidance embedding."""
 
     seed: int = 0
     image_size: int = 64
@@ -208,6 +209,7 @@ class WorldDiTRecipe:
     vae: VAERecipe | None = None  # the recipe's own VAE, with vae_from null
     init_from: str | None = None  # a FLUX pipeline ("world-dit", a folder) whose transformer trains on, with a fresh optimizer
     teacher: str | None = None  # a UNet pipeline on vae_from's latents ("world") whose velocities are the targets
+    teacher_guidance: float = 1.0  # > 1: the targets of captioned rows are the teacher's guided velocities (guidance distillation)
     num_inference_steps: int = 25
     guidance_scale: float = 2.0  # true classifier-free guidance: conditional and unconditional passes
     transformer: DiTRecipe = field(default_factory=DiTRecipe)
@@ -217,6 +219,8 @@ class WorldDiTRecipe:
             raise SynthsegError(f"{source}: give either vae_from (a pipeline whose VAE to use) or vae (a VAE to train), not both")
         if self.teacher is not None and self.vae_from is None:
             raise SynthsegError(f"{source}: a teacher needs vae_from: it predicts the latents of its own VAE")
+        if self.teacher_guidance < 1 or (self.teacher_guidance != 1 and self.teacher is None):
+            raise SynthsegError(f"{source}: teacher_guidance is 1 or more, and above 1 only with a teacher")
         factor = 4 if self.vae is None else self.vae.factor
         if self.image_size % (2 * factor):
             raise SynthsegError(f"{source}: image_size must be a multiple of {2 * factor} (the f={factor} VAE, then 2x2 packing)")

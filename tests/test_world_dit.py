@@ -70,14 +70,37 @@ def test_teacher_velocity_of_an_exact_unet_is_the_flow_velocity():
         assert torch.allclose(velocity, noise - x0, atol=atol)
 
 
+def test_guided_teacher_velocity_extrapolates_from_the_empty_caption():
+    """With guidance w the target is v(null) + w (v(text) - v(null)), from one UNet call on both; a row
+    whose caption is the empty one keeps its unguided velocity."""
+    scheduler = DDPMScheduler(beta_schedule="squaredcos_cap_v2", prediction_type="v_prediction")
+    calls = []
+
+    def text_unet(x_t, t, encoder_hidden_states):  # a v that depends on the text states and on x_t
+        calls.append(len(x_t))
+        return SimpleNamespace(sample=0.5 * x_t + encoder_hidden_states.mean(dim=(1, 2))[:, None, None, None])
+
+    teacher = SimpleNamespace(scheduler=scheduler, unet=text_unet)
+    g = torch.Generator().manual_seed(0)
+    noisy, sigma = torch.randn(3, 4, 8, 8, generator=g), torch.tensor([0.2, 0.5, 0.9])
+    null, text = torch.zeros(1, 5, 6), torch.randn(3, 5, 6, generator=g)
+    text[2] = null[0]  # a dropped caption
+    unguided = teacher_velocity(teacher, noisy, sigma, text)
+    at_null = teacher_velocity(teacher, noisy, sigma, null.expand_as(text))
+    guided = teacher_velocity(teacher, noisy, sigma, text, guidance=3.0, null_text=null)
+    assert calls == [3, 3, 6]
+    assert torch.allclose(guided, at_null + 3.0 * (unguided - at_null), atol=1e-5)
+    assert torch.allclose(guided[2], unguided[2]) and not torch.allclose(guided[:2], unguided[:2], atol=1e-2)
+
+
 @pytest.mark.slow
 def test_world_dit_distils_the_unet_world(tmp_path, monkeypatch):
-    """With `teacher: world` training runs on the UNet world's velocities, its batches made by a worker
-    process as in-process; a teacher on other latents is refused."""
-    export = train_world_dit(tiny_recipe(teacher="world"), tmp_path / "work", tmp_path / "dit", max_steps=2)
+    """With `teacher: world` training runs on the UNet world's (guided) velocities, its batches made by a
+    worker process as in-process; a teacher on other latents is refused."""
+    export = train_world_dit(tiny_recipe(teacher="world", teacher_guidance=2.0), tmp_path / "work", tmp_path / "dit", max_steps=2)
     assert json.loads((export / "training.json").read_text())["transformer"]["steps"] == 2
     monkeypatch.setattr(loop.multiprocessing, "get_all_start_methods", lambda: ["spawn"])  # no fork: no worker
-    train_world_dit(tiny_recipe(teacher="world"), tmp_path / "inline", tmp_path / "inline-dit", max_steps=2)
+    train_world_dit(tiny_recipe(teacher="world", teacher_guidance=2.0), tmp_path / "inline", tmp_path / "inline-dit", max_steps=2)
     losses = [torch.load(tmp_path / run / "transformer.ckpt", weights_only=True)["losses"] for run in ("work", "inline")]
     assert np.allclose(losses[0], losses[1], rtol=1e-5, atol=0)  # the same batches (up to BLAS rounding by alignment)
     with pytest.raises(SynthsegError, match="teacher world-dit: not a v-prediction UNet pipeline"):
@@ -105,6 +128,8 @@ def test_world_dit_trains_its_own_f2_vae_first(tmp_path):
     (dict(vae_from=None), "give either vae_from"),
     (dict(vae=VAERecipe()), "give either vae_from"),
     (dict(vae_from=None, vae=VAERecipe(), teacher="world"), "a teacher needs vae_from"),
+    (dict(teacher_guidance=2.0), "above 1 only with a teacher"),
+    (dict(teacher="world", teacher_guidance=0.5), "teacher_guidance is 1 or more"),
     (dict(vae_from=None, vae=VAERecipe(block_out_channels=[16, 16, 16, 16]), image_size=40), "multiple of 16"),
 ])
 def test_world_dit_recipe_checks_its_latents(changes, message):

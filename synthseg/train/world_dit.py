@@ -72,9 +72,12 @@ def load_teacher(recipe: WorldDiTRecipe, vae) -> DiffusionPipeline:
 
 
 @torch.no_grad()
-def teacher_velocity(teacher: DiffusionPipeline, noisy: torch.Tensor, sigma: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+def teacher_velocity(teacher: DiffusionPipeline, noisy: torch.Tensor, sigma: torch.Tensor, text: torch.Tensor,
+                     guidance: float = 1.0, null_text: torch.Tensor | None = None) -> torch.Tensor:
     """The velocity e - x_0 that `teacher`'s DDPM-trained v-prediction UNet predicts at flow
-    samples `noisy` (B, C, h, w) of sigmas (B,), for its text states (B, L, D).
+    samples `noisy` (B, C, h, w) of sigmas (B,), for its text states (B, L, D); with `guidance` above 1,
+    classifier-free guided against the empty caption's states `null_text` (1, L, D) (a row whose caption
+    is the empty one gets its unguided velocity).
 
     The flow's x_s = (1 - s) x_0 + s e, divided by ((1 - s)^2 + s^2)^0.5, is the UNet's a x_0 + b e at
     the timestep whose b / a is nearest s / (1 - s). The result is the UNet's estimate of the expected
@@ -87,7 +90,12 @@ def teacher_velocity(teacher: DiffusionPipeline, noisy: torch.Tensor, sigma: tor
     a, b = (v[:, None, None, None] for v in (alphas[timesteps].sqrt(), (1 - alphas[timesteps]).sqrt()))
     scale = ((1 - sigma) ** 2 + sigma**2).rsqrt()[:, None, None, None]
     x_t = noisy * scale
-    v = teacher.unet(x_t, timesteps, encoder_hidden_states=text).sample
+    if guidance == 1:
+        v = teacher.unet(x_t, timesteps, encoder_hidden_states=text).sample
+    else:  # guided in v, which the velocity is linear in: the same as guiding the velocities
+        states = torch.cat([null_text.expand_as(text), text])
+        v_null, v_text = teacher.unet(torch.cat([x_t, x_t]), timesteps.repeat(2), encoder_hidden_states=states).sample.chunk(2)
+        v = v_null + guidance * (v_text - v_null)
     return (b - a) * x_t + (a + b) * v  # e - x_0, with e = b x_t + a v and x_0 = a x_t - b v
 
 
@@ -107,14 +115,14 @@ class FlowBatch:
 
 def flow_matching_batch(latents: torch.Tensor, text: torch.Tensor, pooled: torch.Tensor, generator: torch.Generator,
                         recipe: WorldDiTRecipe, teacher: DiffusionPipeline | None = None,
-                        teacher_text: torch.Tensor | None = None) -> FlowBatch:
+                        teacher_text: torch.Tensor | None = None, teacher_null: torch.Tensor | None = None) -> FlowBatch:
     """Latents (B, C, h, w) noised at logit-normal sigmas, with the target e - x_0 or `teacher`'s velocity
-    (read with `teacher_text`)."""
+    (read with `teacher_text`, guided by the recipe's `teacher_guidance` against `teacher_null`)."""
     batch = len(latents)
     noise = torch.randn(latents.shape, generator=generator)
     sigma = torch.sigmoid(recipe.transformer.logit_mean + recipe.transformer.logit_std * torch.randn(batch, generator=generator))
     noisy = (1 - sigma[:, None, None, None]) * latents + sigma[:, None, None, None] * noise
-    target = noise - latents if teacher is None else teacher_velocity(teacher, noisy, sigma, teacher_text)
+    target = noise - latents if teacher is None else teacher_velocity(teacher, noisy, sigma, teacher_text, recipe.teacher_guidance, teacher_null)
     return FlowBatch(pack_latents(noisy), sigma, pack_latents(target), tuple(latents.shape[2:]), text, pooled)
 
 
@@ -156,6 +164,7 @@ def train_world_dit(recipe: WorldDiTRecipe, workdir: Path, output: Path, max_ste
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=t.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(t.warmup_steps, t.steps))
     cache: dict[str, tuple[torch.Tensor, ...]] = {}
+    teacher_null = None if teacher is None else caption_states(teacher.tokenizer, teacher.text_encoder, [""]).detach()
 
     def encode(captions: list[str]):
         embeds, pooled, _ = pipe.encode_prompt(captions, prompt_2=None, device="cpu", max_sequence_length=recipe.max_tokens)
@@ -170,7 +179,7 @@ def train_world_dit(recipe: WorldDiTRecipe, workdir: Path, output: Path, max_ste
         text = torch.stack([cache[c][0] for c in captions])
         pooled = torch.stack([cache[c][1] for c in captions])
         teacher_text = torch.stack([cache[c][2] for c in captions]) if teacher is not None else None
-        return flow_matching_batch(latents, text, pooled, g, recipe, teacher, teacher_text)
+        return flow_matching_batch(latents, text, pooled, g, recipe, teacher, teacher_text, teacher_null)
 
     losses = train_loop("transformer", lambda step, batch: flow_matching_loss(pipe, batch), model=transformer, optimizer=optimizer,
                         checkpoint=Path(workdir) / "transformer.ckpt", steps=t.steps, checkpoint_every=recipe.checkpoint_every,
