@@ -138,14 +138,16 @@ def test_world_dit_recipe_checks_its_latents(changes, message):
 
 
 def test_the_shipped_stages_chain_with_new_batches_and_add_up_to_the_export():
-    """world-dit-finetune..5 (stages 2 to 6) each train on from the stage before's default export, on batches
-    of their own seed, and their steps after stage 1 sum to the shipped training.json's count."""
+    """world-dit-finetune..6 (stages 2 to 7) each train on from the stage before's default export, on batches
+    of their own seed; their steps sum to the shipped training.json's count, and the last one's guidance is the card's."""
     from synthseg.registry import BUNDLES
 
-    stages = [load_dit_recipe(name) for name in ["world-dit", "world-dit-finetune"] + [f"world-dit-finetune{k}" for k in range(2, 6)]]
-    outs = ["runs/world-dit", "runs/world-dit-ft"] + [f"runs/world-dit-ft{k}" for k in range(2, 5)]
+    stages = [load_dit_recipe(name) for name in ["world-dit", "world-dit-finetune"] + [f"world-dit-finetune{k}" for k in range(2, 7)]]
+    outs = ["runs/world-dit", "runs/world-dit-ft"] + [f"runs/world-dit-ft{k}" for k in range(2, 6)]
     assert [s.init_from for s in stages[1:]] == [f"{out}/pipeline" for out in outs]
     assert len({s.seed for s in stages}) == len(stages) and all(s.teacher == "world" for s in stages[1:])
     assert all(s.transformer.num_layers == stages[0].transformer.num_layers for s in stages)
     shipped = json.loads((BUNDLES["world-dit"].pipeline / "training.json").read_text())["transformer"]["steps"]
     assert sum(s.transformer.steps for s in stages) == shipped
+    card = json.loads((BUNDLES["world-dit"].pipeline / "synthseg.json").read_text())
+    assert card["guidance_scale"] == stages[-1].guidance_scale

@@ -1,6 +1,7 @@
-"""Ad hoc: world-dit fidelity against its sampling settings (guidance, steps, schedule shift).
+"""Ad hoc: a world model's fidelity against its sampling settings (guidance, steps, schedule shift).
 
 Same prompts, seeds and annotator as bench_world_fidelity.py; prints one row per setting and writes nothing.
+The shift applies to flow-matching schedules (world-dit); for the UNet world (`--model world`) it must be 1.
 
     cd benchmarks && python adhoc/dit_sampling_sweep.py --settings 2:25:1 4:25:1 [--count 200] [--stream 0]
 """
@@ -39,7 +40,10 @@ def main() -> None:
     print("| guidance | steps | shift | one class | two classes |\n|---|---|---|---|---|", flush=True)
     for setting in args.settings:
         guidance, steps, shift = setting.split(":")
-        pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config({**base, "shift": float(shift)})
+        if isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler):
+            pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config({**base, "shift": float(shift)})
+        elif float(shift) != 1:
+            parser.error(f"--settings {setting}: a shift needs a flow-matching schedule")
         images = sample(pipe, prompts, seeds, int(steps), float(guidance), 25)
         found = found_classes(annotator, images, groups, 25)
         print(f"| {guidance} | {steps} | {shift} | {100 * found[: args.count].mean():.1f}% | "
