@@ -4,6 +4,7 @@ diffusers' `from_pretrained`."""
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from pathlib import Path
 
@@ -21,23 +22,31 @@ def looks_like_path(spec: str | Path) -> bool:
     return Path(text).exists() or text.startswith(("/", "./", "../", "~")) or text.count("/") > 1 or text.endswith("/")
 
 
+def _not_hub_fallback(record: logging.LogRecord) -> bool:
+    return not record.getMessage().startswith("Couldn't connect to the Hub")
+
+
 @contextlib.contextmanager
 def quiet_loading(load_report: bool = True):
     """diffusers' and transformers' per-component loading bars off while a model loads (they print
-    several bars for a load of seconds); with `load_report` False, transformers' report of the weights a
-    load left out too (errors only). Each setting is restored afterwards."""
+    several bars for a load of seconds), and diffusers' two-line warning that the hub is unreachable (a
+    cached copy then loads silently; without one, `load_pipeline` says so in one line). With `load_report`
+    False, transformers' report of the weights a load left out too (errors only). Each setting is restored afterwards."""
     from diffusers.utils import logging as diffusers_logging
     from transformers.utils import logging as transformers_logging
 
     states = [(lib, lib.is_progress_bar_enabled()) for lib in (diffusers_logging, transformers_logging)]
     verbosity = transformers_logging.get_verbosity()
+    hub_logger = logging.getLogger("diffusers.pipelines.pipeline_utils")
     for lib, _ in states:
         lib.disable_progress_bar()
     if not load_report:
         transformers_logging.set_verbosity_error()
+    hub_logger.addFilter(_not_hub_fallback)
     try:
         yield
     finally:
+        hub_logger.removeFilter(_not_hub_fallback)
         transformers_logging.set_verbosity(verbosity)
         for lib, enabled in states:
             if enabled:

@@ -1,3 +1,5 @@
+import logging.handlers
+
 import numpy as np
 import pytest
 import torch
@@ -70,10 +72,16 @@ def test_load_pipeline_from_a_folder_and_offline_errors(pipe_dir, tmp_path):
     loaded = load_pipeline(pipe_dir)
     assert type(loaded).__name__ == "StableDiffusionPipeline"
     assert loaded.tokenizer("a dog").input_ids == [49406, 320, 1929, 49407]
-    with pytest.raises(SynthsegError) as error:
-        load_pipeline("runwayml/stable-diffusion-v1-5")
+    printed = logging.handlers.BufferingHandler(capacity=100)  # what diffusers' loader would print
+    logging.getLogger("diffusers.pipelines.pipeline_utils").addHandler(printed)
+    try:
+        with pytest.raises(SynthsegError) as error:
+            load_pipeline("runwayml/stable-diffusion-v1-5")
+    finally:
+        logging.getLogger("diffusers.pipelines.pipeline_utils").removeHandler(printed)
     message = str(error.value)
     assert "runwayml/stable-diffusion-v1-5" in message and "--local-dir" in message and "\n" not in message
+    assert printed.buffer == []  # no hub-unreachable warning above the one-line error
     (tmp_path / "empty").mkdir()
     with pytest.raises(SynthsegError, match="is not a diffusers pipeline folder: it has no model_index.json"):
         load_pipeline(tmp_path / "empty")
