@@ -33,17 +33,18 @@ def main() -> None:
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
     base = dict(pipe.scheduler.config)
+    flow = isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler)
+    settings = [setting.split(":") for setting in args.settings]
+    if not flow and any(float(shift) != 1 for _, _, shift in settings):
+        parser.error(f"--settings: a shift other than 1 needs a flow-matching schedule, and {args.model} has none")
     annotator = load_annotator("world")
     groups = prompt_groups(args.count, args.stream)
     prompts = [caption(g) for g in groups]
     seeds = [args.stream * 100_000 + i for i in range(len(prompts))]
     print("| guidance | steps | shift | one class | two classes |\n|---|---|---|---|---|", flush=True)
-    for setting in args.settings:
-        guidance, steps, shift = setting.split(":")
-        if isinstance(pipe.scheduler, FlowMatchEulerDiscreteScheduler):
+    for guidance, steps, shift in settings:
+        if flow:
             pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config({**base, "shift": float(shift)})
-        elif float(shift) != 1:
-            parser.error(f"--settings {setting}: a shift needs a flow-matching schedule")
         images = sample(pipe, prompts, seeds, int(steps), float(guidance), 25)
         found = found_classes(annotator, images, groups, 25)
         print(f"| {guidance} | {steps} | {shift} | {100 * found[: args.count].mean():.1f}% | "
