@@ -11,6 +11,11 @@ contrastively, as CLIP trains its image tower. At use, the captions of 1 to `max
 classes are the candidates (open vocabulary: any names the text encoder reads); the image's caption is
 the nearest, and its classes are the prompt the module segments with (`synthseg.segment`).
 
+A caption is one choice among lists of classes, and the captions of three or more classes are many and
+alike; so a captioner may instead be trained per class (`objective: classes`): each class is present
+with probability sigmoid(scale * cos(image, caption of that class alone) + bias), learnt with binary
+cross-entropy, and an image holds every class above 1/2 (at least its best, at most `max_classes`).
+
 A caption's embedding is the mean over tokens of the text states the grounding module reads (the
 `embeds` of `synthseg.text.encode_prompts`), unit-normed. Saved as `config.json` and `model.safetensors`.
 """
@@ -32,24 +37,31 @@ from .registry import resolve_captioner
 from .text import encode_prompts, fits_prompt, text_dim
 from .weights import load_model, save_model
 
+OBJECTIVES = ("captions", "classes")
+
 
 @dataclass
 class CaptionerConfig:
     """latent_channels / text_dim: fixed by the pipeline (its VAE's latent channels, the width of its
     text states). template: the prompt around a class list, which made the training captions (one slot).
-    width: the first conv's channels (then 2x, 4x at strides 2 and 4); hidden_dim: the MLP's."""
+    width: the first conv's channels (then 2x, 4x at strides 2 and 4); hidden_dim: the MLP's. objective:
+    "captions" (an image is given its nearest caption of 1 to max_classes classes) or "classes" (each
+    class present or not on its own)."""
 
     latent_channels: int
     text_dim: int
     template: str = "a photograph of {}"
     width: int = 64
     hidden_dim: int = 512
+    objective: str = "captions"
 
     def validate(self, source: str = "captioner config") -> None:
         check_positive(source, self, "latent_channels", "text_dim", "width", "hidden_dim")
         check_list_template(self.template, source)
         if self.width % 8:
             raise SynthsegError(f"{source}: width must be a multiple of 8 (GroupNorm of 8 groups), got {self.width}")
+        if self.objective not in OBJECTIVES:
+            raise SynthsegError(f"{source}: objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
 
     @classmethod
     def for_pipeline(cls, pipe, **overrides) -> "CaptionerConfig":
@@ -80,6 +92,12 @@ class ImplicitCaptioner(nn.Module):
                                      nn.AdaptiveAvgPool2d(1), nn.Flatten())
         self.head = nn.Sequential(nn.Linear(4 * w, config.hidden_dim), nn.SiLU(), nn.Linear(config.hidden_dim, config.text_dim))
         self.logit_scale = nn.Parameter(torch.tensor(2.996))  # log(1 / 0.05), CLIP's temperature, learnt
+        if config.objective == "classes":
+            self.logit_bias = nn.Parameter(torch.tensor(-10.0))  # SigLIP's start: most classes are absent from an image
+
+    def class_logits(self, latents: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        """(B, N) logits that each of N captions' classes is in the image (objective "classes"); embeddings: (N, D)."""
+        return self(latents) @ embeddings.T * self.logit_scale.exp() + self.logit_bias
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.head(self.encoder(latents.float())), dim=-1)
@@ -93,13 +111,24 @@ class ImplicitCaptioner(nn.Module):
 
 
 @torch.no_grad()
-def caption_embeddings(pipe, class_lists: list[list[str]], template: str, batch_size: int = 64) -> torch.Tensor:
-    """(N, D) unit embeddings of the captions `template.format(describe(classes))`, one per class list."""
-    rows = []
-    for start in range(0, len(class_lists), batch_size):
-        prompts = [template.format(describe(names)) for names in class_lists[start:start + batch_size]]
-        rows.append(encode_prompts(pipe, prompts, guidance_scale=1.0).embeds.float().mean(1).cpu())
+def text_embeddings(pipe, prompts: list[str], batch_size: int = 64) -> torch.Tensor:
+    """(N, D) unit embeddings of prompts: the mean over tokens of the text states the module reads."""
+    rows = [encode_prompts(pipe, prompts[start:start + batch_size], guidance_scale=1.0).embeds.float().mean(1).cpu()
+            for start in range(0, len(prompts), batch_size)]
     return F.normalize(torch.cat(rows), dim=-1)
+
+
+def caption_embeddings(pipe, class_lists: list[list[str]], template: str) -> torch.Tensor:
+    """(N, D) unit embeddings of the captions `template.format(describe(classes))`, one per class list."""
+    return text_embeddings(pipe, [template.format(describe(names)) for names in class_lists])
+
+
+def class_embeddings(pipe, names: list[str], template: str) -> torch.Tensor:
+    """(N, D) unit directions of each name's caption from the template's own (`template` with no class):
+    what tells the classes apart, less what all their captions share (for the "classes" objective, whose
+    sigmoid, unlike a softmax over captions, a shared component would shift per image)."""
+    shared = text_embeddings(pipe, [template.format("").strip()])
+    return F.normalize(caption_embeddings(pipe, [[name] for name in names], template) - shared, dim=-1)
 
 
 def candidate_class_lists(class_names: list[str], max_classes: int) -> list[list[str]]:
@@ -110,20 +139,32 @@ def candidate_class_lists(class_names: list[str], max_classes: int) -> list[list
 
 
 class Recogniser:
-    """Which of `class_names` each image holds, by its nearest candidate caption (`candidate_class_lists`,
-    less those the text encoder would cut), for `captioner` on `pipe`. The candidates' embeddings are made once."""
+    """Which of `class_names` each image holds, for `captioner` on `pipe`: by its nearest candidate caption
+    (`candidate_class_lists`, less those the text encoder would cut), or, for a captioner trained per class,
+    by each class's probability (see the module's docstring). The candidates' embeddings are made once."""
 
     def __init__(self, pipe, captioner: ImplicitCaptioner, class_names: list[str], max_classes: int = 2):
         captioner.config.check_pipeline(pipe)
-        self.captioner = captioner.eval()
+        self.captioner, self.max_classes = captioner.eval(), max_classes
+        self.per_class = captioner.config.objective == "classes"
         template = captioner.config.template
-        candidates = candidate_class_lists(list(class_names), max_classes)
+        candidates = candidate_class_lists(list(class_names), 1 if self.per_class else max_classes)
         self.candidates = [names for names in candidates if len(names) == 1 or fits_prompt(pipe, template.format(describe(names)))]
-        self.embeddings = caption_embeddings(pipe, self.candidates, template)
+        self.embeddings = (class_embeddings(pipe, [names[0] for names in self.candidates], template) if self.per_class
+                           else caption_embeddings(pipe, self.candidates, template))
 
     @torch.no_grad()
     def __call__(self, latents: torch.Tensor) -> list[list[str]]:
-        """latents: (B, C, h, w) clean VAE latents as the denoiser reads them. Returns B class lists."""
-        device = next(self.captioner.parameters()).device
-        scores = self.captioner(latents.to(device)).cpu() @ self.embeddings.T
-        return [self.candidates[i] for i in scores.argmax(1).tolist()]
+        """latents: (B, C, h, w) clean VAE latents as the denoiser reads them. Returns B class lists, each in
+        the order of `class_names`."""
+        latents = latents.to(next(self.captioner.parameters()).device)
+        if not self.per_class:
+            scores = self.captioner(latents).cpu() @ self.embeddings.T
+            return [self.candidates[i] for i in scores.argmax(1).tolist()]
+        logits = self.captioner.class_logits(latents, self.embeddings.to(latents.device)).cpu()
+        found = []
+        for row in logits:
+            best = row.argsort(descending=True)[: self.max_classes].tolist()
+            chosen = {best[0], *(i for i in best if row[i] > 0)}  # probability above 1/2; the best always
+            found.append([self.candidates[i][0] for i in sorted(chosen)])
+        return found

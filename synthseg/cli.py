@@ -41,7 +41,7 @@ Device = Annotated[str, typer.Option(help="auto (CUDA where present), cpu, cuda,
 GROUNDING_HELP = "Grounding module: a bundled name or a folder; default: the bundled model's own."
 CAPTIONER_HELP = ("Implicit captioner (a bundled name or a folder from train-captioner): each image is first given the classes "
                   "its caption holds, and only those are segmented; 'none': every class is prompted; default: the bundled model's own.")
-MaxClasses = Annotated[int, typer.Option(help="With --captioner: the most classes an image's caption may hold.")]
+MaxClasses = Annotated[int, typer.Option(help="With --captioner: the most classes it may give an image (its caption's, or those it finds present).")]
 StopAt = Annotated[Optional[int], typer.Option(help="End this sitting at this training step; rerun the command to go on.")]
 
 

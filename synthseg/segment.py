@@ -165,7 +165,7 @@ class GroundingSegmenter:
     over `noise_draws` noised latents, seeded by `seed` and the image's index; `template` has one slot
     for the class list; a pixel is labelled with its most probable class where that passes `threshold`.
     With a `captioner` (ODISE's implicit captioner, `synthseg.captioner`), each image is first given the
-    1 to `max_classes` of the names its caption holds, and only those are prompted and segmented (the
+    1 to `max_classes` of the names it recognises (`Recogniser`), and only those are prompted and segmented (the
     others get probability 0); without one, every image is prompted with all the names.
     `grounding` is None only in a subclass that makes the probabilities otherwise (`AttentionSegmenter`).
     """

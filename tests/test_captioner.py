@@ -105,6 +105,34 @@ def test_training_learns_the_captions_and_resumes(pipe, tmp_path):
         torch.testing.assert_close(a, b)
 
 
+def squares(colours: list[tuple[int, int, int]], size=32) -> tuple[Image.Image, np.ndarray]:
+    """One square of each colour on grey, side by side, labelled as `coloured` labels them."""
+    pixels = np.full((size, size, 3), 128, np.uint8)
+    labels = np.zeros((size, size), np.uint8)
+    for i, colour in enumerate(colours):
+        rows, cols = slice(2 + 15 * (i // 2), 15 + 15 * (i // 2)), slice(2 + 15 * (i % 2), 15 + 15 * (i % 2))
+        pixels[rows, cols], labels[rows, cols] = colour, 1 + int(np.argmax(colour))
+    return Image.fromarray(pixels), labels
+
+
+def test_a_captioner_trained_per_class_finds_every_class_an_image_holds(pipe, tmp_path):
+    """objective "classes": each class is a yes or no of its own, so an image holds as many as pass 1/2."""
+    red, green, blue = (255, 0, 0), (0, 255, 0), (0, 0, 255)
+    kinds = [[red], [green], [blue], [red, green], [red, blue], [green, blue], [red, green, blue]]
+    items = [squares(kind) for kind in kinds * 4]
+    data = SegmentationData("colours", ("red thing", "green thing", "blue thing"), [str(i) for i in range(len(items))], items.__getitem__)
+    recipe = CaptionerRecipe(width=16, hidden_dim=32, image_size=32, steps=300, batch_size=14, lr=3e-3, warmup_steps=5, objective="classes")
+    captioner = train_captioner(pipe, data, recipe, tmp_path / "work", tmp_path / "out")
+    assert ImplicitCaptioner.from_pretrained(tmp_path / "out").config.objective == "classes"
+    latents = torch.cat([encode_images(pipe, pixel_tensor(np.asarray(squares(kind)[0]))) for kind in kinds])
+    names = list(data.class_names)
+    expected = [[names[int(np.argmax(c))] for c in sorted(kind, key=np.argmax)] for kind in kinds]
+    assert Recogniser(pipe, captioner, names, max_classes=3)(latents) == expected
+    assert [len(found) for found in Recogniser(pipe, captioner, names, max_classes=2)(latents)] == [1, 1, 1, 2, 2, 2, 2]
+    with pytest.raises(SynthsegError, match="objective"):
+        CaptionerRecipe(objective="sentences").validate("recipe")
+
+
 def test_train_captioner_cli_refuses_bad_input(tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["train-captioner", "--dataset", str(tmp_path / "nothing"), "--out", str(tmp_path / "c")])

@@ -4,7 +4,9 @@ Each image's caption is the class list its label map holds (`template` around it
 are written at use), so a `make-dataset` folder trains it with no further labels: the generator was
 asked for those classes, and the grounding module found each of them. Images are VAE-encoded once,
 at `image_size`, by the pipeline the captioner is for. The loss is CLIP's: cross-entropy of the
-image's scaled cosine similarity to every distinct caption of the dataset, the right one the target.
+image's scaled cosine similarity to every distinct caption of the dataset, the right one the target;
+or, with `objective: classes`, SigLIP's: binary cross-entropy of its scaled and shifted similarity to
+each class's direction (`synthseg.captioner.class_embeddings`), the classes it holds the positives.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..captioner import CaptionerConfig, ImplicitCaptioner, caption_embeddings
+from ..captioner import CaptionerConfig, ImplicitCaptioner, caption_embeddings, class_embeddings
 from ..config import check_non_negative, check_positive, load_recipe, stamped
 from ..errors import SynthsegError
 from ..progress import loss_progress
@@ -30,11 +32,13 @@ from .loop import claim_workdir, train_loop, warmup_cosine, write_training_recor
 class CaptionerRecipe:
     """See recipes/captioner-world.yaml. image_size: the side images are resized to before encoding
     (None: the pipeline's default). rotations: also turn latents by multiples of 90 degrees (for scenes
-    with no up, as the world's); horizontal flips are always drawn."""
+    with no up, as the world's); horizontal flips are always drawn. objective: what the captioner learns
+    (`synthseg.captioner.CaptionerConfig`)."""
 
     template: str = "a photograph of {}"
     width: int = 64
     hidden_dim: int = 512
+    objective: str = "captions"
     image_size: int | None = None
     steps: int = 3000
     batch_size: int = 64
@@ -50,7 +54,7 @@ class CaptionerRecipe:
         check_non_negative(source, self, "warmup_steps", "lr", "weight_decay")
         if self.image_size is not None and (self.image_size < 8 or self.image_size % 8):
             raise SynthsegError(f"{source}: image_size must be a multiple of 8, got {self.image_size}")
-        CaptionerConfig(1, 1, self.template, self.width, self.hidden_dim).validate(source)
+        CaptionerConfig(1, 1, self.template, self.width, self.hidden_dim, self.objective).validate(source)
 
 
 def load_captioner_recipe(spec: str | Path, **overrides) -> CaptionerRecipe:
@@ -94,13 +98,19 @@ def train_captioner(pipe, data: SegmentationData, recipe: CaptionerRecipe, workd
     and training record. Step s's batch is drawn from default_rng([seed, s]), so a resumed run repeats an
     uninterrupted one."""
     workdir, output = Path(workdir), Path(output)
-    config = CaptionerConfig.for_pipeline(pipe, template=recipe.template, width=recipe.width, hidden_dim=recipe.hidden_dim)
+    config = CaptionerConfig.for_pipeline(pipe, template=recipe.template, width=recipe.width, hidden_dim=recipe.hidden_dim,
+                                          objective=recipe.objective)
     claim_workdir(workdir, recipe)
     size = recipe.image_size or pipe.default_sample_size * pipe.vae_scale_factor
     latents, classes = encode_dataset(pipe, data, size)
-    captions = sorted({tuple(c) for c in classes}, key=lambda c: (len(c), [data.class_names.index(n) for n in c]))
-    targets = torch.tensor([captions.index(tuple(c)) for c in classes])
-    embeddings = caption_embeddings(pipe, [list(c) for c in captions], recipe.template)
+    if recipe.objective == "classes":
+        captions = [(name,) for name in data.class_names if any(name in c for c in classes)]
+        targets = torch.tensor([[float(name in c) for (name,) in captions] for c in classes])
+        embeddings = class_embeddings(pipe, [name for (name,) in captions], recipe.template)
+    else:
+        captions = sorted({tuple(c) for c in classes}, key=lambda c: (len(c), [data.class_names.index(n) for n in c]))
+        targets = torch.tensor([captions.index(tuple(c)) for c in classes])
+        embeddings = caption_embeddings(pipe, [list(c) for c in captions], recipe.template)
     torch.manual_seed(recipe.seed)
     captioner = ImplicitCaptioner(config).train()
     optimizer = torch.optim.AdamW(captioner.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
@@ -109,8 +119,10 @@ def train_captioner(pipe, data: SegmentationData, recipe: CaptionerRecipe, workd
     def step_loss(step: int) -> torch.Tensor:
         rng = np.random.default_rng([recipe.seed, step])
         rows = torch.from_numpy(rng.integers(len(latents), size=recipe.batch_size))
-        logits = captioner(augment(latents[rows], rng, recipe.rotations)) @ embeddings.T * captioner.logit_scale.exp()
-        return F.cross_entropy(logits, targets[rows])
+        batch = augment(latents[rows], rng, recipe.rotations)
+        if recipe.objective == "classes":
+            return F.binary_cross_entropy_with_logits(captioner.class_logits(batch, embeddings), targets[rows])
+        return F.cross_entropy(captioner(batch) @ embeddings.T * captioner.logit_scale.exp(), targets[rows])
 
     losses = train_loop("captioner", step_loss, model=captioner, optimizer=optimizer, checkpoint=workdir / "captioner.ckpt",
                         steps=recipe.steps, checkpoint_every=recipe.checkpoint_every, max_steps=max_steps, schedule=schedule)
