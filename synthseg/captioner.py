@@ -132,9 +132,7 @@ def class_embeddings(pipe, names: list[str], template: str) -> torch.Tensor:
 
 
 def candidate_class_lists(class_names: list[str], max_classes: int) -> list[list[str]]:
-    """Every list of 1 to `max_classes` of the names, in their order: the captions an image may have."""
-    if max_classes < 1:
-        raise SynthsegError(f"max_classes must be at least 1, got {max_classes}")
+    """Every list of 1 to `max_classes` (at least 1) of the names, in their order: the captions an image may have."""
     return [list(c) for k in range(1, min(max_classes, len(class_names)) + 1) for c in itertools.combinations(class_names, k)]
 
 
@@ -145,6 +143,8 @@ class Recogniser:
 
     def __init__(self, pipe, captioner: ImplicitCaptioner, class_names: list[str], max_classes: int = 2):
         captioner.config.check_pipeline(pipe)
+        if max_classes < 1:
+            raise SynthsegError(f"max_classes must be at least 1, got {max_classes}")
         self.captioner, self.max_classes = captioner.eval(), max_classes
         self.per_class = captioner.config.objective == "classes"
         template = captioner.config.template

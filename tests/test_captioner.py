@@ -34,8 +34,6 @@ def pointing_at(pipe, names: list[str], template="a photograph of {}") -> Implic
 def test_candidates_are_every_list_of_one_to_max_classes_in_name_order():
     assert candidate_class_lists(["a", "b", "c"], 2) == [["a"], ["b"], ["c"], ["a", "b"], ["a", "c"], ["b", "c"]]
     assert len(candidate_class_lists(NAMES, 5)) == 7  # no more than the names allow
-    with pytest.raises(SynthsegError, match="max_classes"):
-        candidate_class_lists(NAMES, 0)
 
 
 def test_save_and_load_round_trip(pipe, tmp_path):
@@ -131,6 +129,9 @@ def test_a_captioner_trained_per_class_finds_every_class_an_image_holds(pipe, tm
     assert [len(found) for found in Recogniser(pipe, captioner, names, max_classes=2)(latents)] == [1, 1, 1, 2, 2, 2, 2]
     with pytest.raises(SynthsegError, match="objective"):
         CaptionerRecipe(objective="sentences").validate("recipe")
+    for objective in ("captions", "classes"):
+        with pytest.raises(SynthsegError, match="max_classes"):
+            Recogniser(pipe, ImplicitCaptioner(CaptionerConfig.for_pipeline(pipe, width=8, hidden_dim=8, objective=objective)), names, 0)
 
 
 def test_train_captioner_cli_refuses_bad_input(tmp_path):
