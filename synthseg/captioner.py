@@ -13,8 +13,10 @@ the nearest, and its classes are the prompt the module segments with (`synthseg.
 
 A caption is one choice among lists of classes, and the captions of three or more classes are many and
 alike; so a captioner may instead be trained per class (`objective: classes`): each class is present
-with probability sigmoid(scale * cos(image, caption of that class alone) + bias), learnt with binary
-cross-entropy, and an image holds every class above 1/2 (at least its best, at most `max_classes`).
+with probability sigmoid(scale * cos(image, class direction) + bias), learnt with binary cross-entropy
+(SigLIP's loss), and an image holds every class above 1/2 (at least its best, at most `max_classes`).
+A class's direction is its caption's embedding less the template's own (`class_embeddings`). With
+`pooling: max`, the image side is each cell of the encoder's last grid, and a class takes its best cell.
 
 A caption's embedding is the mean over tokens of the text states the grounding module reads (the
 `embeds` of `synthseg.text.encode_prompts`), unit-normed. Saved as `config.json` and `model.safetensors`.
@@ -38,6 +40,7 @@ from .text import encode_prompts, fits_prompt, text_dim
 from .weights import load_model, save_model
 
 OBJECTIVES = ("captions", "classes")
+POOLINGS = ("mean", "max")
 
 
 @dataclass
@@ -46,7 +49,9 @@ class CaptionerConfig:
     text states). template: the prompt around a class list, which made the training captions (one slot).
     width: the first conv's channels (then 2x, 4x at strides 2 and 4); hidden_dim: the MLP's. objective:
     "captions" (an image is given its nearest caption of 1 to max_classes classes) or "classes" (each
-    class present or not on its own)."""
+    class present or not on its own). pooling: over the last grid of cells, "mean" (one embedding of the
+    image) or, for "classes", "max" (a class's similarity is its best cell's: several objects in one image
+    do not blur into one embedding)."""
 
     latent_channels: int
     text_dim: int
@@ -54,6 +59,7 @@ class CaptionerConfig:
     width: int = 64
     hidden_dim: int = 512
     objective: str = "captions"
+    pooling: str = "mean"
 
     def validate(self, source: str = "captioner config") -> None:
         check_positive(source, self, "latent_channels", "text_dim", "width", "hidden_dim")
@@ -62,6 +68,10 @@ class CaptionerConfig:
             raise SynthsegError(f"{source}: width must be a multiple of 8 (GroupNorm of 8 groups), got {self.width}")
         if self.objective not in OBJECTIVES:
             raise SynthsegError(f"{source}: objective must be one of {', '.join(OBJECTIVES)}, got {self.objective!r}")
+        if self.pooling not in POOLINGS:
+            raise SynthsegError(f"{source}: pooling must be one of {', '.join(POOLINGS)}, got {self.pooling!r}")
+        if self.pooling == "max" and self.objective != "classes":
+            raise SynthsegError(f"{source}: pooling max goes with objective classes (a caption is one embedding of the whole image)")
 
     @classmethod
     def for_pipeline(cls, pipe, **overrides) -> "CaptionerConfig":
@@ -88,19 +98,25 @@ class ImplicitCaptioner(nn.Module):
         super().__init__()
         self.config = config
         w = config.width
-        self.encoder = nn.Sequential(_conv(config.latent_channels, w, 1), _conv(w, 2 * w, 2), _conv(2 * w, 2 * w, 1), _conv(2 * w, 4 * w, 2),
-                                     nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.encoder = nn.Sequential(_conv(config.latent_channels, w, 1), _conv(w, 2 * w, 2), _conv(2 * w, 2 * w, 1), _conv(2 * w, 4 * w, 2))
         self.head = nn.Sequential(nn.Linear(4 * w, config.hidden_dim), nn.SiLU(), nn.Linear(config.hidden_dim, config.text_dim))
         self.logit_scale = nn.Parameter(torch.tensor(2.996))  # log(1 / 0.05), CLIP's temperature, learnt
         if config.objective == "classes":
             self.logit_bias = nn.Parameter(torch.tensor(-10.0))  # SigLIP's start: most classes are absent from an image
 
     def class_logits(self, latents: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
-        """(B, N) logits that each of N captions' classes is in the image (objective "classes"); embeddings: (N, D)."""
-        return self(latents) @ embeddings.T * self.logit_scale.exp() + self.logit_bias
+        """(B, N) logits that each of N classes is in the image (objective "classes"); embeddings: (N, D)
+        class directions (`class_embeddings`)."""
+        if self.config.pooling == "max":
+            cells = self.encoder(latents.float()).flatten(2).transpose(1, 2)  # (B, cells, 4 * width)
+            similarity = (F.normalize(self.head(cells), dim=-1) @ embeddings.T).amax(1)
+        else:
+            similarity = self(latents) @ embeddings.T
+        return similarity * self.logit_scale.exp() + self.logit_bias
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
-        return F.normalize(self.head(self.encoder(latents.float())), dim=-1)
+        """(B, D) unit embeddings of the whole images (the cells' mean)."""
+        return F.normalize(self.head(self.encoder(latents.float()).mean((2, 3))), dim=-1)
 
     def save_pretrained(self, directory: str | Path) -> None:
         save_model(self, self.config, directory)

@@ -113,15 +113,19 @@ def squares(colours: list[tuple[int, int, int]], size=32) -> tuple[Image.Image, 
     return Image.fromarray(pixels), labels
 
 
-def test_a_captioner_trained_per_class_finds_every_class_an_image_holds(pipe, tmp_path):
-    """objective "classes": each class is a yes or no of its own, so an image holds as many as pass 1/2."""
+@pytest.mark.parametrize("pooling", ["mean", "max"])
+def test_a_captioner_trained_per_class_finds_every_class_an_image_holds(pipe, tmp_path, pooling):
+    """objective "classes": each class is a yes or no of its own, so an image holds as many as pass 1/2,
+    from the image's mean embedding or from each class's best cell."""
     red, green, blue = (255, 0, 0), (0, 255, 0), (0, 0, 255)
     kinds = [[red], [green], [blue], [red, green], [red, blue], [green, blue], [red, green, blue]]
     items = [squares(kind) for kind in kinds * 4]
     data = SegmentationData("colours", ("red thing", "green thing", "blue thing"), [str(i) for i in range(len(items))], items.__getitem__)
-    recipe = CaptionerRecipe(width=16, hidden_dim=32, image_size=32, steps=300, batch_size=14, lr=3e-3, warmup_steps=5, objective="classes")
+    recipe = CaptionerRecipe(width=16, hidden_dim=32, image_size=32, steps=300, batch_size=14, lr=3e-3, warmup_steps=5, objective="classes",
+                             pooling=pooling)
     captioner = train_captioner(pipe, data, recipe, tmp_path / "work", tmp_path / "out")
-    assert ImplicitCaptioner.from_pretrained(tmp_path / "out").config.objective == "classes"
+    config = ImplicitCaptioner.from_pretrained(tmp_path / "out").config
+    assert (config.objective, config.pooling) == ("classes", pooling)
     latents = torch.cat([encode_images(pipe, pixel_tensor(np.asarray(squares(kind)[0]))) for kind in kinds])
     names = list(data.class_names)
     expected = [[names[int(np.argmax(c))] for c in sorted(kind, key=np.argmax)] for kind in kinds]
@@ -129,6 +133,8 @@ def test_a_captioner_trained_per_class_finds_every_class_an_image_holds(pipe, tm
     assert [len(found) for found in Recogniser(pipe, captioner, names, max_classes=2)(latents)] == [1, 1, 1, 2, 2, 2, 2]
     with pytest.raises(SynthsegError, match="objective"):
         CaptionerRecipe(objective="sentences").validate("recipe")
+    with pytest.raises(SynthsegError, match="pooling max goes with objective classes"):
+        CaptionerRecipe(pooling="max").validate("recipe")
     for objective in ("captions", "classes"):
         with pytest.raises(SynthsegError, match="max_classes"):
             Recogniser(pipe, ImplicitCaptioner(CaptionerConfig.for_pipeline(pipe, width=8, hidden_dim=8, objective=objective)), names, 0)
@@ -149,12 +155,13 @@ def test_train_captioner_cli_refuses_bad_input(tmp_path):
 def test_the_shipped_world_captioner_lets_segment_find_the_class_among_all_names(tmp_path, model, min_iou):
     """Given all 12 world names, `segment` (the world's captioner by default, which the transformer world shares)
     outlines a one-object scene's class, seen and unseen, far better than the module alone (`--captioner none`),
-    which spreads it over wrong classes. The transformer world's module outlines less exactly (its star)."""
+    which spreads it over wrong classes. One held-out scene per class; the captioner names the one class alone in
+    95-97% of one-class scenes (a class holding another's parts, as an hourglass two triangles, may get both), so
+    10 of the 12 must be outlined. The transformer world's module outlines less exactly (its star)."""
     from synthseg.world import WORLD_CLASSES, render_scene, scene_seed
 
     runner = CliRunner()
-    names = ["circle", "star", "heart", "hourglass"]  # heart and hourglass are unseen classes
-    scenes = [render_scene(scene_seed(10 + i, held_out=True), [name]) for i, name in enumerate(names)]
+    scenes = [render_scene(scene_seed(10 + i, held_out=True), [name]) for i, name in enumerate(WORLD_CLASSES)]
     paths = []
     for i, scene in enumerate(scenes):
         paths.append(str(tmp_path / f"scene{i}.png"))
@@ -165,12 +172,11 @@ def test_the_shipped_world_captioner_lets_segment_find_the_class_among_all_names
         result = runner.invoke(app, ["segment", *paths, "--model", model, "--classes", ",".join(WORLD_CLASSES), "--out", str(out), *captioner])
         assert result.exit_code == 0, result.output
         ious[not captioner] = []
-        for i, (scene, name) in enumerate(zip(scenes, names)):
+        for i, scene in enumerate(scenes):
             labels = np.asarray(Image.open(out / "labels" / f"scene{i}.png"))
-            label = WORLD_CLASSES.index(name) + 1
-            truth = scene.semantic() == label
-            ious[not captioner].append(((labels == label) & truth).sum() / ((labels == label) | truth).sum())
-    assert min(ious[True]) > min_iou, ious
+            truth = scene.semantic() == i + 1
+            ious[not captioner].append(((labels == i + 1) & truth).sum() / ((labels == i + 1) | truth).sum())
+    assert sum(iou > min_iou for iou in ious[True]) >= 10, ious
     assert np.mean(ious[False]) < np.mean(ious[True]) - 0.2, ious
 
 

@@ -5,12 +5,14 @@ shipped world module's harmonic mIoU with it; and, told each scene's number of c
 captioner's k best classes are the scene's. A second seed of the per-class captioner gives the spread.
 
 Run from the repository root:
-    python benchmarks/adhoc/captioner_objective.py WORK DATASET [DATASET ...]
+    python benchmarks/adhoc/captioner_objective.py [--pooling max] WORK DATASET [DATASET ...]
 Trains WORK/captions/captioner, WORK/classes/captioner and WORK/classes-seed1/captioner (the captioner-world recipe,
-objective and seed changed) on the concatenated datasets; the shipped captioner is scored too.
+objective and seed changed) on the concatenated datasets; the shipped captioner is scored too. With --pooling max,
+the two per-class captioners pool their cells by max (WORK/classes-max, WORK/classes-max-seed1), and no per-caption
+one is trained.
 """
 
-import sys
+import argparse
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +27,20 @@ from synthseg.readers import open_training_data, read_world
 from synthseg.segment import GroundingSegmenter, encode_images, pixel_tensor
 from synthseg.train.captioner import load_captioner_recipe, train_captioner
 
-work, folders = Path(sys.argv[1]), sys.argv[2:]
+parser = argparse.ArgumentParser()
+parser.add_argument("--pooling", default="mean", choices=["mean", "max"])
+parser.add_argument("work", type=Path)
+parser.add_argument("datasets", nargs="+")
+args = parser.parse_args()
+work, folders, suffix = args.work, args.datasets, "-max" if args.pooling == "max" else ""
 pipe = load_pipeline("world")
 data = open_training_data([Path(f) for f in folders])
 captioners = {"shipped": ImplicitCaptioner.from_pretrained("world")}
-for name, objective, seed in (("captions", "captions", 0), ("classes", "classes", 0), ("classes-seed1", "classes", 1)):
-    recipe = load_captioner_recipe("captioner-world", objective=objective, seed=seed)
+runs = [("classes", "classes", 0), ("classes-seed1", "classes", 1)] if suffix else [("captions", "captions", 0), ("classes", "classes", 0),
+                                                                                    ("classes-seed1", "classes", 1)]
+for name, objective, seed in runs:
+    name = name.replace("classes", "classes" + suffix)
+    recipe = load_captioner_recipe("captioner-world", objective=objective, seed=seed, pooling=args.pooling if objective == "classes" else "mean")
     captioners[name] = train_captioner(pipe, data, recipe, work / name, work / name / "captioner")
 scenes = read_world(200, first=500)
 names, module, split = list(scenes.class_names), GroundingModule.from_pretrained("world"), get_split("world")
@@ -47,7 +57,7 @@ for name, captioner in captioners.items():
         r = benchmark(GroundingSegmenter(pipe, module, names, captioner=captioner, max_classes=most), scenes, split, model_name=name)
         print(f"| {name} | {most} | {' / '.join(f'{100 * e:.0f}' for e in exact)} | {100 * precision:.1f} | {100 * recall:.1f} | "
               f"{100 * r.seen_miou:.1f} | {100 * r.unseen_miou:.1f} | {100 * r.harmonic_miou:.1f} |", flush=True)
-for name in ("classes", "classes-seed1"):
+for name in ("classes" + suffix, "classes-seed1".replace("classes", "classes" + suffix)):
     with torch.no_grad():
         logits = captioners[name].class_logits(latents, class_embeddings(pipe, names, captioners[name].config.template))
     told = [np.mean([{names[j] for j in row.argsort(descending=True)[:k].tolist()} == t for row, t in zip(logits, truth) if len(t) == k])

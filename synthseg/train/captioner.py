@@ -32,13 +32,14 @@ from .loop import claim_workdir, train_loop, warmup_cosine, write_training_recor
 class CaptionerRecipe:
     """See recipes/captioner-world.yaml. image_size: the side images are resized to before encoding
     (None: the pipeline's default). rotations: also turn latents by multiples of 90 degrees (for scenes
-    with no up, as the world's); horizontal flips are always drawn. objective: what the captioner learns
-    (`synthseg.captioner.CaptionerConfig`)."""
+    with no up, as the world's); horizontal flips are always drawn. objective, pooling: what the captioner
+    learns, and how (`synthseg.captioner.CaptionerConfig`)."""
 
     template: str = "a photograph of {}"
     width: int = 64
     hidden_dim: int = 512
     objective: str = "captions"
+    pooling: str = "mean"
     image_size: int | None = None
     steps: int = 3000
     batch_size: int = 64
@@ -54,7 +55,7 @@ class CaptionerRecipe:
         check_non_negative(source, self, "warmup_steps", "lr", "weight_decay")
         if self.image_size is not None and (self.image_size < 8 or self.image_size % 8):
             raise SynthsegError(f"{source}: image_size must be a multiple of 8, got {self.image_size}")
-        CaptionerConfig(1, 1, self.template, self.width, self.hidden_dim, self.objective).validate(source)
+        CaptionerConfig(1, 1, self.template, self.width, self.hidden_dim, self.objective, self.pooling).validate(source)
 
 
 def load_captioner_recipe(spec: str | Path, **overrides) -> CaptionerRecipe:
@@ -99,7 +100,7 @@ def train_captioner(pipe, data: SegmentationData, recipe: CaptionerRecipe, workd
     uninterrupted one."""
     workdir, output = Path(workdir), Path(output)
     config = CaptionerConfig.for_pipeline(pipe, template=recipe.template, width=recipe.width, hidden_dim=recipe.hidden_dim,
-                                          objective=recipe.objective)
+                                          objective=recipe.objective, pooling=recipe.pooling)
     claim_workdir(workdir, recipe)
     size = recipe.image_size or pipe.default_sample_size * pipe.vae_scale_factor
     latents, classes = encode_dataset(pipe, data, size)
