@@ -52,11 +52,10 @@ def main() -> None:
     layouts = (f"; mask AP **{metrics['layout_mask_ap']:.3f}**, AP50 {metrics['layout_mask_ap50']:.3f}, AP75 "
                f"{metrics['layout_mask_ap75']:.3f} on {metrics['layout_scenes']} held-out layout scenes (1-4 objects, repeats)"
                if "layout_mask_ap" in metrics else "")
-    body = f"""Checkpoints on this machine (training resumes from them):
-
-| model | checkpoint | steps | mean loss, last 50 steps |
-|---|---|---|---|
-{chr(10).join(rows)}
+    none = "None of the world's training checkpoints is on this machine (in the recipes' workdirs under `runs/`)."
+    checkpoints = ("Checkpoints on this machine (training resumes from them):\n\n| model | checkpoint | steps | mean loss, last 50 steps |\n"
+                   "|---|---|---|---|\n" + "\n".join(rows) if rows else none)
+    body = f"""{checkpoints}
 {triplets}
 Shipped in `synthseg/assets/world/`: {shipped}; {sum(sizes.values()):.1f} MB in all (everything shipped, both worlds included, stays under 60 MB).
 Each was exported from the checkpoint below (its `training.json`; `--max-steps N` exports the
