@@ -98,7 +98,7 @@ def main() -> None:
     ablations[f"capture t {timestep}, one prompt per class"] = score(
         label, GroundingSegmenter(pipe, module, names, timestep=timestep, one_prompt_per_class=True), subset)
     for most in sorted({1, 2, 3} - {args.max_classes}):
-        ablations[f"capture t {timestep}, implicit captioner, captions of up to {most} class{'es' if most > 1 else ''}"] = score(
+        ablations[f"capture t {timestep}, implicit captioner, up to {most} class{'es' if most > 1 else ''}"] = score(
             label, GroundingSegmenter(pipe, module, names, timestep=timestep, captioner=captioner, max_classes=most), subset)
     minutes = (time.perf_counter() - start) / 60
     hits = [(set(r) & set(t), set(r), set(t)) for r, t in zip(recognised, truth)]
@@ -131,7 +131,8 @@ Ablations of `{label}` on the first {args.ablation_count} scenes:
 
 {chr(10).join(head + [line(n, r) for n, r in ablations.items()])}
 
-The implicit captioner (`{captioner_name}`, up to {args.max_classes} class{"es" if args.max_classes > 1 else ""} per caption) on these scenes: the exact class
+The implicit captioner (`{captioner_name}`: objective {captioner.config.objective}, pooling {captioner.config.pooling}; up to
+{args.max_classes} class{"es" if args.max_classes > 1 else ""} an image) on these scenes: the exact class
 set {100 * exact:.1f}% of scenes; precision {100 * precision:.1f}%; recall {100 * recall["seen"]:.1f}% of seen and
 {100 * recall["unseen"]:.1f}% of unseen class occurrences. It reads the image's clean VAE latent; the module then segments only
 the classes it names.
