@@ -107,6 +107,8 @@ class ImplicitCaptioner(nn.Module):
     def class_logits(self, latents: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
         """(B, N) logits that each of N classes is in the image (objective "classes"); embeddings: (N, D)
         class directions (`class_embeddings`)."""
+        if self.config.objective != "classes":
+            raise SynthsegError("class_logits is for a captioner trained per class (objective classes); this one ranks captions")
         if self.config.pooling == "max":
             cells = self.encoder(latents.float()).flatten(2).transpose(1, 2)  # (B, cells, 4 * width)
             similarity = (F.normalize(self.head(cells), dim=-1) @ embeddings.T).amax(1)

@@ -135,6 +135,8 @@ def test_a_captioner_trained_per_class_finds_every_class_an_image_holds(pipe, tm
         CaptionerRecipe(objective="sentences").validate("recipe")
     with pytest.raises(SynthsegError, match="pooling max goes with objective classes"):
         CaptionerRecipe(pooling="max").validate("recipe")
+    with pytest.raises(SynthsegError, match="per class"):
+        pointing_at(pipe, ["cat"]).class_logits(latents, torch.randn(3, pipe.text_encoder.config.hidden_size))
     for objective in ("captions", "classes"):
         with pytest.raises(SynthsegError, match="max_classes"):
             Recogniser(pipe, ImplicitCaptioner(CaptionerConfig.for_pipeline(pipe, width=8, hidden_dim=8, objective=objective)), names, 0)
