@@ -166,10 +166,13 @@ class Recogniser:
         self.captioner, self.max_classes = captioner.eval(), max_classes
         self.per_class = captioner.config.objective == "classes"
         template = captioner.config.template
-        candidates = candidate_class_lists(list(class_names), 1 if self.per_class else max_classes)
-        self.candidates = [names for names in candidates if len(names) == 1 or fits_prompt(pipe, template.format(describe(names)))]
-        self.embeddings = (class_embeddings(pipe, [names[0] for names in self.candidates], template) if self.per_class
-                           else caption_embeddings(pipe, self.candidates, template))
+        if self.per_class:
+            self.candidates = [[name] for name in class_names]
+            self.embeddings = class_embeddings(pipe, list(class_names), template)
+        else:
+            candidates = candidate_class_lists(list(class_names), max_classes)
+            self.candidates = [names for names in candidates if len(names) == 1 or fits_prompt(pipe, template.format(describe(names)))]
+            self.embeddings = caption_embeddings(pipe, self.candidates, template)
 
     @torch.no_grad()
     def __call__(self, latents: torch.Tensor) -> list[list[str]]:

@@ -105,9 +105,9 @@ def train_captioner(pipe, data: SegmentationData, recipe: CaptionerRecipe, workd
     size = recipe.image_size or pipe.default_sample_size * pipe.vae_scale_factor
     latents, classes = encode_dataset(pipe, data, size)
     if recipe.objective == "classes":
-        captions = [(name,) for name in data.class_names if any(name in c for c in classes)]
-        targets = torch.tensor([[float(name in c) for (name,) in captions] for c in classes])
-        embeddings = class_embeddings(pipe, [name for (name,) in captions], recipe.template)
+        captions = [name for name in data.class_names if any(name in c for c in classes)]  # one class each
+        targets = torch.tensor([[float(name in c) for name in captions] for c in classes])
+        embeddings = class_embeddings(pipe, captions, recipe.template)
     else:
         captions = sorted({tuple(c) for c in classes}, key=lambda c: (len(c), [data.class_names.index(n) for n in c]))
         targets = torch.tensor([captions.index(tuple(c)) for c in classes])
