@@ -54,7 +54,9 @@ class SegmenterRecipe:
     `frozen_backbone_norm`: a pretrained backbone's BatchNorm keeps its statistics and affine while training
     (detectron2's FrozenBN, which MaskFormer's ResNet configs train with); a backbone
     from scratch always trains its BatchNorm. The decoder fields size either arch's transformer decoder.
-    `warmup_steps`: a linear warm-up of the learning rate before its poly decay (MaskFormer's configs have none)."""
+    `warmup_steps`: a linear warm-up of the learning rate before its poly decay (MaskFormer's configs have none).
+    `copy_paste`: the share of training crops that get another crop's objects pasted over them (Simple Copy-Paste,
+    Ghiasi et al. 2021; `synthseg.train.segmenter.copy_paste`), so images of one or two objects teach scenes of more."""
 
     arch: str = "maskformer"
     backbone: str = "resnet-101"
@@ -79,6 +81,7 @@ class SegmenterRecipe:
     poly_power: float = 0.9
     warmup_steps: int = 0
     clip_norm: float = 0.01
+    copy_paste: float = 0.0
     seed: int = 0
     checkpoint_every: int = 1000
 
@@ -93,6 +96,8 @@ class SegmenterRecipe:
             raise SynthsegError(f"{source}: {self.backbone} has no ImageNet weights; set pretrained_backbone: false")
         if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
             raise SynthsegError(f"{source}: scale_range is [low, high] with 0 < low <= high")
+        if not 0 <= self.copy_paste <= 1:
+            raise SynthsegError(f"{source}: copy_paste is a share of the training crops, in [0, 1]")
         if not 0 <= self.warmup_steps < self.steps:
             raise SynthsegError(f"{source}: warmup_steps must be at least 0 and below steps ({self.steps})")
         check_positive(source, self, "steps", "batch_size", "crop_size", "num_queries", "checkpoint_every", "decoder_layers",

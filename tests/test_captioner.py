@@ -142,6 +142,28 @@ def test_a_captioner_trained_per_class_finds_every_class_an_image_holds(pipe, tm
             Recogniser(pipe, ImplicitCaptioner(CaptionerConfig.for_pipeline(pipe, width=8, hidden_dim=8, objective=objective)), names, 0)
 
 
+def test_copy_paste_teaches_a_captioner_of_one_object_images_to_name_several(pipe, tmp_path):
+    """Trained on images of one square each, a per-class captioner names the squares of an image of two or three
+    only when copy_paste has shown it composites of several (the same seed and steps without it miss some)."""
+    red, green, blue = (255, 0, 0), (0, 255, 0), (0, 0, 255)
+    items = [squares([colour]) for colour in [red, green, blue] * 8]
+    data = SegmentationData("colours", ("red thing", "green thing", "blue thing"), [str(i) for i in range(len(items))], items.__getitem__)
+    kinds = [[red, green], [red, blue], [green, blue], [red, green, blue], [red], [green]]
+    latents = torch.cat([encode_images(pipe, pixel_tensor(np.asarray(squares(kind)[0]))) for kind in kinds])
+    names = list(data.class_names)
+    expected = [[names[int(np.argmax(c))] for c in kind] for kind in kinds]
+    found = {}
+    for share in (0.0, 1.0):
+        recipe = CaptionerRecipe(width=16, hidden_dim=32, image_size=32, steps=300, batch_size=12, lr=3e-3, warmup_steps=5,
+                                 objective="classes", pooling="max", copy_paste=share)
+        captioner = train_captioner(pipe, data, recipe, tmp_path / f"work{share}", tmp_path / f"out{share}")
+        found[share] = Recogniser(pipe, captioner, names, max_classes=3)(latents)
+    assert found[1.0] == expected and found[0.0] != expected
+    for bad, match in ((dict(copy_paste=1.5), "share"), (dict(copy_paste=0.5), "copy_paste goes with objective classes")):
+        with pytest.raises(SynthsegError, match=match):
+            CaptionerRecipe(**bad).validate("recipe")
+
+
 def test_train_captioner_cli_refuses_bad_input(tmp_path):
     runner = CliRunner()
     result = runner.invoke(app, ["train-captioner", "--dataset", str(tmp_path / "nothing"), "--out", str(tmp_path / "c")])

@@ -10,7 +10,8 @@ from synthseg.config import load_config
 from synthseg.dataset import DatasetRecipe, make_dataset
 from synthseg.readers import read_synthseg, read_world
 from synthseg.segmenter import Segmenter, SegmenterRecipe, build_segmenter, image_processor, load_backbone_weights
-from synthseg.train.segmenter import augment, train_segmenter, training_loss
+from synthseg.train.augment import copy_paste, scale_crop_flip
+from synthseg.train.segmenter import train_segmenter, training_loss
 
 TINY = dict(backbone="resnet-tiny", pretrained_backbone=False, fpn_feature_size=32, mask_feature_size=32, decoder_layers=1,
             decoder_dim=32, decoder_heads=2, decoder_ffn=64, num_queries=8, batch_size=4, crop_size=32, lr=1e-3,
@@ -34,15 +35,35 @@ def synthseg_data(pipe, tmp_path_factory):
     return directory
 
 
-def test_augment_scales_crops_and_pads_with_ignore():
+def test_scale_crop_flip_scales_crops_and_pads_with_ignore():
     rng = np.random.default_rng(0)
     image = Image.fromarray(np.full((20, 30, 3), 7, np.uint8))
     labels = np.full((20, 30), 3, np.uint8)
-    pixels, target = augment(image, labels, rng, crop=64, scale_range=[1.0, 1.0])  # short side 20 -> 64: width 96
+    pixels, target = scale_crop_flip(image, labels, rng, crop=64, scale_range=[1.0, 1.0])  # short side 20 -> 64: width 96
     assert pixels.shape == (64, 64, 3) and target.shape == (64, 64)
     assert set(np.unique(target)) == {3}
-    pixels, target = augment(image, labels, rng, crop=64, scale_range=[0.5, 0.5])  # 32x48 inside a 64x64 crop
+    pixels, target = scale_crop_flip(image, labels, rng, crop=64, scale_range=[0.5, 0.5])  # 32x48 inside a 64x64 crop
     assert set(np.unique(target)) == {3, 255} and (target == 3).sum() == 32 * 48
+
+
+def test_copy_paste_pastes_objects_and_their_ignore_band_but_not_background_or_padding():
+    base_pixels, base_target = np.full((8, 8, 3), 10, np.uint8), np.zeros((8, 8), np.uint8)
+    base_target[0, :] = 2  # an object of the base crop, partly covered below
+    labels = np.zeros((4, 8), np.uint8)  # half as tall as the crop: augment pads its lower half with ignore
+    labels[0, :4], labels[1, :4], labels[0, 4] = 1, 255, 3  # class 1, its ignore band, and class 3
+    other = (Image.fromarray(np.full((4, 8, 3), 200, np.uint8)), labels)
+    pixels, target, where = copy_paste(base_pixels, base_target, other, np.random.default_rng(0), crop=8, scale_range=[0.5, 0.5])
+    pasted = np.isin(target, [1, 3]) | ((target == 255) & (pixels[..., 0] == 200))
+    assert (where == pasted).all() and (pixels[where] == 200).all() and (pixels[~where] == 10).all()
+    assert sorted(np.unique(target)) == [0, 1, 2, 3, 255]
+    assert (target == 1).sum() == 4 and (target == 3).sum() == 1 and (target == 255).sum() == 4  # the band: ignore again
+    assert (target[4:] == 0).all()  # the pasted crop's padding (its lower half) left the base as it was
+    assert (target == 2).sum() == 8 - (base_target[0] != target[0]).sum() and (target[0] != 2).sum() > 0  # covered
+
+
+def test_copy_paste_share_is_checked():
+    with pytest.raises(SynthsegError, match="copy_paste"):
+        tiny_recipe(copy_paste=1.5)
 
 
 def test_tiny_maskformer_loss_falls_on_a_synthseg_dataset(synthseg_data, tmp_path):
@@ -98,11 +119,13 @@ def test_decoder_reads_the_last_backbone_stage():
             assert model.model(x).encoder_last_hidden_state.shape[-2:] == (side, side), backbone
 
 
-def test_training_resumes_exactly(tmp_path):
+@pytest.mark.parametrize("share", [0.0, 0.5])
+def test_training_resumes_exactly(tmp_path, share):
     data = read_world(6)
-    straight = train_segmenter(tiny_recipe(steps=6, checkpoint_every=3), data, tmp_path / "a", tmp_path / "wa")
-    train_segmenter(tiny_recipe(steps=6, checkpoint_every=3), data, tmp_path / "b", tmp_path / "wb", max_steps=3)
-    resumed = train_segmenter(tiny_recipe(steps=6, checkpoint_every=3), data, tmp_path / "b", tmp_path / "wb")
+    recipe = tiny_recipe(steps=6, checkpoint_every=3, copy_paste=share)
+    straight = train_segmenter(recipe, data, tmp_path / "a", tmp_path / "wa")
+    train_segmenter(recipe, data, tmp_path / "b", tmp_path / "wb", max_steps=3)
+    resumed = train_segmenter(recipe, data, tmp_path / "b", tmp_path / "wb")
     a, b = Segmenter.from_pretrained(straight).model.state_dict(), Segmenter.from_pretrained(resumed).model.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((resumed / "training.json").read_text())["segmenter"]["steps"] == 6

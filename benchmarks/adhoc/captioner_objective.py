@@ -5,11 +5,12 @@ shipped world module's harmonic mIoU with it; and, told each scene's number of c
 captioner's k best classes are the scene's. A second seed of the per-class captioner gives the spread.
 
 Run from the repository root:
-    python benchmarks/adhoc/captioner_objective.py [--pooling max] WORK DATASET [DATASET ...]
+    python benchmarks/adhoc/captioner_objective.py [--pooling max] [--copy-paste SHARE] WORK DATASET [DATASET ...]
 Trains WORK/captions/captioner, WORK/classes/captioner and WORK/classes-seed1/captioner (the captioner-world recipe,
 objective and seed changed) on the concatenated datasets; the shipped captioner is scored too. With --pooling max,
 the two per-class captioners pool their cells by max (WORK/classes-max, WORK/classes-max-seed1), and no per-caption
-one is trained.
+one is trained. With --copy-paste, the per-class captioners train with that share of each batch pasted over
+(`copy_paste` of the recipe; WORK/classes-max-cpSHARE, ...).
 """
 
 import argparse
@@ -29,10 +30,12 @@ from synthseg.train.captioner import load_captioner_recipe, train_captioner
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--pooling", default="mean", choices=["mean", "max"])
+parser.add_argument("--copy-paste", type=float, default=0.0)
 parser.add_argument("work", type=Path)
 parser.add_argument("datasets", nargs="+")
 args = parser.parse_args()
 work, folders, suffix = args.work, args.datasets, "-max" if args.pooling == "max" else ""
+suffix += f"-cp{args.copy_paste:g}" if args.copy_paste else ""
 pipe = load_pipeline("world")
 data = open_training_data([Path(f) for f in folders])
 captioners = {"shipped": ImplicitCaptioner.from_pretrained("world")}
@@ -40,7 +43,8 @@ runs = [("classes", "classes", 0), ("classes-seed1", "classes", 1)] if suffix el
                                                                                     ("classes-seed1", "classes", 1)]
 for name, objective, seed in runs:
     name = name.replace("classes", "classes" + suffix)
-    recipe = load_captioner_recipe("captioner-world", objective=objective, seed=seed, pooling=args.pooling if objective == "classes" else "mean")
+    recipe = load_captioner_recipe("captioner-world", objective=objective, seed=seed, pooling=args.pooling if objective == "classes" else "mean",
+                                   copy_paste=args.copy_paste if objective == "classes" else 0.0)
     captioners[name] = train_captioner(pipe, data, recipe, work / name, work / name / "captioner")
 scenes = read_world(200, first=500)
 names, module, split = list(scenes.class_names), GroundingModule.from_pretrained("world"), get_split("world")

@@ -24,10 +24,10 @@ def subset(data: SegmentationData, indices: list[int], tag: str) -> Segmentation
     return SegmentationData(f"{data.name}:{tag}", data.class_names, [data.ids[i] for i in indices], lambda k: data[indices[k]])
 
 
-def train_and_score(label: str, data: SegmentationData, work: Path, steps: int | None = None, seed: int = 0) -> None:
+def train_and_score(label: str, data: SegmentationData, work: Path, steps: int | None = None, seed: int = 0, **fields) -> None:
     """Train (resumable, in WORK/segmenter-work) and print one row per scene set: Protocol ii's test scenes (0-499) and
-    scenes 500-999, which no bench reads. `steps`: the recipe's unless given."""
-    overrides = {} if steps is None else {"steps": steps}
+    scenes 500-999, which no bench reads. `steps`: the recipe's unless given; `fields`: other recipe fields to set."""
+    overrides = fields if steps is None else {"steps": steps, **fields}
     recipe = replace(load_segmenter_recipe("segmenter-world", **overrides), seed=seed)
     model = train_segmenter(recipe, data, work / "segmenter", work / "segmenter-work")
     split = get_split("world")

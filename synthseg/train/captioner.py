@@ -7,6 +7,9 @@ at `image_size`, by the pipeline the captioner is for. The loss is CLIP's: cross
 image's scaled cosine similarity to every distinct caption of the dataset, the right one the target;
 or, with `objective: classes`, SigLIP's: binary cross-entropy of its scaled and shifted similarity to
 each class's direction (`synthseg.captioner.class_embeddings`), the classes it holds the positives.
+With `copy_paste` (objective classes), that share of each batch is re-encoded from composites: another image's
+objects pasted over the image (`augment.copy_paste`), so a dataset of one or two objects an image also shows it
+scenes of three or four.
 """
 
 from __future__ import annotations
@@ -18,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from ..captioner import CaptionerConfig, ImplicitCaptioner, caption_embeddings, class_embeddings
 from ..config import check_non_negative, check_positive, load_recipe, stamped
@@ -25,6 +29,7 @@ from ..errors import SynthsegError
 from ..progress import loss_progress
 from ..readers import SegmentationData
 from ..segment import encode_images, pixel_tensor
+from .augment import check_pastable, copy_paste
 from .loop import claim_workdir, train_loop, warmup_cosine, write_training_record
 
 
@@ -33,7 +38,9 @@ class CaptionerRecipe:
     """See recipes/captioner-world.yaml. image_size: the side images are resized to before encoding
     (None: the pipeline's default). rotations: also turn latents by multiples of 90 degrees (for scenes
     with no up, as the world's); horizontal flips are always drawn. objective, pooling: what the captioner
-    learns, and how (`synthseg.captioner.CaptionerConfig`)."""
+    learns, and how (`synthseg.captioner.CaptionerConfig`). copy_paste: the share of each batch whose images get
+    another image's objects pasted over them before encoding (only with objective classes: a composite's class set
+    need not be one of the data's captions)."""
 
     template: str = "a photograph of {}"
     width: int = 64
@@ -47,11 +54,16 @@ class CaptionerRecipe:
     warmup_steps: int = 100
     weight_decay: float = 1e-4
     rotations: bool = False
+    copy_paste: float = 0.0
     seed: int = 0
     checkpoint_every: int = 500
 
     def validate(self, source: str) -> None:
         check_positive(source, self, "steps", "batch_size", "checkpoint_every")
+        if not 0 <= self.copy_paste <= 1:
+            raise SynthsegError(f"{source}: copy_paste is a share of each batch, in [0, 1]")
+        if self.copy_paste and self.objective != "classes":
+            raise SynthsegError(f"{source}: copy_paste goes with objective classes (a composite's classes need not be a caption of the data)")
         check_non_negative(source, self, "warmup_steps", "lr", "weight_decay")
         if self.image_size is not None and (self.image_size < 8 or self.image_size % 8):
             raise SynthsegError(f"{source}: image_size must be a multiple of 8, got {self.image_size}")
@@ -64,10 +76,10 @@ def load_captioner_recipe(spec: str | Path, **overrides) -> CaptionerRecipe:
 
 
 @torch.no_grad()
-def encode_dataset(pipe, data: SegmentationData, size: int) -> tuple[torch.Tensor, list[list[str]]]:
-    """(N, C, h, w) VAE latents of every image at `size` x `size`, and each image's classes (its label
-    map's, in the dataset's class order); an image with no class is skipped."""
-    latents, classes = [], []
+def encode_dataset(pipe, data: SegmentationData, size: int) -> tuple[torch.Tensor, list[list[str]], list[int]]:
+    """(N, C, h, w) VAE latents of every image at `size` x `size`, each image's classes (its label map's, in
+    the dataset's class order), and its index in `data`; an image with no class is skipped."""
+    latents, classes, indices = [], [], []
     with loss_progress("encode", len(data), metric="kept") as advance:
         kept = []
         for index in range(len(data)):
@@ -77,10 +89,51 @@ def encode_dataset(pipe, data: SegmentationData, size: int) -> tuple[torch.Tenso
             if present:
                 latents.append(encode_images(pipe, pixel_tensor(np.asarray(image.convert("RGB").resize((size, size))))).float().cpu())
                 classes.append(present)
+                indices.append(index)
             advance(index + 1, kept)
     if not latents:
         raise SynthsegError(f"{data.name}: no image holds a labelled class; nothing to train the captioner on")
-    return torch.cat(latents), classes
+    return torch.cat(latents), classes, indices
+
+
+class Composites:
+    """copy_paste for a captioner batch: the images and label maps of `data`'s items `indices` at `size`, and
+    the class list `captions` whose presence the loss scores."""
+
+    scales = [0.5, 1.0]  # a pasted image at most its own size, so no object is cut by the crop: each is pasted whole
+
+    def __init__(self, data: SegmentationData, indices: list[int], size: int, captions: list[str]):
+        items = [data[index] for index in indices]
+        self.pixels = np.stack([np.asarray(image.convert("RGB").resize((size, size))) for image, _ in items])
+        self.labels = np.stack([np.asarray(Image.fromarray(labels).resize((size, size), Image.NEAREST)) for _, labels in items])
+        self.size = size
+        self.class_index = [data.class_names.index(name) + 1 for name in captions]
+
+    def __call__(self, pipe, rows: np.ndarray, rng: np.random.Generator, share: float):
+        """(row positions of the batch that were pasted, their latents, targets over the captions, and weights:
+        a class of the image that the paste left under half visible, but not hidden, is neither positive nor
+        negative)."""
+        pasted, pixels, targets, weights = [], [], [], []
+        for position, row in enumerate(rows):
+            if rng.random() >= share:
+                continue
+            other = int(rng.integers(len(self.labels)))
+            base = self.labels[row]
+            image, labels, where = copy_paste(self.pixels[row], base, (Image.fromarray(self.pixels[other]), self.labels[other]),
+                                              rng, self.size, self.scales)
+            before = np.array([(base == k).sum() for k in self.class_index])
+            kept = np.array([((base == k) & ~where).sum() for k in self.class_index])
+            added = np.array([((labels == k) & where).sum() for k in self.class_index])
+            partly = (kept > 0) & (2 * kept < before) & (added == 0)
+            pasted.append(position)
+            pixels.append(image)
+            targets.append(((added > 0) | (2 * kept >= before) & (before > 0)).astype(np.float32))
+            weights.append((~partly).astype(np.float32))
+        if not pasted:
+            return pasted, None, None, None
+        with torch.no_grad():
+            latents = encode_images(pipe, pixel_tensor(np.stack(pixels))).float().cpu()
+        return pasted, latents, torch.from_numpy(np.stack(targets)), torch.from_numpy(np.stack(weights))
 
 
 def augment(latents: torch.Tensor, rng: np.random.Generator, rotations: bool) -> torch.Tensor:
@@ -103,9 +156,12 @@ def train_captioner(pipe, data: SegmentationData, recipe: CaptionerRecipe, workd
                                           objective=recipe.objective, pooling=recipe.pooling)
     claim_workdir(workdir, recipe)
     size = recipe.image_size or pipe.default_sample_size * pipe.vae_scale_factor
-    latents, classes = encode_dataset(pipe, data, size)
+    latents, classes, indices = encode_dataset(pipe, data, size)
     if recipe.objective == "classes":
         captions = [name for name in data.class_names if any(name in c for c in classes)]  # one class each
+        if recipe.copy_paste:
+            check_pastable(data, recipe.copy_paste)
+            composites = Composites(data, indices, size, captions)
         targets = torch.tensor([[float(name in c) for name in captions] for c in classes])
         embeddings = class_embeddings(pipe, captions, recipe.template)
     else:
@@ -120,6 +176,13 @@ def train_captioner(pipe, data: SegmentationData, recipe: CaptionerRecipe, workd
     def step_loss(step: int) -> torch.Tensor:
         rng = np.random.default_rng([recipe.seed, step])
         rows = torch.from_numpy(rng.integers(len(latents), size=recipe.batch_size))
+        if recipe.copy_paste:  # no draws without it: old recipes repeat exactly
+            batch, target, weight = latents[rows], targets[rows], torch.ones(len(rows), targets.shape[-1])
+            pasted, pasted_latents, pasted_targets, pasted_weights = composites(pipe, rows.numpy(), rng, recipe.copy_paste)
+            if pasted:
+                batch[pasted], target[pasted], weight[pasted] = pasted_latents, pasted_targets, pasted_weights
+            logits = captioner.class_logits(augment(batch, rng, recipe.rotations), embeddings)
+            return F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="sum") / weight.sum()
         batch = augment(latents[rows], rng, recipe.rotations)
         if recipe.objective == "classes":
             return F.binary_cross_entropy_with_logits(captioner.class_logits(batch, embeddings), targets[rows])

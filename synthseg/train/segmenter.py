@@ -1,7 +1,7 @@
 """Training the segmenter (`synthseg.segmenter`: MaskFormer or Mask2Former) on a labelled dataset: Protocol ii's.
 
-Augmentation follows MaskFormer's semantic recipe: the short side is scaled to `crop_size * U(scale_range)`,
-then a random `crop_size` crop (padded with ignore where the image is smaller) and a random horizontal flip.
+Augmentation follows MaskFormer's semantic recipe (`augment.scale_crop_flip`); with the recipe's `copy_paste`,
+that share of the crops also gets another image's objects pasted over it (`augment.copy_paste`).
 """
 
 from __future__ import annotations
@@ -12,32 +12,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import yaml
-from PIL import Image
 
 from ..config import stamped
 from ..errors import SynthsegError
-from ..formats import IGNORE
 from ..readers import SegmentationData
 from ..segmenter import SegmenterRecipe, build_segmenter, image_processor
+from .augment import check_pastable, copy_paste, scale_crop_flip
 from .loop import claim_workdir, poly, train_loop, write_training_record
-
-
-def augment(image: Image.Image, labels: np.ndarray, rng: np.random.Generator, crop: int, scale_range: list[float]):
-    """Random scale, pad-and-crop to `crop`, random flip -> (crop x crop x 3 uint8, crop x crop uint8)."""
-    short = crop * rng.uniform(*scale_range)
-    factor = short / min(image.size)
-    size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
-    pixels = np.asarray(image.resize(size, Image.BILINEAR))
-    target = np.asarray(Image.fromarray(labels).resize(size, Image.NEAREST))
-    height, width = max(crop, size[1]), max(crop, size[0])
-    padded = np.zeros((height, width, 3), dtype=np.uint8)
-    padded_labels = np.full((height, width), IGNORE, dtype=np.uint8)
-    padded[: size[1], : size[0]], padded_labels[: size[1], : size[0]] = pixels, target
-    top, left = int(rng.integers(height - crop + 1)), int(rng.integers(width - crop + 1))
-    pixels, target = padded[top : top + crop, left : left + crop], padded_labels[top : top + crop, left : left + crop]
-    if rng.random() < 0.5:
-        pixels, target = pixels[:, ::-1], target[:, ::-1]
-    return np.ascontiguousarray(pixels), np.ascontiguousarray(target)
 
 
 def training_loss(model, batch, device) -> torch.Tensor:
@@ -68,6 +49,7 @@ def train_segmenter(recipe: SegmenterRecipe, data: SegmentationData, output: str
 
     if len(data) == 0:
         raise SynthsegError(f"{data.name}: no images to train on")
+    check_pastable(data, recipe.copy_paste)
     accelerator = Accelerator(cpu=device == "cpu" or not torch.cuda.is_available())
     if recipe.batch_size % accelerator.num_processes:
         raise SynthsegError(f"batch_size {recipe.batch_size} does not split over {accelerator.num_processes} processes")
@@ -91,7 +73,12 @@ def train_segmenter(recipe: SegmenterRecipe, data: SegmentationData, output: str
     def step_loss(step: int) -> torch.Tensor:
         rng = np.random.default_rng([recipe.seed, step, accelerator.process_index])
         torch.manual_seed(int(rng.integers(2**31)))  # dropout: a resumed run draws the same masks
-        crops = [augment(*data[int(i)], rng, recipe.crop_size, recipe.scale_range) for i in rng.integers(len(data), size=per_process)]
+        crops = []
+        for i in rng.integers(len(data), size=per_process):
+            crop = scale_crop_flip(*data[int(i)], rng, recipe.crop_size, recipe.scale_range)
+            if recipe.copy_paste and rng.random() < recipe.copy_paste:  # no draw at 0: old recipes repeat exactly
+                crop = copy_paste(*crop, data[int(rng.integers(len(data)))], rng, recipe.crop_size, recipe.scale_range)[:2]
+            crops.append(crop)
         batch = processor(images=[c[0] for c in crops], segmentation_maps=[c[1] for c in crops], do_resize=False, return_tensors="pt")
         return training_loss(model, batch, accelerator.device)
 
