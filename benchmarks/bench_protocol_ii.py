@@ -7,7 +7,9 @@ held-out rendered scenes (split "world", background counted as a seen class):
   (b) the same number of rendered training scenes with exact masks (the oracle);
   (c) (a) without the images whose prompt names an unseen class (strict zero-shot; Grounded-Diffusion #8).
 Each is trained once per `--seeds` entry and the table gives the means (the from-scratch segmenter varies
-from seed to seed). Target: (a) reaches >= 85% of (b)'s harmonic mIoU. Writes the "Protocol ii (world)" section of
+from seed to seed). A recipe's `copy_paste` applies to the generated rows; the oracle trains without it, at its
+best: pasting lowers it (RESULTS.md, "Ad hoc trials (world)"). Target: (a) reaches >= 85% of (b)'s harmonic mIoU.
+Writes the "Protocol ii (world)" section of
 benchmarks/RESULTS.md (another --recipe: its own section); work files go under runs/protocol-ii (resumable).
 
     python benchmarks/bench_protocol_ii.py [--recipe segmenter-tiny] [--per-class 50] [--per-pair 4]
@@ -55,6 +57,8 @@ def train_row(key: str, seed: int, recipe, folder: Path, threads: int) -> Path:
     from synthseg.train.segmenter import train_segmenter
 
     torch.set_num_threads(threads)
+    if key == "b":
+        recipe = replace(recipe, copy_paste=0.0)
     return train_segmenter(replace(recipe, seed=seed), training_data(key), folder, folder.with_name(folder.name + "-work"))
 
 
@@ -102,8 +106,10 @@ def main() -> None:
         ratio += (" - the oracle does not score above (a): the from-scratch segmenter, more than the labels, limits"
                   " both (compare the seeds' spread)")
     arch = {"maskformer": "MaskFormer", "mask2former": "Mask2Former"}[segmenter_recipe.arch]
+    pasting = (f" (a) and (c) train with the recipe's copy_paste {segmenter_recipe.copy_paste:g} (Simple Copy-Paste), the oracle (b) "
+               "without it, at its best: pasting lowers it." if segmenter_recipe.copy_paste else "")
     body = f"""Tiny {arch} (`recipes/{args.recipe}.yaml`, {segmenter_recipe.steps} steps) trained three ways, once per seed
-({", ".join(map(str, args.seeds))}), scored on {args.eval_scenes} held-out rendered scenes with exact masks; mIoU are means over the seeds.
+({", ".join(map(str, args.seeds))}), scored on {args.eval_scenes} held-out rendered scenes with exact masks; mIoU are means over the seeds.{pasting}
 Protocol: {results['a'][0].protocol()}.
 Synthetic data: `make-dataset --classes world --per-class {args.per_class} --per-pair {args.per_pair}`
 ({generation / 60:.1f} min to generate in this run; a rerun reuses a finished dataset).

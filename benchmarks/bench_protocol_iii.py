@@ -24,6 +24,7 @@ Writes the "Protocol iii (MODEL)" section of benchmarks/RESULTS.md.
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import time
 
@@ -58,6 +59,7 @@ def main() -> None:
     from synthseg.grounding import GroundingModule
     from synthseg.pipeline import load_pipeline
     from synthseg.readers import open_dataset
+    from synthseg.registry import resolve_captioner
     from synthseg.segment import AttentionSegmenter, GroundingSegmenter, encode_images, pixel_tensor
     from synthseg.train.grounding import capture_step_of
     from synthseg.triplets import TripletRecipe
@@ -74,6 +76,9 @@ def main() -> None:
 
     truth = [data.classes_in(data[i][1]) for i in range(len(data))]
     captioner = ImplicitCaptioner.from_pretrained(captioner_name)
+    made = resolve_captioner(captioner_name) / "recipe.json"  # its training recipe, where it has one
+    share = json.loads(made.read_text()).get("copy_paste", 0.0) if made.is_file() else 0.0
+    pasted = f", trained with copy_paste {share:g}" if share else ""
     first, recognised = None, None
     for label, directory in modules.items():
         module = GroundingModule.from_pretrained(directory)
@@ -131,7 +136,7 @@ Ablations of `{label}` on the first {args.ablation_count} scenes:
 
 {chr(10).join(head + [line(n, r) for n, r in ablations.items()])}
 
-The implicit captioner (`{captioner_name}`: objective {captioner.config.objective}, pooling {captioner.config.pooling}; up to
+The implicit captioner (`{captioner_name}`: objective {captioner.config.objective}, pooling {captioner.config.pooling}{pasted}; up to
 {args.max_classes} class{"es" if args.max_classes > 1 else ""} an image) on these scenes: the exact class
 set {100 * exact:.1f}% of scenes; precision {100 * precision:.1f}%; recall {100 * recall["seen"]:.1f}% of seen and
 {100 * recall["unseen"]:.1f}% of unseen class occurrences. It reads the image's clean VAE latent; the module then segments only
