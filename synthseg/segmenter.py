@@ -56,7 +56,7 @@ class SegmenterRecipe:
     from scratch always trains its BatchNorm. The decoder fields size either arch's transformer decoder.
     `warmup_steps`: a linear warm-up of the learning rate before its poly decay (MaskFormer's configs have none).
     `copy_paste`: the share of training crops that get another crop's objects pasted over them (Simple Copy-Paste,
-    Ghiasi et al. 2021; `synthseg.train.segmenter.copy_paste`), so images of one or two objects teach scenes of more."""
+    Ghiasi et al. 2021; `synthseg.train.augment.copy_paste`), so images of one or two objects teach scenes of more."""
 
     arch: str = "maskformer"
     backbone: str = "resnet-101"

@@ -97,8 +97,8 @@ def encode_dataset(pipe, data: SegmentationData, size: int) -> tuple[torch.Tenso
 
 
 class Composites:
-    """copy_paste for a captioner batch: the images and label maps of `data`'s items `indices` at `size`, and
-    the class list `captions` whose presence the loss scores."""
+    """copy_paste for a captioner batch: the images and label maps of `data`'s items `indices` at `size` (read
+    again, as `encode_dataset` keeps only latents), and the class list `captions` whose presence the loss scores."""
 
     scales = [0.5, 1.0]  # a pasted image at most its own size, so no object is cut by the crop: each is pasted whole
 
@@ -109,12 +109,14 @@ class Composites:
         self.size = size
         self.class_index = [data.class_names.index(name) + 1 for name in captions]
 
-    def __call__(self, pipe, rows: np.ndarray, rng: np.random.Generator, share: float):
-        """(row positions of the batch that were pasted, their latents, targets over the captions, and weights:
-        a class of the image that the paste left under half visible, but not hidden, is neither positive nor
-        negative)."""
-        pasted, pixels, targets, weights = [], [], [], []
-        for position, row in enumerate(rows):
+    def __call__(self, pipe, rows: torch.Tensor, latents: torch.Tensor, targets: torch.Tensor, rng: np.random.Generator,
+                 share: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The batch of dataset rows `rows` (of `latents` and `targets` over the captions), `share` of its images
+        pasted over and re-encoded -> (latents, targets, weights): a class of an image that the paste left under
+        half visible, but not hidden, has weight 0, neither positive nor negative."""
+        batch, target, weight = latents[rows], targets[rows], torch.ones(len(rows), targets.shape[-1])
+        pasted, pixels, pasted_targets, pasted_weights = [], [], [], []
+        for position, row in enumerate(rows.tolist()):
             if rng.random() >= share:
                 continue
             other = int(rng.integers(len(self.labels)))
@@ -127,13 +129,13 @@ class Composites:
             partly = (kept > 0) & (2 * kept < before) & (added == 0)
             pasted.append(position)
             pixels.append(image)
-            targets.append(((added > 0) | (2 * kept >= before) & (before > 0)).astype(np.float32))
-            weights.append((~partly).astype(np.float32))
-        if not pasted:
-            return pasted, None, None, None
-        with torch.no_grad():
-            latents = encode_images(pipe, pixel_tensor(np.stack(pixels))).float().cpu()
-        return pasted, latents, torch.from_numpy(np.stack(targets)), torch.from_numpy(np.stack(weights))
+            pasted_targets.append(((added > 0) | (2 * kept >= before) & (before > 0)).astype(np.float32))
+            pasted_weights.append((~partly).astype(np.float32))
+        if pasted:
+            with torch.no_grad():
+                batch[pasted] = encode_images(pipe, pixel_tensor(np.stack(pixels))).float().cpu()
+            target[pasted], weight[pasted] = torch.from_numpy(np.stack(pasted_targets)), torch.from_numpy(np.stack(pasted_weights))
+        return batch, target, weight
 
 
 def augment(latents: torch.Tensor, rng: np.random.Generator, rotations: bool) -> torch.Tensor:
@@ -177,10 +179,7 @@ def train_captioner(pipe, data: SegmentationData, recipe: CaptionerRecipe, workd
         rng = np.random.default_rng([recipe.seed, step])
         rows = torch.from_numpy(rng.integers(len(latents), size=recipe.batch_size))
         if recipe.copy_paste:  # no draws without it: old recipes repeat exactly
-            batch, target, weight = latents[rows], targets[rows], torch.ones(len(rows), targets.shape[-1])
-            pasted, pasted_latents, pasted_targets, pasted_weights = composites(pipe, rows.numpy(), rng, recipe.copy_paste)
-            if pasted:
-                batch[pasted], target[pasted], weight[pasted] = pasted_latents, pasted_targets, pasted_weights
+            batch, target, weight = composites(pipe, rows, latents, targets, rng, recipe.copy_paste)
             logits = captioner.class_logits(augment(batch, rng, recipe.rotations), embeddings)
             return F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="sum") / weight.sum()
         batch = augment(latents[rows], rng, recipe.rotations)
