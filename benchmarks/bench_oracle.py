@@ -2,8 +2,8 @@
 
 Each variant is `recipes/segmenter-world.yaml` with a few fields changed, trained as Protocol ii's oracle (b)
 trains (on as many rendered scenes with exact masks as the synthetic dataset's 862 images, without the recipe's
-`copy_paste`) and scored on the same 500 held-out scenes (split "world", background counted as seen). The issue's target for the oracle is 75
-harmonic mIoU. Run from the repository root. Writes the "Protocol ii oracle (world)" section of
+`copy_paste`) and scored on the same 500 held-out scenes (split "world", background counted as seen). The issue's
+target for the oracle is 75 harmonic mIoU. Run from the repository root. Writes the "Protocol ii oracle (world)" section of
 benchmarks/RESULTS.md; work files go under runs/oracle/VARIANT (resumable: a finished training is only scored).
 `--variants` reruns only those; the section keeps the other rows from its previous run, and says so.
 
