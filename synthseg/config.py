@@ -59,7 +59,9 @@ def record_recipe(path: str | Path, recipe, refusal: str) -> None:
         found = unstamped(json.loads(path.read_text()), str(path))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise SynthsegError(f"{path}: corrupt; remove it to start over") from None
-    defaults = {f.name: f.default for f in dataclasses.fields(recipe) if f.default is not dataclasses.MISSING}
+    defaults = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+                for f in dataclasses.fields(recipe) if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+    defaults = json.loads(json.dumps(defaults, default=dataclasses.asdict))  # as recorded: lists, nested recipes as mappings
     changed = sorted(k for k in set(found) | set(wanted) if found.get(k, defaults.get(k)) != wanted.get(k))
     if changed:  # a field added since, at its default, is no change: the recorded run ran without it
         raise SynthsegError(refusal.format(changed=", ".join(changed)))

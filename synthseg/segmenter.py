@@ -56,7 +56,9 @@ class SegmenterRecipe:
     from scratch always trains its BatchNorm. The decoder fields size either arch's transformer decoder.
     `warmup_steps`: a linear warm-up of the learning rate before its poly decay (MaskFormer's configs have none).
     `copy_paste`: the share of training crops that get another crop's objects pasted over them (Simple Copy-Paste,
-    Ghiasi et al. 2021; `synthseg.train.augment.copy_paste`), so images of one or two objects teach scenes of more."""
+    Ghiasi et al. 2021; `synthseg.train.augment.copy_paste`), so images of one or two objects teach scenes of more;
+    `paste_scale_range`: the pasted image's short side over the crop's, drawn per paste (below 1 it lands anywhere in
+    the crop, a smaller object among the crop's)."""
 
     arch: str = "maskformer"
     backbone: str = "resnet-101"
@@ -82,6 +84,7 @@ class SegmenterRecipe:
     warmup_steps: int = 0
     clip_norm: float = 0.01
     copy_paste: float = 0.0
+    paste_scale_range: list[float] = field(default_factory=lambda: [0.4, 1.0])
     seed: int = 0
     checkpoint_every: int = 1000
 
@@ -94,8 +97,10 @@ class SegmenterRecipe:
                                 f"{len(BACKBONES[self.backbone]['depths'])}")
         if self.pretrained_backbone and not (self.backbone_weights or self.backbone in BACKBONE_WEIGHTS):
             raise SynthsegError(f"{source}: {self.backbone} has no ImageNet weights; set pretrained_backbone: false")
-        if len(self.scale_range) != 2 or not 0 < self.scale_range[0] <= self.scale_range[1]:
-            raise SynthsegError(f"{source}: scale_range is [low, high] with 0 < low <= high")
+        for name in ("scale_range", "paste_scale_range"):
+            low_high = getattr(self, name)
+            if len(low_high) != 2 or not 0 < low_high[0] <= low_high[1]:
+                raise SynthsegError(f"{source}: {name} is [low, high] with 0 < low <= high")
         if not 0 <= self.copy_paste <= 1:
             raise SynthsegError(f"{source}: copy_paste is a share of the training crops, in [0, 1]")
         if not 0 <= self.warmup_steps < self.steps:

@@ -164,6 +164,53 @@ def test_layout_fraction_mixes_layout_scenes_into_the_batches():
         load_annotator_recipe("world-annotator", layout_fraction=1.5)
 
 
+def test_copy_paste_instances_occludes_the_base_and_adds_the_pasted_instances():
+    from synthseg.train.augment import copy_paste_instances
+
+    masks = np.zeros((2, 8, 8), bool)
+    masks[0, :, :2], masks[1, 6:, 6:] = True, True  # a bar at the left edge; a small square at the lower right
+    other_masks = np.zeros((1, 8, 8), bool)
+    other_masks[0, :, 4:] = True  # the right half of an 8 x 8 image, placed whole at scale 1
+    other = (np.full((8, 8, 3), 200, np.uint8), other_masks, np.array([5]))
+    for seed in range(10):
+        pixels, out, labels = copy_paste_instances(np.zeros((8, 8, 3), np.uint8), masks, np.array([1, 2]), other,
+                                                   np.random.default_rng(seed), scale_range=[1.0, 1.0])
+        assert list(labels) == [1, 2, 5] and out.shape == (3, 8, 8)
+        assert (pixels[out[2]] == 200).all() and (pixels[~out[2]] == 0).all()  # only the instance's pixels pasted
+        assert not (out[:2] & out[2]).any() and ((out[0] | out[2]) >= masks[0]).all()  # the base lost what the paste covers
+        covered = out[2, 6:, 6:].all()
+        assert out[1].any() != covered  # the square: hidden whole (empty) where the paste lands on the right half
+
+
+def test_annotator_copy_paste_pastes_another_drawn_items_instances(tmp_path):
+    """With `copy_paste` 1 every image of a batch also holds another drawn image's instances, the targets' boxes
+    follow the occluded masks, and the batch of a step is fixed; at 0 the draws are those of a recipe without it."""
+    from dataclasses import replace
+
+    from synthseg.train.annotator import training_batches, training_scene
+    from synthseg.world import export_scenes
+
+    export_scenes(tmp_path / "scenes", [scene_seed(i, held_out=False) for i in range(4)])
+    recipe = replace(small_recipe(), train_data=str(tmp_path / "scenes"), model=replace(small_recipe().model, categories=list(WORLD_CLASSES)))
+    plain_images, plain = training_batches(recipe)(3)
+    rng = np.random.default_rng([recipe.seed, 3])
+    assert [len(t["labels"]) for t in plain] == [len(render_scene(scene_seed(int(rng.integers(4)), held_out=False)).classes) for _ in plain]
+    pasted_images, pasted = training_batches(replace(recipe, copy_paste=1.0))(3)
+    assert training_batches(replace(recipe, copy_paste=1.0))(3)[0][0].equal(pasted_images[0])
+    assert sum(len(t["labels"]) for t in pasted) > sum(len(t["labels"]) for t in plain)
+    for target in pasted:
+        for box, mask in zip(target["boxes"], target["masks"]):
+            ys, xs = np.nonzero(mask.numpy())
+            assert box.tolist() == [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
+    rendered = replace(small_recipe(), copy_paste=0.0)
+    rng = np.random.default_rng([rendered.seed, 0])
+    scene = training_scene(rendered, rng)
+    assert np.array_equal(training_batches(rendered)(0)[0][0].permute(1, 2, 0).mul(255).round().byte().numpy(), scene.image)
+    for bad, match in ((dict(copy_paste=1.5), "copy_paste must lie in"), (dict(paste_scale_range=[1.0, 0.5]), "paste_scale_range")):
+        with pytest.raises(SynthsegError, match=match):
+            load_annotator_recipe("world-annotator", **bad)
+
+
 def test_shipped_recipe_draws_layouts_from_a_stream_no_bench_uses():
     """The annotator judges bench_layouts, so its training layouts (and its held-out AP's) come from
     streams other than the bench's (1 and 2) and world-layout's stages' (0, 7, 8)."""

@@ -104,9 +104,10 @@ def test_every_saved_recipe_and_model_config_names_its_writer(tmp_path):
     assert MaskRCNNAnnotator.from_pretrained(tmp_path / "ann").categories == ["a"]
 
 
-def test_a_run_recorded_before_a_field_was_added_resumes_only_if_the_field_is_unset(tmp_path):
+def test_a_run_recorded_before_a_field_was_added_resumes_only_if_the_field_is_at_its_default(tmp_path):
     import json
 
+    from synthseg.segmenter import load_segmenter_recipe
     from synthseg.train.backbone import load_backbone_recipe
     from synthseg.train.loop import claim_workdir
     from synthseg.train.world_dit import load_dit_recipe
@@ -127,3 +128,11 @@ def test_a_run_recorded_before_a_field_was_added_resumes_only_if_the_field_is_un
     claim_workdir(tmp_path / "bb", backbone)
     with pytest.raises(SynthsegError, match=r"another recipe \(eval_scenes differ\)"):
         claim_workdir(tmp_path / "bb", dataclasses.replace(backbone, eval_scenes=100))
+    segmenter = load_segmenter_recipe("segmenter-tiny")  # a list field (a default_factory)
+    claim_workdir(tmp_path / "seg", segmenter)
+    recorded = json.loads((tmp_path / "seg" / "recipe.json").read_text())
+    del recorded["paste_scale_range"]
+    (tmp_path / "seg" / "recipe.json").write_text(json.dumps(recorded))
+    claim_workdir(tmp_path / "seg", segmenter)
+    with pytest.raises(SynthsegError, match=r"another recipe \(paste_scale_range differ\)"):
+        claim_workdir(tmp_path / "seg", dataclasses.replace(segmenter, paste_scale_range=[0.5, 1.0]))

@@ -46,24 +46,38 @@ def test_scale_crop_flip_scales_crops_and_pads_with_ignore():
     assert set(np.unique(target)) == {3, 255} and (target == 3).sum() == 32 * 48
 
 
-def test_copy_paste_pastes_objects_and_their_ignore_band_but_not_background_or_padding():
+def test_copy_paste_pastes_objects_and_their_ignore_band_but_not_background_anywhere_in_the_crop():
     base_pixels, base_target = np.full((8, 8, 3), 10, np.uint8), np.zeros((8, 8), np.uint8)
-    base_target[0, :] = 2  # an object of the base crop, partly covered below
-    labels = np.zeros((4, 8), np.uint8)  # half as tall as the crop: augment pads its lower half with ignore
+    base_target[:, 0] = 2  # an object of the base crop (its left column), partly covered where the paste lands on it
+    labels = np.zeros((4, 8), np.uint8)  # half as tall as the crop at scale 1
     labels[0, :4], labels[1, :4], labels[0, 4] = 1, 255, 3  # class 1, its ignore band, and class 3
     other = (Image.fromarray(np.full((4, 8, 3), 200, np.uint8)), labels)
-    pixels, target, where = copy_paste(base_pixels, base_target, other, np.random.default_rng(0), crop=8, scale_range=[0.5, 0.5])
-    pasted = np.isin(target, [1, 3]) | ((target == 255) & (pixels[..., 0] == 200))
-    assert (where == pasted).all() and (pixels[where] == 200).all() and (pixels[~where] == 10).all()
-    assert sorted(np.unique(target)) == [0, 1, 2, 3, 255]
-    assert (target == 1).sum() == 4 and (target == 3).sum() == 1 and (target == 255).sum() == 4  # the band: ignore again
-    assert (target[4:] == 0).all()  # the pasted crop's padding (its lower half) left the base as it was
-    assert (target == 2).sum() == 8 - (base_target[0] != target[0]).sum() and (target[0] != 2).sum() > 0  # covered
+    tops = set()
+    for seed in range(40):
+        pixels, target, where = copy_paste(base_pixels, base_target, other, np.random.default_rng(seed), scale_range=[0.5, 0.5])
+        assert (pixels[where] == 200).all() and (pixels[~where] == 10).all() and (target[~where] == base_target[~where]).all()
+        assert (target == 1).sum() == 4 and (target == 3).sum() == 1 and (target == 255).sum() == 4  # the band: ignore still
+        assert where.sum() == 9 and not (target[where] == 0).any()  # no background pasted
+        top = int(np.flatnonzero(where.any(1))[0])
+        assert where[top].sum() == 5 and (target[top + 1] == 255).sum() == 4  # the other image's rows, whole
+        tops.add(top)
+        assert (target[:, 0] == 2).sum() == 8 - where[:, 0].sum()  # the base object covered only where pasted over
+    assert tops == {0, 1, 2, 3, 4}  # every place the 8 x 4 image fits in the crop
 
 
-def test_copy_paste_share_is_checked():
+def test_copy_paste_above_the_crop_size_pastes_a_window():
+    labels = np.ones((16, 16), np.uint8)
+    other = (Image.fromarray(np.full((16, 16, 3), 200, np.uint8)), labels)
+    pixels, target, where = copy_paste(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8), np.uint8), other,
+                                       np.random.default_rng(0), scale_range=[1.5, 1.5])  # 12 x 12 over an 8 x 8 crop
+    assert where.all() and (target == 1).all() and (pixels == 200).all()
+
+
+def test_copy_paste_share_and_scale_range_are_checked():
     with pytest.raises(SynthsegError, match="copy_paste"):
         tiny_recipe(copy_paste=1.5)
+    with pytest.raises(SynthsegError, match="paste_scale_range"):
+        tiny_recipe(copy_paste=0.5, paste_scale_range=[0.0, 1.0])
 
 
 def test_tiny_maskformer_loss_falls_on_a_synthseg_dataset(synthseg_data, tmp_path):

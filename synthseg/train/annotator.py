@@ -17,6 +17,7 @@ from ..formats import coco_annotation, coco_document
 from ..layouts import LayoutRecipe, sample_layout
 from ..readers import read_coco_instances
 from ..world import WORLD_CLASSES, Scene, layout_scene, render_scene, scene_seed
+from .augment import copy_paste_instances
 from .loop import claim_workdir, train_loop, warmup_cosine, write_training_record
 
 
@@ -26,7 +27,9 @@ class WorldAnnotatorRecipe:
     instances (a synthseg dataset, or `world.export_scenes`'s) to train on instead of freshly rendered
     scenes; its class names must be among the model's categories. `layout_fraction` of the rendered
     training scenes are `layouts` drawn as GLIGEN's (`render_layout`: smaller objects than the world's,
-    up to four, same-class repeats), so the annotator can judge layout generation."""
+    up to four, same-class repeats), so the annotator can judge layout generation. `copy_paste`: the share of
+    training images that get another's instances pasted over them (`augment.copy_paste_instances`), scaled to
+    `paste_scale_range` of the image's side."""
 
     model: MaskRCNNConfig
     seed: int = 0
@@ -41,11 +44,16 @@ class WorldAnnotatorRecipe:
     train_data: str | None = None
     layout_fraction: float = 0.0
     layouts: LayoutRecipe = field(default_factory=LayoutRecipe)
+    copy_paste: float = 0.0
+    paste_scale_range: list[float] = field(default_factory=lambda: [0.4, 1.0])
 
     def validate(self, source: str) -> None:
         check_positive(source, self, "steps", "batch_size", "checkpoint_every", "eval_scenes")
-        if not 0 <= self.layout_fraction <= 1:
-            raise SynthsegError(f"{source}: layout_fraction must lie in [0, 1], got {self.layout_fraction}")
+        for name in ("layout_fraction", "copy_paste"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise SynthsegError(f"{source}: {name} must lie in [0, 1], got {getattr(self, name)}")
+        if len(self.paste_scale_range) != 2 or not 0 < self.paste_scale_range[0] <= self.paste_scale_range[1]:
+            raise SynthsegError(f"{source}: paste_scale_range is [low, high] with 0 < low <= high")
 
 
 def instance_targets(masks: np.ndarray, labels) -> dict:
@@ -76,11 +84,12 @@ def training_scene(recipe: WorldAnnotatorRecipe, rng: np.random.Generator) -> Sc
 
 def training_batches(recipe: WorldAnnotatorRecipe):
     """batch(step) -> (images as (3, H, W) floats in [0, 1], targets): freshly rendered training scenes
-    (`training_scene`), or `recipe.train_data`'s items drawn with replacement, from default_rng([seed, step])."""
+    (`training_scene`), or `recipe.train_data`'s items drawn with replacement, from default_rng([seed, step]);
+    with `copy_paste`, that share of them with another's instances pasted over."""
     if recipe.train_data is None:
-        def items(rng: np.random.Generator):
-            scenes = [training_scene(recipe, rng) for _ in range(recipe.batch_size)]
-            return [(s.image, s.masks, [WORLD_CLASSES.index(c) + 1 for c in s.classes]) for s in scenes]
+        def item(rng: np.random.Generator):
+            scene = training_scene(recipe, rng)
+            return scene.image, scene.masks, np.array([WORLD_CLASSES.index(c) + 1 for c in scene.classes], dtype=np.int64)
     else:
         data = read_coco_instances(recipe.train_data)
         unknown = [name for name in data.class_names if name not in recipe.model.categories]
@@ -88,12 +97,18 @@ def training_batches(recipe: WorldAnnotatorRecipe):
             raise SynthsegError(f"{recipe.train_data}: " + (f"class {unknown[0]!r} is not a category of the annotator" if unknown else "no images"))
         label_map = np.array([0] + [recipe.model.categories.index(name) + 1 for name in data.class_names])
 
-        def items(rng: np.random.Generator):
-            drawn = [data[int(i)] for i in rng.integers(len(data), size=recipe.batch_size)]
-            return [(np.array(image), masks, label_map[labels]) for image, masks, labels in drawn]
+        def item(rng: np.random.Generator):
+            image, masks, labels = data[int(rng.integers(len(data)))]
+            return np.array(image.convert("RGB")), masks, label_map[labels]
 
     def batch(step: int):
-        drawn = items(np.random.default_rng([recipe.seed, step]))
+        rng = np.random.default_rng([recipe.seed, step])
+        drawn = []
+        for _ in range(recipe.batch_size):
+            image, masks, labels = item(rng)
+            if recipe.copy_paste and rng.random() < recipe.copy_paste:  # no draw at 0: old recipes repeat exactly
+                image, masks, labels = copy_paste_instances(image, masks, labels, item(rng), rng, recipe.paste_scale_range)
+            drawn.append((image, masks, labels))
         return ([torch.from_numpy(image).permute(2, 0, 1).float() / 255 for image, _, _ in drawn],
                 [instance_targets(masks, labels) for _, masks, labels in drawn])
     return batch

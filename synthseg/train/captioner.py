@@ -29,7 +29,7 @@ from ..errors import SynthsegError
 from ..progress import loss_progress
 from ..readers import SegmentationData
 from ..segment import encode_images, pixel_tensor
-from .augment import check_pastable, copy_paste
+from .augment import copy_paste
 from .loop import claim_workdir, train_loop, warmup_cosine, write_training_record
 
 
@@ -100,7 +100,7 @@ class Composites:
     """copy_paste for a captioner batch: the images and label maps of `data`'s items `indices` at `size` (read
     again, as `encode_dataset` keeps only latents), and the class list `captions` whose presence the loss scores."""
 
-    scales = [0.5, 1.0]  # a pasted image at most its own size, so no object is cut by the crop: each is pasted whole
+    scales = [0.5, 1.0]  # a pasted image at most the image's size, so no object is cut: each is pasted whole, anywhere
 
     def __init__(self, data: SegmentationData, indices: list[int], size: int, captions: list[str]):
         items = [data[index] for index in indices]
@@ -122,7 +122,7 @@ class Composites:
             other = int(rng.integers(len(self.labels)))
             base = self.labels[row]
             image, labels, where = copy_paste(self.pixels[row], base, (Image.fromarray(self.pixels[other]), self.labels[other]),
-                                              rng, self.size, self.scales)
+                                              rng, self.scales)
             before = np.array([(base == k).sum() for k in self.class_index])
             kept = np.array([((base == k) & ~where).sum() for k in self.class_index])
             added = np.array([((labels == k) & where).sum() for k in self.class_index])
@@ -162,7 +162,6 @@ def train_captioner(pipe, data: SegmentationData, recipe: CaptionerRecipe, workd
     if recipe.objective == "classes":
         captions = [name for name in data.class_names if any(name in c for c in classes)]  # one class each
         if recipe.copy_paste:
-            check_pastable(data, recipe.copy_paste)
             composites = Composites(data, indices, size, captions)
         targets = torch.tensor([[float(name in c) for name in captions] for c in classes])
         embeddings = class_embeddings(pipe, captions, recipe.template)

@@ -17,7 +17,7 @@ from ..config import stamped
 from ..errors import SynthsegError
 from ..readers import SegmentationData
 from ..segmenter import SegmenterRecipe, build_segmenter, image_processor
-from .augment import check_pastable, copy_paste, scale_crop_flip
+from .augment import copy_paste, scale_crop_flip
 from .loop import claim_workdir, poly, train_loop, write_training_record
 
 
@@ -49,7 +49,6 @@ def train_segmenter(recipe: SegmenterRecipe, data: SegmentationData, output: str
 
     if len(data) == 0:
         raise SynthsegError(f"{data.name}: no images to train on")
-    check_pastable(data, recipe.copy_paste)
     accelerator = Accelerator(cpu=device == "cpu" or not torch.cuda.is_available())
     if recipe.batch_size % accelerator.num_processes:
         raise SynthsegError(f"batch_size {recipe.batch_size} does not split over {accelerator.num_processes} processes")
@@ -77,7 +76,7 @@ def train_segmenter(recipe: SegmenterRecipe, data: SegmentationData, output: str
         for i in rng.integers(len(data), size=per_process):
             crop = scale_crop_flip(*data[int(i)], rng, recipe.crop_size, recipe.scale_range)
             if recipe.copy_paste and rng.random() < recipe.copy_paste:  # no draw at 0: old recipes repeat exactly
-                crop = copy_paste(*crop, data[int(rng.integers(len(data)))], rng, recipe.crop_size, recipe.scale_range)[:2]
+                crop = copy_paste(*crop, data[int(rng.integers(len(data)))], rng, recipe.paste_scale_range)[:2]
             crops.append(crop)
         batch = processor(images=[c[0] for c in crops], segmentation_maps=[c[1] for c in crops], do_resize=False, return_tensors="pt")
         return training_loss(model, batch, accelerator.device)
