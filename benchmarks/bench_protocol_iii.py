@@ -6,14 +6,16 @@ Each row is a `synthseg.benchmark` run (one confusion matrix over background and
 background counted as a seen class, split "world") on the same held-out scenes, the images read as
 `synthseg segment` reads real ones: VAE-encoded, noised to the capture timestep, one denoiser call per
 prompt of the class list. Rows: each --module (its own capture timestep) alone, with ODISE's implicit captioner
-(--captioner, by default the model's own: each scene is prompted with the classes its caption holds), and with each
-scene's true class names (a presence oracle: what perfect recognition would give), the targets judged on the first
-module with the captioner; the cross-attention baseline
+(--captioner, by default the model's own: each scene is prompted with the classes it names, and, from a max-pooled
+per-class captioner, its cells weigh them per pixel: `synthseg segment`'s default class prior), and with each
+scene's true class names (a presence oracle: what perfect recognition would give; with and without the captioner's
+cells), the targets judged on the first module with the captioner; the cross-attention baseline
 (DAAM) on the same noised latents, thresholded at --daam-threshold (Protocol i (world) tunes it on seen
 classes); for the world, Protocol ii's segmenters (a) and (b), read from the RESULTS.md section that
 --protocol-ii names (by default the pretrained-backbone recipe's, segmenter-world, the world's strongest), which
 scored them on the same 500 scenes with the same matrix. Ablations of the first module on the
-first --ablation-count scenes: the capture timestep, K noise draws and one prompt per class.
+first --ablation-count scenes: the capture timestep, K noise draws, one prompt per class, the captioner's class
+count and no class prior.
 Targets: harmonic mIoU >= 70, unseen >= 0.9 x seen, above Protocol ii's (a).
 Writes the "Protocol iii (MODEL)" section of benchmarks/RESULTS.md.
 
@@ -38,6 +40,17 @@ def protocol_ii_rows(name: str) -> dict[str, tuple[str, str, str]]:
     return {name.strip(): (seen, unseen, harmonic) for name, seen, unseen, harmonic in rows}
 
 
+class TrueClasses:
+    """A recogniser that names each scene's true classes (benchmark() visits the scenes in order, one per call), with
+    the cells of the recogniser it stands in for, where it has one."""
+
+    def __init__(self, truth: list[list[str]], recogniser=None):
+        self.scenes, self.cell_similarity = iter(truth), getattr(recogniser, "cell_similarity", None)
+
+    def __call__(self, latents) -> list[list[str]]:
+        return [next(self.scenes)]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="world", choices=["world", "world-dit"], help="the bundled world model whose modules are scored")
@@ -48,7 +61,7 @@ def main() -> None:
     parser.add_argument("--ablation-count", type=int, default=100)
     parser.add_argument("--daam-threshold", type=float, default=0.4)
     parser.add_argument("--captioner", help="implicit captioner: a bundled name or a folder (default: the model's own)")
-    parser.add_argument("--max-classes", type=int, default=2)
+    parser.add_argument("--max-classes", type=int, default=3)
     args = parser.parse_args()
 
     import numpy as np
@@ -85,16 +98,18 @@ def main() -> None:
         timestep = capture_step_of(directory, TripletRecipe(seen=["x"]))[0]
         rows[f"{label}, t {timestep}"] = score(label, GroundingSegmenter(pipe, module, names, timestep=timestep))
         captioned = GroundingSegmenter(pipe, module, names, timestep=timestep, captioner=captioner, max_classes=args.max_classes)
-        rows[f"{label} + implicit captioner, t {timestep}"] = score(label, captioned)  # what synthseg segment --captioner does
-        oracle = GroundingSegmenter(pipe, module, names, timestep=timestep)
-        scenes = iter(truth)
-        oracle.recogniser = lambda latents, scenes=scenes: [next(scenes)]  # benchmark() visits the scenes in order, one per call
-        rows[f"{label} given each scene's true class names (presence oracle), t {timestep}"] = score(label, oracle)
+        prior = f", class prior {captioned.class_prior:g}" if captioned.class_prior else ""
+        rows[f"{label} + implicit captioner{prior}, t {timestep}"] = score(label, captioned)  # what synthseg segment does
+        for cells in ([False, True] if prior else [False]):
+            oracle = GroundingSegmenter(pipe, module, names, timestep=timestep, captioner=captioner if cells else None)
+            oracle.recogniser = TrueClasses(truth, oracle.recogniser)
+            weighed = f" weighed by the captioner's cells{prior}" if cells else ""
+            rows[f"{label} given each scene's true class names (presence oracle){weighed}, t {timestep}"] = score(label, oracle)
         if first is None:  # the targets are judged on the first module with the captioner; the ablations are the first's
             first = (label, module, timestep)
             recognised = [captioned.recogniser(encode_images(pipe, pixel_tensor(np.asarray(data[i][0]))))[0] for i in range(len(data))]
     label, module, timestep = first
-    best = f"{label} + implicit captioner, t {timestep}"
+    best = next(name for name in rows if name.startswith(f"{label} + implicit captioner"))
     rows[f"cross-attention (DAAM), t {timestep}, threshold {args.daam_threshold}"] = score(
         "DAAM", AttentionSegmenter(pipe, names, timestep=timestep, threshold=args.daam_threshold))
     for t in (1, 100, 250, 500):
@@ -105,6 +120,9 @@ def main() -> None:
     for most in sorted({1, 2, 3} - {args.max_classes}):
         ablations[f"capture t {timestep}, implicit captioner, up to {most} class{'es' if most > 1 else ''}"] = score(
             label, GroundingSegmenter(pipe, module, names, timestep=timestep, captioner=captioner, max_classes=most), subset)
+    for most in sorted({2, args.max_classes}) if captioned.class_prior else ():
+        ablations[f"capture t {timestep}, implicit captioner, up to {most} classes, no class prior"] = score(
+            label, GroundingSegmenter(pipe, module, names, timestep=timestep, captioner=captioner, max_classes=most, class_prior=0.0), subset)
     minutes = (time.perf_counter() - start) / 60
     hits = [(set(r) & set(t), set(r), set(t)) for r, t in zip(recognised, truth)]
     exact = np.mean([r == t for r, t in zip(map(set, recognised), map(set, truth))])
@@ -140,7 +158,7 @@ The implicit captioner (`{captioner_name}`: objective {captioner.config.objectiv
 {args.max_classes} class{"es" if args.max_classes > 1 else ""} an image) on these scenes: the exact class
 set {100 * exact:.1f}% of scenes; precision {100 * precision:.1f}%; recall {100 * recall["seen"]:.1f}% of seen and
 {100 * recall["unseen"]:.1f}% of unseen class occurrences. It reads the image's clean VAE latent; the module then segments only
-the classes it names.
+the classes it names{", and the captioner's cells say which named class each object is (the class prior)" if prior else ""}.
 """
     print(body)
     write_section(f"Protocol iii ({args.model})", body, bundle=args.model)

@@ -110,11 +110,18 @@ class ImplicitCaptioner(nn.Module):
         if self.config.objective != "classes":
             raise SynthsegError("class_logits is for a captioner trained per class (objective classes); this one ranks captions")
         if self.config.pooling == "max":
-            cells = self.encoder(latents.float()).flatten(2).transpose(1, 2)  # (B, cells, 4 * width)
-            similarity = (F.normalize(self.head(cells), dim=-1) @ embeddings.T).amax(1)
+            similarity = self.cell_similarity(latents, embeddings).amax((2, 3))
         else:
             similarity = self(latents) @ embeddings.T
         return similarity * self.logit_scale.exp() + self.logit_bias
+
+    def cell_similarity(self, latents: torch.Tensor, embeddings: torch.Tensor) -> torch.Tensor:
+        """(B, N, h', w') cosine similarity of each cell of the encoder's last grid (latents / 4) to each of N class
+        directions: where a max-pooled captioner finds each class."""
+        cells = self.encoder(latents.float())
+        batch, _, height, width = cells.shape
+        similarity = F.normalize(self.head(cells.flatten(2).transpose(1, 2)), dim=-1) @ embeddings.T  # (B, cells, N)
+        return similarity.transpose(1, 2).reshape(batch, -1, height, width)
 
     def forward(self, latents: torch.Tensor) -> torch.Tensor:
         """(B, D) unit embeddings of the whole images (the cells' mean)."""
@@ -189,3 +196,10 @@ class Recogniser:
             chosen = {best[0], *(i for i in best if row[i] > 0)}  # probability above 1/2; the best always
             found.append([self.candidates[i][0] for i in sorted(chosen)])
         return found
+
+    @torch.no_grad()
+    def cell_similarity(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, K, h', w') `ImplicitCaptioner.cell_similarity` of the K class names, for a captioner trained per class
+        with max pooling (the only kind whose cells are trained to say where a class is)."""
+        latents = latents.to(next(self.captioner.parameters()).device)
+        return self.captioner.cell_similarity(latents, self.embeddings.to(latents.device)).cpu()

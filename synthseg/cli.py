@@ -42,6 +42,8 @@ GROUNDING_HELP = "Grounding module: a bundled name or a folder; default: the bun
 CAPTIONER_HELP = ("Implicit captioner (a bundled name or a folder from train-captioner): each image is first given the classes "
                   "its caption holds, and only those are segmented; 'none': every class is prompted; default: the bundled model's own.")
 MaxClasses = Annotated[int, typer.Option(help="With --captioner: the most classes it may give an image (its caption's, or those it finds present).")]
+ClassPrior = Annotated[Optional[float], typer.Option(help="With a captioner trained per class, max-pooled: weigh each pixel's named classes "
+                                                          "by its cells' say (softmax of similarity x this); 0: off; default: 10 with such a captioner.")]
 StopAt = Annotated[Optional[int], typer.Option(help="End this sitting at this training step; rerun the command to go on.")]
 
 
@@ -401,7 +403,8 @@ def segment(
     seed: Annotated[int, typer.Option(help="Seed of the noise.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Images of one size per denoiser call (the masks do not depend on it).")] = 1,
     captioner: Annotated[Optional[str], typer.Option(help=CAPTIONER_HELP)] = None,
-    max_classes: MaxClasses = 2,
+    max_classes: MaxClasses = 3,
+    class_prior: ClassPrior = None,
     device: Device = "auto",
 ) -> None:
     """Segment real images with a grounding module: one denoiser step on each image's noised latent (ODISE/VPD)."""
@@ -425,7 +428,7 @@ def segment(
     module = GroundingModule.from_pretrained(module_dir).to(torch_device).eval()
     results = segment_images(pipe, module, pictures, names, batch_size, timestep=_module_timestep(module_dir, capture_timestep), noise_draws=noise_draws,
                              seed=seed, template=template, one_prompt_per_class=one_prompt_per_class, threshold=threshold,
-                             captioner=_captioner(model, captioner, torch_device), max_classes=max_classes)
+                             captioner=_captioner(model, captioner, torch_device), max_classes=max_classes, class_prior=class_prior)
     summary = write_segmentations(out, pictures, results, names)
     _stderr.print(f"{out}: {summary['images']} images, {summary['instances']} instances")
 
@@ -538,7 +541,8 @@ def benchmark(
     background: Annotated[bool, typer.Option("--background/--no-background", help="Count background as a seen class.")] = True,
     count: Annotated[int, typer.Option(help="Rendered scenes for --dataset world.")] = 500,
     captioner: Annotated[Optional[str], typer.Option(help="With --grounding: " + CAPTIONER_HELP)] = None,
-    max_classes: MaxClasses = 2,
+    max_classes: MaxClasses = 3,
+    class_prior: ClassPrior = None,
     out: Annotated[Optional[Path], typer.Option(help="Folder for benchmark.json and benchmark.md; default SEGMENTER/benchmark-DATASET "
                                                     "(with --grounding: runs/benchmark-DATASET).")] = None,
     device: Device = "auto",
@@ -554,8 +558,8 @@ def benchmark(
     chosen = get_split(split) if split else None
     data = open_dataset(dataset, data_root, image_set, count)
     if grounding is None:
-        if captioner is not None:
-            _fail("--captioner goes with --grounding (a segmenter is closed-vocabulary)")
+        if captioner is not None or class_prior is not None:
+            _fail("--captioner and --class-prior go with --grounding (a segmenter is closed-vocabulary)")
         model_name, scored = str(segmenter), Segmenter.from_pretrained(segmenter, torch_device)
         out = out or segmenter / f"benchmark-{Path(dataset).name}"
     else:
@@ -571,7 +575,7 @@ def benchmark(
         model_name = f"grounding {grounding} on {model}"
         scored = GroundingSegmenter(load_pipeline(model, device=torch_device), module, data.class_names,
                                     timestep=_module_timestep(grounding, capture_timestep), captioner=_captioner(model, captioner, torch_device),
-                                    max_classes=max_classes)
+                                    max_classes=max_classes, class_prior=class_prior)
         out = out or Path("runs") / f"benchmark-{Path(dataset).name}"
     result = score(scored, data, chosen, background, model_name=model_name)
     result.save(out)

@@ -73,6 +73,33 @@ def test_segmenting_with_a_captioner_prompts_only_the_recognised_classes(family,
     assert Recogniser(pipe, pointing_at(pipe, ["cat"]), NAMES)(torch.randn(3, 4, size // 8, size // 8)) == [["cat"]] * 3
 
 
+def test_a_class_prior_labels_each_object_with_the_named_class_the_captioners_cells_favour(pipe, grounding, monkeypatch):
+    """With `class_prior`, a pixel the module finds (its best probability above the threshold) takes the named class
+    whose captioner cell is most similar there (at a large prior, the softmax is the argmax); an unnamed class never;
+    background, the probabilities and the named classes stay the module's and the recogniser's."""
+    torch.manual_seed(3)
+    captioner = ImplicitCaptioner(CaptionerConfig.for_pipeline(pipe, width=8, hidden_dim=8, objective="classes", pooling="max")).eval()
+    captioner.logit_bias.data.fill_(10.0)  # every class above 1/2
+    image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    plain = GroundingSegmenter(pipe, grounding, NAMES, captioner=captioner, max_classes=2, threshold=0.3).segment(image)
+    weighed = GroundingSegmenter(pipe, grounding, NAMES, captioner=captioner, max_classes=2, threshold=0.3, class_prior=1e4)
+    named = weighed.recogniser(encode_images(pipe, pixel_tensor(np.asarray(image))))[0]
+    assert len(named) == 2
+    cells = torch.zeros(1, 3, 2, 2)  # the 8 x 8 latent's 2 x 2 cells: each named class best on one side, the other above both
+    cells[0, NAMES.index(named[0]), :, 0] = cells[0, NAMES.index(named[1]), :, 1] = 0.5
+    cells[0, next(i for i, n in enumerate(NAMES) if n not in named)] = 0.9
+    monkeypatch.setattr(weighed.recogniser, "cell_similarity", lambda latents: cells)
+    result = weighed.segment(image)
+    torch.testing.assert_close(result.probs, plain.probs)
+    expected = np.where(np.arange(64) < 32, 1 + NAMES.index(named[0]), 1 + NAMES.index(named[1]))[None].repeat(64, 0)
+    expected[plain.labels == 0] = 0
+    assert (result.labels == expected).all() and (result.labels != plain.labels).any()
+    mean_pooled = ImplicitCaptioner(CaptionerConfig.for_pipeline(pipe, width=8, hidden_dim=8, objective="classes")).eval()
+    for other, prior in ((None, 1.0), (mean_pooled, 1.0), (captioner, -1.0)):
+        with pytest.raises(SynthsegError, match="class_prior"):
+            GroundingSegmenter(pipe, grounding, NAMES, captioner=other, class_prior=prior)
+
+
 def test_a_captioner_for_another_pipeline_is_refused(pipe, grounding):
     other = ImplicitCaptioner(CaptionerConfig(latent_channels=16, text_dim=pipe.text_encoder.config.hidden_size))  # FLUX's latents
     with pytest.raises(SynthsegError, match="train one for it"):
@@ -170,8 +197,15 @@ def test_train_captioner_cli_refuses_bad_input(tmp_path):
     assert result.exit_code == 1 and result.output.count("error:") == 1 and "Traceback" not in result.output
     result = runner.invoke(app, ["train-captioner", "--dataset", str(tmp_path), "--recipe", "captioner-nope"])
     assert result.exit_code == 1 and "unknown captioner recipe" in result.output
-    result = runner.invoke(app, ["benchmark", "--dataset", "world", "--count", "1", "--captioner", "world"])
-    assert result.exit_code == 1 and "--captioner goes with --grounding" in result.output
+    for option in (["--captioner", "world"], ["--class-prior", "5"]):
+        result = runner.invoke(app, ["benchmark", "--dataset", "world", "--count", "1", *option])
+        assert result.exit_code == 1 and "--captioner and --class-prior go with --grounding" in result.output
+    image = tmp_path / "scene.png"
+    Image.new("RGB", (64, 64)).save(image)
+    for option, message in ((["--class-prior", "-1"], "class_prior must be at least 0"), (["--captioner", "none", "--class-prior", "5"], "needs a captioner")):
+        result = runner.invoke(app, ["segment", str(image), "--classes", "circle", "--out", str(tmp_path / "out"), *option])
+        assert result.exit_code == 1 and result.output.count("error:") == 1 and message in result.output, result.output
+        assert not (tmp_path / "out").exists()
 
 
 @pytest.mark.slow
