@@ -3,7 +3,7 @@
 world module with the shipped captioner (up to 2 classes), and given each scene's true classes (presence oracle).
 
 Run from the repository root:
-    python benchmarks/adhoc/class_prior.py [--priors 0 5 10 20 40] [--sources captioner2 true]
+    python benchmarks/adhoc/class_prior.py [--priors 0 5 10 20 40] [--sources captioner2 true] [--captioner world|DIR]
 Sources of each scene's class list: captionerK (the captioner, up to K classes), all (every class named), true.
 """
 
@@ -20,9 +20,10 @@ from synthseg.segment import GroundingSegmenter
 parser = argparse.ArgumentParser()
 parser.add_argument("--priors", type=float, nargs="+", default=[0.0, 5.0, 10.0, 20.0, 40.0])
 parser.add_argument("--sources", nargs="+", default=["captioner2", "true"])
+parser.add_argument("--captioner", default="world")
 args = parser.parse_args()
 pipe, split = load_pipeline("world"), get_split("world")
-module, captioner = GroundingModule.from_pretrained("world"), ImplicitCaptioner.from_pretrained("world")
+module, captioner = GroundingModule.from_pretrained("world"), ImplicitCaptioner.from_pretrained(args.captioner)
 scenes = read_world(200, first=500)
 names = list(scenes.class_names)
 truth = [scenes.classes_in(scenes[i][1]) for i in range(len(scenes))]
