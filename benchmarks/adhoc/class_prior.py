@@ -4,6 +4,9 @@ world module with the shipped captioner (up to 2 classes), and given each scene'
 
 Run from the repository root:
     python benchmarks/adhoc/class_prior.py [--priors 0 5 10 20 40] [--sources captioner2 true] [--captioner world|DIR]
+        [--bias-shifts 0 ...]
+--bias-shifts: added to the captioner's logit bias, so it names classes from a lower probability than 1/2 (0.5: 0.38,
+1: 0.27, 2: 0.12).
 Sources of each scene's class list: captionerK (the captioner, up to K classes), all (every class named), true.
 """
 
@@ -21,6 +24,7 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--priors", type=float, nargs="+", default=[0.0, 5.0, 10.0, 20.0, 40.0])
 parser.add_argument("--sources", nargs="+", default=["captioner2", "true"])
 parser.add_argument("--captioner", default="world")
+parser.add_argument("--bias-shifts", type=float, nargs="+", default=[0.0])
 args = parser.parse_args()
 pipe, split = load_pipeline("world"), get_split("world")
 module, captioner = GroundingModule.from_pretrained("world"), ImplicitCaptioner.from_pretrained(args.captioner)
@@ -40,12 +44,13 @@ class Listed:
         return [names] if self.every else [next(self.listed)]
 
 
-print("| class_prior | classes from | seen | unseen | harmonic |\n|---|---|---|---|---|")
-for prior in args.priors:
-    for source in args.sources:
-        most = int(source[len("captioner"):]) if source.startswith("captioner") else 2
-        segmenter = GroundingSegmenter(pipe, module, names, captioner=captioner, max_classes=most, class_prior=prior)
-        if not source.startswith("captioner"):
-            segmenter.recogniser = Listed(segmenter.recogniser, every=source == "all")
-        r = benchmark(segmenter, scenes, split, True, model_name=f"prior {prior}, {source}")
-        print(f"| {prior:g} | {source} | {100 * r.seen_miou:.1f} | {100 * r.unseen_miou:.1f} | {100 * r.harmonic_miou:.1f} |", flush=True)
+bias = float(captioner.logit_bias)
+print("| class_prior | classes from | bias shift | seen | unseen | harmonic |\n|---|---|---|---|---|---|")
+for prior, source, shift in ((p, s, b) for p in args.priors for s in args.sources for b in args.bias_shifts):
+    captioner.logit_bias.data.fill_(bias + shift)
+    most = int(source[len("captioner"):]) if source.startswith("captioner") else 2
+    segmenter = GroundingSegmenter(pipe, module, names, captioner=captioner, max_classes=most, class_prior=prior)
+    if not source.startswith("captioner"):
+        segmenter.recogniser = Listed(segmenter.recogniser, every=source == "all")
+    r = benchmark(segmenter, scenes, split, True, model_name=f"prior {prior}, {source}")
+    print(f"| {prior:g} | {source} | {shift:g} | {100 * r.seen_miou:.1f} | {100 * r.unseen_miou:.1f} | {100 * r.harmonic_miou:.1f} |", flush=True)
