@@ -41,8 +41,8 @@ CLASS_PRIOR = 10.0  # GroundingSegmenter's default with a max-pooled per-class c
 @dataclass
 class Segmentation:
     """One image's result: `probs` (K, H, W) float32 per-class probabilities in the order of the class
-    names, `labels` (H, W) uint8 with 0 for background and k + 1 for class k (the most probable class
-    where its probability passes the threshold)."""
+    names, `labels` (H, W) uint8 with 0 for background and k + 1 for class k (the most probable class,
+    weighed by the class prior where there is one, where the best probability passes the threshold)."""
 
     probs: torch.Tensor
     labels: np.ndarray
@@ -265,11 +265,11 @@ class GroundingSegmenter:
             for i, own in zip(members, self._probs(self.prompts(list(names)), [noisy[i] for i in members], value, size)):
                 probs[i] = torch.zeros((len(self.names), *size))
                 probs[i][rows] = own
-        weights = self._class_weights(torch.cat(clean), named, size) if self.class_prior else [1.0] * len(images)
+        weights = self._class_weights(torch.cat(clean), named, size) if self.class_prior else [torch.ones(1, 1, 1)] * len(images)
         results = []
         for rgb, full, weight in zip(rgbs, probs, weights):
             full = full[:, : rgb.height, : rgb.width]
-            labels = ((full * weight[:, : rgb.height, : rgb.width] if self.class_prior else full).argmax(0) + 1).numpy().astype(np.uint8)
+            labels = ((full * weight[:, : rgb.height, : rgb.width]).argmax(0) + 1).numpy().astype(np.uint8)
             labels[full.max(0).values.numpy() <= self.threshold] = 0
             results.append(Segmentation(full, labels))
         return results
