@@ -81,6 +81,21 @@ def check_non_negative(source: str, config, *names: str) -> None:
             raise SynthsegError(f"{source}: {name} must be 0 or more, got {getattr(config, name)}")
 
 
+def check_share(source: str, config, *names: str) -> None:
+    """Refuse a field of `config` outside [0, 1] (shares and fractions), naming it."""
+    for name in names:
+        if not 0 <= getattr(config, name) <= 1:
+            raise SynthsegError(f"{source}: {name} must lie in [0, 1] (a share), got {getattr(config, name)}")
+
+
+def check_low_high(source: str, config, *names: str) -> None:
+    """Refuse a [low, high] range field of `config` unless 0 < low <= high, naming it."""
+    for name in names:
+        low_high = getattr(config, name)
+        if len(low_high) != 2 or not 0 < low_high[0] <= low_high[1]:
+            raise SynthsegError(f"{source}: {name} is [low, high] with 0 < low <= high")
+
+
 def _coerce(value, hint, where: str):
     origin = typing.get_origin(hint)
     if origin in (types.UnionType, typing.Union):

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .config import check_positive
+from .config import check_low_high, check_positive, check_share
 from .errors import SynthsegError
 from .formats import IGNORE
 
@@ -97,12 +97,8 @@ class SegmenterRecipe:
                                 f"{len(BACKBONES[self.backbone]['depths'])}")
         if self.pretrained_backbone and not (self.backbone_weights or self.backbone in BACKBONE_WEIGHTS):
             raise SynthsegError(f"{source}: {self.backbone} has no ImageNet weights; set pretrained_backbone: false")
-        for name in ("scale_range", "paste_scale_range"):
-            low_high = getattr(self, name)
-            if len(low_high) != 2 or not 0 < low_high[0] <= low_high[1]:
-                raise SynthsegError(f"{source}: {name} is [low, high] with 0 < low <= high")
-        if not 0 <= self.copy_paste <= 1:
-            raise SynthsegError(f"{source}: copy_paste is a share of the training crops, in [0, 1]")
+        check_low_high(source, self, "scale_range", "paste_scale_range")
+        check_share(source, self, "copy_paste")
         if not 0 <= self.warmup_steps < self.steps:
             raise SynthsegError(f"{source}: warmup_steps must be at least 0 and below steps ({self.steps})")
         check_positive(source, self, "steps", "batch_size", "crop_size", "num_queries", "checkpoint_every", "decoder_layers",

@@ -180,6 +180,10 @@ def test_copy_paste_instances_occludes_the_base_and_adds_the_pasted_instances():
         assert not (out[:2] & out[2]).any() and ((out[0] | out[2]) >= masks[0]).all()  # the base lost what the paste covers
         covered = out[2, 6:, 6:].all()
         assert out[1].any() != covered  # the square: hidden whole (empty) where the paste lands on the right half
+    empty = (np.full((8, 8, 3), 200, np.uint8), np.zeros((0, 8, 8), bool), np.zeros(0, np.int64))  # an image without instances
+    pixels, out, labels = copy_paste_instances(np.zeros((8, 8, 3), np.uint8), masks, np.array([1, 2]), empty, np.random.default_rng(0),
+                                               scale_range=[1.0, 1.0])
+    assert (pixels == 0).all() and np.array_equal(out, masks) and list(labels) == [1, 2]  # nothing pasted
 
 
 def test_annotator_copy_paste_pastes_another_drawn_items_instances(tmp_path):

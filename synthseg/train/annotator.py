@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from ..annotators import MaskRCNNAnnotator, MaskRCNNConfig, build_maskrcnn
-from ..config import check_positive, load_recipe
+from ..config import check_low_high, check_positive, check_share, load_recipe
 from ..errors import SynthsegError
 from ..formats import coco_annotation, coco_document
 from ..layouts import LayoutRecipe, sample_layout
@@ -49,11 +49,8 @@ class WorldAnnotatorRecipe:
 
     def validate(self, source: str) -> None:
         check_positive(source, self, "steps", "batch_size", "checkpoint_every", "eval_scenes")
-        for name in ("layout_fraction", "copy_paste"):
-            if not 0 <= getattr(self, name) <= 1:
-                raise SynthsegError(f"{source}: {name} must lie in [0, 1], got {getattr(self, name)}")
-        if len(self.paste_scale_range) != 2 or not 0 < self.paste_scale_range[0] <= self.paste_scale_range[1]:
-            raise SynthsegError(f"{source}: paste_scale_range is [low, high] with 0 < low <= high")
+        check_share(source, self, "layout_fraction", "copy_paste")
+        check_low_high(source, self, "paste_scale_range")
 
 
 def instance_targets(masks: np.ndarray, labels) -> dict:

@@ -41,7 +41,7 @@ def place(image: Image.Image, planes: np.ndarray, rng: np.random.Generator, shap
     factor = min(height, width) * rng.uniform(*scale_range) / min(image.size)
     size = (max(1, round(image.width * factor)), max(1, round(image.height * factor)))
     own_pixels = np.asarray(image.convert("RGB").resize(size, Image.BILINEAR))
-    own = np.stack([np.asarray(Image.fromarray(plane).resize(size, Image.NEAREST)) for plane in planes]).reshape(-1, size[1], size[0])
+    own = np.array([np.asarray(Image.fromarray(plane).resize(size, Image.NEAREST)) for plane in planes], planes.dtype).reshape(-1, size[1], size[0])
     if rng.random() < 0.5:
         own_pixels, own = own_pixels[:, ::-1], own[:, :, ::-1]
     top = int(rng.integers(min(0, height - size[1]), max(0, height - size[1]) + 1))

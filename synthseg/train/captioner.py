@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from ..captioner import CaptionerConfig, ImplicitCaptioner, caption_embeddings, class_embeddings
-from ..config import check_non_negative, check_positive, load_recipe, stamped
+from ..config import check_non_negative, check_positive, check_share, load_recipe, stamped
 from ..errors import SynthsegError
 from ..progress import loss_progress
 from ..readers import SegmentationData
@@ -60,8 +60,7 @@ class CaptionerRecipe:
 
     def validate(self, source: str) -> None:
         check_positive(source, self, "steps", "batch_size", "checkpoint_every")
-        if not 0 <= self.copy_paste <= 1:
-            raise SynthsegError(f"{source}: copy_paste is a share of each batch, in [0, 1]")
+        check_share(source, self, "copy_paste")
         if self.copy_paste and self.objective != "classes":
             raise SynthsegError(f"{source}: copy_paste goes with objective classes (a composite's classes need not be a caption of the data)")
         check_non_negative(source, self, "warmup_steps", "lr", "weight_decay")
