@@ -9,6 +9,10 @@ templates), generates each image with feature capture, and labels it with an ann
 - a prompted class the annotator did not find is marked *missing*: with "training without zero
   masks" it then adds no loss (see `grounding_loss`).
 
+With `capture_from: image` the features are those `synthseg segment` reads of the finished image (VAE-encoded,
+noised, one denoiser call), and `copy_paste` makes some of those images composites of two generations
+(`paste_partners`), so a module meant for real scenes of several objects also learns from such scenes.
+
 Storage: `recipe.json` (the TripletRecipe; a rerun with another one is refused), `layout.json`
 (the feature layout, text width and storage kind, for building a grounding module),
 `shard-NNNNN.safetensors` holds `shard_size` triplets and `shard-NNNNN.jsonl` one record per triplet
@@ -45,7 +49,7 @@ from safetensors.torch import save_file
 
 from .annotators import Instance
 from .capture import CaptureStep, denoiser_of, replay
-from .config import check_non_negative, check_positive, load_config, record_recipe
+from .config import check_low_high, check_non_negative, check_positive, check_share, load_config, record_recipe
 from .device import resolve_device
 from .errors import SynthsegError
 from .formats import jsonl_text, read_jsonl, write_atomic
@@ -56,6 +60,7 @@ from .progress import loss_progress
 from .prompts import PAPER_TEMPLATES, Prompt, PromptPlanner, describe, template_slots
 from .segment import SEGMENT_TEMPLATE, encode_images, noise_latents, pixel_tensor, recorded_call, replay_noised
 from .text import TEXT_INPUTS, class_queries, encode_prompts, prompt_token_spans, text_inputs, text_tokens
+from .train.augment import copy_paste_instances
 
 # Above this many bytes of cached features per triplet, `storage: auto` replays: 1 MB per triplet is
 # 20 GB for the paper's 20,000 triplets, where a replay costs one denoiser call per training sample
@@ -87,6 +92,8 @@ class TripletRecipe:
     replay_text: str = "embeddings"  # what a replay triplet keeps of the text: "embeddings", or "prompt" (re-encoded)
     capture_from: str = "trajectory"  # "trajectory": the generation's capture step; "image": the finished image, as `segment` reads one
     negatives: float = 0.0  # with capture_from image: the chance a query names a seen class the prompt did not (target: empty)
+    copy_paste: float = 0.0  # with capture_from image: the share of triplets with another image's objects pasted over (see `paste_partners`)
+    paste_scale_range: list[float] = field(default_factory=lambda: [0.4, 1.0])  # the pasted image's side over the image's
 
     def validate(self, source: str) -> None:
         if not self.seen:
@@ -107,6 +114,10 @@ class TripletRecipe:
             raise SynthsegError(f"{source}: negatives lies in [0, 1) and needs capture_from: image (a generation prompt cannot name an absent class)")
         if self.negatives and len(self.seen) < 2 * MAX_CLASSES:  # a two-class prompt may have both queries replaced
             raise SynthsegError(f"{source}: negatives needs at least {2 * MAX_CLASSES} seen classes, got {len(self.seen)}")
+        check_share(source, self, "copy_paste")
+        check_low_high(source, self, "paste_scale_range")
+        if self.copy_paste and self.capture_from != "image":
+            raise SynthsegError(f"{source}: copy_paste needs capture_from: image (a composite image has no generation to capture)")
         if self.capture_from == "image" and not 0 <= self.capture_timestep < 1000:
             raise SynthsegError(f"{source}: capture_timestep must be in 0..999 to noise a finished image")
         check_positive(source, self, "count", "shard_size", "batch_size", "num_inference_steps")
@@ -217,8 +228,12 @@ def _generate_batch(pipe, annotator, recipe: TripletRecipe, indices: list[int], 
                        attention=recipe.capture_from == "trajectory")  # an image capture records its own, below
     images = np.stack([np.asarray(image) for image in run.images])
     detected = annotator.annotate(list(images), [list(n) for n in names])
+    pasted = [None] * len(indices)
+    if recipe.copy_paste:
+        images, detected, pasted = paste_partners(recipe, images, detected, names, indices)
     if recipe.capture_from == "image":
-        queried = [query_names(recipe, list(classes), index) for classes, index in zip(names, indices)]
+        shown = [list(classes) + [c for c in (p or {}).get("classes", []) if c not in classes] for classes, p in zip(names, pasted)]
+        queried = [query_names(recipe, classes, index) for classes, index in zip(shown, indices)]
         features, embeds, spans, query_prompts = _capture_images(pipe, recipe, images, queried, indices)
     else:
         queried, features, embeds, spans, query_prompts = [list(n) for n in names], run.features, run.prompt_embeds, run.spans, None
@@ -232,7 +247,8 @@ def _generate_batch(pipe, annotator, recipe: TripletRecipe, indices: list[int], 
         miss = [gone and name in classes for name, gone in zip(queried[b], miss)]  # a named absent class: its empty mask is the target
         masks[b, : len(queried[b])], missing[b, : len(queried[b])] = m, miss
         records.append(dict(index=index, prompt=prompt, seed=seed, classes=queried[b], missing=miss, scores=scores,
-                            **({"query_prompt": query_prompts[b], "prompted": list(classes)} if query_prompts else {})))
+                            **({"query_prompt": query_prompts[b], "prompted": list(classes)} if query_prompts else {}),
+                            **({"pasted": pasted[b]} if pasted[b] else {})))
     padded = torch.zeros(len(indices), width, queries.shape[-1])
     padded[:, : queries.shape[1]] = queries.float()
     flags = torch.zeros(len(indices), width, dtype=torch.bool)
@@ -243,6 +259,37 @@ def _generate_batch(pipe, annotator, recipe: TripletRecipe, indices: list[int], 
         tensors = _feature_tensors(pipe, recipe, features, spans, dtype)
     tensors.update(queries=padded.to(dtype), valid=flags, masks=torch.from_numpy(masks), missing=torch.from_numpy(missing))
     return dict(tensors=tensors, records=records)
+
+
+def paste_partners(recipe: TripletRecipe, images: np.ndarray, detected: list[list[Instance]], names: list[tuple[str, ...]],
+                   indices: list[int]) -> tuple[np.ndarray, list[list[Instance]], list[dict | None]]:
+    """Composite triplets (Simple Copy-Paste on annotated instances, `augment.copy_paste_instances`): with
+    `recipe.copy_paste` chance, triplet `indices[b]` gets the instances the annotator found in another image of the
+    batch pasted over its (N, H, W, 3) image, chosen among those that keep its classes within MAX_CLASSES and add
+    none that the annotator missed in it (that object would be labelled background). Images of one or two objects
+    then also teach the module scenes of more, on the features `segment` reads of them. Its own instances lose what
+    the paste covers. Draws are seeded by the recipe and the index.
+    -> (images, instances, per triplet None or {"index": the partner's index, "classes": its pasted classes})."""
+    out, instances, pasted = images.copy(), [list(found) for found in detected], [None] * len(indices)
+    for b, index in enumerate(indices):
+        rng = np.random.default_rng([recipe.seed, index, 2])
+        if rng.random() >= recipe.copy_paste:
+            continue
+        missed = set(names[b]) - {i.class_name for i in detected[b]}  # a missed object of a class pasted in would be labelled background
+        partners = [j for j in range(len(indices)) if j != b and detected[j] and not missed & {i.class_name for i in detected[j]}
+                    and len(set(names[b]) | {i.class_name for i in detected[j]}) <= MAX_CLASSES]
+        if not partners:
+            continue
+        j = partners[int(rng.integers(len(partners)))]
+        own, other = detected[b], detected[j]
+        masks = np.array([i.mask for i in own], bool).reshape(-1, *images.shape[1:3])
+        other_masks = np.array([i.mask for i in other], np.uint8)
+        out[b], masks, order = copy_paste_instances(images[b], masks, np.arange(len(own)), (images[j], other_masks, np.arange(len(other)) + len(own)),
+                                                    rng, recipe.paste_scale_range)
+        found = own + other
+        instances[b] = [Instance(mask, found[k].class_name, found[k].score) for mask, k in zip(masks, order) if mask.any()]
+        pasted[b] = {"index": indices[j], "classes": sorted({i.class_name for i in other})}
+    return out, instances, pasted
 
 
 def query_names(recipe: TripletRecipe, prompted: list[str], index: int) -> list[str]:

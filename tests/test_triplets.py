@@ -311,3 +311,66 @@ def test_image_captured_triplets_name_absent_classes_with_empty_targets_and_stor
         recipe(negatives=0.5)
     with pytest.raises(SynthsegError, match="negatives needs at least 4 seen classes, got 3"):
         recipe(seen=SEEN[:3], capture_from="image", negatives=0.5)
+
+
+def test_copy_paste_composites_label_pasted_objects_and_capture_the_composite(pipe, tmp_path, monkeypatch):
+    """copy_paste pastes another batch image's found instances over a triplet's image: the pasted class is queried
+    with the pasted mask as its target, the image's own mask loses what the paste covers, the features are those
+    `segment` reads of the composite, and the draws depend only on the recipe and the index."""
+    import PIL.Image
+
+    from synthseg import GroundingConfig, GroundingModule, segment
+    from synthseg.segment import GroundingSegmenter
+    from synthseg.triplets import _read_shard, paste_partners
+
+    class Recording(FakeAnnotator):
+        def __init__(self):
+            self.images, self.found = [], []
+
+        def annotate(self, images, class_names):
+            out = super().annotate(images, class_names)
+            self.images += list(images)
+            self.found += out
+            return out
+
+    annotator = Recording()
+    r = recipe(count=8, shard_size=8, batch_size=8, capture_from="image", copy_paste=1.0, feature_dtype="float32")
+    make_triplets(pipe, annotator, r, tmp_path / "t")
+    records = TripletShards(tmp_path / "t").records()
+    data = _read_shard(tmp_path / "t" / "shard-00000.safetensors")
+    names = [triplet_prompt(r, i).classes for i in range(8)]
+    composites, instances, pasted = paste_partners(r, np.stack(annotator.images), annotator.found, names, list(range(8)))
+    assert sum(p is not None for p in pasted) >= 4  # every triplet draws a paste; most find a partner
+    for rec, p, own, image, original in zip(records, pasted, instances, composites, annotator.images):
+        assert rec.get("pasted") == p and (p is None) == (image == original).all()
+        if p is None:
+            continue
+        assert rec["classes"][: len(rec["prompted"])] == rec["prompted"] and set(p["classes"]) <= set(rec["classes"])
+        assert len(rec["classes"]) <= 2 and p["index"] != rec["index"]
+        assert not set(rec["prompted"][1:]) & set(p["classes"])  # the fake annotator misses a second prompted class
+        masks = data["masks"][rec["index"]].numpy().astype(bool)
+        for q, name in enumerate(rec["classes"]):
+            assert (masks[q] == np.any([i.mask for i in own if i.class_name == name] or [np.zeros(masks.shape[1:], bool)], axis=0)).all()
+        if rec["prompted"][0] not in p["classes"]:  # the own left-half object lost what the paste covers
+            assert not (masks[0] & masks[rec["classes"].index(p["classes"][0])]).any()
+            assert masks[0].sum() < annotator.found[rec["index"]][0].mask.sum()
+
+    seen = {}
+    original = segment.predict_masks
+    monkeypatch.setattr(segment, "predict_masks", lambda module, features, *a: seen.setdefault("f", features) and original(module, features, *a))
+    module = GroundingModule(GroundingConfig.for_pipeline(pipe, fuse_dim=16, mask_dim=16, hidden_dim=32, num_heads=4, ffn_dim=64,
+                                                          token_patch=2)).eval()
+    b = next(i for i, p in enumerate(pasted) if p is not None)
+    GroundingSegmenter(pipe, module, records[b]["classes"], seed=r.seed).segment(PIL.Image.fromarray(composites[b]), index=b)
+    for name, block in seen["f"].blocks.items():
+        torch.testing.assert_close(data[f"features.{name}"][b], block[0].float(), rtol=1e-4, atol=1e-4)
+
+    make_triplets(pipe, Recording(), r, tmp_path / "again")
+    again = _read_shard(tmp_path / "again" / "shard-00000.safetensors")
+    assert all(torch.equal(again[k], data[k]) for k in data) and TripletShards(tmp_path / "again").records() == records
+    with pytest.raises(SynthsegError, match="copy_paste needs capture_from: image"):
+        recipe(copy_paste=0.5)
+    with pytest.raises(SynthsegError, match="copy_paste must lie in"):
+        recipe(capture_from="image", copy_paste=1.5)
+    with pytest.raises(SynthsegError, match="paste_scale_range is"):
+        recipe(capture_from="image", copy_paste=0.5, paste_scale_range=[1.0, 0.5])

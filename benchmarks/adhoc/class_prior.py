@@ -4,13 +4,18 @@ world module with the shipped captioner (up to 2 classes), and given each scene'
 
 Run from the repository root:
     python benchmarks/adhoc/class_prior.py [--priors 0 5 10 20 40] [--sources captioner2 true] [--captioner world|DIR]
-        [--bias-shifts 0 ...]
+        [--bias-shifts 0 ...] [--module world|DIR] [--thresholds 0.5 ...] [--one-prompt-per-class] [--upscale 1.0]
+--thresholds: the probability a pixel's best class must pass to be labelled (GroundingSegmenter's `threshold`).
+--upscale: each scene resized by this factor (bicubic) before it is segmented, its labels resized back (nearest).
 --bias-shifts: added to the captioner's logit bias, so it names classes from a lower probability than 1/2 (0.5: 0.38,
 1: 0.27, 2: 0.12).
 Sources of each scene's class list: captionerK (the captioner, up to K classes), all (every class named), true.
 """
 
 import argparse
+
+import numpy as np
+from PIL import Image
 
 from synthseg.benchmark import benchmark
 from synthseg.captioner import ImplicitCaptioner
@@ -25,9 +30,13 @@ parser.add_argument("--priors", type=float, nargs="+", default=[0.0, 5.0, 10.0, 
 parser.add_argument("--sources", nargs="+", default=["captioner2", "true"])
 parser.add_argument("--captioner", default="world")
 parser.add_argument("--bias-shifts", type=float, nargs="+", default=[0.0])
+parser.add_argument("--thresholds", type=float, nargs="+", default=[0.5])
+parser.add_argument("--one-prompt-per-class", action="store_true")
+parser.add_argument("--upscale", type=float, default=1.0)
+parser.add_argument("--module", default="world", help="the grounding module: the shipped one, or a folder of another on the world")
 args = parser.parse_args()
 pipe, split = load_pipeline("world"), get_split("world")
-module, captioner = GroundingModule.from_pretrained("world"), ImplicitCaptioner.from_pretrained(args.captioner)
+module, captioner = GroundingModule.from_pretrained(args.module), ImplicitCaptioner.from_pretrained(args.captioner)
 scenes = read_world(200, first=500)
 names = list(scenes.class_names)
 truth = [scenes.classes_in(scenes[i][1]) for i in range(len(scenes))]
@@ -44,13 +53,26 @@ class Listed:
         return [names] if self.every else [next(self.listed)]
 
 
+class Upscaled:
+    """Segments each scene resized by `--upscale`, its labels resized back."""
+
+    def __init__(self, segmenter):
+        self.segmenter, self.class_names = segmenter, segmenter.class_names
+
+    def predict(self, image):
+        labels = self.segmenter.predict(image.resize([round(args.upscale * side) for side in image.size], Image.BICUBIC))
+        return np.asarray(Image.fromarray(labels.astype(np.uint8)).resize(image.size, Image.NEAREST))
+
+
 bias = float(captioner.logit_bias)
-print("| class_prior | classes from | bias shift | seen | unseen | harmonic |\n|---|---|---|---|---|---|")
-for prior, source, shift in ((p, s, b) for p in args.priors for s in args.sources for b in args.bias_shifts):
+print("| class_prior | classes from | bias shift | threshold | seen | unseen | harmonic |\n|---|---|---|---|---|---|---|")
+for prior, source, shift, threshold in ((p, s, b, t) for p in args.priors for s in args.sources for b in args.bias_shifts for t in args.thresholds):
     captioner.logit_bias.data.fill_(bias + shift)
     most = int(source[len("captioner"):]) if source.startswith("captioner") else 2
-    segmenter = GroundingSegmenter(pipe, module, names, captioner=captioner, max_classes=most, class_prior=prior)
+    segmenter = GroundingSegmenter(pipe, module, names, captioner=captioner, max_classes=most, class_prior=prior,
+                                   threshold=threshold, one_prompt_per_class=args.one_prompt_per_class)
     if not source.startswith("captioner"):
         segmenter.recogniser = Listed(segmenter.recogniser, every=source == "all")
-    r = benchmark(segmenter, scenes, split, True, model_name=f"prior {prior}, {source}")
-    print(f"| {prior:g} | {source} | {shift:g} | {100 * r.seen_miou:.1f} | {100 * r.unseen_miou:.1f} | {100 * r.harmonic_miou:.1f} |", flush=True)
+    r = benchmark(Upscaled(segmenter) if args.upscale != 1 else segmenter, scenes, split, True, model_name=f"prior {prior}, {source}")
+    scores = " | ".join(f"{100 * v:.1f}" for v in (r.seen_miou, r.unseen_miou, r.harmonic_miou))
+    print(f"| {prior:g} | {source} | {shift:g} | {threshold:g} | {scores} |", flush=True)
