@@ -15,7 +15,8 @@ classes); for the world, Protocol ii's segmenters (a) and (b), read from the RES
 --protocol-ii names (by default the pretrained-backbone recipe's, segmenter-world, the world's strongest), which
 scored them on the same 500 scenes with the same matrix. Ablations of the first module on the
 first --ablation-count scenes: the capture timestep, K noise draws, one prompt per class, the captioner's class
-count and no class prior.
+count, no class prior and no refinement (every row but those is refined by PAMR, `synthseg segment`'s default, DAAM's
+included).
 Targets: harmonic mIoU >= 70, unseen >= 0.9 x seen, above Protocol ii's (a).
 Writes the "Protocol iii (MODEL)" section of benchmarks/RESULTS.md.
 
@@ -123,6 +124,8 @@ def main() -> None:
     for most in sorted({2, args.max_classes}) if captioned.class_prior else ():
         ablations[f"capture t {timestep}, implicit captioner, up to {most} classes, no class prior"] = score(
             label, GroundingSegmenter(pipe, module, names, timestep=timestep, captioner=captioner, max_classes=most, class_prior=0.0), subset)
+    ablations[f"capture t {timestep}, implicit captioner, up to {args.max_classes} classes, no refinement"] = score(
+        label, GroundingSegmenter(pipe, module, names, timestep=timestep, captioner=captioner, max_classes=args.max_classes, refine=0), subset)
     minutes = (time.perf_counter() - start) / 60
     hits = [(set(r) & set(t), set(r), set(t)) for r, t in zip(recognised, truth)]
     exact = np.mean([r == t for r, t in zip(map(set, recognised), map(set, truth))])
@@ -144,7 +147,9 @@ def main() -> None:
                + (f"; Protocol ii's (a): {a[2]} harmonic (target: above it)." if a else "."))
     body = f"""Split `world` (unseen: {', '.join(split.unseen)}); {args.count} held-out rendered scenes with exact masks, all
 {len(names)} class names given to every scene, background counted as a seen class; one confusion matrix per row
-(`synthseg.benchmark`). Images are read as `synthseg segment` reads real ones. {minutes:.1f} min.
+(`synthseg.benchmark`). Images are read as `synthseg segment` reads real ones, and the masks of every row but
+Protocol ii's are refined as it refines them ({captioned.refine} PAMR iterations on the image's colours,
+`synthseg.refine`). {minutes:.1f} min.
 
 {chr(10).join(table)}
 

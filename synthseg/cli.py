@@ -44,6 +44,8 @@ CAPTIONER_HELP = ("Implicit captioner (a bundled name or a folder from train-cap
 MaxClasses = Annotated[int, typer.Option(help="With --captioner: the most classes it may give an image (its caption's, or those it finds present).")]
 ClassPrior = Annotated[Optional[float], typer.Option(help="With a captioner trained per class, max-pooled: weigh each pixel's named classes "
                                                           "by its cells' say (softmax of similarity x this); 0: off; default: 10 with such a captioner.")]
+Refine = Annotated[Optional[int], typer.Option(help="PAMR iterations that move the masks' edges to the image's colour edges; "
+                                                   "0: off; default: 20.")]
 StopAt = Annotated[Optional[int], typer.Option(help="End this sitting at this training step; rerun the command to go on.")]
 
 
@@ -405,6 +407,7 @@ def segment(
     captioner: Annotated[Optional[str], typer.Option(help=CAPTIONER_HELP)] = None,
     max_classes: MaxClasses = 3,
     class_prior: ClassPrior = None,
+    refine: Refine = None,
     device: Device = "auto",
 ) -> None:
     """Segment real images with a grounding module: one denoiser step on each image's noised latent (ODISE/VPD)."""
@@ -428,7 +431,8 @@ def segment(
     module = GroundingModule.from_pretrained(module_dir).to(torch_device).eval()
     results = segment_images(pipe, module, pictures, names, batch_size, timestep=_module_timestep(module_dir, capture_timestep), noise_draws=noise_draws,
                              seed=seed, template=template, one_prompt_per_class=one_prompt_per_class, threshold=threshold,
-                             captioner=_captioner(model, captioner, torch_device), max_classes=max_classes, class_prior=class_prior)
+                             captioner=_captioner(model, captioner, torch_device), max_classes=max_classes, class_prior=class_prior,
+                             refine=refine)
     summary = write_segmentations(out, pictures, results, names)
     _stderr.print(f"{out}: {summary['images']} images, {summary['instances']} instances")
 
@@ -543,6 +547,7 @@ def benchmark(
     captioner: Annotated[Optional[str], typer.Option(help="With --grounding: " + CAPTIONER_HELP)] = None,
     max_classes: MaxClasses = 3,
     class_prior: ClassPrior = None,
+    refine: Refine = None,
     out: Annotated[Optional[Path], typer.Option(help="Folder for benchmark.json and benchmark.md; default SEGMENTER/benchmark-DATASET "
                                                     "(with --grounding: runs/benchmark-DATASET).")] = None,
     device: Device = "auto",
@@ -558,8 +563,8 @@ def benchmark(
     chosen = get_split(split) if split else None
     data = open_dataset(dataset, data_root, image_set, count)
     if grounding is None:
-        if captioner is not None or class_prior is not None:
-            _fail("--captioner and --class-prior go with --grounding (a segmenter is closed-vocabulary)")
+        if captioner is not None or class_prior is not None or refine is not None:
+            _fail("--captioner, --class-prior and --refine go with --grounding (a segmenter is closed-vocabulary)")
         model_name, scored = str(segmenter), Segmenter.from_pretrained(segmenter, torch_device)
         out = out or segmenter / f"benchmark-{Path(dataset).name}"
     else:
@@ -575,7 +580,7 @@ def benchmark(
         model_name = f"grounding {grounding} on {model}"
         scored = GroundingSegmenter(load_pipeline(model, device=torch_device), module, data.class_names,
                                     timestep=_module_timestep(grounding, capture_timestep), captioner=_captioner(model, captioner, torch_device),
-                                    max_classes=max_classes, class_prior=class_prior)
+                                    max_classes=max_classes, class_prior=class_prior, refine=refine)
         out = out or Path("runs") / f"benchmark-{Path(dataset).name}"
     result = score(scored, data, chosen, background, model_name=model_name)
     result.save(out)

@@ -16,6 +16,7 @@ from .capture import CapturedFeatures, CaptureStep, ResolvedStep, attention_maps
 from .errors import SynthsegError
 from .formats import jsonl_text, png_bytes, safe_file_name, write_atomic
 from .grounding import GroundingModule, class_attention_input, grounding_inputs
+from .refine import refine_masks
 from .text import class_queries, encode_prompts, prompt_token_spans
 
 
@@ -139,14 +140,18 @@ def generate_grounded(
     capture_step: CaptureStep = CaptureStep(),
     negative_prompt: str | list[str] | None = None,
     return_features: bool = False,
+    refine: int = 0,
 ) -> GroundedGeneration:
     """Generate `prompts` with `pipe` (SD 1.x/2.x, SDXL, SD3 or FLUX) and ground `class_names`:
-    one `capture_pass`, then the module's masks at image resolution."""
+    one `capture_pass`, then the module's masks at image resolution, refined by `refine` PAMR iterations
+    on each image's colours (`synthseg.refine`; 0: none)."""
     grounding.config.check_pipeline(pipe)
     run = capture_pass(pipe, prompts, class_names, seeds, guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
                        capture_step=capture_step, attention=grounding.config.needs_attention, blocks=grounding.config.feature_blocks or None,
                        height=height, width=width, negative_prompt=negative_prompt)
     masks = predict_masks(grounding, run.features, run.prompt_embeds, run.spans, run.images[0].size[::-1])
+    if refine:
+        masks = [refine_masks(image, m, refine) for image, m in zip(run.images, masks)]
     return GroundedGeneration(
         images=run.images,
         masks=masks,

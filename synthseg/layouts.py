@@ -37,6 +37,7 @@ from .capture.unet import attention_grid
 from .config import check_positive
 from .errors import SynthsegError
 from .prompts import describe, template_slots
+from .refine import refine_masks
 
 MAX_GLIGEN_BOXES = 30  # StableDiffusionGLIGENPipeline's max_objs: the position net's token count
 
@@ -337,10 +338,11 @@ class LayoutGeneration:
 def generate_layout(pipe, grounding, layout: Layout, *, guidance_scale: float, num_inference_steps: int,
                     capture_step: CaptureStep = CaptureStep(), margin: float = LayoutRecipe.margin,
                     scheduled_sampling_beta: float = LayoutRecipe.scheduled_sampling_beta,
-                    box_attention: float = LayoutRecipe.box_attention) -> LayoutGeneration:
+                    box_attention: float = LayoutRecipe.box_attention, refine: int = 0) -> LayoutGeneration:
     """Generate `layout` with a GLIGEN pipeline (one layout per call, as GLIGEN takes it) and cut its
     instances from the grounding module's class masks (`instance_masks`). `scheduled_sampling_beta`: the
-    share of the steps GLIGEN's gated layers run in; `box_attention`: `BoxAttention`'s bias in them (0: none)."""
+    share of the steps GLIGEN's gated layers run in; `box_attention`: `BoxAttention`'s bias in them (0: none);
+    `refine`: PAMR iterations on the masks first (`synthseg.refine`; 0: none)."""
     from .generate import capture_pass, predict_masks
 
     check_takes_layouts(pipe)
@@ -353,5 +355,7 @@ def generate_layout(pipe, grounding, layout: Layout, *, guidance_scale: float, n
                            num_inference_steps=num_inference_steps, capture_step=capture_step, attention=grounding.config.needs_attention,
                            blocks=grounding.config.feature_blocks or None, pipeline_kwargs=boxes)
     (probs,) = predict_masks(grounding, run.features, run.prompt_embeds, run.spans, run.images[0].size[::-1])
+    if refine:
+        probs = refine_masks(run.images[0], probs, refine)
     masks = instance_masks(probs.numpy(), layout.classes, layout, margin)
     return LayoutGeneration(layout, run.images[0], probs, masks, [box_fill(m, box) for m, box in zip(masks, layout.boxes)])

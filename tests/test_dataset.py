@@ -260,3 +260,23 @@ def test_torchrun_two_cpu_processes_equal_one_process(pipe_dir, grounding, tmp_p
     records = [json.loads(p.read_text()) for p in sorted((tmp_path / "two" / "records").glob("*.json"))]
     assert len(records) == 9
     assert files(tmp_path / "one") == files(tmp_path / "two")
+
+
+def test_refine_gives_the_masks_pamr_makes_of_the_unrefined_ones_and_make_dataset_passes_it_on(pipe, grounding, tmp_path):
+    """With `refine`, generation refines the module's masks by PAMR on each image's colours before labels are made
+    of them, and make-dataset passes its recipe's `refine` on."""
+    import torch
+
+    from synthseg.generate import generate_grounded
+    from synthseg.refine import refine_masks
+
+    args = (pipe, grounding, ["a dog and a cat"], [["dog", "cat"]], [4])
+    plain, refined = (generate_grounded(*args, guidance_scale=2.0, num_inference_steps=2, refine=n) for n in (0, 20))
+    torch.testing.assert_close(refined.masks[0], refine_masks(plain.images[0], plain.masks[0], 20))
+    assert not torch.equal(refined.masks[0], plain.masks[0])
+    made = {n: make_dataset(pipe, grounding, recipe(refine=n, per_class=1, per_pair=0), tmp_path / str(n), PROVENANCE) for n in (0, 3)}
+    assert made[0]["images"] == made[3]["images"] == 3
+    masks = [files(tmp_path / str(n) / "masks") for n in (0, 3)]
+    assert masks[0].keys() == masks[1].keys() and masks[0] != masks[1]
+    with pytest.raises(SynthsegError, match="refine must be 0 or more, got -1"):
+        recipe(refine=-1)

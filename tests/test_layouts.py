@@ -132,6 +132,7 @@ def test_a_gligen_pipeline_generates_a_layout_and_the_module_cuts_one_instance_p
     from synthseg import GroundingConfig, GroundingModule
     from synthseg.layouts import check_takes_layouts, generate_layout
     from synthseg.pipeline import load_pipeline
+    from synthseg.refine import refine_masks
     from synthseg.tiny import tiny_pipeline
 
     pipe = load_pipeline(_gligen_folder(tmp_path / "gligen"))
@@ -145,6 +146,11 @@ def test_a_gligen_pipeline_generates_a_layout_and_the_module_cuts_one_instance_p
     options = dict(guidance_scale=2.0, num_inference_steps=4, scheduled_sampling_beta=0.5)  # gated layers in 2 of 4 steps
     first = generate_layout(pipe, module, layout, **options)
     assert first.probs.shape == (2, 32, 32) and len(first.instances) == 3 and len(first.fills) == 3
+    refined = generate_layout(pipe, module, layout, **options, refine=20)  # PAMR on the masks, then the instances cut from them
+    expected = refine_masks(first.image, first.probs, 20)
+    torch.testing.assert_close(refined.probs, expected)
+    cut = instance_masks(expected.numpy(), layout.classes, layout, LayoutRecipe.margin)
+    assert all(np.array_equal(m, e) for m, e in zip(refined.instances, cut)) and not torch.equal(refined.probs, first.probs)
     for mask, box in zip(first.instances, layout.boxes):  # an instance stays within its box and margin
         ys, xs = np.nonzero(mask)
         assert mask.shape == (32, 32) and (len(xs) == 0 or (xs.min() >= (box[0] - .1 * (box[2] - box[0])) * 32 - 1))

@@ -5,7 +5,10 @@ world module with the shipped captioner (up to 2 classes), and given each scene'
 Run from the repository root:
     python benchmarks/adhoc/class_prior.py [--priors 0 5 10 20 40] [--sources captioner2 true] [--captioner world|DIR]
         [--bias-shifts 0 ...] [--module world|DIR] [--thresholds 0.5 ...] [--one-prompt-per-class] [--upscale 1.0]
+        [--refine 0 ...] [--dilations 1 2 4 8]
 --thresholds: the probability a pixel's best class must pass to be labelled (GroundingSegmenter's `threshold`).
+--refine: PAMR iterations on the masks (GroundingSegmenter's `refine`, synthseg.refine); --dilations: its neighbourhoods
+(default synthseg.refine.PAMR_DILATIONS).
 --upscale: each scene resized by this factor (bicubic) before it is segmented, its labels resized back (nearest).
 --bias-shifts: added to the captioner's logit bias, so it names classes from a lower probability than 1/2 (0.5: 0.38,
 1: 0.27, 2: 0.12).
@@ -17,6 +20,7 @@ import argparse
 import numpy as np
 from PIL import Image
 
+from synthseg import refine as refinement
 from synthseg.benchmark import benchmark
 from synthseg.captioner import ImplicitCaptioner
 from synthseg.classes import get_split
@@ -32,9 +36,13 @@ parser.add_argument("--captioner", default="world")
 parser.add_argument("--bias-shifts", type=float, nargs="+", default=[0.0])
 parser.add_argument("--thresholds", type=float, nargs="+", default=[0.5])
 parser.add_argument("--one-prompt-per-class", action="store_true")
+parser.add_argument("--refine", type=int, nargs="+", default=[0])
+parser.add_argument("--dilations", type=int, nargs="+")
 parser.add_argument("--upscale", type=float, default=1.0)
 parser.add_argument("--module", default="world", help="the grounding module: the shipped one, or a folder of another on the world")
 args = parser.parse_args()
+if args.dilations:
+    refinement.pamr.__defaults__ = (tuple(args.dilations),)
 pipe, split = load_pipeline("world"), get_split("world")
 module, captioner = GroundingModule.from_pretrained(args.module), ImplicitCaptioner.from_pretrained(args.captioner)
 scenes = read_world(200, first=500)
@@ -65,14 +73,16 @@ class Upscaled:
 
 
 bias = float(captioner.logit_bias)
-print("| class_prior | classes from | bias shift | threshold | seen | unseen | harmonic |\n|---|---|---|---|---|---|---|")
-for prior, source, shift, threshold in ((p, s, b, t) for p in args.priors for s in args.sources for b in args.bias_shifts for t in args.thresholds):
+print("| class_prior | classes from | bias shift | threshold | refine | seen | unseen | harmonic |\n|---|---|---|---|---|---|---|---|")
+settings = [(p, s, b, t, r) for p in args.priors for s in args.sources for b in args.bias_shifts for t in args.thresholds for r in args.refine]
+for prior, source, shift, threshold, refine in settings:
     captioner.logit_bias.data.fill_(bias + shift)
     most = int(source[len("captioner"):]) if source.startswith("captioner") else 2
     segmenter = GroundingSegmenter(pipe, module, names, captioner=captioner, max_classes=most, class_prior=prior,
-                                   threshold=threshold, one_prompt_per_class=args.one_prompt_per_class)
+                                   threshold=threshold, one_prompt_per_class=args.one_prompt_per_class,
+                                   refine=refine)
     if not source.startswith("captioner"):
         segmenter.recogniser = Listed(segmenter.recogniser, every=source == "all")
     r = benchmark(Upscaled(segmenter) if args.upscale != 1 else segmenter, scenes, split, True, model_name=f"prior {prior}, {source}")
     scores = " | ".join(f"{100 * v:.1f}" for v in (r.seen_miou, r.unseen_miou, r.harmonic_miou))
-    print(f"| {prior:g} | {source} | {shift:g} | {threshold:g} | {scores} |", flush=True)
+    print(f"| {prior:g} | {source} | {shift:g} | {threshold:g} | {refine} | {scores} |", flush=True)
