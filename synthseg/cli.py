@@ -401,7 +401,8 @@ def segment(
     noise_draws: Annotated[int, typer.Option(help="Average the masks over this many noise draws.")] = 1,
     one_prompt_per_class: Annotated[bool, typer.Option("--one-prompt-per-class", help="One prompt per class, not as few prompts as fit.")] = False,
     template: Annotated[str, typer.Option(help="Prompt template, '{}' for the class list.")] = "a photograph of {}",
-    threshold: Annotated[float, typer.Option(help="A pixel is labelled with its most probable class above this probability.")] = 0.5,
+    threshold: Annotated[Optional[float], typer.Option(help="A pixel is labelled with its most probable class above this probability; "
+                                                            "default: 0.3.")] = None,
     seed: Annotated[int, typer.Option(help="Seed of the noise.")] = 0,
     batch_size: Annotated[int, typer.Option(help="Images of one size per denoiser call (the masks do not depend on it).")] = 1,
     captioner: Annotated[Optional[str], typer.Option(help=CAPTIONER_HELP)] = None,
@@ -430,9 +431,9 @@ def segment(
     module_dir = grounding_for(model, grounding)
     module = GroundingModule.from_pretrained(module_dir).to(torch_device).eval()
     results = segment_images(pipe, module, pictures, names, batch_size, timestep=_module_timestep(module_dir, capture_timestep), noise_draws=noise_draws,
-                             seed=seed, template=template, one_prompt_per_class=one_prompt_per_class, threshold=threshold,
+                             seed=seed, template=template, one_prompt_per_class=one_prompt_per_class,
                              captioner=_captioner(model, captioner, torch_device), max_classes=max_classes, class_prior=class_prior,
-                             refine=refine)
+                             refine=refine, threshold=threshold)
     summary = write_segmentations(out, pictures, results, names)
     _stderr.print(f"{out}: {summary['images']} images, {summary['instances']} instances")
 

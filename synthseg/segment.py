@@ -34,6 +34,8 @@ from .refine import PAMR_ITERATIONS, check_iterations, refine_masks
 from .text import encode_prompts, fits_prompt, pipeline_family, prompt_token_spans, text_inputs, text_streams
 
 SEGMENT_TEMPLATE = "a photograph of {}"  # the prompt around the class list ("a dog, a cat and a bus")
+THRESHOLD = 0.3  # GroundingSegmenter's: with refinement, on world scenes 500-699, 68.4 harmonic mIoU at 0.2-0.35 against
+                 # 67.0 at 0.5 and 66.1 at 0.6 (RESULTS.md, "Ad hoc trials (world)")
 CLASS_PRIOR = 10.0  # GroundingSegmenter's default with a max-pooled per-class captioner: on world scenes 500-699, harmonic
 # mIoU 58.4 with the world captioner's up to 3 classes, against 57.9 at 5 and at 20, and 53.7 with no prior and up to 2
 # (RESULTS.md, "Ad hoc trials (world)")
@@ -168,7 +170,8 @@ class GroundingSegmenter:
 
     Options: `timestep` of 1000 (flow models: sigma = timestep / 1000); a class's probability is the mean
     over `noise_draws` noised latents, seeded by `seed` and the image's index; `template` has one slot
-    for the class list; a pixel is labelled with its most probable class where that passes `threshold`.
+    for the class list; a pixel is labelled with its most probable class where that passes `threshold` (default
+    THRESHOLD).
     With a `captioner` (ODISE's implicit captioner, `synthseg.captioner`), each image is first given the
     1 to `max_classes` of the names it recognises (`Recogniser`), and only those are prompted and segmented (the
     others get probability 0); without one, every image is prompted with all the names. With `class_prior` > 0
@@ -182,7 +185,7 @@ class GroundingSegmenter:
     """
 
     def __init__(self, pipe, grounding: GroundingModule | None, class_names, *, timestep: int = 5, noise_draws: int = 1, seed: int = 0,
-                 template: str = SEGMENT_TEMPLATE, one_prompt_per_class: bool = False, threshold: float = 0.5,
+                 template: str = SEGMENT_TEMPLATE, one_prompt_per_class: bool = False, threshold: float | None = None,
                  captioner: ImplicitCaptioner | None = None, max_classes: int = 3, class_prior: float | None = None,
                  refine: int | None = None):
         names = list(class_names)
@@ -192,6 +195,7 @@ class GroundingSegmenter:
             raise SynthsegError(f"noise_draws must be at least 1, got {noise_draws}")
         if not 0 <= timestep < 1000:
             raise SynthsegError(f"the capture timestep must be in 0..999 (of 1000), got {timestep}")
+        threshold = THRESHOLD if threshold is None else threshold
         if not 0 <= threshold < 1:
             raise SynthsegError(f"threshold must be in [0, 1), got {threshold}")
         cells = captioner is not None and (captioner.config.objective, captioner.config.pooling) == ("classes", "max")
