@@ -453,6 +453,8 @@ def make_dataset(
     seed: Annotated[Optional[int], typer.Option(help=f"Seed of the whole dataset; {FROM_RECIPE}.")] = None,
     num_inference_steps: Annotated[Optional[int], typer.Option(help="Denoising steps; default: the recipe's, else the model's.")] = None,
     guidance_scale: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale; default: the recipe's, else the model's.")] = None,
+    refine: Annotated[Optional[int], typer.Option(help=f"PAMR iterations that move each image's masks to its colour edges before labels "
+                                                       f"are made; 0: off; {FROM_RECIPE} (20).")] = None,
     layouts: Annotated[bool, typer.Option("--layouts", help="Box layouts through a GLIGEN model, one COCO instance per box.")] = False,
     layouts_file: Annotated[Optional[Path], typer.Option(help="Generate these layouts instead: JSONL of prompt, phrases, boxes (and seed).")] = None,
     num_shards: Annotated[Optional[int], typer.Option(help="Split the items over this many jobs (default: one, or torchrun's processes).")] = None,
@@ -465,7 +467,7 @@ def make_dataset(
 
     config = load_dataset_recipe(classes, recipe, model=model, grounding=grounding, per_class=per_class, per_pair=per_pair,
                                  spare=spare, templates=templates, seed=seed, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                                 layouts=layouts, layouts_file=str(layouts_file.resolve()) if layouts_file else None)
+                                 refine=refine, layouts=layouts, layouts_file=str(layouts_file.resolve()) if layouts_file else None)
     if dry_run:
         print(plan_summary(config, device))
         return

@@ -3,10 +3,10 @@ Semantic Segmentation from Image Labels", CVPR 2020), as weakly supervised and o
 
 A grounding module's masks come from features at the latent's stride (8 for SD, 4 for the world) and are upsampled,
 so their edges are blurred over several pixels, where most of its wrong pixels lie (on world scenes, 55% of them
-within a pixel of a true edge and 70% within two). PAMR moves each mask value towards those of the neighbours that look like its pixel:
-each pixel's 8 neighbours at each of the dilations get weights from a softmax over their colour distance, scaled by
-the neighbourhood's spread, and each iteration replaces the masks by the weighted mean of the neighbours'. The
-weights sum to 1, so probabilities stay probabilities, and class weights summing to 1 still do.
+within a pixel of a true edge and 70% within two). PAMR moves each mask value towards those of the neighbours that
+look like its pixel: each pixel's 8 neighbours at each of the dilations get weights from a softmax over their colour
+distance, scaled by the neighbourhood's spread, and each iteration replaces the masks by the weighted mean of the
+neighbours'. The weights sum to 1, so probabilities stay probabilities, and class weights summing to 1 still do.
 """
 
 from __future__ import annotations

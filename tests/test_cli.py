@@ -93,13 +93,14 @@ def test_make_dataset_and_show(pipe_dir, grounding, tmp_path, monkeypatch):
 
     grounding.save_pretrained(tmp_path / "g")
     args = ["make-dataset", "--classes", "dog,cat", "--per-class", "2", "--per-pair", "1", "--num-inference-steps", "2", "--guidance-scale", "2.0",
-            "--model", str(pipe_dir), "--grounding", str(tmp_path / "g"), "--out", str(tmp_path / "ds")]
-    monkeypatch.setenv("SYNTHSEG_CACHE", str(tmp_path / "cache"))
+            "--model", str(pipe_dir), "--grounding", str(tmp_path / "g"), "--refine", "0", "--out", str(tmp_path / "ds")]
+    monkeypatch.setenv("SYNTHSEG_CACHE", str(tmp_path / "cache"))  # --refine 0: the random module's unrefined masks keep every image
     result = runner.invoke(app, [*args, "--dry-run"])
     assert result.exit_code == 0 and "time: unknown (no images rate recorded for this model on cpu" in result.output, result.output
     result = runner.invoke(app, args)
     assert result.exit_code == 0 and "short of the images asked" not in result.output, result.output
     assert (tmp_path / "ds" / "annotations.json").is_file() and (tmp_path / "ds" / "README.md").is_file()
+    assert json.loads((tmp_path / "ds" / "recipe.json").read_text())["refine"] == 0  # --refine overrides the recipe's 20
     (rate,) = json.loads((tmp_path / "cache" / "throughput.json").read_text()).values()  # the run measured its rate
     assert rate["items"] == 5 and rate["steps"] == 2 and rate["seconds_per_item"] > 0
     result = runner.invoke(app, [*args, "--dry-run", "--num-inference-steps", "4"])
