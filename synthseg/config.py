@@ -44,6 +44,9 @@ def unstamped(data: dict, source: str) -> dict:
     return {k: v for k, v in data.items() if k not in STAMP_KEYS} if isinstance(data, dict) else data
 
 
+ABSENT = "absent"  # a recipe field's metadata key: the value a run recorded before the field existed had, where its default differs
+
+
 def record_recipe(path: str | Path, recipe, refusal: str) -> None:
     """Record `recipe` (a dataclass) as a job's recipe.json at `path`, or check it against the one
     recorded there: a resumed job must not mix two recipes. `refusal` is the error for another recipe,
@@ -62,8 +65,9 @@ def record_recipe(path: str | Path, recipe, refusal: str) -> None:
     defaults = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
                 for f in dataclasses.fields(recipe) if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
     defaults = json.loads(json.dumps(defaults, default=dataclasses.asdict))  # as recorded: lists, nested recipes as mappings
+    defaults.update({f.name: f.metadata[ABSENT] for f in dataclasses.fields(recipe) if ABSENT in f.metadata})
     changed = sorted(k for k in set(found) | set(wanted) if found.get(k, defaults.get(k)) != wanted.get(k))
-    if changed:  # a field added since, at its default, is no change: the recorded run ran without it
+    if changed:  # a field added since, at the value the recorded run had without it (its default, or ABSENT), is no change
         raise SynthsegError(refusal.format(changed=", ".join(changed)))
 
 

@@ -47,7 +47,7 @@ from PIL import Image
 from scipy import ndimage
 
 from .classes import check_names, resolve_classes
-from .config import check_non_negative, check_positive, load_config, record_recipe
+from .config import ABSENT, check_non_negative, check_positive, load_config, record_recipe
 from .device import resolve_device
 from .errors import SynthsegError
 from .formats import IGNORE, coco_annotation, coco_document, jsonl_text, label_image, png_bytes, write_atomic, write_json_atomic
@@ -82,7 +82,7 @@ class DatasetRecipe:
     num_inference_steps: int | None = None
     guidance_scale: float | None = None
     band: float = 0.2
-    refine: int = PAMR_ITERATIONS
+    refine: int = field(default=PAMR_ITERATIONS, metadata={ABSENT: 0})  # datasets recorded before refine existed are unrefined
     min_instance_area: int = 4
     require_all_classes: bool = True
     batch_size: int = 8

@@ -104,7 +104,7 @@ def test_every_saved_recipe_and_model_config_names_its_writer(tmp_path):
     assert MaskRCNNAnnotator.from_pretrained(tmp_path / "ann").categories == ["a"]
 
 
-def test_a_run_recorded_before_a_field_was_added_resumes_only_if_the_field_is_at_its_default(tmp_path):
+def test_a_run_recorded_before_a_field_was_added_resumes_only_if_the_field_is_at_the_value_it_had(tmp_path):
     import json
 
     from synthseg.segmenter import load_segmenter_recipe
@@ -136,3 +136,14 @@ def test_a_run_recorded_before_a_field_was_added_resumes_only_if_the_field_is_at
     claim_workdir(tmp_path / "seg", segmenter)
     with pytest.raises(SynthsegError, match=r"another recipe \(paste_scale_range differ\)"):
         claim_workdir(tmp_path / "seg", dataclasses.replace(segmenter, paste_scale_range=[0.5, 1.0]))
+    from synthseg.config import record_recipe
+    from synthseg.dataset import load_dataset_recipe
+
+    dataset = load_dataset_recipe("world")  # a field whose default is not what runs before it did: refine (20; unrefined before)
+    record_recipe(tmp_path / "ds.json", dataset, "another recipe ({changed} differ)")
+    recorded = json.loads((tmp_path / "ds.json").read_text())
+    del recorded["refine"]
+    (tmp_path / "ds.json").write_text(json.dumps(recorded))
+    with pytest.raises(SynthsegError, match=r"another recipe \(refine differ\)"):
+        record_recipe(tmp_path / "ds.json", dataset, "another recipe ({changed} differ)")
+    record_recipe(tmp_path / "ds.json", dataclasses.replace(dataset, refine=0), "another recipe ({changed} differ)")
