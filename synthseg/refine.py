@@ -41,11 +41,16 @@ def _offsets(dilations: tuple[int, ...], centre: bool = False) -> list[tuple[int
     return [(0, 0), *ring] if centre else ring
 
 
-def _shifted(x: torch.Tensor, offsets: list[tuple[int, int]], pad: int) -> torch.Tensor:
-    """(C, H, W) -> (C, P, H, W): x at each offset, edges replicated."""
+def _shifts(x: torch.Tensor, offsets: list[tuple[int, int]], pad: int):
+    """(C, H, W) x at each offset in turn (views of one padded copy, edges replicated)."""
     height, width = x.shape[-2:]
     padded = F.pad(x[None], [pad] * 4, mode="replicate")[0]
-    return torch.stack([padded[:, pad + dy : pad + dy + height, pad + dx : pad + dx + width] for dy, dx in offsets], 1)
+    return (padded[:, pad + dy : pad + dy + height, pad + dx : pad + dx + width] for dy, dx in offsets)
+
+
+def _shifted(x: torch.Tensor, offsets: list[tuple[int, int]], pad: int) -> torch.Tensor:
+    """(C, H, W) -> (C, P, H, W): x at each offset, edges replicated."""
+    return torch.stack(list(_shifts(x, offsets, pad)), 1)
 
 
 def pamr_weights(image: torch.Tensor, dilations: tuple[int, ...]) -> torch.Tensor:
@@ -66,10 +71,8 @@ def pamr(image: torch.Tensor, masks: torch.Tensor, iterations: int = PAMR_ITERAT
     dilations = dilations or dilations_for(tuple(image.shape[-2:]))
     weights = pamr_weights(image.float(), dilations)
     offsets, pad = _offsets(dilations), max(dilations)
-    height, width = masks.shape[-2:]
     for _ in range(iterations):  # one neighbour at a time: (K, P, H, W) at once would be 0.7 GB for 20 classes at 512^2
-        padded = F.pad(masks[None], [pad] * 4, mode="replicate")[0]
-        masks = sum(padded[:, pad + dy : pad + dy + height, pad + dx : pad + dx + width] * w for (dy, dx), w in zip(offsets, weights))
+        masks = sum(shifted * w for shifted, w in zip(_shifts(masks, offsets, pad), weights))
     return masks
 
 

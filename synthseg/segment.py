@@ -279,8 +279,10 @@ class GroundingSegmenter:
         results = []
         for rgb, full, weight in zip(rgbs, probs, weights):
             full, weight = full[:, : rgb.height, : rgb.width], weight[:, : rgb.height, : rgb.width]
-            if self.refine:  # the weights too: refined alone, the probabilities gain 5.2 harmonic mIoU, with them 7.6 (world)
-                full, weight = refine_masks(rgb, full, self.refine), refine_masks(rgb, weight, self.refine) if self.class_prior else weight
+            if self.refine and self.class_prior:  # the weights too, in the same pass: refined alone, the probabilities gain 5.2
+                full, weight = refine_masks(rgb, torch.cat([full, weight]), self.refine).split(len(full))  # harmonic mIoU, with them 7.6
+            elif self.refine:
+                full = refine_masks(rgb, full, self.refine)
             labels = ((full * weight).argmax(0) + 1).numpy().astype(np.uint8)
             labels[full.max(0).values.numpy() <= self.threshold] = 0
             results.append(Segmentation(full, labels))

@@ -16,18 +16,22 @@ Sources of each scene's class list: captionerK (the captioner, up to K classes),
 """
 
 import argparse
+import sys
 
 import numpy as np
 from PIL import Image
 
-from synthseg import refine as refinement
-from synthseg.benchmark import benchmark
-from synthseg.captioner import ImplicitCaptioner
-from synthseg.classes import get_split
-from synthseg.grounding import GroundingModule
-from synthseg.pipeline import load_pipeline
-from synthseg.readers import read_world
-from synthseg.segment import GroundingSegmenter
+sys.path.insert(0, "benchmarks")
+from bench_protocol_iii import TrueClasses  # noqa: E402
+
+from synthseg import refine as refinement  # noqa: E402
+from synthseg.benchmark import benchmark  # noqa: E402
+from synthseg.captioner import ImplicitCaptioner  # noqa: E402
+from synthseg.classes import get_split  # noqa: E402
+from synthseg.grounding import GroundingModule  # noqa: E402
+from synthseg.pipeline import load_pipeline  # noqa: E402
+from synthseg.readers import read_world  # noqa: E402
+from synthseg.segment import GroundingSegmenter  # noqa: E402
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--priors", type=float, nargs="+", default=[0.0, 5.0, 10.0, 20.0, 40.0])
@@ -42,23 +46,12 @@ parser.add_argument("--upscale", type=float, default=1.0)
 parser.add_argument("--module", default="world", help="the grounding module: the shipped one, or a folder of another on the world")
 args = parser.parse_args()
 if args.dilations:
-    refinement.pamr.__defaults__ = (tuple(args.dilations),)
+    refinement.PAMR_DILATIONS = tuple(args.dilations)  # at the scenes' 64 px, as given (`refine.dilations_for`)
 pipe, split = load_pipeline("world"), get_split("world")
 module, captioner = GroundingModule.from_pretrained(args.module), ImplicitCaptioner.from_pretrained(args.captioner)
 scenes = read_world(200, first=500)
 names = list(scenes.class_names)
 truth = [scenes.classes_in(scenes[i][1]) for i in range(len(scenes))]
-
-
-class Listed:
-    """Names each scene's true classes (benchmark() visits the scenes in order, one per call), or every class; the
-    captioner's cells still weigh them."""
-
-    def __init__(self, recogniser, every: bool):
-        self.cell_similarity, self.listed, self.every = recogniser.cell_similarity, iter(truth), every
-
-    def __call__(self, latents):
-        return [names] if self.every else [next(self.listed)]
 
 
 class Upscaled:
@@ -82,7 +75,7 @@ for prior, source, shift, threshold, refine in settings:
                                    threshold=threshold, one_prompt_per_class=args.one_prompt_per_class,
                                    refine=refine)
     if not source.startswith("captioner"):
-        segmenter.recogniser = Listed(segmenter.recogniser, every=source == "all")
+        segmenter.recogniser = TrueClasses([names] * len(truth) if source == "all" else truth, segmenter.recogniser)
     r = benchmark(Upscaled(segmenter) if args.upscale != 1 else segmenter, scenes, split, True, model_name=f"prior {prior}, {source}")
     scores = " | ".join(f"{100 * v:.1f}" for v in (r.seen_miou, r.unseen_miou, r.harmonic_miou))
     print(f"| {prior:g} | {source} | {shift:g} | {threshold:g} | {refine} | {scores} |", flush=True)
