@@ -7,7 +7,9 @@ background counted as a seen class, split "world") on the same held-out scenes, 
 `synthseg segment` reads real ones: VAE-encoded, noised to the capture timestep, one denoiser call per
 prompt of the class list. Rows: each --module (its own capture timestep) alone, with ODISE's implicit captioner
 (--captioner, by default the model's own: each scene is prompted with the classes it names, and, from a max-pooled
-per-class captioner, its cells weigh them per pixel: `synthseg segment`'s default class prior), and with each
+per-class captioner, its cells weigh them per pixel: `synthseg segment`'s default class prior), with the captioner's
+class lists chosen among by the pipeline's denoising error (`synthseg.classify`, `synthseg segment`'s default with such
+a captioner) and without, and with each
 scene's true class names (a presence oracle: what perfect recognition would give; with and without the captioner's
 cells), the targets judged on the first module with the captioner; the cross-attention baseline
 (DAAM) on the same noised latents, thresholded at --daam-threshold (Protocol i (world) tunes it on seen
@@ -39,6 +41,21 @@ def protocol_ii_rows(name: str) -> dict[str, tuple[str, str, str]]:
     section = re.search(rf"<!-- {re.escape(name)}:start -->(.*?)<!-- {re.escape(name)}:end -->", RESULTS.read_text(), re.S)
     rows = re.findall(r"^\| (\([ab]\)[^|]*) \| \d+ \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|", section.group(1) if section else "", re.M)
     return {name.strip(): (seen, unseen, harmonic) for name, seen, unseen, harmonic in rows}
+
+
+class Recording:
+    """Stands in for a recogniser or a diffusion classifier, and keeps the class lists it names, in call order."""
+
+    def __init__(self, inner):
+        self.inner, self.named = inner, []
+
+    def __call__(self, *args) -> list[list[str]]:
+        named = self.inner(*args)
+        self.named += named
+        return named
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
 
 
 class TrueClasses:
@@ -74,7 +91,7 @@ def main() -> None:
     from synthseg.pipeline import load_pipeline
     from synthseg.readers import open_dataset
     from synthseg.registry import resolve_captioner
-    from synthseg.segment import AttentionSegmenter, GroundingSegmenter, encode_images, pixel_tensor
+    from synthseg.segment import AttentionSegmenter, GroundingSegmenter
     from synthseg.train.grounding import capture_step_of
     from synthseg.triplets import TripletRecipe
 
@@ -93,22 +110,32 @@ def main() -> None:
     made = resolve_captioner(captioner_name) / "recipe.json"  # its training recipe, where it has one
     share = json.loads(made.read_text()).get("copy_paste", 0.0) if made.is_file() else 0.0
     pasted = f", trained with copy_paste {share:g}" if share else ""
-    first, recognised = None, None
+    first, namings = None, {}
     for label, directory in modules.items():
         module = GroundingModule.from_pretrained(directory)
         timestep = capture_step_of(directory, TripletRecipe(seen=["x"]))[0]
         rows[f"{label}, t {timestep}"] = score(label, GroundingSegmenter(pipe, module, names, timestep=timestep))
         captioned = GroundingSegmenter(pipe, module, names, timestep=timestep, captioner=captioner, max_classes=args.max_classes)
+        alone = GroundingSegmenter(pipe, module, names, timestep=timestep, captioner=captioner, max_classes=args.max_classes, classifier_draws=0)
         prior = f", class prior {captioned.class_prior:g}" if captioned.class_prior else ""
-        rows[f"{label} + implicit captioner{prior}, t {timestep}"] = score(label, captioned)  # what synthseg segment does
+        ranked = (f" + diffusion classifier ({captioned.classifier.draws} draws, top {captioned.classifier.top})"
+                  if captioned.classifier is not None else "")
+        if first is None:  # the first module's namings are reported
+            captioned.recogniser, alone.recogniser = Recording(captioned.recogniser), Recording(alone.recogniser)
+            captioned.classifier = Recording(captioned.classifier) if ranked else None
+        rows[f"{label} + implicit captioner{ranked}{prior}, t {timestep}"] = score(label, captioned)  # what synthseg segment does
+        if ranked:
+            rows[f"{label} + implicit captioner alone{prior}, t {timestep}"] = score(label, alone)
         for cells in ([False, True] if prior else [False]):
-            oracle = GroundingSegmenter(pipe, module, names, timestep=timestep, captioner=captioner if cells else None)
+            oracle = GroundingSegmenter(pipe, module, names, timestep=timestep, captioner=captioner if cells else None, classifier_draws=0)
             oracle.recogniser = TrueClasses(truth, oracle.recogniser)
             weighed = f" weighed by the captioner's cells{prior}" if cells else ""
             rows[f"{label} given each scene's true class names (presence oracle){weighed}, t {timestep}"] = score(label, oracle)
         if first is None:  # the targets are judged on the first module with the captioner; the ablations are the first's
             first = (label, module, timestep)
-            recognised = [captioned.recogniser(encode_images(pipe, pixel_tensor(np.asarray(data[i][0]))))[0] for i in range(len(data))]
+            namings = {"the implicit captioner alone": alone.recogniser.named if ranked else captioned.recogniser.named}
+            if ranked:
+                namings[f"the diffusion classifier on its top {captioned.classifier.top} classes"] = captioned.classifier.named
     label, module, timestep = first
     best = next(name for name in rows if name.startswith(f"{label} + implicit captioner"))
     rows[f"cross-attention (DAAM), t {timestep}, threshold {args.daam_threshold}"] = score(
@@ -127,11 +154,15 @@ def main() -> None:
     ablations[f"capture t {timestep}, implicit captioner, up to {args.max_classes} classes, no refinement"] = score(
         label, GroundingSegmenter(pipe, module, names, timestep=timestep, captioner=captioner, max_classes=args.max_classes, refine=0), subset)
     minutes = (time.perf_counter() - start) / 60
-    hits = [(set(r) & set(t), set(r), set(t)) for r, t in zip(recognised, truth)]
-    exact = np.mean([r == t for r, t in zip(map(set, recognised), map(set, truth))])
-    precision = sum(len(h) for h, _, _ in hits) / sum(len(r) for _, r, _ in hits)
-    recall = {part: sum(len([c for c in h if (c in split.unseen) == (part == "unseen")]) for h, _, _ in hits)
-              / max(1, sum(len([c for c in t if (c in split.unseen) == (part == "unseen")]) for _, _, t in hits)) for part in ("seen", "unseen")}
+
+    def naming(named: list[list[str]]) -> str:
+        hits = [(set(r) & set(t), set(r), set(t)) for r, t in zip(named, truth)]
+        exact = np.mean([r == t for _, r, t in hits])
+        precision = sum(len(h) for h, _, _ in hits) / sum(len(r) for _, r, _ in hits)
+        recall = {part: sum(len([c for c in h if (c in split.unseen) == (part == "unseen")]) for h, _, _ in hits)
+                  / max(1, sum(len([c for c in t if (c in split.unseen) == (part == "unseen")]) for _, _, t in hits)) for part in ("seen", "unseen")}
+        return (f"the exact class set of {100 * exact:.1f}% of scenes; precision {100 * precision:.1f}%; recall {100 * recall['seen']:.1f}% "
+                f"of seen and {100 * recall['unseen']:.1f}% of unseen class occurrences")
 
     def line(name, r):
         return f"| {name} | {r['images']} | {100 * r['seen']:.1f} | {100 * r['unseen']:.1f} | {100 * r['harmonic']:.1f} |"
@@ -160,10 +191,9 @@ Ablations of `{label}` on the first {args.ablation_count} scenes:
 {chr(10).join(head + [line(n, r) for n, r in ablations.items()])}
 
 The implicit captioner (`{captioner_name}`: objective {captioner.config.objective}, pooling {captioner.config.pooling}{pasted}; up to
-{args.max_classes} class{"es" if args.max_classes > 1 else ""} an image) on these scenes: the exact class
-set {100 * exact:.1f}% of scenes; precision {100 * precision:.1f}%; recall {100 * recall["seen"]:.1f}% of seen and
-{100 * recall["unseen"]:.1f}% of unseen class occurrences. It reads the image's clean VAE latent; the module then segments only
-the classes it names{", and the captioner's cells say which named class each object is (the class prior)" if prior else ""}.
+{args.max_classes} class{"es" if args.max_classes > 1 else ""} an image) reads the image's clean VAE latent; the module then segments
+only the classes named{", and the captioner's cells say which named class each object is (the class prior)" if prior else ""}.
+Naming on these scenes: {"; ".join(f"{who}, {naming(named)}" for who, named in namings.items())}.
 """
     print(body)
     write_section(f"Protocol iii ({args.model})", body, bundle=args.model)

@@ -170,7 +170,7 @@ class Recogniser:
         captioner.config.check_pipeline(pipe)
         if max_classes < 1:
             raise SynthsegError(f"max_classes must be at least 1, got {max_classes}")
-        self.captioner, self.max_classes = captioner.eval(), max_classes
+        self.captioner, self.max_classes, self.names = captioner.eval(), max_classes, list(class_names)
         self.per_class = captioner.config.objective == "classes"
         template = captioner.config.template
         if self.per_class:
@@ -189,13 +189,18 @@ class Recogniser:
         if not self.per_class:
             scores = self.captioner(latents).cpu() @ self.embeddings.T
             return [self.candidates[i] for i in scores.argmax(1).tolist()]
-        logits = self.captioner.class_logits(latents, self.embeddings.to(latents.device)).cpu()
         found = []
-        for row in logits:
+        for row in self.class_logits(latents):
             best = row.argsort(descending=True)[: self.max_classes].tolist()
             chosen = {best[0], *(i for i in best if row[i] > 0)}  # probability above 1/2; the best always
             found.append([self.candidates[i][0] for i in sorted(chosen)])
         return found
+
+    @torch.no_grad()
+    def class_logits(self, latents: torch.Tensor) -> torch.Tensor:
+        """(B, N) logits that each of the names is in each image (a captioner trained per class)."""
+        latents = latents.to(next(self.captioner.parameters()).device)
+        return self.captioner.class_logits(latents, self.embeddings.to(latents.device)).cpu()
 
     @torch.no_grad()
     def cell_similarity(self, latents: torch.Tensor) -> torch.Tensor:

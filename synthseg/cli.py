@@ -46,6 +46,10 @@ ClassPrior = Annotated[Optional[float], typer.Option(help="With a captioner trai
                                                           "by its cells' say (softmax of similarity x this); 0: off; default: 10 with such a captioner.")]
 Refine = Annotated[Optional[int], typer.Option(help="PAMR iterations that move the masks' edges to the image's colour edges; "
                                                    "0: off; default: 20.")]
+ClassifierDraws = Annotated[Optional[int], typer.Option(help="With a captioner trained per class: choose each image's classes among "
+                                                               "lists of its 5 best by the pipeline's denoising error over this many "
+                                                               "noise draws (a diffusion classifier); 0: the captioner alone; default: 16 "
+                                                               "with such a captioner.")]
 StopAt = Annotated[Optional[int], typer.Option(help="End this sitting at this training step; rerun the command to go on.")]
 
 
@@ -409,6 +413,7 @@ def segment(
     max_classes: MaxClasses = 3,
     class_prior: ClassPrior = None,
     refine: Refine = None,
+    classifier_draws: ClassifierDraws = None,
     device: Device = "auto",
 ) -> None:
     """Segment real images with a grounding module: one denoiser step on each image's noised latent (ODISE/VPD)."""
@@ -433,7 +438,7 @@ def segment(
     results = segment_images(pipe, module, pictures, names, batch_size, timestep=_module_timestep(module_dir, capture_timestep), noise_draws=noise_draws,
                              seed=seed, template=template, one_prompt_per_class=one_prompt_per_class,
                              captioner=_captioner(model, captioner, torch_device), max_classes=max_classes, class_prior=class_prior,
-                             refine=refine, threshold=threshold)
+                             refine=refine, threshold=threshold, classifier_draws=classifier_draws)
     summary = write_segmentations(out, pictures, results, names)
     _stderr.print(f"{out}: {summary['images']} images, {summary['instances']} instances")
 
@@ -551,6 +556,7 @@ def benchmark(
     max_classes: MaxClasses = 3,
     class_prior: ClassPrior = None,
     refine: Refine = None,
+    classifier_draws: ClassifierDraws = None,
     out: Annotated[Optional[Path], typer.Option(help="Folder for benchmark.json and benchmark.md; default SEGMENTER/benchmark-DATASET "
                                                     "(with --grounding: runs/benchmark-DATASET).")] = None,
     device: Device = "auto",
@@ -566,8 +572,8 @@ def benchmark(
     chosen = get_split(split) if split else None
     data = open_dataset(dataset, data_root, image_set, count)
     if grounding is None:
-        if captioner is not None or class_prior is not None or refine is not None:
-            _fail("--captioner, --class-prior and --refine go with --grounding (a segmenter is closed-vocabulary)")
+        if any(option is not None for option in (captioner, class_prior, refine, classifier_draws)):
+            _fail("--captioner, --class-prior, --refine and --classifier-draws go with --grounding (a segmenter is closed-vocabulary)")
         model_name, scored = str(segmenter), Segmenter.from_pretrained(segmenter, torch_device)
         out = out or segmenter / f"benchmark-{Path(dataset).name}"
     else:
@@ -583,7 +589,7 @@ def benchmark(
         model_name = f"grounding {grounding} on {model}"
         scored = GroundingSegmenter(load_pipeline(model, device=torch_device), module, data.class_names,
                                     timestep=_module_timestep(grounding, capture_timestep), captioner=_captioner(model, captioner, torch_device),
-                                    max_classes=max_classes, class_prior=class_prior, refine=refine)
+                                    max_classes=max_classes, class_prior=class_prior, refine=refine, classifier_draws=classifier_draws)
         out = out or Path("runs") / f"benchmark-{Path(dataset).name}"
     result = score(scored, data, chosen, background, model_name=model_name)
     result.save(out)

@@ -2,12 +2,13 @@
 the capture step, so one denoising step on a real image's noised latent is enough to segment any named
 class, unseen ones included.
 
-Per image: VAE-encode it; noise the latent to the capture timestep with a seeded generator (K draws,
-averaged); call the denoiser once per prompt, the class names put in prompts that fit the text
-encoder ("a photograph of a dog, a cat and a bus", several prompts when they do not, or one per class);
-capture that call (`synthseg.capture.replay`) and run the module. The denoiser's other arguments
-(SDXL's size conditioning, FLUX's positional ids, guidance) are what the pipeline itself passes: they
-are recorded from a pipeline call stopped at its first denoiser call, so every family works alike.
+Per image: VAE-encode it and noise the latent to the capture timestep with a seeded generator (K draws,
+averaged; `synthseg.latents`); optionally name the classes it holds (an implicit captioner, whose lists a
+diffusion classifier may choose among: `synthseg.captioner`, `synthseg.classify`); call the denoiser once per
+prompt, the class names put in prompts that fit the text encoder ("a photograph of a dog, a cat and a bus",
+several prompts when they do not, or one per class); capture that call and run the module; refine the masks
+(`synthseg.refine`). The denoiser's other arguments (SDXL's size conditioning, FLUX's positional ids, guidance)
+are what the pipeline itself passes (`synthseg.latents.recorded_call`), so every family works alike.
 """
 
 from __future__ import annotations
@@ -23,11 +24,13 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .captioner import ImplicitCaptioner, Recogniser
-from .capture import denoiser_arguments, denoiser_of, is_shared_input, replay, unit_scaled
+from .capture import denoiser_of, unit_scaled
+from .classify import CLASSIFIER_DRAWS, CLASSIFIER_TOP, DiffusionClassifier
 from .errors import SynthsegError
 from .formats import coco_annotation, coco_document, label_image, png_bytes, safe_file_name, voc_palette, write_atomic, write_json_atomic
 from .generate import predict_masks
 from .grounding import GroundingModule
+from .latents import encode_images, noise_latents, pixel_tensor, recorded_call, replay_noised
 from .progress import loss_progress
 from .prompts import check_list_template, describe
 from .refine import PAMR_ITERATIONS, check_iterations, refine_masks
@@ -49,34 +52,6 @@ class Segmentation:
 
     probs: torch.Tensor
     labels: np.ndarray
-
-
-class _Recorded(Exception):
-    """Stops a pipeline call at its first denoiser call, once that call's arguments are recorded."""
-
-
-def recorded_call(pipe, prompt_count: int, height: int, width: int) -> dict:
-    """The arguments `pipe` gives its denoiser at `height` x `width` for `prompt_count` prompts (no CFG),
-    named as `replay` takes them (shared positional ids with a row dimension), from a pipeline call
-    stopped before the denoiser runs."""
-    denoiser = denoiser_of(pipe)
-
-    def record(module, args, kwargs):
-        raise _Recorded({name: value[None] if is_shared_input(name) else value
-                         for name, value in denoiser_arguments(module, args, kwargs).items()})
-
-    handle = denoiser.register_forward_pre_hook(record, with_kwargs=True)
-    progress = dict(getattr(pipe, "_progress_bar_config", {}))
-    pipe.set_progress_bar_config(disable=True)  # a bar for a call that never steps is noise
-    try:
-        text = encode_prompts(pipe, [""] * prompt_count, guidance_scale=1.0)
-        pipe(**text.call, num_inference_steps=1, height=height, width=width, output_type="latent")
-    except _Recorded as recorded:
-        return recorded.args[0]
-    finally:
-        handle.remove()
-        pipe._progress_bar_config = progress
-    raise SynthsegError("the pipeline never called its denoiser")
 
 
 def prompts_for(pipe, class_names: list[str], template: str, one_per_class: bool) -> list[list[str]]:
@@ -108,49 +83,6 @@ def to_rgb(image: Image.Image, name: str) -> Image.Image:
     return image.convert("RGB")
 
 
-def pixel_tensor(pixels: np.ndarray) -> torch.Tensor:
-    """(H, W, 3) or (N, H, W, 3) uint8 RGB -> (N, 3, H, W) float in [-1, 1], as a VAE reads images."""
-    images = torch.from_numpy(np.array(pixels))
-    return (images[None] if images.ndim == 3 else images).permute(0, 3, 1, 2).float() / 127.5 - 1
-
-
-def encode_images(pipe, pixels: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) pixels in [-1, 1] -> (N, C, h, w) VAE latents as the denoiser reads them: the
-    posterior's mean, shifted and scaled."""
-    config = pipe.vae.config
-    latents = pipe.vae.encode(pixels.to(pipe.device, pipe.vae.dtype)).latent_dist.mean
-    return (latents - (config.get("shift_factor") or 0.0)) * config.scaling_factor
-
-
-def noise_latents(pipe, latents: torch.Tensor, timestep: int, generator: torch.Generator) -> tuple[torch.Tensor, float]:
-    """(latents at `timestep`, the timestep value the denoiser takes), one draw per row from `generator`:
-    x_t = sqrt(a_t) x_0 + sqrt(1 - a_t) e on a DDPM-style schedule (the input Euler-type schedulers also
-    scale to), x = (1 - s) x_0 + s e with s = t / 1000 on a flow schedule (SD3, FLUX; FLUX's transformer
-    takes s)."""
-    noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
-    family = pipeline_family(pipe)
-    if family in ("sd3", "flux"):
-        sigma = timestep / 1000
-        return (1 - sigma) * latents + sigma * noise, sigma if family == "flux" else float(timestep)
-    alphas = getattr(pipe.scheduler, "alphas_cumprod", None)
-    if alphas is None:
-        raise SynthsegError(f"{type(pipe.scheduler).__name__} has no DDPM schedule to noise a real image with")
-    alpha = alphas[timestep].to(latents.device, latents.dtype)
-    return alpha.sqrt() * latents + (1 - alpha).sqrt() * noise, timestep
-
-
-def replay_noised(pipe, call: dict, noisy: torch.Tensor, value: float, texts: dict, *, attention: bool, blocks: list[str] | None):
-    """Capture one denoiser call on noised latents (N, C, h, w) at timestep `value`, with the text
-    arguments `texts` (N rows, `text_inputs`) and the rest of `call` (`recorded_call` for N prompts at
-    this size): the features a grounding module reads of an existing image."""
-    if pipeline_family(pipe) == "flux":
-        noisy = pipe._pack_latents(noisy, noisy.shape[0], *noisy.shape[1:])
-    inputs = dict(call, **texts)
-    inputs["hidden_states" if "hidden_states" in inputs else "sample"] = noisy
-    inputs["timestep"] = torch.full((noisy.shape[0],), value, dtype=torch.float32)
-    return replay(pipe, inputs, attention=attention, blocks=blocks)
-
-
 @dataclass
 class _Prompts:
     """A class list made into prompts, once: the prompt groups, their class-token spans, text states
@@ -174,7 +106,11 @@ class GroundingSegmenter:
     THRESHOLD).
     With a `captioner` (ODISE's implicit captioner, `synthseg.captioner`), each image is first given the
     1 to `max_classes` of the names it recognises (`Recogniser`), and only those are prompted and segmented (the
-    others get probability 0); without one, every image is prompted with all the names. With `class_prior` > 0
+    others get probability 0); without one, every image is prompted with all the names. With a captioner trained per
+    class, `classifier_draws` (default CLASSIFIER_DRAWS with one; 0: off) makes that choice a diffusion classifier's
+    (`synthseg.classify`): among the lists of 1 to `max_classes` of its `classifier_top` most probable classes, the one
+    whose prompt best predicts the noise of the image's latent over that many draws, weighed with the captioner's
+    probabilities. With `class_prior` > 0
     (a captioner trained per class, max-pooled; default CLASS_PRIOR with one, else 0), a pixel's label weighs its
     named classes' probabilities by a softmax over them of the captioner's cell similarity
     (`ImplicitCaptioner.cell_similarity`, upsampled) times `class_prior`: the module finds the objects, the
@@ -187,7 +123,7 @@ class GroundingSegmenter:
     def __init__(self, pipe, grounding: GroundingModule | None, class_names, *, timestep: int = 5, noise_draws: int = 1, seed: int = 0,
                  template: str = SEGMENT_TEMPLATE, one_prompt_per_class: bool = False, threshold: float | None = None,
                  captioner: ImplicitCaptioner | None = None, max_classes: int = 3, class_prior: float | None = None,
-                 refine: int | None = None):
+                 refine: int | None = None, classifier_draws: int | None = None, classifier_top: int = CLASSIFIER_TOP):
         names = list(class_names)
         if not names:
             raise SynthsegError("no class names to segment")
@@ -204,6 +140,12 @@ class GroundingSegmenter:
             raise SynthsegError(f"class_prior must be at least 0, got {class_prior}")
         refine = PAMR_ITERATIONS if refine is None else refine
         check_iterations(refine)
+        per_class = captioner is not None and captioner.config.objective == "classes"
+        classifier_draws = (CLASSIFIER_DRAWS if per_class else 0) if classifier_draws is None else classifier_draws
+        if classifier_draws < 0:
+            raise SynthsegError(f"classifier_draws must be at least 0, got {classifier_draws}")
+        if classifier_draws and not per_class:
+            raise SynthsegError("the diffusion classifier (classifier_draws) ranks the class lists of a captioner trained per class")
         if class_prior and not cells:
             raise SynthsegError("class_prior needs a captioner trained per class with pooling max, whose cells say where each class is")
         check_list_template(template, "segment")
@@ -216,6 +158,8 @@ class GroundingSegmenter:
         self._prompt_sets: dict[tuple[str, ...], _Prompts] = {}
         self.prompts(names)  # every name must fit a prompt, whatever an image is found to hold
         self.recogniser = Recogniser(pipe, captioner, names, max_classes) if captioner is not None else None
+        self.classifier = (DiffusionClassifier(pipe, self.recogniser, template, draws=classifier_draws, top=classifier_top, seed=seed)
+                           if classifier_draws else None)
         self._calls: dict[tuple[int, int, int], dict] = {}
 
     @property
@@ -267,7 +211,10 @@ class GroundingSegmenter:
             rgbs.append(rgb)
             clean.append(latent)
             noisy.append(draws)
-        named = self.recogniser(torch.cat(clean)) if self.recogniser is not None else [self.names] * len(images)
+        if self.classifier is not None:
+            named = self.classifier(torch.cat(clean), indices)
+        else:
+            named = self.recogniser(torch.cat(clean)) if self.recogniser is not None else [self.names] * len(images)
         probs: list[torch.Tensor] = [torch.empty(0)] * len(images)
         for names in dict.fromkeys(tuple(n) for n in named):
             members = [i for i, n in enumerate(named) if tuple(n) == names]

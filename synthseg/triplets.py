@@ -55,10 +55,11 @@ from .errors import SynthsegError
 from .formats import jsonl_text, read_jsonl, write_atomic
 from .generate import capture_pass
 from .grounding import ATTENTION_FIELDS, PIPELINE_FIELDS, GroundingConfig, class_attention_input, grounding_inputs
+from .latents import encode_images, noise_latents, pixel_tensor, recorded_call, replay_noised
 from .plan import MAX_CLASSES, feature_bytes, plan_text, record_rate, time_line, triplet_bytes
 from .progress import loss_progress
 from .prompts import PAPER_TEMPLATES, Prompt, PromptPlanner, describe, template_slots
-from .segment import SEGMENT_TEMPLATE, encode_images, noise_latents, pixel_tensor, recorded_call, replay_noised
+from .segment import SEGMENT_TEMPLATE
 from .text import TEXT_INPUTS, class_queries, encode_prompts, prompt_token_spans, text_inputs, text_tokens
 from .train.augment import copy_paste_instances
 

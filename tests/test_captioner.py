@@ -12,8 +12,9 @@ from typer.testing import CliRunner
 from synthseg import SynthsegError
 from synthseg.captioner import CaptionerConfig, ImplicitCaptioner, Recogniser, candidate_class_lists, caption_embeddings
 from synthseg.cli import app
+from synthseg.latents import encode_images, pixel_tensor
 from synthseg.readers import SegmentationData
-from synthseg.segment import GroundingSegmenter, encode_images, pixel_tensor
+from synthseg.segment import GroundingSegmenter
 from synthseg.tiny import tiny_flux_pipeline, tiny_sd3_pipeline, tiny_sdxl_pipeline
 from synthseg.train.captioner import CaptionerRecipe, train_captioner
 
@@ -81,8 +82,9 @@ def test_a_class_prior_labels_each_object_with_the_named_class_the_captioners_ce
     captioner = ImplicitCaptioner(CaptionerConfig.for_pipeline(pipe, width=8, hidden_dim=8, objective="classes", pooling="max")).eval()
     captioner.logit_bias.data.fill_(10.0)  # every class above 1/2
     image = Image.fromarray(np.random.default_rng(1).integers(0, 255, (64, 64, 3), dtype=np.uint8))
-    plain = GroundingSegmenter(pipe, grounding, NAMES, captioner=captioner, max_classes=2, threshold=0.3, refine=0).segment(image)
-    weighed = GroundingSegmenter(pipe, grounding, NAMES, captioner=captioner, max_classes=2, threshold=0.3, class_prior=1e4, refine=0)
+    options = dict(captioner=captioner, max_classes=2, threshold=0.3, refine=0, classifier_draws=0)  # the recogniser names
+    plain = GroundingSegmenter(pipe, grounding, NAMES, **options).segment(image)
+    weighed = GroundingSegmenter(pipe, grounding, NAMES, class_prior=1e4, **options)
     named = weighed.recogniser(encode_images(pipe, pixel_tensor(np.asarray(image))))[0]
     assert len(named) == 2
     cells = torch.zeros(1, 3, 2, 2)  # the 8 x 8 latent's 2 x 2 cells: each named class best on one side, the other above both
@@ -197,13 +199,14 @@ def test_train_captioner_cli_refuses_bad_input(tmp_path):
     assert result.exit_code == 1 and result.output.count("error:") == 1 and "Traceback" not in result.output
     result = runner.invoke(app, ["train-captioner", "--dataset", str(tmp_path), "--recipe", "captioner-nope"])
     assert result.exit_code == 1 and "unknown captioner recipe" in result.output
-    for option in (["--captioner", "world"], ["--class-prior", "5"], ["--refine", "3"]):
+    for option in (["--captioner", "world"], ["--class-prior", "5"], ["--refine", "3"], ["--classifier-draws", "4"]):
         result = runner.invoke(app, ["benchmark", "--dataset", "world", "--count", "1", *option])
-        assert result.exit_code == 1 and "--captioner, --class-prior and --refine go with --grounding" in result.output
+        assert result.exit_code == 1 and "--captioner, --class-prior, --refine and --classifier-draws go with --grounding" in result.output
     image = tmp_path / "scene.png"
     Image.new("RGB", (64, 64)).save(image)
     for option, message in ((["--class-prior", "-1"], "class_prior must be at least 0"), (["--captioner", "none", "--class-prior", "5"], "needs a captioner"),
-                            (["--refine", "-1"], "refine must be 0 or more")):
+                            (["--refine", "-1"], "refine must be 0 or more"), (["--classifier-draws", "-2"], "classifier_draws must be at least 0"),
+                            (["--captioner", "none", "--classifier-draws", "8"], "diffusion classifier (classifier_draws) ranks")):
         result = runner.invoke(app, ["segment", str(image), "--classes", "circle", "--out", str(tmp_path / "out"), *option])
         assert result.exit_code == 1 and result.output.count("error:") == 1 and message in result.output, result.output
         assert not (tmp_path / "out").exists()

@@ -19,9 +19,10 @@ from synthseg.benchmark import benchmark
 from synthseg.captioner import ImplicitCaptioner, Recogniser, _conv
 from synthseg.classes import get_split
 from synthseg.grounding import GroundingModule
+from synthseg.latents import encode_images, pixel_tensor
 from synthseg.pipeline import load_pipeline
 from synthseg.readers import open_training_data, read_world
-from synthseg.segment import GroundingSegmenter, encode_images, pixel_tensor
+from synthseg.segment import GroundingSegmenter
 
 
 class FineCells(ImplicitCaptioner):

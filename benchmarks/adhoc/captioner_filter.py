@@ -24,9 +24,9 @@ from bench_world_fidelity import found_classes, prompt_groups, sample  # noqa: E
 from synthseg.annotators import load_annotator  # noqa: E402
 from synthseg.captioner import ImplicitCaptioner, candidate_class_lists, caption_embeddings  # noqa: E402
 from synthseg.dataset import plan, read_recipe  # noqa: E402
+from synthseg.latents import encode_images, pixel_tensor  # noqa: E402
 from synthseg.pipeline import load_pipeline  # noqa: E402
 from synthseg.prompts import caption  # noqa: E402
-from synthseg.segment import encode_images, pixel_tensor  # noqa: E402
 from synthseg.world import WORLD_CLASSES  # noqa: E402
 
 

@@ -15,9 +15,9 @@ import numpy as np
 import torch
 
 from synthseg.captioner import ImplicitCaptioner, Recogniser
+from synthseg.latents import encode_images, pixel_tensor
 from synthseg.pipeline import load_pipeline
 from synthseg.readers import open_training_data
-from synthseg.segment import encode_images, pixel_tensor
 
 pipe = load_pipeline("world")
 data = open_training_data([Path(sys.argv[1])])

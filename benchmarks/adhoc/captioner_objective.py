@@ -23,9 +23,10 @@ from synthseg.benchmark import benchmark
 from synthseg.captioner import ImplicitCaptioner, Recogniser, class_embeddings
 from synthseg.classes import get_split
 from synthseg.grounding import GroundingModule
+from synthseg.latents import encode_images, pixel_tensor
 from synthseg.pipeline import load_pipeline
 from synthseg.readers import open_training_data, read_world
-from synthseg.segment import GroundingSegmenter, encode_images, pixel_tensor
+from synthseg.segment import GroundingSegmenter
 from synthseg.train.captioner import load_captioner_recipe, train_captioner
 
 parser = argparse.ArgumentParser()

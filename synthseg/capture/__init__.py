@@ -21,7 +21,7 @@ from .unet import CrossAttentionMaps, FeatureCapture, unet_attention_strides, un
 __all__ = [
     "CaptureStep", "CapturedFeatures", "CrossAttentionMaps", "FeatureCapture", "ResolvedStep", "TransformerCapture",
     "attention_maps", "attention_strides", "class_maps", "default_blocks", "denoiser_arguments", "denoiser_of", "feature_capture", "feature_layout",
-    "normalised_class_maps", "replay", "unit_scaled", "unet_attention_strides", "unet_feature_blocks", "unet_feature_layout",
+    "normalised_class_maps", "predict", "replay", "unit_scaled", "unet_attention_strides", "unet_feature_blocks", "unet_feature_layout",
 ]
 
 
@@ -62,12 +62,9 @@ def feature_capture(pipe, step: CaptureStep, num_inference_steps: int, *, classi
     return capture
 
 
-@torch.no_grad()
-def replay(pipe, inputs: dict, *, attention: bool = True, dtype=None, blocks: list[str] | None = None) -> CapturedFeatures:
-    """Run `pipe`'s denoiser once on recorded `inputs` (`CapturedFeatures.inputs`, batch first, any row
-    count) and capture that call as `feature_capture` did at generation: one forward pass, no scheduler,
-    no sampling. Floating tensors are cast to the denoiser's dtype, so inputs stored in fp16 replay
-    into an fp32 model (at fp16 precision); stored at the model's dtype, the features are the captured ones."""
+def _denoiser_kwargs(pipe, inputs: dict) -> dict:
+    """Recorded `inputs` as the denoiser's keyword arguments: shared inputs' row 0, "name.key" folded back
+    into dicts, floating tensors (2-D and up) cast to the denoiser's dtype, everything on the pipeline's device."""
     denoiser = denoiser_of(pipe)
     kwargs: dict = {}
     for name, value in inputs.items():
@@ -79,6 +76,17 @@ def replay(pipe, inputs: dict, *, attention: bool = True, dtype=None, blocks: li
             kwargs.setdefault(parent, {})[key] = value
         else:
             kwargs[name] = value
+    return kwargs
+
+
+@torch.no_grad()
+def replay(pipe, inputs: dict, *, attention: bool = True, dtype=None, blocks: list[str] | None = None) -> CapturedFeatures:
+    """Run `pipe`'s denoiser once on recorded `inputs` (`CapturedFeatures.inputs`, batch first, any row
+    count) and capture that call as `feature_capture` did at generation: one forward pass, no scheduler,
+    no sampling. Floating tensors are cast to the denoiser's dtype, so inputs stored in fp16 replay
+    into an fp32 model (at fp16 precision); stored at the model's dtype, the features are the captured ones."""
+    denoiser = denoiser_of(pipe)
+    kwargs = _denoiser_kwargs(pipe, inputs)
     if _is_unet(denoiser):
         timestep = int(torch.as_tensor(kwargs["timestep"]).flatten()[0])
         capture = FeatureCapture(denoiser, timestep, classifier_free_guidance=False, attention=attention, dtype=dtype)
@@ -89,6 +97,13 @@ def replay(pipe, inputs: dict, *, attention: bool = True, dtype=None, blocks: li
     if not capture.captured:
         raise SynthsegError("the replayed denoiser call was not captured")
     return capture.features
+
+
+@torch.no_grad()
+def predict(pipe, inputs: dict) -> torch.Tensor:
+    """The denoiser's output for recorded `inputs` (as `replay` takes them; each row may have its own
+    timestep), with nothing captured: its noise, v or flow prediction, in its own layout (FLUX's packed)."""
+    return denoiser_of(pipe)(**_denoiser_kwargs(pipe, inputs), return_dict=False)[0]
 
 
 def attention_maps(pipe, *, classifier_free_guidance: bool):

@@ -26,9 +26,9 @@ from PIL import Image
 from ..captioner import CaptionerConfig, ImplicitCaptioner, caption_embeddings, class_embeddings
 from ..config import check_non_negative, check_positive, check_share, load_recipe, stamped
 from ..errors import SynthsegError
+from ..latents import encode_images, pixel_tensor
 from ..progress import loss_progress
 from ..readers import SegmentationData
-from ..segment import encode_images, pixel_tensor
 from .augment import copy_paste
 from .loop import claim_workdir, train_loop, warmup_cosine, write_training_record
 

@@ -1,0 +1,106 @@
+"""The text-to-image model as a zero-shot classifier (Li et al. 2023, "Your Diffusion Model is Secretly a
+Zero-Shot Classifier"; Clark & Jaini 2023), to say which of the named classes an existing image holds.
+
+The denoiser was trained to predict the noise of images given their prompts, so the prompt that names an
+image's classes predicts its noise better than a prompt that names others: its denoising error, over
+timesteps and noise draws shared by every candidate prompt (the comparison is paired, so the draws' own
+spread cancels), is an estimate of the image's likelihood under that prompt. The generator knows every class
+it can draw, unseen ones included, so this needs no training.
+
+Scoring every list of up to three of many classes would cost too many denoiser calls, and the implicit
+captioner (`synthseg.captioner`) is already a good judge of which classes are likely: so the candidates are
+the lists of 1 to `max_classes` of the captioner's `top` classes, and a list's score is its log-probability
+under the captioner's independent per-class probabilities less `weight` times its relative denoising error: at
+each draw, its mean squared error over the mean of all the candidates' there, averaged over the draws. Relative
+errors make the weight one number for every family, target (noise, v, flow) and image size, and give each
+timestep an equal say. On world scenes 500-699 it names the exact class set of 77% of scenes against the
+captioner's 60.5% (RESULTS.md, "Ad hoc trials (world)", where the defaults below were chosen).
+"""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from .captioner import Recogniser
+from .errors import SynthsegError
+from .latents import predict_noised, prediction_target, recorded_call, schedule_point
+from .prompts import describe
+from .text import encode_prompts, fits_prompt, text_inputs
+
+CLASSIFIER_DRAWS = 16  # (timestep, noise) draws per candidate list, timesteps stratified below CLASSIFIER_HIGHEST
+CLASSIFIER_HIGHEST = 700  # of 1000: above it the latent is nearly all noise, and its errors add spread, not evidence (exact
+                          # class sets of world scenes 500-699 +1.5 to 2 points against the whole schedule)
+CLASSIFIER_TOP = 5  # the captioner's best classes the candidate lists are made of
+DENOISING_WEIGHT = 50.0  # per unit of relative error, against the captioner's log-probabilities
+
+
+@torch.no_grad()
+def denoising_errors(pipe, latent: torch.Tensor, prompts: list[str], draws: int, generator: torch.Generator, highest: int | None = None,
+                     batch_size: int = 64) -> torch.Tensor:
+    """(P, draws) mean squared errors of the denoiser's prediction for `latent` (1, C, h, w), noised at
+    `draws` timesteps stratified over 0..`highest` (default CLASSIFIER_HIGHEST; one noise draw each, from
+    `generator`, shared by all prompts), given each of the P `prompts`; in rows of at most `batch_size`
+    denoiser inputs."""
+    highest = CLASSIFIER_HIGHEST if highest is None else highest
+    timesteps = ((np.arange(draws) + 0.5) / draws * highest).astype(int).tolist()
+    noise = torch.randn((draws, *latent.shape[1:]), generator=generator).to(latent.device, latent.dtype)
+    points = [schedule_point(pipe, t) for t in timesteps]
+    noisy = torch.cat([signal * latent + scale * n[None] for (signal, scale, _), n in zip(points, noise)])
+    target = torch.cat([prediction_target(pipe, latent, n[None], t) for t, n in zip(timesteps, noise)]).float()
+    values = torch.tensor([value for _, _, value in points], dtype=torch.float32)
+    texts = text_inputs(pipe, prompts, encode_prompts(pipe, prompts, guidance_scale=1.0))
+    rows = [(p, d) for p in range(len(prompts)) for d in range(draws)]
+    errors = torch.empty(len(prompts), draws)
+    calls: dict[int, dict] = {}
+    for start in range(0, len(rows), batch_size):
+        chunk = rows[start:start + batch_size]
+        if len(chunk) not in calls:
+            calls[len(chunk)] = recorded_call(pipe, len(chunk), latent.shape[2] * pipe.vae_scale_factor, latent.shape[3] * pipe.vae_scale_factor)
+        p, d = torch.tensor([r[0] for r in chunk]), torch.tensor([r[1] for r in chunk])
+        prediction = predict_noised(pipe, calls[len(chunk)], noisy[d], values[d], {k: v[p] for k, v in texts.items()})
+        errors[p, d] = F.mse_loss(prediction, target[d].to(prediction.device), reduction="none").mean((1, 2, 3)).cpu()
+    return errors
+
+
+class DiffusionClassifier:
+    """Which of the captioner's named classes each image holds, chosen among candidate lists by the
+    captioner's probabilities and the pipeline's denoising error (see the module docstring). Same call as
+    `Recogniser`, plus each image's index, which seeds its draws with `seed`."""
+
+    def __init__(self, pipe, recogniser: Recogniser, template: str, *, draws: int = CLASSIFIER_DRAWS, top: int = CLASSIFIER_TOP,
+                 weight: float | None = None, seed: int = 0):
+        weight = DENOISING_WEIGHT if weight is None else weight
+        if draws < 1 or top < 1:
+            raise SynthsegError(f"the diffusion classifier needs draws and top of at least 1, got {draws} and {top}")
+        if weight < 0:
+            raise SynthsegError(f"the denoising weight must be at least 0, got {weight}")
+        if not recogniser.per_class:
+            raise SynthsegError("the diffusion classifier ranks the lists of a captioner trained per class (objective classes)")
+        self.pipe, self.recogniser, self.template = pipe, recogniser, template
+        self.draws, self.top, self.weight, self.seed = draws, top, weight, seed
+
+    def candidates(self, logits: torch.Tensor) -> list[list[int]]:
+        """The lists (class indices, ascending) of 1 to `max_classes` of the `top` classes by `logits` (N,),
+        whose prompts every text stream keeps whole."""
+        names = self.recogniser.names
+        best = sorted(logits.argsort(descending=True)[: self.top].tolist())
+        lists = [list(c) for k in range(1, self.recogniser.max_classes + 1) for c in itertools.combinations(best, k)]
+        return [c for c in lists if len(c) == 1 or fits_prompt(self.pipe, self.template.format(describe([names[i] for i in c])))]
+
+    def __call__(self, latents: torch.Tensor, indices: list[int]) -> list[list[str]]:
+        """latents: (B, C, h, w) clean VAE latents. Returns B class lists, each in the order of the names."""
+        names, found = self.recogniser.names, []
+        for latent, logits, index in zip(latents, self.recogniser.class_logits(latents), indices):
+            lists = self.candidates(logits)
+            log_yes, log_no = F.logsigmoid(logits), F.logsigmoid(-logits)
+            prior = torch.stack([log_no.sum() + (log_yes[c] - log_no[c]).sum() for c in lists])
+            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+            errors = denoising_errors(self.pipe, latent[None], [self.template.format(describe([names[i] for i in c])) for c in lists],
+                                      self.draws, generator)
+            relative = (errors / errors.mean(0, keepdim=True)).mean(1)  # each draw's errors over their mean: every timestep says alike
+            found.append([names[i] for i in lists[int((prior - self.weight * relative).argmax())]])
+        return found
