@@ -138,6 +138,7 @@ def main() -> None:
                 namings[f"the diffusion classifier on its top {captioned.classifier.top} classes"] = captioned.classifier.named
     label, module, timestep = first
     best = next(name for name in rows if name.startswith(f"{label} + implicit captioner"))
+    namer = "implicit captioner" + (" + diffusion classifier" if "diffusion classifier" in best else "")
     rows[f"cross-attention (DAAM), t {timestep}, threshold {args.daam_threshold}"] = score(
         "DAAM", AttentionSegmenter(pipe, names, timestep=timestep, threshold=args.daam_threshold))
     for t in (1, 100, 250, 500):
@@ -146,12 +147,12 @@ def main() -> None:
     ablations[f"capture t {timestep}, one prompt per class"] = score(
         label, GroundingSegmenter(pipe, module, names, timestep=timestep, one_prompt_per_class=True), subset)
     for most in sorted({1, 2, 3} - {args.max_classes}):
-        ablations[f"capture t {timestep}, implicit captioner, up to {most} class{'es' if most > 1 else ''}"] = score(
+        ablations[f"capture t {timestep}, {namer}, up to {most} class{'es' if most > 1 else ''}"] = score(
             label, GroundingSegmenter(pipe, module, names, timestep=timestep, captioner=captioner, max_classes=most), subset)
     for most in sorted({2, args.max_classes}) if captioned.class_prior else ():
-        ablations[f"capture t {timestep}, implicit captioner, up to {most} classes, no class prior"] = score(
+        ablations[f"capture t {timestep}, {namer}, up to {most} classes, no class prior"] = score(
             label, GroundingSegmenter(pipe, module, names, timestep=timestep, captioner=captioner, max_classes=most, class_prior=0.0), subset)
-    ablations[f"capture t {timestep}, implicit captioner, up to {args.max_classes} classes, no refinement"] = score(
+    ablations[f"capture t {timestep}, {namer}, up to {args.max_classes} classes, no refinement"] = score(
         label, GroundingSegmenter(pipe, module, names, timestep=timestep, captioner=captioner, max_classes=args.max_classes, refine=0), subset)
     minutes = (time.perf_counter() - start) / 60
 

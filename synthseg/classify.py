@@ -40,12 +40,14 @@ DENOISING_WEIGHT = 50.0  # per unit of relative error, against the captioner's l
 
 @torch.no_grad()
 def denoising_errors(pipe, latent: torch.Tensor, prompts: list[str], draws: int, generator: torch.Generator, highest: int | None = None,
-                     batch_size: int = 64) -> torch.Tensor:
+                     batch_size: int = 64, calls: dict | None = None) -> torch.Tensor:
     """(P, draws) mean squared errors of the denoiser's prediction for `latent` (1, C, h, w), noised at
     `draws` timesteps stratified over 0..`highest` (default CLASSIFIER_HIGHEST; one noise draw each, from
     `generator`, shared by all prompts), given each of the P `prompts`; in rows of at most `batch_size`
-    denoiser inputs."""
+    denoiser inputs. `calls`: a cache of the pipeline's recorded denoiser arguments, kept across calls."""
     highest = CLASSIFIER_HIGHEST if highest is None else highest
+    if not 0 < highest <= 1000:
+        raise SynthsegError(f"the diffusion classifier's highest timestep must be in 1..1000, got {highest}")
     timesteps = ((np.arange(draws) + 0.5) / draws * highest).astype(int).tolist()
     noise = torch.randn((draws, *latent.shape[1:]), generator=generator).to(latent.device, latent.dtype)
     points = [schedule_point(pipe, t) for t in timesteps]
@@ -54,14 +56,15 @@ def denoising_errors(pipe, latent: torch.Tensor, prompts: list[str], draws: int,
     values = torch.tensor([value for _, _, value in points], dtype=torch.float32)
     texts = text_inputs(pipe, prompts, encode_prompts(pipe, prompts, guidance_scale=1.0))
     rows = [(p, d) for p in range(len(prompts)) for d in range(draws)]
-    errors = torch.empty(len(prompts), draws)
-    calls: dict[int, dict] = {}
+    errors, calls = torch.empty(len(prompts), draws), {} if calls is None else calls
+    height, width = latent.shape[2] * pipe.vae_scale_factor, latent.shape[3] * pipe.vae_scale_factor
     for start in range(0, len(rows), batch_size):
         chunk = rows[start:start + batch_size]
-        if len(chunk) not in calls:
-            calls[len(chunk)] = recorded_call(pipe, len(chunk), latent.shape[2] * pipe.vae_scale_factor, latent.shape[3] * pipe.vae_scale_factor)
+        key = (len(chunk), height, width)
+        if key not in calls:
+            calls[key] = recorded_call(pipe, *key)
         p, d = torch.tensor([r[0] for r in chunk]), torch.tensor([r[1] for r in chunk])
-        prediction = predict_noised(pipe, calls[len(chunk)], noisy[d], values[d], {k: v[p] for k, v in texts.items()})
+        prediction = predict_noised(pipe, calls[key], noisy[d], values[d], {k: v[p] for k, v in texts.items()})
         errors[p, d] = F.mse_loss(prediction, target[d].to(prediction.device), reduction="none").mean((1, 2, 3)).cpu()
     return errors
 
@@ -82,6 +85,7 @@ class DiffusionClassifier:
             raise SynthsegError("the diffusion classifier ranks the lists of a captioner trained per class (objective classes)")
         self.pipe, self.recogniser, self.template = pipe, recogniser, template
         self.draws, self.top, self.weight, self.seed = draws, top, weight, seed
+        self._calls: dict = {}  # the recorded denoiser arguments per (rows, height, width), made once
 
     def candidates(self, logits: torch.Tensor) -> list[list[int]]:
         """The lists (class indices, ascending) of 1 to `max_classes` of the `top` classes by `logits` (N,),
@@ -100,7 +104,7 @@ class DiffusionClassifier:
             prior = torch.stack([log_no.sum() + (log_yes[c] - log_no[c]).sum() for c in lists])
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
             errors = denoising_errors(self.pipe, latent[None], [self.template.format(describe([names[i] for i in c])) for c in lists],
-                                      self.draws, generator)
+                                      self.draws, generator, calls=self._calls)
             relative = (errors / errors.mean(0, keepdim=True)).mean(1)  # each draw's errors over their mean: every timestep says alike
             found.append([names[i] for i in lists[int((prior - self.weight * relative).argmax())]])
         return found

@@ -66,6 +66,8 @@ def test_denoising_errors_are_the_denoisers_paired_squared_errors(pipe):
     torch.testing.assert_close(errors[0], errors[2])  # the same prompt, the same draws
     assert not torch.equal(errors[0], errors[1])
     torch.testing.assert_close(denoising_errors(pipe, latent, prompts, 4, torch.Generator().manual_seed(1), batch_size=5), errors)
+    with pytest.raises(SynthsegError, match="highest timestep"):
+        denoising_errors(pipe, latent, prompts, 4, torch.Generator(), highest=1001)
     generator = torch.Generator().manual_seed(1)  # draw 1 by hand: timestep 262 of stratified (0.5 + d) / 4 * 700
     noise = torch.randn((4, *latent.shape[1:]), generator=generator)[1:2]
     signal, scale, _ = schedule_point(pipe, 262)
