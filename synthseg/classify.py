@@ -40,11 +40,12 @@ DENOISING_WEIGHT = 50.0  # per unit of relative error, against the captioner's l
 
 @torch.no_grad()
 def denoising_errors(pipe, latent: torch.Tensor, prompts: list[str], draws: int, generator: torch.Generator, highest: int | None = None,
-                     batch_size: int = 64, calls: dict | None = None) -> torch.Tensor:
+                     batch_size: int = 64, calls: dict | None = None, texts: dict | None = None) -> torch.Tensor:
     """(P, draws) mean squared errors of the denoiser's prediction for `latent` (1, C, h, w), noised at
     `draws` timesteps stratified over 0..`highest` (default CLASSIFIER_HIGHEST; one noise draw each, from
     `generator`, shared by all prompts), given each of the P `prompts`; in rows of at most `batch_size`
-    denoiser inputs. `calls`: a cache of the pipeline's recorded denoiser arguments, kept across calls."""
+    denoiser inputs. `calls`: a cache of the pipeline's recorded denoiser arguments, kept across calls;
+    `texts`: the prompts' text inputs (`text_inputs`, P rows) where already made."""
     highest = CLASSIFIER_HIGHEST if highest is None else highest
     if not 0 < highest <= 1000:
         raise SynthsegError(f"the diffusion classifier's highest timestep must be in 1..1000, got {highest}")
@@ -54,7 +55,7 @@ def denoising_errors(pipe, latent: torch.Tensor, prompts: list[str], draws: int,
     noisy = torch.cat([signal * latent + scale * n[None] for (signal, scale, _), n in zip(points, noise)])
     target = torch.cat([prediction_target(pipe, latent, n[None], t) for t, n in zip(timesteps, noise)]).float()
     values = torch.tensor([value for _, _, value in points], dtype=torch.float32)
-    texts = text_inputs(pipe, prompts, encode_prompts(pipe, prompts, guidance_scale=1.0))
+    texts = text_inputs(pipe, prompts, encode_prompts(pipe, prompts, guidance_scale=1.0)) if texts is None else texts
     rows = [(p, d) for p in range(len(prompts)) for d in range(draws)]
     errors, calls = torch.empty(len(prompts), draws), {} if calls is None else calls
     height, width = latent.shape[2] * pipe.vae_scale_factor, latent.shape[3] * pipe.vae_scale_factor
@@ -86,14 +87,32 @@ class DiffusionClassifier:
         self.pipe, self.recogniser, self.template = pipe, recogniser, template
         self.draws, self.top, self.weight, self.seed = draws, top, weight, seed
         self._calls: dict = {}  # the recorded denoiser arguments per (rows, height, width), made once
+        self._prompts: dict[tuple[int, ...], str | None] = {}  # each candidate list's prompt (None: it does not fit)
+        self._texts: dict[tuple[int, ...], dict] = {}  # each candidate list's text inputs (one row), encoded once
 
     def candidates(self, logits: torch.Tensor) -> list[list[int]]:
         """The lists (class indices, ascending) of 1 to `max_classes` of the `top` classes by `logits` (N,),
         whose prompts every text stream keeps whole."""
-        names = self.recogniser.names
         best = sorted(logits.argsort(descending=True)[: self.top].tolist())
         lists = [list(c) for k in range(1, self.recogniser.max_classes + 1) for c in itertools.combinations(best, k)]
-        return [c for c in lists if len(c) == 1 or fits_prompt(self.pipe, self.template.format(describe([names[i] for i in c])))]
+        return [c for c in lists if len(c) == 1 or self._prompt(c) is not None]
+
+    def _prompt(self, classes: list[int]) -> str | None:
+        """The prompt of a class list, or None where a text stream would cut it (asked once per list)."""
+        key = tuple(classes)
+        if key not in self._prompts:
+            prompt = self.template.format(describe([self.recogniser.names[i] for i in classes]))
+            self._prompts[key] = prompt if len(classes) == 1 or fits_prompt(self.pipe, prompt) else None
+        return self._prompts[key]
+
+    def _text_inputs(self, lists: list[list[int]]) -> dict:
+        """The denoiser's text inputs of the lists' prompts (one row each), encoding only those not met before."""
+        new = [c for c in dict.fromkeys(map(tuple, lists)) if c not in self._texts]
+        if new:
+            prompts = [self._prompt(list(c)) for c in new]
+            made = text_inputs(self.pipe, prompts, encode_prompts(self.pipe, prompts, guidance_scale=1.0))
+            self._texts.update({c: {k: v[i : i + 1] for k, v in made.items()} for i, c in enumerate(new)})
+        return {k: torch.cat([self._texts[tuple(c)][k] for c in lists]) for k in self._texts[tuple(lists[0])]}
 
     def __call__(self, latents: torch.Tensor, indices: list[int]) -> list[list[str]]:
         """latents: (B, C, h, w) clean VAE latents. Returns B class lists, each in the order of the names."""
@@ -103,8 +122,8 @@ class DiffusionClassifier:
             log_yes, log_no = F.logsigmoid(logits), F.logsigmoid(-logits)
             prior = torch.stack([log_no.sum() + (log_yes[c] - log_no[c]).sum() for c in lists])
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
-            errors = denoising_errors(self.pipe, latent[None], [self.template.format(describe([names[i] for i in c])) for c in lists],
-                                      self.draws, generator, calls=self._calls)
+            errors = denoising_errors(self.pipe, latent[None], [self._prompt(c) for c in lists], self.draws, generator, calls=self._calls,
+                                      texts=self._text_inputs(lists))
             relative = (errors / errors.mean(0, keepdim=True)).mean(1)  # each draw's errors over their mean: every timestep says alike
             found.append([names[i] for i in lists[int((prior - self.weight * relative).argmax())]])
         return found
