@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from .captioner import Recogniser
 from .errors import SynthsegError
-from .latents import predict_noised, prediction_target, recorded_call, schedule_point
+from .latents import add_noise, predict_noised, prediction_target, recorded_call
 from .prompts import describe
 from .text import encode_prompts, fits_prompt, text_inputs
 
@@ -51,10 +51,8 @@ def denoising_errors(pipe, latent: torch.Tensor, prompts: list[str], draws: int,
         raise SynthsegError(f"the diffusion classifier's highest timestep must be in 1..1000, got {highest}")
     timesteps = ((np.arange(draws) + 0.5) / draws * highest).astype(int).tolist()
     noise = torch.randn((draws, *latent.shape[1:]), generator=generator).to(latent.device, latent.dtype)
-    points = [schedule_point(pipe, t) for t in timesteps]
-    noisy = torch.cat([signal * latent + scale * n[None] for (signal, scale, _), n in zip(points, noise)])
-    target = torch.cat([prediction_target(pipe, latent, n[None], t) for t, n in zip(timesteps, noise)]).float()
-    values = torch.tensor([value for _, _, value in points], dtype=torch.float32)
+    noisy, values = add_noise(pipe, latent, noise, timesteps)
+    target = prediction_target(pipe, latent, noise, timesteps).float()
     texts = text_inputs(pipe, prompts, encode_prompts(pipe, prompts, guidance_scale=1.0)) if texts is None else texts
     rows = [(p, d) for p in range(len(prompts)) for d in range(draws)]
     errors, calls = torch.empty(len(prompts), draws), {} if calls is None else calls

@@ -71,26 +71,40 @@ def schedule_point(pipe, timestep: int) -> tuple[float, float, float]:
     return alpha ** 0.5, (1 - alpha) ** 0.5, timestep
 
 
+def _schedule(pipe, timesteps: int | list[int], like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """`schedule_point` of each of `timesteps` (one, or one per row): signal and noise scale as (N, 1, 1, 1)
+    tensors on `like`'s device and dtype, and the denoiser's timestep values (N,) float32."""
+    points = [schedule_point(pipe, t) for t in ([timesteps] if isinstance(timesteps, int) else timesteps)]
+    signal, scale, values = (torch.tensor([point[i] for point in points], dtype=torch.float32) for i in range(3))
+    return signal.view(-1, 1, 1, 1).to(like.device, like.dtype), scale.view(-1, 1, 1, 1).to(like.device, like.dtype), values
+
+
+def add_noise(pipe, latents: torch.Tensor, noise: torch.Tensor, timesteps: int | list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(latents noised with `noise` at `timesteps`, the timestep values (N,) the denoiser takes): one timestep
+    for every row, or one per row; `latents` (1 or N rows) broadcast against `noise` (N rows) (`schedule_point`)."""
+    signal, scale, values = _schedule(pipe, timesteps, noise)
+    return signal * latents + scale * noise, values
+
+
 def noise_latents(pipe, latents: torch.Tensor, timestep: int, generator: torch.Generator) -> tuple[torch.Tensor, float]:
-    """(latents at `timestep`, the timestep value the denoiser takes), one draw per row from `generator`
-    (`schedule_point`)."""
+    """(latents at `timestep`, the timestep value the denoiser takes), one draw per row from `generator`."""
     noise = torch.randn(latents.shape, generator=generator).to(latents.device, latents.dtype)
-    signal, scale, value = schedule_point(pipe, timestep)
-    return signal * latents + scale * noise, value
+    noisy, values = add_noise(pipe, latents, noise, timestep)
+    return noisy, float(values[0])
 
 
-def prediction_target(pipe, latents: torch.Tensor, noise: torch.Tensor, timestep: int) -> torch.Tensor:
-    """What the denoiser is trained to predict for `latents` noised with `noise` at `timestep`: the flow
-    velocity e - x_0 (SD3, FLUX), or by the scheduler's `prediction_type` the noise, v = sqrt(a_t) e -
-    sqrt(1 - a_t) x_0, or x_0."""
+def prediction_target(pipe, latents: torch.Tensor, noise: torch.Tensor, timesteps: int | list[int]) -> torch.Tensor:
+    """What the denoiser is trained to predict for `latents` noised with `noise` at `timesteps` (as
+    `add_noise` takes them): the flow velocity e - x_0 (SD3, FLUX), or by the scheduler's `prediction_type`
+    the noise, v = sqrt(a_t) e - sqrt(1 - a_t) x_0, or x_0."""
     if pipeline_family(pipe) in ("sd3", "flux"):
         return noise - latents
-    signal, scale, _ = schedule_point(pipe, timestep)
+    signal, scale, _ = _schedule(pipe, timesteps, noise)
     kind = pipe.scheduler.config.get("prediction_type", "epsilon")
     targets = {"epsilon": lambda: noise, "v_prediction": lambda: signal * noise - scale * latents, "sample": lambda: latents}
     if kind not in targets:
         raise SynthsegError(f"prediction_type {kind!r} of {type(pipe.scheduler).__name__} is not one synthseg can score")
-    return targets[kind]()
+    return targets[kind]().expand_as(noise)
 
 
 def _noised_inputs(pipe, call: dict, noisy: torch.Tensor, values, texts: dict) -> dict:
