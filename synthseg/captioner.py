@@ -161,6 +161,13 @@ def candidate_class_lists(class_names: list[str], max_classes: int) -> list[list
     return [list(c) for k in range(1, min(max_classes, len(class_names)) + 1) for c in itertools.combinations(class_names, k)]
 
 
+def class_set_log_probability(logits: torch.Tensor, members: list[int]) -> torch.Tensor:
+    """(...) log-probability that an image holds exactly the classes `members` (indices) and none of the
+    others, under independent per-class probabilities sigmoid(`logits`) (..., N) of a per-class captioner."""
+    log_yes, log_no = F.logsigmoid(logits), F.logsigmoid(-logits)
+    return log_no.sum(-1) + (log_yes[..., members] - log_no[..., members]).sum(-1)
+
+
 class Recogniser:
     """Which of `class_names` each image holds, for `captioner` on `pipe`: by its nearest candidate caption
     (`candidate_class_lists`, less those the text encoder would cut), or, for a captioner trained per class,

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from .captioner import Recogniser
+from .captioner import Recogniser, class_set_log_probability
 from .errors import SynthsegError
 from .latents import add_noise, predict_noised, prediction_target, recorded_call
 from .prompts import describe
@@ -117,8 +117,7 @@ class DiffusionClassifier:
         names, found = self.recogniser.names, []
         for latent, logits, index in zip(latents, self.recogniser.class_logits(latents), indices):
             lists = self.candidates(logits)
-            log_yes, log_no = F.logsigmoid(logits), F.logsigmoid(-logits)
-            prior = torch.stack([log_no.sum() + (log_yes[c] - log_no[c]).sum() for c in lists])
+            prior = torch.stack([class_set_log_probability(logits, c) for c in lists])
             generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
             errors = denoising_errors(self.pipe, latent[None], [self._prompt(c) for c in lists], self.draws, generator, calls=self._calls,
                                       texts=self._text_inputs(lists))

@@ -462,6 +462,10 @@ def make_dataset(
                                                        f"are made; 0: off; {FROM_RECIPE} (20).")] = None,
     layouts: Annotated[bool, typer.Option("--layouts", help="Box layouts through a GLIGEN model, one COCO instance per box.")] = False,
     layouts_file: Annotated[Optional[Path], typer.Option(help="Generate these layouts instead: JSONL of prompt, phrases, boxes (and seed).")] = None,
+    candidates: Annotated[Optional[int], typer.Option(help="With layouts: images generated per layout, of which the captioner keeps the likeliest "
+                                                           "to hold exactly its classes; 1: no choice; default: the recipe's, else the model card's.")] = None,
+    captioner: Annotated[Optional[str], typer.Option(help="With candidates above 1: the implicit captioner trained per class that chooses "
+                                                          "(a bundled name or a folder from train-captioner); default: the bundled model's own.")] = None,
     num_shards: Annotated[Optional[int], typer.Option(help="Split the items over this many jobs (default: one, or torchrun's processes).")] = None,
     shard_index: Annotated[Optional[int], typer.Option(help="This job's shard, 0 to num-shards - 1.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (counts per class and pair, disk, time) without loading a model.")] = False,
@@ -472,7 +476,8 @@ def make_dataset(
 
     config = load_dataset_recipe(classes, recipe, model=model, grounding=grounding, per_class=per_class, per_pair=per_pair,
                                  spare=spare, templates=templates, seed=seed, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
-                                 refine=refine, layouts=layouts, layouts_file=str(layouts_file.resolve()) if layouts_file else None)
+                                 refine=refine, layouts=layouts, layouts_file=str(layouts_file.resolve()) if layouts_file else None,
+                                 candidates=candidates, captioner=captioner)
     if dry_run:
         print(plan_summary(config, device))
         return

@@ -62,13 +62,28 @@ def record_recipe(path: str | Path, recipe, refusal: str) -> None:
         found = unstamped(json.loads(path.read_text()), str(path))
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise SynthsegError(f"{path}: corrupt; remove it to start over") from None
-    defaults = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
-                for f in dataclasses.fields(recipe) if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
-    defaults = json.loads(json.dumps(defaults, default=dataclasses.asdict))  # as recorded: lists, nested recipes as mappings
-    defaults.update({f.name: f.metadata[ABSENT] for f in dataclasses.fields(recipe) if ABSENT in f.metadata})
-    changed = sorted(k for k in set(found) | set(wanted) if found.get(k, defaults.get(k)) != wanted.get(k))
-    if changed:  # a field added since, at the value the recorded run had without it (its default, or ABSENT), is no change
+    changed = _changed_fields(found, wanted, recipe)
+    if changed:
         raise SynthsegError(refusal.format(changed=", ".join(changed)))
+
+
+def _changed_fields(found: dict, wanted: dict, recipe, prefix: str = "") -> list[str]:
+    """The fields (dotted inside sections) where a recorded recipe `found` differs from `wanted` (`recipe`
+    as recorded now). A field added since, at the value the recorded run had without it (its default, or
+    ABSENT), is no change, in a nested section (a dataclass field) as at the top."""
+    fields = dataclasses.fields(recipe)
+    defaults = {f.name: f.default if f.default_factory is dataclasses.MISSING else f.default_factory()
+                for f in fields if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING}
+    defaults = json.loads(json.dumps(defaults, default=dataclasses.asdict))  # as recorded: lists, nested recipes as mappings
+    defaults.update({f.name: f.metadata[ABSENT] for f in fields if ABSENT in f.metadata})
+    changed = []
+    for key in sorted(set(found) | set(wanted)):
+        old, section = found.get(key, defaults.get(key)), getattr(recipe, key, None)
+        if dataclasses.is_dataclass(section) and isinstance(old, dict) and isinstance(wanted.get(key), dict):
+            changed += _changed_fields(old, wanted[key], section, f"{prefix}{key}.")
+        elif old != wanted.get(key):
+            changed.append(prefix + key)
+    return changed
 
 
 def check_positive(source: str, config, *names: str) -> None:

@@ -51,11 +51,22 @@ from .config import ABSENT, check_non_negative, check_positive, load_config, rec
 from .device import resolve_device
 from .errors import SynthsegError
 from .formats import IGNORE, coco_annotation, coco_document, jsonl_text, label_image, png_bytes, write_atomic, write_json_atomic
-from .layouts import MAX_GLIGEN_BOXES, Layout, LayoutGeneration, LayoutRecipe, check_takes_layouts, generate_layout, read_layouts, sample_layouts
+from .layouts import MAX_GLIGEN_BOXES, Layout, LayoutGeneration, LayoutRecipe, check_chooser, check_takes_layouts, generate_layout, read_layouts, sample_layouts
 from .plan import dataset_item_bytes, plan_text, record_rate, time_line
 from .prompts import PAPER_TEMPLATES, Prompt, PromptPlanner, template_slots
 from .refine import PAMR_ITERATIONS
-from .registry import BUNDLES, LAYOUT_MODELS, check_vocabulary, grounding_for, model_card, recipe_names, resolve_grounding, resolve_pipeline
+from .registry import (
+    BUNDLES,
+    LAYOUT_MODELS,
+    captioner_for,
+    check_vocabulary,
+    grounding_for,
+    model_card,
+    recipe_names,
+    resolve_captioner,
+    resolve_grounding,
+    resolve_pipeline,
+)
 
 
 @dataclass
@@ -69,7 +80,9 @@ class DatasetRecipe:
     instance filling less than `layouts.min_fill` of it is dropped. `refine`: PAMR iterations on each image's
     probabilities before they become labels and instances (`synthseg.refine`; 0: off). `spare`: extra items planned, as a
     fraction of those asked (per class, per pair, or all layouts), to stand in for dropped ones; the
-    first asked number that pass are kept and unused spares are left out."""
+    first asked number that pass are kept and unused spares are left out. `captioner`: the per-class implicit
+    captioner that keeps one of each layout's `layouts.candidates` images (a bundled name or a folder; a bundled
+    model's own by default)."""
 
     classes: str
     model: str = "world"
@@ -89,6 +102,7 @@ class DatasetRecipe:
     spare: float = 0.0
     layouts: LayoutRecipe | None = None
     layouts_file: str | None = None
+    captioner: str | None = None
 
     def __post_init__(self) -> None:
         card = model_card(self.model)
@@ -114,6 +128,9 @@ class DatasetRecipe:
             raise SynthsegError(f"{source}: layouts_file needs a layouts section (its margin and min_fill)")
         if self.layouts_file is not None and self.spare:
             raise SynthsegError(f"{source}: spare plans extra items, which a layouts_file does not have; leave it at 0")
+        if self.layouts is not None and self.layouts.candidates > 1 and self.captioner is None:
+            raise SynthsegError(f"{source}: layouts.candidates {self.layouts.candidates} needs a per-class implicit captioner to choose "
+                                "among them (captioner, --captioner); or set candidates to 1")
         if self.layouts_file is None and not self.per_class and not (self.per_pair and (self.pairs or len(names) > 1)):
             raise SynthsegError(f"{source}: the plan has no images (per_class and per_pair are 0, or no pair exists)")
         check_vocabulary(self.model, names)
@@ -152,12 +169,15 @@ def load_dataset_recipe(classes: str = "world", recipe: str | Path | None = None
     `layouts` (or a `layouts_file`, or a recipe with a `layouts` section), the bundled "world" from the
     recipe becomes its GLIGEN ("world-layout"; given as `model`, it is refused), and the recipe's `layouts` section applies over
     the layout limits of the model's card (a world-layout export's: what it was trained on). A section that names no
-    `seed` draws the layout stream of the dataset's seed, so another `--seed` gives other layouts and images."""
+    `seed` draws the layout stream of the dataset's seed, so another `--seed` gives other layouts and images.
+    `candidates` (None: the section's) sets the section's; where it is above 1, a bundled model brings its
+    captioner."""
     from .config import apply_overrides, load_config, read_recipe
 
     if recipe is None and classes in recipe_names("dataset"):
         recipe = classes
     data, source = read_recipe(recipe, "dataset") if recipe is not None else ({"classes": classes}, "make-dataset")
+    candidates = overrides.pop("candidates", None)
     if overrides.pop("layouts", False) or overrides.get("layouts_file") or data.get("layouts") is not None:
         model = overrides.get("model") or data.get("model", DatasetRecipe.model)
         if model in LAYOUT_MODELS:  # the bundled text-only world takes no boxes; its GLIGEN does
@@ -168,7 +188,13 @@ def load_dataset_recipe(classes: str = "world", recipe: str | Path | None = None
         section = {**model_card(model).layouts, **(data.pop("layouts", None) or {})}
         seed = overrides.get("seed")
         section.setdefault("seed", data.get("seed", DatasetRecipe.seed) if seed is None else seed)
+        if candidates is not None:
+            section["candidates"] = candidates
         overrides["layouts"] = section
+        if section.get("candidates", LayoutRecipe.candidates) > 1 and not data.get("captioner"):
+            overrides["captioner"] = captioner_for(model, overrides.get("captioner"))  # "none": none, and refused
+    elif candidates is not None:
+        raise SynthsegError("candidates are images per layout: give --layouts or --layouts-file")
     if overrides.get("model") in BUNDLES:
         overrides["grounding"] = grounding_for(overrides["model"], overrides.get("grounding"))
     return load_config(DatasetRecipe, apply_overrides(data, overrides, source), source)
@@ -323,6 +349,8 @@ def finalize(directory: str | Path, recipe: DatasetRecipe) -> dict:
 
 def _card(recipe: DatasetRecipe, summary: dict, example: dict) -> str:
     classes = ", ".join(recipe.class_names)
+    chooser = (f"\n- each layout's image: the best of {recipe.layouts.candidates} by the implicit captioner {recipe.captioner} "
+               f"({example.get('captioner_hash', '?')})") if "captioner_hash" in example else ""
     return f"""# synthseg synthetic segmentation dataset
 
 Generated by grounded generation (Li et al. 2023): each image comes with a grounding module's
@@ -332,7 +360,7 @@ masks of the classes named in its prompt. No human labelled it.
   spares left out (spare {recipe.spare}): {summary['unused']}; short of the asked number: {summary['short']}
 - instances: {summary['instances']}
 - classes ({len(recipe.class_names)}, label k = k-th): {classes}
-- model: {example.get('model', '?')} ({example.get('model_hash', '?')}); grounding module hash {example.get('grounding_hash', '?')}
+- model: {example.get('model', '?')} ({example.get('model_hash', '?')}); grounding module hash {example.get('grounding_hash', '?')}{chooser}
 
 ## Files
 - `images/`: PNG images. `masks/`: palette PNG label maps (0 background, 255 ignore).
@@ -347,9 +375,9 @@ masks of the classes named in its prompt. No human labelled it.
 """
 
 
-def provenance(model: str, grounding: str | Path) -> dict:
+def provenance(model: str, grounding: str | Path, captioner: str | None = None) -> dict:
     """What made the dataset: model id (bundled name, hub id or folder) and the hash of a local one,
-    grounding module hash, library versions."""
+    grounding module hash, the hash of the captioner that chose among candidates (if one did), library versions."""
     import diffusers
 
     from . import __version__
@@ -357,6 +385,7 @@ def provenance(model: str, grounding: str | Path) -> dict:
     local = Path(resolve_pipeline(model))
     return dict(
         model=model, model_hash=file_hash(local) if local.exists() else None, grounding_hash=file_hash(resolve_grounding(grounding)),
+        **({"captioner_hash": file_hash(resolve_captioner(captioner))} if captioner is not None else {}),
         versions=dict(synthseg=__version__, diffusers=diffusers.__version__, torch=torch.__version__, python=platform.python_version()),
     )
 
@@ -398,9 +427,10 @@ def check_shards(num_shards: int | None, shard_index: int | None) -> None:
         raise SynthsegError(f"--shard-index {shard_index} is outside 0..{(num_shards or 1) - 1}")
 
 
-def make_dataset(pipe, grounding, recipe: DatasetRecipe, directory: str | Path, provenance: dict, *,
+def make_dataset(pipe, grounding, recipe: DatasetRecipe, directory: str | Path, provenance: dict, *, recogniser=None,
                  num_shards: int | None = None, shard_index: int | None = None) -> dict | None:
     """Generate this shard's items into `directory`, skipping written ones; finalize when all are there.
+    `recogniser`: the recipe captioner's `captioner.Recogniser`, where layouts have several candidates.
 
     Without `num_shards`, a run under torchrun or accelerate launch takes its shard from the launcher
     (one per process) and the main process finalizes after all are done; otherwise one shard.
@@ -453,7 +483,8 @@ def make_dataset(pipe, grounding, recipe: DatasetRecipe, directory: str | Path, 
             else:  # GLIGEN takes one layout per call
                 made = [generate_layout(pipe, grounding, item, guidance_scale=recipe.guidance_scale, num_inference_steps=recipe.num_inference_steps,
                                         margin=recipe.layouts.margin, scheduled_sampling_beta=recipe.layouts.scheduled_sampling_beta,
-                                        box_attention=recipe.layouts.box_attention, refine=recipe.refine)
+                                        box_attention=recipe.layouts.box_attention, refine=recipe.refine,
+                                        candidates=recipe.layouts.candidates, recogniser=recogniser)
                         for item in batch]
                 outputs = [(item, g.image, g.probs, g) for item, g in zip(batch, made)]
             for item, image, probs, layout in outputs:
@@ -475,6 +506,7 @@ def build_dataset(recipe: DatasetRecipe, directory: str | Path, *, device: str =
                   shard_index: int | None = None) -> dict | None:
     """`make_dataset` from a recipe alone: checks the shards, the output folder and the device before
     loading the recipe's pipeline and grounding module (bundled names, hub ids or folders)."""
+    from .captioner import ImplicitCaptioner, Recogniser
     from .formats import check_output_dir
     from .grounding import GroundingModule
     from .pipeline import load_pipeline
@@ -483,8 +515,15 @@ def build_dataset(recipe: DatasetRecipe, directory: str | Path, *, device: str =
     check_output_dir(directory)
     torch_device = resolve_device(device)
     module = GroundingModule.from_pretrained(recipe.grounding).to(torch_device)
+    chooses = recipe.layouts is not None and recipe.layouts.candidates > 1
+    captioner = ImplicitCaptioner.from_pretrained(recipe.captioner).to(torch_device) if chooses else None
     pipe = load_pipeline(recipe.model, device=torch_device)
     module.config.check_pipeline(pipe)  # before the folder is claimed
+    recogniser = None
     if recipe.layouts is not None:
         check_takes_layouts(pipe)
-    return make_dataset(pipe, module, recipe, directory, provenance(recipe.model, recipe.grounding), num_shards=num_shards, shard_index=shard_index)
+    if captioner is not None:
+        recogniser = Recogniser(pipe, captioner, list(recipe.class_names))
+        check_chooser(recipe.layouts.candidates, recogniser)
+    made_by = provenance(recipe.model, recipe.grounding, recipe.captioner if chooses else None)
+    return make_dataset(pipe, module, recipe, directory, made_by, recogniser=recogniser, num_shards=num_shards, shard_index=shard_index)

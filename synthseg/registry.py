@@ -62,8 +62,10 @@ BUNDLES = {
     # is the world's: it reads the same VAE's latents into the same MiniLM states.
     "world-dit": Bundle(pipeline=ASSETS / "world-dit" / "t2i", grounding=ASSETS / "world-dit" / "grounding", annotator=ASSETS / "world" / "annotator",
                         captioner=ASSETS / "world" / "captioner"),
-    # The world's GLIGEN: box layers over the world UNet (the export's card names "world" as its base), read by the world's module.
-    "world-layout": Bundle(pipeline=ASSETS / "world-layout", grounding=ASSETS / "world" / "grounding", annotator=ASSETS / "world" / "annotator"),
+    # The world's GLIGEN: box layers over the world UNet (the export's card names "world" as its base), read by the world's
+    # module; the world's captioner chooses among a layout's candidates.
+    "world-layout": Bundle(pipeline=ASSETS / "world-layout", grounding=ASSETS / "world" / "grounding", annotator=ASSETS / "world" / "annotator",
+                           captioner=ASSETS / "world" / "captioner"),
 }
 LAYOUT_MODELS = {"world": "world-layout"}  # the bundled GLIGEN export that `--layouts` uses in place of a bundled text-only model
 

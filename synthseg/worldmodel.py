@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -399,8 +400,15 @@ class WorldGLIGENPipeline(StableDiffusionGLIGENPipeline):
 
     def __init__(self, vae: AutoencoderKL, text_encoder: BertModel, tokenizer, unet: UNet2DConditionModel, scheduler,
                  safety_checker=None, feature_extractor=None, requires_safety_checker: bool = False):
-        super().__init__(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
-                         safety_checker=safety_checker, feature_extractor=feature_extractor, requires_safety_checker=requires_safety_checker)
+        # diffusers marks its GLIGEN pipeline deprecated on every construction; the bundled world's is maintained here
+        deprecation = logging.getLogger("diffusers.pipelines.pipeline_utils")
+        level = deprecation.level
+        deprecation.setLevel(logging.ERROR)
+        try:
+            super().__init__(vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+                             safety_checker=safety_checker, feature_extractor=feature_extractor, requires_safety_checker=requires_safety_checker)
+        finally:
+            deprecation.setLevel(level)
 
     @classmethod
     def from_export(cls, folder: str | Path, **kwargs) -> "WorldGLIGENPipeline":

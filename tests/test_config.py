@@ -147,3 +147,13 @@ def test_a_run_recorded_before_a_field_was_added_resumes_only_if_the_field_is_at
     with pytest.raises(SynthsegError, match=r"another recipe \(refine differ\)"):
         record_recipe(tmp_path / "ds.json", dataset, "another recipe ({changed} differ)")
     record_recipe(tmp_path / "ds.json", dataclasses.replace(dataset, refine=0), "another recipe ({changed} differ)")
+    layouts = load_dataset_recipe("world", layouts=True, candidates=1)  # inside a section: a field added since (candidates)
+    record_recipe(tmp_path / "layouts.json", layouts, "another recipe ({changed} differ)")
+    recorded = json.loads((tmp_path / "layouts.json").read_text())
+    del recorded["layouts"]["candidates"], recorded["captioner"]
+    (tmp_path / "layouts.json").write_text(json.dumps(recorded))
+    record_recipe(tmp_path / "layouts.json", layouts, "another recipe ({changed} differ)")  # at its default: no change
+    for changed in (dict(candidates=2), dict(box_attention=1.0)):  # a section's changed field is named with its section
+        with pytest.raises(SynthsegError, match=rf"another recipe \(layouts\.{next(iter(changed))} differ\)"):
+            record_recipe(tmp_path / "layouts.json", dataclasses.replace(layouts, layouts=dataclasses.replace(layouts.layouts, **changed)),
+                          "another recipe ({changed} differ)")

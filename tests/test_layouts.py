@@ -190,6 +190,80 @@ def test_box_attention_biases_each_class_s_tokens_toward_its_boxes_in_the_condit
     assert (cat[:2, 2:] == 3).all() and (cat[2:] == -3).all() and (cat[:, :2] == -3).all()
 
 
+def test_class_set_log_probability_is_the_probability_of_exactly_those_classes():
+    from synthseg.captioner import class_set_log_probability
+
+    logits = torch.tensor([[2.0, -1.0, 0.5], [0.0, 3.0, -2.0]])
+    p = torch.sigmoid(logits)
+    expected = torch.log(p[:, 0] * p[:, 2] * (1 - p[:, 1]))
+    torch.testing.assert_close(class_set_log_probability(logits, [0, 2]), expected)
+    torch.testing.assert_close(class_set_log_probability(logits[0], [1]), torch.log(p[0, 1] * (1 - p[0, 0]) * (1 - p[0, 2])))
+
+
+def _chooser(pipe, names):
+    from synthseg.captioner import CaptionerConfig, ImplicitCaptioner, Recogniser
+
+    torch.manual_seed(0)
+    captioner = ImplicitCaptioner(CaptionerConfig.for_pipeline(pipe, width=8, hidden_dim=8, objective="classes", pooling="max")).eval()
+    return Recogniser(pipe, captioner, names)
+
+
+def test_best_candidate_keeps_the_image_likeliest_to_hold_exactly_the_layout_s_classes(monkeypatch):
+    from PIL import Image
+
+    from synthseg.layouts import best_candidate, candidate_seeds, check_chooser
+    from synthseg.tiny import tiny_pipeline
+
+    pipe = tiny_pipeline(gligen=True)
+    recogniser = _chooser(pipe, ["dog", "cat", "bird"])
+    layout = Layout(3, "two dogs and a cat", ["dog", "dog", "cat"], [(0, 0, .5, .5), (.5, .5, 1, 1), (.5, 0, 1, .5)], 11)
+    images = [Image.new("RGB", (32, 32), c) for c in ("red", "green", "blue")]
+    logits = torch.tensor([[4.0, -4.0, -4.0],  # the dog alone: the cat missing
+                           [4.0, 4.0, 4.0],  # both, and a bird besides
+                           [3.0, 3.0, -3.0]])  # exactly a dog and a cat, if less sure of each than the second
+    monkeypatch.setattr(recogniser, "class_logits", lambda latents: logits[: len(latents)])
+    assert best_candidate(pipe, recogniser, layout, images) == 2
+    assert best_candidate(pipe, recogniser, layout, images[:2]) == 1  # a bird too rather than no cat
+    with pytest.raises(SynthsegError, match="layout 3: the captioner does not know horse"):
+        best_candidate(pipe, recogniser, replace(layout, phrases=["horse"]), images)
+    seeds = candidate_seeds(layout, 4)
+    assert seeds[0] == layout.seed and len(set(seeds)) == 4 and candidate_seeds(layout, 2) == seeds[:2]  # the layout's own seed first
+    check_chooser(1, None)  # one candidate needs no captioner
+    with pytest.raises(SynthsegError, match="layouts.candidates 3 needs an implicit captioner trained per class"):
+        check_chooser(3, None)
+    from synthseg.captioner import CaptionerConfig, ImplicitCaptioner, Recogniser
+
+    captions = Recogniser(pipe, ImplicitCaptioner(CaptionerConfig.for_pipeline(pipe, width=8, hidden_dim=8)).eval(), ["dog", "cat"])
+    with pytest.raises(SynthsegError, match="needs an implicit captioner trained per class"):
+        check_chooser(2, captions)
+
+
+def test_a_layout_s_candidates_are_made_in_one_call_and_the_captioner_s_choice_is_kept(tmp_path):
+    """generate_layout with candidates: the kept image and masks are those of the candidate that best_candidate
+    picks, and the first candidate is the layout's image without a choice."""
+    from synthseg import GroundingConfig, GroundingModule
+    from synthseg.layouts import best_candidate, candidate_seeds, generate_layout
+    from synthseg.pipeline import load_pipeline
+
+    pipe = load_pipeline(_gligen_folder(tmp_path / "gligen"))
+    pipe.set_progress_bar_config(disable=True)
+    torch.manual_seed(0)
+    module = GroundingModule(GroundingConfig.for_pipeline(pipe, fuse_dim=16, mask_dim=16, hidden_dim=32, num_heads=4, ffn_dim=64,
+                                                          token_patch=2)).eval()
+    recogniser = _chooser(pipe, ["dog", "cat", "bird"])
+    layout = Layout(0, "a photograph of two dogs and a cat", ["dog", "dog", "cat"], [(0, 0, .4, .4), (.5, 0, 1, .5), (.2, .5, .8, 1)], 7)
+    options = dict(guidance_scale=2.0, num_inference_steps=4, scheduled_sampling_beta=0.5, box_attention=2.0)
+    alone = [generate_layout(pipe, module, replace(layout, seed=seed), **options) for seed in candidate_seeds(layout, 3)]
+    chosen = generate_layout(pipe, module, layout, **options, candidates=3, recogniser=recogniser)
+    best = best_candidate(pipe, recogniser, layout, [made.image for made in alone])
+    pixels = np.asarray(chosen.image).astype(int)
+    assert np.abs(pixels - np.asarray(alone[best].image).astype(int)).max() <= 1  # the same image, made in a batch of 3
+    assert all(np.abs(pixels - np.asarray(other.image).astype(int)).max() > 1 for k, other in enumerate(alone) if k != best)
+    torch.testing.assert_close(chosen.probs, alone[best].probs, atol=1e-3, rtol=0)
+    with pytest.raises(SynthsegError, match="needs an implicit captioner"):
+        generate_layout(pipe, module, layout, **options, candidates=2)
+
+
 def _gligen_folder(directory):
     """A tiny GLIGEN pipeline folder with its gates open (GLIGEN starts them shut)."""
     from diffusers.models.attention import GatedSelfAttentionDense
@@ -253,6 +327,24 @@ def test_make_dataset_with_a_layouts_file_writes_one_coco_instance_per_box(tmp_p
     assert again.exit_code == 0 and json.loads((out / "annotations.json").read_text()) == coco.dataset
 
 
+@pytest.mark.parametrize("args, message", [
+    (["--candidates", "2"], "candidates are images per layout: give --layouts or --layouts-file"),
+    (["--layouts", "--candidates", "0"], "layouts: candidates must be at least 1, got 0"),
+    (["--layouts", "--candidates", "2", "--captioner", "none"], "layouts.candidates 2 needs a per-class implicit captioner"),
+    (["--layouts", "--candidates", "2", "--model", "runs/no-such-gligen"], "layouts.candidates 2 needs a per-class implicit captioner"),
+    (["--layouts", "--captioner", "no/such/captioner"], "no captioner at no/such/captioner"),
+])
+def test_make_dataset_bad_candidate_settings_give_one_error_line_and_write_nothing(tmp_path, args, message):
+    from typer.testing import CliRunner
+
+    from synthseg.cli import app
+
+    out = tmp_path / "ds"
+    result = CliRunner().invoke(app, ["make-dataset", "--per-class", "1", *args, "--out", str(out)])
+    assert result.exit_code == 1 and message in result.output and result.output.count("error:") == 1, result.output
+    assert "Traceback" not in result.output and not out.exists()
+
+
 def test_make_dataset_layouts_on_a_model_without_gligen_is_refused_before_writing(tmp_path):
     from typer.testing import CliRunner
 
@@ -278,6 +370,8 @@ def test_make_dataset_layouts_with_no_model_uses_the_bundled_world_gligen(tmp_pa
 
     recipe = load_dataset_recipe("world", layouts=True)
     assert recipe.model == "world-layout" and recipe.layouts.max_objects == 4  # the export's card's limits
+    assert recipe.layouts.candidates == model_card("world-layout").layouts["candidates"] > 1 and recipe.captioner == "world-layout"
+    assert load_dataset_recipe("world", layouts=True, candidates=1).captioner is None  # no choice: no captioner
     assert recipe.layouts.scheduled_sampling_beta == model_card("world-layout").layouts["scheduled_sampling_beta"] != 0.3  # and beta
     out = tmp_path / "ds"
     result = CliRunner().invoke(app, ["make-dataset", "--layouts", "--classes", "circle,ring", "--per-class", "3", "--per-pair", "0",
@@ -285,6 +379,7 @@ def test_make_dataset_layouts_with_no_model_uses_the_bundled_world_gligen(tmp_pa
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
     assert records and {r["grounding_hash"] for r in records} == {file_hash(BUNDLES["world"].grounding)}
+    assert {r["captioner_hash"] for r in records} == {file_hash(BUNDLES["world"].captioner)}  # the world captioner chose
     coco = COCO(str(out / "annotations.json"))
     counts = [len(coco.getAnnIds(imgIds=i)) for i in coco.getImgIds()]
     assert sum(counts) >= len(counts) and max(counts) >= 2  # one instance per kept box, several in a layout
