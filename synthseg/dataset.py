@@ -140,6 +140,11 @@ class DatasetRecipe:
         return resolve_classes(self.classes)
 
     @property
+    def images_per_item(self) -> int:
+        """Images generated for each item of the plan: a layout's candidates, else 1 (what dry-run times count)."""
+        return self.layouts.candidates if self.layouts is not None else 1
+
+    @property
     def layout_count(self) -> int:
         """Layouts asked: per_class per class plus per_pair per pair."""
         return self.per_class * len(self.class_names) + self.per_pair * len(self.pairs)
@@ -216,8 +221,12 @@ def plan(recipe: DatasetRecipe) -> list[Prompt] | list[Layout]:
 def plan_summary(recipe: DatasetRecipe, device: str = "auto") -> str:
     """What `make_dataset` would write, and in what time on `device`, without loading a model."""
     items = plan(recipe)
-    took = time_line("images", recipe.model, resolve_device(device), recipe.guidance_scale, recipe.num_inference_steps, len(items))
+    took = time_line("images", recipe.model, resolve_device(device), recipe.guidance_scale, recipe.num_inference_steps,
+                     len(items) * recipe.images_per_item)
     text = plan_text("images", items, dataset_item_bytes(recipe.model), " at most, before PNG compression", took)
+    if recipe.images_per_item > 1:
+        text += (f"\ncandidates: {recipe.images_per_item} images generated per layout (timed as such), the captioner "
+                 f"{recipe.captioner} keeping one")
     if not recipe.spare:
         return text
     asked = sum(recipe.asked(items).values())
@@ -493,7 +502,7 @@ def make_dataset(pipe, grounding, recipe: DatasetRecipe, directory: str | Path, 
                     written.add(item.index)
                 kept.append(float((directory / "images" / f"{item.index:06d}.png").is_file()))
             advance(skipped + len(kept), kept)
-    record_rate("images", pipe, recipe.guidance_scale, recipe.num_inference_steps, time.perf_counter() - start, len(kept))
+    record_rate("images", pipe, recipe.guidance_scale, recipe.num_inference_steps, time.perf_counter() - start, len(kept) * recipe.images_per_item)
     if state is not None:
         state.wait_for_everyone()
         return finalize(directory, recipe) if state.is_main_process else None

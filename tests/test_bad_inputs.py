@@ -157,6 +157,16 @@ def test_dry_runs_print_the_plan_without_loading_a_model(monkeypatch):
     result = runner.invoke(app, ["make-dataset", "--dry-run", "--per-class", "3", "--per-pair", "1", "--spare", "0.5"])
     assert "192 images: 60 one-class and 132 two-class prompts" in result.output  # 5 per class and 2 per pair stand for 3 and 1
     assert "spares: 192 planned for 102 asked (spare 0.5)" in result.output
+    import synthseg.dataset
+
+    counted = []
+    monkeypatch.setattr(synthseg.dataset, "time_line", lambda *args: counted.append(args[-1]) or "time: unknown")
+    result = runner.invoke(app, ["make-dataset", "--dry-run", "--layouts", "--per-class", "1"])  # world-layout's card: 4 candidates
+    assert result.exit_code == 0 and "12 images from layouts" in result.output, result.output
+    assert "candidates: 4 images generated per layout (timed as such), the captioner world-layout keeping one" in result.output
+    assert counted == [48]  # the time counts every candidate
+    result = runner.invoke(app, ["make-dataset", "--dry-run", "--layouts", "--per-class", "1", "--candidates", "1"])
+    assert "candidates" not in result.output and counted == [48, 12]
     result = runner.invoke(app, ["make-triplets", "--dry-run", "--count", "100"])
     assert result.exit_code == 0 and result.output.startswith("100 triplets:") and "disk: about 9.4 MB (94.2 KB per item; features storage)" in result.output
 
