@@ -93,10 +93,11 @@ class DiffusionClassifier:
         whose prompts every text stream keeps whole."""
         best = sorted(logits.argsort(descending=True)[: self.top].tolist())
         lists = [list(c) for k in range(1, self.recogniser.max_classes + 1) for c in itertools.combinations(best, k)]
-        return [c for c in lists if len(c) == 1 or self._prompt(c) is not None]
+        return [c for c in lists if self._prompt(c) is not None]
 
     def _prompt(self, classes: list[int]) -> str | None:
-        """The prompt of a class list, or None where a text stream would cut it (asked once per list)."""
+        """The prompt of a class list, or None where a text stream would cut it (asked once per list; a single
+        class always fits, as `GroundingSegmenter` checked every name alone)."""
         key = tuple(classes)
         if key not in self._prompts:
             prompt = self.template.format(describe([self.recogniser.names[i] for i in classes]))
