@@ -528,11 +528,10 @@ def build_dataset(recipe: DatasetRecipe, directory: str | Path, *, device: str =
     captioner = ImplicitCaptioner.from_pretrained(recipe.captioner).to(torch_device) if chooses else None
     pipe = load_pipeline(recipe.model, device=torch_device)
     module.config.check_pipeline(pipe)  # before the folder is claimed
-    recogniser = None
     if recipe.layouts is not None:
         check_takes_layouts(pipe)
-    if captioner is not None:
-        recogniser = Recogniser(pipe, captioner, list(recipe.class_names))
-        check_chooser(recipe.layouts.candidates, recogniser)
+    recogniser = Recogniser(pipe, captioner, list(recipe.class_names)) if chooses else None
+    if chooses:
+        check_chooser(recipe.layouts.candidates, recogniser)  # a captioner trained per class, before the folder is claimed
     made_by = provenance(recipe.model, recipe.grounding, recipe.captioner if chooses else None)
     return make_dataset(pipe, module, recipe, directory, made_by, recogniser=recogniser, num_shards=num_shards, shard_index=shard_index)
