@@ -163,7 +163,7 @@ def main() -> None:
     from synthseg.registry import model_card
     from synthseg.world import WORLD_CLASSES, layout_scene
 
-    section = replace(load_dataset_recipe("world", layouts=True, model=args.model).layouts, seed=BENCH_SEED)
+    section = replace(load_dataset_recipe("world", layouts=True, model=args.model, captioner=args.captioner).layouts, seed=BENCH_SEED)
     beta = section.scheduled_sampling_beta if args.beta is None else args.beta
     card = model_card(args.model)
     steps, guidance = card.num_inference_steps, card.guidance_scale

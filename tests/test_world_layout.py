@@ -80,6 +80,7 @@ def test_training_moves_only_gligen_weights_resumes_exactly_and_loads_as_a_glige
     assert saved.keys() == load_file(split / "unet" / GLIGEN_WEIGHTS).keys()
     assert all(torch.equal(v, load_file(split / "unet" / GLIGEN_WEIGHTS)[k]) for k, v in saved.items())
     assert sorted(p.name for p in whole.iterdir()) == ["model_index.json", "synthseg.json", "training.json", "unet"]  # GLIGEN's alone
+    assert (whole / "unet" / GLIGEN_WEIGHTS).stat().st_mode & 0o777 == 0o644  # safetensors alone writes owner-only files
     assert all(is_gligen_weight(k) for k in saved) and any(".fuser.alpha_attn" in k and v != 0 for k, v in saved.items())
     card = json.loads((whole / "synthseg.json").read_text())
     assert card["base"] == str(base) and card["layouts"]["max_objects"] == 4 and card["layouts"]["templates"] == ["{}"]

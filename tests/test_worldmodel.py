@@ -19,6 +19,7 @@ from synthseg.train.world_t2i import (
     train_unet,
     train_vae,
     train_world_model,
+    unet_batch,
 )
 from synthseg.worldmodel import UNetRecipe, VAERecipe, WorldModelRecipe, WorldPipeline, build_unet, load_text_encoder
 
@@ -38,6 +39,8 @@ def test_shipped_recipe_is_valid():
     assert stage2.init_from == "runs/world-t2i/pipeline" and stage2.unet.block_out_channels == recipe.unet.block_out_channels
     stage3 = load_world_model_recipe("world-t2i-finetune2")  # fine-tunes stage 2's output on less occluded pairs
     assert stage3.init_from == "runs/world-t2i-ft/pipeline" and stage3.min_visible > recipe.min_visible
+    layouts = load_world_model_recipe("world-t2i-layouts")  # world-layout's frozen UNet: the shipped world's, on layouts too
+    assert layouts.init_from == "world" and layouts.layout_fraction == 0.5 and layouts.unet.block_out_channels == recipe.unet.block_out_channels
 
 
 def test_bad_recipe_values(tmp_path):
@@ -56,6 +59,12 @@ def test_bad_recipe_values(tmp_path):
     (tmp_path / "r.yaml").write_text("vae: {block_out_channels: [8, 16]}\n")
     with pytest.raises(SynthsegError, match=r"r.yaml: vae: block_out_channels must be multiples of 16"):
         load_world_model_recipe(tmp_path / "r.yaml")
+    (tmp_path / "r.yaml").write_text("layout_fraction: 1.5\n")
+    with pytest.raises(SynthsegError, match="layout_fraction must lie in"):
+        load_world_model_recipe(tmp_path / "r.yaml")
+    (tmp_path / "r.yaml").write_text("layouts: {min_size: 0}\n")
+    with pytest.raises(SynthsegError, match="min_size"):
+        load_world_model_recipe(tmp_path / "r.yaml")
 
 
 def test_the_unet_s_sample_size_follows_the_vae_s_factor():
@@ -73,6 +82,21 @@ def test_training_scenes_keep_the_recipe_s_visible_share(monkeypatch):
     monkeypatch.setattr(world_t2i, "render_scene", spy)
     images, captions = sample_scenes(dataclasses.replace(tiny_recipe(), pair_fraction=1.0, min_visible=0.9), 3, 4)
     assert calls == [(2, 0.9)] * 4 and images.shape == (4, 3, 32, 32) and all(" and " in c for c in captions)
+
+
+def test_a_layout_share_replaces_the_batch_s_tail_with_layout_scenes():
+    plain = tiny_recipe()
+    images, captions = unet_batch(plain, 5)
+    assert torch.equal(images, sample_scenes(plain, 5, 4)[0])  # no layout share: the batches of every earlier recipe
+    mixed = dataclasses.replace(plain, layout_fraction=0.5)
+    assert mixed.layouts.templates == ["{}"] and mixed.layouts.max_objects == 4  # world-layout's own layouts by default
+    mixed_images, mixed_captions = unet_batch(mixed, 5)
+    assert torch.equal(mixed_images[:2], images[:2]) and mixed_captions[:2] == captions[:2]
+    assert not any(c.startswith("a photograph") for c in mixed_captions[2:])  # the layouts' prompts list their objects
+    again, _ = unet_batch(mixed, 5)
+    assert torch.equal(again, mixed_images) and not torch.equal(unet_batch(mixed, 6)[0][2:], mixed_images[2:])
+    only, only_captions = unet_batch(dataclasses.replace(plain, layout_fraction=1.0), 5)
+    assert only.shape == (4, 3, 32, 32) and len(only_captions) == 4
 
 
 def test_training_record_adds_the_fine_tuned_model_s_steps(tmp_path):

@@ -5,8 +5,9 @@ over it, generates them as bench_layouts.py's one-image rows do (the card's step
 and scores them by the world annotator as that bench does; the same layouts rendered exactly give the annotator's own
 ceiling. Counts per class are also split by objects per layout, since fewer boxes fit when they may not overlap.
 
-Run from the repository root: python benchmarks/adhoc/layout_limits.py COUNT SETTING ...
-(SETTING: `card`, or comma-separated FIELD=VALUE such as max_overlap=0.0,max_size=0.55)
+Run from the repository root: python benchmarks/adhoc/layout_limits.py [--model MODEL] COUNT SETTING ...
+(SETTING: `card`, or comma-separated FIELD=VALUE such as max_overlap=0.0,max_size=0.55; MODEL: a GLIGEN export folder,
+world-layout by default, whose own card gives the sampling settings)
 """
 import sys
 import time
@@ -25,12 +26,16 @@ from synthseg.pipeline import load_pipeline
 from synthseg.registry import model_card
 from synthseg.world import WORLD_CLASSES, layout_scene
 
+model = "world-layout"
+if sys.argv[1] == "--model":
+    model = sys.argv[2]
+    del sys.argv[1:3]
 count = int(sys.argv[1])
 torch.set_num_threads(2)
-section = load_dataset_recipe("world", layouts=True, model="world-layout").layouts
-card = model_card("world-layout")
+section = load_dataset_recipe("world", layouts=True, model=model, captioner="world").layouts
+card = model_card(model)
 annotator = load_annotator("world")
-pipe = load_pipeline("world-layout")
+pipe = load_pipeline(model)
 pipe.set_progress_bar_config(disable=True)
 print("| setting | boxes | boxes hit | right count (2-4 objects) | 2 / 3 / 4 objects: layouts, right count | all classes found (2+ classes) "
       "| rendered: boxes hit, right count |\n|---|---|---|---|---|---|---|")

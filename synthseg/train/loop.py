@@ -70,11 +70,14 @@ def write_training_record(directory: str | Path, prior: dict | None = None, **st
 @contextlib.contextmanager
 def staged_export(output: Path):
     """A fresh staging folder beside `output` to write an export into; when the block ends without an
-    error it replaces `output` whole, so a killed export never leaves a half-written model."""
+    error it replaces `output` whole, so a killed export never leaves a half-written model. Its files are
+    made readable by all (safetensors writes owner-only files), as a model folder is shared or packaged."""
     staging = output.with_name(output.name + ".tmp")
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     yield staging
+    for file in (f for f in staging.rglob("*") if f.is_file()):
+        file.chmod(0o644)
     shutil.rmtree(output, ignore_errors=True)
     os.replace(staging, output)
 

@@ -20,13 +20,13 @@ from safetensors.torch import save_file
 
 from ..config import load_recipe
 from ..errors import SynthsegError
-from ..layouts import MAX_GLIGEN_BOXES, sample_layout
+from ..layouts import MAX_GLIGEN_BOXES
 from ..pipeline import load_pipeline
 from ..registry import MODEL_CARD
-from ..world import WORLD_CLASSES, layout_scene, mask_box
+from ..world import WORLD_CLASSES, mask_box
 from ..worldmodel import GLIGEN_WEIGHTS, LayoutModelRecipe, build_gligen_unet, is_gligen_weight
 from .loop import claim_workdir, load_init_pipeline, staged_export, train_loop, warmup_cosine, write_training_record
-from .world_t2i import caption_states, captioned_latents, diffusion_loss
+from .world_t2i import caption_states, captioned_latents, diffusion_loss, sample_layout_scenes, scene_images
 
 # What the model card says about the layouts trained on and how to sample them: where a dataset's layouts section starts.
 CARD_LAYOUT_LIMITS = ("min_objects", "max_objects", "min_size", "max_size", "max_aspect", "max_overlap", "templates", "scheduled_sampling_beta",
@@ -47,19 +47,15 @@ def phrase_embeddings(tokenizer, encoder, phrases: list[str]) -> torch.Tensor:
 def layout_batch(recipe: LayoutModelRecipe, step: int, phrases: dict[str, torch.Tensor], image_size: int):
     """Step `step`'s scenes: images (B, 3, H, W) in [-1, 1], captions, and GLIGEN's inputs: boxes
     (B, 30, 4), phrase embeddings (B, 30, D) and masks (B, 30), 1 for an object's token."""
-    images, captions = [], []
+    scenes, captions = sample_layout_scenes(recipe.layouts, step, recipe.batch_size, image_size)
     boxes = torch.zeros(recipe.batch_size, MAX_GLIGEN_BOXES, 4)
     embeds = torch.zeros(recipe.batch_size, MAX_GLIGEN_BOXES, next(iter(phrases.values())).shape[-1])
     masks = torch.zeros(recipe.batch_size, MAX_GLIGEN_BOXES)
-    for i in range(recipe.batch_size):
-        layout = sample_layout(recipe.layouts, list(WORLD_CLASSES), [], step * recipe.batch_size + i)
-        scene = layout_scene(layout, held_out=False, size=image_size)
-        images.append(torch.from_numpy(scene.image).permute(2, 0, 1).float() / 127.5 - 1)
-        captions.append(layout.prompt)
+    for i, scene in enumerate(scenes):
         found = [(name, box) for name, box in zip(scene.classes, map(mask_box, scene.masks)) if box is not None]
         for k, (name, box) in enumerate(found):
             boxes[i, k], embeds[i, k], masks[i, k] = torch.tensor(box), phrases[name], 1
-    return torch.stack(images), captions, boxes, embeds, masks
+    return scene_images(scenes), captions, boxes, embeds, masks
 
 
 def load_init(recipe: LayoutModelRecipe, unet) -> dict:
@@ -116,7 +112,6 @@ def train_world_layout(recipe: LayoutModelRecipe, workdir: Path, output: Path, m
     with staged_export(output) as staging:
         trained_unet.save_config(staging / "unet")
         save_file({k: v.half().contiguous() for k, v in trained_unet.state_dict().items() if is_gligen_weight(k)}, staging / "unet" / GLIGEN_WEIGHTS)
-        (staging / "unet" / GLIGEN_WEIGHTS).chmod(0o644)  # safetensors writes owner-only files
         StableDiffusionGLIGENPipeline(vae=vae, text_encoder=encoder, tokenizer=tokenizer, unet=trained_unet, scheduler=base.scheduler,
                                       safety_checker=None, feature_extractor=None, requires_safety_checker=False).save_config(staging)
         limits = {k: v for k, v in asdict(recipe.layouts).items() if k in CARD_LAYOUT_LIMITS}

@@ -19,9 +19,10 @@ from diffusers import AutoencoderKL, DDIMScheduler, DDPMScheduler, StableDiffusi
 
 from ..config import load_recipe
 from ..errors import SynthsegError
+from ..layouts import LayoutRecipe, sample_layout
 from ..prompts import caption
 from ..registry import MODEL_CARD
-from ..world import WORLD_CLASSES, render_scene, scene_seed
+from ..world import WORLD_CLASSES, Scene, layout_scene, render_scene, scene_seed
 from ..worldmodel import WorldDiTRecipe, WorldModelRecipe, build_unet, build_vae, load_text_encoder
 from .loop import claim_workdir, load_init_pipeline, staged_export, train_loop, warmup_cosine, write_training_record
 
@@ -40,8 +41,30 @@ def sample_scenes(recipe: WorldModelRecipe | WorldDiTRecipe, step: int, batch_si
         names = [WORLD_CLASSES[j] for j in rng.choice(len(WORLD_CLASSES), size=count, replace=False)]
         scenes.append(render_scene(scene_seed(int(rng.integers(2**30)), held_out=False), names, recipe.image_size, recipe.min_visible))
         captions.append(caption(names, tuple(recipe.templates)))
-    images = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1
-    return images, captions
+    return scene_images(scenes), captions
+
+
+def scene_images(scenes: list[Scene]) -> torch.Tensor:
+    """(B, 3, H, W) the scenes' images in [-1, 1]."""
+    return torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+
+def sample_layout_scenes(layouts: LayoutRecipe, step: int, count: int, size: int) -> tuple[list[Scene], list[str]]:
+    """Step `step`'s `count` layouts of the stream `layouts` (layouts step * count ...), rendered exactly
+    (`world.layout_scene`), and their prompts: deterministic, so a resumed run sees the same scenes."""
+    drawn = [sample_layout(layouts, list(WORLD_CLASSES), [], step * count + i) for i in range(count)]
+    return [layout_scene(layout, held_out=False, size=size) for layout in drawn], [layout.prompt for layout in drawn]
+
+
+def unet_batch(recipe: WorldModelRecipe, step: int) -> tuple[torch.Tensor, list[str]]:
+    """The UNet's batch of `step`: `sample_scenes`, with its last `layout_fraction` share drawn from the
+    recipe's layouts instead (several objects, same-class repeats, captions that count them)."""
+    n_layouts = round(recipe.unet.batch_size * recipe.layout_fraction)
+    parts = [sample_scenes(recipe, step, recipe.unet.batch_size - n_layouts)] if n_layouts < recipe.unet.batch_size else []
+    if n_layouts:
+        scenes, prompts = sample_layout_scenes(recipe.layouts, step, n_layouts, recipe.image_size)
+        parts.append((scene_images(scenes), prompts))
+    return torch.cat([images for images, _ in parts]), [c for _, captions in parts for c in captions]
 
 
 def noise_scheduler(recipe: WorldModelRecipe) -> DDPMScheduler:
@@ -138,7 +161,7 @@ def train_unet(recipe: WorldModelRecipe, vae: AutoencoderKL, workdir: Path, max_
     unet.train()
 
     def step_batch(step: int):  # latents, text states and the generator the noise comes from (made ahead: train_loop)
-        images, captions = sample_scenes(recipe, step, recipe.unet.batch_size)
+        images, captions = unet_batch(recipe, step)
         g = torch.Generator().manual_seed(recipe.seed * 1_000_003 + step)
         latents, captions = captioned_latents(vae, images, captions, recipe.unet.caption_dropout, g, cache,
                                               lambda missing: caption_states(tokenizer, encoder, missing))
