@@ -176,12 +176,14 @@ def train_world_model(
     recipe: Annotated[str, typer.Option(help="World model recipe: a packaged name or a YAML file.")] = "world-t2i",
     workdir: Annotated[Path, typer.Option(help="Checkpoints; rerunning the command resumes from here.")] = Path("runs/world-t2i"),
     out: Annotated[Path, typer.Option(help="Where the trained pipeline parts are exported.")] = Path("runs/world-t2i/pipeline"),
+    device: Device = "auto",
     stop_at: StopAt = None,
 ) -> None:
     """Train the miniature world's text-to-image model (VAE, then latent UNet) from a recipe."""
     from .train.world_t2i import load_world_model_recipe, train_world_model as train
 
-    _stderr.print(f"saved {train(load_world_model_recipe(recipe), workdir, out, stop_at)}")
+    config = load_world_model_recipe(recipe)
+    _stderr.print(f"saved {train(config, workdir, out, stop_at, _device(device))}")
 
 
 @_command
@@ -189,12 +191,14 @@ def train_world_dit(
     recipe: Annotated[str, typer.Option(help="World transformer recipe: a packaged name or a YAML file.")] = "world-dit",
     workdir: Annotated[Path, typer.Option(help="Checkpoints; rerunning the command resumes from here.")] = Path("runs/world-dit"),
     out: Annotated[Path, typer.Option(help="Where the trained pipeline parts are exported.")] = Path("runs/world-dit/pipeline"),
+    device: Device = "auto",
     stop_at: StopAt = None,
 ) -> None:
     """Train the miniature world's transformer text-to-image model (FLUX's architecture, flow matching)."""
     from .train.world_dit import load_dit_recipe, train_world_dit as train
 
-    _stderr.print(f"saved {train(load_dit_recipe(recipe), workdir, out, stop_at)}")
+    config = load_dit_recipe(recipe)
+    _stderr.print(f"saved {train(config, workdir, out, stop_at, _device(device))}")
 
 
 @_command
@@ -202,12 +206,14 @@ def train_world_layout(
     recipe: Annotated[str, typer.Option(help="World GLIGEN recipe: a packaged name or a YAML file.")] = "world-layout",
     workdir: Annotated[Path, typer.Option(help="Checkpoints; rerunning the command resumes from here.")] = Path("runs/world-layout"),
     out: Annotated[Path, typer.Option(help="Where GLIGEN's trained layers are exported.")] = Path("runs/world-layout/pipeline"),
+    device: Device = "auto",
     stop_at: StopAt = None,
 ) -> None:
     """Train GLIGEN's box grounding (gated self-attention, box tokens) into the frozen world UNet."""
     from .train.world_layout import load_layout_recipe, train_world_layout as train
 
-    _stderr.print(f"saved {train(load_layout_recipe(recipe), workdir, out, stop_at)}")
+    config = load_layout_recipe(recipe)
+    _stderr.print(f"saved {train(config, workdir, out, stop_at, _device(device))}")
 
 
 @_command
@@ -217,6 +223,7 @@ def train_world_annotator(
     out: Annotated[Path, typer.Option(help="Where the trained annotator is saved.")] = Path("runs/world-annotator/annotator"),
     train_data: Annotated[Optional[Path], typer.Option(help="Train on this folder's COCO instances (a synthseg dataset) instead of rendered scenes.")] = None,
     train_steps: Annotated[Optional[int], typer.Option(help=f"Training steps; {FROM_RECIPE}.")] = None,
+    device: Device = "auto",
     stop_at: StopAt = None,
 ) -> None:
     """Train the miniature world's Mask R-CNN annotator, then score its mask AP on held-out scenes."""
@@ -226,7 +233,7 @@ def train_world_annotator(
     from .train.annotator import load_annotator_recipe, train_world_annotator as train, world_mask_ap
 
     config = load_annotator_recipe(recipe, train_data=str(train_data.resolve()) if train_data else None, steps=train_steps)
-    train(config, workdir, out, stop_at)
+    train(config, workdir, out, stop_at, _device(device))
     metrics = world_mask_ap(MaskRCNNAnnotator.from_pretrained(out), config.eval_scenes,  # as shipped
                             config.layouts if config.layout_fraction else None)
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
@@ -241,6 +248,7 @@ def train_backbone(
     out: Annotated[Path, typer.Option(help="save_pretrained folder of the classifier, for a segmenter recipe's backbone_weights.")]
         = Path("runs/world-backbone/backbone"),
     train_steps: Annotated[Optional[int], typer.Option(help=f"Training steps; {FROM_RECIPE}.")] = None,
+    device: Device = "auto",
     stop_at: StopAt = None,
 ) -> None:
     """Pretrain the world segmenter's ResNet by naming the classes of rendered scenes (the world's ImageNet)."""
@@ -249,7 +257,7 @@ def train_backbone(
     from .train.backbone import load_backbone_recipe, pretrain_backbone
 
     config = load_backbone_recipe(recipe, steps=train_steps)
-    pretrain_backbone(config, workdir, out, stop_at)
+    pretrain_backbone(config, workdir, out, stop_at, _device(device))
     held_out = json.loads((out / "recipe.json").read_text())["held_out"]
     _stderr.print(f"saved {out}; exact class set of {100 * held_out['exact_class_set']:.1f}% of {config.eval_scenes} held-out scenes")
 

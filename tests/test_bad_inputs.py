@@ -79,13 +79,18 @@ def test_usage_errors_of_the_real_command_are_one_line(tmp_path, args, message):
 @pytest.mark.parametrize("command", [
     ["generate", "--prompt", "a photograph of a star", "--classes", "star"],
     ["make-triplets"], ["train-grounding", "--online"], ["evaluate-grounding"], ["benchmark", "--dataset", "world"], ["train-segmenter"],
+    ["train-world-model"], ["train-world-dit"], ["train-world-layout"], ["train-world-annotator"], ["train-backbone"],
 ])
 @pytest.mark.parametrize("device", ["cuda", "cuda:3", "gpu"])
 def test_every_command_checks_its_device(tmp_path, command, device):
     args = command + (["--out", str(tmp_path / "out")] if command[0] in ("generate", "make-triplets") else [])
+    args += ["--workdir", str(tmp_path / "work"), "--out", str(tmp_path / "out")] if command[0] in WORLD_TRAINERS else []
     error = one_error(runner.invoke(app, [*args, "--device", device]))
     assert device in error and ("this machine has no CUDA GPU" in error or "unknown device 'gpu'" in error)
-    assert not (tmp_path / "out").exists()
+    assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()
+
+
+WORLD_TRAINERS = ("train-world-model", "train-world-dit", "train-world-layout", "train-world-annotator", "train-backbone")
 
 
 def test_an_unusable_out_is_refused_before_any_work(tmp_path):

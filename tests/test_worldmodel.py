@@ -10,6 +10,7 @@ import torch
 from synthseg import SynthsegError, load_pipeline
 from synthseg.train import loop, world_t2i
 from synthseg.train.loop import prefetched, write_training_record
+from synthseg.train.world_dit import FlowBatch
 from synthseg.train.world_t2i import (
     caption_states,
     diffusion_loss,
@@ -114,6 +115,23 @@ def test_prefetched_batches_come_in_step_order_from_the_resumed_step(fork, monke
         monkeypatch.setattr(loop.multiprocessing, "get_all_start_methods", lambda: ["spawn"])
     made = list(prefetched(lambda step: torch.full((2,), step), 3, 7))
     assert [batch.tolist() for batch in made] == [[3, 3], [4, 4], [5, 5], [6, 6]]
+    made = list(prefetched(lambda step: torch.full((2,), step), 3, 9, workers=2))  # a GPU's several workers: the same order
+    assert [batch.tolist() for batch in made] == [[k, k] for k in range(3, 9)]
+
+
+def test_a_batch_moves_to_the_training_device_whole(monkeypatch):
+    g = torch.Generator().manual_seed(0)
+    batch = (torch.ones(2), [torch.zeros(1)], g, {"gligen": {"boxes": torch.ones(3, 4)}}, (8, 8))
+    moved = loop.to_device(batch, torch.device("meta"))
+    assert [moved[0].device.type, moved[1][0].device.type, moved[3]["gligen"]["boxes"].device.type] == ["meta"] * 3
+    assert moved[2] is g and moved[4] == (8, 8) and batch[0].device.type == "cpu"
+    flow = FlowBatch(torch.ones(1, 4, 16), torch.ones(1), torch.ones(1, 4, 16), (4, 4), torch.ones(1, 3, 8), torch.ones(1, 8))
+    assert {getattr(loop.to_device(flow, torch.device("meta")), f).device.type for f in ("packed", "sigma", "target", "text", "pooled")} == {"meta"}
+    assert loop.to_device(batch, None) is batch
+    monkeypatch.setattr(loop.os, "cpu_count", lambda: 16)
+    assert (loop.batch_workers(None), loop.batch_workers(torch.device("cpu")), loop.batch_workers(torch.device("cuda"))) == (1, 1, 8)
+    monkeypatch.setattr(loop.os, "cpu_count", lambda: 2)
+    assert loop.batch_workers(torch.device("cuda")) == 1
 
 
 @pytest.mark.slow

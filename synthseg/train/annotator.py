@@ -18,7 +18,7 @@ from ..layouts import LayoutRecipe, sample_layout
 from ..readers import read_coco_instances
 from ..world import WORLD_CLASSES, Scene, layout_scene, render_scene, scene_seed
 from .augment import copy_paste_instances
-from .loop import claim_workdir, train_loop, warmup_cosine, write_training_record
+from .loop import claim_workdir, to_device, train_loop, warmup_cosine, write_training_record
 
 
 @dataclass
@@ -111,24 +111,25 @@ def training_batches(recipe: WorldAnnotatorRecipe):
     return batch
 
 
-def train_world_annotator(recipe: WorldAnnotatorRecipe, workdir: Path, output: Path, max_steps: int | None = None) -> MaskRCNNAnnotator:
+def train_world_annotator(recipe: WorldAnnotatorRecipe, workdir: Path, output: Path, max_steps: int | None = None,
+                          device: torch.device | None = None) -> MaskRCNNAnnotator:
     """Train the world's Mask R-CNN on rendered scenes (even seeds; odd seeds are held out), or on
-    `recipe.train_data`. Resumes from workdir/annotator.ckpt; the batch of step s is drawn from
-    default_rng([seed, s]).
+    `recipe.train_data`, on `device` (default CPU). Resumes from workdir/annotator.ckpt; the batch of step
+    s is drawn from default_rng([seed, s]) on the CPU. The annotator comes back on the CPU.
     """
     batch = training_batches(recipe)  # a bad train_data is refused before the workdir is claimed
     claim_workdir(workdir, recipe)
     torch.manual_seed(recipe.seed)
-    model = build_maskrcnn(recipe.model).train()
+    model = build_maskrcnn(recipe.model).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(recipe.warmup_steps, recipe.steps))
 
-    def step_loss(step: int) -> torch.Tensor:
-        return sum(model(*batch(step)).values())
+    def step_loss(step: int) -> torch.Tensor:  # made in this process: the main process's random draws stay the shipped run's
+        return sum(model(*to_device(batch(step), device)).values())
 
     losses = train_loop("annotator", step_loss, model=model, optimizer=optimizer, checkpoint=workdir / "annotator.ckpt",
                         steps=recipe.steps, checkpoint_every=recipe.checkpoint_every, max_steps=max_steps, schedule=schedule, clip_norm=10.0)
-    annotator = MaskRCNNAnnotator(model, recipe.model.categories, score_threshold=recipe.score_threshold,
+    annotator = MaskRCNNAnnotator(model.cpu(), recipe.model.categories, score_threshold=recipe.score_threshold,
                                   mask_threshold=recipe.mask_threshold, config=recipe.model)
     annotator.save_pretrained(output)
     write_training_record(output, annotator=losses)

@@ -83,8 +83,9 @@ def held_out_accuracy(model, recipe: BackboneRecipe) -> dict:
     return dict(exact_class_set=round(exact / recipe.eval_scenes, 4), per_class_decisions=round(correct / (recipe.eval_scenes * len(WORLD_CLASSES)), 4))
 
 
-def pretrain_backbone(recipe: BackboneRecipe, workdir: str | Path, output: str | Path, max_steps: int | None = None) -> Path:
-    """Train (or resume) the classifier in `workdir`; save it to `output` (save_pretrained in fp16, with its recipe,
+def pretrain_backbone(recipe: BackboneRecipe, workdir: str | Path, output: str | Path, max_steps: int | None = None,
+                      device: torch.device | None = None) -> Path:
+    """Train (or resume) the classifier in `workdir` on `device` (default CPU); save it to `output` (save_pretrained in fp16, with its recipe,
     held-out accuracy and training record, whose step count says how far this sitting got). Step s's scenes
     are drawn from default_rng([seed, s]), so a resumed run repeats an uninterrupted one."""
     from transformers import ResNetForImageClassification
@@ -96,7 +97,7 @@ def pretrain_backbone(recipe: BackboneRecipe, workdir: str | Path, output: str |
     config.num_labels, config.problem_type = len(WORLD_CLASSES), "multi_label_classification"
     config.id2label = dict(enumerate(WORLD_CLASSES))
     config.label2id = {name: i for i, name in enumerate(WORLD_CLASSES)}
-    model = ResNetForImageClassification(config).train()
+    model = ResNetForImageClassification(config).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(recipe.warmup_steps, recipe.steps))
 
@@ -111,8 +112,8 @@ def pretrain_backbone(recipe: BackboneRecipe, workdir: str | Path, output: str |
 
     losses = train_loop("backbone", step_loss, model=model, optimizer=optimizer, checkpoint=workdir / "backbone.ckpt",
                         steps=recipe.steps, checkpoint_every=recipe.checkpoint_every, max_steps=max_steps, schedule=schedule,
-                        batches=step_batch)
-    made = dict(asdict(recipe), held_out=held_out_accuracy(model, recipe))
+                        batches=step_batch, device=device)
+    made = dict(asdict(recipe), held_out=held_out_accuracy(model.cpu(), recipe))
     with staged_export(output) as staging:
         model.half().save_pretrained(staging)  # fp16, as the world's other exports; a segmenter copies it into fp32
         (staging / "recipe.json").write_text(json.dumps(stamped(made, recipe), indent=2) + "\n")

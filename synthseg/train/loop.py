@@ -8,6 +8,7 @@ another recipe is refused rather than mixed into it. `--stop-at N` ends a sittin
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import multiprocessing
@@ -103,7 +104,7 @@ def load_checkpoint(path: Path, **objects) -> tuple[int, list[float]]:
     if not path.is_file():
         return 0, []
     try:
-        state = torch.load(path, weights_only=True)
+        state = torch.load(path, map_location="cpu", weights_only=True)  # load_state_dict copies onto the model's device
         for name, obj in objects.items():
             obj.load_state_dict(state[name])
     except (RuntimeError, KeyError, EOFError, OSError) as error:
@@ -119,18 +120,42 @@ class _Steps(torch.utils.data.Dataset):
         return self.batches(step)
 
 
-def prefetched(batches, start: int, end: int) -> torch.utils.data.DataLoader:
-    """batches(start), ..., batches(end - 1), in order: made two ahead by one forked worker process
-    (which inherits `batches` and its models without pickling them), or in this process where the
-    platform cannot fork."""
+def prefetched(batches, start: int, end: int, workers: int = 1) -> torch.utils.data.DataLoader:
+    """batches(start), ..., batches(end - 1), in order: made ahead by `workers` forked worker processes
+    (which inherit `batches` and its models without pickling them), or in this process where the
+    platform cannot fork. The order, and so each step's batch, does not depend on `workers`."""
     fork = "fork" in multiprocessing.get_all_start_methods()
-    return torch.utils.data.DataLoader(_Steps(batches), sampler=range(start, end), batch_size=None, num_workers=int(fork),
+    return torch.utils.data.DataLoader(_Steps(batches), sampler=range(start, end), batch_size=None, num_workers=workers if fork else 0,
                                        prefetch_factor=2 if fork else None, multiprocessing_context="fork" if fork else None)
+
+
+def batch_workers(device: torch.device | None) -> int:
+    """Worker processes that make batches ahead: one beside a CPU step (the two cores share the work);
+    on a GPU, whose step is short, as many as the spare cores, up to 8, so rendering keeps up."""
+    if device is None or device.type == "cpu":
+        return 1
+    return max(1, min(8, (os.cpu_count() or 2) - 1))
+
+
+def to_device(batch, device: torch.device | None):
+    """`batch` with every tensor in it moved to `device`: tensors inside tuples, lists, dicts and
+    dataclasses; anything else (a `torch.Generator`, a size) as it is."""
+    if device is None:
+        return batch
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device)
+    if isinstance(batch, (tuple, list)):
+        return type(batch)(to_device(item, device) for item in batch)
+    if isinstance(batch, dict):
+        return {key: to_device(value, device) for key, value in batch.items()}
+    if dataclasses.is_dataclass(batch) and not isinstance(batch, type):
+        return dataclasses.replace(batch, **{f.name: to_device(getattr(batch, f.name), device) for f in dataclasses.fields(batch)})
+    return batch
 
 
 def train_loop(description: str, step_loss, *, model, optimizer, checkpoint: Path, steps: int, checkpoint_every: int,
                max_steps: int | None = None, schedule=None, ema=None, clip_norm: float | None = None,
-               accelerator=None, batches=None) -> list[float]:
+               accelerator=None, batches=None, device: torch.device | None = None) -> list[float]:
     """The loop every synthseg trainer runs: resume, step, log, checkpoint.
 
     step_loss(step) returns the loss of step `step` (its batch must depend only on the step, so a
@@ -145,7 +170,8 @@ def train_loop(description: str, step_loss, *, model, optimizer, checkpoint: Pat
     With `batches`, step_loss(step, batch) gets batches(step), made ahead by a DataLoader worker
     process while the steps before train: rendering and frozen encoders (a VAE, a teacher) then run on
     a second core beside the trained model. batches(step) must depend only on the step, and not on the
-    trained weights (the worker has a copy of them from before training).
+    trained weights (the worker has a copy of them from before training). With a `device`, the model is
+    already there; the workers make batches on the CPU, and each is moved to `device` for its step.
     """
     objects = dict(model=model, optimizer=optimizer)
     objects.update({k: v for k, v in (("lr", schedule), ("ema", ema)) if v is not None})
@@ -156,9 +182,9 @@ def train_loop(description: str, step_loss, *, model, optimizer, checkpoint: Pat
     main = accelerator is None or accelerator.is_main_process
     with contextlib.ExitStack() as stack:
         advance = stack.enter_context(loss_progress(description, steps, start)) if main else (lambda *_: None)
-        made = iter(prefetched(batches, start, end)) if batches is not None else None
+        made = iter(prefetched(batches, start, end, batch_workers(device))) if batches is not None else None
         for step in range(start, end):
-            loss = step_loss(step) if made is None else step_loss(step, next(made))
+            loss = step_loss(step) if made is None else step_loss(step, to_device(next(made), device))
             optimizer.zero_grad(set_to_none=True)
             if accelerator is None:
                 loss.backward()

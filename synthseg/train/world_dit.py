@@ -130,7 +130,7 @@ def flow_matching_loss(pipe: WorldFluxPipeline, batch: FlowBatch) -> torch.Tenso
     """MSE of the transformer's velocity against the batch's targets."""
     height, width = batch.size
     image_ids = pipe._prepare_latent_image_ids(len(batch.packed), height // 2, width // 2, batch.packed.device, batch.packed.dtype)
-    text_ids = torch.zeros(batch.text.shape[1], 3)
+    text_ids = torch.zeros(batch.text.shape[1], 3, device=batch.text.device)
     velocity = pipe.transformer(hidden_states=batch.packed, timestep=batch.sigma, pooled_projections=batch.pooled,
                                 encoder_hidden_states=batch.text, txt_ids=text_ids, img_ids=image_ids, return_dict=False)[0]
     return F.mse_loss(velocity, batch.target)
@@ -142,9 +142,11 @@ def pack_latents(latents: torch.Tensor) -> torch.Tensor:
     return WorldFluxPipeline._pack_latents(latents, batch, channels, height, width)
 
 
-def train_world_dit(recipe: WorldDiTRecipe, workdir: Path, output: Path, max_steps: int | None = None) -> Path:
-    """Train (or resume) the recipe's own VAE, if it has one, then the transformer in `workdir`, from
-    `recipe.init_from`'s weights if given; export the pipeline's own parts to `output`: transformer/ and
+def train_world_dit(recipe: WorldDiTRecipe, workdir: Path, output: Path, max_steps: int | None = None,
+                    device: torch.device | None = None) -> Path:
+    """Train (or resume) the recipe's own VAE, if it has one, then the transformer in `workdir` on `device`
+    (default CPU; batches, the teacher's included, are made on the CPU), from `recipe.init_from`'s weights
+    if given; export the pipeline's own parts to `output`: transformer/ and
     vae/ (fp16), scheduler/, both tokenizers, model_index.json, the model card and training.json
     (counting `init_from`'s steps first). The text encoder stays in its pip package (see
     `WorldFluxPipeline`)."""
@@ -155,11 +157,11 @@ def train_world_dit(recipe: WorldDiTRecipe, workdir: Path, output: Path, max_ste
     claim_workdir(workdir, recipe)  # once the recipe's models have loaded: a bad name leaves no workdir behind
     vae_losses = None
     if recipe.vae is not None:
-        vae, vae_losses = train_vae(recipe, workdir, max_steps)
+        vae, vae_losses = train_vae(recipe, workdir, max_steps, device)
         vae.register_to_config(scaling_factor=latent_scale(vae, recipe), shift_factor=0.0)
         pipe.register_modules(vae=vae.requires_grad_(False))
     t = recipe.transformer
-    transformer = pipe.transformer.train()
+    transformer = pipe.transformer.to(device).train()
     ema = torch.optim.swa_utils.AveragedModel(transformer, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(t.ema_decay))
     optimizer = torch.optim.AdamW(transformer.parameters(), lr=t.lr, weight_decay=0.0)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(t.warmup_steps, t.steps))
@@ -183,8 +185,8 @@ def train_world_dit(recipe: WorldDiTRecipe, workdir: Path, output: Path, max_ste
 
     losses = train_loop("transformer", lambda step, batch: flow_matching_loss(pipe, batch), model=transformer, optimizer=optimizer,
                         checkpoint=Path(workdir) / "transformer.ckpt", steps=t.steps, checkpoint_every=recipe.checkpoint_every,
-                        max_steps=max_steps, schedule=schedule, ema=ema, clip_norm=1.0, batches=step_batch)
-    pipe.transformer = ema.module.eval()
+                        max_steps=max_steps, schedule=schedule, ema=ema, clip_norm=1.0, batches=step_batch, device=device)
+    pipe.transformer = ema.module.cpu().eval()
     with staged_export(output) as staging:
         for part in ("vae", "transformer"):  # the text encoders are not written: their pip package holds them
             getattr(pipe, part).half().save_pretrained(staging / part)  # half(), not to(): no warning for FLUX

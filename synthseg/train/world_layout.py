@@ -72,8 +72,10 @@ def load_init(recipe: LayoutModelRecipe, unet) -> dict:
     return json.loads(record.read_text()) if record.is_file() else {}
 
 
-def train_world_layout(recipe: LayoutModelRecipe, workdir: Path, output: Path, max_steps: int | None = None) -> Path:
-    """Train (or resume) GLIGEN's layers in `workdir`, then export them to `output`: unet/config.json (the
+def train_world_layout(recipe: LayoutModelRecipe, workdir: Path, output: Path, max_steps: int | None = None,
+                       device: torch.device | None = None) -> Path:
+    """Train (or resume) GLIGEN's layers in `workdir` on `device` (default CPU; the frozen VAE and text
+    encoder make batches on the CPU), then export them to `output`: unet/config.json (the
     GLIGEN UNet's), unet/gligen.safetensors (the added weights, fp16, of the EMA model), model_index.json,
     the model card (synthseg.json: classes, sampling defaults, the layout limits trained on, base) and
     training.json (counting `recipe.init_from`'s steps first)."""
@@ -83,6 +85,7 @@ def train_world_layout(recipe: LayoutModelRecipe, workdir: Path, output: Path, m
     torch.manual_seed(recipe.seed)
     unet = build_gligen_unet(base.unet)
     prior = load_init(recipe, unet) if recipe.init_from else {}
+    unet.to(device)
     claim_workdir(workdir, recipe)  # once the base and init_from have loaded: a bad name leaves no workdir behind
     for name, parameter in unet.named_parameters():
         parameter.requires_grad_(is_gligen_weight(name))
@@ -107,8 +110,8 @@ def train_world_layout(recipe: LayoutModelRecipe, workdir: Path, output: Path, m
 
     losses = train_loop("gligen", lambda step, batch: diffusion_loss(unet, scheduler, *batch, recipe.min_timestep), model=unet,
                         optimizer=optimizer, checkpoint=workdir / "gligen.ckpt", steps=recipe.steps, checkpoint_every=recipe.checkpoint_every,
-                        max_steps=max_steps, schedule=lr, ema=ema, clip_norm=1.0, batches=step_batch)
-    trained_unet = ema.module.eval()
+                        max_steps=max_steps, schedule=lr, ema=ema, clip_norm=1.0, batches=step_batch, device=device)
+    trained_unet = ema.module.cpu().eval()
     with staged_export(output) as staging:
         trained_unet.save_config(staging / "unet")
         save_file({k: v.half().contiguous() for k, v in trained_unet.state_dict().items() if is_gligen_weight(k)}, staging / "unet" / GLIGEN_WEIGHTS)

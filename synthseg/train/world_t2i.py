@@ -71,22 +71,23 @@ def noise_scheduler(recipe: WorldModelRecipe) -> DDPMScheduler:
     return DDPMScheduler(beta_schedule=recipe.unet.beta_schedule, prediction_type=recipe.unet.prediction_type, clip_sample=False)
 
 
-def train_vae(recipe: WorldModelRecipe | WorldDiTRecipe, workdir: Path, max_steps: int | None = None) -> tuple[AutoencoderKL, list[float]]:
-    """Stage 1: the autoencoder, L1 + MSE reconstruction with a small KL term. Resumes from workdir;
-    returns the VAE and its losses so far."""
+def train_vae(recipe: WorldModelRecipe | WorldDiTRecipe, workdir: Path, max_steps: int | None = None,
+              device: torch.device | None = None) -> tuple[AutoencoderKL, list[float]]:
+    """Stage 1: the autoencoder, L1 + MSE reconstruction with a small KL term, on `device` (default CPU).
+    Resumes from workdir; returns the VAE, on the CPU, and its losses so far."""
     torch.manual_seed(recipe.seed)
-    vae = build_vae(recipe)
+    vae = build_vae(recipe).to(device)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=recipe.vae.lr)
 
     def step_loss(step: int) -> torch.Tensor:
-        images, _ = sample_scenes(recipe, 10_000_000 + step, recipe.vae.batch_size)
+        images = sample_scenes(recipe, 10_000_000 + step, recipe.vae.batch_size)[0].to(device)
         posterior = vae.encode(images).latent_dist
         recon = vae.decode(posterior.sample(generator=torch.Generator().manual_seed(step))).sample
         return F.l1_loss(recon, images) + F.mse_loss(recon, images) + recipe.vae.kl_weight * posterior.kl().mean()
 
     losses = train_loop("vae", step_loss, model=vae, optimizer=optimizer, checkpoint=workdir / "vae.ckpt",
                         steps=recipe.vae.steps, checkpoint_every=recipe.checkpoint_every, max_steps=max_steps)
-    return vae.eval(), losses
+    return vae.cpu().eval(), losses
 
 @torch.no_grad()
 def latent_scale(vae: AutoencoderKL, recipe: WorldModelRecipe | WorldDiTRecipe) -> float:
@@ -121,8 +122,8 @@ def diffusion_loss(unet, scheduler: DDPMScheduler, latents: torch.Tensor, text: 
                    cross_attention_kwargs: dict | None = None, min_timestep: int = 0) -> torch.Tensor:
     """MSE of the UNet's prediction (noise or v, per the scheduler) at random timesteps from `min_timestep`
     on; `cross_attention_kwargs` carry further conditioning (GLIGEN's boxes)."""
-    noise = torch.randn(latents.shape, generator=generator)
-    t = torch.randint(min_timestep, scheduler.config.num_train_timesteps, (len(latents),), generator=generator)
+    noise = torch.randn(latents.shape, generator=generator).to(latents.device)  # a CPU generator: the same draws on any device
+    t = torch.randint(min_timestep, scheduler.config.num_train_timesteps, (len(latents),), generator=generator).to(latents.device)
     noisy = scheduler.add_noise(latents, noise, t)
     target = noise if scheduler.config.prediction_type == "epsilon" else scheduler.get_velocity(latents, noise, t)
     return F.mse_loss(unet(noisy, t, encoder_hidden_states=text, cross_attention_kwargs=cross_attention_kwargs).sample, target)
@@ -146,13 +147,14 @@ def load_init(recipe: WorldModelRecipe) -> tuple[AutoencoderKL, UNet2DConditionM
 
 
 def train_unet(recipe: WorldModelRecipe, vae: AutoencoderKL, workdir: Path, max_steps: int | None = None,
-               init: UNet2DConditionModel | None = None):
-    """Stage 2: the latent UNet on captioned scenes, with EMA weights, from `init`'s weights if given.
-    Resumes from workdir."""
+               init: UNet2DConditionModel | None = None, device: torch.device | None = None):
+    """Stage 2: the latent UNet on captioned scenes, with EMA weights, from `init`'s weights if given, on
+    `device` (default CPU; the VAE and text encoder make batches on the CPU). Resumes from workdir; the
+    UNet comes back on the CPU."""
     tokenizer, encoder = load_text_encoder(recipe.max_tokens)
     vae.requires_grad_(False)
     torch.manual_seed(recipe.seed + 1)
-    unet = init if init is not None else build_unet(recipe, encoder.config.hidden_size, recipe.vae.latent_channels)
+    unet = (init if init is not None else build_unet(recipe, encoder.config.hidden_size, recipe.vae.latent_channels)).to(device)
     ema = torch.optim.swa_utils.AveragedModel(unet, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(recipe.unet.ema_decay))
     optimizer = torch.optim.AdamW(unet.parameters(), lr=recipe.unet.lr, weight_decay=0.0)
     lr = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(recipe.unet.warmup_steps, recipe.unet.steps))
@@ -169,12 +171,14 @@ def train_unet(recipe: WorldModelRecipe, vae: AutoencoderKL, workdir: Path, max_
 
     losses = train_loop("unet", lambda step, batch: diffusion_loss(unet, scheduler, *batch), model=unet, optimizer=optimizer,
                         checkpoint=workdir / "unet.ckpt", steps=recipe.unet.steps, checkpoint_every=recipe.checkpoint_every,
-                        max_steps=max_steps, schedule=lr, ema=ema, clip_norm=1.0, batches=step_batch)
-    return ema.module.eval(), tokenizer, encoder, losses
+                        max_steps=max_steps, schedule=lr, ema=ema, clip_norm=1.0, batches=step_batch, device=device)
+    return ema.module.cpu().eval(), tokenizer, encoder, losses
 
 
-def train_world_model(recipe: WorldModelRecipe, workdir: Path, output: Path, max_steps: int | None = None) -> Path:
-    """Train (or resume) both stages in `workdir`, then export the pipeline's own parts to `output`.
+def train_world_model(recipe: WorldModelRecipe, workdir: Path, output: Path, max_steps: int | None = None,
+                      device: torch.device | None = None) -> Path:
+    """Train (or resume) both stages in `workdir` on `device` (default CPU), then export the pipeline's own
+    parts to `output`.
 
     `output` gets unet/ and vae/ (fp16 safetensors), scheduler/, tokenizer/, model_index.json and the
     model card (synthseg.json); the text encoder stays in its pip package (see `WorldPipeline`). With
@@ -184,9 +188,9 @@ def train_world_model(recipe: WorldModelRecipe, workdir: Path, output: Path, max
     claim_workdir(workdir, recipe)  # once init_from has loaded: a bad name leaves no workdir behind
     vae_losses = None
     if vae is None:
-        vae, vae_losses = train_vae(recipe, workdir, max_steps)
+        vae, vae_losses = train_vae(recipe, workdir, max_steps, device)
         vae.register_to_config(scaling_factor=latent_scale(vae, recipe))
-    unet, tokenizer, encoder, unet_losses = train_unet(recipe, vae, workdir, max_steps, init)
+    unet, tokenizer, encoder, unet_losses = train_unet(recipe, vae, workdir, max_steps, init, device)
     sampler = DDIMScheduler(beta_schedule=recipe.unet.beta_schedule, prediction_type=recipe.unet.prediction_type,
                             clip_sample=False, set_alpha_to_one=False, steps_offset=1)
     pipe = StableDiffusionPipeline(vae=vae, text_encoder=encoder, tokenizer=tokenizer, unet=unet, scheduler=sampler,
