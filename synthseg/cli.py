@@ -319,12 +319,13 @@ def train_grounding(
                                    train=dict(zero_masks=zero_masks, steps=train_steps, query_dropout=query_dropout),
                                    model=dict(cross_attention=cross_attention, attention_pooling=attention_pooling,
                                               blocks=_names(blocks) if blocks is not None else None))
+    torch_device = _device(device)
     if online:
-        source = OnlineTriplets(*_recipe_models(config, _device(device)), config.triplets)
+        source = OnlineTriplets(*_recipe_models(config, torch_device), config.triplets)
     else:
-        pipe = load_pipeline(config.pipeline, device=_device(device)) if stored_for_replay(triplets) else None
+        pipe = load_pipeline(config.pipeline, device=torch_device) if stored_for_replay(triplets) else None
         source = TripletShards(triplets, seed=config.train.seed, pipe=pipe)
-    train(config, source, workdir, out, stop_at)
+    train(config, source, workdir, out, stop_at, torch_device)
     _stderr.print(f"saved {out}")
 
 

@@ -78,7 +78,7 @@ def test_usage_errors_of_the_real_command_are_one_line(tmp_path, args, message):
 
 @pytest.mark.parametrize("command", [
     ["generate", "--prompt", "a photograph of a star", "--classes", "star"],
-    ["make-triplets"], ["train-grounding", "--online"], ["evaluate-grounding"], ["benchmark", "--dataset", "world"], ["train-segmenter"],
+    ["make-triplets"], ["train-grounding", "--online"], ["train-grounding"], ["evaluate-grounding"], ["benchmark", "--dataset", "world"], ["train-segmenter"],
     ["train-world-model"], ["train-world-dit"], ["train-world-layout"], ["train-world-annotator"], ["train-backbone"],
 ])
 @pytest.mark.parametrize("device", ["cuda", "cuda:3", "gpu"])

@@ -30,7 +30,7 @@ from ..latents import encode_images, pixel_tensor
 from ..progress import loss_progress
 from ..readers import SegmentationData
 from .augment import copy_paste
-from .loop import claim_workdir, train_loop, warmup_cosine, write_training_record
+from .loop import claim_workdir, to_device, train_loop, warmup_cosine, write_training_record
 
 
 @dataclass
@@ -149,7 +149,8 @@ def augment(latents: torch.Tensor, rng: np.random.Generator, rotations: bool) ->
 
 def train_captioner(pipe, data: SegmentationData, recipe: CaptionerRecipe, workdir: str | Path, output: str | Path,
                     max_steps: int | None = None) -> ImplicitCaptioner:
-    """Train (or resume) a captioner for `pipe` on `data` in `workdir`; save it to `output` with its recipe
+    """Train (or resume) a captioner for `pipe` on `data` in `workdir`, on the pipeline's device (the
+    dataset's latents are kept on the CPU; each step's batch moves); save it to `output` with its recipe
     and training record. Step s's batch is drawn from default_rng([seed, s]), so a resumed run repeats an
     uninterrupted one."""
     workdir, output = Path(workdir), Path(output)
@@ -169,7 +170,9 @@ def train_captioner(pipe, data: SegmentationData, recipe: CaptionerRecipe, workd
         targets = torch.tensor([captions.index(tuple(c)) for c in classes])
         embeddings = caption_embeddings(pipe, [list(c) for c in captions], recipe.template)
     torch.manual_seed(recipe.seed)
-    captioner = ImplicitCaptioner(config).train()
+    device = pipe.device
+    captioner = ImplicitCaptioner(config).to(device).train()
+    embeddings = embeddings.to(device)
     optimizer = torch.optim.AdamW(captioner.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(recipe.warmup_steps, recipe.steps))
 
@@ -177,17 +180,17 @@ def train_captioner(pipe, data: SegmentationData, recipe: CaptionerRecipe, workd
         rng = np.random.default_rng([recipe.seed, step])
         rows = torch.from_numpy(rng.integers(len(latents), size=recipe.batch_size))
         if recipe.copy_paste:  # no draws without it: old recipes repeat exactly
-            batch, target, weight = composites(pipe, rows, latents, targets, rng, recipe.copy_paste)
+            batch, target, weight = to_device(composites(pipe, rows, latents, targets, rng, recipe.copy_paste), device)
             logits = captioner.class_logits(augment(batch, rng, recipe.rotations), embeddings)
             return F.binary_cross_entropy_with_logits(logits, target, weight=weight, reduction="sum") / weight.sum()
-        batch = augment(latents[rows], rng, recipe.rotations)
+        batch, target = to_device((augment(latents[rows], rng, recipe.rotations), targets[rows]), device)
         if recipe.objective == "classes":
-            return F.binary_cross_entropy_with_logits(captioner.class_logits(batch, embeddings), targets[rows])
-        return F.cross_entropy(captioner(batch) @ embeddings.T * captioner.logit_scale.exp(), targets[rows])
+            return F.binary_cross_entropy_with_logits(captioner.class_logits(batch, embeddings), target)
+        return F.cross_entropy(captioner(batch) @ embeddings.T * captioner.logit_scale.exp(), target)
 
     losses = train_loop("captioner", step_loss, model=captioner, optimizer=optimizer, checkpoint=workdir / "captioner.ckpt",
                         steps=recipe.steps, checkpoint_every=recipe.checkpoint_every, max_steps=max_steps, schedule=schedule)
-    captioner.eval().save_pretrained(output)
+    captioner.cpu().eval().save_pretrained(output)
     made = dict(asdict(recipe), images=len(latents), captions=len(captions), dataset=data.name)
     (output / "recipe.json").write_text(json.dumps(stamped(made, recipe), indent=2) + "\n")
     write_training_record(output, captioner=losses)

@@ -25,7 +25,7 @@ from ..errors import SynthsegError
 from ..grounding import ATTENTION_FIELDS, GroundingArchitecture, GroundingConfig, GroundingModule, grounding_loss
 from ..registry import check_vocabulary, resolve_grounding
 from ..triplets import TripletRecipe
-from .loop import claim_workdir, train_loop, warmup_cosine, write_training_record
+from .loop import claim_workdir, to_device, train_loop, warmup_cosine, write_training_record
 
 
 @dataclass
@@ -130,9 +130,10 @@ def drop_queries(queries: torch.Tensor, rate: float, seed) -> torch.Tensor:
     return queries * torch.from_numpy(keep).to(queries.device)[..., None]
 
 
-def train_grounding(recipe: GroundingRecipe, triplets, workdir: Path, output: Path, max_steps: int | None = None) -> GroundingModule:
-    """Train on `triplets` (a TripletShards cache or OnlineTriplets); checkpoints in `workdir`;
-    `save_pretrained` into `output`."""
+def train_grounding(recipe: GroundingRecipe, triplets, workdir: Path, output: Path, max_steps: int | None = None,
+                    device: torch.device | None = None) -> GroundingModule:
+    """Train on `triplets` (a TripletShards cache or OnlineTriplets), on `device` (default CPU; the
+    triplets' batches come on the CPU and move); checkpoints in `workdir`; `save_pretrained` into `output`."""
     model = asdict(recipe.model)
     wanted = model.pop("cross_attention")
     layout = triplets.layout()
@@ -146,7 +147,7 @@ def train_grounding(recipe: GroundingRecipe, triplets, workdir: Path, output: Pa
     claim_workdir(workdir, recipe)
     t = recipe.train
     torch.manual_seed(t.seed)
-    module = GroundingModule(config).train()
+    module = GroundingModule(config).to(device).train()
     optimizer = torch.optim.AdamW(module.parameters(), lr=t.lr, weight_decay=t.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(t.warmup_steps, t.steps))
     batches = None
@@ -155,7 +156,7 @@ def train_grounding(recipe: GroundingRecipe, triplets, workdir: Path, output: Pa
         nonlocal batches
         if batches is None:
             batches = triplets.batches(t.batch_size, step)
-        batch = next(batches)
+        batch = to_device(next(batches), device)
         inputs = [batch["features"][i] for i in keep] + (batch["attention"] if config.cross_attention_strides else [])
         queries = drop_queries(batch["queries"], t.query_dropout, [t.seed, step])
         logits = module(inputs, queries, batch["valid"], batch.get("class_attention"))
@@ -164,7 +165,7 @@ def train_grounding(recipe: GroundingRecipe, triplets, workdir: Path, output: Pa
 
     losses = train_loop("grounding", step_loss, model=module, optimizer=optimizer, checkpoint=workdir / "grounding.ckpt",
                         steps=t.steps, checkpoint_every=t.checkpoint_every, max_steps=max_steps, schedule=schedule)
-    module.eval().save_pretrained(output)
+    module.cpu().eval().save_pretrained(output)
     made = dict(asdict(recipe), triplets=asdict(triplets.recipe))  # how its triplets were really made
     (Path(output) / "recipe.json").write_text(json.dumps(stamped(made, recipe), indent=2) + "\n")
     write_training_record(output, grounding=losses)
