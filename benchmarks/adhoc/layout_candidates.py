@@ -6,7 +6,8 @@ instance mask's bounding box and its fill, per class the share of its mask outsi
 and the annotator's judgement; the images and the module's probabilities go to OUT.npz. Choices are then made
 offline from the record.
 
-Run from the repository root: python benchmarks/adhoc/layout_candidates.py COUNT N OUT.json
+Run from the repository root: python benchmarks/adhoc/layout_candidates.py COUNT N OUT.json [STREAMS]
+(STREAMS: comma-separated layout streams instead of the choice streams, e.g. 14,15 to check a choice on fresh ones)
 """
 import json
 import sys
@@ -29,6 +30,7 @@ from synthseg.registry import model_card, resolve_grounding
 from synthseg.world import WORLD_CLASSES, mask_box
 
 count, n, out = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
+streams = [int(k) for k in sys.argv[4].split(",")] if len(sys.argv) > 4 else CHOICE_SEEDS
 torch.set_num_threads(1)
 section = load_dataset_recipe("world", layouts=True, model="world-layout").layouts
 card = model_card("world-layout")
@@ -36,7 +38,7 @@ pipe = load_pipeline("world-layout")
 pipe.set_progress_bar_config(disable=True)
 grounding = GroundingModule.from_pretrained(resolve_grounding("world")).eval()
 annotator = load_annotator("world")
-layouts = [lay for seed in CHOICE_SEEDS for lay in sample_layouts(replace(section, seed=seed), list(WORLD_CLASSES), [], count)]
+layouts = [lay for seed in streams for lay in sample_layouts(replace(section, seed=seed), list(WORLD_CLASSES), [], count)]
 records, arrays = [], {}
 for i, layout in enumerate(layouts):
     boxes = dict(gligen_phrases=list(layout.phrases), gligen_boxes=[list(b) for b in layout.boxes],
