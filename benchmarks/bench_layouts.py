@@ -77,6 +77,20 @@ def judge(found_instances: list[list], layouts) -> dict[str, np.ndarray]:
     return dict(hits=np.array([h for row in hits for h in row]), counts=np.array(counts), found=np.array(found))
 
 
+def judge_picks(records: list[dict], pick: list[int]) -> tuple[float, float, float]:
+    """Boxes hit, right counts (layouts of 2+ objects) and all classes found (2+ classes), in %, of the candidates
+    `pick` chooses, one per layout, from the annotator's judgements in adhoc/layout_candidates.py's record."""
+    hits, counts, found = [], [], []
+    for record, k in zip(records, pick):
+        cand = record["candidates"][k]
+        hits += cand["hits"]
+        if len(record["phrases"]) >= 2:
+            counts.append(cand["count"])
+        if len(set(record["phrases"])) >= 2:
+            found.append(cand["found"])
+    return 100 * np.mean(hits), 100 * np.mean(counts), 100 * np.mean(found)
+
+
 def with_boxes(pipe, layouts, steps: int, guidance: float, beta: float, box_attention: float, candidates: int = 1,
                recogniser=None) -> list[Image.Image]:
     """Each layout generated as `make-dataset --layouts` generates it (one per call, its `candidates` images

@@ -11,8 +11,11 @@ Run from the repository root: python benchmarks/adhoc/layout_candidates_backbone
 import json
 import sys
 
+sys.path.insert(0, "benchmarks")
+
 import numpy as np
 import torch
+from bench_layouts import judge_picks
 from transformers import ResNetForImageClassification
 
 from synthseg.captioner import ImplicitCaptioner, Recogniser, class_set_log_probability
@@ -51,18 +54,6 @@ for i, record in enumerate(records):
     scores.append((captioner.numpy(), class_set_log_probability(backbone_logits(images), members).numpy()))
 
 
-def judge(pick):
-    hits, counts, found = [], [], []
-    for record, k in zip(records, pick):
-        cand = record["candidates"][k]
-        hits += cand["hits"]
-        if len(record["phrases"]) >= 2:
-            counts.append(cand["count"])
-        if len(set(record["phrases"])) >= 2:
-            found.append(cand["found"])
-    return 100 * np.mean(hits), 100 * np.mean(counts), 100 * np.mean(found)
-
-
 def choose(score):
     return [int(np.argmax(score(cap, bb))) for cap, bb in scores]
 
@@ -78,4 +69,4 @@ table = {
 }
 print(f"{len(records)} layouts, {n} candidates each")
 for name, pick in table.items():
-    print(f"| {name} | " + " | ".join(f"{v:.1f}%" for v in judge(pick)) + " |")
+    print(f"| {name} | " + " | ".join(f"{v:.1f}%" for v in judge_picks(records, pick)) + " |")

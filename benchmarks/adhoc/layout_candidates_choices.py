@@ -16,7 +16,7 @@ sys.path.insert(0, "benchmarks")
 import numpy as np
 import torch
 import torch.nn.functional as F
-from bench_layouts import CHOICE_SEEDS
+from bench_layouts import CHOICE_SEEDS, judge_picks
 from scipy import ndimage
 
 from synthseg.captioner import ImplicitCaptioner, Recogniser
@@ -75,18 +75,6 @@ for i, record in enumerate(records):
     features.append(rows)
 
 
-def judge(pick):
-    hits, counts, found = [], [], []
-    for record, k in zip(records, pick):
-        cand = record["candidates"][k]
-        hits += cand["hits"]
-        if len(record["phrases"]) >= 2:
-            counts.append(cand["count"])
-        if len(set(record["phrases"])) >= 2:
-            found.append(cand["found"])
-    return 100 * np.mean(hits), 100 * np.mean(counts), 100 * np.mean(found)
-
-
 def choose(score):
     return [int(np.argmax([score(record, k, rows[k]) for k in range(n)])) for record, rows in zip(records, features)]
 
@@ -114,4 +102,4 @@ table = {
 }
 print(f"{len(records)} layouts, {n} candidates each")
 for name, pick in table.items():
-    print(f"| {name} | " + " | ".join(f"{v:.1f}%" for v in judge(pick)) + " |")
+    print(f"| {name} | " + " | ".join(f"{v:.1f}%" for v in judge_picks(records, pick)) + " |")
