@@ -30,6 +30,7 @@ benchmarks/world-layout_samples.png (requested boxes drawn over the images).
 from __future__ import annotations
 
 import argparse
+import json
 import time
 from collections import Counter
 from pathlib import Path
@@ -75,6 +76,13 @@ def judge(found_instances: list[list], layouts) -> dict[str, np.ndarray]:
         counts.append(Counter(i.class_name for i in instances) == Counter(layout.phrases))
         found.append(set(layout.classes) <= {i.class_name for i in instances})
     return dict(hits=np.array([h for row in hits for h in row]), counts=np.array(counts), found=np.array(found))
+
+
+def read_candidates(argv: list[str]) -> tuple[list[dict], dict, int]:
+    """From `RECORD.json [N]` (adhoc/layout_candidates.py's record): its records, its images and module
+    probabilities (RECORD.npz), and N, the candidates to choose among (default: all)."""
+    records = json.loads(Path(argv[0]).read_text())
+    return records, np.load(argv[0].replace(".json", ".npz")), int(argv[1]) if len(argv) > 1 else len(records[0]["candidates"])
 
 
 def judge_picks(records: list[dict], pick: list[int]) -> tuple[float, float, float]:

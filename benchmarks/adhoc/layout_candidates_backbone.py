@@ -8,14 +8,13 @@ classes), as layout_candidates_choices.py prints them.
 
 Run from the repository root: python benchmarks/adhoc/layout_candidates_backbone.py RECORD.json [N]
 """
-import json
 import sys
 
 sys.path.insert(0, "benchmarks")
 
 import numpy as np
 import torch
-from bench_layouts import judge_picks
+from bench_layouts import judge_picks, read_candidates
 from transformers import ResNetForImageClassification
 
 from synthseg.captioner import ImplicitCaptioner, Recogniser, class_set_log_probability
@@ -25,10 +24,7 @@ from synthseg.registry import resolve_backbone
 from synthseg.segmenter import IMAGENET_MEAN, IMAGENET_STD
 from synthseg.world import WORLD_CLASSES
 
-path = sys.argv[1]
-records = json.load(open(path))
-arrays = np.load(path.replace(".json", ".npz"))
-n = int(sys.argv[2]) if len(sys.argv) > 2 else len(records[0]["candidates"])
+records, arrays, n = read_candidates(sys.argv[1:])
 torch.set_num_threads(1)
 names = list(WORLD_CLASSES)
 pipe = load_pipeline("world")

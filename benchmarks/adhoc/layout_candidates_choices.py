@@ -7,7 +7,6 @@ own choice (an upper bound). Rows: boxes hit, right counts (2+ objects), all cla
 
 Run from the repository root: python benchmarks/adhoc/layout_candidates_choices.py RECORD.json [N]
 """
-import json
 import sys
 from dataclasses import replace
 
@@ -16,7 +15,7 @@ sys.path.insert(0, "benchmarks")
 import numpy as np
 import torch
 import torch.nn.functional as F
-from bench_layouts import CHOICE_SEEDS, judge_picks
+from bench_layouts import CHOICE_SEEDS, judge_picks, read_candidates
 from scipy import ndimage
 
 from synthseg.captioner import ImplicitCaptioner, Recogniser
@@ -26,10 +25,7 @@ from synthseg.layouts import sample_layouts
 from synthseg.pipeline import load_pipeline
 from synthseg.world import WORLD_CLASSES
 
-path = sys.argv[1]
-records = json.load(open(path))
-arrays = np.load(path.replace(".json", ".npz"))
-n = int(sys.argv[2]) if len(sys.argv) > 2 else len(records[0]["candidates"])
+records, arrays, n = read_candidates(sys.argv[1:])
 torch.set_num_threads(1)
 pipe = load_pipeline("world")
 recogniser = Recogniser(pipe, ImplicitCaptioner.from_pretrained("world"), list(WORLD_CLASSES))
