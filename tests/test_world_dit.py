@@ -151,3 +151,21 @@ def test_the_shipped_stages_chain_with_new_batches_and_add_up_to_the_export():
     assert sum(s.transformer.steps for s in stages) == shipped
     card = json.loads((BUNDLES["world-dit"].pipeline / "synthseg.json").read_text())
     assert card["guidance_scale"] == stages[-1].guidance_scale
+
+
+@pytest.mark.slow
+def test_train_world_dit_command_trains_on_the_given_device_as_the_library_does(tmp_path):
+    from typer.testing import CliRunner
+
+    from synthseg.cli import app
+
+    recipe = tmp_path / "tiny.yaml"
+    recipe.write_text("extends: world-dit\ncheckpoint_every: 2\ntransformer: {num_layers: 1, num_single_layers: 1, attention_heads: 2, "
+                      "attention_head_dim: 16, axes_dims_rope: [4, 6, 6], steps: 4, batch_size: 2, warmup_steps: 1}\n")
+    result = CliRunner().invoke(app, ["train-world-dit", "--recipe", str(recipe), "--workdir", str(tmp_path / "cli"),
+                                      "--out", str(tmp_path / "cli-dit"), "--device", "cpu", "--stop-at", "2"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((tmp_path / "cli-dit" / "training.json").read_text())["transformer"]["steps"] == 2
+    train_world_dit(load_dit_recipe(recipe), tmp_path / "lib", tmp_path / "lib-dit", max_steps=2)
+    losses = [torch.load(tmp_path / run / "transformer.ckpt", weights_only=True)["losses"] for run in ("cli", "lib")]
+    assert losses[0] == losses[1] and len(losses[0]) == 2
