@@ -7,7 +7,7 @@ visible objects (0 to 4) a rendered layout scene holds, trained on layout stream
 same-class repeats, as world-layout's card draws them; no bench or training uses them), with flips and a light blur
 (generated images are softer than rendered ones). Like the captioner it never sees boxes or the annotator.
 
-- train: python benchmarks/adhoc/count_judge.py train STEPS OUT
+- train: python benchmarks/adhoc/count_judge.py train STEPS OUT [scratch] (scratch: the same ResNet from random weights)
 - judge: python benchmarks/adhoc/count_judge.py judge OUT RECORD.json [N] (a layout_candidates.py record): chooses by
   the log-probability of exactly the layout's count of every class, and by that plus the captioner's
 """
@@ -45,12 +45,13 @@ def count_log_probs(model, images: np.ndarray) -> torch.Tensor:
         return F.log_softmax(model(pixel_values=normalised(images)).logits.view(len(images), len(NAMES), BINS), -1)
 
 
-def train(steps: int, out: str) -> None:
+def train(steps: int, out: str, scratch: bool = False) -> None:
     torch.manual_seed(0)
-    torch.set_num_threads(2)
     section = replace(load_dataset_recipe("world", layouts=True, model="world-layout").layouts, seed=30)
     model = ResNetForImageClassification.from_pretrained(resolve_backbone("world"), num_labels=len(NAMES) * BINS,
                                                          ignore_mismatched_sizes=True).float().train()
+    if scratch:
+        model = ResNetForImageClassification(model.config).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(100, steps))
     rng = np.random.default_rng(0)
@@ -99,6 +100,8 @@ def judge(out: str, argv: list[str]) -> None:
         "captioner (shipped)": [int(np.argmax(cap)) for _, cap in scores],
         "count judge": [int(np.argmax(cnt)) for cnt, _ in scores],
         "count judge + captioner": [int(np.argmax(cnt + cap)) for cnt, cap in scores],
+        "count judge + captioner / 2": [int(np.argmax(cnt + cap / 2)) for cnt, cap in scores],
+        "count judge / 2 + captioner": [int(np.argmax(cnt / 2 + cap)) for cnt, cap in scores],
         "annotator (upper bound)": [int(np.argmax([sum(c["hits"]) + c["count"] for c in r["candidates"][:n]])) for r in records],
     }
     print(f"{len(records)} layouts, {n} candidates each")
@@ -107,4 +110,4 @@ def judge(out: str, argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    train(int(sys.argv[2]), sys.argv[3]) if sys.argv[1] == "train" else judge(sys.argv[2], sys.argv[3:])
+    train(int(sys.argv[2]), sys.argv[3], sys.argv[4:] == ["scratch"]) if sys.argv[1] == "train" else judge(sys.argv[2], sys.argv[3:])
