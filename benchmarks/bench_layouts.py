@@ -99,6 +99,12 @@ def judge_picks(records: list[dict], pick: list[int]) -> tuple[float, float, flo
     return 100 * np.mean(hits), 100 * np.mean(counts), 100 * np.mean(found)
 
 
+def annotator_picks(records: list[dict], n: int) -> list[int]:
+    """Per layout, the candidate among its first `n` that the annotator itself would keep (most boxes hit, then the
+    right count): the upper bound of any judge in adhoc/layout_candidates.py's record."""
+    return [int(np.argmax([sum(c["hits"]) + c["count"] for c in record["candidates"][:n]])) for record in records]
+
+
 def with_boxes(pipe, layouts, steps: int, guidance: float, beta: float, box_attention: float, candidates: int = 1,
                recogniser=None) -> list[Image.Image]:
     """Each layout generated as `make-dataset --layouts` generates it (one per call, its `candidates` images

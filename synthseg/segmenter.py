@@ -179,6 +179,13 @@ def _build_mask2former(recipe: SegmenterRecipe, names: dict):
     return Mask2FormerForUniversalSegmentation(config)
 
 
+def normalised_pixels(images: np.ndarray) -> torch.Tensor:
+    """(B, H, W, 3) uint8 RGB -> (B, 3, H, W) floats normalised as the segmenter's processor normalises them
+    (ImageNet mean and std): what the ResNet backbones read."""
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+    return (pixels - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+
+
 def backbone_config(name: str):
     """The ResNetConfig of a BACKBONES name, every stage an output (MaskFormer's pixel decoder reads them all)."""
     from transformers import ResNetConfig

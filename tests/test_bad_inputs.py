@@ -76,6 +76,9 @@ def test_usage_errors_of_the_real_command_are_one_line(tmp_path, args, message):
     assert done.returncode == 2 and done.stdout == "" and done.stderr.startswith(message) and done.stderr.count("\n") == 1, done.stderr
 
 
+WORLD_TRAINERS = ("train-world-model", "train-world-dit", "train-world-layout", "train-world-annotator", "train-backbone")
+
+
 @pytest.mark.parametrize("command", [
     ["generate", "--prompt", "a photograph of a star", "--classes", "star"],
     ["make-triplets"], ["train-grounding", "--online"], ["train-grounding"], ["evaluate-grounding"], ["benchmark", "--dataset", "world"], ["train-segmenter"],
@@ -88,9 +91,6 @@ def test_every_command_checks_its_device(tmp_path, command, device):
     error = one_error(runner.invoke(app, [*args, "--device", device]))
     assert device in error and ("this machine has no CUDA GPU" in error or "unknown device 'gpu'" in error)
     assert not (tmp_path / "out").exists() and not (tmp_path / "work").exists()
-
-
-WORLD_TRAINERS = ("train-world-model", "train-world-dit", "train-world-layout", "train-world-annotator", "train-backbone")
 
 
 def test_an_unusable_out_is_refused_before_any_work(tmp_path):

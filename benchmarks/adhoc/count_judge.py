@@ -19,13 +19,13 @@ sys.path.insert(0, "benchmarks")
 import numpy as np
 import torch
 import torch.nn.functional as F
-from bench_layouts import judge_picks, read_candidates
+from bench_layouts import annotator_picks, judge_picks, read_candidates
 from torchvision.transforms.functional import gaussian_blur
 from transformers import ResNetForImageClassification
 
 from synthseg.dataset import load_dataset_recipe
 from synthseg.registry import resolve_backbone
-from synthseg.segmenter import IMAGENET_MEAN, IMAGENET_STD
+from synthseg.segmenter import normalised_pixels
 from synthseg.train.loop import warmup_cosine
 from synthseg.train.world_t2i import sample_layout_scenes
 from synthseg.world import WORLD_CLASSES
@@ -34,15 +34,10 @@ NAMES = list(WORLD_CLASSES)
 BINS = 5  # 0 to 4 objects of a class
 
 
-def normalised(images: np.ndarray) -> torch.Tensor:
-    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
-    return (pixels - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
-
-
 def count_log_probs(model, images: np.ndarray) -> torch.Tensor:
     """(B, 12, 5) log-probabilities of each count of each class."""
     with torch.no_grad():
-        return F.log_softmax(model(pixel_values=normalised(images)).logits.view(len(images), len(NAMES), BINS), -1)
+        return F.log_softmax(model(pixel_values=normalised_pixels(images)).logits.view(len(images), len(NAMES), BINS), -1)
 
 
 def train(steps: int, out: str, scratch: bool = False) -> None:
@@ -59,7 +54,7 @@ def train(steps: int, out: str, scratch: bool = False) -> None:
     for step in range(steps):
         scenes, _ = sample_layout_scenes(section, step, 32, 64)
         counts = torch.tensor([[sum(1 for c, m in zip(s.classes, s.masks) if c == name and m.any()) for name in NAMES] for s in scenes])
-        pixels = normalised(np.stack([s.image for s in scenes]))
+        pixels = normalised_pixels(np.stack([s.image for s in scenes]))
         flip = torch.from_numpy(rng.random(len(scenes)) < 0.5)
         pixels[flip] = pixels[flip].flip(-1)
         sigma = float(rng.uniform(0.1, 1.2))
@@ -102,7 +97,7 @@ def judge(out: str, argv: list[str]) -> None:
         "count judge + captioner": [int(np.argmax(cnt + cap)) for cnt, cap in scores],
         "count judge + captioner / 2": [int(np.argmax(cnt + cap / 2)) for cnt, cap in scores],
         "count judge / 2 + captioner": [int(np.argmax(cnt / 2 + cap)) for cnt, cap in scores],
-        "annotator (upper bound)": [int(np.argmax([sum(c["hits"]) + c["count"] for c in r["candidates"][:n]])) for r in records],
+        "annotator (upper bound)": annotator_picks(records, n),
     }
     print(f"{len(records)} layouts, {n} candidates each")
     for name, pick in table.items():

@@ -31,7 +31,7 @@ from synthseg.latents import encode_images, pixel_tensor
 from synthseg.layouts import box_steering, sample_layouts
 from synthseg.pipeline import load_pipeline
 from synthseg.registry import model_card, resolve_backbone
-from synthseg.segmenter import IMAGENET_MEAN, IMAGENET_STD
+from synthseg.segmenter import normalised_pixels
 from synthseg.world import WORLD_CLASSES
 
 count, rounds = int(sys.argv[1]), int(sys.argv[2])
@@ -83,9 +83,7 @@ def box_logits(image: Image.Image, layout) -> tuple[torch.Tensor, torch.Tensor]:
     """(boxes, 12) logits of each box's crop: the captioner's and the backbone's."""
     views = crops(image, layout.boxes)
     captioner = recogniser.class_logits(encode_images(pipe, pixel_tensor(views)))
-    pixels = torch.from_numpy(views).permute(0, 3, 1, 2).float() / 255
-    pixels = (pixels - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
-    return captioner, backbone(pixel_values=pixels).logits
+    return captioner, backbone(pixel_values=normalised_pixels(views)).logits
 
 
 def passes(logits: torch.Tensor, layout) -> np.ndarray:

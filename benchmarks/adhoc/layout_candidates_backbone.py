@@ -14,14 +14,14 @@ sys.path.insert(0, "benchmarks")
 
 import numpy as np
 import torch
-from bench_layouts import judge_picks, read_candidates
+from bench_layouts import annotator_picks, judge_picks, read_candidates
 from transformers import ResNetForImageClassification
 
 from synthseg.captioner import ImplicitCaptioner, Recogniser, class_set_log_probability
 from synthseg.latents import encode_images, pixel_tensor
 from synthseg.pipeline import load_pipeline
 from synthseg.registry import resolve_backbone
-from synthseg.segmenter import IMAGENET_MEAN, IMAGENET_STD
+from synthseg.segmenter import normalised_pixels
 from synthseg.world import WORLD_CLASSES
 
 records, arrays, n = read_candidates(sys.argv[1:])
@@ -36,8 +36,7 @@ if [backbone.config.id2label[i] for i in range(len(names))] != names:
 
 @torch.no_grad()
 def backbone_logits(images: np.ndarray) -> torch.Tensor:
-    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
-    pixels = (pixels - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+    pixels = normalised_pixels(images)
     return 0.5 * (backbone(pixel_values=pixels).logits + backbone(pixel_values=pixels.flip(-1)).logits)
 
 
@@ -61,7 +60,7 @@ table = {
     "captioner + backbone": choose(lambda cap, bb: cap + bb),
     "captioner + backbone / 2": choose(lambda cap, bb: cap + bb / 2),
     "captioner / 2 + backbone": choose(lambda cap, bb: cap / 2 + bb),
-    "annotator (upper bound)": [int(np.argmax([sum(c["hits"]) + c["count"] for c in r["candidates"][:n]])) for r in records],
+    "annotator (upper bound)": annotator_picks(records, n),
 }
 print(f"{len(records)} layouts, {n} candidates each")
 for name, pick in table.items():

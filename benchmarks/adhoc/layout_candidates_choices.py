@@ -15,7 +15,7 @@ sys.path.insert(0, "benchmarks")
 import numpy as np
 import torch
 import torch.nn.functional as F
-from bench_layouts import CHOICE_SEEDS, judge_picks, read_candidates
+from bench_layouts import CHOICE_SEEDS, annotator_picks, judge_picks, read_candidates
 from scipy import ndimage
 
 from synthseg.captioner import ImplicitCaptioner, Recogniser
@@ -94,7 +94,7 @@ table = {
     "module component count": choose(lambda r, k, f: f["counted"]),
     "presence + component count": choose(lambda r, k, f: f["presence"] + f["counted"]),
     "presence + 3 component count": choose(lambda r, k, f: f["presence"] + 3 * f["counted"]),
-    "annotator (upper bound)": choose(lambda r, k, f: sum(r["candidates"][k]["hits"]) + r["candidates"][k]["count"]),
+    "annotator (upper bound)": annotator_picks(records, n),
 }
 print(f"{len(records)} layouts, {n} candidates each")
 for name, pick in table.items():

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import check_non_negative, check_positive, load_recipe, stamped
-from ..segmenter import IMAGENET_MEAN, IMAGENET_STD, backbone_config, check_backbone
+from ..segmenter import backbone_config, check_backbone, normalised_pixels
 from ..world import WORLD_CLASSES, render_scene, scene_seed
 from .loop import claim_workdir, staged_export, train_loop, warmup_cosine, write_training_record
 
@@ -57,11 +57,10 @@ def scene_batch(seeds, size: int, rng: np.random.Generator | None = None) -> tup
     normalises them, and (B, 12) multi-hot labels of the classes each holds; with `rng`, each is flipped
     left-right with chance 1/2."""
     scenes = [render_scene(seed, size=size) for seed in seeds]
-    pixels = torch.from_numpy(np.stack([s.image for s in scenes])).permute(0, 3, 1, 2).float() / 255
+    pixels = normalised_pixels(np.stack([s.image for s in scenes]))
     if rng is not None:
         flip = torch.from_numpy(rng.random(len(scenes)) < 0.5)
         pixels[flip] = pixels[flip].flip(-1)
-    pixels = (pixels - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
     labels = torch.zeros(len(scenes), len(WORLD_CLASSES))
     for row, scene in enumerate(scenes):
         labels[row, [WORLD_CLASSES.index(name) for name in scene.classes]] = 1
