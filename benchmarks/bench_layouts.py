@@ -105,20 +105,35 @@ def annotator_picks(records: list[dict], n: int) -> list[int]:
     return [int(np.argmax([sum(c["hits"]) + c["count"] for c in record["candidates"][:n]])) for record in records]
 
 
-def with_boxes(pipe, layouts, steps: int, guidance: float, beta: float, box_attention: float, candidates: int = 1,
-               recogniser=None) -> list[Image.Image]:
-    """Each layout generated as `make-dataset --layouts` generates it (one per call, its `candidates` images
-    in it, the one `recogniser` finds likeliest kept), without the capture."""
-    from synthseg.layouts import best_candidate, box_steering, candidate_seeds
+def candidate_images(pipe, layouts, steps: int, guidance: float, beta: float, box_attention: float, candidates: int = 1) -> list[list[Image.Image]]:
+    """Each layout's `candidates` images, generated as `make-dataset --layouts` generates them (one layout per call, its
+    candidates in it), without the capture."""
+    from synthseg.layouts import box_steering, candidate_seeds
 
-    images = []
+    made = []
     for layout in layouts:
         with box_steering(pipe, layout, box_attention, guidance, copies=candidates):
-            made = pipe([layout.prompt] * candidates, gligen_phrases=layout.phrases, gligen_boxes=[list(b) for b in layout.boxes],
-                        gligen_scheduled_sampling_beta=beta, num_inference_steps=steps, guidance_scale=guidance,
-                        generator=[torch.Generator().manual_seed(seed) for seed in candidate_seeds(layout, candidates)]).images
-        images.append(made[best_candidate(pipe, recogniser, layout, made)] if candidates > 1 else made[0])
-    return images
+            made.append(pipe([layout.prompt] * candidates, gligen_phrases=layout.phrases, gligen_boxes=[list(b) for b in layout.boxes],
+                             gligen_scheduled_sampling_beta=beta, num_inference_steps=steps, guidance_scale=guidance,
+                             generator=[torch.Generator().manual_seed(seed) for seed in candidate_seeds(layout, candidates)]).images)
+    return made
+
+
+def chosen(pipe, layouts, made: list[list[Image.Image]], recogniser=None, counter=None) -> list[Image.Image]:
+    """Per layout, the image of its candidates `made` that `best_candidate` keeps with `recogniser` and `counter`
+    (one candidate: that one)."""
+    from synthseg.layouts import best_candidate
+
+    return [images[best_candidate(pipe, recogniser, layout, images, counter)] if len(images) > 1 else images[0]
+            for layout, images in zip(layouts, made)]
+
+
+def with_boxes(pipe, layouts, steps: int, guidance: float, beta: float, box_attention: float, candidates: int = 1,
+               recogniser=None, counter=None) -> list[Image.Image]:
+    """Each layout generated as `make-dataset --layouts` generates it, the candidate `recogniser` (and `counter`)
+    find likeliest kept."""
+    made = candidate_images(pipe, layouts, steps, guidance, beta, box_attention, candidates)
+    return chosen(pipe, layouts, made, recogniser, counter)
 
 
 def ratio(value: float, baseline: float) -> str:
@@ -176,6 +191,8 @@ def main() -> None:
                         help="BoxAttention biases (default: the model card's, and 0; with --choice: 0 2 3.5 5 7 10)")
     parser.add_argument("--candidates", type=int, default=None, help="images per layout for the first row (default: the card's, else 1)")
     parser.add_argument("--captioner", default="world", help="the per-class captioner that chooses among candidates")
+    parser.add_argument("--counter", default="world-layout", help="the counter whose judgement is added to the captioner's ('none': none; "
+                                                                   "the captioner alone is a row of its own)")
     parser.add_argument("--choice", action="store_true", help="score --box-attention values on the choice streams (5, 6) instead")
     parser.add_argument("--model", default="world-layout", help="a GLIGEN pipeline: the shipped world-layout, or an export folder (train-world-layout --out)")
     args = parser.parse_args()
@@ -184,6 +201,7 @@ def main() -> None:
 
     from synthseg.annotators import Instance, load_annotator
     from synthseg.captioner import ImplicitCaptioner, Recogniser
+    from synthseg.counter import CountJudge
     from synthseg.dataset import load_dataset_recipe
     from synthseg.layouts import sample_layouts
     from synthseg.pipeline import load_pipeline
@@ -208,13 +226,20 @@ def main() -> None:
     pairs = [lay for lay in sample_layouts(two, list(WORLD_CLASSES), [], 2 * args.pairs) if len(lay.classes) == 2][: args.pairs]
     strengths = list(dict.fromkeys([*(args.box_attention or [section.box_attention]), 0.0]))
     candidates = section.candidates if args.candidates is None else args.candidates
-    settings = ([(strengths[0], candidates)] if candidates > 1 else []) + [(strength, 1) for strength in strengths]
+    counter = CountJudge.from_pretrained(args.counter) if candidates > 1 and args.counter != "none" else None
+    # (box attention, candidates, the counter judges too): with candidates, the same images chosen by both judges and by the captioner alone
+    settings = ([(strengths[0], candidates, True)] * (counter is not None) + [(strengths[0], candidates, False)] if candidates > 1 else [])
+    settings += [(strength, 1, False) for strength in strengths]
     recogniser = Recogniser(gligen, ImplicitCaptioner.from_pretrained(args.captioner), list(WORLD_CLASSES)) if candidates > 1 else None
-    boxed, seconds = {}, {}
+    boxed, seconds, made = {}, {}, {}
     for setting in settings:
+        strength, n, counts = setting
         start = time.perf_counter()
-        boxed[setting] = with_boxes(gligen, layouts + pairs, steps, guidance, beta, *setting, recogniser=recogniser)
-        seconds[setting] = (time.perf_counter() - start) / len(layouts + pairs)
+        if (strength, n) not in made:
+            made[strength, n] = candidate_images(gligen, layouts + pairs, steps, guidance, beta, strength, n), time.perf_counter() - start
+            start = time.perf_counter()
+        boxed[setting] = chosen(gligen, layouts + pairs, made[strength, n][0], recogniser, counter if counts else None)
+        seconds[setting] = (made[strength, n][1] + time.perf_counter() - start) / len(layouts + pairs)
     base = load_pipeline("world")
     base.set_progress_bar_config(disable=True)
     text_card = model_card("world")  # the text-only model at its own sampling defaults
@@ -227,8 +252,8 @@ def main() -> None:
 
     many = np.array([len(lay.phrases) >= 2 for lay in layouts])
     rows = []
-    label = {(s, n): f"`{args.model}`, boxes, " + (f"box attention {s:g}" if s else "no box attention")
-             + (f", best of {n} by the captioner" if n > 1 else "") for s, n in settings}
+    label = {(s, n, c): f"`{args.model}`, boxes, " + (f"box attention {s:g}" if s else "no box attention")
+             + (f", best of {n} by the captioner" + (" and counter" if c else "") if n > 1 else "") for s, n, c in settings}
     judged = {label[setting]: annotated(annotator, images, layouts + pairs) for setting, images in boxed.items()}
     judged |= {"`world`, text only": annotated(annotator, plain, layouts + pairs),
                "rendered layouts (the world itself)": annotated(annotator, [s.image for s in scenes], layouts + pairs),
@@ -239,10 +264,13 @@ def main() -> None:
     table = "\n".join(f"| {n} | {h:.1f}% | {c:.1f}% | {f:.1f}% |" for n, h, c, f in rows)
     text_row = rows[len(settings)]
     boxes = sum(len(lay.phrases) for lay in layouts)
+    counting = (f""" The counter (`{args.counter}`, trained on rendered layout scenes of stream 30, `synthseg.counter`) adds
+its log-probability of exactly the layout's count of each class; the row "by the captioner" is the same images chosen
+without it.""" if counter is not None else "")
     chooser = (f"""
 With candidates, each layout's {candidates} images (its own seed's first: the rows below it) are made in one call, and the
 world captioner (`{args.captioner}`, trained on generated images only) keeps the one it finds likeliest to hold exactly
-the layout's classes (`synthseg.layouts.best_candidate`); it never sees the boxes or the annotator.""" if candidates > 1 else "")
+the layout's classes (`synthseg.layouts.best_candidate`); it never sees the boxes or the annotator.{counting}""" if candidates > 1 else "")
     body = f"""`{args.model}`: GLIGEN's gated self-attention and box tokens over the frozen world UNet, {steps} steps,
 guidance {guidance}, gated layers in the first {beta:.0%} of the steps, with and without box attention (the
 base UNet's cross-attention biased toward each class's boxes while the gated layers run,

@@ -32,12 +32,12 @@ def machine() -> str:
 
 
 def shipped_world(*bundles: str) -> list[tuple[Path, str, dict]]:
-    """(folder, digest, training record) of each model (captioner and backbone included) of bundled worlds ("world", "world-dit",
+    """(folder, digest, training record) of each model (captioner, backbone and counter included) of bundled worlds ("world", "world-dit",
     "world-layout"; default "world"), each folder once. The digest (sha256 of the folder's safetensors, 8
     hex digits) tells which export a recorded figure was measured with."""
     from synthseg.registry import BUNDLES
 
-    parts = [(b.pipeline, b.grounding, b.annotator, b.captioner, b.backbone) for b in (BUNDLES[name] for name in bundles or ("world",))]
+    parts = [(b.pipeline, b.grounding, b.annotator, b.captioner, b.backbone, b.counter) for b in (BUNDLES[name] for name in bundles or ("world",))]
     folders = {f for folders in parts for f in folders if f is not None}
     return [(folder, *export_digest(folder)) for folder in sorted(folders, key=lambda f: (f.name, str(f)))]
 

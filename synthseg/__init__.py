@@ -16,6 +16,7 @@ _EXPORTS = {
     "captioner": ("CaptionerConfig", "ImplicitCaptioner"),
     "capture": ("CaptureStep", "CapturedFeatures", "FeatureCapture", "ResolvedStep", "TransformerCapture", "feature_layout",
                 "unet_feature_layout"),
+    "counter": ("CountJudge",),
     "errors": ("SynthsegError",),
     "generate": ("CaptureRun", "GroundedGeneration", "capture_pass", "generate_grounded"),
     "grounding": ("GroundingConfig", "GroundingModule", "grounding_loss"),

@@ -251,7 +251,8 @@ def train_backbone(
     device: Device = "auto",
     stop_at: StopAt = None,
 ) -> None:
-    """Pretrain the world segmenter's ResNet by naming the classes of rendered scenes (the world's ImageNet)."""
+    """Pretrain the world segmenter's ResNet by naming the classes of rendered scenes (the world's ImageNet); with a recipe's
+    layouts section (counter-world), train a counter of each class's objects that judges a layout's candidates."""
     import json
 
     from .train.backbone import load_backbone_recipe, pretrain_backbone
@@ -259,7 +260,7 @@ def train_backbone(
     config = load_backbone_recipe(recipe, steps=train_steps)
     pretrain_backbone(config, workdir, out, stop_at, _device(device))
     held_out = json.loads((out / "recipe.json").read_text())["held_out"]
-    _stderr.print(f"saved {out}; exact class set of {100 * held_out['exact_class_set']:.1f}% of {config.eval_scenes} held-out scenes")
+    _stderr.print(f"saved {out}; on {config.eval_scenes} held-out scenes: " + ", ".join(f"{k.replace('_', ' ')} {100 * v:.1f}%" for k, v in held_out.items()))
 
 
 @_command
@@ -384,9 +385,9 @@ def evaluate_grounding(
 
 def _captioner(model: str, spec: str | None, device):
     """The implicit captioner of --captioner (or the bundled model's own), on `device`; None without one."""
-    from .registry import captioner_for
+    from .registry import judge_for
 
-    spec = captioner_for(model, spec)
+    spec = judge_for(model, spec)
     if spec is None:
         return None
     from .captioner import ImplicitCaptioner
@@ -471,10 +472,14 @@ def make_dataset(
                                                        f"are made; 0: off; {FROM_RECIPE} (20).")] = None,
     layouts: Annotated[bool, typer.Option("--layouts", help="Box layouts through a GLIGEN model, one COCO instance per box.")] = False,
     layouts_file: Annotated[Optional[Path], typer.Option(help="Generate these layouts instead: JSONL of prompt, phrases, boxes (and seed).")] = None,
-    candidates: Annotated[Optional[int], typer.Option(help="With layouts: images generated per layout, of which the captioner keeps the likeliest "
-                                                           "to hold exactly its classes; 1: no choice; default: the recipe's, else the model card's.")] = None,
+    candidates: Annotated[Optional[int], typer.Option(help="With layouts: images generated per layout, of which the captioner (and counter) keeps "
+                                                           "the likeliest to hold exactly its classes; 1: no choice; default: the recipe's, else the "
+                                                           "model card's.")] = None,
     captioner: Annotated[Optional[str], typer.Option(help="With candidates above 1: the implicit captioner trained per class that chooses "
                                                           "(a bundled name or a folder from train-captioner); default: the bundled model's own.")] = None,
+    counter: Annotated[Optional[str], typer.Option(help="With candidates above 1: a counter whose judgement of each class's count is added to "
+                                                        "the captioner's (a bundled name or a folder from train-backbone --recipe counter-world); "
+                                                        "'none': the captioner alone; default: the bundled model's own.")] = None,
     num_shards: Annotated[Optional[int], typer.Option(help="Split the items over this many jobs (default: one, or torchrun's processes).")] = None,
     shard_index: Annotated[Optional[int], typer.Option(help="This job's shard, 0 to num-shards - 1.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (counts per class and pair, disk, time) without loading a model.")] = False,
@@ -486,7 +491,7 @@ def make_dataset(
     config = load_dataset_recipe(classes, recipe, model=model, grounding=grounding, per_class=per_class, per_pair=per_pair,
                                  spare=spare, templates=templates, seed=seed, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                                  refine=refine, layouts=layouts, layouts_file=str(layouts_file.resolve()) if layouts_file else None,
-                                 candidates=candidates, captioner=captioner)
+                                 candidates=candidates, captioner=captioner, counter=counter)
     if dry_run:
         print(plan_summary(config, device))
         return

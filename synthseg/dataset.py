@@ -69,12 +69,13 @@ from .refine import PAMR_ITERATIONS
 from .registry import (
     BUNDLES,
     LAYOUT_MODELS,
-    captioner_for,
     check_vocabulary,
     grounding_for,
+    judge_for,
     model_card,
     recipe_names,
     resolve_captioner,
+    resolve_counter,
     resolve_grounding,
     resolve_pipeline,
 )
@@ -93,7 +94,8 @@ class DatasetRecipe:
     fraction of those asked (per class, per pair, or all layouts), to stand in for dropped ones; the
     first asked number that pass are kept and unused spares are left out. `captioner`: the per-class implicit
     captioner that keeps one of each layout's `layouts.candidates` images (a bundled name or a folder; a bundled
-    model's own by default)."""
+    model's own by default); `counter`: a counter whose judgement of each class's count is added to the captioner's
+    (`synthseg.counter`; a bundled name or a folder; a bundled model's own by default; none: the captioner alone)."""
 
     classes: str
     model: str = "world"
@@ -114,6 +116,7 @@ class DatasetRecipe:
     layouts: LayoutRecipe | None = None
     layouts_file: str | None = None
     captioner: str | None = None
+    counter: str | None = None
 
     def __post_init__(self) -> None:
         card = model_card(self.model)
@@ -142,6 +145,8 @@ class DatasetRecipe:
         if self.layouts is not None and self.layouts.candidates > 1 and self.captioner is None:
             raise SynthsegError(f"{source}: layouts.candidates {self.layouts.candidates} needs a per-class implicit captioner to choose "
                                 "among them (captioner, --captioner); or set candidates to 1")
+        if self.counter is not None and not self.chooses:
+            raise SynthsegError(f"{source}: a counter judges a layout's candidates: it needs layouts with candidates above 1")
         if self.layouts_file is None and not self.per_class and not (self.per_pair and (self.pairs or len(names) > 1)):
             raise SynthsegError(f"{source}: the plan has no images (per_class and per_pair are 0, or no pair exists)")
         check_vocabulary(self.model, names)
@@ -149,6 +154,11 @@ class DatasetRecipe:
     @property
     def class_names(self) -> tuple[str, ...]:
         return resolve_classes(self.classes)
+
+    @property
+    def chooses(self) -> bool:
+        """Whether each layout's image is chosen among candidates (by the captioner, and the counter if any)."""
+        return self.layouts is not None and self.layouts.candidates > 1
 
     @property
     def images_per_item(self) -> int:
@@ -187,13 +197,13 @@ def load_dataset_recipe(classes: str = "world", recipe: str | Path | None = None
     the layout limits of the model's card (a world-layout export's: what it was trained on). A section that names no
     `seed` draws the layout stream of the dataset's seed, so another `--seed` gives other layouts and images.
     `candidates` (None: the section's) sets the section's; where it is above 1, a bundled model brings its
-    captioner."""
+    captioner and counter."""
     from .config import apply_overrides, load_config, read_recipe
 
     if recipe is None and classes in recipe_names("dataset"):
         recipe = classes
     data, source = read_recipe(recipe, "dataset") if recipe is not None else ({"classes": classes}, "make-dataset")
-    candidates = overrides.pop("candidates", None)
+    candidates, chooser = overrides.pop("candidates", None), None
     if overrides.pop("layouts", False) or overrides.get("layouts_file") or data.get("layouts") is not None:
         model = overrides.get("model") or data.get("model", DatasetRecipe.model)
         if model in LAYOUT_MODELS:  # the bundled text-only world takes no boxes; its GLIGEN does
@@ -207,10 +217,13 @@ def load_dataset_recipe(classes: str = "world", recipe: str | Path | None = None
         if candidates is not None:
             section["candidates"] = candidates
         overrides["layouts"] = section
-        if section.get("candidates", LayoutRecipe.candidates) > 1 and not data.get("captioner"):
-            overrides["captioner"] = captioner_for(model, overrides.get("captioner"))  # "none": none, and refused
+        chooser = model if section.get("candidates", LayoutRecipe.candidates) > 1 else None
     elif candidates is not None:
         raise SynthsegError("candidates are images per layout: give --layouts or --layouts-file")
+    for part in ("captioner", "counter"):  # the option's, else the recipe's; choosing among candidates, else the bundle's; "none": none
+        given = overrides.pop(part, None)
+        given = data.get(part) if given is None else given
+        data[part] = judge_for(chooser, given, part) if chooser else (None if given == "none" else given)
     if overrides.get("model") in BUNDLES:
         overrides["grounding"] = grounding_for(overrides["model"], overrides.get("grounding"))
     return load_config(DatasetRecipe, apply_overrides(data, overrides, source), source)
@@ -237,7 +250,7 @@ def plan_summary(recipe: DatasetRecipe, device: str = "auto") -> str:
     text = plan_text("images", items, dataset_item_bytes(recipe.model), " at most, before PNG compression", took)
     if recipe.images_per_item > 1:
         text += (f"\ncandidates: {recipe.images_per_item} images generated per layout (timed as such), the captioner "
-                 f"{recipe.captioner} keeping one")
+                 f"{recipe.captioner}{f' and the counter {recipe.counter}' if recipe.counter else ''} keeping one")
     if not recipe.spare:
         return text
     asked = sum(recipe.asked(items).values())
@@ -369,8 +382,9 @@ def finalize(directory: str | Path, recipe: DatasetRecipe) -> dict:
 
 def _card(recipe: DatasetRecipe, summary: dict, example: dict) -> str:
     classes = ", ".join(recipe.class_names)
+    counter = f" and the counter {recipe.counter} ({example.get('counter_hash', '?')})" if "counter_hash" in example else ""
     chooser = (f"\n- each layout's image: the best of {recipe.layouts.candidates} by the implicit captioner {recipe.captioner} "
-               f"({example.get('captioner_hash', '?')})") if "captioner_hash" in example else ""
+               f"({example.get('captioner_hash', '?')}){counter}") if "captioner_hash" in example else ""
     return f"""# synthseg synthetic segmentation dataset
 
 Generated by grounded generation (Li et al. 2023): each image comes with a grounding module's
@@ -395,9 +409,10 @@ masks of the classes named in its prompt. No human labelled it.
 """
 
 
-def provenance(model: str, grounding: str | Path, captioner: str | None = None) -> dict:
+def provenance(model: str, grounding: str | Path, captioner: str | None = None, counter: str | None = None) -> dict:
     """What made the dataset: model id (bundled name, hub id or folder) and the hash of a local one,
-    grounding module hash, the hash of the captioner that chose among candidates (if one did), library versions."""
+    grounding module hash, the hashes of the captioner and counter that chose among candidates (where they did),
+    library versions."""
     import diffusers
 
     from . import __version__
@@ -406,6 +421,7 @@ def provenance(model: str, grounding: str | Path, captioner: str | None = None) 
     return dict(
         model=model, model_hash=file_hash(local) if local.exists() else None, grounding_hash=file_hash(resolve_grounding(grounding)),
         **({"captioner_hash": file_hash(resolve_captioner(captioner))} if captioner is not None else {}),
+        **({"counter_hash": file_hash(resolve_counter(counter))} if counter is not None else {}),
         versions=dict(synthseg=__version__, diffusers=diffusers.__version__, torch=torch.__version__, python=platform.python_version()),
     )
 
@@ -447,10 +463,11 @@ def check_shards(num_shards: int | None, shard_index: int | None) -> None:
         raise SynthsegError(f"--shard-index {shard_index} is outside 0..{(num_shards or 1) - 1}")
 
 
-def make_dataset(pipe, grounding, recipe: DatasetRecipe, directory: str | Path, provenance: dict, *, recogniser=None,
+def make_dataset(pipe, grounding, recipe: DatasetRecipe, directory: str | Path, provenance: dict, *, recogniser=None, counter=None,
                  num_shards: int | None = None, shard_index: int | None = None) -> dict | None:
     """Generate this shard's items into `directory`, skipping written ones; finalize when all are there.
-    `recogniser`: the recipe captioner's `captioner.Recogniser`, where layouts have several candidates.
+    `recogniser`: the recipe captioner's `captioner.Recogniser`, and `counter` its `counter.CountJudge` (or None),
+    where layouts have several candidates.
 
     Without `num_shards`, a run under torchrun or accelerate launch takes its shard from the launcher
     (one per process) and the main process finalizes after all are done; otherwise one shard.
@@ -504,7 +521,7 @@ def make_dataset(pipe, grounding, recipe: DatasetRecipe, directory: str | Path, 
                 made = [generate_layout(pipe, grounding, item, guidance_scale=recipe.guidance_scale, num_inference_steps=recipe.num_inference_steps,
                                         margin=recipe.layouts.margin, scheduled_sampling_beta=recipe.layouts.scheduled_sampling_beta,
                                         box_attention=recipe.layouts.box_attention, refine=recipe.refine,
-                                        candidates=recipe.layouts.candidates, recogniser=recogniser)
+                                        candidates=recipe.layouts.candidates, recogniser=recogniser, counter=counter)
                         for item in batch]
                 outputs = [(item, g.image, g.probs, g) for item, g in zip(batch, made)]
             for item, image, probs, layout in outputs:
@@ -527,6 +544,7 @@ def build_dataset(recipe: DatasetRecipe, directory: str | Path, *, device: str =
     """`make_dataset` from a recipe alone: checks the shards, the output folder and the device before
     loading the recipe's pipeline and grounding module (bundled names, hub ids or folders)."""
     from .captioner import ImplicitCaptioner, Recogniser
+    from .counter import CountJudge
     from .formats import check_output_dir
     from .grounding import GroundingModule
     from .pipeline import load_pipeline
@@ -535,8 +553,9 @@ def build_dataset(recipe: DatasetRecipe, directory: str | Path, *, device: str =
     check_output_dir(directory)
     torch_device = resolve_device(device)
     module = GroundingModule.from_pretrained(recipe.grounding).to(torch_device)
-    chooses = recipe.layouts is not None and recipe.layouts.candidates > 1
+    chooses = recipe.chooses
     captioner = ImplicitCaptioner.from_pretrained(recipe.captioner).to(torch_device) if chooses else None
+    counter = CountJudge.from_pretrained(recipe.counter).to(torch_device) if chooses and recipe.counter else None
     pipe = load_pipeline(recipe.model, device=torch_device)
     module.config.check_pipeline(pipe)  # before the folder is claimed
     if recipe.layouts is not None:
@@ -545,5 +564,6 @@ def build_dataset(recipe: DatasetRecipe, directory: str | Path, *, device: str =
     recogniser = Recogniser(pipe, captioner, list(recipe.class_names)) if chooses else None
     if chooses:
         check_chooser(recipe.layouts.candidates, recogniser)  # a captioner trained per class, before the folder is claimed
-    made_by = provenance(recipe.model, recipe.grounding, recipe.captioner if chooses else None)
-    return make_dataset(pipe, module, recipe, directory, made_by, recogniser=recogniser, num_shards=num_shards, shard_index=shard_index)
+    made_by = provenance(recipe.model, recipe.grounding, recipe.captioner if chooses else None, recipe.counter if counter else None)
+    return make_dataset(pipe, module, recipe, directory, made_by, recogniser=recogniser, counter=counter, num_shards=num_shards,
+                        shard_index=shard_index)

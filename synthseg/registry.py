@@ -3,9 +3,9 @@
 One resolver for each kind of name, so "world" means the same thing to every command and loader:
 
 - `resolve_pipeline("world")`, `resolve_grounding("world")`, `resolve_annotator("world")`,
-  `resolve_backbone("world")`: the folders of the bundled miniature worlds (`synthseg/assets/world/`,
-  `world-dit/` for the transformer world, `world-layout/` for the world's GLIGEN). Any other spec passes
-  through (a hub id or a folder).
+  `resolve_backbone("world")`, `resolve_counter("world-layout")`: the folders of the bundled miniature worlds
+  (`synthseg/assets/world/`, `world-dit/` for the transformer world, `world-layout/` for the world's GLIGEN and
+  `world-layout-counter/` for its counting judge). Any other spec passes through (a hub id or a folder).
 - `recipe_path("voc", "dataset")`: a packaged recipe by name (`synthseg/recipes/*.yaml`) or a file.
 - `model_card(spec)`: what a text-to-image export says about itself for synthseg (`synthseg.json`:
   its class vocabulary and sampling defaults), for exports that carry one (the world's do).
@@ -38,21 +38,23 @@ RECIPE_KINDS = {
     "world-layout": (("world-layout*.yaml",), ""),
     "annotator": (("*-annotator.yaml",), ""),
     "captioner": (("captioner-*.yaml",), "captioner-"),
-    "backbone": (("backbone-*.yaml",), "backbone-"),
+    "backbone": (("backbone-*.yaml", "counter-*.yaml"), "backbone-"),
 }
 
 
 @dataclass(frozen=True)
 class Bundle:
     """A set of models shipped under one name: text-to-image pipeline, grounding module, annotator, the
-    implicit captioner that recognises the named classes in an image (`synthseg.captioner`), and the
-    classification-pretrained ResNet its segmenters start from (`train.backbone`), where those ship."""
+    implicit captioner that recognises the named classes in an image (`synthseg.captioner`), the
+    classification-pretrained ResNet its segmenters start from (`train.backbone`), and the counter that
+    judges a layout's candidates with the captioner (`synthseg.counter`), where those ship."""
 
     pipeline: Path
     grounding: Path
     annotator: Path
     captioner: Path | None = None
     backbone: Path | None = None
+    counter: Path | None = None
 
 
 BUNDLES = {
@@ -63,9 +65,9 @@ BUNDLES = {
     "world-dit": Bundle(pipeline=ASSETS / "world-dit" / "t2i", grounding=ASSETS / "world-dit" / "grounding", annotator=ASSETS / "world" / "annotator",
                         captioner=ASSETS / "world" / "captioner"),
     # The world's GLIGEN: box layers over the world UNet (the export's card names "world" as its base), read by the world's
-    # module; the world's captioner chooses among a layout's candidates.
+    # module; the world's captioner and a counter trained on its layout scenes choose among a layout's candidates.
     "world-layout": Bundle(pipeline=ASSETS / "world-layout", grounding=ASSETS / "world" / "grounding", annotator=ASSETS / "world" / "annotator",
-                           captioner=ASSETS / "world" / "captioner"),
+                           captioner=ASSETS / "world" / "captioner", counter=ASSETS / "world-layout-counter"),
 }
 LAYOUT_MODELS = {"world": "world-layout"}  # the bundled GLIGEN export that `--layouts` uses in place of a bundled text-only model
 
@@ -102,13 +104,18 @@ def resolve_backbone(spec: str | Path) -> str:
     return str(_bundled(spec, "backbone") or spec)
 
 
-def captioner_for(model: str | Path, captioner: str | None) -> str | None:
-    """The implicit captioner to use with `model`: `captioner` when given ("none": no captioner), else the
-    bundle's own when the model is bundled and ships one, else none."""
-    if captioner is not None:
-        return None if captioner == "none" else captioner
+def resolve_counter(spec: str | Path) -> Path:
+    """A bundled name's counting judge folder; anything else is a folder."""
+    return _bundled(spec, "counter") or Path(spec)
+
+
+def judge_for(model: str | Path, given: str | None, part: str = "captioner") -> str | None:
+    """The judge `part` ("captioner" or "counter") to use with `model`: `given` when given ("none": none),
+    else the bundle's own when the model is bundled and ships one, else none."""
+    if given is not None:
+        return None if given == "none" else given
     bundle = BUNDLES.get(str(model))
-    return str(model) if bundle is not None and bundle.captioner is not None else None
+    return str(model) if bundle is not None and getattr(bundle, part) is not None else None
 
 
 def grounding_for(model: str | Path, grounding: str | Path | None) -> str | Path:

@@ -212,6 +212,19 @@ def _chooser(pipe, names):
     return Recogniser(pipe, captioner, names)
 
 
+def _counter(names, max_count):
+    """A count judge of random weights over `names` (`synthseg.counter`)."""
+    from transformers import ResNetForImageClassification
+
+    from synthseg.counter import CountJudge, count_labels
+    from synthseg.segmenter import backbone_config
+
+    config = backbone_config("resnet-tiny")
+    labels = count_labels(names, max_count)
+    config.num_labels, config.id2label = len(labels), dict(enumerate(labels))
+    return CountJudge(ResNetForImageClassification(config))
+
+
 def test_best_candidate_keeps_the_image_likeliest_to_hold_exactly_the_layout_s_classes(monkeypatch):
     from PIL import Image
 
@@ -230,6 +243,16 @@ def test_best_candidate_keeps_the_image_likeliest_to_hold_exactly_the_layout_s_c
     assert best_candidate(pipe, recogniser, layout, images[:2]) == 1  # a bird too rather than no cat
     with pytest.raises(SynthsegError, match="layout 3: the captioner does not know horse"):
         best_candidate(pipe, recogniser, replace(layout, phrases=["horse"]), images)
+    counter = _counter(["dog", "cat", "bird"], max_count=2)
+    counted = torch.full((3, 3, 3), -5.0)  # (image, class, count): image 0 holds exactly two dogs and a cat, if weakly
+    counted[:, :, 0] = -0.1
+    counted[0, 0, 2] = counted[0, 1, 1] = -0.1
+    monkeypatch.setattr(counter, "count_log_probs", lambda pixels: counted[: len(pixels)])
+    assert counter.log_probability(np.zeros((3, 8, 8, 3), np.uint8), ["dog", "dog", "cat"]).tolist() == pytest.approx([-0.3, -10.1, -10.1])
+    assert counter.log_probability(np.zeros((1, 8, 8, 3), np.uint8), ["dog"] * 3 + ["cat"]).tolist() == pytest.approx([-0.3])  # 3 dogs: 2+
+    assert best_candidate(pipe, recogniser, layout, images, counter) == 0  # the counts outweigh the captioner's preference for 2
+    with pytest.raises(SynthsegError, match="layout 3: the counter does not know bird"):
+        best_candidate(pipe, recogniser, replace(layout, phrases=["bird"]), images, _counter(["dog", "cat"], max_count=2))
     seeds = candidate_seeds(layout, 4)
     assert seeds[0] == layout.seed and len(set(seeds)) == 4 and candidate_seeds(layout, 2) == seeds[:2]  # the layout's own seed first
     check_chooser(1, None)  # one candidate needs no captioner
@@ -337,6 +360,9 @@ def test_make_dataset_with_a_layouts_file_writes_one_coco_instance_per_box(tmp_p
     (["--layouts", "--candidates", "2", "--captioner", "none"], "layouts.candidates 2 needs a per-class implicit captioner"),
     (["--layouts", "--candidates", "2", "--model", "runs/no-such-gligen"], "layouts.candidates 2 needs a per-class implicit captioner"),
     (["--layouts", "--captioner", "no/such/captioner"], "no captioner at no/such/captioner"),
+    (["--layouts", "--counter", "no/such/counter"], "no counter at no/such/counter"),
+    (["--layouts", "--candidates", "1", "--counter", "world-layout"], "a counter judges a layout's candidates: it needs layouts with candidates"),
+    (["--counter", "world-layout"], "a counter judges a layout's candidates: it needs layouts with candidates"),
 ])
 def test_make_dataset_bad_candidate_settings_give_one_error_line_and_write_nothing(tmp_path, args, message):
     from typer.testing import CliRunner
@@ -387,7 +413,10 @@ def test_make_dataset_layouts_with_no_model_uses_the_bundled_world_gligen(tmp_pa
     recipe = load_dataset_recipe("world", layouts=True)
     assert recipe.model == "world-layout" and recipe.layouts.max_objects == 4  # the export's card's limits
     assert recipe.layouts.candidates == model_card("world-layout").layouts["candidates"] > 1 and recipe.captioner == "world-layout"
+    assert recipe.counter == "world-layout"  # and its counter adds its say
+    assert load_dataset_recipe("world", layouts=True, counter="none").counter is None and load_dataset_recipe("world", counter="none").counter is None
     assert load_dataset_recipe("world", layouts=True, candidates=1).captioner is None  # no choice: no captioner
+    assert load_dataset_recipe("world", layouts=True, candidates=1).counter is None
     assert recipe.layouts.scheduled_sampling_beta == model_card("world-layout").layouts["scheduled_sampling_beta"] != 0.3  # and beta
     out = tmp_path / "ds"
     result = CliRunner().invoke(app, ["make-dataset", "--layouts", "--classes", "circle,ring", "--per-class", "3", "--per-pair", "0",
@@ -396,6 +425,8 @@ def test_make_dataset_layouts_with_no_model_uses_the_bundled_world_gligen(tmp_pa
     records = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
     assert records and {r["grounding_hash"] for r in records} == {file_hash(BUNDLES["world"].grounding)}
     assert {r["captioner_hash"] for r in records} == {file_hash(BUNDLES["world"].captioner)}  # the world captioner chose
+    assert {r["counter_hash"] for r in records} == {file_hash(BUNDLES["world-layout"].counter)}  # with world-layout's counter
+    assert f"and the counter world-layout ({records[0]['counter_hash']})" in (out / "README.md").read_text()
     coco = COCO(str(out / "annotations.json"))
     counts = [len(coco.getAnnIds(imgIds=i)) for i in coco.getImgIds()]
     assert sum(counts) >= len(counts) and max(counts) >= 2  # one instance per kept box, several in a layout

@@ -9,7 +9,7 @@ from synthseg import SynthsegError
 from synthseg.config import load_config
 from synthseg.dataset import DatasetRecipe, make_dataset
 from synthseg.readers import read_synthseg, read_world
-from synthseg.segmenter import Segmenter, SegmenterRecipe, build_segmenter, image_processor, load_backbone_weights
+from synthseg.segmenter import Segmenter, SegmenterRecipe, backbone_config, build_segmenter, image_processor, load_backbone_weights
 from synthseg.train.augment import copy_paste, scale_crop_flip
 from synthseg.train.segmenter import train_segmenter, training_loss
 
@@ -238,6 +238,40 @@ def test_backbone_pretraining_resumes_and_the_segmenter_starts_from_it(tmp_path)
     encoder = model.model.pixel_level_module.encoder.state_dict()
     body = {k.removeprefix("resnet."): v for k, v in a.items() if k.startswith("resnet.")}  # the classifier head is left out
     assert set(encoder) <= set(body) and all(torch.equal(encoder[k], body[k]) for k in encoder)
+
+
+def test_a_counter_trains_on_layout_scenes_resumes_and_loads_as_a_count_judge(tmp_path):
+    """train.backbone with a layouts section: the same ResNet with one softmax per class over the counts 0..max_count,
+    labelled "circle=2"; a resumed run repeats an uninterrupted one, and `CountJudge` reads the export (and refuses the
+    classifier, whose labels are class names)."""
+    from transformers import ResNetForImageClassification
+
+    from synthseg.counter import CountJudge
+    from synthseg.train.backbone import BackboneRecipe, count_batch, pretrain_backbone
+
+    recipe = load_config(BackboneRecipe, dict(backbone="resnet-tiny", image_size=32, steps=4, batch_size=4, checkpoint_every=2, eval_scenes=6,
+                                              max_count=3, blur=1.0, layouts=dict(max_objects=5, repeat_fraction=1.0, seed=3)), "recipe")
+    pixels, counts = count_batch(recipe, 0, 8)
+    assert pixels.shape == (8, 3, 32, 32) and counts.shape == (8, 12) and 1 <= counts.sum(1).min() and counts.max() >= 2  # repeats
+    straight = pretrain_backbone(recipe, tmp_path / "wa", tmp_path / "a")
+    pretrain_backbone(recipe, tmp_path / "wb", tmp_path / "b", max_steps=2)
+    resumed = pretrain_backbone(recipe, tmp_path / "wb", tmp_path / "b")
+    a, b = (ResNetForImageClassification.from_pretrained(p, dtype=torch.float32).state_dict() for p in (straight, resumed))
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert set(json.loads((resumed / "recipe.json").read_text())["held_out"]) == {"exact_counts", "per_class_counts"}
+    judge = CountJudge.from_pretrained(resumed)
+    assert judge.names[:2] == ["circle", "square"] and len(judge.names) == 12 and judge.max_count == 3 and judge.image_size == 32
+    images = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)  # another size: resized to 32
+    log_probs = judge.count_log_probs(images)
+    assert log_probs.shape == (2, 12, 4) and torch.allclose(log_probs.exp().sum(-1), torch.ones(2, 12))
+    classifier = backbone_config("resnet-tiny")
+    classifier.num_labels, classifier.id2label = 2, {0: "circle", 1: "square"}  # a class classifier, as the world backbone
+    with pytest.raises(SynthsegError, match="is not a counter: its labels are not 'class=count'"):
+        CountJudge(ResNetForImageClassification(classifier))
+    with pytest.raises(SynthsegError, match="no counter at"):
+        CountJudge.from_pretrained(tmp_path / "none")
+    with pytest.raises(SynthsegError, match="blur goes with a layouts section"):
+        load_config(BackboneRecipe, dict(blur=1.0), "recipe")
 
 
 def test_bad_backbone_weights_leave_no_workdir(tmp_path):

@@ -78,7 +78,7 @@ def judge(out: str, argv: list[str]) -> None:
 
     torch.set_num_threads(2)
     records, arrays, n = read_candidates(argv)
-    model = ResNetForImageClassification.from_pretrained(out).eval()
+    model = ResNetForImageClassification.from_pretrained(out).float().eval()  # train-backbone exports fp16
     pipe = load_pipeline("world")
     recogniser = Recogniser(pipe, ImplicitCaptioner.from_pretrained("world"), NAMES)
     scores = []
