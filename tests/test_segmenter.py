@@ -259,6 +259,7 @@ def test_a_counter_trains_on_layout_scenes_resumes_and_loads_as_a_count_judge(tm
     a, b = (ResNetForImageClassification.from_pretrained(p, dtype=torch.float32).state_dict() for p in (straight, resumed))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert set(json.loads((resumed / "recipe.json").read_text())["held_out"]) == {"exact_counts", "per_class_counts"}
+    assert json.loads((resumed / "training.json").read_text())["counter"]["steps"] == 4 and (tmp_path / "wb" / "counter.ckpt").is_file()
     judge = CountJudge.from_pretrained(resumed)
     assert judge.names[:2] == ["circle", "square"] and len(judge.names) == 12 and judge.max_count == 3 and judge.image_size == 32
     images = np.random.default_rng(0).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)  # another size: resized to 32

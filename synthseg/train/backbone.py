@@ -173,12 +173,13 @@ def pretrain_backbone(recipe: BackboneRecipe, workdir: str | Path, output: str |
             return F.cross_entropy(logits.reshape(-1, recipe.max_count + 1), labels.clamp(max=recipe.max_count).reshape(-1))
         return F.binary_cross_entropy_with_logits(logits, labels)
 
-    losses = train_loop("backbone", step_loss, model=model, optimizer=optimizer, checkpoint=workdir / "backbone.ckpt",
+    stage = "counter" if counts else "backbone"  # its progress line, checkpoint and training record
+    losses = train_loop(stage, step_loss, model=model, optimizer=optimizer, checkpoint=workdir / f"{stage}.ckpt",
                         steps=recipe.steps, checkpoint_every=recipe.checkpoint_every, max_steps=max_steps, schedule=schedule,
                         batches=step_batch, device=device)
     made = dict(asdict(recipe), held_out=(held_out_counts if counts else held_out_accuracy)(model.cpu(), recipe))
     with staged_export(output) as staging:
         model.half().save_pretrained(staging)  # fp16, as the world's other exports; a segmenter copies it into fp32
         (staging / "recipe.json").write_text(json.dumps(stamped(made, recipe), indent=2) + "\n")
-        write_training_record(staging, backbone=losses)
+        write_training_record(staging, **{stage: losses})
     return output
