@@ -12,7 +12,7 @@ renders as many scenes. Each annotator trains `--steps` steps of batch 8 from th
 Targets: (a) >= 0.8 x (c), and (a) >= (b) + 10 AP points. Writes the "Protocol ii, instances (world)"
 section of benchmarks/RESULTS.md.
 
-    python benchmarks/bench_protocol_ii_instances.py [--layout-model world-layout] [--per-class 50] [--spare 0.5] [--steps 1000]
+    python benchmarks/bench_protocol_ii_instances.py [--layout-model world-layout] [--per-class 50] [--spare 0.5] [--steps 1000] [--counter none]
 """
 
 from __future__ import annotations
@@ -35,6 +35,8 @@ def main() -> None:
     parser.add_argument("--layout-model", default="world-layout", help="the shipped world-layout, or an export folder (train-world-layout --out)")
     parser.add_argument("--captioner", default=None, help="the captioner choosing among a layout's candidates (default: the bundle's; "
                         "give one, such as world, with an export folder whose card asks candidates)")
+    parser.add_argument("--counter", default=None, help="the counter that joins the captioner's choice (default: the bundle's; "
+                        "'none': the captioner alone)")
     args = parser.parse_args()
 
     from dataclasses import replace
@@ -54,10 +56,14 @@ def main() -> None:
             model = args.layout_model if name == "layouts" else "world"
             recipe = load_dataset_recipe("world", model=model, grounding="world", per_class=args.per_class, per_pair=0, layouts=name == "layouts",
                                          captioner=args.captioner if name == "layouts" else None,
+                                         counter=args.counter if name == "layouts" else None,
                                          spare=args.spare if name == "layouts" else 0.0)
             start = time.perf_counter()
             summary = build_dataset(recipe, work / name)
             datasets[name] = (work / name, summary["images"], time.perf_counter() - start)
+            if name == "layouts":
+                judges = f"the captioner {recipe.captioner}" + (f" and the counter {recipe.counter}" if recipe.counter else "")
+                chooser = f" (a) keeps the best of {recipe.layouts.candidates} images per layout by {judges}." if recipe.chooses else ""
         recipe = replace(load_annotator_recipe("world-annotator"), steps=args.steps, train_data=str(datasets[name][0].resolve()))
         out = work / f"annotator-{name}"
         metrics_file, data = out / "metrics.json", file_hash(datasets[name][0] / "annotations.json")
@@ -79,7 +85,7 @@ def main() -> None:
 batch 8 on each dataset's COCO instances, scored by pycocotools mask AP on the same 500 held-out rendered
 scenes. (a) and (b): `make-dataset` with {args.per_class} items asked per world class (no pairs); (a) plans
 {args.spare:.0%} spare layouts (`--spare {args.spare}`), which stand in, in plan order, for the images its quality
-filter drops. (c) renders as many training scenes as (a) and (b) ask.
+filter drops.{chooser} (c) renders as many training scenes as (a) and (b) ask.
 
 | training data | images | mask AP | AP50 | AP75 |
 |---|---|---|---|---|
