@@ -555,7 +555,7 @@ def build_dataset(recipe: DatasetRecipe, directory: str | Path, *, device: str =
     module = GroundingModule.from_pretrained(recipe.grounding).to(torch_device)
     chooses = recipe.chooses
     captioner = ImplicitCaptioner.from_pretrained(recipe.captioner).to(torch_device) if chooses else None
-    counter = CountJudge.from_pretrained(recipe.counter).to(torch_device) if chooses and recipe.counter else None
+    counter = CountJudge.from_pretrained(recipe.counter).to(torch_device) if recipe.counter else None  # only where it chooses (validate)
     pipe = load_pipeline(recipe.model, device=torch_device)
     module.config.check_pipeline(pipe)  # before the folder is claimed
     if recipe.layouts is not None:
@@ -564,6 +564,6 @@ def build_dataset(recipe: DatasetRecipe, directory: str | Path, *, device: str =
     recogniser = Recogniser(pipe, captioner, list(recipe.class_names)) if chooses else None
     if chooses:
         check_chooser(recipe.layouts.candidates, recogniser)  # a captioner trained per class, before the folder is claimed
-    made_by = provenance(recipe.model, recipe.grounding, recipe.captioner if chooses else None, recipe.counter if counter else None)
+    made_by = provenance(recipe.model, recipe.grounding, recipe.captioner if chooses else None, recipe.counter)
     return make_dataset(pipe, module, recipe, directory, made_by, recogniser=recogniser, counter=counter, num_shards=num_shards,
                         shard_index=shard_index)

@@ -248,10 +248,11 @@ def test_a_counter_trains_on_layout_scenes_resumes_and_loads_as_a_count_judge(tm
 
     from synthseg.counter import CountJudge
     from synthseg.train.backbone import BackboneRecipe, count_batch, pretrain_backbone
+    from synthseg.train.world_t2i import sample_layout_scenes
 
     recipe = load_config(BackboneRecipe, dict(backbone="resnet-tiny", image_size=32, steps=4, batch_size=4, checkpoint_every=2, eval_scenes=6,
                                               max_count=3, blur=1.0, layouts=dict(max_objects=5, repeat_fraction=1.0, seed=3)), "recipe")
-    pixels, counts = count_batch(recipe, 0, 8)
+    pixels, counts = count_batch(sample_layout_scenes(recipe.layouts, 0, 8, recipe.image_size)[0])
     assert pixels.shape == (8, 3, 32, 32) and counts.shape == (8, 12) and 1 <= counts.sum(1).min() and counts.max() >= 2  # repeats
     straight = pretrain_backbone(recipe, tmp_path / "wa", tmp_path / "a")
     pretrain_backbone(recipe, tmp_path / "wb", tmp_path / "b", max_steps=2)

@@ -141,11 +141,11 @@ def held_out_scenes(count: int) -> list[Scene]:
     return [render_scene(scene_seed(k, held_out=True)) for k in range(1, count + 1)]
 
 
-def held_out_layout_scenes(layouts: LayoutRecipe, count: int) -> list[Scene]:
+def held_out_layout_scenes(layouts: LayoutRecipe, count: int, size: int = 64) -> list[Scene]:
     """`count` layouts of stream `layouts.seed + 1` (training draws from `layouts.seed`), rendered at held-out seeds."""
     stream = replace(layouts, seed=layouts.seed + 1)
     drawn = [sample_layout(stream, list(WORLD_CLASSES), [], index) for index in range(count)]
-    return [layout_scene(lay, held_out=True) for lay in drawn]
+    return [layout_scene(lay, held_out=True, size=size) for lay in drawn]
 
 
 def mask_ap(annotator: MaskRCNNAnnotator, scenes: list[Scene]) -> dict:

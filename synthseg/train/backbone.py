@@ -18,7 +18,7 @@ ones). Its labels are "circle=2"; `counter.CountJudge` reads them.
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +30,10 @@ from ..counter import count_labels, object_counts
 from ..errors import SynthsegError
 from ..layouts import LayoutRecipe
 from ..segmenter import backbone_config, check_backbone, normalised_pixels
-from ..world import WORLD_CLASSES, render_scene, scene_seed
+from ..world import WORLD_CLASSES, Scene, render_scene, scene_seed
+from .annotator import held_out_layout_scenes
 from .loop import claim_workdir, staged_export, train_loop, warmup_cosine, write_training_record
+from .world_t2i import sample_layout_scenes
 
 
 @dataclass
@@ -76,44 +78,43 @@ def scene_batch(seeds, size: int, rng: np.random.Generator | None = None) -> tup
     scenes = [render_scene(seed, size=size) for seed in seeds]
     pixels = normalised_pixels(np.stack([s.image for s in scenes]))
     if rng is not None:
-        flip = torch.from_numpy(rng.random(len(scenes)) < 0.5)
-        pixels[flip] = pixels[flip].flip(-1)
+        random_flips(pixels, rng)
     labels = torch.zeros(len(scenes), len(WORLD_CLASSES))
     for row, scene in enumerate(scenes):
         labels[row, [WORLD_CLASSES.index(name) for name in scene.classes]] = 1
     return pixels, labels
 
 
-def count_batch(recipe: BackboneRecipe, index: int, count: int, held_out: bool = False,
-                rng: np.random.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Layouts `index`..`index + count - 1` of the recipe's layout stream (held out: the next stream's, rendered
-    from odd seeds) -> (B, 3, size, size) normalised pixels and (B, 12) counts of each class's visible objects;
-    with `rng`, each flipped left-right with chance 1/2, and the batch blurred with a sigma in [0.1, blur]."""
+def random_flips(pixels: torch.Tensor, rng: np.random.Generator) -> None:
+    """Flip each of the (B, 3, H, W) `pixels` left-right in place, with chance 1/2 (B draws from `rng`)."""
+    flip = torch.from_numpy(rng.random(len(pixels)) < 0.5)
+    pixels[flip] = pixels[flip].flip(-1)
+
+
+def count_batch(scenes: list[Scene], rng: np.random.Generator | None = None, blur: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rendered layout scenes -> (B, 3, size, size) normalised pixels and (B, 12) counts of each class's visible
+    objects; with `rng`, each flipped left-right with chance 1/2, and the batch blurred with a sigma in [0.1, blur]."""
     from torchvision.transforms.functional import gaussian_blur
 
-    from ..layouts import sample_layout
-    from ..world import layout_scene
-
-    stream = replace(recipe.layouts, seed=recipe.layouts.seed + int(held_out))
-    scenes = [layout_scene(sample_layout(stream, list(WORLD_CLASSES), [], i), held_out, recipe.image_size) for i in range(index, index + count)]
     pixels = normalised_pixels(np.stack([s.image for s in scenes]))
     if rng is not None:
-        flip = torch.from_numpy(rng.random(len(scenes)) < 0.5)
-        pixels[flip] = pixels[flip].flip(-1)
-        if recipe.blur:
-            sigma = float(rng.uniform(0.1, recipe.blur))
+        random_flips(pixels, rng)
+        if blur:
+            sigma = float(rng.uniform(0.1, blur))
             pixels = gaussian_blur(pixels, [5, 5], [sigma, sigma])
     return pixels, torch.from_numpy(np.stack([object_counts(s.classes, s.masks, WORLD_CLASSES) for s in scenes]))
 
 
 @torch.no_grad()
 def held_out_counts(model, recipe: BackboneRecipe) -> dict:
-    """On `recipe.eval_scenes` held-out layout scenes: the share whose every class count the model gets
-    right (counts above max_count as max_count), and the share of (scene, class) counts it gets right."""
+    """On `recipe.eval_scenes` held-out layout scenes (`annotator.held_out_layout_scenes`: the next stream's layouts,
+    rendered from odd seeds): the share whose every class count the model gets right (counts above max_count as
+    max_count), and the share of (scene, class) counts it gets right."""
     model.eval()
+    scenes = held_out_layout_scenes(recipe.layouts, recipe.eval_scenes, recipe.image_size)
     exact = correct = 0
     for start in range(0, recipe.eval_scenes, recipe.batch_size):
-        pixels, counts = count_batch(recipe, start, min(recipe.batch_size, recipe.eval_scenes - start), held_out=True)
+        pixels, counts = count_batch(scenes[start : start + recipe.batch_size])
         logits = model(pixel_values=pixels).logits.view(len(counts), len(WORLD_CLASSES), recipe.max_count + 1)
         right = logits.argmax(-1) == counts.clamp(max=recipe.max_count)
         exact += int(right.all(1).sum())
@@ -162,7 +163,7 @@ def pretrain_backbone(recipe: BackboneRecipe, workdir: str | Path, output: str |
     def step_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:  # rendered ahead, beside the step before (train_loop)
         rng = np.random.default_rng([recipe.seed, step])
         if counts:
-            return count_batch(recipe, step * recipe.batch_size, recipe.batch_size, rng=rng)
+            return count_batch(sample_layout_scenes(recipe.layouts, step, recipe.batch_size, recipe.image_size)[0], rng, recipe.blur)
         seeds = [scene_seed(int(k), held_out=False) for k in rng.integers(2**30, size=recipe.batch_size)]
         return scene_batch(seeds, recipe.image_size, rng)
 
