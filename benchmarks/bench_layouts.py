@@ -106,14 +106,16 @@ def annotator_picks(records: list[dict], n: int) -> list[int]:
     return [int(np.argmax([sum(c["hits"]) + c["count"] for c in record["candidates"][:n]])) for record in records]
 
 
-def candidate_images(pipe, layouts, steps: int, guidance: float, beta: float, box_attention: float, candidates: int = 1) -> list[list[Image.Image]]:
+def candidate_images(pipe, layouts, steps: int, guidance: float, beta: float, box_attention: float, candidates: int = 1,
+                     counter=None, count_guidance: float = 0.0) -> list[list[Image.Image]]:
     """Each layout's `candidates` images, generated as `make-dataset --layouts` generates them (one layout per call, its
-    candidates in it), without the capture."""
-    from synthseg.layouts import box_steering, candidate_seeds
+    candidates in it, counting guidance by `counter` where `count_guidance` is above 0), without the capture."""
+    from synthseg.layouts import box_steering, candidate_seeds, count_steering, gated_steps
 
     made = []
     for layout in layouts:
-        with box_steering(pipe, layout, box_attention, guidance, copies=candidates):
+        with box_steering(pipe, layout, box_attention, guidance, copies=candidates), \
+                count_steering(pipe, counter, layout, count_guidance, gated_steps(beta, steps)):
             made.append(pipe([layout.prompt] * candidates, gligen_phrases=layout.phrases, gligen_boxes=[list(b) for b in layout.boxes],
                              gligen_scheduled_sampling_beta=beta, num_inference_steps=steps, guidance_scale=guidance,
                              generator=[torch.Generator().manual_seed(seed) for seed in candidate_seeds(layout, candidates)]).images)
@@ -194,6 +196,8 @@ def main() -> None:
     parser.add_argument("--captioner", default="world", help="the per-class captioner that chooses among candidates")
     parser.add_argument("--counter", default="world-layout", help="the counter whose judgement is added to the captioner's ('none': none; "
                                                                    "the captioner alone is a row of its own)")
+    parser.add_argument("--count-guidance", type=float, default=None, help="counting guidance by --counter for the first rows (default: "
+                                                                           "the card's; rows without it follow)")
     parser.add_argument("--choice", action="store_true", help="score --box-attention values on the choice streams (5, 6) instead")
     parser.add_argument("--model", default="world-layout", help="a GLIGEN pipeline: the shipped world-layout, or an export folder (train-world-layout --out)")
     args = parser.parse_args()
@@ -227,20 +231,27 @@ def main() -> None:
     pairs = [lay for lay in sample_layouts(two, list(WORLD_CLASSES), [], 2 * args.pairs) if len(lay.classes) == 2][: args.pairs]
     strengths = list(dict.fromkeys([*(args.box_attention or [section.box_attention]), 0.0]))
     candidates = section.candidates if args.candidates is None else args.candidates
-    counter = CountJudge.from_pretrained(args.counter) if candidates > 1 and args.counter != "none" else None
-    # (box attention, candidates, the counter judges too): with candidates, the same images chosen by both judges and by the captioner alone
-    settings = ([(strengths[0], candidates, True)] * (counter is not None) + [(strengths[0], candidates, False)] if candidates > 1 else [])
-    settings += [(strength, 1, False) for strength in strengths]
+    steered = section.count_guidance if args.count_guidance is None else args.count_guidance
+    counter = CountJudge.from_pretrained(args.counter) if (candidates > 1 or steered) and args.counter != "none" else None
+    steered = steered if counter is not None else 0.0
+    # (box attention, candidates, the counter judges too, count guidance): with candidates, the same images chosen by both judges
+    # and by the captioner alone; with count guidance, those rows first, then the same without it
+    settings = []
+    for scale in dict.fromkeys([steered, 0.0]):
+        settings += ([(strengths[0], candidates, True, scale)] * (counter is not None) + [(strengths[0], candidates, False, scale)]
+                     if candidates > 1 else [])
+    settings += [(strengths[0], 1, False, steered)] * bool(steered) + [(strength, 1, False, 0.0) for strength in strengths]
     recogniser = Recogniser(gligen, ImplicitCaptioner.from_pretrained(args.captioner), list(WORLD_CLASSES)) if candidates > 1 else None
     boxed, seconds, made = {}, {}, {}
     for setting in settings:
-        strength, n, counts = setting
+        strength, n, counts, scale = setting
         start = time.perf_counter()
-        if (strength, n) not in made:
-            made[strength, n] = candidate_images(gligen, layouts + pairs, steps, guidance, beta, strength, n), time.perf_counter() - start
+        if (strength, n, scale) not in made:
+            made[strength, n, scale] = (candidate_images(gligen, layouts + pairs, steps, guidance, beta, strength, n, counter, scale),
+                                    time.perf_counter() - start)
             start = time.perf_counter()
-        boxed[setting] = chosen(gligen, layouts + pairs, made[strength, n][0], recogniser, counter if counts else None)
-        seconds[setting] = (made[strength, n][1] + time.perf_counter() - start) / len(layouts + pairs)
+        boxed[setting] = chosen(gligen, layouts + pairs, made[strength, n, scale][0], recogniser, counter if counts else None)
+        seconds[setting] = (made[strength, n, scale][1] + time.perf_counter() - start) / len(layouts + pairs)
     base = load_pipeline("world")
     base.set_progress_bar_config(disable=True)
     text_card = model_card("world")  # the text-only model at its own sampling defaults
@@ -253,8 +264,9 @@ def main() -> None:
 
     many = np.array([len(lay.phrases) >= 2 for lay in layouts])
     rows = []
-    label = {(s, n, c): f"`{args.model}`, boxes, " + (f"box attention {s:g}" if s else "no box attention")
-             + (f", best of {n} by the captioner" + (" and counter" if c else "") if n > 1 else "") for s, n, c in settings}
+    label = {(s, n, c, g): f"`{args.model}`, boxes, " + (f"box attention {s:g}" if s else "no box attention")
+             + (f", count guidance {g:g}" if g else "") + (f", best of {n} by the captioner" + (" and counter" if c else "") if n > 1 else "")
+             for s, n, c, g in settings}
     judged = {label[setting]: annotated(annotator, images, layouts + pairs) for setting, images in boxed.items()}
     judged |= {"`world`, text only": annotated(annotator, plain, layouts + pairs),
                "rendered layouts (the world itself)": annotated(annotator, [s.image for s in scenes], layouts + pairs),
@@ -267,11 +279,14 @@ def main() -> None:
     boxes = sum(len(lay.phrases) for lay in layouts)
     counting = (f""" The counter (`{args.counter}`, trained on rendered layout scenes of stream 30, `synthseg.counter`) adds
 its log-probability of exactly the layout's count of each class; the row "by the captioner" is the same images chosen
-without it.""" if counter is not None else "")
+without it.""" if counter is not None and candidates > 1 else "")
+    steering = (f"""
+With count guidance, the steps the gated layers run in follow the counter's gradient toward each layout's count
+(`synthseg.layouts.CountGuidance`, strength {steered:g}); the rows without it are the same seeds unguided.""" if steered else "")
     chooser = (f"""
 With candidates, each layout's {candidates} images (its own seed's first: the rows below it) are made in one call, and the
 world captioner (`{args.captioner}`, trained on generated images only) keeps the one it finds likeliest to hold exactly
-the layout's classes (`synthseg.layouts.best_candidate`); it never sees the boxes or the annotator.{counting}""" if candidates > 1 else "")
+the layout's classes (`synthseg.layouts.best_candidate`); it never sees the boxes or the annotator.{counting}""" if candidates > 1 else "") + steering
     body = f"""`{args.model}`: GLIGEN's gated self-attention and box tokens over the frozen world UNet, {steps} steps,
 guidance {guidance}, gated layers in the first {beta:.0%} of the steps, with and without box attention (the
 base UNet's cross-attention biased toward each class's boxes while the gated layers run,

@@ -12,7 +12,8 @@ renders as many scenes. Each annotator trains `--steps` steps of batch 8 from th
 Targets: (a) >= 0.8 x (c), and (a) >= (b) + 10 AP points. Writes the "Protocol ii, instances (world)"
 section of benchmarks/RESULTS.md.
 
-    python benchmarks/bench_protocol_ii_instances.py [--layout-model world-layout] [--per-class 50] [--spare 0.5] [--steps 1000] [--counter none]
+    python benchmarks/bench_protocol_ii_instances.py [--layout-model world-layout] [--per-class 50] [--spare 0.5] [--steps 1000]
+        [--counter none --count-guidance 0]
 """
 
 from __future__ import annotations
@@ -35,8 +36,9 @@ def main() -> None:
     parser.add_argument("--layout-model", default="world-layout", help="the shipped world-layout, or an export folder (train-world-layout --out)")
     parser.add_argument("--captioner", default=None, help="the captioner choosing among a layout's candidates (default: the bundle's; "
                         "give one, such as world, with an export folder whose card asks candidates)")
-    parser.add_argument("--counter", default=None, help="the counter that joins the captioner's choice (default: the bundle's; "
-                        "'none': the captioner alone)")
+    parser.add_argument("--counter", default=None, help="the counter that joins the captioner's choice and guides (a)'s sampling (default: "
+                        "the bundle's; 'none': the captioner alone, with --count-guidance 0)")
+    parser.add_argument("--count-guidance", type=float, default=None, help="counting guidance for (a) (default: the model card's; 0: off)")
     args = parser.parse_args()
 
     from dataclasses import replace
@@ -57,6 +59,7 @@ def main() -> None:
             recipe = load_dataset_recipe("world", model=model, grounding="world", per_class=args.per_class, per_pair=0, layouts=name == "layouts",
                                          captioner=args.captioner if name == "layouts" else None,
                                          counter=args.counter if name == "layouts" else None,
+                                         count_guidance=args.count_guidance if name == "layouts" else None,
                                          spare=args.spare if name == "layouts" else 0.0)
             start = time.perf_counter()
             summary = build_dataset(recipe, work / name)
@@ -64,6 +67,8 @@ def main() -> None:
             if name == "layouts":
                 judges = f"the captioner {recipe.captioner}" + (f" and the counter {recipe.counter}" if recipe.counter else "")
                 chooser = f" (a) keeps the best of {recipe.layouts.candidates} images per layout by {judges}." if recipe.chooses else ""
+                chooser += (f" Its sampling follows the counter's gradient (count guidance {recipe.layouts.count_guidance:g})."
+                            if recipe.count_guided else "")
         recipe = replace(load_annotator_recipe("world-annotator"), steps=args.steps, train_data=str(datasets[name][0].resolve()))
         out = work / f"annotator-{name}"
         metrics_file, data = out / "metrics.json", file_hash(datasets[name][0] / "annotations.json")

@@ -478,8 +478,11 @@ def make_dataset(
     captioner: Annotated[Optional[str], typer.Option(help="With candidates above 1: the implicit captioner trained per class that chooses "
                                                           "(a bundled name or a folder from train-captioner); default: the bundled model's own.")] = None,
     counter: Annotated[Optional[str], typer.Option(help="With candidates above 1: a counter whose judgement of each class's count is added to "
-                                                        "the captioner's (a bundled name or a folder from train-backbone --recipe counter-world); "
-                                                        "'none': the captioner alone; default: the bundled model's own.")] = None,
+                                                        "the captioner's, and with count guidance the one it follows (a bundled name or a folder "
+                                                        "from train-backbone --recipe counter-world); 'none': none; default: the bundled model's own.")] = None,
+    count_guidance: Annotated[Optional[float], typer.Option(help="With layouts: the strength of counting guidance, which moves each layout's "
+                                                                "early sampling steps along the counter's gradient toward its count of each "
+                                                                "class; 0: off; default: the recipe's, else the model card's.")] = None,
     num_shards: Annotated[Optional[int], typer.Option(help="Split the items over this many jobs (default: one, or torchrun's processes).")] = None,
     shard_index: Annotated[Optional[int], typer.Option(help="This job's shard, 0 to num-shards - 1.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (counts per class and pair, disk, time) without loading a model.")] = False,
@@ -491,7 +494,7 @@ def make_dataset(
     config = load_dataset_recipe(classes, recipe, model=model, grounding=grounding, per_class=per_class, per_pair=per_pair,
                                  spare=spare, templates=templates, seed=seed, num_inference_steps=num_inference_steps, guidance_scale=guidance_scale,
                                  refine=refine, layouts=layouts, layouts_file=str(layouts_file.resolve()) if layouts_file else None,
-                                 candidates=candidates, captioner=captioner, counter=counter)
+                                 candidates=candidates, captioner=captioner, counter=counter, count_guidance=count_guidance)
     if dry_run:
         print(plan_summary(config, device))
         return

@@ -73,22 +73,42 @@ class CountJudge:
         self.model.to(device)
         return self
 
-    @torch.no_grad()
-    def count_log_probs(self, images: np.ndarray) -> torch.Tensor:
-        """(B, H, W, 3) uint8 images -> (B, len(names), max_count + 1) float32 log-probabilities, on the CPU."""
-        from .segmenter import normalised_pixels
-
-        pixels = normalised_pixels(images).to(next(self.model.parameters()).device)
-        if self.image_size and pixels.shape[-1] != self.image_size:
-            pixels = F.interpolate(pixels, size=(self.image_size, self.image_size), mode="bilinear", antialias=True, align_corners=False)
-        logits = self.model(pixel_values=pixels).logits.float().cpu()
-        return F.log_softmax(logits.view(len(images), len(self.names), self.max_count + 1), -1)
-
-    def log_probability(self, images: np.ndarray, phrases: list[str]) -> torch.Tensor:
-        """(B,) the log-probability that each image holds exactly as many objects of each class as `phrases`
-        names (none of a class it does not name; more than max_count counts as max_count)."""
+    def wanted(self, phrases: list[str]) -> torch.Tensor:
+        """(len(names),) int64: the count of each class that `phrases` (one class name per object) asks for,
+        above max_count clamped to it."""
         unknown = sorted(set(phrases) - set(self.names))
         if unknown:
             raise SynthsegError(f"the counter does not know {', '.join(unknown)}")
-        want = torch.tensor([min(phrases.count(name), self.max_count) for name in self.names])
-        return self.count_log_probs(images).gather(2, want[None, :, None].expand(len(images), -1, 1)).sum((1, 2))
+        return torch.tensor([min(phrases.count(name), self.max_count) for name in self.names])
+
+    def count_log_probs_torch(self, pixels: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) float RGB in [0, 1], on the counter's device -> (B, len(names), max_count + 1) float32
+        log-probabilities, differentiable in `pixels` (counting guidance follows their gradient)."""
+        from .segmenter import IMAGENET_MEAN, IMAGENET_STD
+
+        mean, std = (torch.tensor(v, device=pixels.device)[:, None, None] for v in (IMAGENET_MEAN, IMAGENET_STD))
+        pixels = (pixels.float() - mean) / std
+        if self.image_size and pixels.shape[-1] != self.image_size:
+            pixels = F.interpolate(pixels, size=(self.image_size, self.image_size), mode="bilinear", antialias=True, align_corners=False)
+        logits = self.model(pixel_values=pixels).logits.float()
+        return F.log_softmax(logits.view(len(pixels), len(self.names), self.max_count + 1), -1)
+
+    def log_probability_torch(self, pixels: torch.Tensor, phrases: list[str]) -> torch.Tensor:
+        """(B,) `log_probability` of (B, 3, H, W) float RGB in [0, 1], differentiable in `pixels`."""
+        want = self.wanted(phrases).to(pixels.device)
+        return self.count_log_probs_torch(pixels).gather(2, want[None, :, None].expand(len(pixels), -1, 1)).sum((1, 2))
+
+    def _pixels(self, images: np.ndarray) -> torch.Tensor:
+        """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [0, 1] on the counter's device."""
+        return torch.from_numpy(images).permute(0, 3, 1, 2).to(next(self.model.parameters()).device).float() / 255
+
+    @torch.no_grad()
+    def count_log_probs(self, images: np.ndarray) -> torch.Tensor:
+        """(B, H, W, 3) uint8 images -> (B, len(names), max_count + 1) float32 log-probabilities, on the CPU."""
+        return self.count_log_probs_torch(self._pixels(images)).cpu()
+
+    @torch.no_grad()
+    def log_probability(self, images: np.ndarray, phrases: list[str]) -> torch.Tensor:
+        """(B,) the log-probability that each uint8 image holds exactly as many objects of each class as `phrases`
+        names (none of a class it does not name; more than max_count counts as max_count), on the CPU."""
+        return self.log_probability_torch(self._pixels(images), phrases).cpu()

@@ -57,6 +57,7 @@ from .layouts import (
     LayoutGeneration,
     LayoutRecipe,
     check_chooser,
+    check_guidable,
     check_layers_stop_before_capture,
     check_takes_layouts,
     generate_layout,
@@ -145,8 +146,12 @@ class DatasetRecipe:
         if self.layouts is not None and self.layouts.candidates > 1 and self.captioner is None:
             raise SynthsegError(f"{source}: layouts.candidates {self.layouts.candidates} needs a per-class implicit captioner to choose "
                                 "among them (captioner, --captioner); or set candidates to 1")
-        if self.counter is not None and not self.chooses:
-            raise SynthsegError(f"{source}: a counter judges a layout's candidates: it needs layouts with candidates above 1")
+        if self.counter is not None and not (self.chooses or self.count_guided):
+            raise SynthsegError(f"{source}: a counter judges a layout's candidates or guides its sampling: it needs layouts with candidates "
+                                "above 1 or count_guidance above 0")
+        if self.count_guided and self.counter is None:
+            raise SynthsegError(f"{source}: layouts.count_guidance follows a counter's gradient: give one (counter, --counter), or set "
+                                "count_guidance to 0")
         if self.layouts_file is None and not self.per_class and not (self.per_pair and (self.pairs or len(names) > 1)):
             raise SynthsegError(f"{source}: the plan has no images (per_class and per_pair are 0, or no pair exists)")
         check_vocabulary(self.model, names)
@@ -159,6 +164,11 @@ class DatasetRecipe:
     def chooses(self) -> bool:
         """Whether each layout's image is chosen among candidates (by the captioner, and the counter if any)."""
         return self.layouts is not None and self.layouts.candidates > 1
+
+    @property
+    def count_guided(self) -> bool:
+        """Whether each layout's sampling follows the counter's gradient (`layouts.CountGuidance`)."""
+        return self.layouts is not None and self.layouts.count_guidance > 0
 
     @property
     def images_per_item(self) -> int:
@@ -196,14 +206,14 @@ def load_dataset_recipe(classes: str = "world", recipe: str | Path | None = None
     recipe becomes its GLIGEN ("world-layout"; given as `model`, it is refused), and the recipe's `layouts` section applies over
     the layout limits of the model's card (a world-layout export's: what it was trained on). A section that names no
     `seed` draws the layout stream of the dataset's seed, so another `--seed` gives other layouts and images.
-    `candidates` (None: the section's) sets the section's; where it is above 1, a bundled model brings its
-    captioner and counter."""
+    `candidates` and `count_guidance` (None: the section's) set the section's; where candidates are above 1, a bundled
+    model brings its captioner and counter, and where count_guidance is above 0, its counter."""
     from .config import apply_overrides, load_config, read_recipe
 
     if recipe is None and classes in recipe_names("dataset"):
         recipe = classes
     data, source = read_recipe(recipe, "dataset") if recipe is not None else ({"classes": classes}, "make-dataset")
-    candidates, chooser = overrides.pop("candidates", None), None
+    candidates, guidance, chooser, guider = overrides.pop("candidates", None), overrides.pop("count_guidance", None), None, None
     if overrides.pop("layouts", False) or overrides.get("layouts_file") or data.get("layouts") is not None:
         model = overrides.get("model") or data.get("model", DatasetRecipe.model)
         if model in LAYOUT_MODELS:  # the bundled text-only world takes no boxes; its GLIGEN does
@@ -216,14 +226,18 @@ def load_dataset_recipe(classes: str = "world", recipe: str | Path | None = None
         section.setdefault("seed", data.get("seed", DatasetRecipe.seed) if seed is None else seed)
         if candidates is not None:
             section["candidates"] = candidates
+        if guidance is not None:
+            section["count_guidance"] = guidance
         overrides["layouts"] = section
         chooser = model if section.get("candidates", LayoutRecipe.candidates) > 1 else None
-    elif candidates is not None:
-        raise SynthsegError("candidates are images per layout: give --layouts or --layouts-file")
-    for part in ("captioner", "counter"):  # the option's, else the recipe's; choosing among candidates, else the bundle's; "none": none
-        given = overrides.pop(part, None)
+        guider = model if section.get("count_guidance", LayoutRecipe.count_guidance) > 0 else None
+    elif candidates is not None or guidance is not None:
+        what = "candidates are images per layout" if candidates is not None else "count guidance steers a layout's sampling"
+        raise SynthsegError(f"{what}: give --layouts or --layouts-file")
+    for part, user in (("captioner", chooser), ("counter", chooser or guider)):  # the option's, else the recipe's; where it is
+        given = overrides.pop(part, None)                                           # used, else the bundle's; "none": none
         given = data.get(part) if given is None else given
-        data[part] = judge_for(chooser, given, part) if chooser else (None if given == "none" else given)
+        data[part] = judge_for(user, given, part) if user else (None if given == "none" else given)
     if overrides.get("model") in BUNDLES:
         overrides["grounding"] = grounding_for(overrides["model"], overrides.get("grounding"))
     return load_config(DatasetRecipe, apply_overrides(data, overrides, source), source)
@@ -251,6 +265,8 @@ def plan_summary(recipe: DatasetRecipe, device: str = "auto") -> str:
     if recipe.images_per_item > 1:
         text += (f"\ncandidates: {recipe.images_per_item} images generated per layout (timed as such), the captioner "
                  f"{recipe.captioner}{f' and the counter {recipe.counter}' if recipe.counter else ''} keeping one")
+    if recipe.count_guided:
+        text += f"\ncount guidance: {recipe.layouts.count_guidance:g} while the gated layers run, by the counter {recipe.counter}"
     if not recipe.spare:
         return text
     asked = sum(recipe.asked(items).values())
@@ -385,6 +401,9 @@ def _card(recipe: DatasetRecipe, summary: dict, example: dict) -> str:
     counter = f" and the counter {recipe.counter} ({example.get('counter_hash', '?')})" if "counter_hash" in example else ""
     chooser = (f"\n- each layout's image: the best of {recipe.layouts.candidates} by the implicit captioner {recipe.captioner} "
                f"({example.get('captioner_hash', '?')}){counter}") if "captioner_hash" in example else ""
+    if recipe.count_guided:
+        chooser += (f"\n- sampling: counting guidance {recipe.layouts.count_guidance:g} while GLIGEN's gated layers run, by the counter "
+                    f"{recipe.counter} ({example.get('counter_hash', '?')})")
     return f"""# synthseg synthetic segmentation dataset
 
 Generated by grounded generation (Li et al. 2023): each image comes with a grounding module's
@@ -521,7 +540,8 @@ def make_dataset(pipe, grounding, recipe: DatasetRecipe, directory: str | Path, 
                 made = [generate_layout(pipe, grounding, item, guidance_scale=recipe.guidance_scale, num_inference_steps=recipe.num_inference_steps,
                                         margin=recipe.layouts.margin, scheduled_sampling_beta=recipe.layouts.scheduled_sampling_beta,
                                         box_attention=recipe.layouts.box_attention, refine=recipe.refine,
-                                        candidates=recipe.layouts.candidates, recogniser=recogniser, counter=counter)
+                                        candidates=recipe.layouts.candidates, recogniser=recogniser, counter=counter,
+                                        count_guidance=recipe.layouts.count_guidance)
                         for item in batch]
                 outputs = [(item, g.image, g.probs, g) for item, g in zip(batch, made)]
             for item, image, probs, layout in outputs:
@@ -555,12 +575,14 @@ def build_dataset(recipe: DatasetRecipe, directory: str | Path, *, device: str =
     module = GroundingModule.from_pretrained(recipe.grounding).to(torch_device)
     chooses = recipe.chooses
     captioner = ImplicitCaptioner.from_pretrained(recipe.captioner).to(torch_device) if chooses else None
-    counter = CountJudge.from_pretrained(recipe.counter).to(torch_device) if recipe.counter else None  # only where it chooses (validate)
+    counter = CountJudge.from_pretrained(recipe.counter).to(torch_device) if recipe.counter else None  # only where it chooses or guides (validate)
     pipe = load_pipeline(recipe.model, device=torch_device)
     module.config.check_pipeline(pipe)  # before the folder is claimed
     if recipe.layouts is not None:
         check_takes_layouts(pipe)
         check_layers_stop_before_capture(pipe, recipe.layouts.scheduled_sampling_beta, recipe.num_inference_steps)
+        if recipe.layouts.count_guidance:
+            check_guidable(pipe)
     recogniser = Recogniser(pipe, captioner, list(recipe.class_names)) if chooses else None
     if chooses:
         check_chooser(recipe.layouts.candidates, recogniser)  # a captioner trained per class, before the folder is claimed

@@ -170,10 +170,12 @@ def test_dry_runs_print_the_plan_without_loading_a_model(monkeypatch):
     assert result.exit_code == 0 and "12 images from layouts" in result.output, result.output
     assert "candidates: 4 images generated per layout (timed as such), the captioner world-layout and the counter world-layout keeping one" in result.output
     assert counted == [48]  # the time counts every candidate
-    result = runner.invoke(app, ["make-dataset", "--dry-run", "--layouts", "--per-class", "1", "--counter", "none"])
+    result = runner.invoke(app, ["make-dataset", "--dry-run", "--layouts", "--per-class", "1", "--counter", "none", "--count-guidance", "0"])
     assert "the captioner world-layout keeping one" in result.output and counted == [48, 48]  # the captioner alone
     result = runner.invoke(app, ["make-dataset", "--dry-run", "--layouts", "--per-class", "1", "--candidates", "1"])
     assert "candidates" not in result.output and counted == [48, 48, 12]
+    result = runner.invoke(app, ["make-dataset", "--dry-run", "--layouts", "--per-class", "1", "--candidates", "1", "--count-guidance", "2"])
+    assert "count guidance: 2 while the gated layers run, by the counter world-layout" in result.output, result.output
     result = runner.invoke(app, ["make-triplets", "--dry-run", "--count", "100"])
     assert result.exit_code == 0 and result.output.startswith("100 triplets:") and "disk: about 9.4 MB (94.2 KB per item; features storage)" in result.output
 

@@ -1,6 +1,7 @@
 """Layouts: deterministic sampling within the recipe's limits, layouts files with one-line errors, and
 instance masks that keep touching objects of one class apart."""
 
+import contextlib
 import json
 from dataclasses import replace
 
@@ -64,7 +65,8 @@ def test_prompts_name_each_class_once_with_its_count():
 
 def test_bad_recipe_values_are_refused_by_name(tmp_path):
     for bad, message in [(dict(min_objects=3, max_objects=2), "above max_objects"), (dict(max_overlap=1.5), "max_overlap"),
-                         (dict(box_attention=-1.0), "box_attention not negative"),
+                         (dict(box_attention=-1.0), "box_attention and count_guidance not negative"),
+                         (dict(count_guidance=-1.0), "box_attention and count_guidance not negative"),
                          (dict(min_size=0.7, max_size=0.5), "min_size"), (dict(templates=["a {} and {}"]), "one slot")]:
         with pytest.raises(SynthsegError, match=message):
             load_config(LayoutRecipe, bad, "recipe.yaml")
@@ -247,7 +249,7 @@ def test_best_candidate_keeps_the_image_likeliest_to_hold_exactly_the_layout_s_c
     counted = torch.full((3, 3, 3), -5.0)  # (image, class, count): image 0 holds exactly two dogs and a cat, if weakly
     counted[:, :, 0] = -0.1
     counted[0, 0, 2] = counted[0, 1, 1] = -0.1
-    monkeypatch.setattr(counter, "count_log_probs", lambda pixels: counted[: len(pixels)])
+    monkeypatch.setattr(counter, "count_log_probs_torch", lambda pixels: counted[: len(pixels)])
     assert counter.log_probability(np.zeros((3, 8, 8, 3), np.uint8), ["dog", "dog", "cat"]).tolist() == pytest.approx([-0.3, -10.1, -10.1])
     assert counter.log_probability(np.zeros((1, 8, 8, 3), np.uint8), ["dog"] * 3 + ["cat"]).tolist() == pytest.approx([-0.3])  # 3 dogs: 2+
     assert best_candidate(pipe, recogniser, layout, images, counter) == 0  # the counts outweigh the captioner's preference for 2
@@ -263,6 +265,61 @@ def test_best_candidate_keeps_the_image_likeliest_to_hold_exactly_the_layout_s_c
     captions = Recogniser(pipe, ImplicitCaptioner(CaptionerConfig.for_pipeline(pipe, width=8, hidden_dim=8)).eval(), ["dog", "cat"])
     with pytest.raises(SynthsegError, match="needs an implicit captioner trained per class"):
         check_chooser(2, captions)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
+def test_count_guidance_moves_the_early_steps_toward_the_counter_s_count_and_unhooks(prediction_type):
+    """CountGuidance: a guided step's predicted x0 is one the counter finds likelier to hold the layout's counts,
+    only the first `steps` steps are guided, and the scheduler is as it was after the call."""
+    from diffusers import DDIMScheduler, EulerDiscreteScheduler
+
+    from synthseg.layouts import CountGuidance, check_guidable, count_steering
+    from synthseg.tiny import tiny_pipeline
+
+    pipe = tiny_pipeline(gligen=True)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, prediction_type=prediction_type)
+    torch.manual_seed(0)
+    counter = _counter(["dog", "cat"], max_count=2)
+    layout = Layout(0, "two dogs and a cat", ["dog", "dog", "cat"], [(0, 0, .4, .4), (.5, 0, 1, .5), (.2, .5, .8, 1)], 7)
+
+    def x0_log_p(output, x, a):
+        x0 = a.sqrt() * x - (1 - a).sqrt() * output if prediction_type == "v_prediction" else (x - (1 - a).sqrt() * output) / a.sqrt()
+        pixels = (pipe.vae.decode(x0 / pipe.vae.config.scaling_factor).sample + 1) / 2
+        return counter.log_probability_torch(pixels, list(layout.phrases))
+
+    guidance = CountGuidance(pipe, counter, list(layout.phrases), scale=0.5, steps=2)
+    x, output = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(1)), torch.randn(2, 4, 16, 16)
+    timestep = torch.tensor(501)
+    with torch.no_grad():
+        moved = guidance.guide(output, timestep, x)
+        a = pipe.scheduler.alphas_cumprod[501]
+        before, after = x0_log_p(output, x, a), x0_log_p(moved, x, a)
+    assert (after > before).all() and not torch.equal(moved, output)  # each image's x0 moves up the counter's gradient
+
+    seen = []
+    original = guidance.guide
+    guidance.guide = lambda out, t, sample: seen.append(int(t)) or original(out, t, sample)
+    kwargs = dict(gligen_phrases=layout.phrases, gligen_boxes=[list(b) for b in layout.boxes], gligen_scheduled_sampling_beta=0.5,
+                  num_inference_steps=4, guidance_scale=2.0, output_type="np")
+    plain = pipe(layout.prompt, generator=torch.Generator().manual_seed(7), **kwargs).images
+    with guidance:
+        guided = pipe(layout.prompt, generator=torch.Generator().manual_seed(7), **kwargs).images
+    assert seen == [int(t) for t in pipe.scheduler.timesteps[:2]]  # the first two of four steps
+    assert not np.allclose(guided, plain) and "step" not in vars(pipe.scheduler)  # it steered, and is unhooked
+    assert np.array_equal(pipe(layout.prompt, generator=torch.Generator().manual_seed(7), **kwargs).images, plain)
+    with guidance:  # contexts nest: the inner one's exit puts the outer one's step back
+        outer = pipe.scheduler.step
+        with CountGuidance(pipe, counter, list(layout.phrases), scale=1.0, steps=1):
+            assert pipe.scheduler.step is not outer
+        assert pipe.scheduler.step is outer
+    assert "step" not in vars(pipe.scheduler)
+    assert isinstance(count_steering(pipe, counter, layout, 0.0, 2), contextlib.nullcontext)  # scale 0: nothing installed
+    with pytest.raises(SynthsegError, match="the counter does not know bird"):
+        CountGuidance(pipe, counter, ["bird"], 1.0, 2)
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    with pytest.raises(SynthsegError, match="count guidance needs a DDPM-type scheduler predicting epsilon or v.*not EulerDiscreteScheduler"):
+        check_guidable(pipe)
 
 
 def test_a_layout_s_candidates_are_made_in_one_call_and_the_captioner_s_choice_is_kept(tmp_path):
@@ -361,8 +418,11 @@ def test_make_dataset_with_a_layouts_file_writes_one_coco_instance_per_box(tmp_p
     (["--layouts", "--candidates", "2", "--model", "runs/no-such-gligen"], "layouts.candidates 2 needs a per-class implicit captioner"),
     (["--layouts", "--captioner", "no/such/captioner"], "no captioner at no/such/captioner"),
     (["--layouts", "--counter", "no/such/counter"], "no counter at no/such/counter"),
-    (["--layouts", "--candidates", "1", "--counter", "world-layout"], "a counter judges a layout's candidates: it needs layouts with candidates"),
-    (["--counter", "world-layout"], "a counter judges a layout's candidates: it needs layouts with candidates"),
+    (["--layouts", "--candidates", "1", "--count-guidance", "0", "--counter", "world-layout"], "a counter judges a layout's candidates or guides"),
+    (["--counter", "world-layout"], "a counter judges a layout's candidates or guides its sampling: it needs layouts"),
+    (["--count-guidance", "1"], "count guidance steers a layout's sampling: give --layouts or --layouts-file"),
+    (["--layouts", "--count-guidance", "-1"], "margin, box_attention and count_guidance not negative"),
+    (["--layouts", "--count-guidance", "1", "--counter", "none"], "layouts.count_guidance follows a counter's gradient: give one"),
 ])
 def test_make_dataset_bad_candidate_settings_give_one_error_line_and_write_nothing(tmp_path, args, message):
     from typer.testing import CliRunner
@@ -414,9 +474,13 @@ def test_make_dataset_layouts_with_no_model_uses_the_bundled_world_gligen(tmp_pa
     assert recipe.model == "world-layout" and recipe.layouts.max_objects == 4  # the export's card's limits
     assert recipe.layouts.candidates == model_card("world-layout").layouts["candidates"] > 1 and recipe.captioner == "world-layout"
     assert recipe.counter == "world-layout"  # and its counter adds its say
-    assert load_dataset_recipe("world", layouts=True, counter="none").counter is None and load_dataset_recipe("world", counter="none").counter is None
+    assert recipe.layouts.count_guidance == model_card("world-layout").layouts["count_guidance"] > 0  # the counter guides, too
+    alone = load_dataset_recipe("world", layouts=True, counter="none", count_guidance=0)
+    assert alone.counter is None and not alone.count_guided and load_dataset_recipe("world", counter="none").counter is None
     assert load_dataset_recipe("world", layouts=True, candidates=1).captioner is None  # no choice: no captioner
-    assert load_dataset_recipe("world", layouts=True, candidates=1).counter is None
+    assert load_dataset_recipe("world", layouts=True, candidates=1, count_guidance=0).counter is None
+    guided = load_dataset_recipe("world", layouts=True, candidates=1, count_guidance=2.0)  # guidance alone brings the counter
+    assert guided.counter == "world-layout" and guided.captioner is None and guided.count_guided and not guided.chooses
     assert recipe.layouts.scheduled_sampling_beta == model_card("world-layout").layouts["scheduled_sampling_beta"] != 0.3  # and beta
     out = tmp_path / "ds"
     result = CliRunner().invoke(app, ["make-dataset", "--layouts", "--classes", "circle,ring", "--per-class", "3", "--per-pair", "0",
@@ -427,6 +491,8 @@ def test_make_dataset_layouts_with_no_model_uses_the_bundled_world_gligen(tmp_pa
     assert {r["captioner_hash"] for r in records} == {file_hash(BUNDLES["world"].captioner)}  # the world captioner chose
     assert {r["counter_hash"] for r in records} == {file_hash(BUNDLES["world-layout"].counter)}  # with world-layout's counter
     assert f"and the counter world-layout ({records[0]['counter_hash']})" in (out / "README.md").read_text()
+    card = (out / "README.md").read_text()  # the counter guided the sampling too
+    assert f"counting guidance 3 while GLIGEN's gated layers run, by the counter world-layout ({records[0]['counter_hash']})" in card
     coco = COCO(str(out / "annotations.json"))
     counts = [len(coco.getAnnIds(imgIds=i)) for i in coco.getImgIds()]
     assert sum(counts) >= len(counts) and max(counts) >= 2  # one instance per kept box, several in a layout

@@ -181,3 +181,16 @@ def test_a_visual_token_reads_only_the_objects_whose_box_holds_it(base):
     fuser.grid = (3, 3)
     with pytest.raises(SynthsegError, match="grid and boxes"):
         fuser(x, objs)
+
+
+def test_the_shipped_card_says_what_its_recipe_says():
+    """The bundled world-layout's card is what `train-world-layout --recipe world-layout-finetune` writes: the sampling
+    settings chosen after training (box attention, candidates, count guidance) are in the recipe, not only the card."""
+    from synthseg.registry import BUNDLES
+    from synthseg.train.world_layout import CARD_LAYOUT_LIMITS, load_layout_recipe
+
+    recipe = load_layout_recipe("world-layout-finetune")
+    card = json.loads((BUNDLES["world-layout"].pipeline / "synthseg.json").read_text())
+    expected = {k: v for k, v in dataclasses.asdict(recipe.layouts).items() if k in CARD_LAYOUT_LIMITS}
+    assert card["layouts"] == expected and card["layouts"]["count_guidance"] > 0
+    assert (card["num_inference_steps"], card["guidance_scale"]) == (recipe.num_inference_steps, recipe.guidance_scale)
