@@ -581,8 +581,8 @@ def build_dataset(recipe: DatasetRecipe, directory: str | Path, *, device: str =
     if recipe.layouts is not None:
         check_takes_layouts(pipe)
         check_layers_stop_before_capture(pipe, recipe.layouts.scheduled_sampling_beta, recipe.num_inference_steps)
-        if recipe.layouts.count_guidance:
-            check_guidable(pipe)
+        if recipe.count_guided:
+            check_guidable(pipe)  # a scheduler it can read x0 from, before the folder is claimed
     recogniser = Recogniser(pipe, captioner, list(recipe.class_names)) if chooses else None
     if chooses:
         check_chooser(recipe.layouts.candidates, recogniser)  # a captioner trained per class, before the folder is claimed

@@ -435,6 +435,30 @@ def test_make_dataset_bad_candidate_settings_give_one_error_line_and_write_nothi
     assert "Traceback" not in result.output and not out.exists()
 
 
+def test_make_dataset_refuses_count_guidance_on_a_scheduler_it_cannot_read_before_writing(tmp_path):
+    from diffusers import EulerDiscreteScheduler
+    from typer.testing import CliRunner
+
+    from synthseg import GroundingConfig, GroundingModule
+    from synthseg.cli import app
+    from synthseg.pipeline import load_pipeline
+
+    pipe = load_pipeline(_gligen_folder(tmp_path / "gligen"))
+    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
+    pipe.save_pretrained(tmp_path / "euler")
+    GroundingModule(GroundingConfig.for_pipeline(pipe, fuse_dim=16, mask_dim=16, hidden_dim=32, num_heads=4, ffn_dim=64,
+                                                 token_patch=2)).save_pretrained(tmp_path / "module")
+    _counter(["dog", "cat"], max_count=2).model.save_pretrained(tmp_path / "counter")
+    (tmp_path / "layouts.jsonl").write_text(json.dumps({"phrases": ["dog", "cat"], "boxes": [[0, 0, .5, .5], [.5, .5, 1, 1]]}) + "\n")
+    out = tmp_path / "ds"
+    result = CliRunner().invoke(app, ["make-dataset", "--classes", "dog,cat", "--model", str(tmp_path / "euler"), "--grounding",
+                                      str(tmp_path / "module"), "--layouts-file", str(tmp_path / "layouts.jsonl"), "--count-guidance", "1",
+                                      "--counter", str(tmp_path / "counter"), "--num-inference-steps", "4", "--out", str(out)])
+    assert result.exit_code == 1 and result.output.count("error:") == 1, result.output
+    assert "count guidance needs a DDPM-type scheduler predicting epsilon or v" in result.output and "EulerDiscreteScheduler" in result.output
+    assert "Traceback" not in result.output and not out.exists()
+
+
 def test_make_dataset_refuses_gated_layers_at_the_captured_step_before_writing(tmp_path):
     from typer.testing import CliRunner
 
