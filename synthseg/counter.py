@@ -84,10 +84,9 @@ class CountJudge:
     def count_log_probs_torch(self, pixels: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) float RGB in [0, 1], on the counter's device -> (B, len(names), max_count + 1) float32
         log-probabilities, differentiable in `pixels` (counting guidance follows their gradient)."""
-        from .segmenter import IMAGENET_MEAN, IMAGENET_STD
+        from .segmenter import normalise
 
-        mean, std = (torch.tensor(v, device=pixels.device)[:, None, None] for v in (IMAGENET_MEAN, IMAGENET_STD))
-        pixels = (pixels.float() - mean) / std
+        pixels = normalise(pixels)  # as train.backbone's batches (`segmenter.normalised_pixels`)
         if self.image_size and pixels.shape[-1] != self.image_size:
             pixels = F.interpolate(pixels, size=(self.image_size, self.image_size), mode="bilinear", antialias=True, align_corners=False)
         logits = self.model(pixel_values=pixels).logits.float()

@@ -179,11 +179,16 @@ def _build_mask2former(recipe: SegmenterRecipe, names: dict):
     return Mask2FormerForUniversalSegmentation(config)
 
 
+def normalise(pixels: torch.Tensor) -> torch.Tensor:
+    """(B, 3, H, W) float RGB in [0, 1] -> the same normalised as the segmenter's processor normalises images
+    (ImageNet mean and std), on their device and differentiable: what the ResNet backbones read."""
+    mean, std = (torch.tensor(v, device=pixels.device)[:, None, None] for v in (IMAGENET_MEAN, IMAGENET_STD))
+    return (pixels.float() - mean) / std
+
+
 def normalised_pixels(images: np.ndarray) -> torch.Tensor:
-    """(B, H, W, 3) uint8 RGB -> (B, 3, H, W) floats normalised as the segmenter's processor normalises them
-    (ImageNet mean and std): what the ResNet backbones read."""
-    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
-    return (pixels - torch.tensor(IMAGENET_MEAN)[:, None, None]) / torch.tensor(IMAGENET_STD)[:, None, None]
+    """(B, H, W, 3) uint8 RGB -> (B, 3, H, W) floats, `normalise`d."""
+    return normalise(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255)
 
 
 def backbone_config(name: str):
