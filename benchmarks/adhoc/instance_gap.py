@@ -1,16 +1,26 @@
 """Ad hoc: where instance-level Protocol ii's layout dataset (a) loses to the oracle (c). The same world annotator
-architecture and training as `bench_protocol_ii_instances.py`, on two more datasets of (a)'s kept layouts:
+architecture and training as `bench_protocol_ii_instances.py`, on more datasets of as many images (RESULTS.md, "Ad hoc
+trials (world)", session 49):
 
 - plan: the world itself renders each kept image's phrases in its boxes (`world.render_layout`), exact instances:
   what the layouts ask for, drawn perfectly;
 - drawn: (a)'s own images, labelled by the world annotator's instances (all 12 classes; a diagnosis only, the
   annotator learnt every class from exact masks): what the generator drew, labelled (almost) perfectly.
 
-(c) - plan is the cost of the layout plan, plan - drawn that of the drawing, drawn - (a) that of the labels.
+(c) - plan is the cost of the layouts as the world draws them, plan - drawn that of the generator's drawing, drawn - (a)
+that of the labels.
 `plan@KEY=VALUE,...` renders as many layouts of another plan instead (the dataset's `layouts` section with those
 fields changed, layout stream 40), with exact instances: what that plan would give, drawn perfectly.
 
-Run from the repository root: python benchmarks/adhoc/instance_gap.py WORK LAYOUT_DATASET STEPS [plan|drawn|plan@K=V,... ...]
+`scenes` writes WORK/scene-layouts.jsonl, a layouts file of the boxes of training scenes (`world.render_scene`, the
+oracle's kind, scenes 1000 on; 1.6 layouts per kept image of LAYOUT_DATASET, for make-dataset --layouts-file), and
+renders its first layouts with `render_layout`: layouts taken from the target domain's own boxes, drawn perfectly.
+`fitted` renders the same first layouts of that file with each shape fitted to its box's extent (turned to the best
+of 24 random angles for the box's aspect, then scaled and shifted so that its outline's bounding box fills the box along
+its limiting side) instead of inscribed in the shorter side.
+`kept@DATASET` trains on the first as many images of another dataset (e.g. made from that file) as LAYOUT_DATASET keeps.
+
+Run from the repository root: python benchmarks/adhoc/instance_gap.py WORK LAYOUT_DATASET STEPS [plan|drawn|plan@K=V,...|scenes|fitted|kept@DIR ...]
 """
 import json
 import os
@@ -27,7 +37,7 @@ from synthseg.dataset import load_dataset_recipe
 from synthseg.formats import coco_annotation, coco_document, write_json_atomic
 from synthseg.layouts import sample_layouts
 from synthseg.train.annotator import load_annotator_recipe, train_world_annotator, world_mask_ap
-from synthseg.world import WORLD_CLASSES, layout_scene, render_layout, scene_seed
+from synthseg.world import WORLD_CLASSES, _paint, layout_scene, mask_box, render_layout, render_scene, scene_seed, shape_mask
 
 work, source, steps = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 which = sys.argv[4:] or ["plan", "drawn"]
@@ -65,6 +75,49 @@ def other_plan(changes):
         yield scene.image, [(m, c) for m, c in zip(scene.masks, scene.classes) if m.any()]
 
 
+def scenes():
+    lines = []
+    for k in range(1000, 1000 + int(1.6 * len(items))):
+        scene = render_scene(scene_seed(k, held_out=False))
+        lines.append(dict(phrases=scene.classes, boxes=[list(mask_box(m)) for m in scene.masks]))
+    (work / "scene-layouts.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    for k, line in enumerate(lines[:len(items)]):
+        scene = render_layout(scene_seed(k, held_out=False), line["phrases"], line["boxes"])
+        yield scene.image, [(m, c) for m, c in zip(scene.masks, scene.classes) if m.any()]
+
+
+def fitted_scene(seed, phrases, boxes, size=64):
+    """`render_layout`'s scene, each shape fitted to its box's extent."""
+    rng, full = np.random.default_rng(seed), []
+    for name, (x0, y0, x1, y1) in zip(phrases, boxes):
+        angles = rng.uniform(0, 2 * np.pi, size=24)  # the angle whose extent is most like the box's shape
+        extents = [np.nonzero(shape_mask(name, 512, (256.0, 256.0), 200.0, a)) for a in angles]  # at radius 200
+        misfit = [abs(np.log((xs.max() + 1 - xs.min()) / (ys.max() + 1 - ys.min())) - np.log((x1 - x0) / (y1 - y0))) for ys, xs in extents]
+        angle, (ys, xs) = angles[int(np.argmin(misfit))], extents[int(np.argmin(misfit))]
+        scale = min((x1 - x0) * size / (xs.max() + 1 - xs.min()), (y1 - y0) * size / (ys.max() + 1 - ys.min()))
+        centre = ((x0 + x1) * size / 2 - scale * ((xs.min() + xs.max() + 1) / 2 - 256), (y0 + y1) * size / 2 - scale * ((ys.min() + ys.max() + 1) / 2 - 256))
+        full.append(shape_mask(name, size, centre, 200 * scale, angle))
+    return _paint(rng, full, list(phrases), size, seed)
+
+
+def fitted():
+    lines = [json.loads(line) for line in (work / "scene-layouts.jsonl").read_text().splitlines()]
+    for k, line in enumerate(lines[:len(items)]):
+        scene = fitted_scene(scene_seed(k, held_out=False), line["phrases"], line["boxes"])
+        yield scene.image, [(m, c) for m, c in zip(scene.masks, scene.classes) if m.any()]
+
+
+def kept(folder):
+    from pycocotools.coco import COCO
+
+    coco = COCO(str(Path(folder) / "annotations.json"))
+    for image_id in sorted(coco.getImgIds())[:len(items)]:
+        info = coco.loadImgs(image_id)[0]
+        image = np.array(Image.open(Path(folder) / info["file_name"]).convert("RGB"))
+        annotations = coco.loadAnns(coco.getAnnIds(imgIds=image_id))
+        yield image, [(coco.annToMask(a).astype(bool), WORLD_CLASSES[a["category_id"] - 1]) for a in annotations]
+
+
 def drawn():
     annotator = load_annotator("world")
     for start in range(0, len(items), 16):
@@ -78,7 +131,9 @@ def drawn():
 for name in which:
     folder = work / name
     if not (folder / "annotations.json").is_file():
-        write(name, other_plan(name.partition("@")[2]) if "@" in name else {"plan": plan, "drawn": drawn}[name]())
+        kind, _, argument = name.partition("@")
+        makers = {"plan": plan, "drawn": drawn, "scenes": scenes, "fitted": fitted}
+        write(name, {"plan": other_plan, "kept": kept}[kind](argument) if argument else makers[name]())
     out = work / f"annotator-{name}"
     if not (out / "metrics.json").is_file():
         recipe = replace(load_annotator_recipe("world-annotator"), steps=steps, train_data=str(folder.resolve()))
