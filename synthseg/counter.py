@@ -99,7 +99,9 @@ class CountJudge:
 
     def _pixels(self, images: np.ndarray) -> torch.Tensor:
         """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [0, 1] on the counter's device."""
-        return torch.from_numpy(images).permute(0, 3, 1, 2).to(next(self.model.parameters()).device).float() / 255
+        from .segmenter import unit_pixels
+
+        return unit_pixels(images).to(next(self.model.parameters()).device)
 
     @torch.no_grad()
     def count_log_probs(self, images: np.ndarray) -> torch.Tensor:

@@ -186,9 +186,14 @@ def normalise(pixels: torch.Tensor) -> torch.Tensor:
     return (pixels.float() - mean) / std
 
 
+def unit_pixels(images: np.ndarray) -> torch.Tensor:
+    """(B, H, W, 3) uint8 RGB -> (B, 3, H, W) float in [0, 1], what `normalise` takes."""
+    return torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255
+
+
 def normalised_pixels(images: np.ndarray) -> torch.Tensor:
     """(B, H, W, 3) uint8 RGB -> (B, 3, H, W) floats, `normalise`d."""
-    return normalise(torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255)
+    return normalise(unit_pixels(images))
 
 
 def backbone_config(name: str):
