@@ -48,13 +48,11 @@ class BoxTermJudge:
             crops.append(F.interpolate(pixels[:, :, top:bottom, left:right], size=(size, size), mode="bilinear", align_corners=False))
         logp = self.counter.count_log_probs_torch(torch.cat(crops)).view(len(crops), len(pixels), len(self.counter.names), -1)
         for k, phrase in enumerate(phrases):
-            c = self.counter.names.index(phrase)
-            if self.mode == "exact":
-                want = torch.zeros(len(self.counter.names), dtype=torch.long, device=pixels.device)
-                want[c] = 1
+            if self.mode == "exact":  # one of the box's class, none of another: the counts a one-object layout asks for
+                want = self.counter.wanted([phrase]).to(pixels.device)
                 total = total + self.weight * logp[k].gather(2, want[None, :, None].expand(len(pixels), -1, 1)).sum((1, 2))
             else:
-                total = total + self.weight * logp[k][:, c, 1]
+                total = total + self.weight * logp[k][:, self.counter.names.index(phrase), 1]
         return total
 
 

@@ -61,10 +61,15 @@ def write(name, pairs):
     return folder
 
 
+def exact(scene):
+    """A rendered scene with its exact instances (those left visible)."""
+    return scene.image, [(m, c) for m, c in zip(scene.masks, scene.classes) if m.any()]
+
+
 def plan():
     for item in items:
         scene = render_layout(scene_seed(item["index"], held_out=False), item["phrases"], item["boxes"])
-        yield scene.image, [(m, c) for m, c in zip(scene.masks, scene.classes) if m.any()]
+        yield exact(scene)
 
 
 def other_plan(changes):
@@ -72,7 +77,7 @@ def other_plan(changes):
     fields = {key: type(getattr(section, key))(value) for key, value in (pair.split("=") for pair in changes.split(","))}
     for layout in sample_layouts(replace(section, seed=40, **fields), list(WORLD_CLASSES), [], len(items)):
         scene = layout_scene(layout, held_out=False)
-        yield scene.image, [(m, c) for m, c in zip(scene.masks, scene.classes) if m.any()]
+        yield exact(scene)
 
 
 def scenes():
@@ -83,7 +88,7 @@ def scenes():
     (work / "scene-layouts.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     for k, line in enumerate(lines[:len(items)]):
         scene = render_layout(scene_seed(k, held_out=False), line["phrases"], line["boxes"])
-        yield scene.image, [(m, c) for m, c in zip(scene.masks, scene.classes) if m.any()]
+        yield exact(scene)
 
 
 def fitted_scene(seed, phrases, boxes, size=64):
@@ -104,7 +109,7 @@ def fitted():
     lines = [json.loads(line) for line in (work / "scene-layouts.jsonl").read_text().splitlines()]
     for k, line in enumerate(lines[:len(items)]):
         scene = fitted_scene(scene_seed(k, held_out=False), line["phrases"], line["boxes"])
-        yield scene.image, [(m, c) for m, c in zip(scene.masks, scene.classes) if m.any()]
+        yield exact(scene)
 
 
 def kept(folder):
