@@ -257,7 +257,7 @@ def main() -> None:
     text_card = model_card("world")  # the text-only model at its own sampling defaults
     plain = sample(base, [lay.prompt for lay in layouts] + [caption(p.classes) for p in pairs],
                    [lay.seed for lay in layouts + pairs], text_card.num_inference_steps, text_card.guidance_scale, batch=25)
-    scenes = [layout_scene(lay, held_out=True) for lay in layouts + pairs]
+    scenes = [layout_scene(lay, held_out=True, fit=section.fit) for lay in layouts + pairs]
     exact = [[Instance(mask, name, 1.0) for mask, name in zip(s.masks, s.classes) if mask.any()] for s in scenes]
     SHEET.parent.mkdir(exist_ok=True)
     sheet(boxed[settings[0]][:24], layouts[:24]).save(SHEET)
@@ -301,8 +301,9 @@ two classes. Samples (the first row's), requested boxes drawn: `benchmarks/{SHEE
 | target | >= 80% | >= 70% | >= 90% |
 
 The last two rows are the same rendered scenes: judged by the annotator (its ceiling here), and by
-their exact masks (the ceiling of the measures themselves: a shape drawn inside its box need not fill
-it). The text-only row gives the same list of objects as its prompt (two classes: "a photograph of a X and a
+their exact masks (the ceiling of the measures themselves: the world draws each box as its shape's extent
+(fit "{section.fit}"), but a shape cannot take every box's aspect, and a later object may hide part of an earlier one).
+The text-only row gives the same list of objects as its prompt (two classes: "a photograph of a X and a
 Y"), with no boxes, at the world's own guidance ({text_card.guidance_scale}): its box hits are what chance placement scores. Ratios in this run,
 first row / text only: box hits {ratio(rows[0][1], text_row[1])}, counts {ratio(rows[0][2], text_row[2])}, two-class
 fidelity {ratio(rows[0][3], text_row[3])}.

@@ -5,8 +5,8 @@ and a box, and one instance mask per object from the grounding module's class ma
   boxes inside size, aspect and overlap limits. Layout i depends only on the recipe's seed and i.
 - `read_layouts`: a user's JSONL file, one layout per line:
   `{"prompt": "...", "phrases": ["dog", "dog"], "boxes": [[x0, y0, x1, y1], ...], "seed": 7}`, boxes as
-  fractions of the image in [0, 1] (`prompt` and `seed` optional). Each line is checked, and a bad one
-  is named by its number.
+  fractions of the image in [0, 1] (`prompt` and `seed` optional), each its object's bounding box as in COCO (GLIGEN's
+  convention; the world's layers learnt it, `LayoutRecipe.fit`). Each line is checked, and a bad one is named by its number.
 - `generate_layout`: one layout through a GLIGEN pipeline (`StableDiffusionGLIGENPipeline`, SD 1.x), the
   grounding module's capture unchanged: GLIGEN's gated layers stop before the late capture step (scheduled
   sampling; a beta that would run them there is refused), so it reads the base UNet as in text-only generation. diffusers has
@@ -43,6 +43,7 @@ from .config import check_positive
 from .errors import SynthsegError
 from .prompts import describe, template_slots
 from .refine import refine_masks
+from .world import LAYOUT_FITS
 
 MAX_GLIGEN_BOXES = 30  # StableDiffusionGLIGENPipeline's max_objs: the position net's token count
 
@@ -59,7 +60,9 @@ class LayoutRecipe:
     captioner (and a counter, if given) keeps one (`best_candidate`; 1: the layout's own seed's, no captioner needed).
     `count_guidance`: the strength of `CountGuidance` with the recipe's counter while the gated layers run (0: off).
     `seed`: the layout stream (layouts and their images' seeds); a dataset recipe's section that names none takes the
-    dataset's seed."""
+    dataset's seed. `fit`: how the world draws each object in its box where it renders layouts (training scenes, held-out
+    judges; `world.LAYOUT_FITS`): "extent", the box is the object's bounding box, as COCO's are; "inscribed", the models
+    trained before session 50. A GLIGEN model's card says which its layers learnt."""
 
     min_objects: int = 1
     max_objects: int = 4
@@ -76,6 +79,7 @@ class LayoutRecipe:
     candidates: int = 1
     count_guidance: float = 0.0
     seed: int = 0
+    fit: str = "extent"
     templates: list[str] = field(default_factory=lambda: ["a photograph of {}"])
 
     def validate(self, source: str) -> None:
@@ -89,6 +93,8 @@ class LayoutRecipe:
                 raise SynthsegError(f"{source}: layouts.{name} must lie in [0, 1]")
         if self.max_aspect < 1 or self.margin < 0 or self.box_attention < 0 or self.count_guidance < 0:
             raise SynthsegError(f"{source}: layouts.max_aspect must be at least 1, and margin, box_attention and count_guidance not negative")
+        if self.fit not in LAYOUT_FITS:
+            raise SynthsegError(f"{source}: layouts.fit must be one of {', '.join(LAYOUT_FITS)}, got {self.fit!r}")
         if any(template_slots(t, source) != 1 for t in self.templates):
             raise SynthsegError(f"{source}: each layouts template has one slot for the objects, e.g. 'a photograph of {{}}'")
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
@@ -167,25 +168,82 @@ def _paint(rng: np.random.Generator, full: list[np.ndarray], classes: list[str],
     return Scene(np.clip(image, 0, 255).round().astype(np.uint8), np.stack(_visible(full)), list(classes), seed)
 
 
-def render_layout(seed: int, phrases: list[str], boxes, size: int = 64) -> Scene:
-    """Render one object per phrase inside its box (x0, y0, x1, y1 as fractions of the image), back to
-    front, deterministic for `seed`: each shape centred in its box, as large as the box's shorter side
-    allows, at a random angle. The scenes GLIGEN's world layers train on; masks are the visible regions."""
+# How `render_layout` puts a shape in its box. "extent": the box is the shape's bounding box, as COCO's
+# boxes are (the shape turned to the angle whose extent is most like the box's aspect, then scaled and
+# shifted to fill the box along its limiting side). "inscribed": the shape centred in the box's shorter
+# side at any angle, what the layout models before session 50 trained on (their recipes say so).
+LAYOUT_FITS = ("extent", "inscribed")
+_FIT_ANGLES = 24  # angles tried for "extent"
+
+
+@lru_cache(maxsize=None)
+def _silhouette_support(name: str) -> np.ndarray:
+    """(N, 2) points (x, y) of a class's visible silhouette at unit radius and angle 0, from one fine render: those
+    farthest along each of 720 directions, so the extent at any angle is theirs turned, cuts included (a crescent's
+    is narrower than its disc)."""
+    ys, xs = np.nonzero(shape_mask(name, 402, (201.0, 201.0), 200.0, 0.0))
+    points = (np.stack([xs, ys], axis=1) - 201.0) / 200.0
+    directions = np.linspace(0, 2 * np.pi, 720, endpoint=False)
+    farthest = np.argmax(points @ np.stack([np.cos(directions), np.sin(directions)]), axis=0)
+    return points[np.unique(farthest)]
+
+
+def _outline_extents(name: str, angles: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(A, 2) min and (A, 2) max corners (x, y) of a class's silhouette at each of `angles`, at unit radius."""
+    cos, sin = np.cos(angles), np.sin(angles)
+    rotations = np.stack([np.stack([cos, -sin], -1), np.stack([sin, cos], -1)], -2)  # (A, 2, 2)
+    points = np.einsum("nj,aij->ani", _silhouette_support(name), rotations)
+    return points.min(axis=1), points.max(axis=1)
+
+
+def _fitted(name: str, box, size: int, rng: np.random.Generator) -> tuple[tuple[float, float], float, float]:
+    """(centre, radius, angle) in pixels that put shape `name` in `box` (fractions) with the box as its extent:
+    of `_FIT_ANGLES` random angles, the one whose extent's aspect is nearest the box's (in log ratio), scaled
+    and shifted to fill the box along its limiting side, then corrected once by its render's pixel extent
+    (pixels its edges touch, a crescent's horns too thin to fill any)."""
+    x0, y0, x1, y1 = (v * size for v in box)
+    angles = rng.uniform(0, 2 * np.pi, size=_FIT_ANGLES)
+    lows, highs = _outline_extents(name, angles)
+    sides = highs - lows
+    best = int(np.argmin(np.abs(np.log(sides[:, 0] / sides[:, 1]) - math.log((x1 - x0) / (y1 - y0)))))
+    lo, hi, angle = lows[best], highs[best], float(angles[best])
+
+    def placed(lo, hi):  # the radius and centre that put extent (lo, hi) at unit radius on the box
+        radius = min((x1 - x0) / (hi[0] - lo[0]), (y1 - y0) / (hi[1] - lo[1]))
+        return ((x0 + x1) / 2 - radius * (lo[0] + hi[0]) / 2, (y0 + y1) / 2 - radius * (lo[1] + hi[1]) / 2), radius
+
+    centre, radius = placed(lo, hi)
+    ys, xs = np.nonzero(shape_mask(name, size, centre, radius, angle))
+    if len(xs):
+        centre, radius = placed((np.array([xs.min(), ys.min()]) - centre) / radius, (np.array([xs.max(), ys.max()]) + 1 - centre) / radius)
+    return centre, radius, angle
+
+
+def render_layout(seed: int, phrases: list[str], boxes, size: int = 64, fit: str = "extent") -> Scene:
+    """Render one object per phrase in its box (x0, y0, x1, y1 as fractions of the image), back to front,
+    deterministic for `seed`, placed as `fit` says (`LAYOUT_FITS`). The scenes GLIGEN's world layers train
+    on; masks are the visible regions."""
     rng = np.random.default_rng(seed)
     if not phrases or len(phrases) != len(boxes):
         raise SynthsegError(f"a layout scene needs one box per phrase, got {len(phrases)} phrases and {len(boxes)} boxes")
+    if fit not in LAYOUT_FITS:
+        raise SynthsegError(f"unknown layout fit {fit!r}; known: {', '.join(LAYOUT_FITS)}")
     full = []
-    for name, (x0, y0, x1, y1) in zip(phrases, boxes):
-        radius = min(x1 - x0, y1 - y0) * size / 2
-        full.append(shape_mask(name, size, ((x0 + x1) * size / 2, (y0 + y1) * size / 2), radius, rng.uniform(0, 2 * np.pi)))
+    for name, box in zip(phrases, boxes):
+        if fit == "extent":
+            centre, radius, angle = _fitted(name, box, size, rng)
+        else:
+            x0, y0, x1, y1 = box
+            centre, radius, angle = ((x0 + x1) * size / 2, (y0 + y1) * size / 2), min(x1 - x0, y1 - y0) * size / 2, rng.uniform(0, 2 * np.pi)
+        full.append(shape_mask(name, size, centre, radius, angle))
     return _paint(rng, full, phrases, size, seed)
 
 
-def layout_scene(layout, held_out: bool, size: int = 64) -> Scene:
-    """A layout (`layouts.Layout`: phrases, boxes, seed) drawn by the world itself (`render_layout`), from
-    its seed's side of the split rule (`scene_seed`): exact training scenes for the layout models, or
+def layout_scene(layout, held_out: bool, fit: str, size: int = 64) -> Scene:
+    """A layout (`layouts.Layout`: phrases, boxes, seed) drawn by the world itself (`render_layout`, with `fit`),
+    from its seed's side of the split rule (`scene_seed`): exact training scenes for the layout models, or
     exact held-out renders that judge them."""
-    return render_layout(scene_seed(layout.seed, held_out), layout.phrases, layout.boxes, size)
+    return render_layout(scene_seed(layout.seed, held_out), layout.phrases, layout.boxes, size, fit)
 
 
 def mask_box(mask: np.ndarray) -> tuple[float, float, float, float] | None:

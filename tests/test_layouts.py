@@ -67,7 +67,8 @@ def test_bad_recipe_values_are_refused_by_name(tmp_path):
     for bad, message in [(dict(min_objects=3, max_objects=2), "above max_objects"), (dict(max_overlap=1.5), "max_overlap"),
                          (dict(box_attention=-1.0), "box_attention and count_guidance not negative"),
                          (dict(count_guidance=-1.0), "box_attention and count_guidance not negative"),
-                         (dict(min_size=0.7, max_size=0.5), "min_size"), (dict(templates=["a {} and {}"]), "one slot")]:
+                         (dict(min_size=0.7, max_size=0.5), "min_size"), (dict(templates=["a {} and {}"]), "one slot"),
+                         (dict(fit="centred"), "layouts.fit must be one of extent, inscribed, got 'centred'")]:
         with pytest.raises(SynthsegError, match=message):
             load_config(LayoutRecipe, bad, "recipe.yaml")
 

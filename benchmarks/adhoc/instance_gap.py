@@ -15,9 +15,9 @@ fields changed, layout stream 40), with exact instances: what that plan would gi
 `scenes` writes WORK/scene-layouts.jsonl, a layouts file of the boxes of training scenes (`world.render_scene`, the
 oracle's kind, scenes 1000 on; 1.6 layouts per kept image of LAYOUT_DATASET, for make-dataset --layouts-file), and
 renders its first layouts with `render_layout`: layouts taken from the target domain's own boxes, drawn perfectly.
-`fitted` renders the same first layouts of that file with each shape fitted to its box's extent (turned to the best
-of 24 random angles for the box's aspect, then scaled and shifted so that its outline's bounding box fills the box along
-its limiting side) instead of inscribed in the shorter side.
+`fitted` renders the same first layouts of that file with each shape fitted to its box's extent (`render_layout`'s fit
+"extent" since session 50; session 49 measured a first version here: 24 angles, extents from 512-px renders) instead of
+inscribed in the shorter side. Every other mode renders as session 49 did, inscribed.
 `kept@DATASET` trains on the first as many images of another dataset (e.g. made from that file) as LAYOUT_DATASET keeps.
 
 Run from the repository root: python benchmarks/adhoc/instance_gap.py WORK LAYOUT_DATASET STEPS [plan|drawn|plan@K=V,...|scenes|fitted|kept@DIR ...]
@@ -37,7 +37,7 @@ from synthseg.dataset import load_dataset_recipe
 from synthseg.formats import coco_annotation, coco_document, write_json_atomic
 from synthseg.layouts import sample_layouts
 from synthseg.train.annotator import load_annotator_recipe, train_world_annotator, world_mask_ap
-from synthseg.world import WORLD_CLASSES, _paint, layout_scene, mask_box, render_layout, render_scene, scene_seed, shape_mask
+from synthseg.world import WORLD_CLASSES, layout_scene, mask_box, render_layout, render_scene, scene_seed
 
 work, source, steps = Path(sys.argv[1]), Path(sys.argv[2]), int(sys.argv[3])
 which = sys.argv[4:] or ["plan", "drawn"]
@@ -68,7 +68,7 @@ def exact(scene):
 
 def plan():
     for item in items:
-        scene = render_layout(scene_seed(item["index"], held_out=False), item["phrases"], item["boxes"])
+        scene = render_layout(scene_seed(item["index"], held_out=False), item["phrases"], item["boxes"], fit="inscribed")
         yield exact(scene)
 
 
@@ -76,7 +76,7 @@ def other_plan(changes):
     section = load_dataset_recipe("world", layouts=True, model="world-layout").layouts
     fields = {key: type(getattr(section, key))(value) for key, value in (pair.split("=") for pair in changes.split(","))}
     for layout in sample_layouts(replace(section, seed=40, **fields), list(WORLD_CLASSES), [], len(items)):
-        scene = layout_scene(layout, held_out=False)
+        scene = layout_scene(layout, held_out=False, fit="inscribed")
         yield exact(scene)
 
 
@@ -87,28 +87,14 @@ def scenes():
         lines.append(dict(phrases=scene.classes, boxes=[list(mask_box(m)) for m in scene.masks]))
     (work / "scene-layouts.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
     for k, line in enumerate(lines[:len(items)]):
-        scene = render_layout(scene_seed(k, held_out=False), line["phrases"], line["boxes"])
+        scene = render_layout(scene_seed(k, held_out=False), line["phrases"], line["boxes"], fit="inscribed")
         yield exact(scene)
-
-
-def fitted_scene(seed, phrases, boxes, size=64):
-    """`render_layout`'s scene, each shape fitted to its box's extent."""
-    rng, full = np.random.default_rng(seed), []
-    for name, (x0, y0, x1, y1) in zip(phrases, boxes):
-        angles = rng.uniform(0, 2 * np.pi, size=24)  # the angle whose extent is most like the box's shape
-        extents = [np.nonzero(shape_mask(name, 512, (256.0, 256.0), 200.0, a)) for a in angles]  # at radius 200
-        misfit = [abs(np.log((xs.max() + 1 - xs.min()) / (ys.max() + 1 - ys.min())) - np.log((x1 - x0) / (y1 - y0))) for ys, xs in extents]
-        angle, (ys, xs) = angles[int(np.argmin(misfit))], extents[int(np.argmin(misfit))]
-        scale = min((x1 - x0) * size / (xs.max() + 1 - xs.min()), (y1 - y0) * size / (ys.max() + 1 - ys.min()))
-        centre = ((x0 + x1) * size / 2 - scale * ((xs.min() + xs.max() + 1) / 2 - 256), (y0 + y1) * size / 2 - scale * ((ys.min() + ys.max() + 1) / 2 - 256))
-        full.append(shape_mask(name, size, centre, 200 * scale, angle))
-    return _paint(rng, full, list(phrases), size, seed)
 
 
 def fitted():
     lines = [json.loads(line) for line in (work / "scene-layouts.jsonl").read_text().splitlines()]
     for k, line in enumerate(lines[:len(items)]):
-        scene = fitted_scene(scene_seed(k, held_out=False), line["phrases"], line["boxes"])
+        scene = render_layout(scene_seed(k, held_out=False), line["phrases"], line["boxes"], fit="extent")
         yield exact(scene)
 
 

@@ -48,7 +48,7 @@ for setting in sys.argv[2:]:
     start = time.perf_counter()
     images = with_boxes(pipe, layouts, card.num_inference_steps, card.guidance_scale, drawn.scheduled_sampling_beta, drawn.box_attention)
     scores = judge(annotated(annotator, images, layouts), layouts)
-    rendered = judge(annotated(annotator, [layout_scene(lay, held_out=True).image for lay in layouts], layouts), layouts)
+    rendered = judge(annotated(annotator, [layout_scene(lay, held_out=True, fit=drawn.fit).image for lay in layouts], layouts), layouts)
     split = " / ".join(f"{int((objects == n).sum())}, {100 * scores['counts'][objects == n].mean():.0f}%" for n in (2, 3, 4))
     print(f"| {setting} | {objects.sum()} | {100 * scores['hits'].mean():.1f}% | {100 * scores['counts'][objects >= 2].mean():.1f}% | {split} "
           f"| {100 * scores['found'][mixed].mean():.1f}% | {100 * rendered['hits'].mean():.1f}%, {100 * rendered['counts'][objects >= 2].mean():.1f}% |"

@@ -75,7 +75,7 @@ def training_scene(recipe: WorldAnnotatorRecipe, rng: np.random.Generator) -> Sc
     probability `layout_fraction`, else a world scene."""
     if recipe.layout_fraction and rng.random() < recipe.layout_fraction:  # no draw at 0: world-only streams stay as they were
         layout = sample_layout(recipe.layouts, list(WORLD_CLASSES), [], int(rng.integers(2**30)))
-        return layout_scene(layout, held_out=False)
+        return layout_scene(layout, held_out=False, fit=recipe.layouts.fit)
     return render_scene(scene_seed(int(rng.integers(2**30)), held_out=False))
 
 
@@ -145,7 +145,7 @@ def held_out_layout_scenes(layouts: LayoutRecipe, count: int, size: int = 64) ->
     """`count` layouts of stream `layouts.seed + 1` (training draws from `layouts.seed`), rendered at held-out seeds."""
     stream = replace(layouts, seed=layouts.seed + 1)
     drawn = [sample_layout(stream, list(WORLD_CLASSES), [], index) for index in range(count)]
-    return [layout_scene(lay, held_out=True, size=size) for lay in drawn]
+    return [layout_scene(lay, held_out=True, fit=layouts.fit, size=size) for lay in drawn]
 
 
 def mask_ap(annotator: MaskRCNNAnnotator, scenes: list[Scene]) -> dict:

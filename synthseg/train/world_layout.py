@@ -30,7 +30,7 @@ from .world_t2i import caption_states, captioned_latents, diffusion_loss, sample
 
 # What the model card says about the layouts trained on and how to sample them: where a dataset's layouts section starts.
 CARD_LAYOUT_LIMITS = ("min_objects", "max_objects", "min_size", "max_size", "max_aspect", "max_overlap", "templates", "scheduled_sampling_beta",
-                     "box_attention", "candidates", "count_guidance")
+                     "box_attention", "candidates", "count_guidance", "fit")
 
 
 def load_layout_recipe(spec: str | Path) -> LayoutModelRecipe:

@@ -53,7 +53,7 @@ def sample_layout_scenes(layouts: LayoutRecipe, step: int, count: int, size: int
     """Step `step`'s `count` layouts of the stream `layouts` (layouts step * count ...), rendered exactly
     (`world.layout_scene`), and their prompts: deterministic, so a resumed run sees the same scenes."""
     drawn = [sample_layout(layouts, list(WORLD_CLASSES), [], step * count + i) for i in range(count)]
-    return [layout_scene(layout, held_out=False, size=size) for layout in drawn], [layout.prompt for layout in drawn]
+    return [layout_scene(layout, held_out=False, fit=layouts.fit, size=size) for layout in drawn], [layout.prompt for layout in drawn]
 
 
 def unet_batch(recipe: WorldModelRecipe, step: int) -> tuple[torch.Tensor, list[str]]:
