@@ -213,9 +213,10 @@ def _fitted(name: str, box, size: int, rng: np.random.Generator) -> tuple[tuple[
         return ((x0 + x1) / 2 - radius * (lo[0] + hi[0]) / 2, (y0 + y1) / 2 - radius * (lo[1] + hi[1]) / 2), radius
 
     centre, radius = placed(lo, hi)
-    ys, xs = np.nonzero(shape_mask(name, size, centre, radius, angle))
-    if len(xs):
-        centre, radius = placed((np.array([xs.min(), ys.min()]) - centre) / radius, (np.array([xs.max(), ys.max()]) + 1 - centre) / radius)
+    drawn = mask_box(shape_mask(name, size, centre, radius, angle))
+    if drawn is not None:
+        corners = np.array(drawn).reshape(2, 2) * size
+        centre, radius = placed((corners[0] - centre) / radius, (corners[1] - centre) / radius)
     return centre, radius, angle
 
 
