@@ -17,7 +17,8 @@ oracle's kind, scenes 1000 on; 1.6 layouts per kept image of LAYOUT_DATASET, for
 renders its first layouts with `render_layout`: layouts taken from the target domain's own boxes, drawn perfectly.
 `fitted` renders the same first layouts of that file with each shape fitted to its box's extent (`render_layout`'s fit
 "extent" since session 50; session 49 measured a first version here: 24 angles, extents from 512-px renders) instead of
-inscribed in the shorter side. Every other mode renders as session 49 did, inscribed.
+inscribed in the shorter side. `plan` renders with LAYOUT_DATASET's own fit (its recipe.json: "extent" since session 50,
+the fit its world-layout learnt); the other modes render as session 49 did, inscribed.
 `kept@DATASET` trains on the first as many images of another dataset (e.g. made from that file) as LAYOUT_DATASET keeps.
 
 Run from the repository root: python benchmarks/adhoc/instance_gap.py WORK LAYOUT_DATASET STEPS [plan|drawn|plan@K=V,...|scenes|fitted|kept@DIR ...]
@@ -33,7 +34,7 @@ import torch
 from PIL import Image
 
 from synthseg.annotators import MaskRCNNAnnotator, load_annotator
-from synthseg.dataset import load_dataset_recipe
+from synthseg.dataset import load_dataset_recipe, read_recipe
 from synthseg.formats import coco_annotation, coco_document, write_json_atomic
 from synthseg.layouts import sample_layouts
 from synthseg.train.annotator import load_annotator_recipe, train_world_annotator, world_mask_ap
@@ -67,8 +68,9 @@ def exact(scene):
 
 
 def plan():
+    fit = read_recipe(source).layouts.fit  # drawn as the layout model learnt them
     for item in items:
-        scene = render_layout(scene_seed(item["index"], held_out=False), item["phrases"], item["boxes"], fit="inscribed")
+        scene = render_layout(scene_seed(item["index"], held_out=False), item["phrases"], item["boxes"], fit=fit)
         yield exact(scene)
 
 
