@@ -289,6 +289,12 @@ def instances(labels: np.ndarray, class_id: int, min_area: int) -> list[np.ndarr
     return sorted((m for m in masks if m.sum() >= min_area), key=lambda m: -int(m.sum()))
 
 
+def stray_instances(labels: np.ndarray, class_id: int, claimed: list[np.ndarray], min_area: int) -> list[np.ndarray]:
+    """The connected components of one class's region (`instances`) that touch none of `claimed` (its boxes'
+    instances): objects of the class that a layout's generator drew where no box asked."""
+    return [m for m in instances(labels, class_id, min_area) if not any((m & c).any() for c in claimed)]
+
+
 def file_hash(path: str | Path) -> str:
     """sha256 of a file, or of all files under a folder (sorted by relative path)."""
     path = Path(path)
@@ -303,7 +309,8 @@ def file_hash(path: str | Path) -> str:
 def write_item(directory: Path, item: Prompt | Layout, image: Image.Image, probs: torch.Tensor, recipe: DatasetRecipe, provenance: dict,
                layout: LayoutGeneration | None = None) -> None:
     """Write one image, its label map and (last) its record. Instances: connected regions of each class,
-    or with `layout` one per box (so touching objects of one class stay apart)."""
+    or with `layout` one per box (so touching objects of one class stay apart), and regions of a layout's class
+    that no box's instance touches as `layouts.strays` says (left out, instances too, or the image dropped)."""
     names = recipe.class_names
     ids = [names.index(c) + 1 for c in item.classes]
     labels = label_map(probs.numpy(), ids, recipe.band)
@@ -312,16 +319,20 @@ def write_item(directory: Path, item: Prompt | Layout, image: Image.Image, probs
     dropped = None if all(present) or not recipe.require_all_classes else "a prompted class has no confident pixel"
     if layout is not None and dropped is None and min(layout.fills) < recipe.layouts.min_fill:
         dropped = "a box's instance fills less than layouts.min_fill of it"
+    if layout is not None:
+        found = [(names.index(phrase) + 1, mask) for phrase, mask in zip(item.phrases, layout.instances) if mask.sum() >= recipe.min_instance_area]
+        strays = [(class_id, mask) for class_id in ids
+                  for mask in stray_instances(labels, class_id, [m for c, m in found if c == class_id], recipe.min_instance_area)]
+        if strays and dropped is None and recipe.layouts.strays == "drop":
+            dropped = "an object of a layout's class lies outside its boxes"
+        found += strays if recipe.layouts.strays == "instances" else []
+    else:
+        found = [(class_id, mask) for class_id in ids for mask in instances(labels, class_id, recipe.min_instance_area)]
     record = dict(asdict(item), classes=list(item.classes), file_name=f"images/{stem}.png", mask_file_name=f"masks/{stem}.png",
                   scores={c: float(p.max()) for c, p in zip(item.classes, probs)}, dropped=dropped, **provenance)
     if record["dropped"] is None:
         write_atomic(directory / record["file_name"], png_bytes(image))
         write_atomic(directory / record["mask_file_name"], png_bytes(label_image(labels)))
-        if layout is None:
-            found = [(class_id, mask) for class_id in ids for mask in instances(labels, class_id, recipe.min_instance_area)]
-        else:
-            found = [(names.index(phrase) + 1, mask) for phrase, mask in zip(item.phrases, layout.instances)
-                     if mask.sum() >= recipe.min_instance_area]
         record["instances"] = [coco_annotation(0, 0, class_id, mask) for class_id, mask in found]
         record["width"], record["height"] = image.size
     write_json_atomic(directory / "records" / f"{stem}.json", record)

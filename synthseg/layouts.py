@@ -46,6 +46,7 @@ from .refine import refine_masks
 from .world import LAYOUT_FITS
 
 MAX_GLIGEN_BOXES = 30  # StableDiffusionGLIGENPipeline's max_objs: the position net's token count
+STRAYS = ("unlabelled", "instances", "drop")  # LayoutRecipe.strays
 
 
 @dataclass
@@ -62,7 +63,10 @@ class LayoutRecipe:
     `seed`: the layout stream (layouts and their images' seeds); a dataset recipe's section that names none takes the
     dataset's seed. `fit`: how the world draws each object in its box where it renders layouts (training scenes, held-out
     judges; `world.LAYOUT_FITS`): "extent", the box is the object's bounding box, as COCO's are; "inscribed", the models
-    trained before session 50. A GLIGEN model's card says which its layers learnt."""
+    trained before session 50. A GLIGEN model's card says which its layers learnt. `strays`: what becomes of an object of a
+    layout's class that the generator drew where no box asked (a connected region of the class's label that no box's
+    instance touches; `STRAYS`): "unlabelled", only the boxes' instances are COCO instances (the label map has it all the
+    same); "instances", each is an instance too; "drop", its image is dropped."""
 
     min_objects: int = 1
     max_objects: int = 4
@@ -80,6 +84,7 @@ class LayoutRecipe:
     count_guidance: float = 0.0
     seed: int = 0
     fit: str = "extent"
+    strays: str = "unlabelled"
     templates: list[str] = field(default_factory=lambda: ["a photograph of {}"])
 
     def validate(self, source: str) -> None:
@@ -95,6 +100,8 @@ class LayoutRecipe:
             raise SynthsegError(f"{source}: layouts.max_aspect must be at least 1, and margin, box_attention and count_guidance not negative")
         if self.fit not in LAYOUT_FITS:
             raise SynthsegError(f"{source}: layouts.fit must be one of {', '.join(LAYOUT_FITS)}, got {self.fit!r}")
+        if self.strays not in STRAYS:
+            raise SynthsegError(f"{source}: layouts.strays must be one of {', '.join(STRAYS)}, got {self.strays!r}")
         if any(template_slots(t, source) != 1 for t in self.templates):
             raise SynthsegError(f"{source}: each layouts template has one slot for the objects, e.g. 'a photograph of {{}}'")
 

@@ -229,3 +229,27 @@ def test_shipped_recipe_draws_layouts_from_a_stream_no_bench_uses():
     training = {load_layout_recipe(name).layouts.seed for name in names} | {load_world_model_recipe("world-t2i-layouts").layouts.seed}
     assert len(training) == 5 and not (streams | {1, 2, 5, 6, 9, 10}) & training and not streams & {1, 2, 5, 6, 9, 10}
     assert recipe.layouts.min_size <= load_layout_recipe("world-layout").layouts.min_size
+
+
+def test_a_coco_image_without_instances_trains_as_a_negative_example(tmp_path):
+    """A COCO image with no annotations (a synthetic dataset's image whose instances were all left out) gives empty
+    targets, on which Mask R-CNN's training loss is finite."""
+    from dataclasses import replace
+
+    from synthseg.readers import read_coco_instances
+    from synthseg.train.annotator import instance_targets, training_batches
+    from synthseg.world import export_scenes
+
+    export_scenes(tmp_path / "scenes", [scene_seed(i, held_out=False) for i in range(2)])
+    document = json.loads((tmp_path / "scenes" / "annotations.json").read_text())
+    document["annotations"] = [a for a in document["annotations"] if a["image_id"] != document["images"][0]["id"]]
+    (tmp_path / "scenes" / "annotations.json").write_text(json.dumps(document))
+    _, masks, labels = read_coco_instances(tmp_path / "scenes")[0]
+    empty = instance_targets(masks, labels)
+    assert empty["boxes"].shape == (0, 4) and empty["labels"].shape == (0,) and empty["masks"].shape == (0, 64, 64)
+    recipe = replace(small_recipe(), train_data=str(tmp_path / "scenes"), batch_size=4)
+    images, targets = training_batches(recipe)(0)
+    assert any(len(t["labels"]) == 0 for t in targets) and any(len(t["labels"]) for t in targets)
+    torch.manual_seed(0)
+    model = build_maskrcnn(recipe.model).train()
+    assert torch.isfinite(sum(model(images, targets).values()))

@@ -68,7 +68,8 @@ def test_bad_recipe_values_are_refused_by_name(tmp_path):
                          (dict(box_attention=-1.0), "box_attention and count_guidance not negative"),
                          (dict(count_guidance=-1.0), "box_attention and count_guidance not negative"),
                          (dict(min_size=0.7, max_size=0.5), "min_size"), (dict(templates=["a {} and {}"]), "one slot"),
-                         (dict(fit="centred"), "layouts.fit must be one of extent, inscribed, got 'centred'")]:
+                         (dict(fit="centred"), "layouts.fit must be one of extent, inscribed, got 'centred'"),
+                         (dict(strays="keep"), "layouts.strays must be one of unlabelled, instances, drop, got 'keep'")]:
         with pytest.raises(SynthsegError, match=message):
             load_config(LayoutRecipe, bad, "recipe.yaml")
 
@@ -127,6 +128,39 @@ def test_touching_objects_of_one_class_come_out_as_separate_instances():
     assert star[44:60, 44:60].all() and star.sum() == 16 * 16
     assert box_fill(left, layout.boxes[0]) == 1.0 and box_fill(np.zeros_like(left), layout.boxes[0]) == 0.0
     assert not instance_masks(probs * 0.5, ["circle", "star"], layout, margin=0.1)[0].any()  # below the threshold: no instance
+
+
+@pytest.mark.parametrize("strays", ["unlabelled", "instances", "drop"])
+def test_an_object_drawn_where_no_box_asked_follows_layouts_strays(tmp_path, strays):
+    """A circle the generator drew outside the layout's one box, and a fringe of the boxed circle past its margin: the
+    fringe stays part of its box's object (it touches the box's instance), the stray is unlabelled, an instance, or
+    drops the image."""
+    from PIL import Image
+
+    from synthseg.dataset import DatasetRecipe, write_item
+    from synthseg.layouts import LayoutGeneration
+
+    probs = np.zeros((1, 64, 64), dtype=np.float32)
+    probs[0, 8:32, 8:40] = 0.9  # the boxed circle, reaching past its box's margin to x = 40
+    probs[0, 44:60, 44:60] = 0.9  # a stray circle
+    layout = Layout(0, "a photograph of a circle", ["circle"], [(8 / 64, 8 / 64, 32 / 64, 32 / 64)], 0)
+    masks = instance_masks(probs, ["circle"], layout, margin=0.1)
+    recipe = load_config(DatasetRecipe, {"classes": "circle,star", "layouts": {"strays": strays}})
+    made = LayoutGeneration(layout, Image.new("RGB", (64, 64)), torch.from_numpy(probs), masks, [box_fill(m, b) for m, b in zip(masks, layout.boxes)])
+    for sub in ("images", "masks", "records"):
+        (tmp_path / sub).mkdir()
+    write_item(tmp_path, layout, made.image, made.probs, recipe, {}, made)
+    record = json.loads((tmp_path / "records" / "000000.json").read_text())
+    if strays == "drop":
+        assert record["dropped"] == "an object of a layout's class lies outside its boxes" and not (tmp_path / "images" / "000000.png").exists()
+        return
+    from pycocotools import mask as mask_utils
+
+    found = [mask_utils.decode(a["segmentation"]).astype(bool) for a in record["instances"]]
+    assert record["dropped"] is None and np.array_equal(found[0], masks[0]) and not found[0][:, 36:].any()
+    assert len(found) == (2 if strays == "instances" else 1)
+    if strays == "instances":
+        assert found[1].sum() == 16 * 16 and found[1][44:60, 44:60].all()
 
 
 def test_a_gligen_pipeline_generates_a_layout_and_the_module_cuts_one_instance_per_phrase(tmp_path):
