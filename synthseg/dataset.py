@@ -322,7 +322,8 @@ def write_item(directory: Path, item: Prompt | Layout, image: Image.Image, probs
     if layout is not None:
         found = [(names.index(phrase) + 1, mask) for phrase, mask in zip(item.phrases, layout.instances) if mask.sum() >= recipe.min_instance_area]
         strays = [(class_id, mask) for class_id in ids
-                  for mask in stray_instances(labels, class_id, [m for c, m in found if c == class_id], recipe.min_instance_area)]
+                  for mask in stray_instances(labels, class_id, [m for c, m in found if c == class_id], recipe.min_instance_area)
+                  ] if recipe.layouts.strays != "unlabelled" else []
         if strays and dropped is None and recipe.layouts.strays == "drop":
             dropped = "an object of a layout's class lies outside its boxes"
         found += strays if recipe.layouts.strays == "instances" else []
