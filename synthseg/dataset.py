@@ -321,12 +321,12 @@ def write_item(directory: Path, item: Prompt | Layout, image: Image.Image, probs
         dropped = "a box's instance fills less than layouts.min_fill of it"
     if layout is not None:
         found = [(names.index(phrase) + 1, mask) for phrase, mask in zip(item.phrases, layout.instances) if mask.sum() >= recipe.min_instance_area]
-        strays = [(class_id, mask) for class_id in ids
-                  for mask in stray_instances(labels, class_id, [m for c, m in found if c == class_id], recipe.min_instance_area)
-                  ] if recipe.layouts.strays != "unlabelled" else []
-        if strays and dropped is None and recipe.layouts.strays == "drop":
-            dropped = "an object of a layout's class lies outside its boxes"
-        found += strays if recipe.layouts.strays == "instances" else []
+        if recipe.layouts.strays != "unlabelled":
+            strays = [(class_id, mask) for class_id in ids
+                      for mask in stray_instances(labels, class_id, [m for c, m in found if c == class_id], recipe.min_instance_area)]
+            if strays and dropped is None and recipe.layouts.strays == "drop":
+                dropped = "an object of a layout's class lies outside its boxes"
+            found += strays if recipe.layouts.strays == "instances" else []
     else:
         found = [(class_id, mask) for class_id in ids for mask in instances(labels, class_id, recipe.min_instance_area)]
     record = dict(asdict(item), classes=list(item.classes), file_name=f"images/{stem}.png", mask_file_name=f"masks/{stem}.png",

@@ -496,6 +496,12 @@ class LayoutGeneration:
     instances: list[np.ndarray]
     fills: list[float]
 
+    @classmethod
+    def cut(cls, layout: Layout, image: Image.Image, probs: torch.Tensor, margin: float) -> LayoutGeneration:
+        """`layout`'s instances cut from the module's `probs` (`instance_masks`), with their boxes' fills."""
+        masks = instance_masks(probs.numpy(), layout.classes, layout, margin)
+        return cls(layout, image, probs, masks, [box_fill(m, box) for m, box in zip(masks, layout.boxes)])
+
 
 def generate_layout(pipe, grounding, layout: Layout, *, guidance_scale: float, num_inference_steps: int,
                     capture_step: CaptureStep = CaptureStep(), margin: float = LayoutRecipe.margin,
@@ -530,5 +536,4 @@ def generate_layout(pipe, grounding, layout: Layout, *, guidance_scale: float, n
     probs = predict_masks(grounding, run.features, run.prompt_embeds, run.spans, image.size[::-1])[best]
     if refine:
         probs = refine_masks(image, probs, refine)
-    masks = instance_masks(probs.numpy(), layout.classes, layout, margin)
-    return LayoutGeneration(layout, image, probs, masks, [box_fill(m, box) for m, box in zip(masks, layout.boxes)])
+    return LayoutGeneration.cut(layout, image, probs, margin)

@@ -144,9 +144,8 @@ def test_an_object_drawn_where_no_box_asked_follows_layouts_strays(tmp_path, str
     probs[0, 8:32, 8:40] = 0.9  # the boxed circle, reaching past its box's margin to x = 40
     probs[0, 44:60, 44:60] = 0.9  # a stray circle
     layout = Layout(0, "a photograph of a circle", ["circle"], [(8 / 64, 8 / 64, 32 / 64, 32 / 64)], 0)
-    masks = instance_masks(probs, ["circle"], layout, margin=0.1)
     recipe = load_config(DatasetRecipe, {"classes": "circle,star", "layouts": {"strays": strays}})
-    made = LayoutGeneration(layout, Image.new("RGB", (64, 64)), torch.from_numpy(probs), masks, [box_fill(m, b) for m, b in zip(masks, layout.boxes)])
+    made = LayoutGeneration.cut(layout, Image.new("RGB", (64, 64)), torch.from_numpy(probs), margin=0.1)
     for sub in ("images", "masks", "records"):
         (tmp_path / sub).mkdir()
     write_item(tmp_path, layout, made.image, made.probs, recipe, {}, made)
@@ -157,7 +156,7 @@ def test_an_object_drawn_where_no_box_asked_follows_layouts_strays(tmp_path, str
     from pycocotools import mask as mask_utils
 
     found = [mask_utils.decode(a["segmentation"]).astype(bool) for a in record["instances"]]
-    assert record["dropped"] is None and np.array_equal(found[0], masks[0]) and not found[0][:, 36:].any()
+    assert record["dropped"] is None and np.array_equal(found[0], made.instances[0]) and not found[0][:, 36:].any()
     assert len(found) == (2 if strays == "instances" else 1)
     if strays == "instances":
         assert found[1].sum() == 16 * 16 and found[1][44:60, 44:60].all()

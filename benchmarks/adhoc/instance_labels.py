@@ -5,7 +5,7 @@ RESULTS.md, "Ad hoc trials (world)", session 52.
 module probabilities and layout (WORK/probs/NNNNNN.npz), through a wrapper around `dataset.write_item`.
 `relabel WORK NAME KEY=VALUE,...`: writes WORK/NAME, the dataset (a) would be with those `layouts` fields changed
 (e.g. margin=0.05; a field of the recipe's top level, such as min_instance_area, where the section has none): the same
-images, each item's instances cut again by `layouts.instance_masks` and written by `dataset.write_item` and
+images, each item's instances cut again by `LayoutGeneration.cut` and written by `dataset.write_item` and
 `dataset.finalize`, as make-dataset would (the images do not depend on these fields; the probabilities are kept in
 fp16, which moves 41 pixels of the 534,176 in base's instances).
 `judge WORK NAME...`: each relabelled dataset's instances against the world annotator's on the same images (a
@@ -31,7 +31,7 @@ import torch
 
 import synthseg.dataset as dataset
 from synthseg.dataset import build_dataset, finalize, load_dataset_recipe, plan, read_recipe
-from synthseg.layouts import LayoutGeneration, box_fill, instance_masks
+from synthseg.layouts import LayoutGeneration
 
 torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", 2)))
 mode, work = sys.argv[1], Path(sys.argv[2])
@@ -68,8 +68,7 @@ def relabel(name, changes):
         provenance = {k: old[k] for k in ("model", "model_hash", "grounding_hash", "captioner_hash", "counter_hash") if k in old}
         probs = torch.from_numpy(np.load(work / "probs" / f"{item.index:06d}.npz")["probs"].astype(np.float32))
         image = Image.open(work / "probs" / f"{item.index:06d}.png").convert("RGB")
-        masks = instance_masks(probs.numpy(), item.classes, item, recipe.layouts.margin)
-        generation = LayoutGeneration(item, image, probs, masks, [box_fill(m, box) for m, box in zip(masks, item.boxes)])
+        generation = LayoutGeneration.cut(item, image, probs, recipe.layouts.margin)
         dataset.write_item(out, item, image, probs, recipe, provenance, generation)
     print(name, finalize(out, recipe))
 
