@@ -6,12 +6,15 @@
   pooling and VPD inputs). Target: overhead <= 10%.
 - Capture memory: bytes of captured tensors per image for SDXL and FLUX.1-dev at 1024^2 with the default
   blocks, from the architectures (fp16 block outputs, fp32 attention maps).
-- GPU (where CUDA exists): SDXL and FLUX.1-dev architectures with random weights, bf16, 1024^2, img/s and
-  overhead at batch 1 and 4; marked as not run elsewhere.
+- GPU (`--gpu`): SDXL and FLUX.1-dev architectures with random weights drawn on the GPU, bf16, 1024^2, each at
+  its published steps and guidance, img/s and overhead at batch 1 and 4; marked as not run where there is no CUDA.
+  `--gpu-part-on-cpu` runs that part's code on the tiny SDXL and FLUX pipelines here, in bf16, and writes nothing.
+  benchmarks/device_check.sh runs it on a lent GPU.
 
-Writes the "Model families" section of benchmarks/RESULTS.md.
+Writes the "Model families" section of benchmarks/RESULTS.md, or with `--gpu` the "Model families (GPU)" section.
 
     python benchmarks/bench_families.py [--repeats 25] [--steps 20]
+    python benchmarks/bench_families.py --gpu [--repeats 3]
 """
 
 from __future__ import annotations
@@ -109,9 +112,20 @@ def capture_bytes() -> list[tuple[str, int, int]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=25)
-    parser.add_argument("--steps", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=None, help="back-to-back pairs a ratio is the median of (default: 25, 3 with --gpu)")
+    parser.add_argument("--steps", type=int, default=20, help="the CPU part's sampling steps")
+    parser.add_argument("--gpu", action="store_true", help="the GPU part alone, in its own section")
+    parser.add_argument("--gpu-part-on-cpu", action="store_true", help="check the GPU part's code on the tiny SDXL and FLUX pipelines; writes nothing")
     args = parser.parse_args()
+    if args.gpu_part_on_cpu:
+        tiny = (("SDXL", lambda device, dtype: tiny_sdxl_pipeline(), 2, 5.0),
+                ("FLUX.1-dev", lambda device, dtype: tiny_flux_pipeline(T5, guidance_embeds=True), 2, 3.5))
+        print("\n".join(gpu_part(tiny, "cpu", torch.bfloat16, args.repeats or 1, 32)))
+        return
+    if args.gpu:
+        write_section("Model families (GPU)", "\n".join(gpu_section(args.repeats or 3)))
+        return
+    args.repeats = args.repeats or 25
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -134,28 +148,49 @@ def main() -> None:
     body = [f"### CPU: tiny pipelines of each family (32x32 images, {args.steps} steps, guidance 2.0), grounded / plain time", "",
             f"Same seeds and settings, in one run, one CPU thread (the tiny models gain nothing from two, and the second core "
             f"takes the machine's other work); the median ratio of {args.repeats} back-to-back pairs. Target: overhead <= 10%.", "", *lines, "",
-            "### Capture memory per image (computed from the architectures)", "", *memory, ""]
-    if torch.cuda.is_available():
-        body += gpu_part(args)
-    else:
-        body += ["### GPU: SDXL and FLUX.1-dev architectures, bf16, 1024^2", "",
-                 "Not run: no CUDA device on this machine. Anchor: SDXL at 1024^2, 30 steps, A100, compiled, about 2.4 s per image."]
+            "### Capture memory per image (computed from the architectures)", "", *memory, "",
+            "The GPU figures are in \"Model families (GPU)\" (`--gpu`)."]
     write_section("Model families", "\n".join(body))
 
 
-def gpu_part(args) -> list[str]:
-    """img/s of plain and grounded generation at batch 1 and 4, and the overhead, for SDXL and FLUX.1-dev."""
-    lines = ["### GPU: SDXL and FLUX.1-dev architectures (random weights), bf16, 1024^2", "",
-             "| model | batch | plain img/s | grounded img/s | overhead |", "|---|---|---|---|---|"]
-    for name, make, steps, guidance in (("SDXL", sdxl_pipeline, 30, 5.0), ("FLUX.1-dev", lambda: flux_dev_pipeline(T5), 28, 3.5)):
-        pipe = make().to("cuda", torch.bfloat16)
+GPU_MODELS = (  # name, build(device, dtype), steps and guidance (each model's published defaults)
+    ("SDXL", lambda device, dtype: sdxl_pipeline(device=device, dtype=dtype), 30, 5.0),
+    ("FLUX.1-dev", lambda device, dtype: flux_dev_pipeline(T5, device=device, dtype=dtype), 28, 3.5),
+)
+
+
+def gpu_section(repeats: int) -> list[str]:
+    """The GPU section's lines: the table on CUDA, else a line saying it was not run."""
+    if not torch.cuda.is_available():
+        print("GPU part not run: no CUDA device")
+        return ["Not run: no CUDA device on this machine (benchmarks/device_check.sh runs it on a lent GPU). Anchor: SDXL at 1024^2, "
+                "30 steps, A100, compiled, about 2.4 s per image."]
+    lines = gpu_part(GPU_MODELS, "cuda", torch.bfloat16, repeats, 1024)
+    return [f"SDXL and FLUX.1-dev architectures, random weights, bf16, 1024^2, on {torch.cuda.get_device_name()}; eager, SDPA; the shipped "
+            f"recipe's module (block outputs and the capture step's text attention). Each ratio is the median of {repeats} back-to-back "
+            "pairs. Anchor: SDXL at 1024^2, 30 steps, A100, compiled, about 2.4 s per image.", "", *lines]
+
+
+def gpu_part(models, device: str, dtype: torch.dtype, repeats: int, side: int) -> list[str]:
+    """A table of plain and grounded img/s at batch 1 and 4, the overhead, and the peak memory, for each of `models`
+    (name, build(device, dtype), steps, guidance) at `side` px."""
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    lines = ["| model | steps, guidance | batch | plain img/s | grounded img/s | overhead | peak memory |", "|---|---|---|---|---|---|---|"]
+    for name, build, steps, guidance in models:
+        pipe = build(device, dtype).to(device, dtype)
         pipe.set_progress_bar_config(disable=True)
-        module = GroundingModule(GroundingConfig.for_pipeline(pipe, cross_attention=True, attention_pooling=True)).to("cuda", torch.bfloat16).eval()
+        module = GroundingModule(GroundingConfig.for_pipeline(pipe, cross_attention=True, attention_pooling=True)).to(device, dtype).eval()
         for batch in (1, 4):
-            seconds, ratio = compare(pipe, module, batch, steps, args.repeats, torch.cuda.synchronize, guidance, height=1024, width=1024)
-            lines.append(f"| {name} | {batch} | {batch / seconds:.3f} | {batch / (seconds * ratio):.3f} | {100 * (ratio - 1):+.1f}% |")
-        del pipe
-        torch.cuda.empty_cache()
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            seconds, ratio = compare(pipe, module, batch, steps, repeats, sync, guidance, height=side, width=side)
+            peak = f"{torch.cuda.max_memory_allocated() / 2**30:.1f} GiB" if device == "cuda" else "n/a"
+            lines.append(f"| {name} | {steps}, {guidance} | {batch} | {batch / seconds:.3f} | {batch / (seconds * ratio):.3f} | "
+                         f"{100 * (ratio - 1):+.1f}% | {peak} |")
+            print(lines[-1], flush=True)
+        del pipe, module
+        if device == "cuda":
+            torch.cuda.empty_cache()
     return lines
 
 

@@ -51,6 +51,7 @@ ClassifierDraws = Annotated[Optional[int], typer.Option(help="With a captioner t
                                                                "noise draws (a diffusion classifier); 0: the captioner alone; default: 16 "
                                                                "with such a captioner.")]
 StopAt = Annotated[Optional[int], typer.Option(help="End this sitting at this training step; rerun the command to go on.")]
+Workdir = Annotated[Path, typer.Option(help="Checkpoints; rerunning the command resumes from here.")]
 
 
 @app.callback()
@@ -168,13 +169,14 @@ def generate(
         num_inference_steps=card.num_inference_steps if num_inference_steps is None else num_inference_steps,
         capture_step=CaptureStep(timestep=capture_timestep, index=capture_index),
     )
-    _stderr.print(f"wrote {len(result.images)} images and masks to {result.save(out)}")
+    count = len(result.images)
+    _stderr.print(f"wrote {count} image{'s' if count > 1 else ''} and {'their' if count > 1 else 'its'} masks to {result.save(out)}")
 
 
 @_command
 def train_world_model(
     recipe: Annotated[str, typer.Option(help="World model recipe: a packaged name or a YAML file.")] = "world-t2i",
-    workdir: Annotated[Path, typer.Option(help="Checkpoints; rerunning the command resumes from here.")] = Path("runs/world-t2i"),
+    workdir: Workdir = Path("runs/world-t2i"),
     out: Annotated[Path, typer.Option(help="Where the trained pipeline parts are exported.")] = Path("runs/world-t2i/pipeline"),
     device: Device = "auto",
     stop_at: StopAt = None,
@@ -189,7 +191,7 @@ def train_world_model(
 @_command
 def train_world_dit(
     recipe: Annotated[str, typer.Option(help="World transformer recipe: a packaged name or a YAML file.")] = "world-dit",
-    workdir: Annotated[Path, typer.Option(help="Checkpoints; rerunning the command resumes from here.")] = Path("runs/world-dit"),
+    workdir: Workdir = Path("runs/world-dit"),
     out: Annotated[Path, typer.Option(help="Where the trained pipeline parts are exported.")] = Path("runs/world-dit/pipeline"),
     device: Device = "auto",
     stop_at: StopAt = None,
@@ -204,7 +206,7 @@ def train_world_dit(
 @_command
 def train_world_layout(
     recipe: Annotated[str, typer.Option(help="World GLIGEN recipe: a packaged name or a YAML file.")] = "world-layout",
-    workdir: Annotated[Path, typer.Option(help="Checkpoints; rerunning the command resumes from here.")] = Path("runs/world-layout"),
+    workdir: Workdir = Path("runs/world-layout"),
     out: Annotated[Path, typer.Option(help="Where GLIGEN's trained layers are exported.")] = Path("runs/world-layout/pipeline"),
     device: Device = "auto",
     stop_at: StopAt = None,
@@ -219,7 +221,7 @@ def train_world_layout(
 @_command
 def train_world_annotator(
     recipe: Annotated[str, typer.Option(help="Annotator recipe: a packaged name or a YAML file.")] = "world-annotator",
-    workdir: Annotated[Path, typer.Option(help="Checkpoints; rerunning the command resumes from here.")] = Path("runs/world-annotator"),
+    workdir: Workdir = Path("runs/world-annotator"),
     out: Annotated[Path, typer.Option(help="Where the trained annotator is saved.")] = Path("runs/world-annotator/annotator"),
     train_data: Annotated[Optional[Path], typer.Option(help="Train on this folder's COCO instances (a synthseg dataset) instead of rendered scenes.")] = None,
     train_steps: Annotated[Optional[int], typer.Option(help=f"Training steps; {FROM_RECIPE}.")] = None,
@@ -244,15 +246,14 @@ def train_world_annotator(
 @_command
 def train_backbone(
     recipe: Annotated[str, typer.Option(help="Backbone recipe: a packaged name or a YAML file.")] = "backbone-world",
-    workdir: Annotated[Path, typer.Option(help="Checkpoints; rerunning the command resumes from here.")] = Path("runs/world-backbone"),
+    workdir: Workdir = Path("runs/world-backbone"),
     out: Annotated[Path, typer.Option(help="save_pretrained folder of the classifier, for a segmenter recipe's backbone_weights.")]
         = Path("runs/world-backbone/backbone"),
     train_steps: Annotated[Optional[int], typer.Option(help=f"Training steps; {FROM_RECIPE}.")] = None,
     device: Device = "auto",
     stop_at: StopAt = None,
 ) -> None:
-    """Pretrain the world segmenter's ResNet by naming the classes of rendered scenes (the world's ImageNet); with a recipe's
-    layouts section (counter-world), train a counter of each class's objects that judges a layout's candidates."""
+    """Pretrain the world segmenter's ResNet on rendered scenes (the world's ImageNet), or with counter-world a layout's counter."""
     import json
 
     from .train.backbone import load_backbone_recipe, pretrain_backbone
@@ -294,7 +295,7 @@ def make_triplets(
 def train_grounding(
     recipe: Annotated[str, typer.Option(help="Grounding recipe: a packaged name or a YAML file.")] = "world-grounding",
     triplets: Annotated[Path, typer.Option(help="Triplet shard folder from make-triplets.")] = Path("runs/world-triplets"),
-    workdir: Annotated[Path, typer.Option(help="Checkpoints; rerunning the command resumes from here.")] = Path("runs/world-grounding"),
+    workdir: Workdir = Path("runs/world-grounding"),
     out: Annotated[Path, typer.Option(help="save_pretrained folder of the trained module.")] = Path("runs/world-grounding/module"),
     zero_masks: Annotated[Optional[bool], typer.Option("--zero-masks/--no-zero-masks",
                                                        help=f"Train missed classes towards empty masks (ablation); {FROM_RECIPE}.")] = None,
@@ -336,7 +337,7 @@ def train_captioner(
                                                      "repeat it to train on several (one class list).")],
     model: Annotated[str, typer.Option(help="Pipeline whose VAE and text encoder the captioner is for: 'world', a hub id or a folder.")] = "world",
     recipe: Annotated[str, typer.Option(help="Captioner recipe: a packaged name or a YAML file.")] = "captioner-world",
-    workdir: Annotated[Path, typer.Option(help="Checkpoints; rerunning the command resumes from here.")] = Path("runs/captioner"),
+    workdir: Workdir = Path("runs/captioner"),
     out: Annotated[Path, typer.Option(help="save_pretrained folder of the trained captioner.")] = Path("runs/captioner/captioner"),
     train_steps: Annotated[Optional[int], typer.Option(help=f"Training steps; {FROM_RECIPE}.")] = None,
     device: Device = "auto",

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.metadata
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -231,31 +232,46 @@ FLUX_DEV_TRANSFORMER = dict(  # black-forest-labs/FLUX.1-dev, transformer/config
 )
 
 
-def sdxl_pipeline(seed: int = 0):
+@contextmanager
+def weights_on(device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """Modules built inside draw their random weights on `device`, in `dtype`: FLUX.1-dev with T5-XXL (17B
+    parameters) is built in seconds on a GPU in bf16, where the CPU takes minutes and 68 GB in fp32."""
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def sdxl_pipeline(seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
     """SDXL base's UNet, VAE and both CLIP text encoders (ViT-L, OpenCLIP bigG) from their configs, random
-    weights: SDXL's speed and memory at 1024 px."""
+    weights drawn on `device` in `dtype` (`weights_on`): SDXL's speed and memory at 1024 px."""
     from diffusers import EulerDiscreteScheduler, StableDiffusionXLPipeline
     from transformers import CLIPTextModelWithProjection
 
     torch.manual_seed(seed)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4,
-                        sample_size=1024, scaling_factor=0.13025, force_upcast=True)
     clip_l = CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                             max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407, pad_token_id=1, projection_dim=768)
     clip_g = CLIPTextConfig(vocab_size=49408, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
                             max_position_embeddings=77, hidden_act="gelu", bos_token_id=49406, eos_token_id=49407, pad_token_id=1, projection_dim=1280)
+    with weights_on(device, dtype):
+        vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4,
+                            sample_size=1024, scaling_factor=0.13025, force_upcast=True)
+        text_encoder, text_encoder_2, unet = CLIPTextModel(clip_l), CLIPTextModelWithProjection(clip_g), UNet2DConditionModel(**SDXL_UNET)
     return StableDiffusionXLPipeline(
-        vae=vae, text_encoder=CLIPTextModel(clip_l), text_encoder_2=CLIPTextModelWithProjection(clip_g), tokenizer=clip_tokenizer(),
-        tokenizer_2=clip_tokenizer(), unet=UNet2DConditionModel(**SDXL_UNET),
+        vae=vae, text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=clip_tokenizer(), tokenizer_2=clip_tokenizer(), unet=unet,
         scheduler=EulerDiscreteScheduler(**{k: v for k, v in SD_SCHEDULER.items() if k not in ("clip_sample", "set_alpha_to_one")}),
         add_watermarker=False,
     )
 
 
-def flux_dev_pipeline(t5_model: str | Path, seed: int = 0):
-    """FLUX.1-dev's transformer, VAE, CLIP-L and T5-XXL from their configs, random weights (T5's vocabulary
-    from `t5_model`, with FLUX's 512-token length): FLUX's speed and memory at 1024 px."""
+def flux_dev_pipeline(t5_model: str | Path, seed: int = 0, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32):
+    """FLUX.1-dev's transformer, VAE, CLIP-L and T5-XXL from their configs, random weights drawn on `device` in
+    `dtype` (`weights_on`; T5's vocabulary from `t5_model`, with FLUX's 512-token length): FLUX's speed and
+    memory at 1024 px."""
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel
     from transformers import T5Config, T5EncoderModel
 
@@ -265,13 +281,16 @@ def flux_dev_pipeline(t5_model: str | Path, seed: int = 0):
                   pad_token_id=tokenizer_2.pad_token_id, eos_token_id=tokenizer_2.eos_token_id)
     clip_l = CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
                             max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407, pad_token_id=1, projection_dim=768)
-    vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-                        down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=16,
-                        sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False)
+    with weights_on(device, dtype):
+        vae = AutoencoderKL(in_channels=3, out_channels=3, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
+                            down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=16,
+                            sample_size=1024, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False)
+        text_encoder, text_encoder_2 = CLIPTextModel(clip_l), T5EncoderModel(t5)
+        transformer = FluxTransformer2DModel(**FLUX_DEV_TRANSFORMER)
     scheduler = FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_image_seq_len=256, max_image_seq_len=4096,
                                                 base_shift=0.5, max_shift=1.15)
-    return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=CLIPTextModel(clip_l), tokenizer=clip_tokenizer(), text_encoder_2=T5EncoderModel(t5),
-                        tokenizer_2=tokenizer_2, transformer=FluxTransformer2DModel(**FLUX_DEV_TRANSFORMER))
+    return FluxPipeline(scheduler=scheduler, vae=vae, text_encoder=text_encoder, tokenizer=clip_tokenizer(), text_encoder_2=text_encoder_2,
+                        tokenizer_2=tokenizer_2, transformer=transformer)
 
 
 def write_voc_photos(root: str | Path) -> Path:

