@@ -78,6 +78,7 @@ def write_atomic(path: str | Path, data: bytes | str) -> None:
 
 
 def write_json_atomic(path: str | Path, document) -> None:
+    """`document` as JSON at `path`, all or nothing (`write_atomic`)."""
     write_atomic(path, json.dumps(document))
 
 

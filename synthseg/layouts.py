@@ -124,6 +124,7 @@ class Layout:
 
 
 def box_iou(a, b) -> float:
+    """IoU of two (x0, y0, x1, y1) boxes; 0 where both have no area."""
     ix = max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
     iy = max(0.0, min(a[3], b[3]) - max(a[1], b[1]))
     inter = ix * iy

@@ -56,6 +56,9 @@ def _world_layouts() -> LayoutRecipe:
 
 @dataclass
 class VAERecipe:
+    """A world recipe's `vae` section: the autoencoder's levels and width, and its training (`kl_weight`: the
+    KL term's weight, small, so that the latents stay close to a plain autoencoder's)."""
+
     block_out_channels: list[int] = field(default_factory=lambda: [16, 32, 64])
     layers_per_block: int = 1
     mid_block_attention: bool = False
@@ -78,6 +81,9 @@ class VAERecipe:
 
 @dataclass
 class UNetRecipe:
+    """A world recipe's `unet` section: the denoiser's levels and heads, and its training (diffusers' noise
+    scheduler with `prediction_type` and `beta_schedule`; the exported EMA weights decay by `ema_decay`)."""
+
     block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
     layers_per_block: int = 1
     attention_heads: int = 4
@@ -146,6 +152,7 @@ def load_text_encoder(max_tokens: int):
 
 
 def build_vae(recipe: WorldModelRecipe | WorldDiTRecipe) -> AutoencoderKL:
+    """The recipe's untrained VAE: one down and one up block per entry of `vae.block_out_channels`."""
     channels = recipe.vae.block_out_channels
     return AutoencoderKL(
         in_channels=3, out_channels=3, latent_channels=recipe.vae.latent_channels,
@@ -154,7 +161,9 @@ def build_vae(recipe: WorldModelRecipe | WorldDiTRecipe) -> AutoencoderKL:
         norm_num_groups=16, sample_size=recipe.image_size, mid_block_add_attention=recipe.vae.mid_block_attention,
     )
 
+
 def build_unet(recipe: WorldModelRecipe, text_dim: int, latent_channels: int) -> UNet2DConditionModel:
+    """The recipe's untrained latent UNet, cross-attending to `text_dim`-wide text states."""
     u = recipe.unet
     levels = len(u.block_out_channels)
     return UNet2DConditionModel(
@@ -164,7 +173,6 @@ def build_unet(recipe: WorldModelRecipe, text_dim: int, latent_channels: int) ->
         up_block_types=("UpBlock2D",) + ("CrossAttnUpBlock2D",) * (levels - 1),
         cross_attention_dim=text_dim, attention_head_dim=u.attention_heads, norm_num_groups=16,
     )
-
 
 
 class WorldPipeline(StableDiffusionPipeline):

@@ -21,16 +21,24 @@ from synthseg.world import WORLD_CLASSES
 
 SHARE = {"v": None}
 orig_before = L.BoxAttention._before_unet
+
+
 def before(self, module, args, kwargs):
     self.calls = getattr(self, "calls", 0) + 1
     return orig_before(self, module, args, kwargs)
+
+
 L.BoxAttention._before_unet = before
+
+
 def call(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None, **kwargs):
     on = self.fuser.enabled if SHARE["v"] is None else self.context.calls <= SHARE["v"] * STEPS
     if on and encoder_hidden_states is not None and attention_mask is None:
         bias = self.context.bias(hidden_states.shape[1], encoder_hidden_states.shape[1])
         attention_mask = bias.to(hidden_states.device, hidden_states.dtype)
     return self.base(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+
+
 L._BoxBiasProcessor.__call__ = call
 
 section = load_dataset_recipe("world", layouts=True, model="world-layout").layouts

@@ -34,6 +34,7 @@ section = load_dataset_recipe("world", layouts=True, model="world-layout").layou
 count = len(records) // len(CHOICE_SEEDS)
 layouts = [lay for seed in CHOICE_SEEDS for lay in sample_layouts(replace(section, seed=seed), names, [], count)]
 
+
 def box_cells(box, height, width):
     ys, xs = (np.arange(height) + 0.5) / height, (np.arange(width) + 0.5) / width
     inside = ((ys >= box[1]) & (ys <= box[3]))[:, None] & ((xs >= box[0]) & (xs <= box[2]))[None, :]

@@ -30,6 +30,9 @@ from .loop import claim_workdir, to_device, train_loop, warmup_cosine, write_tra
 
 @dataclass
 class TrainRecipe:
+    """A grounding recipe's `train` section; `zero_masks` and `query_dropout` as the module docstring says
+    (default: a prompted class the annotator missed adds no loss, and no query is zeroed)."""
+
     steps: int = 3000
     batch_size: int = 16
     lr: float = 1e-4

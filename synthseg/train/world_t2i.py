@@ -89,11 +89,13 @@ def train_vae(recipe: WorldModelRecipe | WorldDiTRecipe, workdir: Path, max_step
                         steps=recipe.vae.steps, checkpoint_every=recipe.checkpoint_every, max_steps=max_steps)
     return vae.cpu().eval(), losses
 
+
 @torch.no_grad()
 def latent_scale(vae: AutoencoderKL, recipe: WorldModelRecipe | WorldDiTRecipe) -> float:
     """1 / std of the latents over 256 scenes: SD's `scaling_factor`, so latents are unit-variance."""
     images, _ = sample_scenes(recipe, 20_000_000, 256)
     return float(1.0 / vae.encode(images).latent_dist.mean.std())
+
 
 @torch.no_grad()
 def caption_states(tokenizer, encoder, captions: list[str]) -> torch.Tensor:
