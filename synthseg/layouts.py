@@ -88,22 +88,23 @@ class LayoutRecipe:
     templates: list[str] = field(default_factory=lambda: ["a photograph of {}"])
 
     def validate(self, source: str) -> None:
+        """`source` names the section ("recipe.yaml: layouts"), as `config.load_config` gives it."""
         check_positive(source, self, "min_objects", "max_objects", "candidates")
         if self.min_objects > self.max_objects:
-            raise SynthsegError(f"{source}: layouts.min_objects {self.min_objects} is above max_objects {self.max_objects}")
+            raise SynthsegError(f"{source}: min_objects {self.min_objects} is above max_objects {self.max_objects}")
         if not 0 < self.min_size <= self.max_size <= 1:
-            raise SynthsegError(f"{source}: layouts need 0 < min_size <= max_size <= 1")
+            raise SynthsegError(f"{source}: need 0 < min_size <= max_size <= 1")
         for name in ("repeat_fraction", "pair_fraction", "max_overlap", "min_fill", "scheduled_sampling_beta"):
             if not 0 <= getattr(self, name) <= 1:
-                raise SynthsegError(f"{source}: layouts.{name} must lie in [0, 1]")
+                raise SynthsegError(f"{source}: {name} must lie in [0, 1]")
         if self.max_aspect < 1 or self.margin < 0 or self.box_attention < 0 or self.count_guidance < 0:
-            raise SynthsegError(f"{source}: layouts.max_aspect must be at least 1, and margin, box_attention and count_guidance not negative")
+            raise SynthsegError(f"{source}: max_aspect must be at least 1, and margin, box_attention and count_guidance not negative")
         if self.fit not in LAYOUT_FITS:
-            raise SynthsegError(f"{source}: layouts.fit must be one of {', '.join(LAYOUT_FITS)}, got {self.fit!r}")
+            raise SynthsegError(f"{source}: fit must be one of {', '.join(LAYOUT_FITS)}, got {self.fit!r}")
         if self.strays not in STRAYS:
-            raise SynthsegError(f"{source}: layouts.strays must be one of {', '.join(STRAYS)}, got {self.strays!r}")
+            raise SynthsegError(f"{source}: strays must be one of {', '.join(STRAYS)}, got {self.strays!r}")
         if any(template_slots(t, source) != 1 for t in self.templates):
-            raise SynthsegError(f"{source}: each layouts template has one slot for the objects, e.g. 'a photograph of {{}}'")
+            raise SynthsegError(f"{source}: each template has one slot for the objects, e.g. 'a photograph of {{}}'")
 
 
 @dataclass

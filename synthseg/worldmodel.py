@@ -125,7 +125,6 @@ class WorldModelRecipe:
             raise SynthsegError(f"{source}: min_visible must lie in (0, 1]")
         if not 0 <= self.layout_fraction <= 1:
             raise SynthsegError(f"{source}: layout_fraction must lie in [0, 1]")
-        self.layouts.validate(source)
         if self.unet.prediction_type not in ("epsilon", "v_prediction"):
             raise SynthsegError(f"{source}: unet.prediction_type must be epsilon or v_prediction")
         check_positive(source, self, "image_size", "max_tokens", "checkpoint_every", "num_inference_steps")
@@ -311,7 +310,6 @@ class LayoutModelRecipe:
     guidance_scale: float = 2.0
 
     def validate(self, source: str) -> None:
-        self.layouts.validate(source)
         if not 0 <= self.caption_dropout < 1 or not 0 <= self.box_dropout < 1:
             raise SynthsegError(f"{source}: caption_dropout and box_dropout must lie in [0, 1)")
         if not 0 <= self.min_timestep < 1000:

@@ -11,6 +11,7 @@ import torch
 
 from synthseg import SynthsegError
 from synthseg.config import load_config
+from synthseg.dataset import DatasetRecipe
 from synthseg.layouts import Layout, LayoutRecipe, box_fill, box_iou, instance_masks, read_layouts, sample_layouts
 from synthseg.prompts import describe
 from synthseg.world import WORLD_CLASSES
@@ -68,10 +69,12 @@ def test_bad_recipe_values_are_refused_by_name(tmp_path):
                          (dict(box_attention=-1.0), "box_attention and count_guidance not negative"),
                          (dict(count_guidance=-1.0), "box_attention and count_guidance not negative"),
                          (dict(min_size=0.7, max_size=0.5), "min_size"), (dict(templates=["a {} and {}"]), "one slot"),
-                         (dict(fit="centred"), "layouts.fit must be one of extent, inscribed, got 'centred'"),
-                         (dict(strays="keep"), "layouts.strays must be one of unlabelled, instances, drop, got 'keep'")]:
+                         (dict(fit="centred"), "fit must be one of extent, inscribed, got 'centred'"),
+                         (dict(strays="keep"), "strays must be one of unlabelled, instances, drop, got 'keep'")]:
         with pytest.raises(SynthsegError, match=message):
             load_config(LayoutRecipe, bad, "recipe.yaml")
+    with pytest.raises(SynthsegError, match=r"^recipe.yaml: layouts: strays must be one of"):  # the section named once
+        load_config(DatasetRecipe, dict(classes="world", layouts=dict(strays="keep")), "recipe.yaml")
 
 
 def write(tmp_path, *lines):
