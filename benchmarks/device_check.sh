@@ -29,7 +29,7 @@ prepare() {
     git rm -r -q --cached "$HEAVY"
     grep -qxF "$EXCLUDE" .git/info/exclude 2>/dev/null || echo "$EXCLUDE" >>.git/info/exclude
     local tree wheels
-    tree=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)
+    tree=$({ git ls-files -z; git ls-files -z --others --exclude-standard; } | du -cb --files0-from=- | tail -1 | cut -f1)  # what travels
     wheels=$(du -cb .whl/*.whl | tail -1 | cut -f1)
     echo "travels: $((tree / 1048576)) MiB of tree + $((wheels / 1048576)) MiB of wheels (limit 64 MiB); run restore after the device call"
 }
