@@ -5,7 +5,7 @@
 #
 # A device call takes at most 64 MiB of working tree, and the shipped world models alone are 63 MB (the GPU part needs
 # none of them), while the device's Python lacks diffusers, jsonlines, pycocotools and open-clip's vocabulary. So:
-#   here:    benchmarks/device_check.sh prepare   # those wheels into .whl/; synthseg/assets out of the index
+#   here:    benchmarks/device_check.sh prepare   # (venv active) those wheels into .whl/; synthseg/assets out of the index
 #   device:  run(command="bash benchmarks/device_check.sh run", carry=[".whl"], timeout_s=560)
 #   here:    benchmarks/device_check.sh restore   # the index as it was: always, whether the run worked or not
 #   then copy the returned RESULTS.md over benchmarks/RESULTS.md (nothing else writes it meanwhile) and commit.
