@@ -321,14 +321,14 @@ def write_item(directory: Path, item: Prompt | Layout, image: Image.Image, probs
         dropped = "a box's instance fills less than layouts.min_fill of it"
     if layout is not None:
         found = [(names.index(phrase) + 1, mask) for phrase, mask in zip(item.phrases, layout.instances) if mask.sum() >= recipe.min_instance_area]
-        if recipe.layouts.strays != "unlabelled":
+        if dropped is None and recipe.layouts.strays != "unlabelled":  # a dropped image's instances are never written
             strays = [(class_id, mask) for class_id in ids
                       for mask in stray_instances(labels, class_id, [m for c, m in found if c == class_id], recipe.min_instance_area)]
-            if strays and dropped is None and recipe.layouts.strays == "drop":
+            if strays and recipe.layouts.strays == "drop":
                 dropped = "an object of a layout's class lies outside its boxes"
             found += strays if recipe.layouts.strays == "instances" else []
     else:
-        found = [(class_id, mask) for class_id in ids for mask in instances(labels, class_id, recipe.min_instance_area)]
+        found = [] if dropped else [(class_id, mask) for class_id in ids for mask in instances(labels, class_id, recipe.min_instance_area)]
     record = dict(asdict(item), classes=list(item.classes), file_name=f"images/{stem}.png", mask_file_name=f"masks/{stem}.png",
                   scores={c: float(p.max()) for c, p in zip(item.classes, probs)}, dropped=dropped, **provenance)
     if record["dropped"] is None:

@@ -56,7 +56,7 @@ class WorldAnnotatorRecipe:
 def instance_targets(masks: np.ndarray, labels) -> dict:
     """torchvision detection targets: XYXY boxes, labels 1..K, (N, H, W) uint8 masks; empty masks left out. An image
     with no instance (N = 0, a COCO image without annotations) gives empty targets, a negative example."""
-    keep = np.array([mask.any() for mask in masks], dtype=bool)
+    keep = masks.any(axis=(1, 2))
     masks, labels = masks[keep], np.asarray(labels, dtype=np.int64)[keep]
     boxes = []
     for mask in masks:
