@@ -320,10 +320,11 @@ def write_item(directory: Path, item: Prompt | Layout, image: Image.Image, probs
     if layout is not None and dropped is None and min(layout.fills) < recipe.layouts.min_fill:
         dropped = "a box's instance fills less than layouts.min_fill of it"
     if layout is not None:
-        found = [(names.index(phrase) + 1, mask) for phrase, mask in zip(item.phrases, layout.instances) if mask.sum() >= recipe.min_instance_area]
+        boxed = [(names.index(phrase) + 1, mask) for phrase, mask in zip(item.phrases, layout.instances)]
+        found = [(class_id, mask) for class_id, mask in boxed if mask.sum() >= recipe.min_instance_area]
         if dropped is None and recipe.layouts.strays != "unlabelled":  # a dropped image's instances are never written
-            strays = [(class_id, mask) for class_id in ids
-                      for mask in stray_instances(labels, class_id, [m for c, m in found if c == class_id], recipe.min_instance_area)]
+            strays = [(class_id, mask) for class_id in ids  # every box claims its region, also one too small to write
+                      for mask in stray_instances(labels, class_id, [m for c, m in boxed if c == class_id], recipe.min_instance_area)]
             if strays and recipe.layouts.strays == "drop":
                 dropped = "an object of a layout's class lies outside its boxes"
             found += strays if recipe.layouts.strays == "instances" else []

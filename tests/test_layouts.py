@@ -165,6 +165,29 @@ def test_an_object_drawn_where_no_box_asked_follows_layouts_strays(tmp_path, str
         assert found[1].sum() == 16 * 16 and found[1][44:60, 44:60].all()
 
 
+def test_a_box_whose_instance_is_too_small_to_write_still_claims_its_region(tmp_path):
+    """A box's instance under min_instance_area is not written, but the region it touches is its object, not a
+    stray: with `strays: drop` the image is kept, with `instances` the region is not written as a stray."""
+    from PIL import Image
+
+    from synthseg.dataset import DatasetRecipe, write_item
+    from synthseg.layouts import LayoutGeneration
+
+    probs = np.zeros((1, 64, 64), dtype=np.float32)
+    probs[0, 8:12, 8:40] = 0.9  # a thin circle: 4x4 px in its small box (and margin), 4x32 px in all
+    layout = Layout(0, "a photograph of a circle", ["circle"], [(8 / 64, 8 / 64, 12 / 64, 12 / 64)], 0)
+    made = LayoutGeneration.cut(layout, Image.new("RGB", (64, 64)), torch.from_numpy(probs), margin=0.0)
+    assert 0 < made.instances[0].sum() < 20 and made.fills[0] == 1.0
+    for strays in ("drop", "instances"):
+        recipe = load_config(DatasetRecipe, {"classes": "circle,star", "min_instance_area": 20, "layouts": {"strays": strays}})
+        out = tmp_path / strays
+        for sub in ("images", "masks", "records"):
+            (out / sub).mkdir(parents=True)
+        write_item(out, layout, made.image, made.probs, recipe, {}, made)
+        record = json.loads((out / "records" / "000000.json").read_text())
+        assert record["dropped"] is None and record["instances"] == []
+
+
 def test_a_gligen_pipeline_generates_a_layout_and_the_module_cuts_one_instance_per_phrase(tmp_path):
     """A tiny GLIGEN UNet built from configs (gated self-attention plus the position net), loaded through the
     one loader: the boxes reach the UNet, the capture is the text-only one, and every phrase gets a mask."""
