@@ -240,7 +240,7 @@ def load_dataset_recipe(classes: str = "world", recipe: str | Path | None = None
         data[part] = judge_for(user, given, part) if user else (None if given == "none" else given)
     if overrides.get("model") in BUNDLES:
         overrides["grounding"] = grounding_for(overrides["model"], overrides.get("grounding"))
-    return load_config(DatasetRecipe, apply_overrides(data, overrides, source), source)
+    return load_config(DatasetRecipe, *apply_overrides(data, overrides, source))
 
 
 def plan(recipe: DatasetRecipe) -> list[Prompt] | list[Layout]:

@@ -56,6 +56,16 @@ def test_a_recipe_extends_another_and_states_only_what_it_changes(tmp_path):
         load_segmenter_recipe(tmp_path / "bad-arch.yaml")
 
 
+def test_a_bad_value_names_the_recipe_and_whether_options_were_given(tmp_path):
+    """A value given as an option is checked with the recipe; its error says that options were given, since the
+    bad value may be either's (an option left out, None, gives none)."""
+    (tmp_path / "r.yaml").write_text("extends: segmenter-world\nbatch_size: 0\n")
+    with pytest.raises(SynthsegError, match=r"r.yaml: batch_size must be"):
+        load_segmenter_recipe(tmp_path / "r.yaml", seed=None)
+    with pytest.raises(SynthsegError, match=r"segmenter-world.yaml with the options given: batch_size must be"):
+        load_segmenter_recipe("segmenter-world", batch_size=0)
+
+
 @pytest.mark.parametrize("files, error", [
     ({"a.yaml": "extends: b.yaml", "b.yaml": "extends: a.yaml"}, r"a.yaml: extends forms a cycle \(a -> b -> a\)"),
     ({"a.yaml": "extends: segmenter-wrold"}, r"a.yaml: extends: unknown segmenter recipe 'segmenter-wrold'; known: .*segmenter-world"),

@@ -103,7 +103,7 @@ def load_grounding_recipe(spec: str | Path, **overrides: dict) -> GroundingRecip
     (e.g. train={"steps": 500}; None values ignored) applied before validation; triplet prompts
     default to the split's seen classes."""
     data, source = read_recipe(spec, "grounding")
-    data = apply_overrides(data, overrides, source)
+    data, source = apply_overrides(data, overrides, source)
     triplets = data.setdefault("triplets", {})
     if isinstance(triplets, dict) and not triplets.get("seen") and isinstance(data.get("split"), str):
         triplets["seen"] = get_split(data["split"]).seen
