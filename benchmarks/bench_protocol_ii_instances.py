@@ -45,6 +45,7 @@ def main() -> None:
 
     from synthseg.annotators import MaskRCNNAnnotator
     from synthseg.dataset import build_dataset, file_hash, load_dataset_recipe
+    from synthseg.formats import write_json_atomic
     from synthseg.train.annotator import load_annotator_recipe, train_world_annotator, world_mask_ap
     from synthseg.world import WORLD_CLASSES, export_scenes, scene_seed
 
@@ -52,7 +53,9 @@ def main() -> None:
     planned = args.per_class * len(WORLD_CLASSES)
     if not (work / "rendered" / "annotations.json").is_file():
         export_scenes(work / "rendered", [scene_seed(i, held_out=False) for i in range(planned)])
-    datasets, rows = {"rendered": (work / "rendered", planned, 0.0)}, {}
+    datasets, rows = {"rendered": (work / "rendered", planned)}, {}
+    times_file = work / "generation.json"  # minutes each dataset took where this folder made it, for reruns to report
+    minutes = json.loads(times_file.read_text()) if times_file.is_file() else {}
     for name in ("rendered", "text", "layouts"):  # the oracle first: it needs no generated data
         if name != "rendered":
             model = args.layout_model if name == "layouts" else "world"
@@ -61,9 +64,12 @@ def main() -> None:
                                          counter=args.counter if name == "layouts" else None,
                                          count_guidance=args.count_guidance if name == "layouts" else None,
                                          spare=args.spare if name == "layouts" else 0.0)
-            start = time.perf_counter()
+            complete, start = (work / name / "annotations.json").is_file(), time.perf_counter()
             summary = build_dataset(recipe, work / name)
-            datasets[name] = (work / name, summary["images"], time.perf_counter() - start)
+            datasets[name] = (work / name, summary["images"])
+            if not complete:  # made (or finished) by this run: timed
+                minutes[name] = round((time.perf_counter() - start) / 60, 1)
+                write_json_atomic(times_file, minutes)
             if name == "layouts":
                 judges = f"the captioner {recipe.captioner}" + (f" and the counter {recipe.counter}" if recipe.counter else "")
                 chooser = f" (a) keeps the best of {recipe.layouts.candidates} images per layout by {judges}." if recipe.chooses else ""
@@ -86,6 +92,8 @@ def main() -> None:
               "rendered": "(c) rendered scenes, exact instances (oracle)"}
     table = "\n".join(f"| {labels[k]} | {datasets[k][1]} | {100 * r['mask_ap']:.1f} | {100 * r['mask_ap50']:.1f} | {100 * r['mask_ap75']:.1f} |"
                       for k, r in sorted(rows.items(), key=lambda kv: list(labels).index(kv[0])))
+    generation = ", ".join(f"{what} {f'{minutes[k]:.1f} min' if k in minutes else 'not timed (made outside this --work)'}"
+                           for k, what in (("layouts", "layouts"), ("text", "text only")))
     body = f"""The world annotator's Mask R-CNN architecture (recipes/world-annotator.yaml), trained {args.steps} steps of
 batch 8 on each dataset's COCO instances, scored by pycocotools mask AP on the same 500 held-out rendered
 scenes. (a) and (b): `make-dataset` with {args.per_class} items asked per world class (no pairs); (a) plans
@@ -97,8 +105,7 @@ filter drops.{chooser} (c) renders as many training scenes as (a) and (b) ask.
 {table}
 
 (a) / (c) = {a / max(c, 1e-9):.2f} (target >= 0.8); (a) - (b) = {a - b:+.1f} AP points (target >= +10).
-Generation time: layouts {datasets['layouts'][2] / 60:.1f} min, text only {datasets['text'][2] / 60:.1f} min (0 where a rerun
-found the dataset complete).
+Generation time: {generation}.
 """
     print(body)
     write_section("Protocol ii, instances (world)", body, bundle=("world", args.layout_model) if args.layout_model == "world-layout" else "world")
