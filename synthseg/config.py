@@ -186,15 +186,19 @@ def read_mapping(path: str | Path) -> dict:
     return data
 
 
-def apply_overrides(data: dict, overrides: dict, source: str) -> tuple[dict, str]:
+def apply_overrides(data: dict, overrides: dict, source: str) -> dict:
     """Merge command-line `overrides` into a recipe mapping, before `load_config` validates it.
 
     A None value leaves the recipe's own (an option not given); a dict value overrides inside that
-    section (e.g. train={"steps": 500}). Returns the mapping and the name its errors give: `source`, and
-    where an override was given "with the options given", since a bad value may be either's.
+    section (e.g. train={"steps": 500}).
     """
-    merged = merge_mappings(data, overrides, source, none_keeps=True)
-    return merged, f"{source} with the options given" if _gives_value(overrides) else source
+    return merge_mappings(data, overrides, source, none_keeps=True)
+
+
+def options_source(source: str, overrides: dict) -> str:
+    """The name a recipe's errors give once the caller's `overrides` are merged in: `source`, and where an
+    option gave a value (not None), "with the options given", since a bad value may be either's."""
+    return f"{source} with the options given" if _gives_value(overrides) else source
 
 
 def _gives_value(overrides: dict) -> bool:
@@ -246,4 +250,4 @@ def load_recipe(cls, spec: str | Path, kind: str, **overrides):
     """Recipe dataclass `cls` by packaged name of `kind` or path (`read_recipe`), with `overrides` (None: the
     recipe's own; a dict: inside that section), validated."""
     data, source = read_recipe(spec, kind)
-    return load_config(cls, *apply_overrides(data, overrides, source))
+    return load_config(cls, apply_overrides(data, overrides, source), options_source(source, overrides))

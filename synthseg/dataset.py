@@ -208,11 +208,13 @@ def load_dataset_recipe(classes: str = "world", recipe: str | Path | None = None
     `seed` draws the layout stream of the dataset's seed, so another `--seed` gives other layouts and images.
     `candidates` and `count_guidance` (None: the section's) set the section's; where candidates are above 1, a bundled
     model brings its captioner and counter, and where count_guidance is above 0, its counter."""
-    from .config import apply_overrides, load_config, read_recipe
+    from .config import apply_overrides, load_config, options_source, read_recipe
 
     if recipe is None and classes in recipe_names("dataset"):
         recipe = classes
     data, source = read_recipe(recipe, "dataset") if recipe is not None else ({"classes": classes}, "make-dataset")
+    # errors name the options the caller gave, not the entries derived below (the --layouts switch left off is none)
+    named = options_source(source, {**overrides, "layouts": overrides.get("layouts") or None})
     candidates, guidance, chooser, guider = overrides.pop("candidates", None), overrides.pop("count_guidance", None), None, None
     if overrides.pop("layouts", False) or overrides.get("layouts_file") or data.get("layouts") is not None:
         model = overrides.get("model") or data.get("model", DatasetRecipe.model)
@@ -240,7 +242,7 @@ def load_dataset_recipe(classes: str = "world", recipe: str | Path | None = None
         data[part] = judge_for(user, given, part) if user else (None if given == "none" else given)
     if overrides.get("model") in BUNDLES:
         overrides["grounding"] = grounding_for(overrides["model"], overrides.get("grounding"))
-    return load_config(DatasetRecipe, *apply_overrides(data, overrides, source))
+    return load_config(DatasetRecipe, apply_overrides(data, overrides, source), named)
 
 
 def plan(recipe: DatasetRecipe) -> list[Prompt] | list[Layout]:

@@ -5,6 +5,7 @@ import pytest
 
 from synthseg import SynthsegError
 from synthseg.config import load_config, read_mapping
+from synthseg.dataset import load_dataset_recipe
 from synthseg.segmenter import load_segmenter_recipe
 
 
@@ -64,6 +65,11 @@ def test_a_bad_value_names_the_recipe_and_whether_options_were_given(tmp_path):
         load_segmenter_recipe(tmp_path / "r.yaml", seed=None)
     with pytest.raises(SynthsegError, match=r"segmenter-world.yaml with the options given: batch_size must be"):
         load_segmenter_recipe("segmenter-world", batch_size=0)
+    (tmp_path / "d.yaml").write_text("classes: world\nper_class: -2\nlayouts: {max_objects: 3}\n")
+    with pytest.raises(SynthsegError, match=r"d.yaml: per_class must be"):  # its layouts section is the recipe's, not an option
+        load_dataset_recipe(recipe=tmp_path / "d.yaml", seed=None, layouts=False)
+    with pytest.raises(SynthsegError, match=r"d.yaml with the options given: per_class must be"):
+        load_dataset_recipe(recipe=tmp_path / "d.yaml", per_class=-1, layouts=True)
 
 
 @pytest.mark.parametrize("files, error", [

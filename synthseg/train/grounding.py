@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from ..classes import get_split
-from ..config import apply_overrides, check_non_negative, check_positive, load_config, read_recipe, stamped
+from ..config import apply_overrides, check_non_negative, check_positive, load_config, options_source, read_recipe, stamped
 from ..errors import SynthsegError
 from ..grounding import ATTENTION_FIELDS, GroundingArchitecture, GroundingConfig, GroundingModule, grounding_loss
 from ..registry import check_vocabulary, resolve_grounding
@@ -103,7 +103,7 @@ def load_grounding_recipe(spec: str | Path, **overrides: dict) -> GroundingRecip
     (e.g. train={"steps": 500}; None values ignored) applied before validation; triplet prompts
     default to the split's seen classes."""
     data, source = read_recipe(spec, "grounding")
-    data, source = apply_overrides(data, overrides, source)
+    data, source = apply_overrides(data, overrides, source), options_source(source, overrides)
     triplets = data.setdefault("triplets", {})
     if isinstance(triplets, dict) and not triplets.get("seen") and isinstance(data.get("split"), str):
         triplets["seen"] = get_split(data["split"]).seen
