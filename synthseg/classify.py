@@ -27,7 +27,7 @@ import torch.nn.functional as F
 
 from .captioner import Recogniser, class_set_log_probability
 from .errors import SynthsegError
-from .latents import add_noise, predict_noised, prediction_target, recorded_call
+from .latents import add_noise, noise_generator, predict_noised, prediction_target, recorded_call
 from .prompts import describe
 from .text import encode_prompts, fits_prompt, text_inputs
 
@@ -119,7 +119,7 @@ class DiffusionClassifier:
         for latent, logits, index in zip(latents, self.recogniser.class_logits(latents), indices):
             lists = self.candidates(logits)
             prior = torch.stack([class_set_log_probability(logits, c) for c in lists])
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+            generator = noise_generator(self.seed, index)
             errors = denoising_errors(self.pipe, latent[None], [self._prompt(c) for c in lists], self.draws, generator, calls=self._calls,
                                       texts=self._text_inputs(lists))
             relative = (errors / errors.mean(0, keepdim=True)).mean(1)  # each draw's errors over their mean: every timestep says alike

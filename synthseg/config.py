@@ -2,9 +2,9 @@
 
 `load_recipe(cls, name_or_path, kind)` reads a packaged or user recipe (`extends:` resolved);
 `load_config(cls, data, source)` turns a mapping into `cls`, refusing unknown and missing keys and
-values of the wrong type with one-line errors that name the file, then runs the dataclass's own
-`validate()` for the checks that depend on several fields (`check_positive` and `check_non_negative`
-for the common bounds).
+values of the wrong type with one-line errors that name the file, and a `seed` field outside what the
+generators take (`check_seed`), then runs the dataclass's own `validate()` for the checks that depend on
+several fields (`check_positive` and `check_non_negative` for the common bounds).
 
 Every config synthseg saves is `stamped`, as diffusers stamps `_class_name` and `_diffusers_version`:
 the class that wrote it, synthseg's version and the file format. `load_config` drops the stamp
@@ -100,6 +100,15 @@ def check_non_negative(source: str, config, *names: str) -> None:
             raise SynthsegError(f"{source}: {name} must be 0 or more, got {getattr(config, name)}")
 
 
+SEED_LIMIT = 2**63  # seeds are 0 to 2**63 - 1: numpy's generators refuse negative ones, torch's any beyond 64 bits
+
+
+def check_seed(what: str, seed) -> None:
+    """Refuse a seed that numpy's or torch's generators would not take, naming `what` ("seed", "FILE: seed")."""
+    if not 0 <= seed < SEED_LIMIT:
+        raise SynthsegError(f"{what} must be an integer from 0 to 2**63 - 1, got {seed}")
+
+
 def check_share(source: str, config, *names: str) -> None:
     """Refuse a field of `config` outside [0, 1] (shares and fractions), naming it."""
     for name in names:
@@ -165,6 +174,8 @@ def load_config(cls, data, source: str = "config"):
     if missing:
         raise SynthsegError(f"{source}: missing {cls.__name__} field(s) {missing}")
     config = cls(**{name: _coerce(value, hints[name], f"{source}: {name}") for name, value in data.items()})
+    if getattr(config, "seed", None) is not None:  # every recipe's seed, whatever its class
+        check_seed(f"{source}: seed", config.seed)
     validate = getattr(config, "validate", None)
     if validate is not None:
         validate(source)

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .capture import CapturedFeatures, CaptureStep, ResolvedStep, attention_maps, feature_capture
+from .config import check_seed
 from .errors import SynthsegError
 from .formats import jsonl_text, png_bytes, safe_file_name, write_atomic
 from .grounding import GroundingModule, class_attention_input, grounding_inputs
@@ -106,6 +107,8 @@ def capture_pass(
     """
     if len(seeds) != len(prompts):
         raise SynthsegError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
+    for seed in seeds:
+        check_seed("seed", seed)
     if num_inference_steps < 1:
         raise SynthsegError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
     if guidance_scale < 0:

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .capture import denoiser_arguments, denoiser_of, is_shared_input, predict, replay
+from .config import SEED_LIMIT
 from .errors import SynthsegError
 from .text import encode_prompts, pipeline_family
 
@@ -84,6 +85,12 @@ def add_noise(pipe, latents: torch.Tensor, noise: torch.Tensor, timesteps: int |
     for every row, or one per row; `latents` (1 or N rows) broadcast against `noise` (N rows) (`schedule_point`)."""
     signal, scale, values = _schedule(pipe, timesteps, noise)
     return signal * latents + scale * noise, values
+
+
+def noise_generator(seed: int, index: int) -> torch.Generator:
+    """The CPU generator of item `index`'s noise under `seed` (segment, the diffusion classifier, image
+    triplets): one stream per (seed, index), folded into torch's 64-bit seed range."""
+    return torch.Generator().manual_seed((seed * 1_000_003 + index) % SEED_LIMIT)
 
 
 def noise_latents(pipe, latents: torch.Tensor, timestep: int, generator: torch.Generator) -> tuple[torch.Tensor, float]:

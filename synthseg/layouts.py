@@ -39,7 +39,7 @@ from PIL import Image
 from .capture import CaptureStep, denoiser_of
 from .capture.core import DenoiserHooks
 from .capture.unet import attention_grid
-from .config import check_positive
+from .config import check_positive, check_seed
 from .errors import SynthsegError
 from .prompts import describe, template_slots
 from .refine import refine_masks
@@ -215,6 +215,7 @@ def read_layouts(path: str | Path, class_names: list[str], max_boxes: int | None
             phrases, boxes = [str(p) for p in record["phrases"]], [tuple(float(v) for v in box) for box in record["boxes"]]
             prompt = str(record.get("prompt") or f"a photograph of {describe(phrases)}")
             layout_seed = int(record["seed"]) if "seed" in record else int(np.random.default_rng([seed, number]).integers(2**31))
+            check_seed(f"{where}: seed", layout_seed)
         except (ValueError, TypeError, KeyError, AttributeError) as error:
             reason = f"missing {error}" if isinstance(error, KeyError) else "not a JSON object with phrases and boxes"
             raise SynthsegError(f"{where}: malformed layout ({reason})") from None

@@ -26,11 +26,12 @@ from PIL import Image
 from .captioner import ImplicitCaptioner, Recogniser
 from .capture import denoiser_of, unit_scaled
 from .classify import CLASSIFIER_DRAWS, CLASSIFIER_TOP, DiffusionClassifier
+from .config import check_seed
 from .errors import SynthsegError
 from .formats import coco_annotation, coco_document, label_image, png_bytes, safe_file_name, voc_palette, write_atomic, write_json_atomic
 from .generate import predict_masks
 from .grounding import GroundingModule
-from .latents import encode_images, noise_latents, pixel_tensor, recorded_call, replay_noised
+from .latents import encode_images, noise_generator, noise_latents, pixel_tensor, recorded_call, replay_noised
 from .progress import loss_progress
 from .prompts import check_list_template, describe
 from .refine import PAMR_ITERATIONS, check_iterations, refine_masks
@@ -129,6 +130,7 @@ class GroundingSegmenter:
             raise SynthsegError("no class names to segment")
         if noise_draws < 1:
             raise SynthsegError(f"noise_draws must be at least 1, got {noise_draws}")
+        check_seed("seed", seed)
         if not 0 <= timestep < 1000:
             raise SynthsegError(f"the capture timestep must be in 0..999 (of 1000), got {timestep}")
         threshold = THRESHOLD if threshold is None else threshold
@@ -205,7 +207,7 @@ class GroundingSegmenter:
             if size != (rgb.height, rgb.width):
                 warnings.warn(f"{name} is {rgb.width}x{rgb.height}; padded to {width}x{height} for the VAE, and its masks cropped back")
             padded = np.pad(np.asarray(rgb), ((0, height - rgb.height), (0, width - rgb.width), (0, 0)), mode="edge")
-            generator = torch.Generator().manual_seed(self.seed * 1_000_003 + index)
+            generator = noise_generator(self.seed, index)
             latent = encode_images(self.pipe, pixel_tensor(padded))
             draws, value = noise_latents(self.pipe, latent.expand(self.noise_draws, -1, -1, -1), self.timestep, generator)
             rgbs.append(rgb)

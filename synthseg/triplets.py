@@ -55,7 +55,7 @@ from .errors import SynthsegError
 from .formats import jsonl_text, read_jsonl, write_atomic
 from .generate import capture_pass
 from .grounding import ATTENTION_FIELDS, PIPELINE_FIELDS, GroundingConfig, class_attention_input, grounding_inputs
-from .latents import encode_images, noise_latents, pixel_tensor, recorded_call, replay_noised
+from .latents import encode_images, noise_generator, noise_latents, pixel_tensor, recorded_call, replay_noised
 from .plan import MAX_CLASSES, feature_bytes, plan_text, record_rate, time_line, triplet_bytes
 from .progress import loss_progress
 from .prompts import PAPER_TEMPLATES, Prompt, PromptPlanner, describe, template_slots
@@ -312,7 +312,7 @@ def _capture_images(pipe, recipe: TripletRecipe, images: np.ndarray, queried: li
     prompts = [SEGMENT_TEMPLATE.format(describe(names)) for names in queried]
     spans = prompt_token_spans(pipe, prompts, queried)
     latents = encode_images(pipe, pixel_tensor(images))
-    draws = [noise_latents(pipe, latents[i : i + 1], recipe.capture_timestep, torch.Generator().manual_seed(recipe.seed * 1_000_003 + index))
+    draws = [noise_latents(pipe, latents[i : i + 1], recipe.capture_timestep, noise_generator(recipe.seed, index))
              for i, index in enumerate(indices)]
     call = recorded_call(pipe, len(prompts), *images.shape[1:3])
     encoded = encode_prompts(pipe, prompts, guidance_scale=1.0)

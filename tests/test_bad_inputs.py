@@ -33,6 +33,8 @@ def one_error(result, code: int = 1) -> str:
     (["--num-shards", "2", "--shard-index", "2"], "--shard-index 2 is outside 0..1"),
     (["--num-inference-steps", "0"], "num_inference_steps must be at least 1, got 0"),
     (["--spare", "-0.5"], "spare must be 0 or more, got -0.5"),
+    (["--seed", "-1"], "with the options given: seed must be an integer from 0 to 2**63 - 1, got -1"),  # numpy refuses it
+    (["--seed", str(2**64)], f"seed must be an integer from 0 to 2**63 - 1, got {2**64}"),
     (["--spare", "0.5", "--layouts-file", "layouts.jsonl"], "spare plans extra items, which a layouts_file does not have"),
     (["--classes", "dog,circle"], "model 'world' cannot draw 'dog': it knows only circle, square"),
     (["--classes", "world,notaclass"], "unknown class 'notaclass'"),
@@ -55,6 +57,10 @@ def test_a_bad_layouts_file_is_refused_before_the_folder_is_claimed(tmp_path):
     layouts.write_text('{"phrases": ["circle"], "boxes": [[0, 0, 0.5, 0.5]]}\n{"phrases": ["circle"], "boxes": [[0, 0, 1.2, 0.5]]}\n')
     error = one_error(runner.invoke(app, ["make-dataset", "--classes", "circle,ring", "--layouts-file", str(layouts), "--out", str(out)]))
     assert error.endswith("line 2: box [0.0, 0.0, 1.2, 0.5] must be [x0, y0, x1, y1] with every value in [0, 1]")  # brackets kept, not markup
+    assert not out.exists()
+    layouts.write_text('{"phrases": ["circle"], "boxes": [[0, 0, 0.5, 0.5]], "seed": -3}\n')  # once taken, and refused by numpy mid-run
+    error = one_error(runner.invoke(app, ["make-dataset", "--classes", "circle,ring", "--layouts-file", str(layouts), "--out", str(out)]))
+    assert error.endswith("line 1: seed must be an integer from 0 to 2**63 - 1, got -3")
     assert not out.exists()
 
 
@@ -256,6 +262,8 @@ def test_misleading_messages_are_gone(pipe_dir, grounding, tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--num-inference-steps", "0"], "num_inference_steps must be at least 1, got 0"),  # not taken as "the model's default"
     (["--guidance-scale", "-1"], "guidance_scale must be 0 or more, got -1.0"),
+    (["--seed", "-1"], "seed must be an integer from 0 to 2**63 - 1, got -1"),
+    (["--seed", str(2**63)], f"seed must be an integer from 0 to 2**63 - 1, got {2**63}"),  # torch's overflow, before
 ])
 def test_generate_refuses_bad_sampling_values(pipe_dir, grounding, tmp_path, args, message):
     grounding.save_pretrained(tmp_path / "g")

@@ -44,6 +44,8 @@ def test_every_family_segments_a_real_image(family):
         torch.testing.assert_close(both.probs, one.probs, atol=1e-4, rtol=1e-4)
     other = segment_images(pipe, module, [image], ["dog", "cat", "bus"], noise_draws=2, seed=1)
     assert not torch.equal(other[0].probs, first[0].probs)
+    top = segment_images(pipe, module, [image], ["dog", "cat", "bus"], seed=2**63 - 1)  # its noise seed is folded into torch's range
+    assert not torch.equal(top[0].probs, first[0].probs)
     baseline = AttentionSegmenter(pipe, ["dog", "cat", "bus"], refine=0).segment(image)  # DAAM on the same noised latents, unrefined
     assert baseline.probs.shape == (3, size, size) and baseline.probs.min() >= 0
     torch.testing.assert_close(baseline.probs.flatten(1).max(1).values, torch.ones(3))  # DAAM scales each class to a max of 1
@@ -185,6 +187,7 @@ def test_segment_command_noises_to_the_modules_own_capture_timestep_unless_told(
     (["--classes", "circle", "--capture-timestep", "1000"], "capture timestep must be in 0..999"),
     (["--classes", "circle", "--noise-draws", "0"], "noise_draws must be at least 1"),
     (["--classes", "circle", "--batch-size", "0"], "--batch-size must be at least 1"),
+    (["--classes", "circle", "--seed", "-1"], "seed must be an integer from 0 to 2**63 - 1, got -1"),
     (["--classes", "circle", "--model", "/nonexistent"], "no pipeline folder at /nonexistent"),
     (["--classes", "circle", "--grounding", "world-dit"], "grounding module expects feature channels"),  # on the UNet world
 ])
