@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
+import math
 import os
 import signal
 import sys
@@ -99,6 +100,9 @@ def _command(function):
 
     @functools.wraps(function)
     def wrapper(*args, **kwargs):
+        for option, value in kwargs.items():  # click's float type takes "nan" and "inf"; no option means them
+            if isinstance(value, float) and not math.isfinite(value):
+                _fail(f"--{option.replace('_', '-')}: expected a finite number, got {value}")
         try:
             with _on_interrupt(f"interrupted{resume}"):
                 return function(*args, **kwargs)

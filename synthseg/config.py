@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import types
 import typing
 from pathlib import Path
@@ -152,6 +153,8 @@ def _coerce(value, hint, where: str):
         return load_config(hint, value, where)
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
+    if hint is float and isinstance(value, float) and not math.isfinite(value):  # YAML's .nan, an option's "inf"
+        raise SynthsegError(f"{where}: expected a finite number, got {value!r}")
     if hint in (int, float, str, bool) and (not isinstance(value, hint) or (hint is int and isinstance(value, bool))):
         raise SynthsegError(f"{where}: expected {hint.__name__}, got {value!r}")
     return value

@@ -4,6 +4,7 @@ one probability mask per named class."""
 from __future__ import annotations
 
 import contextlib
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -111,8 +112,8 @@ def capture_pass(
         check_seed("seed", seed)
     if num_inference_steps < 1:
         raise SynthsegError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
-    if guidance_scale < 0:
-        raise SynthsegError(f"guidance_scale must be 0 or more, got {guidance_scale}")
+    if not (math.isfinite(guidance_scale) and guidance_scale >= 0):
+        raise SynthsegError(f"guidance_scale must be a finite number, 0 or more, got {guidance_scale}")
     spans = prompt_token_spans(pipe, list(prompts), class_names)
     text = encode_prompts(pipe, prompts, guidance_scale, negative_prompt)
     cfg = text.classifier_free_guidance

@@ -138,8 +138,8 @@ class GroundingSegmenter:
             raise SynthsegError(f"threshold must be in [0, 1), got {threshold}")
         cells = captioner is not None and (captioner.config.objective, captioner.config.pooling) == ("classes", "max")
         class_prior = (CLASS_PRIOR if cells else 0.0) if class_prior is None else class_prior
-        if class_prior < 0:
-            raise SynthsegError(f"class_prior must be at least 0, got {class_prior}")
+        if not (math.isfinite(class_prior) and class_prior >= 0):
+            raise SynthsegError(f"class_prior must be a finite number, at least 0, got {class_prior}")
         refine = PAMR_ITERATIONS if refine is None else refine
         check_iterations(refine)
         per_class = captioner is not None and captioner.config.objective == "classes"

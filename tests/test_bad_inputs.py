@@ -35,6 +35,8 @@ def one_error(result, code: int = 1) -> str:
     (["--spare", "-0.5"], "spare must be 0 or more, got -0.5"),
     (["--seed", "-1"], "with the options given: seed must be an integer from 0 to 2**63 - 1, got -1"),  # numpy refuses it
     (["--seed", str(2**64)], f"seed must be an integer from 0 to 2**63 - 1, got {2**64}"),
+    (["--spare", "nan"], "--spare: expected a finite number, got nan"),
+    (["--guidance-scale", "inf"], "--guidance-scale: expected a finite number, got inf"),
     (["--spare", "0.5", "--layouts-file", "layouts.jsonl"], "spare plans extra items, which a layouts_file does not have"),
     (["--classes", "dog,circle"], "model 'world' cannot draw 'dog': it knows only circle, square"),
     (["--classes", "world,notaclass"], "unknown class 'notaclass'"),
@@ -261,7 +263,9 @@ def test_misleading_messages_are_gone(pipe_dir, grounding, tmp_path):
 
 @pytest.mark.parametrize("args, message", [
     (["--num-inference-steps", "0"], "num_inference_steps must be at least 1, got 0"),  # not taken as "the model's default"
-    (["--guidance-scale", "-1"], "guidance_scale must be 0 or more, got -1.0"),
+    (["--guidance-scale", "-1"], "guidance_scale must be a finite number, 0 or more, got -1.0"),
+    (["--guidance-scale", "nan"], "--guidance-scale: expected a finite number, got nan"),  # click's float takes it
+    (["--capture-timestep", "-5"], "the capture timestep must be in 0..1000"),
     (["--seed", "-1"], "seed must be an integer from 0 to 2**63 - 1, got -1"),
     (["--seed", str(2**63)], f"seed must be an integer from 0 to 2**63 - 1, got {2**63}"),  # torch's overflow, before
 ])

@@ -204,7 +204,8 @@ def test_train_captioner_cli_refuses_bad_input(tmp_path):
         assert result.exit_code == 1 and "--captioner, --class-prior, --refine and --classifier-draws go with --grounding" in result.output
     image = tmp_path / "scene.png"
     Image.new("RGB", (64, 64)).save(image)
-    for option, message in ((["--class-prior", "-1"], "class_prior must be at least 0"), (["--captioner", "none", "--class-prior", "5"], "needs a captioner"),
+    for option, message in ((["--class-prior", "-1"], "class_prior must be a finite number, at least 0"),
+                            (["--captioner", "none", "--class-prior", "5"], "needs a captioner"),
                             (["--refine", "-1"], "refine must be 0 or more"), (["--classifier-draws", "-2"], "classifier_draws must be at least 0"),
                             (["--captioner", "none", "--classifier-draws", "8"], "diffusion classifier (classifier_draws) ranks")):
         result = runner.invoke(app, ["segment", str(image), "--classes", "circle", "--out", str(tmp_path / "out"), *option])

@@ -2,11 +2,13 @@ import dataclasses
 from dataclasses import dataclass, field
 
 import pytest
+import yaml
 
 from synthseg import SynthsegError
 from synthseg.config import load_config, read_mapping
 from synthseg.dataset import load_dataset_recipe
 from synthseg.segmenter import load_segmenter_recipe
+from synthseg.train.grounding import load_grounding_recipe
 
 
 @dataclass
@@ -30,6 +32,23 @@ def test_load_config_coerces_and_checks_types():
         load_config(Example, {"nmae": "x", "sizes": []})
     with pytest.raises(SynthsegError, match=r"missing Example field\(s\) \['sizes'\]"):
         load_config(Example, {"name": "x"})
+    for text in (".nan", "-.inf"):  # YAML's; every `x < 0` check would let NaN through
+        with pytest.raises(SynthsegError, match=r"recipe.yaml: rate: expected a finite number, got (nan|-inf)"):
+            load_config(Example, {"name": "x", "sizes": [], "rate": yaml.safe_load(text)}, "recipe.yaml")
+
+
+@pytest.mark.parametrize("seed, fine", [(0, True), (2**63 - 1, True), (-1, False), (2**63, False)])
+def test_every_recipes_seed_is_one_the_generators_take(tmp_path, seed, fine):
+    (tmp_path / "r.yaml").write_text(f"extends: segmenter-world\nseed: {seed}\n")
+    if fine:
+        assert load_segmenter_recipe(tmp_path / "r.yaml").seed == seed
+    else:
+        with pytest.raises(SynthsegError, match=rf"r.yaml: seed must be an integer from 0 to 2\*\*63 - 1, got {seed}"):
+            load_segmenter_recipe(tmp_path / "r.yaml")
+    (tmp_path / "t.yaml").write_text(f"extends: world-grounding\ntriplets: {{seed: {seed}}}\n")  # a section's seed too
+    if not fine:
+        with pytest.raises(SynthsegError, match=r"t.yaml: triplets: seed must be"):
+            load_grounding_recipe(tmp_path / "t.yaml")
 
 
 def test_read_mapping_errors(tmp_path):

@@ -26,6 +26,10 @@ class CaptureStep:
     timestep: float = 5
     index: int | None = None
 
+    def __post_init__(self):
+        if not 0 <= self.timestep <= 1000:  # NaN included
+            raise SynthsegError(f"the capture timestep must be in 0..1000 (a timestep of the 1000-step training schedule), got {self.timestep}")
+
     def resolve(self, scheduler, num_inference_steps: int) -> "ResolvedStep":
         """Map the choice onto the timesteps `scheduler` uses for `num_inference_steps` steps.
 
