@@ -212,13 +212,17 @@ def read_layouts(path: str | Path, class_names: list[str], max_boxes: int | None
         where = f"{path}, line {number}"
         try:
             record = json.loads(line)
+            if not (isinstance(record["phrases"], list) and isinstance(record["boxes"], list)):
+                raise TypeError  # a string of phrases would be read as its letters
             phrases, boxes = [str(p) for p in record["phrases"]], [tuple(float(v) for v in box) for box in record["boxes"]]
             prompt = str(record.get("prompt") or f"a photograph of {describe(phrases)}")
-            layout_seed = int(record["seed"]) if "seed" in record else int(np.random.default_rng([seed, number]).integers(2**31))
-            check_seed(f"{where}: seed", layout_seed)
+            layout_seed = record["seed"] if "seed" in record else int(np.random.default_rng([seed, number]).integers(2**31))
         except (ValueError, TypeError, KeyError, AttributeError) as error:
-            reason = f"missing {error}" if isinstance(error, KeyError) else "not a JSON object with phrases and boxes"
+            reason = f"missing {error}" if isinstance(error, KeyError) else "not a JSON object with lists of phrases and boxes"
             raise SynthsegError(f"{where}: malformed layout ({reason})") from None
+        if not isinstance(layout_seed, int) or isinstance(layout_seed, bool):
+            raise SynthsegError(f"{where}: seed must be an integer, got {layout_seed!r}")
+        check_seed(f"{where}: seed", layout_seed)
         layout = Layout(len(layouts), prompt, phrases, boxes, layout_seed)
         check_layout(layout, class_names, max_boxes, where)
         layouts.append(layout)
