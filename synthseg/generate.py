@@ -106,6 +106,8 @@ def capture_pass(
     `pipeline_kwargs`: further arguments of the pipeline's call (a GLIGEN layout's phrases and boxes).
     Works for every family of `synthseg.text` (SD 1.x/2.x, SDXL, SD3, FLUX).
     """
+    if not prompts:
+        raise SynthsegError("no prompts to generate")
     if len(seeds) != len(prompts):
         raise SynthsegError(f"got {len(prompts)} prompts but {len(seeds)} seeds")
     for seed in seeds:

@@ -51,6 +51,8 @@ def test_bad_class_fails_before_any_generation(pipe, grounding):
             generate_grounded(pipe, grounding, PROMPTS, [["dog"], ["horse"]], [0, 1], num_inference_steps=2)
         with pytest.raises(SynthsegError, match="2 prompts but 1 seeds"):
             generate_grounded(pipe, grounding, PROMPTS, CLASSES, [0], num_inference_steps=2)
+        with pytest.raises(SynthsegError, match="no prompts to generate"):  # an IndexError, before
+            generate_grounded(pipe, grounding, [], [], [], num_inference_steps=2)
     finally:
         handle.remove()
     assert calls == []
