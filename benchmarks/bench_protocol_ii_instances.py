@@ -12,7 +12,7 @@ renders as many scenes. Each annotator trains `--steps` steps of batch 8 from th
 Targets: (a) >= 0.8 x (c), and (a) >= (b) + 10 AP points. Writes the "Protocol ii, instances (world)"
 section of benchmarks/RESULTS.md.
 
-    python benchmarks/bench_protocol_ii_instances.py [--layout-model world-layout] [--per-class 50] [--spare 0.5] [--steps 2000]
+    python benchmarks/bench_protocol_ii_instances.py [--layout-model world-layout] [--per-class 50] [--spare 0.5] [--steps 4000]
         [--counter none --count-guidance 0]
 """
 
@@ -31,7 +31,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--per-class", type=int, default=50)
     parser.add_argument("--spare", type=float, default=0.5, help="extra layouts planned for (a), as a fraction of those asked")
-    parser.add_argument("--steps", type=int, default=2000, help="annotator training steps (1000 at 2 threads: ~17 min each, less converged)")
+    parser.add_argument("--steps", type=int, default=4000, help="annotator training steps, the world annotator's own (~65 min each at 2 threads)")
     parser.add_argument("--work", type=Path, default=Path("runs/pii-instances"))
     parser.add_argument("--layout-model", default="world-layout", help="the shipped world-layout, or an export folder (train-world-layout --out)")
     parser.add_argument("--captioner", default=None, help="the captioner choosing among a layout's candidates (default: the bundle's; "
