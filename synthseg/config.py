@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import numbers
 import types
 import typing
 from pathlib import Path
@@ -105,9 +106,10 @@ SEED_LIMIT = 2**63  # seeds are 0 to 2**63 - 1: numpy's generators refuse negati
 
 
 def check_seed(what: str, seed) -> None:
-    """Refuse a seed that numpy's or torch's generators would not take, naming `what` ("seed", "FILE: seed")."""
-    if not 0 <= seed < SEED_LIMIT:
-        raise SynthsegError(f"{what} must be an integer from 0 to 2**63 - 1, got {seed}")
+    """Refuse a seed that numpy's or torch's generators would not take (a non-integer included), naming `what`
+    ("seed", "FILE: seed")."""
+    if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or not 0 <= seed < SEED_LIMIT:
+        raise SynthsegError(f"{what} must be an integer from 0 to 2**63 - 1, got {seed!r}")
 
 
 def check_share(source: str, config, *names: str) -> None:

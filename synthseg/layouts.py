@@ -220,8 +220,6 @@ def read_layouts(path: str | Path, class_names: list[str], max_boxes: int | None
         except (ValueError, TypeError, KeyError, AttributeError) as error:
             reason = f"missing {error}" if isinstance(error, KeyError) else "not a JSON object with lists of phrases and boxes"
             raise SynthsegError(f"{where}: malformed layout ({reason})") from None
-        if not isinstance(layout_seed, int) or isinstance(layout_seed, bool):
-            raise SynthsegError(f"{where}: seed must be an integer, got {layout_seed!r}")
         check_seed(f"{where}: seed", layout_seed)
         layout = Layout(len(layouts), prompt, phrases, boxes, layout_seed)
         check_layout(layout, class_names, max_boxes, where)

@@ -97,7 +97,7 @@ def test_a_layouts_file_reads_with_prompts_and_seeds_filled_in(tmp_path):
     ('{"phrases": ["circle"]}', "line 2: malformed layout (missing 'boxes')"),
     ("[1, 2]", "line 2: malformed layout"),
     ('{"phrases": "circle", "boxes": [[0, 0, 0.5, 0.5]]}', "line 2: malformed layout (not a JSON object with lists of phrases and boxes)"),
-    ('{"phrases": ["circle"], "boxes": [[0, 0, 0.5, 0.5]], "seed": 1.5}', "line 2: seed must be an integer, got 1.5"),
+    ('{"phrases": ["circle"], "boxes": [[0, 0, 0.5, 0.5]], "seed": 1.5}', "line 2: seed must be an integer from 0 to 2**63 - 1, got 1.5"),
     ('{"phrases": ["circle"], "boxes": [[0, 0, 0.5, 0.5]], "seed": -1}', "line 2: seed must be an integer from 0 to 2**63 - 1, got -1"),
     ('{"phrases": ["circle"], "boxes": [[0, 0, 1.5, 0.5]]}', "line 2: box [0.0, 0.0, 1.5, 0.5] must be [x0, y0, x1, y1] with every value in [0, 1]"),
     ('{"phrases": ["circle"], "boxes": [[0.5, 0, 0.5, 0.5]]}', "line 2: box [0.5, 0.0, 0.5, 0.5] has zero area"),
