@@ -1,0 +1,60 @@
+"""Ad hoc: more candidates per layout under count guidance, chosen by the captioner with and without the counter.
+
+`world-layout` at its card (box attention, count guidance by its counter, beta), N images per layout of the choice streams
+(5 and 6, COUNT layouts each), made once; `best_candidate` then chooses among the first 1, 4, 6 and N of them, and the
+world annotator judges the kept image as bench_layouts.py does (boxes hit, right counts of 2-4 objects, all classes
+found of 2+ classes). Prints one row per choice and writes nothing.
+
+    cd benchmarks && python adhoc/layout_candidates_guided.py [COUNT] [N]
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench_layouts import CHOICE_SEEDS, annotated, candidate_images, chosen, judge  # noqa: E402
+
+from synthseg.annotators import load_annotator  # noqa: E402
+from synthseg.captioner import ImplicitCaptioner, Recogniser  # noqa: E402
+from synthseg.counter import CountJudge  # noqa: E402
+from synthseg.dataset import load_dataset_recipe  # noqa: E402
+from synthseg.layouts import sample_layouts  # noqa: E402
+from synthseg.pipeline import load_pipeline  # noqa: E402
+from synthseg.registry import model_card  # noqa: E402
+from synthseg.world import WORLD_CLASSES  # noqa: E402
+
+
+def main() -> None:
+    count = int(sys.argv[1]) if len(sys.argv) > 1 else 60
+    n = int(sys.argv[2]) if len(sys.argv) > 2 else 8
+    section = load_dataset_recipe("world", layouts=True, model="world-layout", captioner="world").layouts
+    card = model_card("world-layout")
+    pipe = load_pipeline("world-layout")
+    pipe.set_progress_bar_config(disable=True)
+    annotator, counter = load_annotator("world"), CountJudge.from_pretrained("world-layout")
+    recogniser = Recogniser(pipe, ImplicitCaptioner.from_pretrained("world"), list(WORLD_CLASSES))
+    layouts = [lay for seed in CHOICE_SEEDS for lay in sample_layouts(replace(section, seed=seed), list(WORLD_CLASSES), [], count)]
+    many = np.array([len(lay.phrases) >= 2 for lay in layouts])
+    mixed = np.array([len(lay.classes) >= 2 for lay in layouts])
+    start = time.perf_counter()
+    made = candidate_images(pipe, layouts, card.num_inference_steps, card.guidance_scale, section.scheduled_sampling_beta,
+                            section.box_attention, n, counter, section.count_guidance)
+    print(f"{len(layouts)} layouts, {n} candidates each, made in {time.perf_counter() - start:.0f} s")
+    print("| candidates | chosen by | boxes hit | right counts (2-4 objects) | all classes found (2+ classes) |\n|---|---|---|---|---|")
+    for first in sorted({k for k in (1, 4, 6, n) if k <= n}):
+        for judge_counter in (counter, None) if first > 1 else (None,):
+            images = chosen(pipe, layouts, [m[:first] for m in made], recogniser if first > 1 else None, judge_counter)
+            scores = judge(annotated(annotator, images, layouts), layouts)
+            by = "its own seed's" if first == 1 else "the captioner" + (" and counter" if judge_counter is not None else "")
+            print(f"| {first} | {by} | {100 * scores['hits'].mean():.1f}% | {100 * scores['counts'][many].mean():.1f}% | "
+                  f"{100 * scores['found'][mixed].mean():.1f}% |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
