@@ -280,7 +280,7 @@ def make_triplets(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (counts per class and pair, disk, time) without loading a model.")] = False,
     device: Device = "auto",
 ) -> None:
-    """Make {UNet features, masks, prompt} triplets from seen classes, labelled by an annotator."""
+    """Make {denoiser features, masks, prompt} triplets from seen classes, labelled by an annotator."""
     from .formats import check_output_dir
     from .train.grounding import load_grounding_recipe
     from .triplets import make_triplets as make, plan_summary

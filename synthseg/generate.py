@@ -28,7 +28,7 @@ class GroundedGeneration:
 
     images: RGB PIL images. masks[i]: (K_i, H, W) float32 probabilities in [0, 1] at image
     resolution, in the order of class_names[i]. step: the captured denoising step.
-    features: the captured UNet features (conditional half), when asked for.
+    features: the captured denoiser features (conditional half), when asked for.
     """
 
     images: list[Image.Image]
@@ -62,8 +62,8 @@ class GroundedGeneration:
 class CaptureRun:
     """What one generate-and-capture pass gives, one row per prompt.
 
-    images: RGB PIL images. features: the capture step's UNet features (conditional half).
-    prompt_embeds: (B, T, D) text states the UNet was conditioned on. spans: each class name's token
+    images: RGB PIL images. features: the capture step's denoiser features (conditional half).
+    prompt_embeds: (B, T, D) text states the denoiser was conditioned on. spans: each class name's token
     positions in its prompt. heat_maps: with `daam`, per image (K_i, h, w) DAAM maps in [0, 1].
     """
 

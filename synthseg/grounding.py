@@ -1,4 +1,4 @@
-"""The grounding module: UNet features + class-name text embeddings -> one mask per class.
+"""The grounding module: denoiser features (UNet or transformer) + class-name text embeddings -> one mask per class.
 
 Architecture (Li et al. 2023, "Guiding Text-to-Image Diffusion Model Towards Grounded Generation"):
 
@@ -65,7 +65,7 @@ class GroundingConfig(GroundingArchitecture):
     """Shape of a grounding module: its architecture plus what the pipeline it reads fixes.
 
     feature_channels / feature_strides: channels and stride (relative to the latent) of each
-        captured UNet block output, in capture order (see `capture.unet_feature_layout`).
+        captured block output, in capture order (see `capture.feature_layout`).
     text_dim: the width of the text states (768 for SD 1.x's CLIP, 4096 for SD3's and FLUX's).
     feature_blocks: a transformer's captured blocks, in order (empty: a UNet's, all of them).
     cross_attention_strides / text_tokens: with VPD's cross-attention inputs, the strides of the

@@ -1,4 +1,4 @@
-"""Training triplets {UNet features, masks, prompt}, made without human labels, stored as shards.
+"""Training triplets {denoiser features, masks, prompt}, made without human labels, stored as shards.
 
 `make_triplets` builds prompts from the *seen* classes only (one or two classes, the recipe's
 templates), generates each image with feature capture, and labels it with an annotator:
@@ -510,7 +510,7 @@ def _capture_order(key: str) -> tuple[int, int]:
 
 
 def _input_keys(tensors) -> tuple[list[str], list[str]]:
-    """Stored "features.<block>" keys in UNet order and "attention.<stride>" keys, finest stride first."""
+    """Stored "features.<block>" keys in capture order and "attention.<stride>" keys, finest stride first."""
     names = sorted((k for k in tensors if k.startswith("features.")), key=_capture_order)
     maps = sorted((k for k in tensors if k.startswith("attention.")), key=lambda k: int(k.split(".")[1]))
     return names, maps
