@@ -123,7 +123,7 @@ class CapturedFeatures:
         """Each class's cross-attention at the capture step -> (B, Q, H, W) float32 at `size`: per
         resolution, the layers' maps averaged and the class's sub-word maps summed, then upsampled
         (bilinear) and summed over resolutions. Q = `width` (default: the most classes of a row);
-        padding rows are zero. This is where the UNet itself puts each name (the grounding module's
+        padding rows are zero. This is where the denoiser itself puts each name (the grounding module's
         `attention_pooling`)."""
         if not self.cross_attention:
             raise SynthsegError("no cross-attention maps were captured (attention=True needed)")
