@@ -18,27 +18,23 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench_families import NAMES, SMALL, T5, plain_call  # noqa: E402
+from bench_families import NAMES, SMALL, TINY_FAMILIES, plain_call  # noqa: E402
 
 from synthseg import GroundingConfig, GroundingModule  # noqa: E402
 from synthseg.generate import capture_pass, predict_masks  # noqa: E402
-from synthseg.tiny import tiny_flux_pipeline, tiny_pipeline, tiny_sd3_pipeline, tiny_sdxl_pipeline  # noqa: E402
-
-FAMILIES = {"SD 1.x": tiny_pipeline, "SDXL": tiny_sdxl_pipeline, "SD3": lambda: tiny_sd3_pipeline(T5),
-            "FLUX (true CFG)": lambda: tiny_flux_pipeline(T5), "FLUX (distilled guidance)": lambda: tiny_flux_pipeline(T5, guidance_embeds=True)}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=60)
     parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    parser.add_argument("--families", nargs="+", default=list(TINY_FAMILIES), choices=list(TINY_FAMILIES))
     args = parser.parse_args()
     torch.set_num_threads(1)
     print("| family | capture pass, no attention | capture pass, text attention | module forward | plain generation |")
     print("|---|---|---|---|---|")
     for name in args.families:
-        pipe = FAMILIES[name]()
+        pipe = TINY_FAMILIES[name]()
         pipe.set_progress_bar_config(disable=True)
         torch.manual_seed(0)
         module = GroundingModule(GroundingConfig.for_pipeline(pipe, cross_attention=True, attention_pooling=True, **SMALL)).eval()
