@@ -102,6 +102,16 @@ def check_non_negative(source: str, config, *names: str) -> None:
             raise SynthsegError(f"{source}: {name} must be 0 or more, got {getattr(config, name)}")
 
 
+MAX_PLANNED_ITEMS = 10_000_000  # a job's plan holds every item in memory (about 0.5 kB each); more is a typo, not a job
+
+
+def check_plan_size(source: str, count: int, fields: str) -> None:
+    """Refuse a plan of more than MAX_PLANNED_ITEMS items before it is drawn, naming the `fields` that size it."""
+    if count > MAX_PLANNED_ITEMS:
+        raise SynthsegError(f"{source}: the plan would hold {count:,} items ({fields}), more than {MAX_PLANNED_ITEMS:,}; "
+                            "run several smaller jobs, each with its own seed, instead")
+
+
 SEED_LIMIT = 2**63  # seeds are 0 to 2**63 - 1: numpy's generators refuse negative ones, torch's any beyond 64 bits
 
 

@@ -47,7 +47,7 @@ from PIL import Image
 from scipy import ndimage
 
 from .classes import check_names, resolve_classes
-from .config import ABSENT, check_non_negative, check_positive, load_config, record_recipe
+from .config import ABSENT, check_non_negative, check_plan_size, check_positive, load_config, record_recipe
 from .device import resolve_device
 from .errors import SynthsegError
 from .formats import IGNORE, coco_annotation, coco_document, jsonl_text, label_image, png_bytes, write_atomic, write_json_atomic
@@ -65,7 +65,7 @@ from .layouts import (
     sample_layouts,
 )
 from .plan import dataset_item_bytes, plan_text, record_rate, time_line
-from .prompts import PAPER_TEMPLATES, Prompt, PromptPlanner, template_slots
+from .prompts import PAPER_TEMPLATES, Prompt, PromptPlanner, dataset_pairs, template_slots
 from .refine import PAMR_ITERATIONS
 from .registry import (
     BUNDLES,
@@ -154,6 +154,8 @@ class DatasetRecipe:
                                 "count_guidance to 0")
         if self.layouts_file is None and not self.per_class and not (self.per_pair and (self.pairs or len(names) > 1)):
             raise SynthsegError(f"{source}: the plan has no images (per_class and per_pair are 0, or no pair exists)")
+        if self.layouts_file is None:
+            check_plan_size(source, self.planned_count, "per_class, per_pair and spare")
         check_vocabulary(self.model, names)
 
     @property
@@ -179,6 +181,14 @@ class DatasetRecipe:
     def layout_count(self) -> int:
         """Layouts asked: per_class per class plus per_pair per pair."""
         return self.per_class * len(self.class_names) + self.per_pair * len(self.pairs)
+
+    @property
+    def planned_count(self) -> int:
+        """Items `plan` draws (spares included), counted without drawing them; not for a layouts file."""
+        if self.layouts is not None:
+            return self.planned(self.layout_count)
+        names = self.class_names
+        return self.planned(self.per_class) * len(names) + self.planned(self.per_pair) * len(dataset_pairs(names, self.pairs, self.per_pair))
 
     def planned(self, asked: int) -> int:
         """How many items stand for `asked` ones: `asked` plus the spares, rounded up."""

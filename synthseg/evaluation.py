@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from .capture import CaptureStep
 from .classes import Split
+from .config import check_plan_size
 from .errors import SynthsegError
 from .generate import capture_pass, predict_masks
 from .metrics import MaskIoU
@@ -63,6 +64,7 @@ def evaluate_grounding(pipe, grounding, annotator, split: Split, *, per_class: i
     if per_class < 0 or pairs < 0:
         raise SynthsegError(f"per_class and pairs must be 0 or more, got {per_class} and {pairs}")
     classes = list(split.all_classes)
+    check_plan_size("Protocol i", per_class * len(classes) + pairs, "per_class per class, plus pairs")
     for name in classes:  # refuse a class the annotator cannot label before any generation
         annotator.category_of(name)
     prompts = PromptPlanner(templates, seed).evaluation(classes, per_class, pairs)

@@ -68,6 +68,11 @@ def caption(class_names: list[str] | tuple[str, ...], templates: tuple[str, ...]
     return PromptPlanner(templates).fill(class_names)
 
 
+def dataset_pairs(class_names, pairs: list[list[str]], per_pair: int) -> list[list[str]]:
+    """The pairs a dataset plans `per_pair` prompts of: those given, else every pair of classes (none if per_pair is 0)."""
+    return pairs or ([list(p) for p in combinations(class_names, 2)] if per_pair else [])
+
+
 @dataclass
 class Prompt:
     """One planned generation: its place in the plan, the prompt, the classes it names (in order), its seed."""
@@ -100,8 +105,8 @@ class PromptPlanner:
     def dataset(self, class_names, per_class: int, pairs: list[list[str]], per_pair: int) -> list[Prompt]:
         """`per_class` prompts of each class, then `per_pair` of each pair (default: every pair of classes).
         Item i's seed comes from `default_rng([seed, i])`."""
-        pairs = pairs or ([list(p) for p in combinations(class_names, 2)] if per_pair else [])
-        groups = [[c] for c in class_names for _ in range(per_class)] + [list(p) for p in pairs for _ in range(per_pair)]
+        groups = [[c] for c in class_names for _ in range(per_class)]
+        groups += [list(p) for p in dataset_pairs(class_names, pairs, per_pair) for _ in range(per_pair)]
         return [Prompt(i, self.fill(names), names, int(np.random.default_rng([self.seed, i]).integers(2**31)))
                 for i, names in enumerate(groups)]
 

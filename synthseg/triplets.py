@@ -49,7 +49,7 @@ from safetensors.torch import save_file
 
 from .annotators import Instance
 from .capture import CaptureStep, denoiser_of, replay
-from .config import check_low_high, check_non_negative, check_positive, check_share, load_config, record_recipe
+from .config import check_low_high, check_non_negative, check_plan_size, check_positive, check_share, load_config, record_recipe
 from .device import resolve_device
 from .errors import SynthsegError
 from .formats import jsonl_text, read_jsonl, write_atomic
@@ -122,6 +122,7 @@ class TripletRecipe:
         if self.capture_from == "image" and not 0 <= self.capture_timestep < 1000:
             raise SynthsegError(f"{source}: capture_timestep must be in 0..999 to noise a finished image")
         check_positive(source, self, "count", "shard_size", "batch_size", "num_inference_steps")
+        check_plan_size(source, self.count, "count")
         check_non_negative(source, self, "guidance_scale", "capture_timestep")
         if not 0 <= self.pair_fraction <= 1:
             raise SynthsegError(f"{source}: pair_fraction must lie in [0, 1]")

@@ -36,6 +36,7 @@ def one_error(result, code: int = 1) -> str:
     (["--seed", "-1"], "with the options given: seed must be an integer from 0 to 2**63 - 1, got -1"),  # numpy refuses it
     (["--seed", str(2**64)], f"seed must be an integer from 0 to 2**63 - 1, got {2**64}"),
     (["--spare", "nan"], "--spare: expected a finite number, got nan"),
+    (["--spare", "1e9"], "items (per_class, per_pair and spare), more than 10,000,000"),  # would fill the memory while planning
     (["--guidance-scale", "inf"], "--guidance-scale: expected a finite number, got inf"),
     (["--spare", "0.5", "--layouts-file", "layouts.jsonl"], "spare plans extra items, which a layouts_file does not have"),
     (["--classes", "dog,circle"], "model 'world' cannot draw 'dog': it knows only circle, square"),
@@ -186,6 +187,8 @@ def test_dry_runs_print_the_plan_without_loading_a_model(monkeypatch):
     assert "count guidance: 2 while the gated layers run, by the counter world-layout" in result.output, result.output
     result = runner.invoke(app, ["make-triplets", "--dry-run", "--count", "100"])
     assert result.exit_code == 0 and result.output.startswith("100 triplets:") and "disk: about 9.4 MB (94.2 KB per item; features storage)" in result.output
+    result = runner.invoke(app, ["make-triplets", "--dry-run", "--count", str(10**10)])
+    assert "triplets: the plan would hold 10,000,000,000 items (count), more than 10,000,000" in one_error(result)
 
 
 def test_a_full_disk_says_so_and_a_rerun_resumes(pipe_dir, grounding, tmp_path, monkeypatch):
@@ -322,8 +325,9 @@ def test_a_benchmark_of_no_images_is_refused(tmp_path):
 @pytest.mark.parametrize("args, message", [
     (["--per-class", "0", "--pairs", "0"], "no test prompts: per_class and pairs are 0"),
     (["--per-class", "-1"], "per_class and pairs must be 0 or more, got -1 and"),
+    (["--per-class", str(10**8)], "Protocol i: the plan would hold 1,200,000,050 items"),  # 12 world classes, 50 pairs
 ])
-def test_protocol_i_with_no_prompts_is_refused(tmp_path, args, message):
+def test_protocol_i_with_no_or_too_many_prompts_is_refused(tmp_path, args, message):
     result = runner.invoke(app, ["evaluate-grounding", *args, "--out", str(tmp_path / "p.md")])
     assert message in one_error(result)
     assert not list(tmp_path.iterdir())

@@ -44,6 +44,18 @@ def test_plan_is_deterministic_and_counts():
     assert len(plan(recipe(pairs=[], per_pair=2))) == 6 + 3 * 2
 
 
+@pytest.mark.parametrize("overrides", [{}, dict(pairs=[], per_pair=2, spare=0.3), dict(per_pair=0, spare=1.0),
+                                       dict(layouts={"max_objects": 3}, spare=0.5)])
+def test_planned_count_is_the_plan_s_length_without_drawing_it(overrides):
+    r = recipe(**overrides)
+    assert r.planned_count == len(plan(r)) > 0
+
+
+def test_a_plan_too_large_to_hold_is_refused_before_it_is_drawn():
+    with pytest.raises(SynthsegError, match="the plan would hold 30,000,000,001 items"):
+        recipe(per_class=10**10)
+
+
 def files(directory):
     return {p.relative_to(directory).as_posix(): p.read_bytes() for p in sorted(directory.rglob("*")) if p.is_file()}
 
