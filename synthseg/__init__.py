@@ -21,7 +21,7 @@ _EXPORTS = {
     "generate": ("CaptureRun", "GroundedGeneration", "capture_pass", "generate_grounded"),
     "grounding": ("GroundingConfig", "GroundingModule", "grounding_loss"),
     "pipeline": ("load_pipeline",),
-    "segment": ("GroundingSegmenter", "segment_images"),
+    "segment": ("GroundingSegmenter", "segment_images", "segment_to_folder"),
     "text": ("class_queries", "class_token_span", "class_token_spans", "encode_prompts", "prompt_token_spans"),
 }
 _HOME = {name: module for module, names in _EXPORTS.items() for name in names}

@@ -410,9 +410,10 @@ def _module_timestep(module: str | Path, given: int | None) -> int:
 
 @_command
 def segment(
-    images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, ...; any mode and size).")],
+    images: Annotated[list[Path], typer.Argument(help="Image files (PNG, JPEG, ...; any mode and size), or folders of them.")],
     classes: Annotated[str, typer.Option(help="Comma-separated class names to look for, seen or unseen.")],
-    out: Annotated[Path, typer.Option(help="Output folder: labels/, overlays/ and annotations.json (COCO).")],
+    out: Annotated[Path, typer.Option(help="Output folder: labels/, overlays/ and annotations.json (COCO); rerunning the same "
+                                           "command resumes it.")],
     model: Annotated[str, typer.Option(help="Pipeline: a bundled name, a hub id or a folder.")] = "world",
     grounding: Annotated[Optional[str], typer.Option(help=GROUNDING_HELP)] = None,
     capture_timestep: Annotated[Optional[int], typer.Option(help="Noise the image to this timestep of 1000 (flow models: sigma = t / 1000); "
@@ -435,9 +436,9 @@ def segment(
     from .formats import check_output_dir
     from .grounding import GroundingModule
     from .pipeline import load_pipeline
-    from .readers import read_image
+    from .readers import image_files
     from .registry import grounding_for
-    from .segment import segment_images, write_segmentations
+    from .segment import segment_to_folder
 
     names = _names(classes)
     if not names:
@@ -445,16 +446,16 @@ def segment(
     if batch_size < 1:
         _fail(f"--batch-size must be at least 1, got {batch_size}")
     check_output_dir(out)
-    pictures = [read_image(path) for path in images]
+    files = image_files(images)
     torch_device = _device(device)
     pipe = load_pipeline(model, device=torch_device)  # first: a missing model is the error to report
     module_dir = grounding_for(model, grounding)
     module = GroundingModule.from_pretrained(module_dir).to(torch_device).eval()
-    results = segment_images(pipe, module, pictures, names, batch_size, timestep=_module_timestep(module_dir, capture_timestep), noise_draws=noise_draws,
-                             seed=seed, template=template, one_prompt_per_class=one_prompt_per_class,
-                             captioner=_captioner(model, captioner, torch_device), max_classes=max_classes, class_prior=class_prior,
-                             refine=refine, threshold=threshold, classifier_draws=classifier_draws)
-    summary = write_segmentations(out, pictures, results, names)
+    summary = segment_to_folder(pipe, module, files, names, out, batch_size=batch_size, timestep=_module_timestep(module_dir, capture_timestep),
+                                noise_draws=noise_draws, seed=seed, template=template, one_prompt_per_class=one_prompt_per_class,
+                                captioner=_captioner(model, captioner, torch_device), max_classes=max_classes, class_prior=class_prior,
+                                refine=refine, threshold=threshold, classifier_draws=classifier_draws,
+                                provenance=dict(model=model, grounding=str(module_dir), captioner=captioner))
     _stderr.print(f"{out}: {summary['images']} images, {summary['instances']} instances")
 
 

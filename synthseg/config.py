@@ -83,6 +83,8 @@ def _changed_fields(found: dict, wanted: dict, recipe, prefix: str = "") -> list
         old, section = found.get(key, defaults.get(key)), getattr(recipe, key, None)
         if dataclasses.is_dataclass(section) and isinstance(old, dict) and isinstance(wanted.get(key), dict):
             changed += _changed_fields(old, wanted[key], section, f"{prefix}{key}.")
+        elif isinstance(old, dict) and isinstance(wanted.get(key), dict):  # a mapping field: the keys that differ
+            changed += [f"{prefix}{key}.{k}" for k in sorted(set(old) | set(wanted[key])) if old.get(k, ABSENT) != wanted[key].get(k, ABSENT)]
         elif old != wanted.get(key):
             changed.append(prefix + key)
     return changed

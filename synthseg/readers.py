@@ -77,6 +77,30 @@ def read_image(path: str | Path) -> Image.Image:
     return image
 
 
+def image_files(paths: list[str | Path]) -> list[Path]:
+    """Image files to read: each path as given, a folder as its image files (by extension, sorted, not
+    recursing, as segment-anything's amg.py takes a folder). A missing path, a folder with no image, or a
+    file that is no image (by its header, read before any work) is a one-line error."""
+    known = {ext for ext, name in Image.registered_extensions().items() if name in Image.OPEN}
+    files = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in known)
+            if not found:
+                raise SynthsegError(f"{path}: a folder with no image files (none has an image extension such as .png or .jpg)")
+            files += found
+        elif not path.exists():
+            raise SynthsegError(f"{path}: no such file or folder")
+        else:
+            files.append(path)
+    for path in files:
+        try:
+            Image.open(path).close()
+        except (OSError, SyntaxError) as error:
+            raise SynthsegError(f"{path}: unreadable image ({error})") from None
+    return files
+
+
 def _open_rgb(path: Path) -> Image.Image:
     return read_image(path).convert("RGB")
 

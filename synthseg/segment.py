@@ -13,6 +13,7 @@ are what the pipeline itself passes (`synthseg.latents.recorded_call`), so every
 
 from __future__ import annotations
 
+import json
 import math
 import warnings
 from dataclasses import dataclass
@@ -300,26 +301,119 @@ class AttentionSegmenter(GroundingSegmenter):
         return [scaled[i, : len(row)] for i, row in enumerate(spans)]
 
 
+def _batches(sizes: list[tuple[int, int]], batch_size: int) -> list[list[int]]:
+    """Indices of up to `batch_size` consecutive images of one input size (`GroundingSegmenter.input_size`): fixed
+    by the list alone, since batched float arithmetic differs in the last bit between batch compositions."""
+    if batch_size < 1:
+        raise SynthsegError(f"batch_size must be at least 1, got {batch_size}")
+    batches: list[list[int]] = []
+    for index, size in enumerate(sizes):
+        if batches and len(batches[-1]) < batch_size and sizes[batches[-1][0]] == size:
+            batches[-1].append(index)
+        else:
+            batches.append([index])
+    return batches
+
+
 def segment_images(pipe, grounding: GroundingModule, images: list[Image.Image], class_names: list[str], batch_size: int = 1,
                    **options) -> list[Segmentation]:
     """Segment `class_names` in each of `images` with `grounding` on `pipe`'s features; `options` are
     `GroundingSegmenter`'s. Up to `batch_size` consecutive images of one input size share a denoiser
     call; image i's noise is seeded by `seed` and i whatever the batch. Shows progress with the running
-    mean of the labelled fraction of pixels."""
-    if batch_size < 1:
-        raise SynthsegError(f"batch_size must be at least 1, got {batch_size}")
-    segmenter, results, labelled = GroundingSegmenter(pipe, grounding, class_names, **options), [], []
+    mean of the labelled fraction of pixels. Every result is kept: for many images, `segment_to_folder`."""
+    segmenter = GroundingSegmenter(pipe, grounding, class_names, **options)
+    batches, results, labelled = _batches([segmenter.input_size(image) for image in images], batch_size), [], []
     with loss_progress("segment", len(images), metric="labelled") as advance:  # the mean labelled fraction
-        start = 0
-        while start < len(images):
-            end, size = start + 1, segmenter.input_size(images[start])
-            while end < len(images) and end - start < batch_size and segmenter.input_size(images[end]) == size:
-                end += 1
-            results += segmenter.segment_batch(images[start:end], list(range(start, end)))
-            labelled += [float((r.labels > 0).mean()) for r in results[start:]]
-            advance(end, labelled)
-            start = end
+        for indices in batches:
+            results += segmenter.segment_batch([images[i] for i in indices], indices)
+            labelled += [float((r.labels > 0).mean()) for r in results[-len(indices):]]
+            advance(len(results), labelled)
     return results
+
+
+@dataclass
+class SegmentJob:
+    """What a `segment_to_folder` output holds, recorded as its segment.json: a rerun that resumes it must
+    ask the same (`config.record_recipe`)."""
+
+    images: list[str]
+    class_names: list[str]
+    settings: dict
+
+
+def segment_to_folder(pipe, grounding: GroundingModule, paths: list[str | Path], class_names: list[str], directory: str | Path, *,
+                      batch_size: int = 1, min_area: int = 4, provenance: dict | None = None, **options) -> dict:
+    """Segment image files into `directory`, one batch at a time in memory (`segment_images` keeps them all):
+    `labels/<stem>.png` (VOC palette: 0 background, k + 1 class k), `overlays/<stem>.png` and `records/<stem>.json`
+    per image, then `annotations.json` (COCO instances: one per connected region of at least `min_area` pixels,
+    scored by its mean probability; each image's `file_name` its absolute path, so detectron2 and pycocotools open
+    it from anywhere). A record is written last, atomically, so a killed run reruns where it stopped; a rerun
+    with other images, classes, options or `provenance` (the model and module named) is refused. Image i's noise
+    depends on its place in `paths` alone and the batches on the list alone, so a resumed run writes what an
+    uninterrupted one writes. Returns {"images", "instances"}."""
+    from .config import record_recipe
+    from .readers import read_image
+
+    segmenter = GroundingSegmenter(pipe, grounding, class_names, **options)
+    directory, paths = Path(directory), [Path(p) for p in paths]
+    settings = {k: v for k, v in options.items() if v is None or isinstance(v, (bool, int, float, str))}  # a captioner: by provenance
+    job = SegmentJob([str(p.resolve()) for p in paths], list(class_names), dict(settings, min_area=min_area, **(provenance or {})))
+    for sub in ("labels", "overlays", "records"):
+        (directory / sub).mkdir(parents=True, exist_ok=True)
+    record_recipe(directory / "segment.json", job, f"{directory} was started with another segment job ({{changed}} differ); use a new --out "
+                  "or the same images and options")
+    stems = _stems(paths)
+    batches = _batches([_input_size(segmenter, path) for path in paths], batch_size)
+    done = [all((directory / "records" / f"{stems[i]}.json").is_file() for i in indices) for indices in batches]
+    labelled: list[float] = []
+    with loss_progress("segment", len(paths), completed=sum(len(b) for b, d in zip(batches, done) if d), metric="labelled") as advance:
+        for indices in (b for b, d in zip(batches, done) if not d):  # a batch is redone whole, as it was composed
+            images = [read_image(paths[i]) for i in indices]
+            for index, image, result in zip(indices, images, segmenter.segment_batch(images, indices)):
+                _write_segmentation(directory, stems[index], image, result, len(class_names), min_area)
+                labelled.append(float((result.labels > 0).mean()))
+            advance(sum(len(b) for b, d in zip(batches, done) if d) + len(labelled), labelled)
+    entries, annotations = [], []
+    for image_id, stem in enumerate(stems, start=1):
+        record = json.loads((directory / "records" / f"{stem}.json").read_text())
+        entries.append(dict(record["image"], id=image_id))
+        annotations += [dict(ann, id=len(annotations) + n, image_id=image_id) for n, ann in enumerate(record["instances"], start=1)]
+    write_json_atomic(directory / "annotations.json", coco_document(entries, annotations, list(class_names), "synthseg segment"))
+    return {"images": len(entries), "instances": len(annotations)}
+
+
+def _input_size(segmenter: GroundingSegmenter, path: Path) -> tuple[int, int]:
+    """An image file's input size, from its header alone."""
+    with Image.open(path) as image:
+        return segmenter.input_size(image)
+
+
+def _stems(paths: list[Path]) -> list[str]:
+    """Output names of the images: each file's stem made safe (`safe_file_name`), the later of two alike
+    suffixed with its place in the list."""
+    stems: list[str] = []
+    taken: set[str] = set()
+    for index, path in enumerate(paths, start=1):
+        stem = safe_file_name(path.stem)
+        stem = stem if stem not in taken else f"{stem}-{index}"
+        stems.append(stem)
+        taken.add(stem)
+    return stems
+
+
+def _write_segmentation(directory: Path, stem: str, image: Image.Image, result: Segmentation, classes: int, min_area: int) -> None:
+    """One image's label map, overlay and (last) record: its COCO image entry and instances, ids left to the end."""
+    from .dataset import instances
+
+    write_atomic(directory / "labels" / f"{stem}.png", png_bytes(label_image(result.labels)))
+    with warnings.catch_warnings():  # segment_batch said what it converted
+        warnings.simplefilter("ignore")
+        rgb = to_rgb(image, image.filename)
+    write_atomic(directory / "overlays" / f"{stem}.png", png_bytes(overlay(rgb, result.labels)))
+    found = [coco_annotation(0, 0, k + 1, mask, float(result.probs[k].numpy()[mask].mean()))
+             for k in range(classes) for mask in instances(result.labels, k + 1, min_area)]
+    entry = dict(file_name=str(Path(image.filename).resolve()), width=image.width, height=image.height, label_file_name=f"labels/{stem}.png")
+    write_json_atomic(directory / "records" / f"{stem}.json", dict(image=entry, instances=found))
 
 
 def overlay(image: Image.Image, labels: np.ndarray, alpha: float = 0.5) -> Image.Image:
@@ -328,35 +422,3 @@ def overlay(image: Image.Image, labels: np.ndarray, alpha: float = 0.5) -> Image
     pixels = np.asarray(image, dtype=np.float32)
     mixed = np.where((labels > 0)[..., None], (1 - alpha) * pixels + alpha * colours, pixels)
     return Image.fromarray(mixed.round().astype(np.uint8))
-
-
-def write_segmentations(directory: str | Path, images: list[Image.Image], results: list[Segmentation], class_names: list[str],
-                        min_area: int = 4) -> dict:
-    """Write `labels/<stem>.png` (VOC palette: 0 background, k + 1 class k), `overlays/<stem>.png` and
-    `annotations.json` (COCO instances: one per connected region, scored by its mean probability; each
-    image's `file_name` its absolute path, so detectron2 and pycocotools open it from anywhere). Every
-    file is written atomically, annotations.json last. Returns {"images", "instances"}."""
-    from .dataset import instances
-
-    directory = Path(directory)
-    for sub in ("labels", "overlays"):
-        (directory / sub).mkdir(parents=True, exist_ok=True)
-    entries, annotations, stems = [], [], set()
-    for image_id, (image, result) in enumerate(zip(images, results), start=1):
-        source = Path(getattr(image, "filename", "") or f"image-{image_id}.png")
-        stem = safe_file_name(source.stem)
-        stem = stem if stem not in stems else f"{stem}-{image_id}"
-        stems.add(stem)
-        write_atomic(directory / "labels" / f"{stem}.png", png_bytes(label_image(result.labels)))
-        with warnings.catch_warnings():  # segment_images said what it converted
-            warnings.simplefilter("ignore")
-            rgb = to_rgb(image, str(source))
-        write_atomic(directory / "overlays" / f"{stem}.png", png_bytes(overlay(rgb, result.labels)))
-        entries.append(dict(id=image_id, file_name=str(source.resolve()), width=image.width, height=image.height,
-                            label_file_name=f"labels/{stem}.png"))
-        for k in range(len(class_names)):
-            for mask in instances(result.labels, k + 1, min_area):
-                score = float(result.probs[k].numpy()[mask].mean())
-                annotations.append(coco_annotation(len(annotations) + 1, image_id, k + 1, mask, score))
-    write_json_atomic(directory / "annotations.json", coco_document(entries, annotations, class_names, "synthseg segment"))
-    return {"images": len(entries), "instances": len(annotations)}

@@ -1,6 +1,7 @@
 """Segmenting real images with a grounding module: one denoiser step on a noised real latent, for every
 family; exact-mask quality on the world when the right class is named; conversions and bad input."""
 
+import json
 import warnings
 from pathlib import Path
 
@@ -161,6 +162,65 @@ def test_segment_command_writes_palette_labels_overlays_and_coco_on_the_tiny_pip
             assert (np.asarray(labels)[mask] == annotation["category_id"]).all() and 0 <= annotation["score"] <= 1
 
 
+def same_files(out, straight, annotations):
+    assert (out / "annotations.json").read_text() == annotations.replace(str(straight), str(out))
+    for sub in ("labels", "overlays", "records"):
+        assert [(p.name, p.read_bytes()) for p in sorted((out / sub).iterdir())] == \
+               [(p.name, p.read_bytes()) for p in sorted((straight / sub).iterdir())], sub
+
+
+def test_segment_command_takes_folders_resumes_a_killed_run_and_refuses_another_job(tmp_path, pipe_dir, grounding, monkeypatch):
+    """A folder is its image files, sorted; a run killed after some records reruns only the rest, into the same
+    files a straight run writes; a rerun that asks another thing of the same --out is refused."""
+    from typer.testing import CliRunner
+
+    from synthseg import segment
+    from synthseg.cli import app
+
+    grounding.save_pretrained(tmp_path / "module")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i, size in enumerate([(32, 32), (32, 32), (24, 16), (32, 32), (32, 32)]):  # batches of 2: [0, 1], [2], [3, 4]
+        photo(size).rotate(90 * i).save(photos / f"p{i}.png")
+    (photos / "notes.txt").write_text("not an image")
+    base = ["segment", "--classes", "dog,cat", "--model", str(pipe_dir), "--grounding", str(tmp_path / "module"), "--batch-size", "2"]
+    runner = CliRunner()
+    straight = runner.invoke(app, [*base, str(photos), "--out", str(tmp_path / "straight")])
+    assert straight.exit_code == 0 and ": 5 images" in " ".join(straight.output.split()), straight.output
+    done = (tmp_path / "straight" / "annotations.json").read_text()
+    assert [Path(e["file_name"]).name for e in json.loads(done)["images"]] == ["p0.png", "p1.png", "p2.png", "p3.png", "p4.png"]
+    annotations = json.loads(done)["annotations"]  # detectron2's rules: unique ids, each on an image
+    assert len(annotations) > 5 and [a["id"] for a in annotations] == list(range(1, len(annotations) + 1))
+    assert sorted({a["image_id"] for a in annotations}) == [1, 2, 3, 4, 5]
+
+    calls, real = [], segment.GroundingSegmenter.segment_batch
+
+    def killed_after_two(self, images, indices):
+        calls.append(list(indices))
+        if sum(map(len, calls)) > 2:
+            raise RuntimeError("killed")  # as a kill: no more records written
+        return real(self, images, indices)
+
+    monkeypatch.setattr(segment.GroundingSegmenter, "segment_batch", killed_after_two)
+    out = tmp_path / "resumed"
+    assert runner.invoke(app, [*base, str(photos), "--out", str(out)]).exit_code != 0
+    assert len(list((out / "records").glob("*.json"))) == 2 and not (out / "annotations.json").exists()
+    monkeypatch.setattr(segment.GroundingSegmenter, "segment_batch", lambda self, images, indices: calls.append(list(indices)) or real(self, images, indices))
+    calls.clear()
+    assert runner.invoke(app, [*base, str(photos), "--out", str(out)]).exit_code == 0
+    assert calls == [[2], [3, 4]]  # [0, 1] was done
+    same_files(out, tmp_path / "straight", done)
+    (out / "records" / "p4.json").unlink()  # killed between the two records of a batch
+    calls.clear()
+    assert runner.invoke(app, [*base, str(photos), "--out", str(out)]).exit_code == 0
+    assert calls == [[3, 4]]  # redone whole, as composed, so its float rounding is the same
+    same_files(out, tmp_path / "straight", done)
+    refused = runner.invoke(app, [*base, str(photos), "--out", str(out), "--threshold", "0.6"])
+    assert refused.exit_code == 1 and "another segment job (settings.threshold differ)" in " ".join(refused.output.split()), refused.output
+    refused = runner.invoke(app, [*base, str(photos / "p0.png"), "--out", str(out)])
+    assert refused.exit_code == 1 and "(images differ)" in " ".join(refused.output.split()), refused.output
+
+
 def test_segment_command_noises_to_the_modules_own_capture_timestep_unless_told(tmp_path, pipe_dir, grounding, monkeypatch):
     """A module trained on features at t=300 reads images noised to t=300 by default (its recipe.json)."""
     import json
@@ -173,8 +233,8 @@ def test_segment_command_noises_to_the_modules_own_capture_timestep_unless_told(
     grounding.save_pretrained(tmp_path / "module")
     (tmp_path / "module" / "recipe.json").write_text(json.dumps({"triplets": {"capture_timestep": 300}}))
     photo((32, 32)).save(tmp_path / "a.png")
-    used, original = [], segment.segment_images
-    monkeypatch.setattr(segment, "segment_images", lambda *a, **k: used.append(k["timestep"]) or original(*a, **k))
+    used, original = [], segment.segment_to_folder
+    monkeypatch.setattr(segment, "segment_to_folder", lambda *a, **k: used.append(k["timestep"]) or original(*a, **k))
     base = ["segment", str(tmp_path / "a.png"), "--classes", "dog", "--model", str(pipe_dir), "--grounding", str(tmp_path / "module")]
     for extra, out in [([], "one"), (["--capture-timestep", "40"], "two")]:
         result = CliRunner().invoke(app, [*base, *extra, "--out", str(tmp_path / out)])
@@ -200,7 +260,9 @@ def test_segment_command_refuses_bad_input_in_one_line(tmp_path, args, message):
     (tmp_path / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\n not an image")
     runner, out = CliRunner(), tmp_path / "out"
     for images, expected in [([tmp_path / "a.png"], message), ([tmp_path / "a.png", tmp_path / "corrupt.png"], "unreadable image"),
-                             ([tmp_path / "missing.png"], "unreadable image")]:
+                             ([tmp_path / "missing.png"], "missing.png: no such file or folder"),
+                             ([tmp_path / "empty"], "a folder with no image files")]:
+        (tmp_path / "empty").mkdir(exist_ok=True)
         result = runner.invoke(app, ["segment", *map(str, images), "--out", str(out), *(args if expected == message else ["--classes", "circle"])])
         lines = result.output.strip().splitlines()
         assert result.exit_code == 1 and len(lines) == 1 and lines[0].startswith("error: ") and expected in lines[0], result.output
