@@ -54,8 +54,9 @@ class SegmentationData:
         return [self.class_names[k - 1] for k in np.unique(labels) if 0 < k <= len(self.class_names)]
 
 
-def read_labels(path: Path) -> np.ndarray:
-    """HW uint8 label indices of a palette ("P") or greyscale ("L") PNG; anything else is refused."""
+def read_labels(path: Path, classes: int) -> np.ndarray:
+    """HW uint8 label indices of a palette ("P") or greyscale ("L") PNG, each 0..`classes` or 255 (ignore);
+    anything else is refused, naming the file."""
     try:
         image = Image.open(path)
         image.load()
@@ -63,7 +64,11 @@ def read_labels(path: Path) -> np.ndarray:
         raise SynthsegError(f"{path}: unreadable label image ({error})") from None
     if image.mode not in ("P", "L"):
         raise SynthsegError(f"{path}: label images must be palette or greyscale PNGs of class indices, got mode {image.mode}")
-    return np.array(image)
+    labels = np.array(image)
+    outside = labels[(labels > classes) & (labels != IGNORE)]
+    if outside.size:
+        raise SynthsegError(f"{path}: label {int(outside.max())} is outside 0..{classes} (and {IGNORE} = ignore) of this data's classes")
+    return labels
 
 
 def read_image(path: str | Path) -> Image.Image:
@@ -120,7 +125,7 @@ def read_voc(root: str | Path, split: str = "val", class_names: tuple[str, ...] 
     def load(index: int):
         stem = ids[index]
         image = _open_rgb(next((root / "JPEGImages").glob(f"{stem}.*"), root / "JPEGImages" / f"{stem}.jpg"))
-        labels = read_labels(root / "SegmentationClass" / f"{stem}.png")
+        labels = read_labels(root / "SegmentationClass" / f"{stem}.png", len(class_names))
         if labels.shape != (image.height, image.width):
             raise SynthsegError(f"{stem}: label map {labels.shape} and image {image.height}x{image.width} differ in size")
         return image, labels
@@ -153,7 +158,7 @@ def read_synthseg(root: str | Path) -> SegmentationData:
 
     def load(index: int):
         record = records[index]
-        return _open_rgb(root / record["file_name"]), read_labels(root / record["mask_file_name"])
+        return _open_rgb(root / record["file_name"]), read_labels(root / record["mask_file_name"], len(names))
 
     return SegmentationData(f"synthseg:{root}", names, [r["file_name"] for r in records], load)
 

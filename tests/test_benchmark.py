@@ -1,10 +1,12 @@
 """Protocol ii scoring on a VOC-layout fixture built from real photographs."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from test_segmenter import TINY
 from torchmetrics.classification import MulticlassJaccardIndex
 from typer.testing import CliRunner
@@ -118,6 +120,11 @@ def test_bad_inputs_give_their_errors(voc_root, voc_model, tmp_path):
     assert bad_split.exit_code == 1 and "did you mean voc-split1" in bad_split.output
     wrong_labels = runner.invoke(app, ["benchmark", "--dataset", "world", "--count", "2", "--segmenter", str(voc_model)])
     assert wrong_labels.exit_code == 1 and "labels do not match the dataset" in wrong_labels.output
+    shutil.copytree(voc_root, tmp_path / "VOC2012")  # a label map with an index past VOC's 20 classes
+    label = tmp_path / "VOC2012" / "SegmentationClass" / f"{read_voc2012(voc_root).ids[1]}.png"
+    Image.fromarray(np.where(np.array(Image.open(label)) == 255, 255, 21).astype(np.uint8)).save(label)
+    past = runner.invoke(app, ["benchmark", "--data-root", str(tmp_path / "VOC2012"), "--segmenter", str(voc_model), "--out", str(tmp_path / "b")])
+    assert past.exit_code == 1 and f"{label}: label 21 is outside 0..20 (and 255 = ignore)" in " ".join(past.output.split()), past.output
     with pytest.raises(SynthsegError, match="not among its classes"):
         label_mapping(("background", "dog", "unicorn"), VOC_CLASSES)
     with pytest.raises(SynthsegError, match="no VOCdevkit"):
