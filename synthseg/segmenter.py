@@ -99,10 +99,10 @@ class SegmenterRecipe:
             raise SynthsegError(f"{source}: {self.backbone} has no ImageNet weights; set pretrained_backbone: false")
         check_low_high(source, self, "scale_range", "paste_scale_range")
         check_share(source, self, "copy_paste")
-        if not 0 <= self.warmup_steps < self.steps:
-            raise SynthsegError(f"{source}: warmup_steps must be at least 0 and below steps ({self.steps})")
         check_positive(source, self, "steps", "batch_size", "crop_size", "num_queries", "checkpoint_every", "decoder_layers",
                        "pixel_decoder_layers")
+        if not 0 <= self.warmup_steps < self.steps:
+            raise SynthsegError(f"{source}: warmup_steps must be at least 0 and below steps ({self.steps})")
 
 
 def check_backbone(source: str, name: str) -> None:

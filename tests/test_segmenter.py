@@ -207,6 +207,8 @@ def test_recipe_errors():
         tiny_recipe(pretrained_backbone=True)
     with pytest.raises(SynthsegError, match="warmup_steps must be at least 0 and below steps"):
         tiny_recipe(steps=10, warmup_steps=10)
+    with pytest.raises(SynthsegError, match="steps must be at least 1, got 0"):  # not "warmup_steps ... below steps (0)"
+        tiny_recipe(steps=0)
     with pytest.raises(SynthsegError, match="not a trained segmenter"):
         Segmenter.from_pretrained("/nonexistent")
 
