@@ -27,7 +27,7 @@ from PIL import Image
 from .captioner import ImplicitCaptioner, Recogniser
 from .capture import denoiser_of, unit_scaled
 from .classify import CLASSIFIER_DRAWS, CLASSIFIER_TOP, DiffusionClassifier
-from .config import check_seed
+from .config import check_seed, record_recipe
 from .errors import SynthsegError
 from .formats import coco_annotation, coco_document, label_image, png_bytes, safe_file_name, voc_palette, write_atomic, write_json_atomic
 from .generate import predict_masks
@@ -35,6 +35,7 @@ from .grounding import GroundingModule
 from .latents import encode_images, noise_generator, noise_latents, pixel_tensor, recorded_call, replay_noised
 from .progress import loss_progress
 from .prompts import check_list_template, describe
+from .readers import read_image
 from .refine import PAMR_ITERATIONS, check_iterations, refine_masks
 from .text import encode_prompts, fits_prompt, pipeline_family, prompt_token_spans, text_inputs, text_streams
 
@@ -351,19 +352,15 @@ def segment_to_folder(pipe, grounding: GroundingModule, paths: list[str | Path],
     with other images, classes, options or `provenance` (the model and module named) is refused. Image i's noise
     depends on its place in `paths` alone and the batches on the list alone, so a resumed run writes what an
     uninterrupted one writes. Returns {"images", "instances"}."""
-    from .config import record_recipe
-    from .readers import read_image
-
     segmenter = GroundingSegmenter(pipe, grounding, class_names, **options)
     directory, paths = Path(directory), [Path(p) for p in paths]
+    stems, batches = _stems(paths), _batches([_input_size(segmenter, path) for path in paths], batch_size)
     settings = {k: v for k, v in options.items() if v is None or isinstance(v, (bool, int, float, str))}  # a captioner: by provenance
     job = SegmentJob([str(p.resolve()) for p in paths], list(class_names), dict(settings, min_area=min_area, **(provenance or {})))
     for sub in ("labels", "overlays", "records"):
         (directory / sub).mkdir(parents=True, exist_ok=True)
     record_recipe(directory / "segment.json", job, f"{directory} was started with another segment job ({{changed}} differ); use a new --out "
                   "or the same images and options")
-    stems = _stems(paths)
-    batches = _batches([_input_size(segmenter, path) for path in paths], batch_size)
     done = [all((directory / "records" / f"{stems[i]}.json").is_file() for i in indices) for indices in batches]
     labelled: list[float] = []
     with loss_progress("segment", len(paths), completed=sum(len(b) for b, d in zip(batches, done) if d), metric="labelled") as advance:
@@ -383,9 +380,12 @@ def segment_to_folder(pipe, grounding: GroundingModule, paths: list[str | Path],
 
 
 def _input_size(segmenter: GroundingSegmenter, path: Path) -> tuple[int, int]:
-    """An image file's input size, from its header alone."""
-    with Image.open(path) as image:
-        return segmenter.input_size(image)
+    """An image file's input size, from its header alone (a missing or unreadable file: before anything is written)."""
+    try:
+        with Image.open(path) as image:
+            return segmenter.input_size(image)
+    except (OSError, SyntaxError) as error:
+        raise SynthsegError(f"{path}: unreadable image ({error})") from None
 
 
 def _stems(paths: list[Path]) -> list[str]:
