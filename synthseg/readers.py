@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-from PIL import Image
+from PIL import Image, ImageOps
 
 from .classes import VOC_CLASSES
 from .errors import SynthsegError
@@ -71,15 +71,31 @@ def read_labels(path: Path, classes: int) -> np.ndarray:
     return labels
 
 
+EXIF_ORIENTATION = 0x0112  # the tag that says how a camera's pixels turn upright; 5 to 8 swap width and height
+
+
 def read_image(path: str | Path) -> Image.Image:
-    """An image file decoded as it is (any mode); a missing, unreadable or corrupt file is a one-line error."""
+    """An image file decoded in its own mode, turned upright by its EXIF orientation as viewers and detectron2's
+    `read_image` turn it (so masks and COCO sizes match what they show); a missing, unreadable or corrupt file is
+    a one-line error."""
     try:
         image = Image.open(path)
         image.load()
+        ImageOps.exif_transpose(image, in_place=True)
     except (OSError, SyntaxError, Image.DecompressionBombError) as error:
         raise SynthsegError(f"{path}: unreadable image ({error})") from None
     image.filename = str(path)
     return image
+
+
+def upright_size(path: str | Path) -> tuple[int, int]:
+    """(height, width) of the image `read_image` returns, from the file's header alone."""
+    try:
+        with Image.open(path) as image:
+            turned = image.getexif().get(EXIF_ORIENTATION) in (5, 6, 7, 8)
+            return (image.width, image.height) if turned else (image.height, image.width)
+    except (OSError, SyntaxError) as error:
+        raise SynthsegError(f"{path}: unreadable image ({error})") from None
 
 
 def image_files(paths: list[str | Path]) -> list[Path]:

@@ -35,7 +35,7 @@ from .grounding import GroundingModule
 from .latents import encode_images, noise_generator, noise_latents, pixel_tensor, recorded_call, replay_noised
 from .progress import loss_progress
 from .prompts import check_list_template, describe
-from .readers import read_image
+from .readers import read_image, upright_size
 from .refine import PAMR_ITERATIONS, check_iterations, refine_masks
 from .text import encode_prompts, fits_prompt, pipeline_family, prompt_token_spans, text_inputs, text_streams
 
@@ -268,11 +268,15 @@ class GroundingSegmenter:
         return out
 
     def input_size(self, image: Image.Image) -> tuple[int, int]:
-        """The (H, W) an image is padded to: the smallest at or above its own that the pipeline takes
-        (multiples of 8, and of the VAE's factor times the transformer's patch: FLUX packs 2x2)."""
+        """The (H, W) an image is padded to (`padded_size`)."""
+        return self.padded_size(image.height, image.width)
+
+    def padded_size(self, height: int, width: int) -> tuple[int, int]:
+        """The smallest (H, W) at or above (height, width) that the pipeline takes (multiples of 8, and of the
+        VAE's factor times the transformer's patch: FLUX packs 2x2)."""
         patch = 2 if pipeline_family(self.pipe) == "flux" else int(getattr(denoiser_of(self.pipe).config, "patch_size", None) or 1)
         multiple = math.lcm(8, self.pipe.vae_scale_factor * patch)
-        return (-(-image.height // multiple) * multiple, -(-image.width // multiple) * multiple)
+        return (-(-height // multiple) * multiple, -(-width // multiple) * multiple)
 
     def _capture_options(self) -> dict:
         config = self.grounding.config
@@ -354,7 +358,7 @@ def segment_to_folder(pipe, grounding: GroundingModule, paths: list[str | Path],
     uninterrupted one writes. Returns {"images", "instances"}."""
     segmenter = GroundingSegmenter(pipe, grounding, class_names, **options)
     directory, paths = Path(directory), [Path(p) for p in paths]
-    stems, batches = _stems(paths), _batches([_input_size(segmenter, path) for path in paths], batch_size)
+    stems, batches = _stems(paths), _batches([segmenter.padded_size(*upright_size(path)) for path in paths], batch_size)
     settings = {k: v for k, v in options.items() if v is None or isinstance(v, (bool, int, float, str))}  # a captioner: by provenance
     job = SegmentJob([str(p.resolve()) for p in paths], list(class_names), dict(settings, min_area=min_area, **(provenance or {})))
     for sub in ("labels", "overlays", "records"):
@@ -377,15 +381,6 @@ def segment_to_folder(pipe, grounding: GroundingModule, paths: list[str | Path],
         annotations += [dict(ann, id=len(annotations) + n, image_id=image_id) for n, ann in enumerate(record["instances"], start=1)]
     write_json_atomic(directory / "annotations.json", coco_document(entries, annotations, list(class_names), "synthseg segment"))
     return {"images": len(entries), "instances": len(annotations)}
-
-
-def _input_size(segmenter: GroundingSegmenter, path: Path) -> tuple[int, int]:
-    """An image file's input size, from its header alone (a missing or unreadable file: before anything is written)."""
-    try:
-        with Image.open(path) as image:
-            return segmenter.input_size(image)
-    except (OSError, SyntaxError) as error:
-        raise SynthsegError(f"{path}: unreadable image ({error})") from None
 
 
 def _stems(paths: list[Path]) -> list[str]:

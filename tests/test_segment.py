@@ -221,6 +221,26 @@ def test_segment_command_takes_folders_resumes_a_killed_run_and_refuses_another_
     assert refused.exit_code == 1 and "(images differ)" in " ".join(refused.output.split()), refused.output
 
 
+def test_a_photo_s_exif_orientation_turns_it_upright_as_detectron2_reads_it(tmp_path, pipe_dir, grounding):
+    """A camera JPEG stored 40x24 with orientation 6 shows (and detectron2 loads) 24x40: the labels and the COCO
+    sizes are the upright ones, and the image is segmented upright."""
+    from typer.testing import CliRunner
+
+    from synthseg.cli import app
+    from synthseg.readers import read_image, upright_size
+
+    grounding.save_pretrained(tmp_path / "module")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+    photo((40, 24)).save(tmp_path / "camera.jpg", exif=exif.tobytes())
+    assert upright_size(tmp_path / "camera.jpg") == (40, 24) and read_image(tmp_path / "camera.jpg").size == (24, 40)
+    result = CliRunner().invoke(app, ["segment", str(tmp_path / "camera.jpg"), "--classes", "dog", "--model", str(pipe_dir),
+                                      "--grounding", str(tmp_path / "module"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    (entry,) = json.loads((tmp_path / "out" / "annotations.json").read_text())["images"]
+    assert (entry["width"], entry["height"]) == (24, 40) and Image.open(tmp_path / "out" / entry["label_file_name"]).size == (24, 40)
+
+
 def test_segment_command_noises_to_the_modules_own_capture_timestep_unless_told(tmp_path, pipe_dir, grounding, monkeypatch):
     """A module trained on features at t=300 reads images noised to t=300 by default (its recipe.json)."""
     import json
