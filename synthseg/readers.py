@@ -72,6 +72,7 @@ def read_labels(path: Path, classes: int) -> np.ndarray:
 
 
 EXIF_ORIENTATION = 0x0112  # the tag that says how a camera's pixels turn upright; 5 to 8 swap width and height
+_UNREADABLE = (OSError, SyntaxError, Image.DecompressionBombError)  # what PIL raises for a missing, corrupt or oversized image
 
 
 def read_image(path: str | Path) -> Image.Image:
@@ -82,7 +83,7 @@ def read_image(path: str | Path) -> Image.Image:
         image = Image.open(path)
         image.load()
         ImageOps.exif_transpose(image, in_place=True)
-    except (OSError, SyntaxError, Image.DecompressionBombError) as error:
+    except _UNREADABLE as error:
         raise SynthsegError(f"{path}: unreadable image ({error})") from None
     image.filename = str(path)
     return image
@@ -94,7 +95,7 @@ def upright_size(path: str | Path) -> tuple[int, int]:
         with Image.open(path) as image:
             turned = image.getexif().get(EXIF_ORIENTATION) in (5, 6, 7, 8)
             return (image.width, image.height) if turned else (image.height, image.width)
-    except (OSError, SyntaxError) as error:
+    except _UNREADABLE as error:
         raise SynthsegError(f"{path}: unreadable image ({error})") from None
 
 
@@ -115,10 +116,7 @@ def image_files(paths: list[str | Path]) -> list[Path]:
         else:
             files.append(path)
     for path in files:
-        try:
-            Image.open(path).close()
-        except (OSError, SyntaxError) as error:
-            raise SynthsegError(f"{path}: unreadable image ({error})") from None
+        upright_size(path)
     return files
 
 

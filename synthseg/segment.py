@@ -365,15 +365,15 @@ def segment_to_folder(pipe, grounding: GroundingModule, paths: list[str | Path],
         (directory / sub).mkdir(parents=True, exist_ok=True)
     record_recipe(directory / "segment.json", job, f"{directory} was started with another segment job ({{changed}} differ); use a new --out "
                   "or the same images and options")
-    done = [all((directory / "records" / f"{stems[i]}.json").is_file() for i in indices) for indices in batches]
-    labelled: list[float] = []
-    with loss_progress("segment", len(paths), completed=sum(len(b) for b, d in zip(batches, done) if d), metric="labelled") as advance:
-        for indices in (b for b, d in zip(batches, done) if not d):  # a batch is redone whole, as it was composed
+    pending = [b for b in batches if not all((directory / "records" / f"{stems[i]}.json").is_file() for i in b)]
+    skipped, labelled = len(paths) - sum(map(len, pending)), []
+    with loss_progress("segment", len(paths), completed=skipped, metric="labelled") as advance:
+        for indices in pending:  # a batch is redone whole, as it was composed
             images = [read_image(paths[i]) for i in indices]
             for index, image, result in zip(indices, images, segmenter.segment_batch(images, indices)):
                 _write_segmentation(directory, stems[index], image, result, len(class_names), min_area)
                 labelled.append(float((result.labels > 0).mean()))
-            advance(sum(len(b) for b, d in zip(batches, done) if d) + len(labelled), labelled)
+            advance(skipped + len(labelled), labelled)
     entries, annotations = [], []
     for image_id, stem in enumerate(stems, start=1):
         record = json.loads((directory / "records" / f"{stem}.json").read_text())
