@@ -111,11 +111,17 @@ def test_world_dit_distils_the_unet_world(tmp_path, monkeypatch):
 @pytest.mark.slow
 def test_world_dit_trains_its_own_f2_vae_first(tmp_path):
     """With `vae_from` null the recipe's own VAE trains first in the same workdir; an f=2 VAE gives FLUX
-    16x16 tokens of a 64 px scene (32x32 latents packed 2x2), and the export samples at 64 px."""
-    recipe = tiny_recipe(vae_from=None, vae=VAERecipe(block_out_channels=[16, 16], steps=2, batch_size=2))
+    16x16 tokens of a 64 px scene (32x32 latents packed 2x2), and the export samples at 64 px. As stage 9
+    (world-dit-finetune8) does, the transformer may train on from an 8x8-token export on the world's f=4 VAE:
+    a token is 16 channels either way."""
+    f4 = train_world_dit(tiny_recipe(), tmp_path / "f4-work", tmp_path / "f4", max_steps=2)
+    recipe = tiny_recipe(seed=1, vae_from=None, vae=VAERecipe(block_out_channels=[16, 16], steps=2, batch_size=2), init_from=str(f4))
     export = train_world_dit(recipe, tmp_path / "work", tmp_path / "dit", max_steps=2)
     assert (tmp_path / "work" / "vae.ckpt").is_file()
-    assert set(json.loads((export / "training.json").read_text())) == {"vae", "transformer"}
+    record = json.loads((export / "training.json").read_text())
+    assert set(record) == {"vae", "transformer"} and record["transformer"]["steps"] == 4  # the init's 2, then 2
+    init, tuned = load_pipeline(f4).transformer.state_dict(), load_pipeline(export).transformer.state_dict()
+    assert 0 < sum((tuned[k] - init[k]).abs().sum() for k in init) < 0.5 * sum(init[k].abs().sum() for k in init)
     pipe = load_pipeline(export)
     assert pipe.vae_scale_factor == 2 and pipe.vae.config.shift_factor == 0.0
     pipe.set_progress_bar_config(disable=True)
