@@ -120,9 +120,9 @@ def test_world_dit_trains_its_own_f2_vae_first(tmp_path):
     assert (tmp_path / "work" / "vae.ckpt").is_file()
     record = json.loads((export / "training.json").read_text())
     assert set(record) == {"vae", "transformer"} and record["transformer"]["steps"] == 4  # the init's 2, then 2
-    init, tuned = load_pipeline(f4).transformer.state_dict(), load_pipeline(export).transformer.state_dict()
-    assert 0 < sum((tuned[k] - init[k]).abs().sum() for k in init) < 0.5 * sum(init[k].abs().sum() for k in init)
     pipe = load_pipeline(export)
+    init, tuned = load_pipeline(f4).transformer.state_dict(), pipe.transformer.state_dict()
+    assert 0 < sum((tuned[k] - init[k]).abs().sum() for k in init) < 0.5 * sum(init[k].abs().sum() for k in init)
     assert pipe.vae_scale_factor == 2 and pipe.vae.config.shift_factor == 0.0
     pipe.set_progress_bar_config(disable=True)
     latents = pipe("a photograph of a star", num_inference_steps=1, output_type="latent", generator=torch.Generator().manual_seed(0)).images
