@@ -25,6 +25,13 @@ def tiny_recipe(**changes):
     return dataclasses.replace(load_dit_recipe("world-dit"), **{"transformer": TINY, "checkpoint_every": 2, **changes})
 
 
+def assert_trained_on_from(init_export, pipe):
+    """`pipe`'s transformer moved from `init_export`'s weights, by less than half their size: trained on from them,
+    not from scratch (a fresh init differs from them by more than their own size)."""
+    init, tuned = load_pipeline(init_export).transformer.state_dict(), pipe.transformer.state_dict()
+    assert 0 < sum((tuned[k] - init[k]).abs().sum() for k in init) < 0.5 * sum(init[k].abs().sum() for k in init)
+
+
 @pytest.mark.slow
 def test_world_dit_trains_exports_loads_and_fine_tunes(tmp_path):
     export = train_world_dit(tiny_recipe(), tmp_path / "work", tmp_path / "dit", max_steps=2)
@@ -38,9 +45,7 @@ def test_world_dit_trains_exports_loads_and_fine_tunes(tmp_path):
 
     tuned = train_world_dit(tiny_recipe(seed=1, init_from=str(export)), tmp_path / "tune", tmp_path / "tuned", max_steps=3)
     assert json.loads((tuned / "training.json").read_text())["transformer"]["steps"] == 5  # the init's 2, then 3
-    init, fresh = load_pipeline(export).transformer.state_dict(), load_pipeline(tuned).transformer.state_dict()
-    moved = sum((fresh[k] - init[k]).abs().sum() for k in init)
-    assert 0 < moved < 0.5 * sum(init[k].abs().sum() for k in init)  # trained on from the init's weights, not from scratch
+    assert_trained_on_from(export, load_pipeline(tuned))
 
     wider = dataclasses.replace(TINY, attention_head_dim=32, axes_dims_rope=[8, 12, 12])
     with pytest.raises(SynthsegError, match="its transformer has another architecture"):
@@ -121,8 +126,7 @@ def test_world_dit_trains_its_own_f2_vae_first(tmp_path):
     record = json.loads((export / "training.json").read_text())
     assert set(record) == {"vae", "transformer"} and record["transformer"]["steps"] == 4  # the init's 2, then 2
     pipe = load_pipeline(export)
-    init, tuned = load_pipeline(f4).transformer.state_dict(), pipe.transformer.state_dict()
-    assert 0 < sum((tuned[k] - init[k]).abs().sum() for k in init) < 0.5 * sum(init[k].abs().sum() for k in init)
+    assert_trained_on_from(f4, pipe)
     assert pipe.vae_scale_factor == 2 and pipe.vae.config.shift_factor == 0.0
     pipe.set_progress_bar_config(disable=True)
     latents = pipe("a photograph of a star", num_inference_steps=1, output_type="latent", generator=torch.Generator().manual_seed(0)).images
