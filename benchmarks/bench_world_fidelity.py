@@ -5,9 +5,12 @@ prompts (random pairs). Reports the fraction where the annotator finds the promp
 class too; default target >= 80%) and where it finds both classes (>= 60%), seconds per image on
 this machine, and commits a contact sheet of samples with their prompts. The same class lists rendered
 as held-out world scenes are the reference: how often the annotator finds them in the world itself.
+Where the model card (or `--candidates`) asks for several images per prompt, the bundle's captioner keeps one
+(`synthseg.candidates.best_candidate`), as make-dataset does, and the table also gives each prompt's own first image.
 Writes the "world fidelity" section of benchmarks/RESULTS.md and benchmarks/world_samples.png.
 
-    python benchmarks/bench_world_fidelity.py [--count 200] [--model world] [--steps N] [--guidance G] (default: the model card's)
+    python benchmarks/bench_world_fidelity.py [--count 200] [--model world] [--steps N] [--guidance G] [--candidates N]
+    (defaults: the model card's)
 """
 
 from __future__ import annotations
@@ -33,6 +36,13 @@ def sample(pipe, prompts: list[str], seeds: list[int], steps: int, guidance: flo
         generators = [torch.Generator().manual_seed(s) for s in seeds[i : i + batch]]
         images += pipe(**encode_prompts(pipe, prompts[i : i + batch], guidance).call, generator=generators, num_inference_steps=steps).images
     return images
+
+
+def best_of(pipe, recogniser, groups: list[list[str]], candidates: list[list[Image.Image]]) -> list[int]:
+    """Per prompt, the index among its candidate images that `recogniser` keeps (`candidates.best_candidate`)."""
+    from synthseg.candidates import best_candidate
+
+    return [best_candidate(pipe, recogniser, names, [images[i] for images in candidates]) for i, names in enumerate(groups)]
 
 
 def prompt_groups(count: int, stream: int = 0) -> list[list[str]]:
@@ -73,30 +83,42 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=None, help="guidance scale (default: the model card's)")
     parser.add_argument("--batch", type=int, default=25)
     parser.add_argument("--model", default="world", help="a world model: 'world', 'world-dit' or an export folder")
+    parser.add_argument("--candidates", type=int, default=None, help="images per prompt, the captioner keeping one (default: the card's)")
     parser.add_argument("--targets", type=float, nargs=2, default=[80, 60], metavar=("ONE", "TWO"),
                         help="target %% for one-class and two-class prompts (the transformer world's issue asks 95 70)")
     args = parser.parse_args()
 
     from synthseg.annotators import load_annotator
+    from synthseg.candidates import candidate_seeds
+    from synthseg.captioner import ImplicitCaptioner, Recogniser
     from synthseg.pipeline import load_pipeline
     from synthseg.prompts import caption
-    from synthseg.registry import model_card
+    from synthseg.registry import judge_for, model_card
     from synthseg.world import WORLD_CLASSES, render_scene, scene_seed
 
     card = model_card(args.model)
     args.steps = card.num_inference_steps if args.steps is None else args.steps
     args.guidance = card.guidance_scale if args.guidance is None else args.guidance
+    args.candidates = card.candidates if args.candidates is None else args.candidates
     pipe = load_pipeline(args.model)
     pipe.set_progress_bar_config(disable=True)
+    chooser = judge_for(args.model, None) if args.candidates > 1 else None
+    if args.candidates > 1 and chooser is None:
+        parser.error(f"--candidates {args.candidates}: {args.model} is not a bundle with a captioner to choose")
     annotator = load_annotator("world")
     groups = prompt_groups(args.count)
     singles = groups[: args.count]
     prompts = [caption(g) for g in groups]
     seeds = list(range(len(prompts)))
     start = time.perf_counter()
-    images = sample(pipe, prompts, seeds, args.steps, args.guidance, args.batch)
-    seconds = (time.perf_counter() - start) / len(images)
+    candidates = [sample(pipe, prompts, [candidate_seeds(s, args.candidates)[k] for s in seeds], args.steps, args.guidance, args.batch)
+                  for k in range(args.candidates)]
+    kept = best_of(pipe, Recogniser(pipe, ImplicitCaptioner.from_pretrained(chooser), list(WORLD_CLASSES)), groups, candidates) if chooser \
+        else [0] * len(prompts)
+    seconds = (time.perf_counter() - start) / len(prompts)
+    images = [candidates[k][i] for i, k in enumerate(kept)]
     found = found_classes(annotator, images, groups, args.batch)
+    first = found_classes(annotator, candidates[0], groups, args.batch) if chooser else found
     rendered = found_classes(annotator, [render_scene(scene_seed(s, held_out=True), g).image for s, g in zip(seeds, groups)], groups, args.batch)
     single, pair = found[: args.count], found[args.count :]
     world_single, world_pair = rendered[: args.count], rendered[args.count :]
@@ -106,7 +128,13 @@ def main() -> None:
     contact_sheet([images[i] for i in picks], [prompts[i] for i in picks]).save(sheet)
 
     rows = "\n".join(f"| {c} | {100 * v:.0f}% |" for c, v in per_class.items())
-    body = f"""The world model `{args.model}`, {args.steps} steps, guidance {args.guidance},
+    choice = (f"""; each prompt's image the best of {args.candidates} by the captioner of `{chooser}` (its model card's candidates;
+`synthseg.candidates`, as make-dataset chooses), which never sees the annotator; the rows "its own seed" are each prompt's
+first candidate, the image made without a choice""" if chooser else "")
+    plain = (f"""| one class, its own seed | {len(single)} | {100 * first[: args.count].mean():.1f}% | | |
+| two classes, its own seed | {len(pair)} | {100 * first[args.count :].mean():.1f}% (both) | | |
+""" if chooser else "")
+    body = f"""The world model `{args.model}`, {args.steps} steps, guidance {args.guidance}{choice},
 judged by the bundled world annotator. Samples: `benchmarks/{sheet.name}` (top: one-class prompts,
 bottom: two-class prompts).
 
@@ -114,12 +142,12 @@ bottom: two-class prompts).
 |---|---|---|---|---|
 | one class | {len(single)} | {100 * single.mean():.1f}% | >= {args.targets[0]:g}% | {100 * world_single.mean():.1f}% |
 | two classes | {len(pair)} | {100 * pair.mean():.1f}% (both) | >= {args.targets[1]:g}% | {100 * world_pair.mean():.1f}% (both) |
-
+{plain}
 The last column is the annotator on the world itself: the same class lists rendered as held-out scenes
 (odd seeds), where two objects may hide up to half of each other. Generated / rendered: one class
 {single.mean() / world_single.mean():.2f}, two classes {pair.mean() / world_pair.mean():.2f}.
 
-Sampling time: {seconds:.3f} s per image on this CPU (batch {args.batch}).
+Sampling time: {seconds:.3f} s per kept image on this CPU (batch {args.batch}{f", {args.candidates} candidates each" if chooser else ""}).
 
 | class (one-class prompts) | found |
 |---|---|

@@ -51,6 +51,14 @@ ClassifierDraws = Annotated[Optional[int], typer.Option(help="With a captioner t
                                                                "lists of its 5 best by the pipeline's denoising error over this many "
                                                                "noise draws (a diffusion classifier); 0: the captioner alone; default: 16 "
                                                                "with such a captioner.")]
+Candidates = Annotated[Optional[int], typer.Option(help="Images generated per prompt (or layout), of which the captioner (and counter) keeps "
+                                                       "the likeliest to hold exactly its classes; 1: no choice; default: the recipe's, else "
+                                                       "the model card's.")]
+Chooser = Annotated[Optional[str], typer.Option("--captioner", help="With candidates above 1: the implicit captioner trained per class that "
+                                                "chooses (a bundled name or a folder from train-captioner); default: the bundled model's own.")]
+Counter = Annotated[Optional[str], typer.Option(help="With candidates above 1: a counter whose judgement of each class's count is added to "
+                                                     "the captioner's, and with count guidance the one it follows (a bundled name or a folder "
+                                                     "from train-backbone --recipe counter-world); 'none': none; default: the bundled model's own.")]
 StopAt = Annotated[Optional[int], typer.Option(help="End this sitting at this training step; rerun the command to go on.")]
 Workdir = Annotated[Path, typer.Option(help="Checkpoints; rerunning the command resumes from here.")]
 
@@ -151,27 +159,45 @@ def generate(
     guidance_scale: Annotated[Optional[float], typer.Option(help="Classifier-free guidance scale; default: the model's.")] = None,
     capture_timestep: Annotated[int, typer.Option(help="Capture the step nearest this scheduler timestep.")] = 5,
     capture_index: Annotated[Optional[int], typer.Option(help="Capture this step index instead (-1 = last).")] = None,
+    candidates: Candidates = None,
+    captioner: Chooser = None,
+    counter: Counter = None,
     device: Device = "auto",
 ) -> None:
     """Grounded generation: images plus one probability mask per class name."""
+    from .candidates import check_chooser
     from .capture import CaptureStep
     from .formats import check_output_dir
     from .generate import generate_grounded
     from .grounding import GroundingModule
     from .pipeline import load_pipeline
-    from .registry import check_vocabulary, grounding_for, model_card
+    from .registry import check_vocabulary, grounding_for, judge_for, model_card
 
     names = [_names(group) for group in classes]
     check_vocabulary(model, [n for group in names for n in group])
-    check_output_dir(out)
     card, torch_device = model_card(model), _device(device)
+    candidates = card.candidates if candidates is None else candidates
+    if candidates < 1:
+        _fail(f"--candidates must be at least 1, got {candidates}")
+    check_output_dir(out)
     pipe = load_pipeline(model, device=torch_device)  # first: a missing model is the error to report
     module = GroundingModule.from_pretrained(grounding_for(model, grounding)).to(torch_device)
+    recogniser = judge = None
+    if candidates > 1:
+        from .captioner import Recogniser
+        from .counter import CountJudge
+
+        chooser = _captioner(model, captioner, torch_device)
+        recogniser = Recogniser(pipe, chooser, list(dict.fromkeys(n for group in names for n in group))) if chooser else None
+        check_chooser(candidates, recogniser)
+        counter = judge_for(model, counter, "counter")
+        judge = CountJudge.from_pretrained(counter).to(torch_device) if counter else None
     result = generate_grounded(
         pipe, module, prompt, names, [seed + i for i in range(len(prompt))],
         guidance_scale=card.guidance_scale if guidance_scale is None else guidance_scale,
         num_inference_steps=card.num_inference_steps if num_inference_steps is None else num_inference_steps,
         capture_step=CaptureStep(timestep=capture_timestep, index=capture_index),
+        candidates=candidates, recogniser=recogniser, counter=judge,
     )
     count = len(result.images)
     _stderr.print(f"wrote {count} image{'s' if count > 1 else ''} and {'their' if count > 1 else 'its'} masks to {result.save(out)}")
@@ -478,14 +504,9 @@ def make_dataset(
                                                        f"are made; 0: off; {FROM_RECIPE} (20).")] = None,
     layouts: Annotated[bool, typer.Option("--layouts", help="Box layouts through a GLIGEN model, one COCO instance per box.")] = False,
     layouts_file: Annotated[Optional[Path], typer.Option(help="Generate these layouts instead: JSONL of prompt, phrases, boxes (and seed).")] = None,
-    candidates: Annotated[Optional[int], typer.Option(help="With layouts: images generated per layout, of which the captioner (and counter) keeps "
-                                                           "the likeliest to hold exactly its classes; 1: no choice; default: the recipe's, else the "
-                                                           "model card's.")] = None,
-    captioner: Annotated[Optional[str], typer.Option(help="With candidates above 1: the implicit captioner trained per class that chooses "
-                                                          "(a bundled name or a folder from train-captioner); default: the bundled model's own.")] = None,
-    counter: Annotated[Optional[str], typer.Option(help="With candidates above 1: a counter whose judgement of each class's count is added to "
-                                                        "the captioner's, and with count guidance the one it follows (a bundled name or a folder "
-                                                        "from train-backbone --recipe counter-world); 'none': none; default: the bundled model's own.")] = None,
+    candidates: Candidates = None,
+    captioner: Chooser = None,
+    counter: Counter = None,
     count_guidance: Annotated[Optional[float], typer.Option(help="With layouts: the strength of counting guidance, which moves each layout's "
                                                                 "early sampling steps along the counter's gradient toward its count of each "
                                                                 "class; 0: off; default: the recipe's, else the model card's.")] = None,

@@ -46,6 +46,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
+from .candidates import check_chooser
 from .classes import check_names, resolve_classes
 from .config import ABSENT, check_non_negative, check_plan_size, check_positive, load_config, record_recipe
 from .device import resolve_device
@@ -56,7 +57,6 @@ from .layouts import (
     Layout,
     LayoutGeneration,
     LayoutRecipe,
-    check_chooser,
     check_guidable,
     check_layers_stop_before_capture,
     check_takes_layouts,
@@ -93,10 +93,12 @@ class DatasetRecipe:
     instance filling less than `layouts.min_fill` of it is dropped. `refine`: PAMR iterations on each image's
     probabilities before they become labels and instances (`synthseg.refine`; 0: off). `spare`: extra items planned, as a
     fraction of those asked (per class, per pair, or all layouts), to stand in for dropped ones; the
-    first asked number that pass are kept and unused spares are left out. `captioner`: the per-class implicit
-    captioner that keeps one of each layout's `layouts.candidates` images (a bundled name or a folder; a bundled
-    model's own by default); `counter`: a counter whose judgement of each class's count is added to the captioner's
-    (`synthseg.counter`; a bundled name or a folder; a bundled model's own by default; none: the captioner alone)."""
+    first asked number that pass are kept and unused spares are left out. `candidates`: images generated per text prompt,
+    of which the captioner keeps the likeliest to hold exactly its classes (`synthseg.candidates`; None: the model card's,
+    1 without a card: no choice); a layout's are `layouts.candidates`. `captioner`: the per-class implicit captioner
+    that chooses among candidates (a bundled name or a folder; a bundled model's own by default); `counter`: a counter
+    whose judgement of each class's count is added to the captioner's (`synthseg.counter`; a bundled name or a folder;
+    a bundled model's own by default; none: the captioner alone)."""
 
     classes: str
     model: str = "world"
@@ -116,6 +118,7 @@ class DatasetRecipe:
     spare: float = 0.0
     layouts: LayoutRecipe | None = None
     layouts_file: str | None = None
+    candidates: int | None = field(default=None, metadata={ABSENT: 1})  # datasets recorded before text candidates had none
     captioner: str | None = None
     counter: str | None = None
 
@@ -125,11 +128,13 @@ class DatasetRecipe:
             self.num_inference_steps = card.num_inference_steps
         if self.guidance_scale is None:
             self.guidance_scale = card.guidance_scale
+        if self.candidates is None:  # a layout's are the layouts section's
+            self.candidates = card.candidates if self.layouts is None else 1
 
     def validate(self, source: str) -> None:
         names = resolve_classes(self.classes)
         check_non_negative(source, self, "per_class", "per_pair", "min_instance_area", "guidance_scale", "spare", "refine")
-        check_positive(source, self, "num_inference_steps", "batch_size")
+        check_positive(source, self, "num_inference_steps", "batch_size", "candidates")
         for pair in self.pairs:
             if len(pair) != 2 or pair[0] == pair[1]:
                 raise SynthsegError(f"{source}: a pair names two different classes, got {pair}")
@@ -143,12 +148,15 @@ class DatasetRecipe:
             raise SynthsegError(f"{source}: layouts_file needs a layouts section (its margin and min_fill)")
         if self.layouts_file is not None and self.spare:
             raise SynthsegError(f"{source}: spare plans extra items, which a layouts_file does not have; leave it at 0")
-        if self.layouts is not None and self.layouts.candidates > 1 and self.captioner is None:
-            raise SynthsegError(f"{source}: layouts.candidates {self.layouts.candidates} needs a per-class implicit captioner to choose "
+        if self.layouts is not None and self.candidates > 1:
+            raise SynthsegError(f"{source}: candidates {self.candidates} are a text prompt's; a layout's are layouts.candidates")
+        what = "layouts.candidates" if self.layouts is not None else "candidates"
+        if self.chooses and self.captioner is None:
+            raise SynthsegError(f"{source}: {what} {self.images_per_item} needs a per-class implicit captioner to choose "
                                 "among them (captioner, --captioner); or set candidates to 1")
         if self.counter is not None and not (self.chooses or self.count_guided):
-            raise SynthsegError(f"{source}: a counter judges a layout's candidates or guides its sampling: it needs layouts with candidates "
-                                "above 1 or count_guidance above 0")
+            raise SynthsegError(f"{source}: a counter judges candidates or guides a layout's sampling: it needs {what} above 1"
+                                + (" or count_guidance above 0" if self.layouts is not None else ""))
         if self.count_guided and self.counter is None:
             raise SynthsegError(f"{source}: layouts.count_guidance follows a counter's gradient: give one (counter, --counter), or set "
                                 "count_guidance to 0")
@@ -164,8 +172,8 @@ class DatasetRecipe:
 
     @property
     def chooses(self) -> bool:
-        """Whether each layout's image is chosen among candidates (by the captioner, and the counter if any)."""
-        return self.layouts is not None and self.layouts.candidates > 1
+        """Whether each item's image is chosen among candidates (by the captioner, and the counter if any)."""
+        return self.images_per_item > 1
 
     @property
     def count_guided(self) -> bool:
@@ -174,8 +182,8 @@ class DatasetRecipe:
 
     @property
     def images_per_item(self) -> int:
-        """Images generated for each item of the plan: a layout's candidates, else 1 (what dry-run times count)."""
-        return self.layouts.candidates if self.layouts is not None else 1
+        """Images generated for each item of the plan, its candidates (what dry-run times count)."""
+        return self.layouts.candidates if self.layouts is not None else self.candidates
 
     @property
     def layout_count(self) -> int:
@@ -216,8 +224,9 @@ def load_dataset_recipe(classes: str = "world", recipe: str | Path | None = None
     recipe becomes its GLIGEN ("world-layout"; given as `model`, it is refused), and the recipe's `layouts` section applies over
     the layout limits of the model's card (a world-layout export's: what it was trained on). A section that names no
     `seed` draws the layout stream of the dataset's seed, so another `--seed` gives other layouts and images.
-    `candidates` and `count_guidance` (None: the section's) set the section's; where candidates are above 1, a bundled
-    model brings its captioner and counter, and where count_guidance is above 0, its counter."""
+    With layouts, `candidates` and `count_guidance` (None: the section's) set the section's; without, `candidates` sets the
+    recipe's (a text prompt's; None: the recipe's, else the model card's). Where candidates are above 1, a bundled model
+    brings its captioner and counter, and where count_guidance is above 0, its counter."""
     from .config import apply_overrides, load_config, options_source, read_recipe
 
     if recipe is None and classes in recipe_names("dataset"):
@@ -243,9 +252,15 @@ def load_dataset_recipe(classes: str = "world", recipe: str | Path | None = None
         overrides["layouts"] = section
         chooser = model if section.get("candidates", LayoutRecipe.candidates) > 1 else None
         guider = model if section.get("count_guidance", LayoutRecipe.count_guidance) > 0 else None
-    elif candidates is not None or guidance is not None:
-        what = "candidates are images per layout" if candidates is not None else "count guidance steers a layout's sampling"
-        raise SynthsegError(f"{what}: give --layouts or --layouts-file")
+    elif guidance is not None:
+        raise SynthsegError("count guidance steers a layout's sampling: give --layouts or --layouts-file")
+    else:
+        if candidates is not None:
+            overrides["candidates"] = candidates
+        model = overrides.get("model") or data.get("model", DatasetRecipe.model)
+        chosen = overrides.get("candidates", data.get("candidates"))
+        chosen = model_card(model).candidates if chosen is None else chosen
+        chooser = model if isinstance(chosen, int) and chosen > 1 else None  # a bad value is refused by validate
     for part, user in (("captioner", chooser), ("counter", chooser or guider)):  # the option's, else the recipe's; where it is
         given = overrides.pop(part, None)                                           # used, else the bundle's; "none": none
         given = data.get(part) if given is None else given
@@ -275,7 +290,7 @@ def plan_summary(recipe: DatasetRecipe, device: str = "auto") -> str:
                      len(items) * recipe.images_per_item)
     text = plan_text("images", items, dataset_item_bytes(recipe.model), " at most, before PNG compression", took)
     if recipe.images_per_item > 1:
-        text += (f"\ncandidates: {recipe.images_per_item} images generated per layout (timed as such), the captioner "
+        text += (f"\ncandidates: {recipe.images_per_item} images generated per {'layout' if recipe.layouts else 'prompt'} (timed as such), the captioner "
                  f"{recipe.captioner}{f' and the counter {recipe.counter}' if recipe.counter else ''} keeping one")
     if recipe.count_guided:
         text += f"\ncount guidance: {recipe.layouts.count_guidance:g} while the gated layers run, by the counter {recipe.counter}"
@@ -424,7 +439,8 @@ def finalize(directory: str | Path, recipe: DatasetRecipe) -> dict:
 def _card(recipe: DatasetRecipe, summary: dict, example: dict) -> str:
     classes = ", ".join(recipe.class_names)
     counter = f" and the counter {recipe.counter} ({example.get('counter_hash', '?')})" if "counter_hash" in example else ""
-    chooser = (f"\n- each layout's image: the best of {recipe.layouts.candidates} by the implicit captioner {recipe.captioner} "
+    item = "layout" if recipe.layouts else "prompt"
+    chooser = (f"\n- each {item}'s image: the best of {recipe.images_per_item} by the implicit captioner {recipe.captioner} "
                f"({example.get('captioner_hash', '?')}){counter}") if "captioner_hash" in example else ""
     if recipe.count_guided:
         chooser += (f"\n- sampling: counting guidance {recipe.layouts.count_guidance:g} while GLIGEN's gated layers run, by the counter "
@@ -511,7 +527,7 @@ def make_dataset(pipe, grounding, recipe: DatasetRecipe, directory: str | Path, 
                  num_shards: int | None = None, shard_index: int | None = None) -> dict | None:
     """Generate this shard's items into `directory`, skipping written ones; finalize when all are there.
     `recogniser`: the recipe captioner's `captioner.Recogniser`, and `counter` its `counter.CountJudge` (or None),
-    where layouts have several candidates.
+    where items have several candidates.
 
     Without `num_shards`, a run under torchrun or accelerate launch takes its shard from the launcher
     (one per process) and the main process finalizes after all are done; otherwise one shard.
@@ -559,7 +575,8 @@ def make_dataset(pipe, grounding, recipe: DatasetRecipe, directory: str | Path, 
             if recipe.layouts is None:
                 result = generate_grounded(pipe, grounding, [i.prompt for i in batch], [i.classes for i in batch],
                                            [i.seed for i in batch], guidance_scale=recipe.guidance_scale,
-                                           num_inference_steps=recipe.num_inference_steps, refine=recipe.refine)
+                                           num_inference_steps=recipe.num_inference_steps, refine=recipe.refine,
+                                           candidates=recipe.candidates, recogniser=recogniser, counter=counter)
                 outputs = [(item, image, probs, None) for item, image, probs in zip(batch, result.images, result.masks)]
             else:  # GLIGEN takes one layout per call
                 made = [generate_layout(pipe, grounding, item, guidance_scale=recipe.guidance_scale, num_inference_steps=recipe.num_inference_steps,
@@ -610,7 +627,7 @@ def build_dataset(recipe: DatasetRecipe, directory: str | Path, *, device: str =
             check_guidable(pipe)  # a scheduler it can read x0 from, before the folder is claimed
     recogniser = Recogniser(pipe, captioner, list(recipe.class_names)) if chooses else None
     if chooses:
-        check_chooser(recipe.layouts.candidates, recogniser)  # a captioner trained per class, before the folder is claimed
+        check_chooser(recipe.images_per_item, recogniser)  # a captioner trained per class, before the folder is claimed
     made_by = provenance(recipe.model, recipe.grounding, recipe.captioner if chooses else None, recipe.counter)
     return make_dataset(pipe, module, recipe, directory, made_by, recogniser=recogniser, counter=counter, num_shards=num_shards,
                         shard_index=shard_index)

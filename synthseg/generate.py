@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .candidates import best_candidate, candidate_seeds, check_chooser
 from .capture import CapturedFeatures, CaptureStep, ResolvedStep, attention_maps, feature_capture
 from .config import check_seed
 from .errors import SynthsegError
@@ -147,25 +148,36 @@ def generate_grounded(
     negative_prompt: str | list[str] | None = None,
     return_features: bool = False,
     refine: int = 0,
+    candidates: int = 1,
+    recogniser=None,
+    counter=None,
 ) -> GroundedGeneration:
     """Generate `prompts` with `pipe` (SD 1.x/2.x, SDXL, SD3 or FLUX) and ground `class_names`:
     one `capture_pass`, then the module's masks at image resolution, refined by `refine` PAMR iterations
-    on each image's colours (`synthseg.refine`; 0: none)."""
+    on each image's colours (`synthseg.refine`; 0: none). `candidates`: images made per prompt in the same pass
+    (`candidates.candidate_seeds`), of which `recogniser`, a per-class `captioner.Recogniser` (with `counter`, a
+    `counter.CountJudge`, if given), keeps one (`candidates.best_candidate`); the result's seeds are the kept images'."""
     grounding.config.check_pipeline(pipe)
-    run = capture_pass(pipe, prompts, class_names, seeds, guidance_scale=guidance_scale, num_inference_steps=num_inference_steps,
-                       capture_step=capture_step, attention=grounding.config.needs_attention, blocks=grounding.config.feature_blocks or None,
+    check_chooser(candidates, recogniser)
+    seeds = [candidate for seed in seeds for candidate in candidate_seeds(seed, candidates)]
+    run = capture_pass(pipe, [p for p in prompts for _ in range(candidates)], [n for n in class_names for _ in range(candidates)], seeds,
+                       guidance_scale=guidance_scale, num_inference_steps=num_inference_steps, capture_step=capture_step,
+                       attention=grounding.config.needs_attention, blocks=grounding.config.feature_blocks or None,
                        height=height, width=width, negative_prompt=negative_prompt)
+    kept = [i * candidates + (best_candidate(pipe, recogniser, names, run.images[i * candidates : (i + 1) * candidates], counter)
+                              if candidates > 1 else 0) for i, names in enumerate(class_names)]
     masks = predict_masks(grounding, run.features, run.prompt_embeds, run.spans, run.images[0].size[::-1])
+    images, masks = [run.images[k] for k in kept], [masks[k] for k in kept]
     if refine:
-        masks = [refine_masks(image, m, refine) for image, m in zip(run.images, masks)]
+        masks = [refine_masks(image, m, refine) for image, m in zip(images, masks)]
     return GroundedGeneration(
-        images=run.images,
+        images=images,
         masks=masks,
         prompts=list(prompts),
         class_names=[list(names) for names in class_names],
-        seeds=[int(s) for s in seeds],
+        seeds=[seeds[k] for k in kept],
         step=run.step,
-        features=run.features if return_features else None,
+        features=(run.features if candidates == 1 else run.features.select(kept)) if return_features else None,
     )
 
 

@@ -14,10 +14,10 @@ and a box, and one instance mask per object from the grounding module's class ma
 - `BoxAttention` (`box_steering` for one layout): optional, while the gated layers run: each class's tokens are pulled toward its boxes
   in the base UNet's cross-attention (DenseDiffusion's attention modulation), so that a box draws its
   own class and not its neighbour's.
-- `best_candidate`: optional, several images of one layout (`candidates`), of which a per-class implicit captioner
-  (`synthseg.captioner`) keeps the likeliest to hold exactly the layout's classes, with a counter (`synthseg.counter`)
-  where one is given, exactly its count of each: GLIGEN often draws a box's object as a neighbouring class, or none,
-  which the grounding module, asked for the layout's classes, cannot see.
+- `candidates.best_candidate`: optional, several images of one layout (`candidates`), of which a per-class implicit
+  captioner keeps the likeliest to hold exactly the layout's classes, with a counter where one is given, exactly its
+  count of each: GLIGEN often draws a box's object as a neighbouring class, or none, which the grounding module, asked
+  for the layout's classes, cannot see.
 - `instance_masks`: each phrase's instance, its class mask restricted to a margin around its box; where
   two instances claim a pixel, the module's probability weighted by the pixel's place in each box
   decides, so touching objects of one class come out as separate instances.
@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .candidates import best_candidate, candidate_seeds, check_chooser
 from .capture import CaptureStep, denoiser_of
 from .capture.core import DenoiserHooks
 from .capture.unet import attention_grid
@@ -58,7 +59,7 @@ class LayoutRecipe:
     `scheduled_sampling_beta`: the share of the sampling steps GLIGEN's gated layers run in (GLIGEN's
     scheduled sampling; diffusers' default 0.3); a GLIGEN model's card gives its own. `box_attention`:
     the logit bias of `BoxAttention` (0: off). `candidates`: images generated per layout, of which a per-class
-    captioner (and a counter, if given) keeps one (`best_candidate`; 1: the layout's own seed's, no captioner needed).
+    captioner (and a counter, if given) keeps one (`candidates.best_candidate`; 1: the layout's own seed's, no captioner needed).
     `count_guidance`: the strength of `CountGuidance` with the recipe's counter while the gated layers run (0: off).
     `seed`: the layout stream (layouts and their images' seeds); a dataset recipe's section that names none takes the
     dataset's seed. `fit`: how the world draws each object in its box where it renders layouts (training scenes, held-out
@@ -452,44 +453,6 @@ def count_steering(pipe, counter, layout: Layout, scale: float, steps: int) -> c
     return CountGuidance(pipe, counter, list(layout.phrases), scale, steps)
 
 
-def candidate_seeds(layout: Layout, candidates: int) -> list[int]:
-    """The seeds of a layout's `candidates` images: its own first (one candidate is the layout's image
-    without a choice), then seeds drawn from (its seed, k)."""
-    return [layout.seed] + [int(np.random.default_rng([layout.seed, k]).integers(2**31)) for k in range(1, candidates)]
-
-
-@torch.no_grad()
-def best_candidate(pipe, recogniser, layout: Layout, images: list[Image.Image], counter=None) -> int:
-    """The index of the image of `layout` that `recogniser` (a per-class `captioner.Recogniser` whose names
-    hold the layout's classes, on `pipe`'s VAE) finds likeliest to hold exactly the layout's classes
-    (`class_set_log_probability`), plus, with a `counter.CountJudge`, the log-probability of exactly the layout's
-    count of each class. On world layout streams 5 and 6, keeping the best of 4 by the captioner raised the
-    boxes hit from 74 to 82%; on fresh streams the counter added 3 to 4 points to each measure (RESULTS.md,
-    "Ad hoc trials (world)")."""
-    from .captioner import class_set_log_probability
-    from .latents import encode_images, pixel_tensor
-
-    unknown = [name for name in layout.classes if name not in recogniser.names]
-    if unknown:
-        raise SynthsegError(f"layout {layout.index}: the captioner does not know {', '.join(unknown)}")
-    pixels = np.stack([np.asarray(image.convert("RGB")) for image in images])
-    members = [recogniser.names.index(name) for name in layout.classes]
-    score = class_set_log_probability(recogniser.class_logits(encode_images(pipe, pixel_tensor(pixels))), members).float().cpu()
-    if counter is not None:
-        try:
-            score = score + counter.log_probability(pixels, list(layout.phrases))
-        except SynthsegError as error:
-            raise SynthsegError(f"layout {layout.index}: {error}") from None
-    return int(score.argmax())
-
-
-def check_chooser(candidates: int, recogniser) -> None:
-    """Refuse several candidates per layout without a per-class captioner to choose among them."""
-    if candidates > 1 and (recogniser is None or not recogniser.per_class):
-        raise SynthsegError(f"layouts.candidates {candidates} needs an implicit captioner trained per class (objective classes) to "
-                            "choose among them: give one (--captioner), or set candidates to 1")
-
-
 @dataclass
 class LayoutGeneration:
     """One layout's result: the image, `probs` (K, H, W) float32 per class of `layout.classes`, and one
@@ -517,8 +480,8 @@ def generate_layout(pipe, grounding, layout: Layout, *, guidance_scale: float, n
     """Generate `layout` with a GLIGEN pipeline (one layout per call, as GLIGEN takes it) and cut its
     instances from the grounding module's class masks (`instance_masks`). `scheduled_sampling_beta`: the
     share of the steps GLIGEN's gated layers run in; `box_attention`: `BoxAttention`'s bias in them (0: none);
-    `candidates`: images made in the call (`candidate_seeds`), of which `recogniser` (with `counter`, if given) keeps one
-    (`best_candidate`); `count_guidance`: `CountGuidance`'s strength with `counter` while the gated layers run (0: none);
+    `candidates`: images made in the call (`candidates.candidate_seeds`), of which `recogniser` (with `counter`, if given)
+    keeps one (`candidates.best_candidate`); `count_guidance`: `CountGuidance`'s strength with `counter` while the gated layers run (0: none);
     `refine`: PAMR iterations on the masks first (`synthseg.refine`; 0: none)."""
     from .generate import capture_pass, predict_masks
 
@@ -533,10 +496,13 @@ def generate_layout(pipe, grounding, layout: Layout, *, guidance_scale: float, n
         raise SynthsegError("count guidance follows a counter's gradient: give a counter, or set count_guidance to 0")
     with box_steering(pipe, layout, box_attention, guidance_scale, copies=candidates), \
             count_steering(pipe, counter, layout, count_guidance, gated_steps(scheduled_sampling_beta, num_inference_steps)):
-        run = capture_pass(pipe, [layout.prompt] * candidates, [layout.classes] * candidates, candidate_seeds(layout, candidates),
+        run = capture_pass(pipe, [layout.prompt] * candidates, [layout.classes] * candidates, candidate_seeds(layout.seed, candidates),
                            guidance_scale=guidance_scale, num_inference_steps=num_inference_steps, capture_step=capture_step,
                            attention=grounding.config.needs_attention, blocks=grounding.config.feature_blocks or None, pipeline_kwargs=boxes)
-    best = best_candidate(pipe, recogniser, layout, run.images, counter) if candidates > 1 else 0
+    try:
+        best = best_candidate(pipe, recogniser, layout.classes, run.images, counter, layout.phrases) if candidates > 1 else 0
+    except SynthsegError as error:
+        raise SynthsegError(f"layout {layout.index}: {error}") from None
     image = run.images[best]
     probs = predict_masks(grounding, run.features, run.prompt_embeds, run.spans, image.size[::-1])[best]
     if refine:

@@ -137,7 +137,8 @@ def resolve_annotator(spec: str | Path) -> str:
 class ModelCard:
     """`synthseg.json` beside a pipeline's model_index.json. classes: the only names the model was
     trained to draw (empty: open vocabulary). Sampling defaults for datasets made with it; for a GLIGEN
-    model, `layouts`: the layout limits it was trained on (a dataset's `layouts` section over them). `base`:
+    model, `layouts`: the layout limits it was trained on (a dataset's `layouts` section over them). `candidates`:
+    images generated per text prompt, of which its bundle's captioner keeps one (`synthseg.candidates`). `base`:
     the pipeline an export of added layers only (world-layout) takes its other parts from."""
 
     classes: tuple[str, ...] = ()
@@ -145,6 +146,7 @@ class ModelCard:
     guidance_scale: float = 7.5
     layouts: dict = field(default_factory=dict)
     base: str | None = None
+    candidates: int = 1
 
 
 SD_SAMPLING = ModelCard()  # Stable Diffusion's pipeline defaults, for models without a card
@@ -158,7 +160,7 @@ def model_card(spec: str | Path) -> ModelCard:
     try:
         data = json.loads(path.read_text())
         return ModelCard(tuple(data.get("classes", ())), int(data["num_inference_steps"]), float(data["guidance_scale"]),
-                         dict(data.get("layouts", {})), data.get("base"))
+                         dict(data.get("layouts", {})), data.get("base"), int(data.get("candidates", 1)))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError):
         raise SynthsegError(f"{path}: corrupt model card") from None
 

@@ -234,6 +234,7 @@ class WorldDiTRecipe:
     teacher_guidance: float = 1.0  # > 1: the targets of captioned rows are the teacher's guided velocities (guidance distillation)
     num_inference_steps: int = 25
     guidance_scale: float = 2.0  # true classifier-free guidance: conditional and unconditional passes
+    candidates: int = 1  # images per text prompt, of which the bundle's captioner keeps one (synthseg.candidates); card default
     transformer: DiTRecipe = field(default_factory=DiTRecipe)
 
     def validate(self, source: str) -> None:
@@ -250,7 +251,7 @@ class WorldDiTRecipe:
             raise SynthsegError(f"{source}: transformer.axes_dims_rope must sum to attention_head_dim")
         if not 0 <= self.pair_fraction <= 1 or not 0 <= self.transformer.caption_dropout < 1 or not 0 < self.min_visible <= 1:
             raise SynthsegError(f"{source}: pair_fraction, min_visible and transformer.caption_dropout lie in [0, 1]")
-        check_positive(source, self, "image_size", "max_tokens", "checkpoint_every", "num_inference_steps")
+        check_positive(source, self, "image_size", "max_tokens", "checkpoint_every", "num_inference_steps", "candidates")
         check_positive(source, self.transformer, "steps", "batch_size", "num_layers", "attention_heads", "attention_head_dim")
 
 

@@ -35,3 +35,34 @@ def pipe_dir(pipe, tmp_path_factory):
 def grounding(pipe):
     torch.manual_seed(0)
     return GroundingModule(GroundingConfig.for_pipeline(pipe, **SMALL_GROUNDING)).eval()
+
+
+@pytest.fixture
+def make_chooser():
+    """A factory of per-class, max-pooled implicit captioners of random weights on a pipeline's VAE, as
+    `captioner.Recogniser`s of the given names: the judge `synthseg.candidates` chooses with."""
+    from synthseg.captioner import CaptionerConfig, ImplicitCaptioner, Recogniser
+
+    def make(pipe, names):
+        torch.manual_seed(0)
+        captioner = ImplicitCaptioner(CaptionerConfig.for_pipeline(pipe, width=8, hidden_dim=8, objective="classes", pooling="max")).eval()
+        return Recogniser(pipe, captioner, names)
+
+    return make
+
+
+@pytest.fixture
+def make_counter():
+    """A factory of count judges of random weights over the given names (`synthseg.counter`)."""
+    from transformers import ResNetForImageClassification
+
+    from synthseg.counter import CountJudge, count_labels
+    from synthseg.segmenter import backbone_config
+
+    def make(names, max_count):
+        config = backbone_config("resnet-tiny")
+        labels = count_labels(names, max_count)
+        config.num_labels, config.id2label = len(labels), dict(enumerate(labels))
+        return CountJudge(ResNetForImageClassification(config))
+
+    return make

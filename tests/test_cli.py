@@ -3,6 +3,7 @@ import re
 
 import numpy as np
 import pytest
+from PIL import Image
 from typer.testing import CliRunner
 
 from synthseg.cli import app
@@ -33,6 +34,33 @@ def test_generate_end_to_end(pipe_dir, grounding, tmp_path):
     for record in records:
         assert (tmp_path / "out" / record["file_name"]).is_file()
         assert all((tmp_path / "out" / f).is_file() for f in record["masks"].values())
+
+
+def test_generate_keeps_the_best_of_its_candidates_by_the_captioner_given(pipe, pipe_dir, grounding, tmp_path, make_chooser):
+    """`generate --candidates 3 --captioner DIR`: each prompt's image is one of its candidates, the one the captioner
+    picks, with its seed recorded; without a captioner to choose, or with 0 candidates, one error line and nothing written."""
+    from synthseg.candidates import best_candidate, candidate_seeds
+    from synthseg.generate import generate_grounded
+
+    grounding.save_pretrained(tmp_path / "grounding")
+    recogniser = make_chooser(pipe, ["dog", "cat"])
+    recogniser.captioner.save_pretrained(tmp_path / "captioner")
+    base = ["generate", "--model", str(pipe_dir), "--grounding", str(tmp_path / "grounding"), "--num-inference-steps", "3",
+            "--prompt", "a photograph of a dog and a cat", "--classes", "dog,cat", "--seed", "7"]
+    result = runner.invoke(app, base + ["--candidates", "3", "--captioner", str(tmp_path / "captioner"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    record = json.loads((tmp_path / "out/generation.jsonl").read_text())
+    alone = generate_grounded(pipe, grounding, ["a photograph of a dog and a cat"] * 3, [["dog", "cat"]] * 3, candidate_seeds(7, 3),
+                              guidance_scale=7.5, num_inference_steps=3)
+    best = best_candidate(pipe, recogniser, ["dog", "cat"], alone.images)
+    assert record["seed"] == candidate_seeds(7, 3)[best]
+    kept = np.asarray(Image.open(tmp_path / "out" / record["file_name"])).astype(int)
+    assert np.abs(kept - np.asarray(alone.images[best]).astype(int)).max() <= 1
+    for args, message in ((["--candidates", "2"], "candidates 2 needs an implicit captioner trained per class"),  # no bundled captioner
+                          (["--candidates", "0"], "--candidates must be at least 1, got 0")):
+        result = runner.invoke(app, base + args + ["--out", str(tmp_path / "bad")])
+        assert result.exit_code == 1 and message in result.output and result.output.count("error:") == 1, result.output
+        assert not (tmp_path / "bad").exists()
 
 
 def test_generate_errors_are_one_line_with_exit_1(pipe_dir, grounding, tmp_path):

@@ -269,69 +269,8 @@ def test_class_set_log_probability_is_the_probability_of_exactly_those_classes()
     torch.testing.assert_close(class_set_log_probability(logits[0], [1]), torch.log(p[0, 1] * (1 - p[0, 0]) * (1 - p[0, 2])))
 
 
-def _chooser(pipe, names):
-    from synthseg.captioner import CaptionerConfig, ImplicitCaptioner, Recogniser
-
-    torch.manual_seed(0)
-    captioner = ImplicitCaptioner(CaptionerConfig.for_pipeline(pipe, width=8, hidden_dim=8, objective="classes", pooling="max")).eval()
-    return Recogniser(pipe, captioner, names)
-
-
-def _counter(names, max_count):
-    """A count judge of random weights over `names` (`synthseg.counter`)."""
-    from transformers import ResNetForImageClassification
-
-    from synthseg.counter import CountJudge, count_labels
-    from synthseg.segmenter import backbone_config
-
-    config = backbone_config("resnet-tiny")
-    labels = count_labels(names, max_count)
-    config.num_labels, config.id2label = len(labels), dict(enumerate(labels))
-    return CountJudge(ResNetForImageClassification(config))
-
-
-def test_best_candidate_keeps_the_image_likeliest_to_hold_exactly_the_layout_s_classes(monkeypatch):
-    from PIL import Image
-
-    from synthseg.layouts import best_candidate, candidate_seeds, check_chooser
-    from synthseg.tiny import tiny_pipeline
-
-    pipe = tiny_pipeline(gligen=True)
-    recogniser = _chooser(pipe, ["dog", "cat", "bird"])
-    layout = Layout(3, "two dogs and a cat", ["dog", "dog", "cat"], [(0, 0, .5, .5), (.5, .5, 1, 1), (.5, 0, 1, .5)], 11)
-    images = [Image.new("RGB", (32, 32), c) for c in ("red", "green", "blue")]
-    logits = torch.tensor([[4.0, -4.0, -4.0],  # the dog alone: the cat missing
-                           [4.0, 4.0, 4.0],  # both, and a bird besides
-                           [3.0, 3.0, -3.0]])  # exactly a dog and a cat, if less sure of each than the second
-    monkeypatch.setattr(recogniser, "class_logits", lambda latents: logits[: len(latents)])
-    assert best_candidate(pipe, recogniser, layout, images) == 2
-    assert best_candidate(pipe, recogniser, layout, images[:2]) == 1  # a bird too rather than no cat
-    with pytest.raises(SynthsegError, match="layout 3: the captioner does not know horse"):
-        best_candidate(pipe, recogniser, replace(layout, phrases=["horse"]), images)
-    counter = _counter(["dog", "cat", "bird"], max_count=2)
-    counted = torch.full((3, 3, 3), -5.0)  # (image, class, count): image 0 holds exactly two dogs and a cat, if weakly
-    counted[:, :, 0] = -0.1
-    counted[0, 0, 2] = counted[0, 1, 1] = -0.1
-    monkeypatch.setattr(counter, "count_log_probs_torch", lambda pixels: counted[: len(pixels)])
-    assert counter.log_probability(np.zeros((3, 8, 8, 3), np.uint8), ["dog", "dog", "cat"]).tolist() == pytest.approx([-0.3, -10.1, -10.1])
-    assert counter.log_probability(np.zeros((1, 8, 8, 3), np.uint8), ["dog"] * 3 + ["cat"]).tolist() == pytest.approx([-0.3])  # 3 dogs: 2+
-    assert best_candidate(pipe, recogniser, layout, images, counter) == 0  # the counts outweigh the captioner's preference for 2
-    with pytest.raises(SynthsegError, match="layout 3: the counter does not know bird"):
-        best_candidate(pipe, recogniser, replace(layout, phrases=["bird"]), images, _counter(["dog", "cat"], max_count=2))
-    seeds = candidate_seeds(layout, 4)
-    assert seeds[0] == layout.seed and len(set(seeds)) == 4 and candidate_seeds(layout, 2) == seeds[:2]  # the layout's own seed first
-    check_chooser(1, None)  # one candidate needs no captioner
-    with pytest.raises(SynthsegError, match="layouts.candidates 3 needs an implicit captioner trained per class"):
-        check_chooser(3, None)
-    from synthseg.captioner import CaptionerConfig, ImplicitCaptioner, Recogniser
-
-    captions = Recogniser(pipe, ImplicitCaptioner(CaptionerConfig.for_pipeline(pipe, width=8, hidden_dim=8)).eval(), ["dog", "cat"])
-    with pytest.raises(SynthsegError, match="needs an implicit captioner trained per class"):
-        check_chooser(2, captions)
-
-
 @pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
-def test_count_guidance_moves_the_early_steps_toward_the_counter_s_count_and_unhooks(prediction_type):
+def test_count_guidance_moves_the_early_steps_toward_the_counter_s_count_and_unhooks(prediction_type, make_counter):
     """CountGuidance: a guided step's predicted x0 is one the counter finds likelier to hold the layout's counts,
     only the first `steps` steps are guided, and the scheduler is as it was after the call."""
     from diffusers import DDIMScheduler, EulerDiscreteScheduler
@@ -343,7 +282,7 @@ def test_count_guidance_moves_the_early_steps_toward_the_counter_s_count_and_unh
     pipe.set_progress_bar_config(disable=True)
     pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, prediction_type=prediction_type)
     torch.manual_seed(0)
-    counter = _counter(["dog", "cat"], max_count=2)
+    counter = make_counter(["dog", "cat"], max_count=2)
     layout = Layout(0, "two dogs and a cat", ["dog", "dog", "cat"], [(0, 0, .4, .4), (.5, 0, 1, .5), (.2, .5, .8, 1)], 7)
 
     def x0_log_p(output, x, a):
@@ -385,11 +324,12 @@ def test_count_guidance_moves_the_early_steps_toward_the_counter_s_count_and_unh
         check_guidable(pipe)
 
 
-def test_a_layout_s_candidates_are_made_in_one_call_and_the_captioner_s_choice_is_kept(tmp_path):
+def test_a_layout_s_candidates_are_made_in_one_call_and_the_captioner_s_choice_is_kept(tmp_path, make_chooser):
     """generate_layout with candidates: the kept image and masks are those of the candidate that best_candidate
     picks, and the first candidate is the layout's image without a choice."""
     from synthseg import GroundingConfig, GroundingModule
-    from synthseg.layouts import best_candidate, candidate_seeds, generate_layout
+    from synthseg.candidates import best_candidate, candidate_seeds
+    from synthseg.layouts import generate_layout
     from synthseg.pipeline import load_pipeline
 
     pipe = load_pipeline(_gligen_folder(tmp_path / "gligen"))
@@ -397,12 +337,12 @@ def test_a_layout_s_candidates_are_made_in_one_call_and_the_captioner_s_choice_i
     torch.manual_seed(0)
     module = GroundingModule(GroundingConfig.for_pipeline(pipe, fuse_dim=16, mask_dim=16, hidden_dim=32, num_heads=4, ffn_dim=64,
                                                           token_patch=2)).eval()
-    recogniser = _chooser(pipe, ["dog", "cat", "bird"])
+    recogniser = make_chooser(pipe, ["dog", "cat", "bird"])
     layout = Layout(0, "a photograph of two dogs and a cat", ["dog", "dog", "cat"], [(0, 0, .4, .4), (.5, 0, 1, .5), (.2, .5, .8, 1)], 7)
     options = dict(guidance_scale=2.0, num_inference_steps=4, scheduled_sampling_beta=0.5, box_attention=2.0)
-    alone = [generate_layout(pipe, module, replace(layout, seed=seed), **options) for seed in candidate_seeds(layout, 3)]
+    alone = [generate_layout(pipe, module, replace(layout, seed=seed), **options) for seed in candidate_seeds(layout.seed, 3)]
     chosen = generate_layout(pipe, module, layout, **options, candidates=3, recogniser=recogniser)
-    best = best_candidate(pipe, recogniser, layout, [made.image for made in alone])
+    best = best_candidate(pipe, recogniser, layout.classes, [made.image for made in alone], phrases=layout.phrases)
     pixels = np.asarray(chosen.image).astype(int)
     assert np.abs(pixels - np.asarray(alone[best].image).astype(int)).max() <= 1  # the same image, made in a batch of 3
     assert all(np.abs(pixels - np.asarray(other.image).astype(int)).max() > 1 for k, other in enumerate(alone) if k != best)
@@ -475,14 +415,16 @@ def test_make_dataset_with_a_layouts_file_writes_one_coco_instance_per_box(tmp_p
 
 
 @pytest.mark.parametrize("args, message", [
-    (["--candidates", "2"], "candidates are images per layout: give --layouts or --layouts-file"),
+    (["--candidates", "2", "--captioner", "none"], "candidates 2 needs a per-class implicit captioner"),  # a text prompt's
+    (["--candidates", "2", "--model", "runs/no-such-model"], "candidates 2 needs a per-class implicit captioner"),  # no bundle, no captioner
+    (["--candidates", "0"], "candidates must be at least 1, got 0"),
     (["--layouts", "--candidates", "0"], "layouts: candidates must be at least 1, got 0"),
     (["--layouts", "--candidates", "2", "--captioner", "none"], "layouts.candidates 2 needs a per-class implicit captioner"),
     (["--layouts", "--candidates", "2", "--model", "runs/no-such-gligen"], "layouts.candidates 2 needs a per-class implicit captioner"),
     (["--layouts", "--captioner", "no/such/captioner"], "no captioner at no/such/captioner"),
     (["--layouts", "--counter", "no/such/counter"], "no counter at no/such/counter"),
-    (["--layouts", "--candidates", "1", "--count-guidance", "0", "--counter", "world-layout"], "a counter judges a layout's candidates or guides"),
-    (["--counter", "world-layout"], "a counter judges a layout's candidates or guides its sampling: it needs layouts"),
+    (["--layouts", "--candidates", "1", "--count-guidance", "0", "--counter", "world-layout"], "a counter judges candidates or guides a layout's"),
+    (["--counter", "world-layout"], "a counter judges candidates or guides a layout's sampling: it needs candidates above 1"),
     (["--count-guidance", "1"], "count guidance steers a layout's sampling: give --layouts or --layouts-file"),
     (["--layouts", "--count-guidance", "-1"], "margin, box_attention and count_guidance not negative"),
     (["--layouts", "--count-guidance", "1", "--counter", "none"], "layouts.count_guidance follows a counter's gradient: give one"),
@@ -498,7 +440,7 @@ def test_make_dataset_bad_candidate_settings_give_one_error_line_and_write_nothi
     assert "Traceback" not in result.output and not out.exists()
 
 
-def test_make_dataset_refuses_count_guidance_on_a_scheduler_it_cannot_read_before_writing(tmp_path):
+def test_make_dataset_refuses_count_guidance_on_a_scheduler_it_cannot_read_before_writing(tmp_path, make_counter):
     from diffusers import EulerDiscreteScheduler
     from typer.testing import CliRunner
 
@@ -511,7 +453,7 @@ def test_make_dataset_refuses_count_guidance_on_a_scheduler_it_cannot_read_befor
     pipe.save_pretrained(tmp_path / "euler")
     GroundingModule(GroundingConfig.for_pipeline(pipe, fuse_dim=16, mask_dim=16, hidden_dim=32, num_heads=4, ffn_dim=64,
                                                  token_patch=2)).save_pretrained(tmp_path / "module")
-    _counter(["dog", "cat"], max_count=2).model.save_pretrained(tmp_path / "counter")
+    make_counter(["dog", "cat"], max_count=2).model.save_pretrained(tmp_path / "counter")
     (tmp_path / "layouts.jsonl").write_text(json.dumps({"phrases": ["dog", "cat"], "boxes": [[0, 0, .5, .5], [.5, .5, 1, 1]]}) + "\n")
     out = tmp_path / "ds"
     result = CliRunner().invoke(app, ["make-dataset", "--classes", "dog,cat", "--model", str(tmp_path / "euler"), "--grounding",

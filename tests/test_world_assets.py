@@ -139,7 +139,8 @@ def test_bundled_grounding_module_segments_seen_and_unseen_objects(world_pipe):
 
 
 def test_make_dataset_on_the_transformer_world_brings_its_own_module(tmp_path):
-    """`make-dataset --model world-dit`: FLUX's architecture end to end, grounded by world-dit's shipped module."""
+    """`make-dataset --model world-dit`: FLUX's architecture end to end, grounded by world-dit's shipped module, each
+    image the best of its card's 4 candidates by its bundle's captioner; `--candidates 1` makes no choice."""
     from typer.testing import CliRunner
 
     from synthseg.cli import app
@@ -151,7 +152,14 @@ def test_make_dataset_on_the_transformer_world_brings_its_own_module(tmp_path):
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
     assert records and {r["grounding_hash"] for r in records} == {file_hash(BUNDLES["world-dit"].grounding)}
+    assert {r["captioner_hash"] for r in records} == {file_hash(BUNDLES["world-dit"].captioner)} and "counter_hash" not in records[0]
+    assert json.loads((out / "recipe.json").read_text())["candidates"] == 4 and "the best of 4 by" in (out / "README.md").read_text()
     names = [c["name"] for c in json.loads((out / "annotations.json").read_text())["categories"]]
     for record in records:  # each kept image's label map holds its prompted class
         labels = np.asarray(Image.open(out / record["mask_file_name"]))
         assert all((labels == names.index(c) + 1).any() for c in record["classes"])
+    one = CliRunner().invoke(app, ["make-dataset", "--model", "world-dit", "--classes", "circle", "--per-class", "1", "--candidates", "1",
+                                   "--out", str(tmp_path / "one")])
+    assert one.exit_code == 0, one.output
+    record = json.loads((tmp_path / "one" / "metadata.jsonl").read_text().splitlines()[0])
+    assert "captioner_hash" not in record and json.loads((tmp_path / "one" / "recipe.json").read_text())["candidates"] == 1

@@ -13,6 +13,7 @@ from diffusers import DDPMScheduler
 
 from synthseg import SynthsegError
 from synthseg.pipeline import load_pipeline
+from synthseg.registry import model_card
 from synthseg.train import loop
 from synthseg.train.world_dit import load_dit_recipe, teacher_velocity, train_world_dit
 from synthseg.worldmodel import DiTRecipe, VAERecipe
@@ -43,8 +44,9 @@ def test_world_dit_trains_exports_loads_and_fine_tunes(tmp_path):
     image = pipe("a photograph of a star", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
     assert image.size == (64, 64)
 
-    tuned = train_world_dit(tiny_recipe(seed=1, init_from=str(export)), tmp_path / "tune", tmp_path / "tuned", max_steps=3)
+    tuned = train_world_dit(tiny_recipe(seed=1, init_from=str(export), candidates=3), tmp_path / "tune", tmp_path / "tuned", max_steps=3)
     assert json.loads((tuned / "training.json").read_text())["transformer"]["steps"] == 5  # the init's 2, then 3
+    assert (model_card(export).candidates, model_card(tuned).candidates) == (1, 3)  # the recipe's sampling default, on the card
     assert_trained_on_from(export, load_pipeline(tuned))
 
     wider = dataclasses.replace(TINY, attention_head_dim=32, axes_dims_rope=[8, 12, 12])
@@ -140,6 +142,7 @@ def test_world_dit_trains_its_own_f2_vae_first(tmp_path):
     (dict(vae_from=None, vae=VAERecipe(), teacher="world"), "a teacher needs vae_from"),
     (dict(teacher_guidance=2.0), "above 1 only with a teacher"),
     (dict(teacher="world", teacher_guidance=0.5), "teacher_guidance is 1 or more"),
+    (dict(candidates=0), "candidates must be at least 1"),
     (dict(vae_from=None, vae=VAERecipe(block_out_channels=[16, 16, 16, 16]), image_size=40), "multiple of 16"),
 ])
 def test_world_dit_recipe_checks_its_latents(changes, message):
@@ -149,7 +152,7 @@ def test_world_dit_recipe_checks_its_latents(changes, message):
 
 def test_the_shipped_stages_chain_with_new_batches_and_add_up_to_the_export():
     """world-dit-finetune..6 (stages 2 to 7) each train on from the stage before's default export, on batches
-    of their own seed; their steps sum to the shipped training.json's count, and the last one's guidance is the card's."""
+    of their own seed; their steps sum to the shipped training.json's count, and the last one's guidance and candidates are the card's."""
     from synthseg.registry import BUNDLES
 
     stages = [load_dit_recipe(name) for name in ["world-dit", "world-dit-finetune"] + [f"world-dit-finetune{k}" for k in range(2, 7)]]
@@ -160,7 +163,7 @@ def test_the_shipped_stages_chain_with_new_batches_and_add_up_to_the_export():
     shipped = json.loads((BUNDLES["world-dit"].pipeline / "training.json").read_text())["transformer"]["steps"]
     assert sum(s.transformer.steps for s in stages) == shipped
     card = json.loads((BUNDLES["world-dit"].pipeline / "synthseg.json").read_text())
-    assert card["guidance_scale"] == stages[-1].guidance_scale
+    assert (card["guidance_scale"], card["candidates"]) == (stages[-1].guidance_scale, stages[-1].candidates)
 
 
 @pytest.mark.slow

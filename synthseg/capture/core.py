@@ -96,6 +96,13 @@ class CapturedFeatures:
     timestep: int | float | None = None
     inputs: dict[str, object] = field(default_factory=dict)
 
+    def select(self, rows: list[int]) -> CapturedFeatures:
+        """The block outputs and cross-attention of batch `rows`, in that order (the kept candidates); the
+        recorded inputs are not carried."""
+        index = torch.tensor(rows, dtype=torch.long)
+        return CapturedFeatures({k: v[index] for k, v in self.blocks.items()}, {k: v[index] for k, v in self.cross_attention.items()},
+                                self.timestep)
+
     def block_list(self) -> list[torch.Tensor]:
         """Block outputs in forward order: the grounding module's input."""
         return list(self.blocks.values())
