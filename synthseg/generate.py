@@ -160,6 +160,8 @@ def generate_grounded(
     grounding.config.check_pipeline(pipe)
     check_chooser(candidates, recogniser)
     seeds = [candidate for seed in seeds for candidate in candidate_seeds(seed, candidates)]
+    if isinstance(negative_prompt, list):
+        negative_prompt = [n for n in negative_prompt for _ in range(candidates)]
     run = capture_pass(pipe, [p for p in prompts for _ in range(candidates)], [n for n in class_names for _ in range(candidates)], seeds,
                        guidance_scale=guidance_scale, num_inference_steps=num_inference_steps, capture_step=capture_step,
                        attention=grounding.config.needs_attention, blocks=grounding.config.feature_blocks or None,

@@ -79,5 +79,10 @@ def test_generate_grounded_keeps_the_chosen_candidate_with_its_own_masks_and_see
     assert any(picked), picked  # not only each prompt's own seed
     one = generate_grounded(pipe, grounding, prompts, names, seeds, **options)  # one candidate: each prompt's own seed, no captioner
     assert one.seeds == seeds
+    negatives = ["blurry", "dark"]  # a negative prompt per prompt follows its prompt's candidates
+    kept = generate_grounded(pipe, grounding, prompts, names, seeds, candidates=2, recogniser=recogniser, negative_prompt=negatives, **options)
+    for i, seed in enumerate(kept.seeds):
+        alone = generate_grounded(pipe, grounding, prompts[i : i + 1], names[i : i + 1], [seed], negative_prompt=negatives[i : i + 1], **options)
+        assert np.abs(np.asarray(kept.images[i]).astype(int) - np.asarray(alone.images[0]).astype(int)).max() <= 1
     with pytest.raises(SynthsegError, match="needs an implicit captioner"):
         generate_grounded(pipe, grounding, prompts, names, seeds, candidates=2, **options)
