@@ -182,6 +182,16 @@ def test_a_run_recorded_before_a_field_was_added_resumes_only_if_the_field_is_at
     with pytest.raises(SynthsegError, match=r"another recipe \(refine differ\)"):
         record_recipe(tmp_path / "ds.json", dataset, "another recipe ({changed} differ)")
     record_recipe(tmp_path / "ds.json", dataclasses.replace(dataset, refine=0), "another recipe ({changed} differ)")
+    dit = load_dataset_recipe("world", model="world-dit")  # a text prompt's candidates, added since: world-dit's card asks 4
+    assert (dit.candidates, dit.captioner) == (4, "world-dit")
+    record_recipe(tmp_path / "dit.json", dit, "another recipe ({changed} differ)")
+    recorded = json.loads((tmp_path / "dit.json").read_text())
+    del recorded["candidates"]
+    recorded["captioner"] = None
+    (tmp_path / "dit.json").write_text(json.dumps(recorded))  # as a world-dit dataset started before: one image per prompt
+    with pytest.raises(SynthsegError, match=r"another recipe \(candidates, captioner differ\)"):
+        record_recipe(tmp_path / "dit.json", dit, "another recipe ({changed} differ)")
+    record_recipe(tmp_path / "dit.json", load_dataset_recipe("world", model="world-dit", candidates=1), "another recipe ({changed} differ)")
     layouts = load_dataset_recipe("world", layouts=True, candidates=1)  # inside a section: a field added since (candidates)
     record_recipe(tmp_path / "layouts.json", layouts, "another recipe ({changed} differ)")
     recorded = json.loads((tmp_path / "layouts.json").read_text())
