@@ -6,7 +6,7 @@ the world annotator judges the kept one; with the counter of world-layout's bund
 exactly one object of each prompted class), and with the counter alone. Prints one row per N (the first N candidates)
 and chooser, and writes nothing.
 
-    cd benchmarks && python adhoc/text_candidates.py --model world-dit --candidates 8 [--count 200] [--stream 0]
+    cd benchmarks && python adhoc/text_candidates.py --model world-dit --candidates 8 [--count 200] [--stream 0] [--guidance G]
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ def main() -> None:
     parser.add_argument("--candidates", type=int, default=8)
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--stream", type=int, default=0)
+    parser.add_argument("--guidance", type=float, default=None, help="default: the model card's")
     args = parser.parse_args()
 
     from synthseg.annotators import load_annotator
@@ -51,7 +52,7 @@ def main() -> None:
     found, scores, counts = [], [], []
     for k in range(args.candidates):
         seeds = base if k == 0 else [int(np.random.default_rng([s, k]).integers(2**31)) for s in base]
-        images = sample(pipe, prompts, seeds, card.num_inference_steps, card.guidance_scale, 25)
+        images = sample(pipe, prompts, seeds, card.num_inference_steps, card.guidance_scale if args.guidance is None else args.guidance, 25)
         found.append(found_classes(annotator, images, groups, 25))
         with torch.no_grad():
             logits = torch.cat([recogniser.class_logits(encode_images(pipe, pixel_tensor(np.stack([np.asarray(im) for im in images[i : i + 25]]))))
