@@ -13,7 +13,8 @@ except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+local"
 
 _EXPORTS = {
-    "captioner": ("CaptionerConfig", "ImplicitCaptioner"),
+    "candidates": ("best_candidate", "candidate_seeds"),
+    "captioner": ("CaptionerConfig", "ImplicitCaptioner", "Recogniser"),
     "capture": ("CaptureStep", "CapturedFeatures", "FeatureCapture", "ResolvedStep", "TransformerCapture", "feature_layout",
                 "unet_feature_layout"),
     "counter": ("CountJudge",),

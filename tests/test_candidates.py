@@ -86,3 +86,12 @@ def test_generate_grounded_keeps_the_chosen_candidate_with_its_own_masks_and_see
         assert np.abs(np.asarray(kept.images[i]).astype(int) - np.asarray(alone.images[0]).astype(int)).max() <= 1
     with pytest.raises(SynthsegError, match="needs an implicit captioner"):
         generate_grounded(pipe, grounding, prompts, names, seeds, candidates=2, **options)
+
+
+def test_the_chooser_is_public_api():
+    """What `generate_grounded(..., candidates, recogniser)` needs is importable from the package root, lazily."""
+    import synthseg
+    from synthseg import candidates, captioner
+
+    assert synthseg.best_candidate is candidates.best_candidate and synthseg.candidate_seeds is candidates.candidate_seeds
+    assert synthseg.Recogniser is captioner.Recogniser and {"best_candidate", "candidate_seeds", "Recogniser"} <= set(synthseg.__all__)
