@@ -349,6 +349,8 @@ def test_a_layout_s_candidates_are_made_in_one_call_and_the_captioner_s_choice_i
     torch.testing.assert_close(chosen.probs, alone[best].probs, atol=1e-3, rtol=0)
     with pytest.raises(SynthsegError, match="needs an implicit captioner"):
         generate_layout(pipe, module, layout, **options, candidates=2)
+    with pytest.raises(SynthsegError, match="layout 0: the captioner does not know cat"):  # the judge's error names its layout
+        generate_layout(pipe, module, layout, **options, candidates=2, recogniser=make_chooser(pipe, ["dog", "bird"]))
 
 
 def _gligen_folder(directory):
