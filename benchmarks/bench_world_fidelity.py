@@ -111,8 +111,8 @@ def main() -> None:
     prompts = [caption(g) for g in groups]
     seeds = list(range(len(prompts)))
     start = time.perf_counter()
-    candidates = [sample(pipe, prompts, [candidate_seeds(s, args.candidates)[k] for s in seeds], args.steps, args.guidance, args.batch)
-                  for k in range(args.candidates)]
+    drawn = [candidate_seeds(s, args.candidates) for s in seeds]
+    candidates = [sample(pipe, prompts, [d[k] for d in drawn], args.steps, args.guidance, args.batch) for k in range(args.candidates)]
     kept = best_of(pipe, Recogniser(pipe, ImplicitCaptioner.from_pretrained(chooser), list(WORLD_CLASSES)), groups, candidates) if chooser \
         else [0] * len(prompts)
     seconds = (time.perf_counter() - start) / len(prompts)

@@ -235,8 +235,8 @@ def load_dataset_recipe(classes: str = "world", recipe: str | Path | None = None
     # errors name the options the caller gave, not the entries derived below (the --layouts switch left off is none)
     named = options_source(source, {**overrides, "layouts": overrides.get("layouts") or None})
     candidates, guidance, chooser, guider = overrides.pop("candidates", None), overrides.pop("count_guidance", None), None, None
+    model = overrides.get("model") or data.get("model", DatasetRecipe.model)
     if overrides.pop("layouts", False) or overrides.get("layouts_file") or data.get("layouts") is not None:
-        model = overrides.get("model") or data.get("model", DatasetRecipe.model)
         if model in LAYOUT_MODELS:  # the bundled text-only world takes no boxes; its GLIGEN does
             if overrides.get("model"):
                 raise SynthsegError(f"model {model!r} takes no layouts: its GLIGEN is {LAYOUT_MODELS[model]!r}, which --layouts uses "
@@ -257,7 +257,6 @@ def load_dataset_recipe(classes: str = "world", recipe: str | Path | None = None
     else:
         if candidates is not None:
             overrides["candidates"] = candidates
-        model = overrides.get("model") or data.get("model", DatasetRecipe.model)
         chosen = overrides.get("candidates", data.get("candidates"))
         chosen = model_card(model).candidates if chosen is None else chosen
         chooser = model if isinstance(chosen, int) and chosen > 1 else None  # a bad value is refused by validate

@@ -75,6 +75,11 @@ class CaptureRun:
     step: ResolvedStep
     heat_maps: list[torch.Tensor] | None = None
 
+    def select(self, rows: list[int]) -> CaptureRun:
+        """The pass's rows `rows`, in that order (the kept candidates), so that only they are grounded."""
+        return CaptureRun([self.images[k] for k in rows], self.features.select(rows), self.prompt_embeds[rows], [self.spans[k] for k in rows],
+                          self.step, None if self.heat_maps is None else [self.heat_maps[k] for k in rows])
+
 
 @torch.no_grad()
 def capture_pass(
@@ -168,18 +173,19 @@ def generate_grounded(
                        height=height, width=width, negative_prompt=negative_prompt)
     kept = [i * candidates + (best_candidate(pipe, recogniser, names, run.images[i * candidates : (i + 1) * candidates], counter)
                               if candidates > 1 else 0) for i, names in enumerate(class_names)]
+    if candidates > 1:
+        run = run.select(kept)
     masks = predict_masks(grounding, run.features, run.prompt_embeds, run.spans, run.images[0].size[::-1])
-    images, masks = [run.images[k] for k in kept], [masks[k] for k in kept]
     if refine:
-        masks = [refine_masks(image, m, refine) for image, m in zip(images, masks)]
+        masks = [refine_masks(image, m, refine) for image, m in zip(run.images, masks)]
     return GroundedGeneration(
-        images=images,
+        images=run.images,
         masks=masks,
         prompts=list(prompts),
         class_names=[list(names) for names in class_names],
         seeds=[seeds[k] for k in kept],
         step=run.step,
-        features=(run.features if candidates == 1 else run.features.select(kept)) if return_features else None,
+        features=run.features if return_features else None,
     )
 
 

@@ -503,8 +503,10 @@ def generate_layout(pipe, grounding, layout: Layout, *, guidance_scale: float, n
         best = best_candidate(pipe, recogniser, layout.classes, run.images, counter, layout.phrases) if candidates > 1 else 0
     except SynthsegError as error:
         raise SynthsegError(f"layout {layout.index}: {error}") from None
-    image = run.images[best]
-    probs = predict_masks(grounding, run.features, run.prompt_embeds, run.spans, image.size[::-1])[best]
+    if candidates > 1:
+        run = run.select([best])  # only the kept image is grounded
+    image = run.images[0]
+    probs = predict_masks(grounding, run.features, run.prompt_embeds, run.spans, image.size[::-1])[0]
     if refine:
         probs = refine_masks(image, probs, refine)
     return LayoutGeneration.cut(layout, image, probs, margin)
