@@ -110,15 +110,17 @@ def candidate_images(pipe, layouts, steps: int, guidance: float, beta: float, bo
                      counter=None, count_guidance: float = 0.0) -> list[list[Image.Image]]:
     """Each layout's `candidates` images, generated as `make-dataset --layouts` generates them (one layout per call, its
     candidates in it, counting guidance by `counter` where `count_guidance` is above 0), without the capture."""
-    from synthseg.layouts import box_steering, candidate_seeds, count_steering, gated_steps
+    from synthseg.candidates import candidate_seeds
+    from synthseg.guidance import count_steering
+    from synthseg.layouts import box_steering, gated_steps
 
     made = []
     for layout in layouts:
         with box_steering(pipe, layout, box_attention, guidance, copies=candidates), \
-                count_steering(pipe, counter, layout, count_guidance, gated_steps(beta, steps)):
+                count_steering(pipe, counter, [list(layout.phrases)] * candidates, count_guidance, gated_steps(beta, steps)):
             made.append(pipe([layout.prompt] * candidates, gligen_phrases=layout.phrases, gligen_boxes=[list(b) for b in layout.boxes],
                              gligen_scheduled_sampling_beta=beta, num_inference_steps=steps, guidance_scale=guidance,
-                             generator=[torch.Generator().manual_seed(seed) for seed in candidate_seeds(layout, candidates)]).images)
+                             generator=[torch.Generator().manual_seed(seed) for seed in candidate_seeds(layout.seed, candidates)]).images)
     return made
 
 
@@ -282,7 +284,7 @@ its log-probability of exactly the layout's count of each class; the row "by the
 without it.""" if counter is not None and candidates > 1 else "")
     steering = (f"""
 With count guidance, the steps the gated layers run in follow the counter's gradient toward each layout's count
-(`synthseg.layouts.CountGuidance`, strength {steered:g}); the rows without it are the same seeds unguided.""" if steered else "")
+(`synthseg.guidance.CountGuidance`, strength {steered:g}); the rows without it are the same seeds unguided.""" if steered else "")
     chooser = (f"""
 With candidates, each layout's {candidates} images (its own seed's first: the rows below it) are made in one call, and the
 world captioner (`{args.captioner}`, trained on generated images only) keeps the one it finds likeliest to hold exactly

@@ -8,7 +8,8 @@ exactly its count of each. Candidate 0 is the item's own seed, so one candidate 
 
 On world-dit, best of 4 by the world captioner lifted the fidelity bench's one-class prompts from 87.5 to
 96.5% and its two-class prompts from 36.5 to 55.5% (RESULTS.md, "Ad hoc trials (world)", session 60); on
-world-layout, best of 4 raised the boxes hit from 74 to 82% (session 43).
+world-layout, best of 4 raised the boxes hit from 74 to 82% (session 43). A judge can only choose among what was
+drawn; counting guidance (`synthseg.guidance`) changes what is drawn, and the two work together.
 """
 
 from __future__ import annotations

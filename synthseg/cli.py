@@ -59,6 +59,10 @@ Chooser = Annotated[Optional[str], typer.Option("--captioner", help="With candid
 Counter = Annotated[Optional[str], typer.Option(help="With candidates above 1: a counter whose judgement of each class's count is added to "
                                                      "the captioner's, and with count guidance the one it follows (a bundled name or a folder "
                                                      "from train-backbone --recipe counter-world); 'none': none; default: the bundled model's own.")]
+CountGuidanceScale = Annotated[Optional[float], typer.Option("--count-guidance", help="The strength of counting guidance, which moves sampling "
+                                                             "steps along the counter's gradient toward each image's count of each class (a "
+                                                             "prompt's: one of each; a layout's: its boxes'); 0: off; default: the recipe's, "
+                                                             "else the model card's.")]
 StopAt = Annotated[Optional[int], typer.Option(help="End this sitting at this training step; rerun the command to go on.")]
 Workdir = Annotated[Path, typer.Option(help="Checkpoints; rerunning the command resumes from here.")]
 
@@ -162,6 +166,7 @@ def generate(
     candidates: Candidates = None,
     captioner: Chooser = None,
     counter: Counter = None,
+    count_guidance: CountGuidanceScale = None,
     device: Device = "auto",
 ) -> None:
     """Grounded generation: images plus one probability mask per class name."""
@@ -177,27 +182,34 @@ def generate(
     check_vocabulary(model, [n for group in names for n in group])
     card, torch_device = model_card(model), _device(device)
     candidates = card.candidates if candidates is None else candidates
+    count_guidance = card.count_guidance if count_guidance is None else count_guidance
     if candidates < 1:
         _fail(f"--candidates must be at least 1, got {candidates}")
+    if not count_guidance >= 0:
+        _fail(f"--count-guidance must be 0 or more, got {count_guidance}")
     check_output_dir(out)
     pipe = load_pipeline(model, device=torch_device)  # first: a missing model is the error to report
     module = GroundingModule.from_pretrained(grounding_for(model, grounding)).to(torch_device)
     recogniser = judge = None
     if candidates > 1:
         from .captioner import Recogniser
-        from .counter import CountJudge
 
         chooser = _captioner(model, captioner, torch_device)
         recogniser = Recogniser(pipe, chooser, list(dict.fromkeys(n for group in names for n in group))) if chooser else None
         check_chooser(candidates, recogniser)
+    if candidates > 1 or count_guidance:
+        from .counter import CountJudge
+
         counter = judge_for(model, counter, "counter")
+        if count_guidance and counter is None:
+            _fail("--count-guidance follows a counter's gradient: give one (--counter), or set it to 0")
         judge = CountJudge.from_pretrained(counter).to(torch_device) if counter else None
     result = generate_grounded(
         pipe, module, prompt, names, [seed + i for i in range(len(prompt))],
         guidance_scale=card.guidance_scale if guidance_scale is None else guidance_scale,
         num_inference_steps=card.num_inference_steps if num_inference_steps is None else num_inference_steps,
         capture_step=CaptureStep(timestep=capture_timestep, index=capture_index),
-        candidates=candidates, recogniser=recogniser, counter=judge,
+        candidates=candidates, recogniser=recogniser, counter=judge, count_guidance=count_guidance,
     )
     count = len(result.images)
     _stderr.print(f"wrote {count} image{'s' if count > 1 else ''} and {'their' if count > 1 else 'its'} masks to {result.save(out)}")
@@ -507,9 +519,7 @@ def make_dataset(
     candidates: Candidates = None,
     captioner: Chooser = None,
     counter: Counter = None,
-    count_guidance: Annotated[Optional[float], typer.Option(help="With layouts: the strength of counting guidance, which moves each layout's "
-                                                                "early sampling steps along the counter's gradient toward its count of each "
-                                                                "class; 0: off; default: the recipe's, else the model card's.")] = None,
+    count_guidance: CountGuidanceScale = None,
     num_shards: Annotated[Optional[int], typer.Option(help="Split the items over this many jobs (default: one, or torchrun's processes).")] = None,
     shard_index: Annotated[Optional[int], typer.Option(help="This job's shard, 0 to num-shards - 1.")] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan (counts per class and pair, disk, time) without loading a model.")] = False,

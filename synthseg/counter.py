@@ -92,10 +92,14 @@ class CountJudge:
         logits = self.model(pixel_values=pixels).logits.float()
         return F.log_softmax(logits.view(len(pixels), len(self.names), self.max_count + 1), -1)
 
-    def log_probability_torch(self, pixels: torch.Tensor, phrases: list[str]) -> torch.Tensor:
-        """(B,) `log_probability` of (B, 3, H, W) float RGB in [0, 1], differentiable in `pixels`."""
-        want = self.wanted(phrases).to(pixels.device)
-        return self.count_log_probs_torch(pixels).gather(2, want[None, :, None].expand(len(pixels), -1, 1)).sum((1, 2))
+    def log_probability_torch(self, pixels: torch.Tensor, phrases: list[str] | list[list[str]]) -> torch.Tensor:
+        """(B,) `log_probability` of (B, 3, H, W) float RGB in [0, 1], differentiable in `pixels`; `phrases`: one
+        list for every image, or one list per image."""
+        rows = phrases if phrases and not isinstance(phrases[0], str) else [phrases] * len(pixels)
+        if len(rows) != len(pixels):
+            raise SynthsegError(f"the counter was given {len(rows)} images' phrases for {len(pixels)} images")
+        want = torch.stack([self.wanted(list(row)) for row in rows]).to(pixels.device)
+        return self.count_log_probs_torch(pixels).gather(2, want[:, :, None]).sum((1, 2))
 
     def _pixels(self, images: np.ndarray) -> torch.Tensor:
         """(B, H, W, 3) uint8 -> (B, 3, H, W) float in [0, 1] on the counter's device."""

@@ -52,12 +52,12 @@ from .config import ABSENT, check_non_negative, check_plan_size, check_positive,
 from .device import resolve_device
 from .errors import SynthsegError
 from .formats import IGNORE, coco_annotation, coco_document, jsonl_text, label_image, png_bytes, write_atomic, write_json_atomic
+from .guidance import check_guidable
 from .layouts import (
     MAX_GLIGEN_BOXES,
     Layout,
     LayoutGeneration,
     LayoutRecipe,
-    check_guidable,
     check_layers_stop_before_capture,
     check_takes_layouts,
     generate_layout,
@@ -98,7 +98,8 @@ class DatasetRecipe:
     1 without a card: no choice); a layout's are `layouts.candidates`. `captioner`: the per-class implicit captioner
     that chooses among candidates (a bundled name or a folder; a bundled model's own by default); `counter`: a counter
     whose judgement of each class's count is added to the captioner's (`synthseg.counter`; a bundled name or a folder;
-    a bundled model's own by default; none: the captioner alone)."""
+    a bundled model's own by default; none: the captioner alone), and that `count_guidance` follows (`synthseg.guidance`;
+    None: the model card's, 0 without a card: none; a layout's is `layouts.count_guidance`)."""
 
     classes: str
     model: str = "world"
@@ -121,6 +122,7 @@ class DatasetRecipe:
     candidates: int | None = field(default=None, metadata={ABSENT: 1})  # datasets recorded before text candidates had none
     captioner: str | None = None
     counter: str | None = None
+    count_guidance: float | None = field(default=None, metadata={ABSENT: 0.0})  # datasets recorded before text guidance had none
 
     def __post_init__(self) -> None:
         card = model_card(self.model)
@@ -130,10 +132,13 @@ class DatasetRecipe:
             self.guidance_scale = card.guidance_scale
         if self.candidates is None:  # a layout's are the layouts section's
             self.candidates = card.candidates if self.layouts is None else 1
+        if self.count_guidance is None:  # a layout's is the layouts section's
+            self.count_guidance = card.count_guidance if self.layouts is None else 0.0
 
     def validate(self, source: str) -> None:
         names = resolve_classes(self.classes)
-        check_non_negative(source, self, "per_class", "per_pair", "min_instance_area", "guidance_scale", "spare", "refine")
+        check_non_negative(source, self, "per_class", "per_pair", "min_instance_area", "guidance_scale", "spare", "refine",
+                           "count_guidance")
         check_positive(source, self, "num_inference_steps", "batch_size", "candidates")
         for pair in self.pairs:
             if len(pair) != 2 or pair[0] == pair[1]:
@@ -150,16 +155,19 @@ class DatasetRecipe:
             raise SynthsegError(f"{source}: spare plans extra items, which a layouts_file does not have; leave it at 0")
         if self.layouts is not None and self.candidates > 1:
             raise SynthsegError(f"{source}: candidates {self.candidates} are a text prompt's; a layout's are layouts.candidates")
+        if self.layouts is not None and self.count_guidance:
+            raise SynthsegError(f"{source}: count_guidance {self.count_guidance:g} guides a text prompt's sampling; a layout's is "
+                                "layouts.count_guidance")
         what = "layouts.candidates" if self.layouts is not None else "candidates"
+        guided = "layouts.count_guidance" if self.layouts is not None else "count_guidance"
         if self.chooses and self.captioner is None:
             raise SynthsegError(f"{source}: {what} {self.images_per_item} needs a per-class implicit captioner to choose "
                                 "among them (captioner, --captioner); or set candidates to 1")
         if self.counter is not None and not (self.chooses or self.count_guided):
-            raise SynthsegError(f"{source}: a counter judges candidates or guides a layout's sampling: it needs {what} above 1"
-                                + (" or count_guidance above 0" if self.layouts is not None else ""))
+            raise SynthsegError(f"{source}: a counter judges candidates or guides sampling: it needs {what} above 1 or {guided} "
+                                "above 0")
         if self.count_guided and self.counter is None:
-            raise SynthsegError(f"{source}: layouts.count_guidance follows a counter's gradient: give one (counter, --counter), or set "
-                                "count_guidance to 0")
+            raise SynthsegError(f"{source}: {guided} follows a counter's gradient: give one (counter, --counter), or set it to 0")
         if self.layouts_file is None and not self.per_class and not (self.per_pair and (self.pairs or len(names) > 1)):
             raise SynthsegError(f"{source}: the plan has no images (per_class and per_pair are 0, or no pair exists)")
         if self.layouts_file is None:
@@ -177,8 +185,13 @@ class DatasetRecipe:
 
     @property
     def count_guided(self) -> bool:
-        """Whether each layout's sampling follows the counter's gradient (`layouts.CountGuidance`)."""
-        return self.layouts is not None and self.layouts.count_guidance > 0
+        """Whether sampling follows the counter's gradient (`guidance.CountGuidance`)."""
+        return self.count_guidance_strength > 0
+
+    @property
+    def count_guidance_strength(self) -> float:
+        """The count guidance of each item: a layout's section's, else the recipe's."""
+        return self.layouts.count_guidance if self.layouts is not None else self.count_guidance
 
     @property
     def images_per_item(self) -> int:
@@ -224,7 +237,7 @@ def load_dataset_recipe(classes: str = "world", recipe: str | Path | None = None
     recipe becomes its GLIGEN ("world-layout"; given as `model`, it is refused), and the recipe's `layouts` section applies over
     the layout limits of the model's card (a world-layout export's: what it was trained on). A section that names no
     `seed` draws the layout stream of the dataset's seed, so another `--seed` gives other layouts and images.
-    With layouts, `candidates` and `count_guidance` (None: the section's) set the section's; without, `candidates` sets the
+    With layouts, `candidates` and `count_guidance` (None: the section's) set the section's; without, they set the
     recipe's (a text prompt's; None: the recipe's, else the model card's). Where candidates are above 1, a bundled model
     brings its captioner and counter, and where count_guidance is above 0, its counter."""
     from .config import apply_overrides, load_config, options_source, read_recipe
@@ -252,14 +265,17 @@ def load_dataset_recipe(classes: str = "world", recipe: str | Path | None = None
         overrides["layouts"] = section
         chooser = model if section.get("candidates", LayoutRecipe.candidates) > 1 else None
         guider = model if section.get("count_guidance", LayoutRecipe.count_guidance) > 0 else None
-    elif guidance is not None:
-        raise SynthsegError("count guidance steers a layout's sampling: give --layouts or --layouts-file")
     else:
         if candidates is not None:
             overrides["candidates"] = candidates
-        chosen = overrides.get("candidates", data.get("candidates"))
-        chosen = model_card(model).candidates if chosen is None else chosen
+        if guidance is not None:
+            overrides["count_guidance"] = guidance
+        card = model_card(model)
+        chosen, steered = (overrides.get(key, data.get(key)) for key in ("candidates", "count_guidance"))
+        chosen = card.candidates if chosen is None else chosen
+        steered = card.count_guidance if steered is None else steered
         chooser = model if isinstance(chosen, int) and chosen > 1 else None  # a bad value is refused by validate
+        guider = model if isinstance(steered, (int, float)) and steered > 0 else None
     for part, user in (("captioner", chooser), ("counter", chooser or guider)):  # the option's, else the recipe's; where it is
         given = overrides.pop(part, None)                                           # used, else the bundle's; "none": none
         given = data.get(part) if given is None else given
@@ -292,7 +308,8 @@ def plan_summary(recipe: DatasetRecipe, device: str = "auto") -> str:
         text += (f"\ncandidates: {recipe.images_per_item} images generated per {'layout' if recipe.layouts else 'prompt'} (timed as such), the captioner "
                  f"{recipe.captioner}{f' and the counter {recipe.counter}' if recipe.counter else ''} keeping one")
     if recipe.count_guided:
-        text += f"\ncount guidance: {recipe.layouts.count_guidance:g} while the gated layers run, by the counter {recipe.counter}"
+        steps = "while the gated layers run" if recipe.layouts is not None else "before the captured step"
+        text += f"\ncount guidance: {recipe.count_guidance_strength:g} {steps}, by the counter {recipe.counter}"
     if not recipe.spare:
         return text
     asked = sum(recipe.asked(items).values())
@@ -442,7 +459,8 @@ def _card(recipe: DatasetRecipe, summary: dict, example: dict) -> str:
     chooser = (f"\n- each {item}'s image: the best of {recipe.images_per_item} by the implicit captioner {recipe.captioner} "
                f"({example.get('captioner_hash', '?')}){counter}") if "captioner_hash" in example else ""
     if recipe.count_guided:
-        chooser += (f"\n- sampling: counting guidance {recipe.layouts.count_guidance:g} while GLIGEN's gated layers run, by the counter "
+        steps = "while GLIGEN's gated layers run" if recipe.layouts is not None else "in every step before the captured one"
+        chooser += (f"\n- sampling: counting guidance {recipe.count_guidance_strength:g} {steps}, by the counter "
                     f"{recipe.counter} ({example.get('counter_hash', '?')})")
     return f"""# synthseg synthetic segmentation dataset
 
@@ -575,7 +593,8 @@ def make_dataset(pipe, grounding, recipe: DatasetRecipe, directory: str | Path, 
                 result = generate_grounded(pipe, grounding, [i.prompt for i in batch], [i.classes for i in batch],
                                            [i.seed for i in batch], guidance_scale=recipe.guidance_scale,
                                            num_inference_steps=recipe.num_inference_steps, refine=recipe.refine,
-                                           candidates=recipe.candidates, recogniser=recogniser, counter=counter)
+                                           candidates=recipe.candidates, recogniser=recogniser, counter=counter,
+                                           count_guidance=recipe.count_guidance)
                 outputs = [(item, image, probs, None) for item, image, probs in zip(batch, result.images, result.masks)]
             else:  # GLIGEN takes one layout per call
                 made = [generate_layout(pipe, grounding, item, guidance_scale=recipe.guidance_scale, num_inference_steps=recipe.num_inference_steps,
@@ -622,8 +641,8 @@ def build_dataset(recipe: DatasetRecipe, directory: str | Path, *, device: str =
     if recipe.layouts is not None:
         check_takes_layouts(pipe)
         check_layers_stop_before_capture(pipe, recipe.layouts.scheduled_sampling_beta, recipe.num_inference_steps)
-        if recipe.count_guided:
-            check_guidable(pipe)  # a scheduler it can read x0 from, before the folder is claimed
+    if recipe.count_guided:
+        check_guidable(pipe)  # a scheduler it can read x0 from, before the folder is claimed
     recogniser = Recogniser(pipe, captioner, list(recipe.class_names)) if chooses else None
     if chooses:
         check_chooser(recipe.images_per_item, recogniser)  # a captioner trained per class, before the folder is claimed

@@ -19,6 +19,7 @@ from .config import check_seed
 from .errors import SynthsegError
 from .formats import jsonl_text, png_bytes, safe_file_name, write_atomic
 from .grounding import GroundingModule, class_attention_input, grounding_inputs
+from .guidance import prompt_steering
 from .refine import refine_masks
 from .text import class_queries, encode_prompts, prompt_token_spans
 
@@ -156,21 +157,27 @@ def generate_grounded(
     candidates: int = 1,
     recogniser=None,
     counter=None,
+    count_guidance: float = 0.0,
 ) -> GroundedGeneration:
     """Generate `prompts` with `pipe` (SD 1.x/2.x, SDXL, SD3 or FLUX) and ground `class_names`:
     one `capture_pass`, then the module's masks at image resolution, refined by `refine` PAMR iterations
     on each image's colours (`synthseg.refine`; 0: none). `candidates`: images made per prompt in the same pass
     (`candidates.candidate_seeds`), of which `recogniser`, a per-class `captioner.Recogniser` (with `counter`, a
-    `counter.CountJudge`, if given), keeps one (`candidates.best_candidate`); the result's seeds are the kept images'."""
+    `counter.CountJudge`, if given), keeps one (`candidates.best_candidate`); the result's seeds are the kept images'.
+    `count_guidance`: the strength of `guidance.CountGuidance` toward one object of each class by `counter`, in every
+    step before the captured one (0: none)."""
     grounding.config.check_pipeline(pipe)
     check_chooser(candidates, recogniser)
+    rows = [n for n in class_names for _ in range(candidates)]
+    steering = prompt_steering(pipe, counter, rows, count_guidance, num_inference_steps, capture_step)
     seeds = [candidate for seed in seeds for candidate in candidate_seeds(seed, candidates)]
     if isinstance(negative_prompt, list):
         negative_prompt = [n for n in negative_prompt for _ in range(candidates)]
-    run = capture_pass(pipe, [p for p in prompts for _ in range(candidates)], [n for n in class_names for _ in range(candidates)], seeds,
-                       guidance_scale=guidance_scale, num_inference_steps=num_inference_steps, capture_step=capture_step,
-                       attention=grounding.config.needs_attention, blocks=grounding.config.feature_blocks or None,
-                       height=height, width=width, negative_prompt=negative_prompt)
+    with steering:
+        run = capture_pass(pipe, [p for p in prompts for _ in range(candidates)], rows, seeds,
+                           guidance_scale=guidance_scale, num_inference_steps=num_inference_steps, capture_step=capture_step,
+                           attention=grounding.config.needs_attention, blocks=grounding.config.feature_blocks or None,
+                           height=height, width=width, negative_prompt=negative_prompt)
     kept = [i * candidates + (best_candidate(pipe, recogniser, names, run.images[i * candidates : (i + 1) * candidates], counter)
                               if candidates > 1 else 0) for i, names in enumerate(class_names)]
     if candidates > 1:

@@ -18,6 +18,8 @@ and a box, and one instance mask per object from the grounding module's class ma
   captioner keeps the likeliest to hold exactly the layout's classes, with a counter where one is given, exactly its
   count of each: GLIGEN often draws a box's object as a neighbouring class, or none, which the grounding module, asked
   for the layout's classes, cannot see.
+- `guidance.CountGuidance` (`count_guidance`): optional, while the gated layers run, the counter's gradient steers the
+  sampling toward the layout's count of each class.
 - `instance_masks`: each phrase's instance, its class mask restricted to a margin around its box; where
   two instances claim a pixel, the module's probability weighted by the pixel's place in each box
   decides, so touching objects of one class come out as separate instances.
@@ -26,7 +28,6 @@ and a box, and one instance mask per object from the grounding module's class ma
 from __future__ import annotations
 
 import contextlib
-import functools
 import inspect
 import json
 from dataclasses import dataclass, field
@@ -42,6 +43,7 @@ from .capture.core import DenoiserHooks
 from .capture.unet import attention_grid
 from .config import check_positive, check_seed
 from .errors import SynthsegError
+from .guidance import count_steering
 from .prompts import describe, template_slots
 from .refine import refine_masks
 from .world import LAYOUT_FITS
@@ -60,7 +62,7 @@ class LayoutRecipe:
     scheduled sampling; diffusers' default 0.3); a GLIGEN model's card gives its own. `box_attention`:
     the logit bias of `BoxAttention` (0: off). `candidates`: images generated per layout, of which a per-class
     captioner (and a counter, if given) keeps one (`candidates.best_candidate`; 1: the layout's own seed's, no captioner needed).
-    `count_guidance`: the strength of `CountGuidance` with the recipe's counter while the gated layers run (0: off).
+    `count_guidance`: the strength of `guidance.CountGuidance` with the recipe's counter while the gated layers run (0: off).
     `seed`: the layout stream (layouts and their images' seeds); a dataset recipe's section that names none takes the
     dataset's seed. `fit`: how the world draws each object in its box where it renders layouts (training scenes, held-out
     judges; `world.LAYOUT_FITS`): "extent", the box is the object's bounding box, as COCO's are; "inscribed", the models
@@ -368,91 +370,6 @@ class _BoxBiasProcessor:
         return self.base(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
 
 
-def check_guidable(pipe) -> None:
-    """Refuse a scheduler `CountGuidance` cannot read x0 from: it needs a DDPM-type schedule (`alphas_cumprod`,
-    samples unscaled) and an epsilon or v prediction."""
-    scheduler = pipe.scheduler
-    if getattr(scheduler, "alphas_cumprod", None) is None or getattr(scheduler, "init_noise_sigma", 1.0) != 1.0 \
-            or scheduler.config.get("prediction_type", "epsilon") not in ("epsilon", "v_prediction"):
-        raise SynthsegError(f"count guidance needs a DDPM-type scheduler predicting epsilon or v (DDIM, DDPM, DPM-Solver), not "
-                            f"{type(scheduler).__name__} ({scheduler.config.get('prediction_type')}): set layouts.count_guidance to 0")
-
-
-class CountGuidance:
-    """Context manager: counting guidance (Kang et al. 2023) with a `counter.CountJudge`. In the first `steps`
-    sampling steps, the scheduler's step takes the noise prediction moved along the gradient of the counter's
-    log-probability of exactly the layout's counts, read on the VAE's decoding of the predicted clean latents
-    (the denoiser's Jacobian left out, as in universal guidance's forward step, so nothing is backpropagated
-    through it): eps' = eps - scale * sqrt(1 - a_t) * grad_{x0_hat} log p(counts | D(x0_hat)). GLIGEN's layers place
-    each box's object, but the world UNet often draws one object over two boxes of a class, or a third in between;
-    the judges can only choose among such images afterwards, while the guidance corrects the count as it is being
-    settled. Later steps, the captured one among them, run as they are.
-
-    Args:
-        pipe: a pipeline whose scheduler has a DDPM-type schedule (`alphas_cumprod`, unscaled samples: DDIM, DDPM,
-            PNDM, DPM-Solver, UniPC) and predicts epsilon or v.
-        counter: the `CountJudge`, on the pipeline's device.
-        phrases: the layout's phrases (one class name per object), the same for every image of the batch.
-        scale: the guidance strength (0: off).
-        steps: how many of the first sampling steps are guided.
-    """
-
-    def __init__(self, pipe, counter, phrases: list[str], scale: float, steps: int):
-        check_guidable(pipe)
-        self.pipe, self.counter, self.phrases, self.scale, self.steps = pipe, counter, list(phrases), float(scale), int(steps)
-        self.counter.wanted(self.phrases)  # an unknown class fails before any generation work
-        self._taken = 0
-
-    def __enter__(self) -> CountGuidance:
-        scheduler = self.pipe.scheduler
-        step, self._outer = scheduler.step, vars(scheduler).get("step")  # another wrapper's, if one is on
-        self._taken = 0
-
-        @functools.wraps(step)  # the pipeline reads the step's signature for its eta and generator
-        def guided(model_output, timestep, sample, *args, **kwargs):
-            if self._taken < self.steps:
-                model_output = self.guide(model_output, timestep, sample)
-            self._taken += 1
-            return step(model_output, timestep, sample, *args, **kwargs)
-
-        scheduler.step = guided
-        return self
-
-    def __exit__(self, *exc) -> None:
-        if self._outer is None:
-            del self.pipe.scheduler.step  # the instance attribute: the class's step shows again
-        else:
-            self.pipe.scheduler.step = self._outer
-
-    def guide(self, model_output: torch.Tensor, timestep, sample: torch.Tensor) -> torch.Tensor:
-        """The scheduler's (B, C, h, w) `model_output` (after classifier-free guidance) at `timestep`, moved by
-        the guidance; `sample` is x_t. The x0 gradient stands for x_t's (the Jacobian taken as the identity): the
-        same rule for an epsilon and a v model. Of the readings tried on world layout streams 5 and 6 (sqrt(a), as a
-        v model's x0_hat = sqrt(a) x_t - sqrt(1 - a) v takes it with v held; 1 / sqrt(a), Tweedie's leading term;
-        and 1), this one counted best, if by less than the noise (RESULTS.md, "Ad hoc trials (world)", session 48)."""
-        vae, scheduler = self.pipe.vae, self.pipe.scheduler
-        a = scheduler.alphas_cumprod[int(timestep)].to(sample.device, torch.float32)
-        signal, noise = a.sqrt(), (1 - a).sqrt()
-        v_prediction = scheduler.config.get("prediction_type") == "v_prediction"
-        x, out = sample.float(), model_output.float()
-        with torch.enable_grad():
-            x0 = (signal * x - noise * out if v_prediction else (x - noise * out) / signal).requires_grad_()
-            config = vae.config
-            latents = x0 / config.scaling_factor + (config.get("shift_factor") or 0.0)
-            pixels = (vae.decode(latents.to(vae.dtype)).sample.float() + 1) / 2
-            grad, = torch.autograd.grad(self.counter.log_probability_torch(pixels, self.phrases).sum(), x0)
-        shift = self.scale * noise * grad  # in epsilon; v = (epsilon - sqrt(1 - a) x_t) / sqrt(a)
-        return (out - (shift / signal if v_prediction else shift)).to(model_output.dtype)
-
-
-def count_steering(pipe, counter, layout: Layout, scale: float, steps: int) -> contextlib.AbstractContextManager:
-    """The context one layout's call runs in: `CountGuidance` over its phrases, or nothing without a counter or
-    at scale 0."""
-    if counter is None or not scale or not steps:
-        return contextlib.nullcontext()
-    return CountGuidance(pipe, counter, list(layout.phrases), scale, steps)
-
-
 @dataclass
 class LayoutGeneration:
     """One layout's result: the image, `probs` (K, H, W) float32 per class of `layout.classes`, and one
@@ -481,7 +398,7 @@ def generate_layout(pipe, grounding, layout: Layout, *, guidance_scale: float, n
     instances from the grounding module's class masks (`instance_masks`). `scheduled_sampling_beta`: the
     share of the steps GLIGEN's gated layers run in; `box_attention`: `BoxAttention`'s bias in them (0: none);
     `candidates`: images made in the call (`candidates.candidate_seeds`), of which `recogniser` (with `counter`, if given)
-    keeps one (`candidates.best_candidate`); `count_guidance`: `CountGuidance`'s strength with `counter` while the gated layers run (0: none);
+    keeps one (`candidates.best_candidate`); `count_guidance`: `guidance.CountGuidance`'s strength with `counter` while the gated layers run (0: none);
     `refine`: PAMR iterations on the masks first (`synthseg.refine`; 0: none)."""
     from .generate import capture_pass, predict_masks
 
@@ -495,7 +412,7 @@ def generate_layout(pipe, grounding, layout: Layout, *, guidance_scale: float, n
     if count_guidance and counter is None:
         raise SynthsegError("count guidance follows a counter's gradient: give a counter, or set count_guidance to 0")
     with box_steering(pipe, layout, box_attention, guidance_scale, copies=candidates), \
-            count_steering(pipe, counter, layout, count_guidance, gated_steps(scheduled_sampling_beta, num_inference_steps)):
+            count_steering(pipe, counter, [list(layout.phrases)] * candidates, count_guidance, gated_steps(scheduled_sampling_beta, num_inference_steps)):
         run = capture_pass(pipe, [layout.prompt] * candidates, [layout.classes] * candidates, candidate_seeds(layout.seed, candidates),
                            guidance_scale=guidance_scale, num_inference_steps=num_inference_steps, capture_step=capture_step,
                            attention=grounding.config.needs_attention, blocks=grounding.config.feature_blocks or None, pipeline_kwargs=boxes)

@@ -47,7 +47,7 @@ class Bundle:
     """A set of models shipped under one name: text-to-image pipeline, grounding module, annotator, the
     implicit captioner that recognises the named classes in an image (`synthseg.captioner`), the
     classification-pretrained ResNet its segmenters start from (`train.backbone`), and the counter that
-    judges a layout's candidates with the captioner (`synthseg.counter`), where those ship."""
+    judges candidates with the captioner (`synthseg.counter`) and guides sampling (`synthseg.guidance`), where those ship."""
 
     pipeline: Path
     grounding: Path
@@ -61,9 +61,10 @@ BUNDLES = {
     "world": Bundle(pipeline=ASSETS / "world" / "t2i", grounding=ASSETS / "world" / "grounding", annotator=ASSETS / "world" / "annotator",
                     captioner=ASSETS / "world" / "captioner", backbone=ASSETS / "world" / "backbone"),
     # The transformer world: FLUX's architecture on the same scenes, judged by the same annotator. Its captioner
-    # is the world's: it reads the same VAE's latents into the same MiniLM states.
+    # is the world's: it reads the same VAE's latents into the same MiniLM states; its counter, which guides its
+    # sampling, is the one trained on the world's rendered layout scenes (it reads pixels).
     "world-dit": Bundle(pipeline=ASSETS / "world-dit" / "t2i", grounding=ASSETS / "world-dit" / "grounding", annotator=ASSETS / "world" / "annotator",
-                        captioner=ASSETS / "world" / "captioner"),
+                        captioner=ASSETS / "world" / "captioner", counter=ASSETS / "world-layout-counter"),
     # The world's GLIGEN: box layers over the world UNet (the export's card names "world" as its base), read by the world's
     # module; the world's captioner and a counter trained on its layout scenes choose among a layout's candidates.
     "world-layout": Bundle(pipeline=ASSETS / "world-layout", grounding=ASSETS / "world" / "grounding", annotator=ASSETS / "world" / "annotator",
@@ -138,7 +139,8 @@ class ModelCard:
     """`synthseg.json` beside a pipeline's model_index.json. classes: the only names the model was
     trained to draw (empty: open vocabulary). Sampling defaults for datasets made with it; for a GLIGEN
     model, `layouts`: the layout limits it was trained on (a dataset's `layouts` section over them). `candidates`:
-    images generated per text prompt, of which its bundle's captioner keeps one (`synthseg.candidates`). `base`:
+    images generated per text prompt, of which its bundle's captioner keeps one (`synthseg.candidates`); `count_guidance`:
+    the strength with which its bundle's counter guides a text prompt's sampling (`synthseg.guidance`; 0: none). `base`:
     the pipeline an export of added layers only (world-layout) takes its other parts from."""
 
     classes: tuple[str, ...] = ()
@@ -147,6 +149,7 @@ class ModelCard:
     layouts: dict = field(default_factory=dict)
     base: str | None = None
     candidates: int = 1
+    count_guidance: float = 0.0
 
 
 SD_SAMPLING = ModelCard()  # Stable Diffusion's pipeline defaults, for models without a card
@@ -160,7 +163,8 @@ def model_card(spec: str | Path) -> ModelCard:
     try:
         data = json.loads(path.read_text())
         return ModelCard(tuple(data.get("classes", ())), int(data["num_inference_steps"]), float(data["guidance_scale"]),
-                         dict(data.get("layouts", {})), data.get("base"), int(data.get("candidates", 1)))
+                         dict(data.get("layouts", {})), data.get("base"), int(data.get("candidates", 1)),
+                         float(data.get("count_guidance", 0.0)))
     except (json.JSONDecodeError, KeyError, TypeError, ValueError):
         raise SynthsegError(f"{path}: corrupt model card") from None
 

@@ -38,7 +38,7 @@ from diffusers.models.transformers.transformer_2d import Transformer2DModel
 from safetensors.torch import load_file
 from transformers import AutoTokenizer, BertModel
 
-from .config import check_positive
+from .config import check_non_negative, check_positive
 from .errors import SynthsegError
 from .layouts import LayoutRecipe
 from .pipeline import quiet_loading
@@ -235,6 +235,7 @@ class WorldDiTRecipe:
     num_inference_steps: int = 25
     guidance_scale: float = 2.0  # true classifier-free guidance: conditional and unconditional passes
     candidates: int = 1  # images per text prompt, of which the bundle's captioner keeps one (synthseg.candidates); card default
+    count_guidance: float = 0.0  # the bundle's counter's guidance of a text prompt's sampling (synthseg.guidance); card default
     transformer: DiTRecipe = field(default_factory=DiTRecipe)
 
     def validate(self, source: str) -> None:
@@ -252,6 +253,7 @@ class WorldDiTRecipe:
         if not 0 <= self.pair_fraction <= 1 or not 0 <= self.transformer.caption_dropout < 1 or not 0 < self.min_visible <= 1:
             raise SynthsegError(f"{source}: pair_fraction, min_visible and transformer.caption_dropout lie in [0, 1]")
         check_positive(source, self, "image_size", "max_tokens", "checkpoint_every", "num_inference_steps", "candidates")
+        check_non_negative(source, self, "count_guidance")
         check_positive(source, self.transformer, "steps", "batch_size", "num_layers", "attention_heads", "attention_head_dim")
 
 

@@ -63,6 +63,31 @@ def test_generate_keeps_the_best_of_its_candidates_by_the_captioner_given(pipe, 
         assert not (tmp_path / "bad").exists()
 
 
+def test_generate_follows_the_counter_s_guidance_as_the_library_does(pipe, pipe_dir, grounding, tmp_path, make_counter):
+    """`generate --count-guidance S --counter DIR`: the image generate_grounded makes with that counter and strength;
+    without a counter, or with a negative strength, one error line and nothing written."""
+    from synthseg.generate import generate_grounded
+
+    grounding.save_pretrained(tmp_path / "grounding")
+    counter = make_counter(["dog", "cat"], max_count=2)
+    counter.model.save_pretrained(tmp_path / "counter")
+    base = ["generate", "--model", str(pipe_dir), "--grounding", str(tmp_path / "grounding"), "--num-inference-steps", "3",
+            "--prompt", "a photograph of a dog and a cat", "--classes", "dog,cat", "--seed", "7"]
+    result = runner.invoke(app, base + ["--count-guidance", "50", "--counter", str(tmp_path / "counter"), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    options = dict(guidance_scale=7.5, num_inference_steps=3)
+    guided = generate_grounded(pipe, grounding, ["a photograph of a dog and a cat"], [["dog", "cat"]], [7], counter=counter,
+                               count_guidance=50.0, **options).images[0]  # strong: a random counter's gradient is small
+    plain = generate_grounded(pipe, grounding, ["a photograph of a dog and a cat"], [["dog", "cat"]], [7], **options).images[0]
+    written = np.asarray(Image.open(tmp_path / "out/images/00000.png")).astype(int)
+    assert np.abs(written - np.asarray(guided).astype(int)).max() <= 1 and np.abs(written - np.asarray(plain).astype(int)).max() > 1
+    for args, message in ((["--count-guidance", "2"], "--count-guidance follows a counter's gradient: give one"),  # no bundled counter
+                          (["--count-guidance", "-1"], "--count-guidance must be 0 or more, got -1.0")):
+        result = runner.invoke(app, base + args + ["--out", str(tmp_path / "bad")])
+        assert result.exit_code == 1 and message in result.output and result.output.count("error:") == 1, result.output
+        assert not (tmp_path / "bad").exists()
+
+
 def test_generate_errors_are_one_line_with_exit_1(pipe_dir, grounding, tmp_path):
     grounding.save_pretrained(tmp_path / "grounding")
     base = ["generate", "--model", str(pipe_dir), "--num-inference-steps", "2", "--out", str(tmp_path / "out")]

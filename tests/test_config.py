@@ -192,6 +192,16 @@ def test_a_run_recorded_before_a_field_was_added_resumes_only_if_the_field_is_at
     with pytest.raises(SynthsegError, match=r"another recipe \(candidates, captioner differ\)"):
         record_recipe(tmp_path / "dit.json", dit, "another recipe ({changed} differ)")
     record_recipe(tmp_path / "dit.json", load_dataset_recipe("world", model="world-dit", candidates=1), "another recipe ({changed} differ)")
+    assert (dit.count_guidance, dit.counter) == (8.0, "world-dit")  # text count guidance, added since: world-dit's card asks 8
+    record_recipe(tmp_path / "guided.json", dit, "another recipe ({changed} differ)")
+    recorded = json.loads((tmp_path / "guided.json").read_text())
+    del recorded["count_guidance"]
+    recorded["counter"] = None
+    (tmp_path / "guided.json").write_text(json.dumps(recorded))  # as a world-dit dataset started before: best of 4, unguided
+    with pytest.raises(SynthsegError, match=r"another recipe \(count_guidance, counter differ\)"):
+        record_recipe(tmp_path / "guided.json", dit, "another recipe ({changed} differ)")
+    record_recipe(tmp_path / "guided.json", load_dataset_recipe("world", model="world-dit", count_guidance=0, counter="none"),
+                  "another recipe ({changed} differ)")
     layouts = load_dataset_recipe("world", layouts=True, candidates=1)  # inside a section: a field added since (candidates)
     record_recipe(tmp_path / "layouts.json", layouts, "another recipe ({changed} differ)")
     recorded = json.loads((tmp_path / "layouts.json").read_text())

@@ -1,7 +1,6 @@
 """Layouts: deterministic sampling within the recipe's limits, layouts files with one-line errors, and
 instance masks that keep touching objects of one class apart."""
 
-import contextlib
 import json
 from dataclasses import replace
 
@@ -269,61 +268,6 @@ def test_class_set_log_probability_is_the_probability_of_exactly_those_classes()
     torch.testing.assert_close(class_set_log_probability(logits[0], [1]), torch.log(p[0, 1] * (1 - p[0, 0]) * (1 - p[0, 2])))
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction"])
-def test_count_guidance_moves_the_early_steps_toward_the_counter_s_count_and_unhooks(prediction_type, make_counter):
-    """CountGuidance: a guided step's predicted x0 is one the counter finds likelier to hold the layout's counts,
-    only the first `steps` steps are guided, and the scheduler is as it was after the call."""
-    from diffusers import DDIMScheduler, EulerDiscreteScheduler
-
-    from synthseg.layouts import CountGuidance, check_guidable, count_steering
-    from synthseg.tiny import tiny_pipeline
-
-    pipe = tiny_pipeline(gligen=True)
-    pipe.set_progress_bar_config(disable=True)
-    pipe.scheduler = DDIMScheduler.from_config(pipe.scheduler.config, prediction_type=prediction_type)
-    torch.manual_seed(0)
-    counter = make_counter(["dog", "cat"], max_count=2)
-    layout = Layout(0, "two dogs and a cat", ["dog", "dog", "cat"], [(0, 0, .4, .4), (.5, 0, 1, .5), (.2, .5, .8, 1)], 7)
-
-    def x0_log_p(output, x, a):
-        x0 = a.sqrt() * x - (1 - a).sqrt() * output if prediction_type == "v_prediction" else (x - (1 - a).sqrt() * output) / a.sqrt()
-        pixels = (pipe.vae.decode(x0 / pipe.vae.config.scaling_factor).sample + 1) / 2
-        return counter.log_probability_torch(pixels, list(layout.phrases))
-
-    guidance = CountGuidance(pipe, counter, list(layout.phrases), scale=0.5, steps=2)
-    x, output = torch.randn(2, 4, 16, 16, generator=torch.Generator().manual_seed(1)), torch.randn(2, 4, 16, 16)
-    timestep = torch.tensor(501)
-    with torch.no_grad():
-        moved = guidance.guide(output, timestep, x)
-        a = pipe.scheduler.alphas_cumprod[501]
-        before, after = x0_log_p(output, x, a), x0_log_p(moved, x, a)
-    assert (after > before).all() and not torch.equal(moved, output)  # each image's x0 moves up the counter's gradient
-
-    seen = []
-    original = guidance.guide
-    guidance.guide = lambda out, t, sample: seen.append(int(t)) or original(out, t, sample)
-    kwargs = dict(gligen_phrases=layout.phrases, gligen_boxes=[list(b) for b in layout.boxes], gligen_scheduled_sampling_beta=0.5,
-                  num_inference_steps=4, guidance_scale=2.0, output_type="np")
-    plain = pipe(layout.prompt, generator=torch.Generator().manual_seed(7), **kwargs).images
-    with guidance:
-        guided = pipe(layout.prompt, generator=torch.Generator().manual_seed(7), **kwargs).images
-    assert seen == [int(t) for t in pipe.scheduler.timesteps[:2]]  # the first two of four steps
-    assert not np.allclose(guided, plain) and "step" not in vars(pipe.scheduler)  # it steered, and is unhooked
-    assert np.array_equal(pipe(layout.prompt, generator=torch.Generator().manual_seed(7), **kwargs).images, plain)
-    with guidance:  # contexts nest: the inner one's exit puts the outer one's step back
-        outer = pipe.scheduler.step
-        with CountGuidance(pipe, counter, list(layout.phrases), scale=1.0, steps=1):
-            assert pipe.scheduler.step is not outer
-        assert pipe.scheduler.step is outer
-    assert "step" not in vars(pipe.scheduler)
-    assert isinstance(count_steering(pipe, counter, layout, 0.0, 2), contextlib.nullcontext)  # scale 0: nothing installed
-    with pytest.raises(SynthsegError, match="the counter does not know bird"):
-        CountGuidance(pipe, counter, ["bird"], 1.0, 2)
-    pipe.scheduler = EulerDiscreteScheduler.from_config(pipe.scheduler.config)
-    with pytest.raises(SynthsegError, match="count guidance needs a DDPM-type scheduler predicting epsilon or v.*not EulerDiscreteScheduler"):
-        check_guidable(pipe)
-
-
 def test_a_layout_s_candidates_are_made_in_one_call_and_the_captioner_s_choice_is_kept(tmp_path, make_chooser):
     """generate_layout with candidates: the kept image and masks are those of the candidate that best_candidate
     picks, and the first candidate is the layout's image without a choice."""
@@ -425,9 +369,11 @@ def test_make_dataset_with_a_layouts_file_writes_one_coco_instance_per_box(tmp_p
     (["--layouts", "--candidates", "2", "--model", "runs/no-such-gligen"], "layouts.candidates 2 needs a per-class implicit captioner"),
     (["--layouts", "--captioner", "no/such/captioner"], "no captioner at no/such/captioner"),
     (["--layouts", "--counter", "no/such/counter"], "no counter at no/such/counter"),
-    (["--layouts", "--candidates", "1", "--count-guidance", "0", "--counter", "world-layout"], "a counter judges candidates or guides a layout's"),
-    (["--counter", "world-layout"], "a counter judges candidates or guides a layout's sampling: it needs candidates above 1"),
-    (["--count-guidance", "1"], "count guidance steers a layout's sampling: give --layouts or --layouts-file"),
+    (["--layouts", "--candidates", "1", "--count-guidance", "0", "--counter", "world-layout"], "a counter judges candidates or guides sampling"),
+    (["--counter", "world-layout"], "a counter judges candidates or guides sampling: it needs candidates above 1 or count_guidance above 0"),
+    (["--count-guidance", "1"], "count_guidance follows a counter's gradient: give one"),  # the world's bundle has no counter
+    (["--count-guidance", "-1", "--model", "world-dit"], "count_guidance must be 0 or more, got -1.0"),
+    (["--count-guidance", "1", "--model", "world-dit", "--counter", "none"], "count_guidance follows a counter's gradient: give one"),
     (["--layouts", "--count-guidance", "-1"], "margin, box_attention and count_guidance not negative"),
     (["--layouts", "--count-guidance", "1", "--counter", "none"], "layouts.count_guidance follows a counter's gradient: give one"),
 ])
@@ -462,7 +408,7 @@ def test_make_dataset_refuses_count_guidance_on_a_scheduler_it_cannot_read_befor
                                       str(tmp_path / "module"), "--layouts-file", str(tmp_path / "layouts.jsonl"), "--count-guidance", "1",
                                       "--counter", str(tmp_path / "counter"), "--num-inference-steps", "4", "--out", str(out)])
     assert result.exit_code == 1 and result.output.count("error:") == 1, result.output
-    assert "count guidance needs a DDPM-type scheduler predicting epsilon or v" in result.output and "EulerDiscreteScheduler" in result.output
+    assert "count guidance needs flow matching, or a DDPM-type scheduler predicting epsilon or v" in result.output and "EulerDiscreteScheduler" in result.output
     assert "Traceback" not in result.output and not out.exists()
 
 

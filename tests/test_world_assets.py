@@ -67,6 +67,30 @@ def test_the_transformer_world_draws_the_prompted_class():
     assert sum(name in {inst.class_name for inst in instances} for name, instances in zip(names, found)) >= 19
 
 
+def test_count_guidance_makes_the_transformer_world_draw_both_classes_of_a_prompt_more_often():
+    """The card's count guidance on world-dit (`guidance.prompt_steering` with its bundle's counter), against the same
+    seeds unguided: the annotator finds both classes of a two-class prompt in more of the images."""
+    from synthseg.counter import CountJudge
+    from synthseg.guidance import prompt_steering
+    from synthseg.registry import model_card
+    from synthseg.text import encode_prompts
+
+    pipe, card = load_pipeline("world-dit"), model_card("world-dit")
+    pipe.set_progress_bar_config(disable=True)
+    rng = np.random.default_rng(61)
+    groups = [list(rng.choice(WORLD_CLASSES, size=2, replace=False)) for _ in range(16)]
+    call = encode_prompts(pipe, [f"a photograph of a {a} and a {b}" for a, b in groups], card.guidance_scale).call
+
+    def both_found(scale: float) -> int:
+        with prompt_steering(pipe, CountJudge.from_pretrained("world-dit"), groups, scale, card.num_inference_steps):
+            images = pipe(**call, generator=[torch.Generator().manual_seed(i) for i in range(len(groups))],
+                          num_inference_steps=card.num_inference_steps).images
+        found = load_annotator("world").annotate(images, groups)
+        return sum(set(group) <= {inst.class_name for inst in instances} for group, instances in zip(groups, found))
+
+    assert card.count_guidance > 0 and both_found(card.count_guidance) >= both_found(0.0) + 3
+
+
 def test_bundled_pipeline_loads_offline_and_generates_deterministically(world_pipe):
     prompts = ["a photograph of a star", "a photograph of a ring and a square"]
 
@@ -140,7 +164,8 @@ def test_bundled_grounding_module_segments_seen_and_unseen_objects(world_pipe):
 
 def test_make_dataset_on_the_transformer_world_brings_its_own_module(tmp_path):
     """`make-dataset --model world-dit`: FLUX's architecture end to end, grounded by world-dit's shipped module, each
-    image the best of its card's 4 candidates by its bundle's captioner; `--candidates 1` makes no choice."""
+    image the best of its card's 4 candidates by its bundle's captioner and counter, sampled with the counter's guidance;
+    `--candidates 1 --count-guidance 0` makes no choice and follows no counter."""
     from typer.testing import CliRunner
 
     from synthseg.cli import app
@@ -152,14 +177,18 @@ def test_make_dataset_on_the_transformer_world_brings_its_own_module(tmp_path):
     assert result.exit_code == 0, result.output
     records = [json.loads(line) for line in (out / "metadata.jsonl").read_text().splitlines()]
     assert records and {r["grounding_hash"] for r in records} == {file_hash(BUNDLES["world-dit"].grounding)}
-    assert {r["captioner_hash"] for r in records} == {file_hash(BUNDLES["world-dit"].captioner)} and "counter_hash" not in records[0]
-    assert json.loads((out / "recipe.json").read_text())["candidates"] == 4 and "the best of 4 by" in (out / "README.md").read_text()
+    assert {r["captioner_hash"] for r in records} == {file_hash(BUNDLES["world-dit"].captioner)}
+    assert {r["counter_hash"] for r in records} == {file_hash(BUNDLES["world-dit"].counter)}
+    recipe, card = json.loads((out / "recipe.json").read_text()), (out / "README.md").read_text()
+    assert (recipe["candidates"], recipe["count_guidance"]) == (4, 8.0) and "the best of 4 by" in card
+    assert "counting guidance 8 in every step before the captured one" in card
     names = [c["name"] for c in json.loads((out / "annotations.json").read_text())["categories"]]
     for record in records:  # each kept image's label map holds its prompted class
         labels = np.asarray(Image.open(out / record["mask_file_name"]))
         assert all((labels == names.index(c) + 1).any() for c in record["classes"])
     one = CliRunner().invoke(app, ["make-dataset", "--model", "world-dit", "--classes", "circle", "--per-class", "1", "--candidates", "1",
-                                   "--out", str(tmp_path / "one")])
+                                   "--count-guidance", "0", "--out", str(tmp_path / "one")])
     assert one.exit_code == 0, one.output
     record = json.loads((tmp_path / "one" / "metadata.jsonl").read_text().splitlines()[0])
-    assert "captioner_hash" not in record and json.loads((tmp_path / "one" / "recipe.json").read_text())["candidates"] == 1
+    recipe = json.loads((tmp_path / "one" / "recipe.json").read_text())
+    assert "captioner_hash" not in record and "counter_hash" not in record and (recipe["candidates"], recipe["count_guidance"]) == (1, 0)

@@ -152,7 +152,8 @@ def test_world_dit_recipe_checks_its_latents(changes, message):
 
 def test_the_shipped_stages_chain_with_new_batches_and_add_up_to_the_export():
     """world-dit-finetune..6 (stages 2 to 7) each train on from the stage before's default export, on batches
-    of their own seed; their steps sum to the shipped training.json's count, and the last one's guidance and candidates are the card's."""
+    of their own seed; their steps sum to the shipped training.json's count, and the last one's guidance, candidates and
+    count guidance are the card's."""
     from synthseg.registry import BUNDLES
 
     stages = [load_dit_recipe(name) for name in ["world-dit", "world-dit-finetune"] + [f"world-dit-finetune{k}" for k in range(2, 7)]]
@@ -163,7 +164,8 @@ def test_the_shipped_stages_chain_with_new_batches_and_add_up_to_the_export():
     shipped = json.loads((BUNDLES["world-dit"].pipeline / "training.json").read_text())["transformer"]["steps"]
     assert sum(s.transformer.steps for s in stages) == shipped
     card = json.loads((BUNDLES["world-dit"].pipeline / "synthseg.json").read_text())
-    assert (card["guidance_scale"], card["candidates"]) == (stages[-1].guidance_scale, stages[-1].candidates)
+    assert (card["guidance_scale"], card["candidates"], card["count_guidance"]) == \
+        (stages[-1].guidance_scale, stages[-1].candidates, stages[-1].count_guidance)
 
 
 @pytest.mark.slow

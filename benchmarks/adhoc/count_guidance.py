@@ -1,4 +1,4 @@
-"""Ad hoc: counting guidance (`synthseg.layouts.CountGuidance`) with the world counter in world-layout's sampling.
+"""Ad hoc: counting guidance (`synthseg.guidance.CountGuidance`) with the world counter in world-layout's sampling.
 
 Each layout's first candidate (its own seed) is made per scale on the same seeds, guided in the first G steps, and
 judged by the annotator: boxes hit, right counts (2+ objects), all classes found (2+ classes).
@@ -24,7 +24,8 @@ from bench_layouts import annotated, judge
 from synthseg.annotators import load_annotator
 from synthseg.counter import CountJudge
 from synthseg.dataset import load_dataset_recipe
-from synthseg.layouts import CountGuidance, box_steering, count_steering, sample_layouts
+from synthseg.guidance import CountGuidance, count_steering
+from synthseg.layouts import box_steering, sample_layouts
 from synthseg.pipeline import load_pipeline
 from synthseg.registry import model_card
 from synthseg.world import WORLD_CLASSES
@@ -37,7 +38,8 @@ class BoxTermJudge:
         self.counter, self.boxes, self.mode, self.weight, self.margin = counter, boxes, mode, weight, margin
         self.wanted = counter.wanted
 
-    def log_probability_torch(self, pixels, phrases):
+    def log_probability_torch(self, pixels, rows):
+        phrases = rows[0]  # one layout per call: every image's phrases are its
         total = self.counter.log_probability_torch(pixels, phrases)
         size, (height, width) = self.counter.image_size or pixels.shape[-1], pixels.shape[-2:]
         crops = []
@@ -72,8 +74,8 @@ two = np.array([len(set(lay.phrases)) >= 2 for lay in layouts])
 for scale in scales:
     start, images = time.time(), []
     for layout in layouts:
-        steering = (CountGuidance(pipe, BoxTermJudge(counter, layout.boxes, box_mode, float(box_weight)), list(layout.phrases), scale, guided)
-                    if float(box_weight) else count_steering(pipe, counter, layout, scale, guided))
+        steering = (CountGuidance(pipe, BoxTermJudge(counter, layout.boxes, box_mode, float(box_weight)), [list(layout.phrases)], scale, guided)
+                    if float(box_weight) else count_steering(pipe, counter, [list(layout.phrases)], scale, guided))
         with box_steering(pipe, layout, section.box_attention, card.guidance_scale), steering:
             images += pipe(layout.prompt, gligen_phrases=layout.phrases, gligen_boxes=[list(b) for b in layout.boxes],
                            gligen_scheduled_sampling_beta=section.scheduled_sampling_beta, num_inference_steps=card.num_inference_steps,

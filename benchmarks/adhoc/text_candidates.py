@@ -7,6 +7,10 @@ exactly one object of each prompted class), and with the counter alone. Prints o
 and chooser, and writes nothing.
 
     cd benchmarks && python adhoc/text_candidates.py --model world-dit --candidates 8 [--count 200] [--stream 0] [--guidance G]
+        [--count-guidance S] [--two-only]
+
+With `--count-guidance S`, every image is sampled with counting guidance S by the same counter toward one object of each
+prompted class (`synthseg.guidance.prompt_steering`); `--two-only` leaves out the one-class prompts.
 """
 
 from __future__ import annotations
@@ -29,6 +33,8 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=200)
     parser.add_argument("--stream", type=int, default=0)
     parser.add_argument("--guidance", type=float, default=None, help="default: the model card's")
+    parser.add_argument("--count-guidance", type=float, default=0.0)
+    parser.add_argument("--two-only", action="store_true")
     args = parser.parse_args()
 
     from synthseg.annotators import load_annotator
@@ -47,26 +53,29 @@ def main() -> None:
     counter = CountJudge.from_pretrained(BUNDLES["world-layout"].counter)
     annotator = load_annotator("world")
     groups = prompt_groups(args.count, args.stream)
+    ones = 0 if args.two_only else args.count  # where the two-class prompts start
+    groups = groups[args.count - ones :]
     prompts = [caption(g) for g in groups]
-    base = [args.stream * 100_000 + i for i in range(len(prompts))]
+    base = [args.stream * 100_000 + args.count - ones + i for i in range(len(prompts))]  # the same seeds with or without --two-only
     found, scores, counts = [], [], []
     for k in range(args.candidates):
         seeds = base if k == 0 else [int(np.random.default_rng([s, k]).integers(2**31)) for s in base]
-        images = sample(pipe, prompts, seeds, card.num_inference_steps, card.guidance_scale if args.guidance is None else args.guidance, 25)
+        images = sample(pipe, prompts, seeds, card.num_inference_steps, card.guidance_scale if args.guidance is None else args.guidance, 25,
+                        groups, counter, args.count_guidance)
         found.append(found_classes(annotator, images, groups, 25))
         with torch.no_grad():
             logits = torch.cat([recogniser.class_logits(encode_images(pipe, pixel_tensor(np.stack([np.asarray(im) for im in images[i : i + 25]]))))
                                 for i in range(0, len(images), 25)])
         scores.append(np.array([float(class_set_log_probability(logits[j], [WORLD_CLASSES.index(n) for n in g])) for j, g in enumerate(groups)]))
         counts.append(np.array([float(counter.log_probability(np.asarray(im)[None], g)[0]) for im, g in zip(images, groups)]))
-        print(f"candidate {k}: one class {100 * found[-1][: args.count].mean():.1f}%, two {100 * found[-1][args.count :].mean():.1f}%", flush=True)
+        print(f"candidate {k}: one class {100 * found[-1][:ones].mean():.1f}%, two {100 * found[-1][ones:].mean():.1f}%", flush=True)
     found, scores, counts = np.stack(found), np.stack(scores), np.stack(counts)  # (N, P)
     print("| candidates | chosen by | one class | two classes |\n|---|---|---|---|")
     for n in sorted({1, 2, 4, 6, 8, args.candidates} & set(range(1, args.candidates + 1))):
         for chooser, score in (("the captioner", scores), ("the captioner and counter", scores + counts), ("the counter", counts),
                                ("any (an oracle)", found.astype(float))):
             kept = found[:n][score[:n].argmax(0), np.arange(found.shape[1])]
-            print(f"| {n} | {chooser} | {100 * kept[: args.count].mean():.1f}% | {100 * kept[args.count :].mean():.1f}% |", flush=True)
+            print(f"| {n} | {chooser} | {100 * kept[:ones].mean():.1f}% | {100 * kept[ones:].mean():.1f}% |", flush=True)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,16 @@ def default_blocks(transformer, count: int = 8) -> list[str]:
     return [names[round(i * (len(names) - 1) / (count - 1))] for i in range(count)]
 
 
+def token_grid(kind: str, kwargs: dict, transformer) -> tuple[int, int]:
+    """The image tokens' grid (rows, columns) of a denoiser call with keyword arguments `kwargs`: FLUX's from its
+    img_ids (a token is a 2x2 latent patch), SD3's from the latents and the patch size."""
+    if kind == "flux":
+        ids = kwargs["img_ids"]
+        return int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1
+    height, width = kwargs["hidden_states"].shape[-2:]
+    return height // transformer.config.patch_size, width // transformer.config.patch_size
+
+
 def transformer_feature_layout(transformer, blocks: list[str] | None = None) -> tuple[list[int], list[int]]:
     """(channels, stride relative to the latent) of each captured block output, in capture order."""
     names = blocks or default_blocks(transformer)
@@ -192,12 +202,7 @@ class TransformerCapture(DenoiserHooks):
             return  # FLUX's true CFG: the second pass of a step is the unconditional one
         self._last_timestep = timestep
         self.text_len = kwargs["encoder_hidden_states"].shape[1]
-        if self.kind == "flux":
-            ids = kwargs["img_ids"]
-            self.grid = (int(ids[:, 1].max()) + 1, int(ids[:, 2].max()) + 1)
-        else:
-            height, width = kwargs["hidden_states"].shape[-2:]
-            self.grid = (height // self.transformer.config.patch_size, width // self.transformer.config.patch_size)
+        self.grid = token_grid(self.kind, kwargs, self.transformer)
         self._active = True
         self._record_inputs(args, kwargs)
         if not self.every_step:

@@ -197,7 +197,7 @@ def train_world_dit(recipe: WorldDiTRecipe, workdir: Path, output: Path, max_ste
         index = json.loads((staging / "model_index.json").read_text())  # diffusers' own class, as a standard FLUX folder
         (staging / "model_index.json").write_text(json.dumps(dict(index, _class_name="FluxPipeline"), indent=2) + "\n")
         card = dict(classes=list(WORLD_CLASSES), num_inference_steps=recipe.num_inference_steps, guidance_scale=recipe.guidance_scale,
-                    candidates=recipe.candidates)
+                    candidates=recipe.candidates, count_guidance=recipe.count_guidance)
         (staging / MODEL_CARD).write_text(json.dumps(card, indent=2) + "\n")
         write_training_record(staging, prior, vae=vae_losses, transformer=losses)
     return output
