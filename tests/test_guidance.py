@@ -140,3 +140,31 @@ def test_generate_grounded_guides_every_step_before_the_captured_one_toward_one_
         generate_grounded(pipe, grounding, prompts, names, seeds, count_guidance=1.0, **options)
     with pytest.raises(SynthsegError, match="the counter does not know bird"):
         generate_grounded(pipe, grounding, ["a bird"], [["bird"]], [1], counter=counter, count_guidance=1.0, **options)
+
+
+def test_count_guidance_on_sd3_s_flow_reads_its_unpacked_latents(make_counter):
+    """SD3 (flow matching on (B, C, h, w) latents): the guided step's x0 = x_t - sigma v is likelier to hold each
+    image's counts, and a guided call differs from the plain one with the same seeds."""
+    from synthseg.text import encode_prompts
+    from synthseg.tiny import tiny_sd3_pipeline
+
+    pipe = tiny_sd3_pipeline(T5)
+    pipe.set_progress_bar_config(disable=True)
+    torch.manual_seed(0)
+    counter = make_counter(["dog", "cat"], max_count=2)
+    guidance = CountGuidance(pipe, counter, PHRASES, scale=50.0, steps=2)
+    call = dict(**encode_prompts(pipe, ["two dogs and a cat", "a cat"], 1.0).call, num_inference_steps=3, output_type="np")
+    plain = pipe(**call, generator=[torch.Generator().manual_seed(s) for s in (3, 4)]).images
+    with guidance:
+        guided = pipe(**call, generator=[torch.Generator().manual_seed(s) for s in (3, 4)]).images
+    assert not np.allclose(guided, plain) and "step" not in vars(pipe.scheduler)
+
+    def x0_log_p(v, x, sigma):
+        latents = (x - sigma * v) / pipe.vae.config.scaling_factor + (pipe.vae.config.shift_factor or 0.0)
+        return counter.log_probability_torch((pipe.vae.decode(latents).sample + 1) / 2, PHRASES)
+
+    channels = pipe.transformer.config.in_channels
+    x, v = torch.randn(2, channels, 16, 16, generator=torch.Generator().manual_seed(1)), torch.randn(2, channels, 16, 16)
+    with torch.no_grad():
+        gain = x0_log_p(guidance.guide(v, torch.tensor(600.0), x), x, 0.6) - x0_log_p(v, x, 0.6)
+    assert (gain > 0).all()
