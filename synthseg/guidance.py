@@ -26,9 +26,7 @@ import torch
 from .capture import CaptureStep, denoiser_of
 from .capture.transformer import token_grid
 from .errors import SynthsegError
-from .text import pipeline_family
-
-FLOW_FAMILIES = ("sd3", "flux")
+from .text import FLOW_FAMILIES, pipeline_family
 
 
 def check_guidable(pipe) -> None:
@@ -66,7 +64,7 @@ class CountGuidance:
         self.phrases = [list(row) for row in phrases]
         for row in self.phrases:
             self.counter.wanted(row)  # an unknown class fails before any generation work
-        self.flow = pipeline_family(pipe) in FLOW_FAMILIES
+        self.family = pipeline_family(pipe)
         self._taken, self._grid, self._hook = 0, None, None
 
     def __enter__(self) -> CountGuidance:
@@ -82,7 +80,7 @@ class CountGuidance:
             return step(model_output, timestep, sample, *args, **kwargs)
 
         scheduler.step = guided
-        if pipeline_family(self.pipe) == "flux":  # its samples are packed tokens: the call's img_ids give their grid
+        if self.family == "flux":  # its samples are packed tokens: the call's img_ids give their grid
             denoiser = denoiser_of(self.pipe)
             self._hook = denoiser.register_forward_pre_hook(self._read_grid, with_kwargs=True)
         return self
@@ -108,7 +106,7 @@ class CountGuidance:
         x, out = sample.float(), model_output.float()
         if len(self.phrases) != len(x):
             raise SynthsegError(f"count guidance was given {len(self.phrases)} images' phrases for a batch of {len(x)}")
-        if self.flow:
+        if self.family in FLOW_FAMILIES:
             sigma = float(timestep) / 1000  # flow schedulers count timesteps as 1000 x sigma
             return (out - self.scale * self._gradient(x - sigma * out)).to(model_output.dtype)
         a = self.pipe.scheduler.alphas_cumprod[int(timestep)].to(sample.device, torch.float32)
@@ -149,5 +147,4 @@ def prompt_steering(pipe, counter, class_names: list[list[str]], scale: float, n
         return contextlib.nullcontext()
     if counter is None:
         raise SynthsegError("count guidance follows a counter's gradient: give a counter, or set count_guidance to 0")
-    captured = capture_step.resolve(pipe.scheduler, num_inference_steps).index % num_inference_steps
-    return count_steering(pipe, counter, class_names, scale, captured)
+    return count_steering(pipe, counter, class_names, scale, capture_step.resolve(pipe.scheduler, num_inference_steps).index)

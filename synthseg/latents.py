@@ -12,7 +12,7 @@ import torch
 from .capture import denoiser_arguments, denoiser_of, is_shared_input, predict, replay
 from .config import SEED_LIMIT
 from .errors import SynthsegError
-from .text import encode_prompts, pipeline_family
+from .text import FLOW_FAMILIES, encode_prompts, pipeline_family
 
 
 class _Recorded(Exception):
@@ -62,7 +62,7 @@ def schedule_point(pipe, timestep: int) -> tuple[float, float, float]:
     sqrt(1 - a_t) e on a DDPM-style schedule (the input Euler-type schedulers also scale to); x = (1 - s) x_0
     + s e with s = t / 1000 on a flow schedule (SD3, FLUX; FLUX's transformer takes s, SD3's t)."""
     family = pipeline_family(pipe)
-    if family in ("sd3", "flux"):
+    if family in FLOW_FAMILIES:
         sigma = timestep / 1000
         return 1 - sigma, sigma, sigma if family == "flux" else float(timestep)
     alphas = getattr(pipe.scheduler, "alphas_cumprod", None)
@@ -104,7 +104,7 @@ def prediction_target(pipe, latents: torch.Tensor, noise: torch.Tensor, timestep
     """What the denoiser is trained to predict for `latents` noised with `noise` at `timesteps` (as
     `add_noise` takes them): the flow velocity e - x_0 (SD3, FLUX), or by the scheduler's `prediction_type`
     the noise, v = sqrt(a_t) e - sqrt(1 - a_t) x_0, or x_0."""
-    if pipeline_family(pipe) in ("sd3", "flux"):
+    if pipeline_family(pipe) in FLOW_FAMILIES:
         return noise - latents
     signal, scale, _ = _schedule(pipe, timesteps, noise)
     kind = pipe.scheduler.config.get("prediction_type", "epsilon")

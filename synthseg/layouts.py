@@ -280,7 +280,7 @@ def check_layers_stop_before_capture(pipe, scheduled_sampling_beta: float, num_i
     """Refuse a beta that runs GLIGEN's gated layers at the captured step: the grounding module was trained
     on the base UNet's features, and read through the layers its masks fall apart (world-layout at beta 1.0:
     a class-mask IoU with the annotator's of 26.5 against 49.0 at 0.96; README, "Box layouts")."""
-    captured = capture_step.resolve(pipe.scheduler, num_inference_steps).index % num_inference_steps
+    captured = capture_step.resolve(pipe.scheduler, num_inference_steps).index
     if captured < gated_steps(scheduled_sampling_beta, num_inference_steps):
         raise SynthsegError(f"layouts.scheduled_sampling_beta {scheduled_sampling_beta:g} runs GLIGEN's gated layers at the captured step "
                             f"({captured + 1} of {num_inference_steps}), which the grounding module reads: give a beta that stops them "

@@ -27,6 +27,8 @@ from .capture.transformer import transformer_kind
 from .errors import SynthsegError
 from .prompts import plural
 
+FLOW_FAMILIES = ("sd3", "flux")  # the families whose schedulers are flow matching: x = (1 - sigma) x0 + sigma noise
+
 
 def pipeline_family(pipe) -> str:
     """"sd", "sdxl", "sd3" or "flux", from the pipeline's components."""
