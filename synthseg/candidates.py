@@ -53,3 +53,18 @@ def check_chooser(candidates: int, recogniser) -> None:
     if candidates > 1 and (recogniser is None or not recogniser.per_class):
         raise SynthsegError(f"candidates {candidates} needs an implicit captioner trained per class (objective classes) to "
                             "choose among them: give one (--captioner), or set candidates to 1")
+
+
+def load_judges(pipe, class_names: list[str], candidates: int, captioner: str | None, counter: str | None, device) -> tuple:
+    """The judges of `candidates` images per item, from their specs (bundled names or folders; None: none), on `device`:
+    a per-class `captioner.Recogniser` over `class_names` on `pipe` where there is a choice, else None, and the
+    `counter.CountJudge` where one is named (it chooses, or guides), else None. A choice no captioner can make is refused
+    (`check_chooser`) before anything is written."""
+    from .captioner import ImplicitCaptioner, Recogniser
+    from .counter import CountJudge
+
+    recogniser = None
+    if candidates > 1 and captioner is not None:
+        recogniser = Recogniser(pipe, ImplicitCaptioner.from_pretrained(captioner).to(device), list(class_names))
+    check_chooser(candidates, recogniser)
+    return recogniser, CountJudge.from_pretrained(counter).to(device) if counter is not None else None

@@ -170,7 +170,7 @@ def generate(
     device: Device = "auto",
 ) -> None:
     """Grounded generation: images plus one probability mask per class name."""
-    from .candidates import check_chooser
+    from .candidates import load_judges
     from .capture import CaptureStep
     from .formats import check_output_dir
     from .generate import generate_grounded
@@ -190,20 +190,12 @@ def generate(
     check_output_dir(out)
     pipe = load_pipeline(model, device=torch_device)  # first: a missing model is the error to report
     module = GroundingModule.from_pretrained(grounding_for(model, grounding)).to(torch_device)
-    recogniser = judge = None
-    if candidates > 1:
-        from .captioner import Recogniser
-
-        chooser = _captioner(model, captioner, torch_device)
-        recogniser = Recogniser(pipe, chooser, list(dict.fromkeys(n for group in names for n in group))) if chooser else None
-        check_chooser(candidates, recogniser)
-    if candidates > 1 or count_guidance:
-        from .counter import CountJudge
-
-        counter = judge_for(model, counter, "counter")
-        if count_guidance and counter is None:
-            _fail("--count-guidance follows a counter's gradient: give one (--counter), or set it to 0")
-        judge = CountJudge.from_pretrained(counter).to(torch_device) if counter else None
+    captioner = judge_for(model, captioner) if candidates > 1 else None
+    counter = judge_for(model, counter, "counter") if candidates > 1 or count_guidance else None
+    if count_guidance and counter is None:
+        _fail("--count-guidance follows a counter's gradient: give one (--counter), or set it to 0")
+    recogniser, judge = load_judges(pipe, list(dict.fromkeys(n for group in names for n in group)), candidates, captioner, counter,
+                                    torch_device)
     result = generate_grounded(
         pipe, module, prompt, names, [seed + i for i in range(len(prompt))],
         guidance_scale=card.guidance_scale if guidance_scale is None else guidance_scale,

@@ -46,7 +46,7 @@ import torch
 from PIL import Image
 from scipy import ndimage
 
-from .candidates import check_chooser
+from .candidates import load_judges
 from .classes import check_names, resolve_classes
 from .config import ABSENT, check_non_negative, check_plan_size, check_positive, load_config, record_recipe
 from .device import resolve_device
@@ -623,8 +623,6 @@ def build_dataset(recipe: DatasetRecipe, directory: str | Path, *, device: str =
                   shard_index: int | None = None) -> dict | None:
     """`make_dataset` from a recipe alone: checks the shards, the output folder and the device before
     loading the recipe's pipeline and grounding module (bundled names, hub ids or folders)."""
-    from .captioner import ImplicitCaptioner, Recogniser
-    from .counter import CountJudge
     from .formats import check_output_dir
     from .grounding import GroundingModule
     from .pipeline import load_pipeline
@@ -633,9 +631,6 @@ def build_dataset(recipe: DatasetRecipe, directory: str | Path, *, device: str =
     check_output_dir(directory)
     torch_device = resolve_device(device)
     module = GroundingModule.from_pretrained(recipe.grounding).to(torch_device)
-    chooses = recipe.chooses
-    captioner = ImplicitCaptioner.from_pretrained(recipe.captioner).to(torch_device) if chooses else None
-    counter = CountJudge.from_pretrained(recipe.counter).to(torch_device) if recipe.counter else None  # only where it chooses or guides (validate)
     pipe = load_pipeline(recipe.model, device=torch_device)
     module.config.check_pipeline(pipe)  # before the folder is claimed
     if recipe.layouts is not None:
@@ -643,9 +638,8 @@ def build_dataset(recipe: DatasetRecipe, directory: str | Path, *, device: str =
         check_layers_stop_before_capture(pipe, recipe.layouts.scheduled_sampling_beta, recipe.num_inference_steps)
     if recipe.count_guided:
         check_guidable(pipe)  # a scheduler it can read x0 from, before the folder is claimed
-    recogniser = Recogniser(pipe, captioner, list(recipe.class_names)) if chooses else None
-    if chooses:
-        check_chooser(recipe.images_per_item, recogniser)  # a captioner trained per class, before the folder is claimed
-    made_by = provenance(recipe.model, recipe.grounding, recipe.captioner if chooses else None, recipe.counter)
+    captioner = recipe.captioner if recipe.chooses else None
+    recogniser, counter = load_judges(pipe, recipe.class_names, recipe.images_per_item, captioner, recipe.counter, torch_device)
+    made_by = provenance(recipe.model, recipe.grounding, captioner, recipe.counter)
     return make_dataset(pipe, module, recipe, directory, made_by, recogniser=recogniser, counter=counter, num_shards=num_shards,
                         shard_index=shard_index)

@@ -3,9 +3,10 @@
 `world-layout` at its card (box attention, count guidance by its counter, beta), N images per layout of the choice streams
 (5 and 6, COUNT layouts each), made once; `best_candidate` then chooses among the first 1, 4, 6 and N of them, and the
 world annotator judges the kept image as bench_layouts.py does (boxes hit, right counts of 2-4 objects, all classes
-found of 2+ classes). Prints one row per choice and writes nothing.
+found of 2+ classes). SCALES (comma-separated, default the card's) repeats it at other count-guidance strengths,
+on the same seeds. Prints one row per choice and writes nothing.
 
-    cd benchmarks && python adhoc/layout_candidates_guided.py [COUNT] [N]
+    cd benchmarks && python adhoc/layout_candidates_guided.py [COUNT] [N] [SCALES]
 """
 
 from __future__ import annotations
@@ -42,18 +43,21 @@ def main() -> None:
     layouts = [lay for seed in CHOICE_SEEDS for lay in sample_layouts(replace(section, seed=seed), list(WORLD_CLASSES), [], count)]
     many = np.array([len(lay.phrases) >= 2 for lay in layouts])
     mixed = np.array([len(lay.classes) >= 2 for lay in layouts])
-    start = time.perf_counter()
-    made = candidate_images(pipe, layouts, card.num_inference_steps, card.guidance_scale, section.scheduled_sampling_beta,
-                            section.box_attention, n, counter, section.count_guidance)
-    print(f"{len(layouts)} layouts, {n} candidates each, made in {time.perf_counter() - start:.0f} s")
-    print("| candidates | chosen by | boxes hit | right counts (2-4 objects) | all classes found (2+ classes) |\n|---|---|---|---|---|")
-    for first in sorted({k for k in (1, 4, 6, n) if k <= n}):
-        for judge_counter in (counter, None) if first > 1 else (None,):
-            images = chosen(pipe, layouts, [m[:first] for m in made], recogniser if first > 1 else None, judge_counter)
-            scores = judge(annotated(annotator, images, layouts), layouts)
-            by = "its own seed's" if first == 1 else "the captioner" + (" and counter" if judge_counter is not None else "")
-            print(f"| {first} | {by} | {100 * scores['hits'].mean():.1f}% | {100 * scores['counts'][many].mean():.1f}% | "
-                  f"{100 * scores['found'][mixed].mean():.1f}% |", flush=True)
+    scales = [float(s) for s in sys.argv[3].split(",")] if len(sys.argv) > 3 else [section.count_guidance]
+    print("| count guidance | candidates | chosen by | boxes hit | right counts (2-4 objects) | all classes found (2+ classes) |\n"
+          "|---|---|---|---|---|---|", flush=True)
+    for scale in scales:
+        start = time.perf_counter()
+        made = candidate_images(pipe, layouts, card.num_inference_steps, card.guidance_scale, section.scheduled_sampling_beta,
+                                section.box_attention, n, counter, scale)
+        print(f"<!-- {len(layouts)} layouts, {n} candidates each, made in {time.perf_counter() - start:.0f} s -->", flush=True)
+        for first in sorted({k for k in (1, 4, 6, n) if k <= n}):
+            for judge_counter in (counter, None) if first > 1 else (None,):
+                images = chosen(pipe, layouts, [m[:first] for m in made], recogniser if first > 1 else None, judge_counter)
+                scores = judge(annotated(annotator, images, layouts), layouts)
+                by = "its own seed's" if first == 1 else "the captioner" + (" and counter" if judge_counter is not None else "")
+                print(f"| {scale:g} | {first} | {by} | {100 * scores['hits'].mean():.1f}% | {100 * scores['counts'][many].mean():.1f}% | "
+                      f"{100 * scores['found'][mixed].mean():.1f}% |", flush=True)
 
 
 if __name__ == "__main__":
