@@ -302,7 +302,7 @@ def plan_summary(recipe: DatasetRecipe, device: str = "auto") -> str:
     """What `make_dataset` would write, and in what time on `device`, without loading a model."""
     items = plan(recipe)
     took = time_line("images", recipe.model, resolve_device(device), recipe.guidance_scale, recipe.num_inference_steps,
-                     len(items) * recipe.images_per_item)
+                     len(items) * recipe.images_per_item, recipe.count_guidance_strength)
     text = plan_text("images", items, dataset_item_bytes(recipe.model), " at most, before PNG compression", took)
     if recipe.images_per_item > 1:
         text += (f"\ncandidates: {recipe.images_per_item} images generated per {'layout' if recipe.layouts else 'prompt'} (timed as such), the captioner "
@@ -610,7 +610,8 @@ def make_dataset(pipe, grounding, recipe: DatasetRecipe, directory: str | Path, 
                     written.add(item.index)
                 kept.append(float((directory / "images" / f"{item.index:06d}.png").is_file()))
             advance(skipped + len(kept), kept)
-    record_rate("images", pipe, recipe.guidance_scale, recipe.num_inference_steps, time.perf_counter() - start, len(kept) * recipe.images_per_item)
+    record_rate("images", pipe, recipe.guidance_scale, recipe.num_inference_steps, time.perf_counter() - start, len(kept) * recipe.images_per_item,
+                recipe.count_guidance_strength)
     if state is not None:
         state.wait_for_everyone()
         return finalize(directory, recipe) if state.is_main_process else None

@@ -4,7 +4,7 @@ seconds and without loading a model.
 Sizes come from the model's config files alone (a local folder, a bundled name, or a hub id already
 in the Hugging Face cache), for every family (a UNet, SD3's or FLUX's transformer); the denoiser is
 built on PyTorch's "meta" device, which allocates nothing. Times come from the rate that the last real
-run of the same job, model, device and guidance measured (`record_rate`), kept in the user's cache.
+run of the same job, model, device, guidance and count guidance measured (`record_rate`), kept in the user's cache.
 """
 
 from __future__ import annotations
@@ -146,22 +146,23 @@ def device_name(device: str | torch.device) -> str:
     return f"cpu, {torch.get_num_threads()} threads" if device.type == "cpu" else device.type
 
 
-def _rate_key(kind: str, model: str, device, guidance_scale: float) -> str:
+def _rate_key(kind: str, model: str, device, guidance_scale: float, count_guidance: float) -> str:
     folder = Path(resolve_pipeline(model))
-    return " | ".join([kind, str(folder.resolve()) if folder.is_dir() else str(model), device_name(device), f"guidance {guidance_scale:g}"])
+    key = [kind, str(folder.resolve()) if folder.is_dir() else str(model), device_name(device), f"guidance {guidance_scale:g}"]
+    return " | ".join(key + ([f"count guidance {count_guidance:g}"] if count_guidance else []))  # it costs a decoding and a judge a step
 
 
-def record_rate(kind: str, pipe, guidance_scale: float, steps: int, seconds: float, items: int) -> None:
+def record_rate(kind: str, pipe, guidance_scale: float, steps: int, seconds: float, items: int, count_guidance: float = 0.0) -> None:
     """Keep a run's measured seconds per item for later dry runs of the same job ("images" or "triplets"),
-    model (the folder or hub id `pipe` was loaded from), device and guidance. Best effort: a pipeline
-    built in memory, or a cache that cannot be written, records nothing."""
+    model (the folder or hub id `pipe` was loaded from), device, guidance and count guidance. Best effort: a
+    pipeline built in memory, or a cache that cannot be written, records nothing."""
     model, device = getattr(pipe, "name_or_path", None), getattr(pipe, "device", "cpu")
     if items < 1 or not model:
         return
     path = rates_path()
     try:
         rates = json.loads(path.read_text()) if path.is_file() else {}
-        rates[_rate_key(kind, model, device, guidance_scale)] = dict(seconds_per_item=seconds / items, steps=steps, items=items,
+        rates[_rate_key(kind, model, device, guidance_scale, count_guidance)] = dict(seconds_per_item=seconds / items, steps=steps, items=items,
                                                                       date=time.strftime("%Y-%m-%d"))
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, json.dumps(rates, indent=1, sort_keys=True) + "\n")
@@ -169,10 +170,10 @@ def record_rate(kind: str, pipe, guidance_scale: float, steps: int, seconds: flo
         pass
 
 
-def time_line(kind: str, model: str, device, guidance_scale: float, steps: int, count: int) -> str:
+def time_line(kind: str, model: str, device, guidance_scale: float, steps: int, count: int, count_guidance: float = 0.0) -> str:
     """The dry run's time: the recorded rate scaled to `steps` denoising steps, or how to get one."""
     try:
-        rate = json.loads(rates_path().read_text()).get(_rate_key(kind, model, device, guidance_scale))
+        rate = json.loads(rates_path().read_text()).get(_rate_key(kind, model, device, guidance_scale, count_guidance))
     except (OSError, ValueError):
         rate = None
     if rate is None:

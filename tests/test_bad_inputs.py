@@ -174,7 +174,7 @@ def test_dry_runs_print_the_plan_without_loading_a_model(monkeypatch):
     import synthseg.dataset
 
     counted = []
-    monkeypatch.setattr(synthseg.dataset, "time_line", lambda *args: counted.append(args[-1]) or "time: unknown")
+    monkeypatch.setattr(synthseg.dataset, "time_line", lambda *args: counted.append(args[5]) or "time: unknown")  # args[5]: the count
     result = runner.invoke(app, ["make-dataset", "--dry-run", "--layouts", "--per-class", "1"])  # world-layout's card: 4 candidates
     assert result.exit_code == 0 and "12 images from layouts" in result.output, result.output
     assert "candidates: 4 images generated per layout (timed as such), the captioner world-layout and the counter world-layout keeping one" in result.output

@@ -61,6 +61,21 @@ def files(directory):
 
 
 @pytest.mark.slow
+def test_a_count_guided_rate_is_kept_apart_from_an_unguided_one(tmp_path, monkeypatch):
+    """Count guidance adds a decoding and a judge to each guided step: a dry run reads the rate of its own guidance."""
+    from types import SimpleNamespace
+
+    from synthseg.plan import record_rate, time_line
+
+    monkeypatch.setenv("SYNTHSEG_CACHE", str(tmp_path))
+    pipe = SimpleNamespace(name_or_path="world", device="cpu")
+    record_rate("images", pipe, 2.0, 20, 10.0, 10)
+    record_rate("images", pipe, 2.0, 20, 25.0, 10, count_guidance=3.0)
+    assert "(1 s per item on cpu" in time_line("images", "world", "cpu", 2.0, 20, 10)
+    assert "(2.5 s per item on cpu" in time_line("images", "world", "cpu", 2.0, 20, 10, 3.0)
+    assert "time: unknown" in time_line("images", "world", "cpu", 2.0, 20, 10, 8.0)
+
+
 def test_dataset_is_valid_deterministic_resumable_and_shardable(pipe, grounding, tmp_path):
     r = recipe()
     summary = make_dataset(pipe, grounding, r, tmp_path / "a", PROVENANCE)
