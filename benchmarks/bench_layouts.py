@@ -129,7 +129,7 @@ def chosen(pipe, layouts, made: list[list[Image.Image]], recogniser=None, counte
     (one candidate: that one)."""
     from synthseg.layouts import best_candidate
 
-    return [images[best_candidate(pipe, recogniser, layout, images, counter)] if len(images) > 1 else images[0]
+    return [images[best_candidate(pipe, recogniser, layout.classes, images, counter, layout.phrases)] if len(images) > 1 else images[0]
             for layout, images in zip(layouts, made)]
 
 

@@ -192,3 +192,34 @@ def test_make_dataset_on_the_transformer_world_brings_its_own_module(tmp_path):
     record = json.loads((tmp_path / "one" / "metadata.jsonl").read_text().splitlines()[0])
     recipe = json.loads((tmp_path / "one" / "recipe.json").read_text())
     assert "captioner_hash" not in record and "counter_hash" not in record and (recipe["candidates"], recipe["count_guidance"]) == (1, 0)
+
+
+def test_the_layout_bench_scores_the_images_make_dataset_keeps():
+    """bench_layouts draws and chooses without the capture; its chosen image must be the one `generate_layout` keeps
+    (candidates, box attention and count guidance alike), or the bench scores images no dataset holds."""
+    import sys
+    from dataclasses import replace
+    from pathlib import Path
+
+    from synthseg.captioner import ImplicitCaptioner, Recogniser
+    from synthseg.counter import CountJudge
+    from synthseg.dataset import load_dataset_recipe
+    from synthseg.layouts import generate_layout, sample_layouts
+    from synthseg.registry import grounding_for
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bench_layouts import candidate_images, chosen
+
+    section = load_dataset_recipe("world", layouts=True).layouts
+    layout = next(lay for lay in sample_layouts(replace(section, seed=5), list(WORLD_CLASSES), [], 8) if len(lay.classes) >= 2)
+    pipe = load_pipeline("world-layout")
+    pipe.set_progress_bar_config(disable=True)
+    recogniser = Recogniser(pipe, ImplicitCaptioner.from_pretrained("world"), list(WORLD_CLASSES))
+    counter = CountJudge.from_pretrained("world-layout")
+    settings = dict(guidance_scale=4.0, num_inference_steps=6, scheduled_sampling_beta=0.8, box_attention=3.5)
+    kept = generate_layout(pipe, GroundingModule.from_pretrained(grounding_for("world-layout", None)), layout, **settings, candidates=3,
+                           recogniser=recogniser, counter=counter, count_guidance=3.0).image
+    made = candidate_images(pipe, [layout], 6, 4.0, 0.8, 3.5, 3, counter, 3.0)
+    assert len(made[0]) == 3 and len({np.asarray(image).tobytes() for image in made[0]}) == 3
+    (image,) = chosen(pipe, [layout], made, recogniser, counter)
+    assert np.abs(np.asarray(image, dtype=float) - np.asarray(kept, dtype=float)).max() <= 2
