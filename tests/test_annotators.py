@@ -217,17 +217,18 @@ def test_annotator_copy_paste_pastes_another_drawn_items_instances(tmp_path):
 
 def test_shipped_recipe_draws_layouts_from_a_stream_no_bench_uses():
     """The annotator judges bench_layouts, so its training layouts (and its held-out AP's) come from
-    streams other than the bench's (9 and 10; 1 and 2 before), the choices' (5, 6), world-layout's stages' (0, 7, 8, 12) and
-    its layout base's (11)."""
+    streams other than the bench's (9 and 10; 1 and 2 before), the choices' (5, 6), world-layout's stages' (0, 7, 8, 12, 14) and
+    its layout bases' (11, 13)."""
     from synthseg.train.world_layout import load_layout_recipe
     from synthseg.train.world_t2i import load_world_model_recipe
 
     recipe = load_annotator_recipe("world-annotator")
     assert recipe.layout_fraction > 0
     streams = {recipe.layouts.seed, recipe.layouts.seed + 1}
-    names = ("world-layout", "world-layout-finetune", "world-layout-finetune2", "world-layout-finetune3")
-    training = {load_layout_recipe(name).layouts.seed for name in names} | {load_world_model_recipe("world-t2i-layouts").layouts.seed}
-    assert len(training) == 5 and not (streams | {1, 2, 5, 6, 9, 10}) & training and not streams & {1, 2, 5, 6, 9, 10}
+    names = ("world-layout", "world-layout-finetune", "world-layout-finetune2", "world-layout-finetune3", "world-layout-finetune4")
+    training = {load_layout_recipe(name).layouts.seed for name in names}
+    training |= {load_world_model_recipe(name).layouts.seed for name in ("world-t2i-layouts", "world-t2i-layouts2")}
+    assert len(training) == 7 and not (streams | {1, 2, 5, 6, 9, 10}) & training and not streams & {1, 2, 5, 6, 9, 10}
     assert recipe.layouts.min_size <= load_layout_recipe("world-layout").layouts.min_size
 
 

@@ -4,9 +4,10 @@
 (5 and 6, COUNT layouts each), made once; `best_candidate` then chooses among the first 1, 4, 6 and N of them, and the
 world annotator judges the kept image as bench_layouts.py does (boxes hit, right counts of 2-4 objects, all classes
 found of 2+ classes). SCALES (comma-separated, default the card's) repeats it at other count-guidance strengths,
-on the same seeds. Prints one row per choice and writes nothing.
+on the same seeds; MODEL, another GLIGEN export (train-world-layout --out) in its place, at its own card. Prints one row
+per choice and writes nothing.
 
-    cd benchmarks && python adhoc/layout_candidates_guided.py [COUNT] [N] [SCALES]
+    cd benchmarks && python adhoc/layout_candidates_guided.py [COUNT] [N] [SCALES] [MODEL]
 """
 
 from __future__ import annotations
@@ -34,16 +35,17 @@ from synthseg.world import WORLD_CLASSES  # noqa: E402
 def main() -> None:
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 60
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 8
-    section = load_dataset_recipe("world", layouts=True, model="world-layout", captioner="world").layouts
-    card = model_card("world-layout")
-    pipe = load_pipeline("world-layout")
+    model = sys.argv[4] if len(sys.argv) > 4 else "world-layout"
+    section = load_dataset_recipe("world", layouts=True, model=model, captioner="world").layouts
+    card = model_card(model)
+    pipe = load_pipeline(model)
     pipe.set_progress_bar_config(disable=True)
     annotator, counter = load_annotator("world"), CountJudge.from_pretrained("world-layout")
     recogniser = Recogniser(pipe, ImplicitCaptioner.from_pretrained("world"), list(WORLD_CLASSES))
     layouts = [lay for seed in CHOICE_SEEDS for lay in sample_layouts(replace(section, seed=seed), list(WORLD_CLASSES), [], count)]
     many = np.array([len(lay.phrases) >= 2 for lay in layouts])
     mixed = np.array([len(lay.classes) >= 2 for lay in layouts])
-    scales = [float(s) for s in sys.argv[3].split(",")] if len(sys.argv) > 3 else [section.count_guidance]
+    scales = [float(s) for s in sys.argv[3].split(",")] if len(sys.argv) > 3 and sys.argv[3] else [section.count_guidance]
     print("| count guidance | candidates | chosen by | boxes hit | right counts (2-4 objects) | all classes found (2+ classes) |\n"
           "|---|---|---|---|---|---|", flush=True)
     for scale in scales:
