@@ -36,7 +36,7 @@ def main() -> None:
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 60
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 8
     model = sys.argv[4] if len(sys.argv) > 4 else "world-layout"
-    section = load_dataset_recipe("world", layouts=True, model=model, captioner="world").layouts
+    section = load_dataset_recipe("world", layouts=True, model=model, captioner="world", counter="world-layout").layouts
     card = model_card(model)
     pipe = load_pipeline(model)
     pipe.set_progress_bar_config(disable=True)
