@@ -60,6 +60,7 @@ from .layouts import (
     LayoutRecipe,
     check_layers_stop_before_capture,
     check_takes_layouts,
+    check_takes_prompts,
     generate_layout,
     read_layouts,
     sample_layouts,
@@ -637,6 +638,8 @@ def build_dataset(recipe: DatasetRecipe, directory: str | Path, *, device: str =
     if recipe.layouts is not None:
         check_takes_layouts(pipe)
         check_layers_stop_before_capture(pipe, recipe.layouts.scheduled_sampling_beta, recipe.num_inference_steps)
+    else:
+        check_takes_prompts(pipe)
     if recipe.count_guided:
         check_guidable(pipe)  # a scheduler it can read x0 from, before the folder is claimed
     captioner = recipe.captioner if recipe.chooses else None

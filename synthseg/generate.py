@@ -20,6 +20,7 @@ from .errors import SynthsegError
 from .formats import jsonl_text, png_bytes, safe_file_name, write_atomic
 from .grounding import GroundingModule, class_attention_input, grounding_inputs
 from .guidance import prompt_steering
+from .layouts import check_takes_prompts
 from .refine import refine_masks
 from .text import class_queries, encode_prompts, prompt_token_spans
 
@@ -123,6 +124,8 @@ def capture_pass(
         raise SynthsegError(f"num_inference_steps must be at least 1, got {num_inference_steps}")
     if not (math.isfinite(guidance_scale) and guidance_scale >= 0):
         raise SynthsegError(f"guidance_scale must be a finite number, 0 or more, got {guidance_scale}")
+    if not (pipeline_kwargs or {}).get("gligen_boxes"):
+        check_takes_prompts(pipe)
     spans = prompt_token_spans(pipe, list(prompts), class_names)
     text = encode_prompts(pipe, prompts, guidance_scale, negative_prompt)
     cfg = text.classifier_free_guidance

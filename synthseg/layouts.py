@@ -271,6 +271,13 @@ def check_takes_layouts(pipe) -> None:
                             "(StableDiffusionGLIGENPipeline, SD 1.x); diffusers has no GLIGEN for SDXL, SD3 or FLUX")
 
 
+def check_takes_prompts(pipe) -> None:
+    """Refuse a GLIGEN pipeline for text prompts alone: its call needs a layout's phrases and boxes."""
+    if "gligen_boxes" in inspect.signature(type(pipe).__call__).parameters:
+        raise SynthsegError(f"{type(pipe).__name__} draws box layouts, not text prompts alone: give it layouts (make-dataset "
+                            "--layouts or --layouts-file), or use its base model for text prompts")
+
+
 def gated_steps(scheduled_sampling_beta: float, num_inference_steps: int) -> int:
     """How many of the first sampling steps GLIGEN's gated layers run in (diffusers' `num_grounding_steps`)."""
     return int(scheduled_sampling_beta * num_inference_steps)

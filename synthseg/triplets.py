@@ -56,6 +56,7 @@ from .formats import jsonl_text, read_jsonl, write_atomic
 from .generate import capture_pass
 from .grounding import ATTENTION_FIELDS, PIPELINE_FIELDS, GroundingConfig, class_attention_input, grounding_inputs
 from .latents import encode_images, noise_generator, noise_latents, pixel_tensor, recorded_call, replay_noised
+from .layouts import check_takes_prompts
 from .plan import MAX_CLASSES, feature_bytes, plan_text, record_rate, time_line, triplet_bytes
 from .progress import loss_progress
 from .prompts import PAPER_TEMPLATES, Prompt, PromptPlanner, describe, template_slots
@@ -183,6 +184,7 @@ def make_triplets(pipe, annotator, recipe: TripletRecipe, directory: str | Path)
     """Write `recipe.count` triplets as shards into `directory`, skipping shards already written."""
     for name in recipe.seen:  # refuse a class the annotator cannot label before any work
         annotator.category_of(name)
+    check_takes_prompts(pipe)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     record_recipe(directory / "recipe.json", recipe, f"{directory} holds triplets of another recipe ({{changed}} differ); use a new --out")

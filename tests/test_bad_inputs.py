@@ -48,6 +48,7 @@ def one_error(result, code: int = 1) -> str:
     (["--device", "cuda:3"], "--device cuda:3: this machine has no CUDA GPU"),
     (["--model", "/nonexistent"], "no pipeline folder at /nonexistent"),
     (["--model", "world-dit", "--grounding", "world"], "grounding module expects feature channels"),  # the UNet world's module
+    (["--model", "world-layout"], "WorldGLIGENPipeline draws box layouts, not text prompts alone"),  # without --layouts
 ])
 def test_make_dataset_refuses_before_writing_anything(tmp_path, args, message):
     out = tmp_path / "out"
@@ -64,6 +65,17 @@ def test_a_bad_layouts_file_is_refused_before_the_folder_is_claimed(tmp_path):
     layouts.write_text('{"phrases": ["circle"], "boxes": [[0, 0, 0.5, 0.5]], "seed": -3}\n')  # once taken, and refused by numpy mid-run
     error = one_error(runner.invoke(app, ["make-dataset", "--classes", "circle,ring", "--layouts-file", str(layouts), "--out", str(out)]))
     assert error.endswith("line 1: seed must be an integer from 0 to 2**63 - 1, got -3")
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", [
+    ["generate", "--prompt", "a circle", "--classes", "circle"],
+    ["make-triplets", "--count", "2"],
+])
+def test_a_gligen_model_without_layouts_is_refused_before_writing_anything(tmp_path, command):
+    """A GLIGEN pipeline's call needs boxes: text prompts alone get one line, not diffusers' TypeError."""
+    out = tmp_path / "out"
+    assert "draws box layouts, not text prompts alone" in one_error(runner.invoke(app, [*command, "--model", "world-layout", "--out", str(out)]))
     assert not out.exists()
 
 
