@@ -162,8 +162,8 @@ def record_rate(kind: str, pipe, guidance_scale: float, steps: int, seconds: flo
     path = rates_path()
     try:
         rates = json.loads(path.read_text()) if path.is_file() else {}
-        rates[_rate_key(kind, model, device, guidance_scale, count_guidance)] = dict(seconds_per_item=seconds / items, steps=steps, items=items,
-                                                                      date=time.strftime("%Y-%m-%d"))
+        rates[_rate_key(kind, model, device, guidance_scale, count_guidance)] = dict(seconds_per_item=seconds / items, steps=steps,
+                                                                                     items=items, date=time.strftime("%Y-%m-%d"))
         path.parent.mkdir(parents=True, exist_ok=True)
         write_atomic(path, json.dumps(rates, indent=1, sort_keys=True) + "\n")
     except (OSError, ValueError):
