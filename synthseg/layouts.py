@@ -262,18 +262,21 @@ def box_fill(mask: np.ndarray, box) -> float:
     return float(mask[y0:y1, x0:x1].mean())
 
 
+def _call_takes_boxes(pipe) -> bool:
+    return "gligen_boxes" in inspect.signature(type(pipe).__call__).parameters
+
+
 def check_takes_layouts(pipe) -> None:
     """Refuse a pipeline that cannot generate from boxes: it needs a GLIGEN UNet (a position net) and a
     call that takes boxes."""
-    if (getattr(denoiser_of(pipe), "position_net", None) is None
-            or "gligen_boxes" not in inspect.signature(type(pipe).__call__).parameters):
+    if getattr(denoiser_of(pipe), "position_net", None) is None or not _call_takes_boxes(pipe):
         raise SynthsegError(f"{type(pipe).__name__} takes no layouts: box-grounded generation needs a GLIGEN pipeline "
                             "(StableDiffusionGLIGENPipeline, SD 1.x); diffusers has no GLIGEN for SDXL, SD3 or FLUX")
 
 
 def check_takes_prompts(pipe) -> None:
     """Refuse a GLIGEN pipeline for text prompts alone: its call needs a layout's phrases and boxes."""
-    if "gligen_boxes" in inspect.signature(type(pipe).__call__).parameters:
+    if _call_takes_boxes(pipe):
         raise SynthsegError(f"{type(pipe).__name__} draws box layouts, not text prompts alone: give it layouts (make-dataset "
                             "--layouts or --layouts-file), or use its base model for text prompts")
 
