@@ -4,10 +4,11 @@
 (5 and 6, COUNT layouts each), made once; `best_candidate` then chooses among the first 1, 4, 6 and N of them, and the
 world annotator judges the kept image as bench_layouts.py does (boxes hit, right counts of 2-4 objects, all classes
 found of 2+ classes). SCALES (comma-separated, default the card's) repeats it at other count-guidance strengths,
-on the same seeds; MODEL, another GLIGEN export (train-world-layout --out) in its place, at its own card. Prints one row
-per choice and writes nothing.
+on the same seeds; MODEL, another GLIGEN export (train-world-layout --out) in its place, at its own card; COUNTER, another
+counter (a folder) guiding and choosing in place of the bundle's; CHOOSER, another counter choosing (COUNTER still guides).
+Prints one row per choice and writes nothing.
 
-    cd benchmarks && python adhoc/layout_candidates_guided.py [COUNT] [N] [SCALES] [MODEL]
+    cd benchmarks && python adhoc/layout_candidates_guided.py [COUNT] [N] [SCALES] [MODEL] [COUNTER] [CHOOSER]
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ def main() -> None:
     card = model_card(model)
     pipe = load_pipeline(model)
     pipe.set_progress_bar_config(disable=True)
-    annotator, counter = load_annotator("world"), CountJudge.from_pretrained("world-layout")
+    annotator, counter = load_annotator("world"), CountJudge.from_pretrained(sys.argv[5] if len(sys.argv) > 5 else "world-layout")
+    chooser = CountJudge.from_pretrained(sys.argv[6]) if len(sys.argv) > 6 else counter
     recogniser = Recogniser(pipe, ImplicitCaptioner.from_pretrained("world"), list(WORLD_CLASSES))
     layouts = [lay for seed in CHOICE_SEEDS for lay in sample_layouts(replace(section, seed=seed), list(WORLD_CLASSES), [], count)]
     many = np.array([len(lay.phrases) >= 2 for lay in layouts])
@@ -54,7 +56,7 @@ def main() -> None:
                                 section.box_attention, n, counter, scale)
         print(f"<!-- {len(layouts)} layouts, {n} candidates each, made in {time.perf_counter() - start:.0f} s -->", flush=True)
         for first in sorted({k for k in (1, 4, 6, n) if k <= n}):
-            for judge_counter in (counter, None) if first > 1 else (None,):
+            for judge_counter in (chooser, None) if first > 1 else (None,):
                 images = chosen(pipe, layouts, [m[:first] for m in made], recogniser if first > 1 else None, judge_counter)
                 scores = judge(annotated(annotator, images, layouts), layouts)
                 by = "its own seed's" if first == 1 else "the captioner" + (" and counter" if judge_counter is not None else "")
