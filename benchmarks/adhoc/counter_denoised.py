@@ -17,6 +17,7 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ from synthseg.pipeline import load_pipeline
 from synthseg.registry import model_card
 from synthseg.segmenter import backbone_config
 from synthseg.train.backbone import count_batch, load_backbone_recipe, random_flips
-from synthseg.train.loop import warmup_cosine
+from synthseg.train.loop import train_loop, warmup_cosine
 from synthseg.train.world_layout import phrase_embeddings
 from synthseg.world import WORLD_CLASSES, layout_scene, mask_box
 
@@ -109,24 +110,24 @@ def train(pool_file: str, share: float, out: str, steps: int | None) -> None:
 
     stream = replace(recipe.layouts, seed=recipe.layouts.seed + 10)  # rendered scenes other than the pool's
     from_pool = int(round(share * recipe.batch_size))
-    losses = []
-    for step in range(steps):
+
+    def step_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
         rng = np.random.default_rng([recipe.seed, step])
         rendered, rendered_counts = count_batch(sample_layout_scenes(stream, step, recipe.batch_size - from_pool, recipe.image_size)[0],
                                                 rng, recipe.blur)
         pick = rng.integers(len(pool_images), size=from_pool)
         pooled = normalised_pixels(pool_images[pick])
         random_flips(pooled, rng)
-        pixels, counts = torch.cat([rendered, pooled]), torch.cat([rendered_counts, pool_counts[pick]])
+        return torch.cat([rendered, pooled]), torch.cat([rendered_counts, pool_counts[pick]])
+
+    def step_loss(step: int, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+        pixels, counts = batch
         logits = model(pixel_values=pixels).logits
-        loss = F.cross_entropy(logits.reshape(-1, recipe.max_count + 1), counts.clamp(max=recipe.max_count).reshape(-1))
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(loss.item())
-        if step % 100 == 0 or step == steps - 1:
-            print(step, round(float(np.mean(losses[-100:])), 4), flush=True)
+        return F.cross_entropy(logits.reshape(-1, recipe.max_count + 1), counts.clamp(max=recipe.max_count).reshape(-1))
+
+    Path(out).mkdir(parents=True, exist_ok=True)
+    train_loop("counter", step_loss, model=model, optimizer=optimizer, checkpoint=Path(out) / "counter.ckpt", steps=steps,
+               checkpoint_every=recipe.checkpoint_every, schedule=schedule, batches=step_batch)
     model.eval().half().save_pretrained(out)
 
 
