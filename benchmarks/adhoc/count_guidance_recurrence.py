@@ -6,7 +6,8 @@ x_t (fresh noise of the step's variance), the UNet is called again on it with th
 call (classifier-free guidance at the pipeline's scale, GLIGEN's boxes, box attention), and guided again; the last
 of the K goes on. It runs `layout_candidates_guided.py` (the card's layouts, candidates and judges) with the guidance
 so changed; a DDPM-type scheduler (world-layout's DDIM) only. `bench` instead makes the card's row of bench_layouts.py
-(its 200 layouts of stream 9, the card's candidates chosen by the captioner and counter; not the pairs).
+(its 200 layouts of stream 9, the card's candidates chosen by the captioner and counter; not the pairs), and the annotator's
+own choice among the same candidates (the upper bound of any judge).
 
     cd benchmarks && python adhoc/count_guidance_recurrence.py K [COUNT] [N]
     cd benchmarks && python adhoc/count_guidance_recurrence.py K bench
@@ -113,9 +114,19 @@ def bench(load) -> None:
     made = candidate_images(pipe, layouts, card.num_inference_steps, card.guidance_scale, section.scheduled_sampling_beta,
                             section.box_attention, section.candidates, counter, section.count_guidance)
     many = np.array([len(lay.phrases) >= 2 for lay in layouts])
-    scores = judge(annotated(load_annotator("world"), chosen(pipe, layouts, made, recogniser, counter), layouts), layouts)
+    annotator = load_annotator("world")
+    scores = judge(annotated(annotator, chosen(pipe, layouts, made, recogniser, counter), layouts), layouts)
     print(f"recurrence {RecurrentCountGuidance.recurrence}: boxes hit {100 * scores['hits'].mean():.1f}%, right counts "
           f"{100 * scores['counts'][many].mean():.1f}% of {many.sum()}", flush=True)
+    # the annotator's own choice among the same candidates (most boxes hit, then the right count, as bench_layouts.annotator_picks):
+    # what a perfect judge would keep
+    each = [judge(annotated(annotator, images, [layout] * len(images)), [layout] * len(images))
+            for layout, images in zip(layouts, made)]
+    best = [max(range(len(images)), key=lambda k, j=j, n=len(layout.phrases): (j["hits"][k * n:(k + 1) * n].sum() + j["counts"][k], -k))
+            for layout, images, j in zip(layouts, made, each)]
+    hits = np.concatenate([j["hits"][k * len(lay.phrases):(k + 1) * len(lay.phrases)] for lay, j, k in zip(layouts, each, best)])
+    counts = np.array([j["counts"][k] for j, k in zip(each, best)])
+    print(f"the annotator's own choice: boxes hit {100 * hits.mean():.1f}%, right counts {100 * counts[many].mean():.1f}%", flush=True)
 
 
 if __name__ == "__main__":
