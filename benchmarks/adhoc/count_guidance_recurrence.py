@@ -7,7 +7,8 @@ call (classifier-free guidance at the pipeline's scale, GLIGEN's boxes, box atte
 of the K goes on. It runs `layout_candidates_guided.py` (the card's layouts, candidates and judges) with the guidance
 so changed; a DDPM-type scheduler (world-layout's DDIM) only. `bench` instead makes the card's row of bench_layouts.py
 (its 200 layouts of stream 9, the card's candidates chosen by the captioner and counter; not the pairs), and the annotator's
-own choice among the same candidates (the upper bound of any judge).
+own choice among the same candidates (the upper bound of any judge), and the choice with the counter read over each image and
+its mirror image (`layout_candidates_guided.MirroredCounter`).
 
     cd benchmarks && python adhoc/count_guidance_recurrence.py K [COUNT] [N]
     cd benchmarks && python adhoc/count_guidance_recurrence.py K bench
@@ -118,6 +119,10 @@ def bench(load) -> None:
     scores = judge(annotated(annotator, chosen(pipe, layouts, made, recogniser, counter), layouts), layouts)
     print(f"recurrence {RecurrentCountGuidance.recurrence}: boxes hit {100 * scores['hits'].mean():.1f}%, right counts "
           f"{100 * scores['counts'][many].mean():.1f}% of {many.sum()}", flush=True)
+    mirrored = judge(annotated(annotator, chosen(pipe, layouts, made, recogniser, layout_candidates_guided.MirroredCounter(counter)), layouts),
+                     layouts)
+    print(f"chosen with the counter over each image and its mirror: boxes hit {100 * mirrored['hits'].mean():.1f}%, right counts "
+          f"{100 * mirrored['counts'][many].mean():.1f}%", flush=True)
     # the annotator's own choice among the same candidates (most boxes hit, then the right count, as bench_layouts.annotator_picks):
     # what a perfect judge would keep
     each = [judge(annotated(annotator, images, [layout] * len(images)), [layout] * len(images))

@@ -5,7 +5,8 @@
 world annotator judges the kept image as bench_layouts.py does (boxes hit, right counts of 2-4 objects, all classes
 found of 2+ classes). SCALES (comma-separated, default the card's) repeats it at other count-guidance strengths,
 on the same seeds; MODEL, another GLIGEN export (train-world-layout --out) in its place, at its own card; COUNTER, another
-counter (a folder) guiding and choosing in place of the bundle's; CHOOSER, another counter choosing (COUNTER still guides).
+counter (a folder) guiding and choosing in place of the bundle's; CHOOSER, another counter choosing (COUNTER still guides),
+or "flip": COUNTER's log-probabilities averaged over each image and its mirror image.
 Prints one row per choice and writes nothing.
 
     cd benchmarks && python adhoc/layout_candidates_guided.py [COUNT] [N] [SCALES] [MODEL] [COUNTER] [CHOOSER]
@@ -33,6 +34,16 @@ from synthseg.registry import model_card  # noqa: E402
 from synthseg.world import WORLD_CLASSES  # noqa: E402
 
 
+class MirroredCounter:
+    """A counter whose `log_probability` is the mean of its counter's over each image and its mirror image."""
+
+    def __init__(self, counter: CountJudge):
+        self.counter = counter
+
+    def log_probability(self, images: np.ndarray, phrases: list[str]):
+        return (self.counter.log_probability(images, phrases) + self.counter.log_probability(images[:, :, ::-1].copy(), phrases)) / 2
+
+
 def main() -> None:
     count = int(sys.argv[1]) if len(sys.argv) > 1 else 60
     n = int(sys.argv[2]) if len(sys.argv) > 2 else 8
@@ -42,7 +53,9 @@ def main() -> None:
     pipe = load_pipeline(model)
     pipe.set_progress_bar_config(disable=True)
     annotator, counter = load_annotator("world"), CountJudge.from_pretrained(sys.argv[5] if len(sys.argv) > 5 else "world-layout")
-    chooser = CountJudge.from_pretrained(sys.argv[6]) if len(sys.argv) > 6 else counter
+    chooser = counter
+    if len(sys.argv) > 6:
+        chooser = MirroredCounter(counter) if sys.argv[6] == "flip" else CountJudge.from_pretrained(sys.argv[6])
     recogniser = Recogniser(pipe, ImplicitCaptioner.from_pretrained("world"), list(WORLD_CLASSES))
     layouts = [lay for seed in CHOICE_SEEDS for lay in sample_layouts(replace(section, seed=seed), list(WORLD_CLASSES), [], count)]
     many = np.array([len(lay.phrases) >= 2 for lay in layouts])
