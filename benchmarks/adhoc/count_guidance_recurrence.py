@@ -96,7 +96,7 @@ def bench(load) -> None:
     from dataclasses import replace
 
     import numpy as np
-    from bench_layouts import BENCH_SEED, annotated, candidate_images, chosen, judge
+    from bench_layouts import BENCH_SEED, annotated, annotator_picks, candidate_images, chosen, judge, judge_picks
 
     from synthseg.annotators import load_annotator
     from synthseg.captioner import ImplicitCaptioner, Recogniser
@@ -123,15 +123,14 @@ def bench(load) -> None:
                      layouts)
     print(f"chosen with the counter over each image and its mirror: boxes hit {100 * mirrored['hits'].mean():.1f}%, right counts "
           f"{100 * mirrored['counts'][many].mean():.1f}%", flush=True)
-    # the annotator's own choice among the same candidates (most boxes hit, then the right count, as bench_layouts.annotator_picks):
-    # what a perfect judge would keep
-    each = [judge(annotated(annotator, images, [layout] * len(images)), [layout] * len(images))
-            for layout, images in zip(layouts, made)]
-    best = [max(range(len(images)), key=lambda k, j=j, n=len(layout.phrases): (j["hits"][k * n:(k + 1) * n].sum() + j["counts"][k], -k))
-            for layout, images, j in zip(layouts, made, each)]
-    hits = np.concatenate([j["hits"][k * len(lay.phrases):(k + 1) * len(lay.phrases)] for lay, j, k in zip(layouts, each, best)])
-    counts = np.array([j["counts"][k] for j, k in zip(each, best)])
-    print(f"the annotator's own choice: boxes hit {100 * hits.mean():.1f}%, right counts {100 * counts[many].mean():.1f}%", flush=True)
+    # the annotator's own choice among the same candidates (most boxes hit, then the right count): what a perfect judge would keep
+    records = []
+    for layout, images in zip(layouts, made):
+        each, n = judge(annotated(annotator, images, [layout] * len(images)), [layout] * len(images)), len(layout.phrases)
+        records.append(dict(phrases=list(layout.phrases), candidates=[dict(hits=each["hits"][k * n:(k + 1) * n].tolist(), count=bool(each["counts"][k]),
+                                                                           found=bool(each["found"][k])) for k in range(len(images))]))
+    hits, counts, _ = judge_picks(records, annotator_picks(records, section.candidates))
+    print(f"the annotator's own choice: boxes hit {hits:.1f}%, right counts {counts:.1f}%", flush=True)
 
 
 if __name__ == "__main__":

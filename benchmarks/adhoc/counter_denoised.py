@@ -21,17 +21,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
-from synthseg.counter import count_labels, object_counts
-from synthseg.layouts import MAX_GLIGEN_BOXES, sample_layout
+from synthseg.counter import object_counts
+from synthseg.layouts import sample_layout
 from synthseg.pipeline import load_pipeline
 from synthseg.registry import model_card
-from synthseg.segmenter import backbone_config
-from synthseg.train.backbone import count_batch, load_backbone_recipe, random_flips
+from synthseg.train.backbone import classifier_config, count_batch, count_loss, load_backbone_recipe, random_flips
 from synthseg.train.loop import train_loop, warmup_cosine
-from synthseg.train.world_layout import phrase_embeddings
-from synthseg.world import WORLD_CLASSES, layout_scene, mask_box
+from synthseg.train.world_layout import gligen_inputs, phrase_embeddings
+from synthseg.train.world_t2i import sample_layout_scenes, scene_images
+from synthseg.world import WORLD_CLASSES, layout_scene
 
 BATCH = 64
 
@@ -56,15 +55,8 @@ def pool(scenes: int, out: str) -> None:
         layouts = [sample_layout(recipe.layouts, list(WORLD_CLASSES), [], i) for i in range(first, min(first + BATCH, scenes))]
         drawn = [layout_scene(lay, held_out=False, fit=recipe.layouts.fit, size=recipe.image_size) for lay in layouts]
         n = len(drawn)
-        pixels = torch.from_numpy(np.stack([s.image for s in drawn])).permute(0, 3, 1, 2).float() / 127.5 - 1
-        latents = vae.encode(pixels).latent_dist.sample(generator=g) * vae.config.scaling_factor
-        boxes = torch.zeros(n, MAX_GLIGEN_BOXES, 4)
-        embeds = torch.zeros(n, MAX_GLIGEN_BOXES, next(iter(phrases.values())).shape[-1])
-        masks = torch.zeros(n, MAX_GLIGEN_BOXES)
-        for i, scene in enumerate(drawn):
-            found = [(name, box) for name, box in zip(scene.classes, map(mask_box, scene.masks)) if box is not None]
-            for k, (name, box) in enumerate(found):
-                boxes[i, k], embeds[i, k], masks[i, k] = torch.tensor(box), phrases[name], 1
+        latents = vae.encode(scene_images(drawn)).latent_dist.sample(generator=g) * vae.config.scaling_factor
+        boxes, embeds, masks = gligen_inputs(drawn, phrases)
         which = rng.integers(len(timesteps), size=n)
         t = timesteps[which]
         noise = torch.randn(latents.shape, generator=g)
@@ -97,17 +89,9 @@ def train(pool_file: str, share: float, out: str, steps: int | None) -> None:
     data = np.load(pool_file)
     pool_images, pool_counts = data["images"], torch.from_numpy(data["counts"])
     torch.manual_seed(recipe.seed)
-    config = backbone_config(recipe.backbone)
-    labels = count_labels(WORLD_CLASSES, recipe.max_count)
-    config.num_labels, config.problem_type = len(labels), None
-    config.id2label = dict(enumerate(labels))
-    config.label2id = {name: i for i, name in enumerate(labels)}
-    config.image_size = recipe.image_size
-    model = ResNetForImageClassification(config).train()
+    model = ResNetForImageClassification(classifier_config(recipe)).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(recipe.warmup_steps, steps))
-    from synthseg.train.world_t2i import sample_layout_scenes
-
     stream = replace(recipe.layouts, seed=recipe.layouts.seed + 10)  # rendered scenes other than the pool's
     from_pool = int(round(share * recipe.batch_size))
 
@@ -122,8 +106,7 @@ def train(pool_file: str, share: float, out: str, steps: int | None) -> None:
 
     def step_loss(step: int, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         pixels, counts = batch
-        logits = model(pixel_values=pixels).logits
-        return F.cross_entropy(logits.reshape(-1, recipe.max_count + 1), counts.clamp(max=recipe.max_count).reshape(-1))
+        return count_loss(model(pixel_values=pixels).logits, counts, recipe.max_count)
 
     Path(out).mkdir(parents=True, exist_ok=True)
     train_loop("counter", step_loss, model=model, optimizer=optimizer, checkpoint=Path(out) / "counter.ckpt", steps=steps,

@@ -137,6 +137,26 @@ def held_out_accuracy(model, recipe: BackboneRecipe) -> dict:
     return dict(exact_class_set=round(exact / recipe.eval_scenes, 4), per_class_decisions=round(correct / (recipe.eval_scenes * len(WORLD_CLASSES)), 4))
 
 
+def count_loss(logits: torch.Tensor, counts: torch.Tensor, max_count: int) -> torch.Tensor:
+    """The counter's cross-entropy: (B, 12 * (max_count + 1)) logits, one softmax per class, against (B, 12) counts
+    (above max_count counted as max_count)."""
+    return F.cross_entropy(logits.reshape(-1, max_count + 1), counts.clamp(max=max_count).reshape(-1))
+
+
+def classifier_config(recipe: BackboneRecipe):
+    """The ResNet config `recipe` trains: the world's classes (multi-label), or with a `layouts` section the counter's
+    "class=count" labels (one softmax per class) and the image size it resizes other images to."""
+    config = backbone_config(recipe.backbone)
+    counts = recipe.layouts is not None
+    labels = count_labels(WORLD_CLASSES, recipe.max_count) if counts else list(WORLD_CLASSES)
+    config.num_labels, config.problem_type = len(labels), None if counts else "multi_label_classification"
+    config.id2label = dict(enumerate(labels))
+    config.label2id = {name: i for i, name in enumerate(labels)}
+    if counts:
+        config.image_size = recipe.image_size  # the counter resizes other images to it
+    return config
+
+
 def pretrain_backbone(recipe: BackboneRecipe, workdir: str | Path, output: str | Path, max_steps: int | None = None,
                       device: torch.device | None = None) -> Path:
     """Train (or resume) the classifier (with `recipe.layouts`: the counter) in `workdir` on `device` (default CPU); save it to
@@ -148,15 +168,8 @@ def pretrain_backbone(recipe: BackboneRecipe, workdir: str | Path, output: str |
     workdir, output = Path(workdir), Path(output)
     claim_workdir(workdir, recipe)
     torch.manual_seed(recipe.seed)
-    config = backbone_config(recipe.backbone)
     counts = recipe.layouts is not None
-    labels = count_labels(WORLD_CLASSES, recipe.max_count) if counts else list(WORLD_CLASSES)
-    config.num_labels, config.problem_type = len(labels), None if counts else "multi_label_classification"
-    config.id2label = dict(enumerate(labels))
-    config.label2id = {name: i for i, name in enumerate(labels)}
-    if counts:
-        config.image_size = recipe.image_size  # the counter resizes other images to it
-    model = ResNetForImageClassification(config).to(device).train()
+    model = ResNetForImageClassification(classifier_config(recipe)).to(device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=recipe.lr, weight_decay=recipe.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(recipe.warmup_steps, recipe.steps))
 
@@ -170,9 +183,7 @@ def pretrain_backbone(recipe: BackboneRecipe, workdir: str | Path, output: str |
     def step_loss(step: int, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
         pixels, labels = batch
         logits = model(pixel_values=pixels).logits
-        if counts:
-            return F.cross_entropy(logits.reshape(-1, recipe.max_count + 1), labels.clamp(max=recipe.max_count).reshape(-1))
-        return F.binary_cross_entropy_with_logits(logits, labels)
+        return count_loss(logits, labels, recipe.max_count) if counts else F.binary_cross_entropy_with_logits(logits, labels)
 
     stage = "counter" if counts else "backbone"  # its progress line, checkpoint and training record
     losses = train_loop(stage, step_loss, model=model, optimizer=optimizer, checkpoint=workdir / f"{stage}.ckpt",

@@ -23,7 +23,7 @@ from ..errors import SynthsegError
 from ..layouts import MAX_GLIGEN_BOXES
 from ..pipeline import load_pipeline
 from ..registry import MODEL_CARD
-from ..world import WORLD_CLASSES, mask_box
+from ..world import WORLD_CLASSES, Scene, mask_box
 from ..worldmodel import GLIGEN_WEIGHTS, LayoutModelRecipe, build_gligen_unet, is_gligen_weight
 from .loop import claim_workdir, load_init_pipeline, staged_export, train_loop, warmup_cosine, write_training_record
 from .world_t2i import caption_states, captioned_latents, diffusion_loss, sample_layout_scenes, scene_images
@@ -44,18 +44,24 @@ def phrase_embeddings(tokenizer, encoder, phrases: list[str]) -> torch.Tensor:
     return encoder(**tokenizer(phrases, padding=True, return_tensors="pt")).pooler_output
 
 
-def layout_batch(recipe: LayoutModelRecipe, step: int, phrases: dict[str, torch.Tensor], image_size: int):
-    """Step `step`'s scenes: images (B, 3, H, W) in [-1, 1], captions, and GLIGEN's inputs: boxes
-    (B, 30, 4), phrase embeddings (B, 30, D) and masks (B, 30), 1 for an object's token."""
-    scenes, captions = sample_layout_scenes(recipe.layouts, step, recipe.batch_size, image_size)
-    boxes = torch.zeros(recipe.batch_size, MAX_GLIGEN_BOXES, 4)
-    embeds = torch.zeros(recipe.batch_size, MAX_GLIGEN_BOXES, next(iter(phrases.values())).shape[-1])
-    masks = torch.zeros(recipe.batch_size, MAX_GLIGEN_BOXES)
+def gligen_inputs(scenes: list[Scene], phrases: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """GLIGEN's inputs for rendered `scenes`, one token per visible object (its box, as the scene shows it, and
+    `phrases[class]`, its phrase embedding): boxes (B, 30, 4), phrase embeddings (B, 30, D) and masks (B, 30), 1 for
+    an object's token."""
+    boxes = torch.zeros(len(scenes), MAX_GLIGEN_BOXES, 4)
+    embeds = torch.zeros(len(scenes), MAX_GLIGEN_BOXES, next(iter(phrases.values())).shape[-1])
+    masks = torch.zeros(len(scenes), MAX_GLIGEN_BOXES)
     for i, scene in enumerate(scenes):
         found = [(name, box) for name, box in zip(scene.classes, map(mask_box, scene.masks)) if box is not None]
         for k, (name, box) in enumerate(found):
             boxes[i, k], embeds[i, k], masks[i, k] = torch.tensor(box), phrases[name], 1
-    return scene_images(scenes), captions, boxes, embeds, masks
+    return boxes, embeds, masks
+
+
+def layout_batch(recipe: LayoutModelRecipe, step: int, phrases: dict[str, torch.Tensor], image_size: int):
+    """Step `step`'s scenes: images (B, 3, H, W) in [-1, 1], captions, and `gligen_inputs`."""
+    scenes, captions = sample_layout_scenes(recipe.layouts, step, recipe.batch_size, image_size)
+    return scene_images(scenes), captions, *gligen_inputs(scenes, phrases)
 
 
 def load_init(recipe: LayoutModelRecipe, unet) -> dict:
